@@ -1,0 +1,34 @@
+"""Averaging: the paper's baseline (model soups; Wortsman et al., 2022, arXiv 2203.05482)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+
+from mergejax.methods.base import Array, LeafContext, MergeMethod, check_weights, f32
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype",))
+def average_kernel(base: Array | None, experts: tuple[Array, ...], ctx: LeafContext, stats: dict, *,
+                   out_dtype: Any) -> Array:
+  del base, stats
+  w = ctx.weights
+  return (sum(w[t] * f32(e) for t, e in enumerate(experts)) / sum(w[t] for t in range(len(experts)))).astype(out_dtype)
+
+
+def average(weights: Sequence[float] | None = None) -> MergeMethod:
+  r"""The (weighted) mean of the experts; the base is not part of it.
+
+  .. math:: \theta_m = \frac{\sum_t w_t \theta_t}{\sum_t w_t}
+
+  "What Matters for Model Merging at Scale?" (Yadav et al., 2024) uses the unweighted mean, which
+  equals task arithmetic with :math:`\lambda = 1/N`. mergekit: ``linear`` (normalize on).
+
+  Args:
+    weights: per-expert weights (>= 0, not all zero); None for equal weights.
+  """
+  w = check_weights(weights)
+  return MergeMethod(name="average", hparams={"weights": w}, uses_base=False, kernel=average_kernel,
+                     weights=w, reference="Wortsman et al., ICML 2022, arXiv 2203.05482")

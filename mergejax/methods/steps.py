@@ -1,0 +1,80 @@
+"""The steps task-vector methods are built from, each a pure elementwise function.
+
+Notation: theta_0 the base leaf, theta_t expert t's leaf, tau_t = theta_t - theta_0 its task vector,
+w_t >= 0 the expert weights. All math is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mergejax.methods.base import Array, LeafContext, f32, leaf_key
+
+
+def task_vectors(base: Array, experts: Sequence[Array]) -> list[Array]:
+  r""":math:`\tau_t = \theta_t - \theta_0` in float32."""
+  b = f32(base)
+  return [f32(e) - b for e in experts]
+
+
+def dare_keep_mask(key: Array, drop_rate: Array, shape: tuple[int, ...]) -> Array:
+  r"""DARE's keep mask :math:`1 - m`, :math:`m \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024)."""
+  return jax.random.bernoulli(key, 1.0 - drop_rate, shape)
+
+
+def dare(tau: Array, key: Array, drop_rate: Array, rescale: bool) -> Array:
+  r"""Drop And REscale: :math:`\hat\tau = (1 - m) \odot \tau / (1 - p)` (rescale), else :math:`(1-m)\odot\tau`.
+
+  The paper's exact :math:`1/(1-p)` (mergekit instead matches the L1 norm per tensor).
+  """
+  kept = jnp.where(dare_keep_mask(key, drop_rate, tau.shape), tau, 0.0)
+  return kept / (1.0 - drop_rate) if rescale else kept
+
+
+def dare_all(taus: Sequence[Array], ctx: LeafContext, rescale: bool) -> list[Array]:
+  """DARE on each expert's task vector with the key derived from (seed, leaf path, expert index)."""
+  return [dare(tau, leaf_key(ctx, t), ctx.drop_rate, rescale) for t, tau in enumerate(taus)]
+
+
+def magnitude_trim(tau: Array, threshold: Array) -> Array:
+  r"""TIES trim: keep :math:`\tau` where :math:`|\tau| \ge` threshold (entries at the threshold are kept)."""
+  return jnp.where(jnp.abs(tau) >= threshold, tau, 0.0)
+
+
+def elect_sign(taus: Sequence[Array], weights: Array, rule: str, majority: Array) -> Array:
+  r"""TIES sign election.
+
+  * ``"sum"`` (the paper's "mass"): :math:`\gamma = \mathrm{sgn}(\sum_t w_t \hat\tau_t)`.
+  * ``"count"``: :math:`\gamma = \mathrm{sgn}(\sum_t \mathrm{sgn}(w_t \hat\tau_t))`.
+
+  Where the vote is exactly 0 the sign is ``majority`` (the official code's model-wide majority of
+  elected signs for global scope; +1 for per-tensor scope, as mergekit).
+  """
+  if rule == "sum":
+    vote = sum(weights[t] * tau for t, tau in enumerate(taus))
+  elif rule == "count":
+    vote = sum(jnp.sign(weights[t] * tau) for t, tau in enumerate(taus))
+  else:
+    raise ValueError(f"unknown sign rule {rule!r}")
+  gamma = jnp.sign(vote)
+  return jnp.where(gamma == 0, majority, gamma)
+
+
+def disjoint_aggregate(taus: Sequence[Array], weights: Array, gamma: Array, aggregate: str) -> Array:
+  r"""TIES disjoint merge over :math:`A = \{t : \mathrm{sgn}(\hat\tau_t) = \gamma\}` (non-zero entries only).
+
+  * ``"mean"``: :math:`\sum_{t\in A} w_t\hat\tau_t / \max(\sum_{t \in A} w_t, \cdot)`, the divisor being the
+    number of agreeing non-zero entries when unweighted (1 where none agree).
+  * ``"sum"``: :math:`\sum_{t\in A} w_t \hat\tau_t`.
+  """
+  agree = [jnp.sign(tau) == gamma for tau in taus]  # gamma is never 0, so zeros never agree
+  num = sum(jnp.where(a, weights[t] * tau, 0.0) for t, (a, tau) in enumerate(zip(agree, taus)))
+  if aggregate == "sum":
+    return num
+  if aggregate == "mean":
+    den = sum(jnp.where(a, weights[t], 0.0) for t, a in enumerate(agree))
+    return num / jnp.where(den > 0, den, 1.0)
+  raise ValueError(f"unknown aggregate {aggregate!r}")

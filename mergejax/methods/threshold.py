@@ -1,0 +1,224 @@
+r"""Exact top-k magnitude thresholds without sorting and without gathering sharded arrays.
+
+TIES keeps the entries of each task vector whose magnitude is among the top ``density`` fraction,
+either over the whole model (the official code's global scope) or per tensor (mergekit). The k-th
+largest :math:`|\tau|` is found by *selection over the float32 bit pattern* (non-negative float order
+equals int32 bit-pattern order) using only counts :math:`c(t) = \#\{|\tau| \ge t\}`, which are sharded
+reductions (a local sum plus a scalar all-reduce; never an all-gather or sort):
+
+1. a strided sample of :math:`|\tau|` proposes a bracket around the target rank (if the sample is
+   the whole group, the threshold is read off it exactly and no count pass is needed);
+2. count passes evaluate :math:`c` at several thresholds inside the current bracket
+   :math:`[lo, hi)` with :math:`c(lo) \ge k > c(hi)`, narrowing it until :math:`hi = lo + 1` in bit space;
+   then ``lo`` is exactly the k-th largest value.
+
+Counts come back per leaf as int32 partials and are summed on the host in Python integers, so
+totals never overflow (models above :math:`2^{31}` parameters). Each count is
+:math:`\sum \min(\max(a - t^-, 0)\cdot 2^{100}, 1)` in float32 (exact: partial sums of 0/1 values stay
+below :math:`2^{24}`), 3x faster on XLA:CPU than a compare-and-select; thresholds below
+:math:`2^{-77}` fall back to an integer compare.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mergejax.methods import steps
+from mergejax.methods.base import Array, LeafContext, LeafPass
+
+INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
+_FAST_MIN_BITS = int(np.float32(2.0**-77).view(np.int32))
+_ROW_LIMIT = 1 << 24  # float32 sums of 0/1 values are exact below this many terms
+SAMPLE_GLOBAL = 1 << 20  # sample size per expert for a model-wide threshold
+SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
+
+
+def _bits_to_float(bits: int) -> np.float32:
+  return np.array(bits, np.int32).view(np.float32)[()]
+
+
+def _count_ge(a: Array, thr_bits: Array) -> Array:
+  """#(a >= threshold) for non-negative float32 ``a``; int32 partial counts (sum them on the host)."""
+  if a.ndim == 0:
+    return (jax.lax.bitcast_convert_type(a, jnp.int32) >= thr_bits).astype(jnp.int32)[None]
+  below = jax.lax.bitcast_convert_type(jnp.maximum(thr_bits - 1, 0), jnp.float32)  # largest float < thr
+
+  def fast(_):
+    ind = jnp.minimum(jnp.maximum(a - below, 0.0) * jnp.float32(2.0**100), 1.0)
+    rows = jnp.sum(ind, axis=-1).astype(jnp.int32)  # exact: each row < 2^24 terms
+    return rows
+
+  def exact(_):
+    return jnp.sum(jax.lax.bitcast_convert_type(a, jnp.int32) >= thr_bits, axis=-1, dtype=jnp.int32)
+
+  if a.shape[-1] < _ROW_LIMIT:
+    rows = jax.lax.cond(thr_bits - 1 >= _FAST_MIN_BITS, fast, exact, None)
+  else:
+    rows = exact(None)
+  if a.size < 2**31 or rows.ndim == 0:
+    return jnp.sum(rows, dtype=jnp.int32)[None]
+  return jnp.sum(rows.reshape(rows.shape[0], -1), axis=1, dtype=jnp.int32)  # per-first-axis partials
+
+
+def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool, rescale: bool):
+  taus = steps.task_vectors(base, experts)
+  if dare:
+    taus = steps.dare_all(taus, ctx, rescale)
+  return [jnp.abs(t) for t in taus]
+
+
+@functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare", "rescale"))
+def _sample_fn(base, experts, ctx, strides, *, dare: bool, rescale: bool):
+  out = []
+  for a in _abs_task_vectors(base, experts, ctx, dare, rescale):
+    idx = tuple(slice(None, None, s) for s in strides)
+    out.append(a[idx].reshape(-1))
+  return jnp.stack(out)
+
+
+@functools.partial(jax.jit, static_argnames=("dare", "rescale"))
+def _count_fn(base, experts, ctx, thr_bits, *, dare: bool, rescale: bool):
+  """thr_bits: int32[N, T] -> int32[N, T, P] partial counts."""
+  out = []
+  for t, a in enumerate(_abs_task_vectors(base, experts, ctx, dare, rescale)):
+    out.append(jnp.stack([_count_ge(a, thr_bits[t, j]) for j in range(thr_bits.shape[1])]))
+  return jnp.stack(out)
+
+
+def _axis_strides(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
+  """Per-axis strides whose product is about ``stride``, innermost axes first."""
+  out = [1] * len(shape)
+  rem = stride
+  for ax in reversed(range(len(shape))):
+    if rem <= 1:
+      break
+    s = min(rem, shape[ax])
+    out[ax] = max(1, s)
+    rem = math.ceil(rem / s)
+  return tuple(out)
+
+
+class _Bracket:
+  """Bit-space bracket [lo, hi) around the k-th largest value of one (group, expert)."""
+
+  def __init__(self, k: int, n: int, sample: np.ndarray, sample_bits: np.ndarray):
+    self.k, self.n = k, n
+    self.lo, self.hi = 0, INF_PLUS_BITS
+    self.sample_bits = np.sort(sample_bits)[::-1]  # descending
+    self.exact_sample = sample.size == n
+    if self.exact_sample:
+      self.lo, self.hi = int(self.sample_bits[k - 1]), int(self.sample_bits[k - 1]) + 1
+
+  @property
+  def done(self) -> bool:
+    return self.hi - self.lo <= 1
+
+  def proposals(self, count: int, first: bool) -> list[int]:
+    """Thresholds strictly inside (lo, hi), guided by the sample where it has points there."""
+    lo, hi = self.lo, self.hi
+    sb = self.sample_bits
+    inside = sb[(sb > lo) & (sb < hi)]
+    props: list[int] = []
+    if first and sb.size:
+      m = sb.size
+      r = self.k / self.n * m  # target rank in the sample (1-based, descending)
+      delta = 4.0 * math.sqrt(max(r * (1 - r / m), 1.0)) + 2
+      ranks = np.linspace(r - delta, r + delta, count)
+      props = [int(sb[int(np.clip(round(x) - 1, 0, m - 1))]) for x in ranks]
+    elif inside.size >= 2 * count:
+      qs = np.linspace(0, inside.size - 1, count + 2)[1:-1]
+      props = [int(inside[int(round(q))]) for q in qs]
+    if not props or hi - lo - 1 <= count:
+      props = list(np.linspace(lo, hi, count + 2)[1:-1].round().astype(np.int64)) if hi - lo - 1 > count \
+          else list(range(lo + 1, hi))
+    props = sorted({p for p in props if lo < p < hi})
+    return props or [lo + 1]
+
+  def update(self, thresholds: Sequence[int], counts: Sequence[int]) -> None:
+    for t, c in zip(thresholds, counts):
+      if c >= self.k and t > self.lo:
+        self.lo = t
+      if c < self.k and t < self.hi:
+        self.hi = t
+
+  def value(self) -> np.float32:
+    return _bits_to_float(self.lo)
+
+
+def find_thresholds(
+    leaf_pass: LeafPass,
+    sizes: Mapping[str, tuple[int, ...]],
+    n_experts: int,
+    density: float,
+    scope: str,
+    dare: bool,
+    rescale: bool,
+    thresholds_per_pass: int = 6,
+    max_passes: int = 48,
+) -> dict[str, np.ndarray]:
+  """Exact per-expert trim thresholds: {leaf path: float32[N]}.
+
+  For each expert t and each group g (the whole model for ``scope="global"``, each leaf for
+  ``"tensor"``), the threshold is the k-th largest :math:`|\\tau_t|` over g, k = max(1, floor(density n_g)).
+  """
+  paths = list(sizes)
+  shapes = {p: tuple(sizes[p]) for p in paths}
+  numel = {p: int(np.prod(shapes[p], dtype=np.int64)) for p in paths}
+  groups = {"<model>": paths} if scope == "global" else {p: [p] for p in paths}
+  group_of = {p: g for g, ps in groups.items() for p in ps}
+  group_n = {g: sum(numel[p] for p in ps) for g, ps in groups.items()}
+  total = sum(numel.values())
+
+  # Round 0: samples.
+  def stride_of(p: str) -> int:
+    target = SAMPLE_GLOBAL if scope == "global" else SAMPLE_TENSOR
+    n = total if scope == "global" else numel[p]
+    return max(1, math.ceil(n / target))
+
+  strides = {p: _axis_strides(shapes[p], stride_of(p)) for p in paths}
+  fn = functools.partial(_sample_fn, dare=dare, rescale=rescale)
+  samples = leaf_pass(fn, lambda p: (strides[p],))
+  brackets: dict[tuple[str, int], _Bracket] = {}
+  for g, ps in groups.items():
+    k = max(1, math.floor(density * group_n[g]))
+    for t in range(n_experts):
+      s = np.concatenate([np.asarray(samples[p])[t].reshape(-1) for p in ps]).astype(np.float32)
+      brackets[g, t] = _Bracket(k, group_n[g], s, s.view(np.int32))
+
+  count_fn = functools.partial(_count_fn, dare=dare, rescale=rescale)
+  for pass_index in range(max_passes):
+    todo = {gt: b for gt, b in brackets.items() if not b.done}
+    if not todo:
+      break
+    props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 0) for gt, b in todo.items()}
+    width = max(len(v) for v in props.values())
+    table = {}
+    for g in groups:
+      rows = []
+      for t in range(n_experts):
+        v = props.get((g, t), [brackets[g, t].lo])
+        rows.append(v + [v[-1]] * (width - len(v)))
+      table[g] = np.asarray(rows, np.int32)
+    counts = leaf_pass(count_fn, lambda p: (table[group_of[p]],))
+    totals: dict[str, np.ndarray] = {}
+    for p in paths:
+      c = np.asarray(counts[p]).astype(np.int64).sum(axis=-1)  # [N, T] exact in int64
+      g = group_of[p]
+      totals[g] = totals[g] + c if g in totals else c
+    for (g, t), b in todo.items():
+      v = props[g, t]
+      b.update(v, [int(x) for x in totals[g][t, : len(v)]])
+  else:
+    raise RuntimeError("threshold search did not converge (non-finite task vectors?)")
+
+  out = {}
+  for p in paths:
+    g = group_of[p]
+    out[p] = np.asarray([brackets[g, t].value() for t in range(n_experts)], np.float32)
+  return out

@@ -1,0 +1,80 @@
+"""TIES-Merging (Yadav et al., NeurIPS 2023, arXiv 2306.01708) and DARE-TIES."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from mergejax.methods import gta
+from mergejax.methods.base import (MergeMethod, check_bool, check_choice, check_finite, check_fraction,
+                                   check_weights)
+
+SCOPES = ("global", "tensor")
+SIGN_RULES = ("sum", "count")
+AGGREGATES = ("mean", "sum")
+
+
+def ties(density: float = 0.2, lam: float = 1.0, scope: str = "global", sign: str = "sum",
+         aggregate: str = "mean", weights: Sequence[float] | None = None) -> MergeMethod:
+  r"""Trim, elect sign, disjoint merge, as the official TIES code.
+
+  .. math::
+     \hat\tau_t = \tau_t \odot [|\tau_t| \ge \kappa_t],\quad
+     \gamma = \mathrm{sgn}\textstyle\sum_t w_t\hat\tau_t,\quad
+     \theta_m = \theta_0 + \lambda\,
+       \frac{\sum_{t\in A} w_t \hat\tau_t}{\sum_{t\in A} w_t},\ A = \{t: \mathrm{sgn}\,\hat\tau_t = \gamma\}
+
+  :math:`\kappa_t` is the k-th largest :math:`|\tau_t|`, k = max(1, floor(density * n)), over the
+  whole task vector of expert t (``scope="global"``, the paper and official code) or per leaf
+  (``"tensor"``, mergekit); entries equal to it are kept. Where the vote is exactly 0, global scope
+  uses the model-wide majority of elected signs (official ``resolve_zero_signs``) and tensor scope +1
+  (mergekit).
+
+  Args:
+    density: fraction of entries KEPT, in (0, 1] (official K=20 is 0.2; MergeLM's mask_rate = 1 - density).
+    lam: scale applied after aggregation.
+    scope: "global" or "tensor".
+    sign: "sum" (magnitude-weighted vote, the paper's "mass") or "count" (one vote per expert).
+    aggregate: "mean" (divide by the agreeing non-zero entries' weight, at least 1) or "sum".
+    weights: per-expert weights (>= 0; applied before the vote, as mergekit); None for all ones.
+  """
+  return _ties_family("ties", density=density, lam=lam, scope=scope, sign=sign, aggregate=aggregate,
+                      weights=weights, drop_rate=None, rescale=True)
+
+
+def dare_ties(drop_rate: float = 0.9, density: float = 1.0, lam: float = 1.0, scope: str = "global",
+              sign: str = "sum", aggregate: str = "mean", weights: Sequence[float] | None = None) -> MergeMethod:
+  r"""DARE on each task vector (drop with probability ``drop_rate``, rescale by 1/(1-p)), then TIES.
+
+  The DARE paper's pipeline (MergeLM ``mask_merging`` with ``ties_merging``). ``density=1`` means no
+  magnitude trim (mergekit's ``dare_ties`` has none, and sums unless normalize is on).
+
+  Args:
+    drop_rate: DARE's drop probability p, in [0, 1).
+    density: TIES' kept fraction, in (0, 1]; 1 for no trim.
+    lam, scope, sign, aggregate, weights: as :func:`ties`.
+  """
+  return _ties_family("dare_ties", density=density, lam=lam, scope=scope, sign=sign, aggregate=aggregate,
+                      weights=weights, drop_rate=drop_rate, rescale=True)
+
+
+def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_rate, rescale) -> MergeMethod:
+  density = check_fraction("density", density, low=0.0, high=1.0, low_open=True, high_open=False)
+  lam = check_finite("lam", lam)
+  scope = check_choice("scope", scope, SCOPES)
+  sign = check_choice("sign", sign, SIGN_RULES)
+  aggregate = check_choice("aggregate", aggregate, AGGREGATES)
+  w = check_weights(weights)
+  rescale = check_bool("rescale", rescale)
+  hparams = {"density": density, "lam": lam, "scope": scope, "sign": sign, "aggregate": aggregate, "weights": w}
+  dare = drop_rate is not None
+  if dare:
+    drop_rate = check_fraction("drop_rate", drop_rate, low=0.0, high=1.0, low_open=False, high_open=True)
+    hparams = {"drop_rate": drop_rate, **hparams}
+  trim = density < 1.0
+  return MergeMethod(
+      name=name, hparams=hparams, uses_base=True,
+      kernel=gta.gta_method_kernel(dare=dare, rescale=rescale, trim=trim, consensus=sign, aggregate=aggregate),
+      compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, rescale=rescale, consensus=sign),
+      lam=lam, drop_rate=drop_rate or 0.0, weights=w,
+      reference=("Yu et al., ICML 2024, arXiv 2311.03099 + " if dare else "")
+      + "Yadav et al., NeurIPS 2023, arXiv 2306.01708")

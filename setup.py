@@ -1,0 +1,59 @@
+"""mergejax: JAX-native model merging and evaluation at scale."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(r'__version__ = "([^"]+)"', (_HERE / "mergejax" / "__init__.py").read_text()).group(1)
+
+# Pinned for Python 3.11: jax 0.10.2 is the last release that supports it (JAX 0.11 dropped 3.11).
+_INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "orbax-checkpoint==0.12.8",
+    "optax==0.2.8",
+    "seqio==0.0.20",
+    # seqio imports tensorflow_text at module top; tf-text pins the matching tensorflow.
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "absl-py>=2.1",
+    "ml-collections==1.1.0",
+    "numpy>=2.0,<2.5",
+    "safetensors>=0.4",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "psutil>=5.9",
+]
+
+_EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+    "bench": ["psutil>=5.9"],
+}
+
+setup(
+    name="mergejax",
+    version=_VERSION,
+    description="JAX-native, sharded model merging and seqio evaluation (What Matters for Model Merging at Scale?)",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mergejax", "mergejax.*"]),
+    package_data={"mergejax": ["**/*.model", "**/*.json"]},
+    python_requires=">=3.11,<3.12",
+    install_requires=_INSTALL_REQUIRES,
+    extras_require=_EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "mergejax-demo=mergejax.cli.demo:run",
+            "mergejax-merge=mergejax.cli.merge:run",
+            "mergejax-inspect=mergejax.cli.inspect:run",
+            "mergejax-train=mergejax.cli.train:run",
+            "mergejax-build-world=mergejax.cli.build_world:run",
+            "mergejax-eval=mergejax.cli.eval:run",
+            "mergejax-study=mergejax.cli.study:run",
+        ],
+    },
+    classifiers=["Programming Language :: Python :: 3.11"],
+)
