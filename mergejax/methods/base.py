@@ -76,6 +76,9 @@ class MergeMethod:
   uses_base: bool
   kernel: Callable[..., Array]
   compute_stats: Callable[[LeafPass, int, dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
+  # True when each leaf's statistics depend on that leaf alone (e.g. ties with scope="tensor"): an
+  # engine may then compute them group by group while the group is resident, in one read.
+  local_stats: bool = False
   lam: float = 1.0
   drop_rate: float = 0.0
   weights: tuple[float, ...] | None = None
