@@ -7,6 +7,7 @@ import zlib
 from typing import Any, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
@@ -36,7 +37,8 @@ def stable_path_hash(path: str) -> int:
 
 
 def is_float_dtype(dtype: Any) -> bool:
-  return np.issubdtype(np.dtype(dtype), np.floating)
+  """True for float dtypes, including bfloat16 and other ml_dtypes floats."""
+  return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
 
 
 def shape_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:

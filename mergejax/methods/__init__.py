@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from mergejax.methods.average import average
 from mergejax.methods.base import LeafContext, LeafPass, MergeMethod, leaf_key
-from mergejax.methods.dare import dare_linear
+from mergejax.methods.dare import dare_keep_masks, dare_linear
 from mergejax.methods.task_arithmetic import task_arithmetic
 from mergejax.methods.ties import dare_ties, ties
 
@@ -56,5 +56,5 @@ def get(name: str, **hparams: Any) -> MergeMethod:
   return factory(**hparams)
 
 
-__all__ = ["LeafContext", "LeafPass", "MergeMethod", "average", "dare_linear", "dare_ties", "get", "hparam_names",
+__all__ = ["LeafContext", "LeafPass", "MergeMethod", "average", "dare_keep_masks", "dare_linear", "dare_ties", "get", "hparam_names",
            "leaf_key", "names", "register", "task_arithmetic", "ties"]

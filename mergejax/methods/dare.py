@@ -34,3 +34,19 @@ def dare_linear(drop_rate: float = 0.9, lam: float = 1.0, rescale: bool = True,
       uses_base=True,
       kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, consensus=None, aggregate="sum"),
       lam=lam, drop_rate=drop_rate, weights=w, reference="Yu et al., ICML 2024, arXiv 2311.03099")
+
+
+def dare_keep_masks(seed: int, path: str, shape: tuple[int, ...], n_experts: int, drop_rate: float) -> list:
+  """The keep masks DARE uses for leaf ``path`` (one per expert), for audits and reference tests.
+
+  Identical to what the merge kernels draw: key = fold_in(fold_in(key(seed), stable_path_hash(path)), t).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
+  from mergejax.methods.base import LeafContext, leaf_key  # pylint: disable=g-import-not-at-top
+  from mergejax.tree import stable_path_hash  # pylint: disable=g-import-not-at-top
+
+  ctx = LeafContext(seed=np.uint32(seed), path_hash=np.uint32(stable_path_hash(path)), lam=np.float32(1),
+                    weights=np.ones((n_experts,), np.float32), drop_rate=np.float32(drop_rate))
+  return [np.asarray(steps.dare_keep_mask(leaf_key(ctx, t), ctx.drop_rate, tuple(shape))) for t in range(n_experts)]

@@ -23,9 +23,10 @@ from mergejax.methods.base import Array, LeafContext, LeafPass, f32
 
 
 def _trimmed_task_vectors(base, experts, ctx, thresholds, *, dare, rescale, trim):
+  del rescale  # applied once, after aggregation (see steps.dare_drop_all)
   taus = steps.task_vectors(base, experts)
   if dare:
-    taus = steps.dare_all(taus, ctx, rescale)
+    taus = steps.dare_drop_all(taus, ctx)
   if trim:
     taus = [steps.magnitude_trim(tau, thresholds[t]) for t, tau in enumerate(taus)]
   return taus
@@ -44,7 +45,8 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
   else:
     gamma = steps.elect_sign(taus, w, consensus, stats["majority"])
     agg = steps.disjoint_aggregate(taus, w, gamma, aggregate)
-  return (f32(base) + ctx.lam * agg).astype(out_dtype)
+  scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
+  return (f32(base) + scale * agg).astype(out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("dare", "rescale", "trim", "consensus"))

@@ -25,18 +25,24 @@ def dare_keep_mask(key: Array, drop_rate: Array, shape: tuple[int, ...]) -> Arra
   return jax.random.bernoulli(key, 1.0 - drop_rate, shape)
 
 
-def dare(tau: Array, key: Array, drop_rate: Array, rescale: bool) -> Array:
-  r"""Drop And REscale: :math:`\hat\tau = (1 - m) \odot \tau / (1 - p)` (rescale), else :math:`(1-m)\odot\tau`.
+def dare_drop(tau: Array, key: Array, drop_rate: Array) -> Array:
+  r"""DARE's drop: :math:`(1 - m) \odot \tau`, :math:`m \sim \mathrm{Bernoulli}(p)`."""
+  return jnp.where(dare_keep_mask(key, drop_rate, tau.shape), tau, 0.0)
 
-  The paper's exact :math:`1/(1-p)` (mergekit instead matches the L1 norm per tensor).
+
+def dare_drop_all(taus: Sequence[Array], ctx: LeafContext) -> list[Array]:
+  """DARE's drop on each expert's task vector, keys from (seed, leaf path, expert index).
+
+  DARE's rescale :math:`1/(1-p)` is the same factor for every expert and entry, so every method applies
+  it once after aggregation (:func:`dare_rescale`): identical in exact arithmetic, and the TIES trim and
+  sign vote then see unrounded values (an exact tie stays an exact tie).
   """
-  kept = jnp.where(dare_keep_mask(key, drop_rate, tau.shape), tau, 0.0)
-  return kept / (1.0 - drop_rate) if rescale else kept
+  return [dare_drop(tau, leaf_key(ctx, t), ctx.drop_rate) for t, tau in enumerate(taus)]
 
 
-def dare_all(taus: Sequence[Array], ctx: LeafContext, rescale: bool) -> list[Array]:
-  """DARE on each expert's task vector with the key derived from (seed, leaf path, expert index)."""
-  return [dare(tau, leaf_key(ctx, t), ctx.drop_rate, rescale) for t, tau in enumerate(taus)]
+def dare_rescale(drop_rate: Array) -> Array:
+  r"""The paper's exact rescale :math:`1/(1-p)` (mergekit instead matches each tensor's L1 norm)."""
+  return 1.0 / (1.0 - drop_rate)
 
 
 def magnitude_trim(tau: Array, threshold: Array) -> Array:

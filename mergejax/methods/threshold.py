@@ -67,19 +67,18 @@ def _count_ge(a: Array, thr_bits: Array) -> Array:
 
 
 def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool, rescale: bool):
+  """|tau_t| (after DARE's drop; its common rescale factor does not change any rank)."""
+  del rescale
   taus = steps.task_vectors(base, experts)
   if dare:
-    taus = steps.dare_all(taus, ctx, rescale)
+    taus = steps.dare_drop_all(taus, ctx)
   return [jnp.abs(t) for t in taus]
 
 
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare", "rescale"))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool, rescale: bool):
-  out = []
-  for a in _abs_task_vectors(base, experts, ctx, dare, rescale):
-    idx = tuple(slice(None, None, s) for s in strides)
-    out.append(a[idx].reshape(-1))
-  return jnp.stack(out)
+  idx = tuple(slice(None, None, s) for s in strides)
+  return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare, rescale)])  # host flattens
 
 
 @functools.partial(jax.jit, static_argnames=("dare", "rescale"))
@@ -197,7 +196,7 @@ def find_thresholds(
     if not todo:
       break
     props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 0) for gt, b in todo.items()}
-    width = max(len(v) for v in props.values())
+    width = thresholds_per_pass  # fixed, so the count kernel compiles once per leaf shape
     table = {}
     for g in groups:
       rows = []
