@@ -104,47 +104,67 @@ def _axis_strides(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
 
 
 class _Bracket:
-  """Bit-space bracket [lo, hi) around the k-th largest value of one (group, expert)."""
+  """Bit-space bracket [lo, hi) around the k-th largest value of one (group, expert).
 
-  def __init__(self, k: int, n: int, sample: np.ndarray, sample_bits: np.ndarray):
+  Invariant: c(lo) >= k > c(hi), with the counts c_lo, c_hi known once measured. Proposals come from
+  the sample on the first pass, then from interpolation search on the measured counts (thresholds at
+  geometric distances around the interpolated crossing, plus two uniform bit-space splits so that
+  discrete or skewed data still converges).
+  """
+
+  def __init__(self, k: int, n: int, sample_bits: np.ndarray):
     self.k, self.n = k, n
     self.lo, self.hi = 0, INF_PLUS_BITS
+    self.c_lo, self.c_hi = n, 0
     self.sample_bits = np.sort(sample_bits)[::-1]  # descending
-    self.exact_sample = sample.size == n
-    if self.exact_sample:
-      self.lo, self.hi = int(self.sample_bits[k - 1]), int(self.sample_bits[k - 1]) + 1
+    if sample_bits.size == n:  # the sample is the whole group: exact already
+      self.lo = int(self.sample_bits[k - 1])
+      self.hi = self.lo + 1
 
   @property
   def done(self) -> bool:
     return self.hi - self.lo <= 1
 
   def proposals(self, count: int, first: bool) -> list[int]:
-    """Thresholds strictly inside (lo, hi), guided by the sample where it has points there."""
+    """Up to ``count`` thresholds strictly inside (lo, hi)."""
     lo, hi = self.lo, self.hi
+    if hi - lo - 1 <= count:
+      return list(range(lo + 1, hi))
     sb = self.sample_bits
-    inside = sb[(sb > lo) & (sb < hi)]
-    props: list[int] = []
     if first and sb.size:
+      # Sample quantiles around the target rank, each with its next float up (discrete data, e.g.
+      # bf16 task vectors, has many ties: the k-th value v then needs the bracket [v, v + 1)), and the
+      # sample maximum + 1 as an upper bound.
       m = sb.size
       r = self.k / self.n * m  # target rank in the sample (1-based, descending)
       delta = 4.0 * math.sqrt(max(r * (1 - r / m), 1.0)) + 2
-      ranks = np.linspace(r - delta, r + delta, count)
-      props = [int(sb[int(np.clip(round(x) - 1, 0, m - 1))]) for x in ranks]
-    elif inside.size >= 2 * count:
-      qs = np.linspace(0, inside.size - 1, count + 2)[1:-1]
-      props = [int(inside[int(round(q))]) for q in qs]
-    if not props or hi - lo - 1 <= count:
-      props = list(np.linspace(lo, hi, count + 2)[1:-1].round().astype(np.int64)) if hi - lo - 1 > count \
-          else list(range(lo + 1, hi))
-    props = sorted({p for p in props if lo < p < hi})
-    return props or [lo + 1]
+      ranks = np.linspace(r - delta, r + delta, max(1, (count - 1) // 2))
+      props = [int(sb[0]) + 1]
+      for x in ranks:
+        v = int(sb[int(np.clip(round(x) - 1, 0, m - 1))])
+        props += [v, v + 1]
+    elif hi >= 0x7F800000:  # no finite upper bound yet: uniform splits in bit space
+      props = list(np.linspace(lo, hi, count + 2)[1:-1].round().astype(np.int64))
+    elif self.c_lo - self.c_hi <= 64:  # few elements left: T-ary search in bit space
+      props = list(np.linspace(lo, hi, count + 2)[1:-1].round().astype(np.int64))
+    else:  # interpolation search on the counts, at geometric distances around the crossing
+      v_lo, v_hi = float(_bits_to_float(lo)), float(_bits_to_float(min(hi, 0x7F7FFFFF)))
+      frac = (self.c_lo - self.k + 0.5) / max(self.c_lo - self.c_hi, 1)
+      v_star = v_lo + frac * (v_hi - v_lo)
+      props = [int(np.array(v_star, np.float32).view(np.int32))]
+      for j in range((count - 1) // 2):
+        spread = (v_hi - v_lo) * 4.0 ** (-(j + 2))
+        for v in (v_star - spread, v_star + spread):
+          props.append(int(np.array(max(v, 0.0), np.float32).view(np.int32)))
+    props = sorted({int(p) for p in props if lo < p < hi})[:count]
+    return props or [lo + (hi - lo) // 2]
 
   def update(self, thresholds: Sequence[int], counts: Sequence[int]) -> None:
     for t, c in zip(thresholds, counts):
       if c >= self.k and t > self.lo:
-        self.lo = t
+        self.lo, self.c_lo = t, c
       if c < self.k and t < self.hi:
-        self.hi = t
+        self.hi, self.c_hi = t, c
 
   def value(self) -> np.float32:
     return _bits_to_float(self.lo)
@@ -158,7 +178,7 @@ def find_thresholds(
     scope: str,
     dare: bool,
     rescale: bool,
-    thresholds_per_pass: int = 6,
+    thresholds_per_pass: int = 7,
     max_passes: int = 48,
 ) -> dict[str, np.ndarray]:
   """Exact per-expert trim thresholds: {leaf path: float32[N]}.
@@ -188,7 +208,7 @@ def find_thresholds(
     k = max(1, math.floor(density * group_n[g]))
     for t in range(n_experts):
       s = np.concatenate([np.asarray(samples[p])[t].reshape(-1) for p in ps]).astype(np.float32)
-      brackets[g, t] = _Bracket(k, group_n[g], s, s.view(np.int32))
+      brackets[g, t] = _Bracket(k, group_n[g], s.view(np.int32))
 
   count_fn = functools.partial(_count_fn, dare=dare, rescale=rescale)
   for pass_index in range(max_passes):

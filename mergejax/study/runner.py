@@ -1,0 +1,296 @@
+"""The study runner: for every cell and method, select hyperparameters on validation, then score
+the chosen merge once on the test splits, and append one row to the results store.
+
+    run_study(config, workdir)   # builds (or finds) the world, runs what is missing, writes the report
+
+Merges happen on device (``mergejax.merge`` over resident params) and are evaluated without writing
+a checkpoint. Every process of a multi-host run executes the same program; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+import mergejax
+from mergejax import methods as methods_lib
+from mergejax import models
+from mergejax import world as world_lib
+from mergejax.evaluation import normalize
+from mergejax.evaluation.adapter import builtin_adapter
+from mergejax.evaluation.evaluator import Evaluator
+from mergejax.evaluation.suites import resolve
+from mergejax.study import grid as grid_lib
+from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
+from mergejax.study.store import ResultsStore
+
+TEST_SPLIT = "test"
+
+
+class StudyConfigError(ValueError):
+  """A bad study configuration, reported before any work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+  kinds: tuple[str, ...]
+  sizes: tuple[str, ...]
+  ns: tuple[int, ...]
+  seeds: int
+  methods: tuple[str, ...]
+  grids: dict[str, list[dict[str, Any]]]
+  categories: tuple[str, ...]
+  world_dir: pathlib.Path
+  build_world: bool
+  batch_size: int
+
+
+def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
+  """Checks the whole configuration up front; StudyConfigError names the first problem."""
+  import mergejax.tasks  # pylint: disable=g-import-not-at-top
+
+  kinds = tuple(grid_lib.csv_list(cfg.kinds))
+  for k in kinds:
+    if k not in world_lib.KINDS:
+      raise StudyConfigError(f"unknown base kind {k!r}: choose from {list(world_lib.KINDS)}")
+  sizes = tuple(grid_lib.csv_list(cfg.sizes))
+  for s in sizes:
+    if s not in models.SIZES:
+      raise StudyConfigError(f"unknown model size {s!r}: choose from {sorted(models.SIZES)}")
+  categories = tuple(grid_lib.csv_list(cfg.categories)) if cfg.get("categories") else tuple(
+      mergejax.tasks.HELDIN_CATEGORIES)
+  for c in categories:
+    if c not in mergejax.tasks.HELDIN_CATEGORIES:
+      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(mergejax.tasks.HELDIN_CATEGORIES)}")
+  try:
+    ns = tuple(grid_lib.int_list(cfg.num_experts))
+  except ValueError as e:
+    raise StudyConfigError(f"num_experts={cfg.num_experts!r}: {e}") from None
+  for n in ns:
+    if not 1 <= n <= len(categories):
+      raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
+  if int(cfg.subset_seeds) < 1:
+    raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
+  names = tuple(grid_lib.csv_list(cfg.methods))
+  grids = {}
+  for m in names:
+    if m not in methods_lib.names():
+      raise StudyConfigError(f"unknown merge method {m!r}: choose from {methods_lib.names()}")
+    text = cfg.grids.get(m, "") if "grids" in cfg else ""
+    try:
+      grids[m] = grid_lib.candidates(m, grid_lib.parse_grid(text))
+    except ValueError as e:
+      raise StudyConfigError(f"grids.{m}: {e}") from None
+  world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
+  build = bool(cfg.build_world)
+  if not build:
+    for size in sizes:
+      for kind in kinds:
+        needed = [world_lib.checkpoint_path(world_dir, size, kind, "base")]
+        needed += [world_lib.checkpoint_path(world_dir, size, kind, "expert", c) for c in categories]
+        if cfg.get("multitask", True):
+          needed.append(world_lib.checkpoint_path(world_dir, size, kind, "multitask"))
+        for p in needed:
+          if not models.is_complete(p):
+            raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
+  return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
+                   int(cfg.eval_batch_size))
+
+
+class Scorer:
+  """Per-task scores of params on a suite and split, with one cached Evaluator per (size, suite,
+  split); every request passes the split guard."""
+
+  def __init__(self, guard: SplitGuard, batch_size: int):
+    self.guard, self.batch_size = guard, batch_size
+    self._evaluators: dict[tuple, Evaluator] = {}
+    self.seconds = 0.0
+    self.calls = 0
+
+  def __call__(self, size: str, adapter, params, suite: str, split: str) -> tuple[dict[str, float], dict[str, str]]:
+    self.guard.check(suite, split)
+    key = (size, suite, split)
+    ev = self._evaluators.get(key)
+    if ev is None:
+      ev = Evaluator(adapter, resolve(suite), split, batch_size=self.batch_size)
+      self._evaluators[key] = ev
+    t0 = time.perf_counter()
+    res = ev.evaluate(params)
+    self.seconds += time.perf_counter() - t0
+    self.calls += 1
+    return dict(res.task_scores), dict(res.task_categories)
+
+
+@dataclasses.dataclass
+class ModelSet:
+  """The models of one (kind, size), resident on device."""
+
+  config: Any
+  adapter: Any
+  base: Any
+  experts: dict[str, Any]
+  multitask: Any | None
+
+
+def _load(path: pathlib.Path):
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), jax.sharding.PartitionSpec())
+  return models.load_checkpoint(path, sharding=sharding)
+
+
+def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = True) -> ModelSet:
+  config, base = _load(world_lib.checkpoint_path(spec.world_dir, size, kind, "base"))
+  experts = {c: _load(world_lib.checkpoint_path(spec.world_dir, size, kind, "expert", c))[1]
+             for c in spec.categories}
+  mt_path = world_lib.checkpoint_path(spec.world_dir, size, kind, "multitask")
+  multitask = _load(mt_path)[1] if with_multitask and models.is_complete(mt_path) else None
+  return ModelSet(config, builtin_adapter(config), base, experts, multitask)
+
+
+def _heldin(scorer: Scorer, size: str, ms: ModelSet, params, cats: Sequence[str], split: str):
+  scores, task_cats = {}, {}
+  for c in cats:
+    s, tc = scorer(size, ms.adapter, params, f"heldin_{c}", split)
+    scores.update(s)
+    task_cats.update(tc)
+  return scores, task_cats
+
+
+def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: str, size: str,
+                   ms: ModelSet) -> dict[str, Any]:
+  """Evaluates (once; cached in the store) the base, each expert and the multitask baseline."""
+  refs: dict[str, Any] = {}
+  key = f"ref/{kind}/{size}/base"
+  row = store.get(key)
+  if row is None:
+    hi, hi_cats = _heldin(scorer, size, ms, ms.base, spec.categories, TEST_SPLIT)
+    ho, ho_cats = scorer(size, ms.adapter, ms.base, "heldout", TEST_SPLIT)
+    row = store.put(key, {"type": "reference", "role": "base", "kind": kind, "size": size,
+                          "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
+  refs["base"] = row
+  for c, params in ms.experts.items():
+    key = f"ref/{kind}/{size}/expert/{c}"
+    row = store.get(key)
+    if row is None:
+      test, cats = scorer(size, ms.adapter, params, f"heldin_{c}", TEST_SPLIT)
+      val, _ = scorer(size, ms.adapter, params, f"heldin_{c}", SELECTION_SPLIT)
+      row = store.put(key, {"type": "reference", "role": "expert", "kind": kind, "size": size, "category": c,
+                            "heldin_test": test, "heldin_validation": val, "task_categories": cats})
+    refs[f"expert/{c}"] = row
+  if ms.multitask is not None:
+    key = f"ref/{kind}/{size}/multitask"
+    row = store.get(key)
+    if row is None:
+      hi, hi_cats = _heldin(scorer, size, ms, ms.multitask, spec.categories, TEST_SPLIT)
+      ho, ho_cats = scorer(size, ms.adapter, ms.multitask, "heldout", TEST_SPLIT)
+      row = store.put(key, {"type": "reference", "role": "multitask", "kind": kind, "size": size,
+                            "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
+    refs["multitask"] = row
+  return refs
+
+
+def _expert_table(refs: Mapping[str, Any], split_key: str) -> tuple[dict[str, float], dict[str, str]]:
+  scores, cats = {}, {}
+  for k, row in refs.items():
+    if k.startswith("expert/"):
+      scores.update(row[split_key])
+      cats.update({t: row["category"] for t in row[split_key]})
+  return scores, cats
+
+
+def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, Any]], float]) -> tuple[dict, list]:
+  """The candidate with the highest validation objective (the first one on ties)."""
+  scored = [(score_fn(hp), i, hp) for i, hp in enumerate(candidates)]
+  best = max(scored, key=lambda x: (x[0], -x[1]))
+  return best[2], [{"hparams": hp, "validation": s} for s, _, hp in scored]
+
+
+def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec: StudySpec,
+                    cell: grid_lib.Cell, method_name: str, ms: ModelSet, refs: Mapping[str, Any]) -> dict:
+  """Selection on validation, then one test evaluation; appends and returns the row."""
+  key = f"merge/{cell.key}/{method_name}"
+  row = store.get(key)
+  if row is not None:
+    return row
+  experts = [ms.experts[c] for c in cell.categories]
+  expert_val, val_cats = _expert_table(refs, "heldin_validation")
+  timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
+
+  def merged(hp):
+    t0 = time.perf_counter()
+    out = mergejax.merge(ms.base, experts, methods_lib.get(method_name, **hp), seed=cell.seed)
+    jax.block_until_ready(out)
+    timings["merge_s"] += time.perf_counter() - t0
+    return out
+
+  def validation_objective(hp) -> float:
+    params = merged(hp)
+    t0 = time.perf_counter()
+    scores, cats = _heldin(scorer, cell.size, ms, params, cell.categories, SELECTION_SPLIT)
+    timings["select_eval_s"] += time.perf_counter() - t0
+    return normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
+
+  candidates = spec.grids[method_name]
+  with guard.selecting():
+    if len(candidates) == 1:
+      chosen, tried = candidates[0], [{"hparams": candidates[0], "validation": None}]
+    else:
+      chosen, tried = select(candidates, validation_objective)
+  params = merged(chosen)
+  t0 = time.perf_counter()
+  hi, hi_cats = _heldin(scorer, cell.size, ms, params, cell.categories, TEST_SPLIT)
+  ho, ho_cats = scorer(cell.size, ms.adapter, params, "heldout", TEST_SPLIT)
+  timings["test_eval_s"] = time.perf_counter() - t0
+  expert_test, exp_cats = _expert_table(refs, "heldin_test")
+  n_hi = normalize.held_in(hi, expert_test, {**exp_cats, **hi_cats}, cell.categories)
+  n_ho = normalize.held_out(ho, refs["base"]["heldout_test"], ho_cats)
+  return store.put(key, {
+      "type": "merge", "kind": cell.kind, "size": cell.size, "n": cell.n, "seed": cell.seed,
+      "categories": list(cell.categories), "method": method_name, "hparams": chosen, "candidates": tried,
+      "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats},
+      "heldin_norm": n_hi.score, "heldout_norm": n_ho.score,
+      "heldin_norm_by_category": n_hi.per_category, "heldout_norm_by_category": n_ho.per_category,
+      **timings})
+
+
+def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> pathlib.Path:
+  """Runs (or resumes) the whole study and writes the report; returns the report's path."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  from mergejax.study import report as report_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir).absolute()
+  spec = validate(cfg, workdir)
+  is_main = jax.process_index() == 0
+  t_start = time.perf_counter()
+  if spec.build_world:
+    world_kw = {}
+    if cfg.get("world_steps"):  # e.g. "pretrain=20;expert=5" (tests and quick looks)
+      world_kw["recipe_overrides"] = {recipe: {"steps": int(values[0])} for recipe, values in
+                                      grid_lib.parse_grid(cfg.world_steps).items()}
+    world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
+                          progress=progress and is_main, **world_kw)
+  world_s = time.perf_counter() - t_start
+  store = ResultsStore(workdir / "results")
+  guard = SplitGuard()
+  scorer = Scorer(guard, spec.batch_size)
+  all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
+  units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
+  bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
+  for kind in spec.kinds:
+    for size in spec.sizes:
+      todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
+      ms = load_models(spec, kind, size)
+      refs = reference_rows(store, scorer, spec, kind, size, ms)
+      for cell, method_name in todo:
+        bar.set_postfix_str(f"{cell.key} {method_name}")
+        run_cell_method(store, scorer, guard, spec, cell, method_name, ms, refs)
+        bar.update()
+      del ms
+  bar.close()
+  study_s = time.perf_counter() - t_start - world_s
+  return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})

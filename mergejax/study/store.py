@@ -1,0 +1,67 @@
+"""Resumable results store: one JSON file per row, written atomically (temp file + rename).
+
+A study killed at any moment leaves only complete rows; re-running skips the rows that exist. Rows
+are keyed by a string (e.g. "merge/instruction_tuned/s/n4/s1/ties" or "ref/pretrained/xs/base").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Iterator
+
+import jax
+
+
+class ResultsStore:
+  def __init__(self, root: str | os.PathLike):
+    self.root = pathlib.Path(root)
+    self.rows_dir = self.root / "rows"
+    if jax.process_index() == 0:
+      self.rows_dir.mkdir(parents=True, exist_ok=True)
+
+  def _path(self, key: str) -> pathlib.Path:
+    safe = key.replace("/", "__")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return self.rows_dir / f"{safe}-{digest}.json"
+
+  def get(self, key: str) -> dict[str, Any] | None:
+    p = self._path(key)
+    if not p.is_file():
+      return None
+    try:
+      row = json.loads(p.read_text())
+    except (OSError, ValueError):
+      return None
+    return row if row.get("key") == key else None
+
+  def put(self, key: str, row: dict[str, Any]) -> dict[str, Any]:
+    row = {"key": key, **row}
+    if jax.process_index() == 0:
+      p = self._path(key)
+      tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+      with open(tmp, "w") as f:
+        json.dump(row, f, indent=1, sort_keys=True, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, p)
+    return json.loads(json.dumps(row, default=_json_default))
+
+  def rows(self, prefix: str = "") -> Iterator[dict[str, Any]]:
+    for p in sorted(self.rows_dir.glob("*.json")):
+      try:
+        row = json.loads(p.read_text())
+      except (OSError, ValueError):
+        continue
+      if row.get("key", "").startswith(prefix):
+        yield row
+
+
+def _json_default(x: Any) -> Any:
+  if hasattr(x, "tolist"):
+    return x.tolist()
+  if isinstance(x, (set, tuple)):
+    return list(x)
+  raise TypeError(f"not JSON-serializable: {type(x).__name__}")
