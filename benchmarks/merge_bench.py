@@ -1,0 +1,259 @@
+r"""Checkpoint merges: ``mergejax-merge`` vs ``mergekit-yaml``, side by side in one run.
+
+Workload (issue 3): an HF Llama-architecture checkpoint of 168,313,856 bf16 parameters (hidden 1024,
+8 layers, intermediate 2816, vocab 32000; ~336 MB), base + 4 experts, safetensors in 200 MB shards,
+generated under a temporary directory in /tmp and deleted afterwards. Output: safetensors, bf16.
+
+For each method both tools run as fresh processes (page cache warm: every input is read once before
+timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
+process that runs one command. Also reported: the merge phase alone (manifest ``elapsed_s``), GB/s of
+(bytes read + bytes written) against the machine's measured copy bandwidth, agreement with mergekit's
+output, and a bounded-memory run whose inputs are several times ``--config.memory_budget_gb``.
+
+    .venv/bin/python benchmarks/merge_bench.py --mergekit=/tmp/mk-venv/bin/mergekit-yaml
+    .venv/bin/python benchmarks/merge_bench.py --layers=2 --vocab=4000 --methods=ties   # quick smoke run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors.numpy)
+import numpy as np
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "", "mergekit-yaml executable ('' skips).")
+_METHODS = flags.DEFINE_list("methods", ["linear", "task_arithmetic", "ties", "dare_ties"], "mergekit method names.")
+_LAYERS = flags.DEFINE_integer("layers", 8, "Decoder layers.")
+_HIDDEN = flags.DEFINE_integer("hidden", 1024, "Hidden size.")
+_INTER = flags.DEFINE_integer("intermediate", 2816, "MLP size.")
+_VOCAB = flags.DEFINE_integer("vocab", 32000, "Vocabulary.")
+_EXPERTS = flags.DEFINE_integer("experts", 4, "Experts.")
+_SHARD_MB = flags.DEFINE_integer("shard_mb", 200, "Input shard size (MB).")
+_BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "mergejax --config.memory_budget_gb for the timed runs.")
+_SMALL_BUDGET = flags.DEFINE_float("small_budget_gb", 0.25, "Budget of the bounded-memory run.")
+_BUDGET_METHOD = flags.DEFINE_string("budget_method", "task_arithmetic", "Method of the bounded-memory runs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new /tmp dir).")
+_KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
+_OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
+
+_TIMER = ("import resource, subprocess, sys, time\n"
+          "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+          "w = time.perf_counter() - t\n"
+          "sys.stderr.write(r.stderr.decode(errors='replace')[-2000:] if r.returncode else '')\n"
+          "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, r.returncode)\n")
+
+
+def timed(cmd: list[str], env=None) -> dict:
+  r = subprocess.run([sys.executable, "-c", _TIMER, *cmd], capture_output=True, text=True, env=env)
+  wall, rss, rc = r.stdout.split()
+  if int(rc):
+    raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-1500:]}")
+  return {"wall_s": float(wall), "peak_rss_bytes": int(rss)}
+
+
+def llama_shapes(layers, hidden, inter, vocab):
+  shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+            "lm_head.weight": (vocab, hidden)}
+  for i in range(layers):
+    p = f"model.layers.{i}."
+    for n in ("q", "k", "v", "o"):
+      shapes[p + f"self_attn.{n}_proj.weight"] = (hidden, hidden)
+    shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
+    shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
+    shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
+    shapes[p + "input_layernorm.weight"] = (hidden,)
+    shapes[p + "post_attention_layernorm.weight"] = (hidden,)
+  return shapes
+
+
+def write_model(path: pathlib.Path, shapes, seed: int, base_seed: int | None, shard_bytes: int, config: dict):
+  """Writes base (base_seed None) or base + 0.01 noise, tensor by tensor, in shards with an index."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  path.mkdir(parents=True)
+  names = list(shapes)
+  shards, cur, size = [], {}, 0
+
+  def gen(name, s):
+    r = np.random.default_rng([base_seed if base_seed is not None else seed, names.index(name)])
+    x = r.standard_normal(s, dtype=np.float32) * 0.02
+    if base_seed is not None:
+      x += np.random.default_rng([seed, names.index(name), 7]).standard_normal(s, dtype=np.float32) * 0.002
+    return x.astype(ml_dtypes.bfloat16)
+
+  for n in names:
+    nb = int(np.prod(shapes[n])) * 2
+    if cur and size + nb > shard_bytes:
+      shards.append(cur)
+      cur, size = {}, 0
+    cur[n] = gen(n, shapes[n])
+    size += nb
+    if size >= shard_bytes:
+      shards.append(cur)
+      cur, size = {}, 0
+  if cur:
+    shards.append(cur)
+  weight_map, total = {}, 0
+  for i, sh in enumerate(shards):
+    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(sh, str(path / fname), metadata={"format": "pt"})
+    weight_map.update({k: fname for k in sh})
+    total += sum(v.nbytes for v in sh.values())
+  (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                 "weight_map": weight_map}))
+  (path / "config.json").write_text(json.dumps(config, indent=2))
+  (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+
+
+def copy_bandwidth() -> float:
+  a = np.ones(64 << 20, np.float32)
+  b = np.empty_like(a)
+  best = 1e9
+  for _ in range(5):
+    t = time.perf_counter()
+    np.copyto(b, a)
+    best = min(best, time.perf_counter() - t)
+  return 2 * a.nbytes / best
+
+
+def mergejax_cmd(method: str, base, experts, out, budget):
+  hp = {"linear": ["--config.method.name=average"],
+        "task_arithmetic": ["--config.method.name=task_arithmetic"],
+        "ties": ["--config.method.name=ties", "--config.method.density=0.2", "--config.method.scope=tensor"],
+        "ties_global": ["--config.method.name=ties", "--config.method.density=0.2", "--config.method.scope=global"],
+        "dare_ties": ["--config.method.name=dare_ties", "--config.method.drop_rate=0.8", "--config.method.density=1.0",
+                      "--config.method.scope=tensor", "--config.method.aggregate=sum"]}[method]
+  base_flag = [] if method == "linear" else [f"--base={base}"]
+  return [sys.executable, "-m", "mergejax.cli.merge", *base_flag, f"--experts={','.join(map(str, experts))}",
+          f"--output={out}", f"--config={REPO / 'configs' / 'merge.py'}", "--config.progress=False",
+          f"--config.memory_budget_gb={budget}", "--config.seed=0", *hp]
+
+
+def mergekit_yaml(method: str, base, experts) -> str:
+  lines = [f"merge_method: {method}", "dtype: float32", "out_dtype: bfloat16"]
+  if method != "linear":
+    lines.append(f"base_model: {base}")
+  lines.append("models:")
+  for e in experts:
+    params = {"linear": "{weight: 1.0}", "task_arithmetic": "{weight: 1.0}", "ties": "{weight: 1.0, density: 0.2}",
+              "dare_ties": "{weight: 1.0, density: 0.2}"}[method]
+    lines += [f"  - model: {e}", f"    parameters: {params}"]
+  if method == "ties":
+    lines.append("parameters: {normalize: true, lambda: 1.0}")
+  return "\n".join(lines) + "\n"
+
+
+def load_all(d):
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  out = {}
+  for f in sorted(pathlib.Path(d).glob("*.safetensors")):
+    out.update(load_file(str(f)))
+  return out
+
+
+def agreement(a_dir, b_dir) -> dict:
+  a, b = load_all(a_dir), load_all(b_dir)
+  n = diff = 0
+  worst = 0.0
+  for k in a:
+    x, y = a[k].astype(np.float32), b[k].astype(np.float32)
+    d = x != y
+    n += x.size
+    diff += int(d.sum())
+    if d.any():
+      worst = max(worst, float(np.abs(x - y).max()))
+  return {"entries": n, "differing": diff, "max_abs_diff": worst}
+
+
+def main(argv):
+  del argv
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="merge_bench_", dir="/tmp"))
+  root.mkdir(parents=True, exist_ok=True)
+  shapes = llama_shapes(_LAYERS.value, _HIDDEN.value, _INTER.value, _VOCAB.value)
+  params = sum(int(np.prod(s)) for s in shapes.values())
+  config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": _HIDDEN.value,
+            "intermediate_size": _INTER.value, "num_hidden_layers": _LAYERS.value, "num_attention_heads": 16,
+            "num_key_value_heads": 16, "vocab_size": _VOCAB.value, "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+  results = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params, "runs": []}
+  try:
+    base = root / "base"
+    experts = [root / f"expert{i}" for i in range(_EXPERTS.value)]
+    if not base.exists():
+      t = time.perf_counter()
+      write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, config)
+      for i, e in enumerate(experts):
+        write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, config)
+      print(f"generated {1 + len(experts)} x {params:,} params in {time.perf_counter() - t:.0f}s under {root}")
+    model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    for d in [base, *experts]:  # warm the page cache
+      for f in d.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+          while fh.read(64 << 20):
+            pass
+    bw = copy_bandwidth()
+    results["copy_bandwidth_GBps"] = bw / 1e9
+    results["model_bytes"] = model_bytes
+    print(f"model {model_bytes / 1e6:.0f} MB; numpy copy bandwidth {bw / 1e9:.1f} GB/s")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    startup = timed([sys.executable, "-c", "import mergejax.cli.merge, jax; jax.devices()"], env=env)
+    results["mergejax_import"] = startup
+    print(f"mergejax import + jax init: {startup['wall_s']:.2f}s, RSS {startup['peak_rss_bytes'] / 2**20:.0f} MiB")
+    methods = list(_METHODS.value)
+    for method in methods + (["ties_global"] if "ties" in methods else []):
+      n_in = len(experts) + (0 if method == "linear" else 1)
+      moved = (n_in + 1) * model_bytes
+      out = root / f"out_mj_{method}"
+      shutil.rmtree(out, ignore_errors=True)
+      r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value), env=env)
+      man = json.loads((out / "mergejax_manifest.json").read_text())
+      row = {"method": method, "tool": "mergejax", **r, "merge_phase_s": man["elapsed_s"],
+             "GBps_whole": moved / r["wall_s"] / 1e9, "GBps_merge_phase": moved / man["elapsed_s"] / 1e9,
+             "floor_s": moved / bw}
+      results["runs"].append(row)
+      print(json.dumps(row), flush=True)
+      if _MERGEKIT.value and method != "ties_global":
+        mk_out = root / f"out_mk_{method}"
+        shutil.rmtree(mk_out, ignore_errors=True)
+        cfg = root / f"{method}.yml"
+        cfg.write_text(mergekit_yaml(method, base, experts))
+        r = timed([_MERGEKIT.value, str(cfg), str(mk_out), "--random-seed", "0"], env=env)
+        mrow = {"method": method, "tool": "mergekit", **r, "GBps_whole": moved / r["wall_s"] / 1e9}
+        if method in ("linear", "task_arithmetic", "ties"):
+          mrow["agreement_with_mergejax"] = agreement(out, mk_out)
+        results["runs"].append(mrow)
+        print(json.dumps(mrow), flush=True)
+        shutil.rmtree(mk_out, ignore_errors=True)
+      shutil.rmtree(out, ignore_errors=True)
+    # Bounded memory: inputs several times the budget; peak RSS tracks the budget, not the model.
+    for budget in (_SMALL_BUDGET.value, _SMALL_BUDGET.value * 4):
+      out = root / "out_budget"
+      shutil.rmtree(out, ignore_errors=True)
+      r = timed(mergejax_cmd(_BUDGET_METHOD.value, base, experts, out, budget), env=env)
+      row = {"method": _BUDGET_METHOD.value, "tool": "mergejax", "memory_budget_gb": budget,
+             "inputs_over_budget": (len(experts) + 1) * model_bytes / (budget * 2**30), **r}
+      results["runs"].append(row)
+      print(json.dumps(row))
+      shutil.rmtree(out, ignore_errors=True)
+  finally:
+    if not _KEEP.value:
+      shutil.rmtree(root, ignore_errors=True)
+  if _OUT.value:
+    pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2))
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,55 @@
+"""mergejax-build-world: train the embedded world's bases, experts and multitask baselines."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "World config (configs/world.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the world is built (resumable).")
+
+
+def _csv(s):
+  return tuple(x.strip() for x in str(s).split(",") if x.strip())
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  if cfg is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  from mergejax import world  # pylint: disable=g-import-not-at-top
+  over = {}
+  for r in ("pretrain", "instruction_tune", "expert", "multitask"):
+    over[r] = {k: v for k, v in cfg[r].items() if v is not None}
+  try:
+    if cfg.task_module:
+      importlib.import_module(cfg.task_module)
+    summary = world.build_world(
+        _WORKDIR.value, _csv(cfg.sizes), kinds=_csv(cfg.kinds),
+        categories=_csv(cfg.categories) if cfg.categories else None, multitask=cfg.build_multitask,
+        recipe_overrides=over, batch_size=cfg.batch_size,
+        feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length}, seed=cfg.seed,
+        mixture_prefix=cfg.mixture_prefix, checkpoint_every=cfg.checkpoint_every,
+        progress=cfg.progress)
+  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    print(f"mergejax-build-world: error: {e}", file=sys.stderr)
+    return 1
+  trained = [r for r in summary["runs"] if not r.get("skipped")]
+  print(f"{_WORKDIR.value}: {len(trained)} trained, {len(summary['runs']) - len(trained)} already "
+        f"complete, {summary['seconds']:.0f} s")
+  return 0
+
+
+def run():
+  flags.FLAGS.set_default("verbosity", -1)  # orbax logs every save at INFO; --verbosity=0 restores it
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,150 @@
+r"""``mergejax-merge``: merge orbax or Hugging Face safetensors checkpoints of any size.
+
+    mergejax-merge --base=PATH --experts=PATH1,PATH2 --output=PATH --config=configs/merge.py \
+      --config.method.name=ties --config.method.density=0.2 [--output_format=safetensors] \
+      [--config.dtype=bfloat16] [--overwrite]
+
+Input formats are detected; the output format defaults to the base's. The output appears only when
+complete (atomic rename), with ``mergejax_manifest.json`` beside the weights. Any bad input gives one
+line naming the file and leaf, exit status 1, and no output.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import sys
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_dict, config_flags
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "merge.py"
+
+_BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
+_EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
+_FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port for jax.distributed.initialize (multi-host).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes for jax.distributed.initialize.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's id for jax.distributed.initialize.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Merge config (configs/merge.py).")
+
+_HPARAMS = ("density", "lam", "drop_rate", "scope", "sign", "aggregate", "weights")
+
+
+def build_method(cfg: config_dict.ConfigDict):
+  """The MergeMethod named by ``cfg.method`` with the hyperparameters that are set."""
+  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  m = cfg.method
+  hp: dict[str, Any] = {}
+  for k in _HPARAMS:
+    v = m.get(k)
+    if v is None:
+      continue
+    if k == "weights" and isinstance(v, str):
+      try:
+        v = [float(x) for x in v.split(",") if x.strip()]
+      except ValueError:
+        raise ValueError(f"hyperparameter weights={m.weights!r} must be a comma list of numbers") from None
+    hp[k] = v
+  return methods.get(m.name, **hp)
+
+
+def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
+                      output_format: str | None = None, overwrite: bool = False, mesh=None) -> pathlib.Path:
+  """Merges checkpoint files into ``output``; raises (and leaves no output) on any bad input."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints import OrbaxSink, SafetensorsSink, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
+
+  method = build_method(cfg)
+  if cfg.dtype is not None:
+    try:
+      dt = np.dtype(jax.numpy.dtype(cfg.dtype))
+    except TypeError:
+      raise ValueError(f"config dtype={cfg.dtype!r} is not a dtype") from None
+    if not np.issubdtype(dt, np.floating):
+      raise ValueError(f"config dtype={cfg.dtype!r} must be a floating dtype")
+  if cfg.memory_budget_gb is not None and not cfg.memory_budget_gb > 0:
+    raise ValueError(f"config memory_budget_gb={cfg.memory_budget_gb} must be > 0")
+  if not experts:
+    raise ValueError("--experts is empty: give at least one expert checkpoint")
+  method.check_experts(len(experts))
+  inputs = ([base] if base else []) + list(experts)
+  for p in inputs:
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"{p}: no such file or directory")
+  base_src = open_source(base, name=base) if base else None
+  expert_srcs = [open_source(e, name=e) for e in experts]
+  reference = base_src or expert_srcs[0]
+  engine.validate_sources(reference, (expert_srcs if base_src else expert_srcs[1:]))
+  fmt = output_format or reference.format
+  output_lib.check_output_path(output, inputs, overwrite)
+  rules = sharding.parse_rules(cfg.partition_rules)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  sidecar_dir = str(reference.dir) if reference.dir is not None else None
+  if fmt == "safetensors":
+    sink = SafetensorsSink(output, shard_bytes=int(cfg.shard_size_mb * (1 << 20)), sidecar_dir=sidecar_dir,
+                           overwrite=overwrite)
+  else:
+    keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
+    sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys)
+  fingerprints = [{"role": "base" if base and i == 0 else "expert", **output_lib.fingerprint(p)}
+                  for i, p in enumerate(inputs)] if output_lib.is_primary() else []
+  return engine.merge_sources(
+      base_src, expert_srcs, sink, method, seed=int(cfg.seed), dtype=cfg.dtype, mesh=mesh, rules=rules,
+      memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
+      allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
+      metadata={"inputs": fingerprints, "input_format": reference.format})
+
+
+def error_line(e: BaseException) -> str:
+  """One line describing a failure (file and leaf are already in our own messages)."""
+  if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+    what = os.strerror(e.errno) if e.errno else str(e)
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+      return f"disk full while writing the output{where}: {what}"
+    return f"{type(e).__name__}{where}: {what}" if e.errno else f"{type(e).__name__}: {e}"
+  msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return msg
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
+  try:
+    if _CONFIG.value is None:
+      raise ValueError("no config: pass --config=configs/merge.py")
+    if not _EXPERTS.value:
+      raise ValueError("--experts is required (comma-separated checkpoint paths)")
+    if not _OUTPUT.value:
+      raise ValueError("--output is required")
+    if _COORD.value:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                                 process_id=_PID.value)
+    out = merge_checkpoints(_BASE.value, _EXPERTS.value, _OUTPUT.value, _CONFIG.value,
+                            output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
+  except KeyboardInterrupt:
+    print("mergejax-merge: interrupted; no output written", file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"mergejax-merge: error: {error_line(e)}", file=sys.stderr)
+    sys.exit(1)
+  print(f"mergejax-merge: wrote {out}")
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

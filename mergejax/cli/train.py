@@ -1,0 +1,56 @@
+"""mergejax-train: one run of a training recipe (pretrain, instruction_tune, expert, multitask)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (configs/train.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "World directory (models laid out as in mergejax.world).")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  if cfg is None:
+    raise app.UsageError("--config is required (e.g. --config=configs/train.py)")
+  from mergejax.training import recipes  # pylint: disable=g-import-not-at-top
+  try:
+    if cfg.task_module:
+      importlib.import_module(cfg.task_module)
+    elif cfg.mixture_prefix == "mj":
+      import mergejax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    spec = recipes.resolve(
+        cfg.recipe, cfg.size, _WORKDIR.value, category=cfg.category, kind=cfg.kind, out=cfg.output,
+        init=cfg.init, mixture=cfg.mixture, mixture_prefix=cfg.mixture_prefix, steps=cfg.steps,
+        opt_overrides=dict(lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+                           weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2,
+                           clip_norm=cfg.clip_norm),
+        batch_size=cfg.batch_size,
+        feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length}, seed=cfg.seed,
+        model_overrides={k: cfg[k] for k in ("scan_layers", "remat", "dtype") if cfg[k] is not None})
+    res = recipes.run(spec, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                      log_every=cfg.log_every)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
+    print(f"mergejax-train: error: {e}", file=sys.stderr)
+    return 1
+  if res.skipped:
+    print(f"{spec.out}: already complete, skipped")
+  else:
+    print(f"{spec.out}: {spec.label} trained {res.steps} steps (resumed from {res.resumed_from}), "
+          f"final loss {res.final_loss:.4f}, {res.tokens_per_s:,.0f} tokens/s")
+  return 0
+
+
+def run():
+  flags.FLAGS.set_default("verbosity", -1)  # orbax logs every save at INFO; --verbosity=0 restores it
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

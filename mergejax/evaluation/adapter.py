@@ -1,0 +1,86 @@
+"""Model adapters: the small interface the evaluator needs from a model.
+
+An adapter is three pure functions of ``(params, ...)``; params are always an argument (never closed
+over), so one compiled scorer serves every set of params of the same shapes (the study runner merges
+hundreds of candidates and scores each without recompiling).
+
+* ``apply(params, tokens_BxL) -> logits_BxLxV``: a causal forward pass (float32 logits).
+* ``init_cache(batch, max_len) -> cache`` and ``decode_step(params, cache, tok_Bx1) -> (logits_Bx1xV,
+  cache)``: incremental decoding with a KV cache whose position is tracked inside the cache (flax
+  lm1b / nanodo style). Optional: without them greedy decoding re-runs ``apply`` on a fixed buffer.
+
+Use :func:`from_flax_lm` for any ``flax.linen`` causal LM written in the lm1b style,
+:func:`builtin_adapter` for :class:`mergejax.models.Decoder`, or build a :class:`ModelAdapter` by
+hand for anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAdapter:
+  """How the evaluator runs a model.
+
+  Attributes:
+    apply: ``(params, tokens_BxL int32) -> logits_BxLxV``; position t's logits predict token t+1.
+    init_cache: ``(batch, max_len) -> cache`` (an empty KV cache), or None.
+    decode_step: ``(params, cache, tok_Bx1) -> (logits_Bx1xV, cache)``, or None.
+    name: shown in logs and benchmark tables.
+  """
+
+  apply: Callable[[Params, jax.Array], jax.Array]
+  init_cache: Callable[[int, int], PyTree] | None = None
+  decode_step: Callable[[Params, PyTree, jax.Array], tuple[jax.Array, PyTree]] | None = None
+  name: str = "model"
+
+  @property
+  def has_cache(self) -> bool:
+    return self.init_cache is not None and self.decode_step is not None
+
+
+def from_flax_lm(module: Any, name: str | None = None) -> ModelAdapter:
+  """Adapter for a flax.linen causal LM with an lm1b-style KV cache.
+
+  The module must support ``module.apply({"params": p}, tokens_BxL)`` and, for the cache,
+  ``module.init(rng, tokens_BxMaxLen, decode=True)["cache"]`` followed by
+  ``module.apply({"params": p, "cache": c}, tok_Bx1, decode=True, mutable=["cache"])``. A module
+  without a ``decode`` argument still works (greedy decoding then recomputes the prefix).
+  """
+
+  def apply(params, tokens_BxL):
+    return module.apply({"params": params}, tokens_BxL)
+
+  def init_cache(batch: int, max_len: int):
+    # Run the module's own init (so the cache starts exactly as the module defines it); under jit the
+    # unused parameter initializers are dead code and cost nothing.
+    tokens = jnp.zeros((batch, max_len), jnp.int32)
+    return module.init(jax.random.key(0), tokens, decode=True)["cache"]
+
+  def decode_step(params, cache, tok_Bx1):
+    logits, mutated = module.apply({"params": params, "cache": cache}, tok_Bx1, decode=True,
+                                   mutable=["cache"])
+    return logits, mutated["cache"]
+
+  import inspect  # pylint: disable=g-import-not-at-top
+  try:
+    has_decode = "decode" in inspect.signature(type(module).__call__).parameters
+  except (TypeError, ValueError):
+    has_decode = False
+  return ModelAdapter(apply=apply, init_cache=init_cache if has_decode else None,
+                      decode_step=decode_step if has_decode else None,
+                      name=name or type(module).__name__)
+
+
+def builtin_adapter(config: Any) -> ModelAdapter:
+  """Adapter for the built-in :class:`mergejax.models.Decoder` with ``config`` (a ModelConfig)."""
+  from mergejax import models  # pylint: disable=g-import-not-at-top
+  return from_flax_lm(models.Decoder(config), name=f"Decoder[{getattr(config, 'name', '') or 'custom'}]")

@@ -1,0 +1,70 @@
+"""Evaluation suites: short names for what the paper evaluates, resolved to seqio mixtures.
+
+The paper's protocol scores a choice task by rank classification and a generation task by its
+generated text. The synthetic suite registers both variants of every choice task, so the suites here
+combine, per category, each choice task's ``_rank`` variant with the generation tasks that have no
+choices:
+
+=======================  =====================================================================
+name                     seqio mixture
+=======================  =====================================================================
+``heldin``               ``mj_heldin_eval`` (16 held-in tasks)
+``heldin_<category>``    ``mj_heldin_<category>_eval``
+``heldout``              ``mj_heldout_eval`` (7 held-out tasks)
+``heldout_<category>``   ``mj_heldout_<category>_eval``
+``t0``                   ``t0_heldout_rank`` (the real T0 held-out tasks over TFDS)
+anything else            used as a seqio mixture or task name as is
+=======================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import seqio
+
+
+def _eval_tasks(names: list[str]) -> list[str]:
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
+  return [n + tasks.RANK_SUFFIX if tasks.is_choice_task(n) else n for n in names]
+
+
+def _add(name: str, task_names: list[str]) -> str:
+  if name not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(name, task_names, default_rate=1.0)
+  return name
+
+
+def register_synthetic_suites() -> None:
+  """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent)."""
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
+  for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
+                          ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
+    all_tasks = []
+    for c in cats:
+      names = _eval_tasks(list(fn(c)))
+      all_tasks += names
+      _add(f"mj_{group}_{c}_eval", names)
+    _add(f"mj_{group}_eval", all_tasks)
+
+
+def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
+  """The seqio mixture for a suite name (registering what it needs)."""
+  name = name.strip()
+  if name in ("t0", "t0_heldout"):
+    from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
+    t0.register(tfds_data_dir=tfds_data_dir)
+    return "t0_heldout_rank"
+  if name == "heldin" or name == "heldout" or name.startswith(("heldin_", "heldout_")):
+    register_synthetic_suites()
+    mixture = f"mj_{name}_eval"
+    if mixture not in seqio.MixtureRegistry.names():
+      raise ValueError(f"unknown evaluation suite {name!r} (no mixture {mixture})")
+    return mixture
+  if name.startswith("t0_"):
+    from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
+    t0.register(tfds_data_dir=tfds_data_dir)
+  else:
+    try:
+      import mergejax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass
+  return name

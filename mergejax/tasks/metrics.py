@@ -1,0 +1,126 @@
+"""Metrics for generation and rank-classification tasks (seqio `metric_fns`, T5 conventions).
+
+Generation metrics take `(targets, predictions)` lists of strings; scores are in percent.
+Rank classification takes `(targets, scores)`: targets are `(idx, is_correct)` tuples produced by
+`rank_classification_postprocessor` (idx = (example index, choice index)), scores the model's
+log-likelihood of each choice.
+
+  exact_match = 100 * mean[normalize(p) == normalize(t)]
+  token_f1    = 100 * mean[2 P R / (P + R)], P, R over the multiset of normalized tokens (SQuAD)
+  rouge_l     = 100 * mean[F_LCS], F_LCS = 2 P R / (P + R), P = LCS/|p|, R = LCS/|t| (Lin, 2004)
+  rank_accuracy = 100 * mean over examples of is_correct[argmax_choice score]
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: Any) -> str:
+  """SQuAD normalization: lowercase, drop punctuation and articles, squeeze whitespace."""
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  text = _ARTICLES.sub(" ", _PUNCT.sub(" ", str(text).lower()))
+  return " ".join(text.split())
+
+
+def _check(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
+  if len(targets) != len(predictions):
+    raise ValueError(f"metrics: {len(targets)} targets but {len(predictions)} predictions")
+
+
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[str, float]:
+  _check(targets, predictions)
+  if not targets:
+    return {"exact_match": 0.0}
+  return {"exact_match": 100.0 * float(np.mean([normalize(t) == normalize(p)
+                                                for t, p in zip(targets, predictions)]))}
+
+
+def _f1(t: str, p: str) -> float:
+  tt, pt = normalize(t).split(), normalize(p).split()
+  if not tt or not pt:
+    return float(tt == pt)
+  common = sum((collections.Counter(tt) & collections.Counter(pt)).values())
+  if common == 0:
+    return 0.0
+  prec, rec = common / len(pt), common / len(tt)
+  return 2 * prec * rec / (prec + rec)
+
+
+def token_f1(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[str, float]:
+  _check(targets, predictions)
+  if not targets:
+    return {"f1": 0.0}
+  return {"f1": 100.0 * float(np.mean([_f1(t, p) for t, p in zip(targets, predictions)]))}
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+  prev = [0] * (len(b) + 1)
+  for x in a:
+    cur = [0]
+    for j, y in enumerate(b):
+      cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+    prev = cur
+  return prev[-1]
+
+
+def _rouge_l(t: str, p: str) -> float:
+  tt, pt = normalize(t).split(), normalize(p).split()
+  if not tt or not pt:
+    return float(tt == pt)
+  lcs = _lcs(tt, pt)
+  if lcs == 0:
+    return 0.0
+  prec, rec = lcs / len(pt), lcs / len(tt)
+  return 2 * prec * rec / (prec + rec)
+
+
+def rouge_l(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[str, float]:
+  _check(targets, predictions)
+  if not targets:
+    return {"rouge_l": 0.0}
+  return {"rouge_l": 100.0 * float(np.mean([_rouge_l(t, p) for t, p in zip(targets, predictions)]))}
+
+
+GENERATION_METRICS = (exact_match, token_f1, rouge_l)
+
+
+def rank_classification_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
+                                      is_target: bool = False) -> Any:
+  """For targets, returns `((example_idx, choice_idx), is_correct)`; model outputs pass through."""
+  if is_target:
+    idx = np.asarray(example["idx"]).tolist()
+    return (tuple(int(i) for i in idx), bool(example["is_correct"]))
+  return output
+
+
+def rank_accuracy(targets: Sequence[tuple[tuple[int, int], bool]], scores: Sequence[float]
+                  ) -> Mapping[str, float]:
+  """Accuracy of picking the highest-scoring choice of each example (T0's rank classification).
+
+  Ties go to the lowest choice index. Raises if an example has no correct choice.
+  """
+  _check(targets, scores)
+  best: dict[int, tuple[float, int, bool]] = {}
+  has_correct: dict[int, bool] = collections.defaultdict(bool)
+  for ((ex_idx, choice_idx), correct), score in zip(targets, scores):
+    score = float(np.asarray(score).reshape(()))
+    has_correct[ex_idx] |= bool(correct)
+    cur = best.get(ex_idx)
+    if cur is None or score > cur[0] or (score == cur[0] and choice_idx < cur[1]):
+      best[ex_idx] = (score, choice_idx, bool(correct))
+  missing = [i for i, ok in has_correct.items() if not ok]
+  if missing:
+    raise ValueError(f"rank_accuracy: example {missing[0]} has no correct choice")
+  if not best:
+    return {"accuracy": 0.0}
+  return {"accuracy": 100.0 * float(np.mean([c for _, _, c in best.values()]))}

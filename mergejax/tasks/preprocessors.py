@@ -1,0 +1,42 @@
+"""seqio preprocessors for the synthetic suite.
+
+`rank_classification` follows T5/T0's preprocessor of the same name (t5.data.preprocessors, not
+part of seqio 0.0.20): in "eval" mode each example becomes one example per answer choice with
+`inputs`, `targets` = the choice, `idx` = [example index, choice index] and `is_correct`; the model
+scores every (inputs, choice) pair and the metric picks the highest-scoring choice per example.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def rank_classification(dataset: tf.data.Dataset, mode: str = "eval") -> tf.data.Dataset:
+  """Expands `{"inputs", "choices", "label"}` examples into one example per choice.
+
+  mode "eval": all choices, for ranking. mode "train": only the correct choice (plain seq2seq).
+  """
+  if mode not in ("eval", "train"):
+    raise ValueError(f"rank_classification: mode must be 'eval' or 'train', got {mode!r}")
+
+  def expand(idx, ex):
+    n = tf.shape(ex["choices"])[0]
+    is_correct = tf.equal(tf.range(n, dtype=tf.int64), tf.cast(ex["label"], tf.int64))
+    return {
+        "idx": tf.stack([tf.fill([n], tf.cast(idx, tf.int64)), tf.range(n, dtype=tf.int64)], axis=1),
+        "inputs": tf.fill([n], ex["inputs"]),
+        "targets": ex["choices"],
+        "is_correct": is_correct,
+    }
+
+  ds = dataset.enumerate().map(expand, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.unbatch()
+  if mode == "train":
+    ds = ds.filter(lambda ex: ex["is_correct"])
+  return ds
+
+
+def drop_choice_fields(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Keeps only `inputs` and `targets` (for training mixtures)."""
+  return dataset.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]},
+                     num_parallel_calls=tf.data.AUTOTUNE)

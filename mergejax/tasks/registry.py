@@ -1,0 +1,83 @@
+"""Registers the synthetic suite with seqio: one Task per dataset, a "_rank" Task per choice dataset,
+and the Mixtures of the shared contract (mj_pretrain, mj_instruct, mj_heldin[_<cat>][_rank],
+mj_heldout[_<cat>][_rank]). Registration is idempotent and cheap: data is generated on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import seqio
+import tensorflow as tf
+
+from mergejax.tasks import generators as G
+from mergejax.tasks import metrics as M
+from mergejax.tasks import preprocessors as P
+from mergejax.tasks import splits as S
+from mergejax.tasks import vocab as V
+
+
+def output_features() -> dict[str, seqio.Feature]:
+  vocab = V.get_vocabulary()
+  return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
+
+
+def to_tf_dataset(examples) -> tf.data.Dataset:
+  """Raw examples as a tf.data.Dataset of {inputs, targets, choices (ragged), label}."""
+  return tf.data.Dataset.from_tensor_slices({
+      "inputs": tf.constant([e.inputs for e in examples], tf.string),
+      "targets": tf.constant([e.targets for e in examples], tf.string),
+      "choices": tf.ragged.constant([list(e.choices) for e in examples], dtype=tf.string,
+                                    ragged_rank=1) if examples else tf.ragged.constant([[]], tf.string)[:0],
+      "label": tf.constant([e.label for e in examples], tf.int64),
+  })
+
+
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, task: str) -> tf.data.Dataset:
+  del shuffle_files, seed  # One in-memory "file"; seqio shuffles examples when asked.
+  return to_tf_dataset(S.examples(task, split))
+
+
+def _source(task: str) -> seqio.FunctionDataSource:
+  return seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=S.SPLITS)
+
+
+def _add_task(name: str, **kwargs) -> None:
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(name, **kwargs)
+
+
+def _add_mixture(name: str, tasks) -> None:
+  if name not in seqio.MixtureRegistry.names() and tasks:
+    seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
+
+
+RANK_SUFFIX = "_rank"
+INSTRUCT_CORPUS_FRACTION = 0.25
+
+
+def register_all() -> None:
+  """Registers every synthetic Task and Mixture (safe to call more than once)."""
+  feats = output_features()
+  tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+  for spec in G.SPECS.values():
+    _add_task(spec.name, source=_source(spec.name), output_features=feats, preprocessors=tokenize,
+              metric_fns=list(M.GENERATION_METRICS))
+    if spec.is_choice:
+      _add_task(spec.name + RANK_SUFFIX, source=_source(spec.name), output_features=feats,
+                preprocessors=[P.rank_classification] + tokenize,
+                postprocess_fn=M.rank_classification_postprocessor, metric_fns=[M.rank_accuracy])
+  _add_mixture("mj_pretrain", G.names("pretrain"))
+  # Instruction tuning rehearses the corpus (INSTRUCT_CORPUS_FRACTION of examples) so that it adds
+  # skills without erasing the pretrained knowledge (PaLM-2-IT keeps PaLM-2's knowledge).
+  it_tasks = G.names("instruct")
+  corpus_rate = INSTRUCT_CORPUS_FRACTION / (1 - INSTRUCT_CORPUS_FRACTION) * len(it_tasks)
+  _add_mixture("mj_instruct", [(t, 1.0) for t in it_tasks] + [(n, corpus_rate) for n in G.names("pretrain")])
+  for group, cats in (("heldin", G.HELDIN_CATEGORIES), ("heldout", G.HELDOUT_CATEGORIES)):
+    for cat in cats:
+      tasks = G.names(group, cat)
+      _add_mixture(f"mj_{group}_{cat}", tasks)
+      _add_mixture(f"mj_{group}_{cat}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if G.SPECS[t].is_choice])
+    tasks = G.names(group)
+    _add_mixture(f"mj_{group}", tasks)
+    _add_mixture(f"mj_{group}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if G.SPECS[t].is_choice])

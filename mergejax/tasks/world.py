@@ -1,0 +1,376 @@
+"""The synthetic world: people, cities, animals, objects and their relations, and a corpus about it.
+
+Everything is a pure function of an integer seed. The *lexicon* (names, animals, objects, word senses,
+scripts) is fixed, so the shipped SentencePiece vocabulary covers every seed; the seed decides the
+relations (who lives where, works as what, owns which pet, likes which food, is friends with whom;
+which city lies in which country and is known for what).
+
+The pretraining corpus (``corpus_document``) states these facts in plain sentences, together with
+general knowledge the held-out tasks need (animal sounds and sizes, what people do when hungry or
+tired, both senses of ambiguous words, pronoun use by gender).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+import zlib
+
+FEMALE = ("mira", "lena", "sara", "nora", "tina", "ella", "rosa", "ida", "vera", "lisa", "anna",
+          "kira", "maya", "zoe", "ruth", "lucy", "nina", "olga", "dana", "emma")
+MALE = ("tom", "ben", "leo", "max", "sam", "paul", "omar", "ivan", "hugo", "erik", "noah", "finn",
+        "carl", "adam", "dave", "jack", "luke", "mark", "otto", "ray")
+CITIES = ("tolvan", "brisk", "morrow", "kelby", "ostra", "lunmar", "pellow", "garrick", "vessa",
+          "hollin", "rimbo", "sandor", "quill", "arvik", "dunmore", "fenwick")
+COUNTRIES = ("norland", "esteria", "valdor", "kessia")
+LANDMARKS = ("castle", "bridge", "tower", "harbor", "market", "lake", "river", "museum")
+WEATHER = ("rainy", "sunny", "snowy", "windy")
+JOBS = ("baker", "doctor", "teacher", "farmer", "pilot", "painter", "singer", "driver", "nurse",
+        "cook", "builder", "fisher")
+WORKPLACE = {"baker": "bakery", "doctor": "hospital", "teacher": "school", "farmer": "farm",
+             "pilot": "airport", "painter": "studio", "singer": "theater", "driver": "garage",
+             "nurse": "clinic", "cook": "kitchen", "builder": "workshop", "fisher": "boat"}
+COLORS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple")
+FOODS = ("bread", "soup", "rice", "apples", "cheese", "fish", "cake", "eggs", "beans", "pears")
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+SIZE_ORDER = ("tiny", "small", "medium", "large", "huge")
+
+
+@dataclasses.dataclass(frozen=True)
+class Animal:
+  name: str
+  sound: str       # third person verb: "barks"
+  size: str        # one of SIZE_ORDER
+  habitat: str
+  diet: str
+
+
+ANIMALS = (
+    Animal("dog", "barks", "medium", "house", "meat"),
+    Animal("cat", "meows", "small", "house", "fish"),
+    Animal("cow", "moos", "large", "farm", "grass"),
+    Animal("duck", "quacks", "small", "pond", "seeds"),
+    Animal("lion", "roars", "large", "savanna", "meat"),
+    Animal("owl", "hoots", "small", "forest", "mice"),
+    Animal("sheep", "bleats", "medium", "farm", "grass"),
+    Animal("horse", "neighs", "large", "farm", "hay"),
+    Animal("frog", "croaks", "tiny", "pond", "insects"),
+    Animal("bee", "buzzes", "tiny", "garden", "nectar"),
+    Animal("snake", "hisses", "medium", "desert", "mice"),
+    Animal("wolf", "howls", "medium", "forest", "meat"),
+    Animal("pig", "oinks", "medium", "farm", "scraps"),
+    Animal("mouse", "squeaks", "tiny", "field", "seeds"),
+    Animal("elephant", "trumpets", "huge", "savanna", "leaves"),
+    Animal("crow", "caws", "small", "field", "insects"),
+)
+ANIMAL_BY_NAME = {a.name: a for a in ANIMALS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Thing:
+  name: str
+  material: str
+  size: str
+  use: str         # "to drink tea"
+
+
+THINGS = (
+    Thing("cup", "glass", "small", "to drink tea"),
+    Thing("lamp", "metal", "small", "to give light"),
+    Thing("chair", "wood", "medium", "to sit on"),
+    Thing("table", "wood", "large", "to eat at"),
+    Thing("bag", "cloth", "small", "to carry things"),
+    Thing("coat", "wool", "medium", "to stay warm"),
+    Thing("book", "paper", "small", "to read stories"),
+    Thing("key", "metal", "tiny", "to open doors"),
+    Thing("clock", "metal", "small", "to tell the time"),
+    Thing("box", "paper", "medium", "to store things"),
+    Thing("bottle", "glass", "small", "to hold water"),
+    Thing("hat", "wool", "small", "to cover the head"),
+    Thing("bed", "wood", "large", "to sleep in"),
+    Thing("spoon", "metal", "tiny", "to eat soup"),
+    Thing("boat", "wood", "huge", "to cross the water"),
+    Thing("kite", "paper", "medium", "to play in the wind"),
+)
+THING_BY_NAME = {t.name: t for t in THINGS}
+MATERIALS = tuple(sorted({t.material for t in THINGS}))
+
+# Scripts: a situation causes a need, and a person acts on the need (sentence completion,
+# cause / effect). (need, action, situation).
+SCRIPTS = (
+    ("hungry", "ate a big meal", "had skipped lunch"),
+    ("thirsty", "drank a glass of water", "had eaten very salty chips"),
+    ("tired", "went to bed early", "had worked for fourteen hours"),
+    ("cold", "put on a warm coat", "had waited outside in the snow"),
+    ("bored", "read a funny book", "had nothing to do all afternoon"),
+    ("dirty", "took a long bath", "had fallen into the mud"),
+    ("sick", "went to see a doctor", "had a fever and a cough"),
+    ("lost", "asked for directions", "could not find the way home"),
+    ("sad", "called an old friend", "had heard some bad news"),
+    ("late", "ran to catch the bus", "had woken up after the alarm"),
+    ("hot", "opened all the windows", "had sat in the sun all day"),
+    ("lonely", "visited a neighbor", "had not seen anyone for a week"),
+)
+
+OPPOSITES = (("big", "small"), ("hot", "cold"), ("fast", "slow"), ("happy", "sad"), ("old", "new"),
+             ("long", "short"), ("light", "dark"), ("early", "late"), ("full", "empty"),
+             ("loud", "quiet"), ("wet", "dry"), ("high", "low"), ("open", "closed"),
+             ("clean", "dirty"), ("strong", "weak"), ("rich", "poor"))
+
+# Ambiguous words: word -> two senses, each (gloss, corpus contexts A, contexts B). Contexts A are
+# used by the corpus and instruction data, contexts B by the corpus and the held-out word-sense task;
+# "{n}" is a person's name, "{p}" the pronoun.
+SENSES = {
+    "bat": (("an animal", ["the bat flew out of the dark cave.", "a bat sleeps upside down all day.",
+                           "{n} saw a bat hanging from the roof."],
+             ["at night the bat hunts for insects.", "the small bat spread its wings and flew away.",
+              "{n} heard a bat squeak in the barn."]),
+            ("a stick for games", ["{n} hit the ball hard with the bat.", "{n} bought a new bat for the game.",
+                                   "the wooden bat broke in the match."],
+             ["{p} swung the bat and missed the ball.", "{n} held the bat tightly at the start of the game.",
+              "the coach gave {n} a heavy bat."])),
+    "bank": (("a place for money", ["{n} took some coins to the bank.", "the bank opens at nine.",
+                                    "{n} saved money at the bank."],
+              ["{p} asked the bank for a loan.", "{n} works at a bank in the city.",
+               "the bank kept the gold in a safe."]),
+             ("the side of a river", ["{n} sat on the bank and watched the river.",
+                                      "grass grows on the bank of the river.", "the boat stopped near the muddy bank."],
+              ["{p} fished from the river bank all morning.", "the ducks rested on the green bank.",
+               "{n} walked along the bank of the stream."])),
+    "bark": (("the sound of a dog", ["{n} heard the dog bark at night.", "the bark of the dog was loud.",
+                                     "a dog will bark at strangers."],
+              ["the puppy gave a little bark.", "{n} woke up to a loud bark outside.",
+               "{p} knew that bark belonged to the old dog."]),
+             ("the skin of a tree", ["the bark of the oak tree is rough.", "{n} touched the bark of the tree.",
+                                     "beetles live under the bark."],
+              ["{p} peeled the bark off a thin branch.", "the tree had white bark.",
+               "{n} carved a heart into the bark."])),
+    "spring": (("a season", ["flowers bloom in the spring.", "{n} plants seeds every spring.",
+                             "spring comes after winter."],
+                ["{p} loves the warm days of spring.", "in spring the birds come back.",
+                 "{n} will travel next spring."]),
+               ("a source of water", ["{n} drank cold water from the spring.", "the spring flows out of the rock.",
+                                      "a clear spring feeds the lake."],
+                ["{p} filled a bottle at the mountain spring.", "the village gets water from a spring.",
+                 "{n} found a hidden spring in the woods."])),
+    "ring": (("jewelry for a finger", ["{n} wore a gold ring.", "the ring fits on the finger.",
+                                      "{n} lost a silver ring."],
+              ["{p} got a ring with a blue stone.", "the ring sparkled on the hand of {n}.",
+               "{n} put the ring in a small box."]),
+             ("the sound of a bell or phone", ["{n} heard the phone ring twice.", "the bells ring at noon.",
+                                               "wait for the ring of the bell."],
+              ["{p} answered after the first ring.", "the ring of the doorbell woke {n}.",
+               "{n} heard a loud ring from the hall."])),
+    "seal": (("a sea animal", ["the seal swam in the cold sea.", "a seal rests on the rocks.",
+                               "{n} watched a seal catch a fish."],
+              ["{p} saw a baby seal on the beach.", "the seal clapped its flippers.",
+               "{n} fed a fish to the seal at the zoo."]),
+             ("a mark that closes a letter", ["{n} broke the seal on the letter.", "the king pressed his seal into wax.",
+                                              "the seal kept the envelope closed."],
+              ["{p} checked the seal before opening the box.", "the red seal showed the letter was real.",
+               "{n} put a wax seal on the note."])),
+    "match": (("a stick that makes fire", ["{n} lit a match to start the fire.", "the match burned quickly.",
+                                          "keep the match away from paper."],
+               ["{p} struck a match in the dark.", "{n} used one match to light the candle.",
+                "the wet match would not light."]),
+              ("a game between teams", ["{n} watched the football match.", "the match ended in a draw.",
+                                        "our team won the match."],
+               ["{p} played in the tennis match.", "{n} bought tickets for the match.",
+                "the match lasted two hours."])),
+    "pen": (("a tool for writing", ["{n} wrote a letter with a pen.", "the pen ran out of ink.",
+                                    "{n} lent a blue pen to a friend."],
+             ["{p} signed the paper with a pen.", "{n} keeps a pen in a pocket.",
+              "the black pen was on the desk."]),
+            ("a place for farm animals", ["the pigs stayed in the pen.", "the farmer closed the pen.",
+                                          "{n} fed the sheep in the pen."],
+             ["{p} fixed the fence of the pen.", "the goats escaped from the pen.",
+              "{n} built a pen for the chickens."])),
+}
+SENSE_WORDS = tuple(SENSES)
+
+POS_WORDS = ("great", "lovely", "wonderful", "excellent", "perfect", "pleasant", "amazing", "nice")
+NEG_WORDS = ("awful", "terrible", "broken", "horrible", "useless", "poor", "ugly", "disappointing")
+STAR_WORDS = (("one", ("terrible", "awful", "horrible")), ("two", ("poor", "bad", "weak")),
+              ("three", ("okay", "average", "fine")), ("four", ("good", "nice", "pleasant")),
+              ("five", ("excellent", "amazing", "perfect")))
+
+
+def pronoun(name: str) -> str:
+  return "she" if name in FEMALE else "he"
+
+
+def possessive(name: str) -> str:
+  return "her" if name in FEMALE else "his"
+
+
+def sub_seed(seed: int, *parts: object) -> int:
+  """A stable integer seed for a named stream (crc32 of the parts; identical in every run)."""
+  return zlib.crc32("/".join([str(seed)] + [str(p) for p in parts]).encode()) & 0x7FFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+  name: str
+  city: str
+  job: str
+  pet: str
+  color: str
+  food: str
+  friend: str
+
+
+@dataclasses.dataclass(frozen=True)
+class City:
+  name: str
+  country: str
+  landmark: str
+  weather: str
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """All relations of one generated world."""
+  seed: int
+  people: tuple[Person, ...]
+  cities: tuple[City, ...]
+
+  @functools.cached_property
+  def person(self) -> dict[str, Person]:
+    return {p.name: p for p in self.people}
+
+  @functools.cached_property
+  def city(self) -> dict[str, City]:
+    return {c.name: c for c in self.cities}
+
+
+PERSON_ATTRS = ("city", "job", "pet", "color", "food")
+ATTR_VALUES = {"city": CITIES, "job": JOBS, "pet": tuple(a.name for a in ANIMALS), "color": COLORS,
+               "food": FOODS}
+
+
+@functools.lru_cache(maxsize=8)
+def make_world(seed: int = 0) -> World:
+  """Generates the world for `seed` (deterministic; cached)."""
+  rng = random.Random(sub_seed(seed, "world"))
+  countries = [COUNTRIES[i % len(COUNTRIES)] for i in range(len(CITIES))]
+  rng.shuffle(countries)
+  cities = tuple(City(c, countries[i], rng.choice(LANDMARKS), rng.choice(WEATHER))
+                 for i, c in enumerate(CITIES))
+  names = list(FEMALE + MALE)
+  friends = names[:]
+  while True:  # a derangement: nobody is their own friend
+    rng.shuffle(friends)
+    if all(a != b for a, b in zip(names, friends)):
+      break
+  people = tuple(
+      Person(n, rng.choice(CITIES), rng.choice(JOBS), rng.choice(ANIMALS).name, rng.choice(COLORS),
+             rng.choice(FOODS), f) for n, f in zip(names, friends))
+  return World(seed, people, cities)
+
+
+def fill(template: str, name: str) -> str:
+  return template.format(n=name, p=pronoun(name))
+
+
+def person_facts(world: World, name: str, rng: random.Random) -> list[str]:
+  """Plain sentences stating a person's facts, pronouns after the first mention."""
+  p, pr, po = world.person[name], pronoun(name), possessive(name)
+  facts = [
+      rng.choice([f"{name} lives in {p.city}.", f"{name} lives in the city of {p.city}."]),
+      rng.choice([f"{pr} works as a {p.job}.", f"{pr} is a {p.job}."]),
+      rng.choice([f"{pr} has a pet {p.pet}.", f"{po} pet is a {p.pet}."]),
+      rng.choice([f"{po} favorite color is {p.color}.", f"{pr} likes the color {p.color}."]),
+      rng.choice([f"{pr} likes to eat {p.food}.", f"{po} favorite food is {p.food}."]),
+      rng.choice([f"{pr} is a friend of {p.friend}.", f"{po} best friend is {p.friend}."]),
+  ]
+  first, rest = facts[0], facts[1:]
+  rng.shuffle(rest)
+  return [first] + rest[: rng.randint(2, 5)]
+
+
+def city_facts(world: World, name: str, rng: random.Random) -> list[str]:
+  c = world.city[name]
+  facts = [f"{name} is a city in {c.country}.", f"{name} is known for its {c.landmark}.",
+           f"the weather in {name} is often {c.weather}."]
+  residents = [p.name for p in world.people if p.city == name]
+  if residents:
+    facts.append(f"{rng.choice(residents)} lives in {name}.")
+  rng.shuffle(facts)
+  return facts
+
+
+def animal_facts(a: Animal, rng: random.Random) -> list[str]:
+  facts = [f"the {a.name} is a {a.size} animal.", f"the {a.name} {a.sound}.",
+           f"a {a.name} lives in the {a.habitat}.", f"the {a.name} eats {a.diet}.",
+           f"you can hear a {a.name} when it {a.sound}."]
+  rng.shuffle(facts)
+  return facts[:4]
+
+
+def thing_facts(t: Thing, rng: random.Random) -> list[str]:
+  facts = [f"a {t.name} is made of {t.material}.", f"people use a {t.name} {t.use}.",
+           f"the {t.name} is a {t.size} object.", f"a {t.name} is useful {t.use}."]
+  rng.shuffle(facts)
+  return facts[:3]
+
+
+def job_facts(job: str, rng: random.Random) -> list[str]:
+  w = WORKPLACE[job]
+  return [rng.choice([f"a {job} works in a {w}.", f"every {job} goes to the {w} to work."])]
+
+
+def script_story(world: World, rng: random.Random) -> list[str]:
+  name = rng.choice(world.people).name
+  need, act, situation = rng.choice(SCRIPTS)
+  pr = pronoun(name)
+  if rng.random() < 0.5:
+    return [rng.choice([f"{name} {situation}, and {pr} felt {need}.",
+                        f"{name} {situation}. {pr} was {need}.",
+                        f"when someone {situation}, they get {need}."])]
+  return [rng.choice([f"{name} was {need}, so {pr} {act}.",
+                      f"because {name} felt {need}, {pr} {act}.",
+                      f"one day {name} was very {need}. {pr} {act}."])]
+
+
+def sense_sentences(word: str, rng: random.Random, name: str, pools: str = "ab") -> list[str]:
+  out = []
+  for gloss, a, b in SENSES[word]:
+    pool = (a if "a" in pools else []) + (b if "b" in pools else [])
+    out.append(fill(rng.choice(pool), name))
+  return out
+
+
+def opinion(world: World, rng: random.Random) -> list[str]:
+  name = rng.choice(world.people).name
+  thing = rng.choice(THINGS).name
+  if rng.random() < 0.5:
+    w = rng.choice(POS_WORDS)
+    return [f"{name} said the {thing} was {w}.", f"{pronoun(name)} was happy with it."]
+  w = rng.choice(NEG_WORDS)
+  return [f"{name} said the {thing} was {w}.", f"{pronoun(name)} was unhappy with it."]
+
+
+def corpus_document(world: World, rng: random.Random) -> str:
+  """One pretraining document: a few plain sentences about the world (about 20-60 tokens)."""
+  kind = rng.random()
+  if kind < 0.35:
+    sents = person_facts(world, rng.choice(world.people).name, rng)
+  elif kind < 0.5:
+    sents = city_facts(world, rng.choice(CITIES), rng)
+  elif kind < 0.62:
+    sents = animal_facts(rng.choice(ANIMALS), rng)
+  elif kind < 0.72:
+    sents = thing_facts(rng.choice(THINGS), rng) + job_facts(rng.choice(JOBS), rng)
+  elif kind < 0.82:
+    sents = script_story(world, rng) + script_story(world, rng)
+  elif kind < 0.92:
+    word = rng.choice(SENSE_WORDS)
+    sents = sense_sentences(word, rng, rng.choice(world.people).name)
+    rng.shuffle(sents)
+  else:
+    sents = opinion(world, rng)
+    a, b = rng.choice(OPPOSITES)
+    sents.append(f"{a} is the opposite of {b}.")
+  return " ".join(sents)

@@ -1,0 +1,179 @@
+"""The four training recipes of the embedded world (the paper's setup in miniature):
+
+``pretrain`` (random init, plain corpus) -> ``instruction_tune`` (the IT base: the pretrained base
+further trained on the Flan-like mixture) -> ``expert`` (one per held-in category, full fine-tuning
+of either base with a fixed step count and a small learning rate, as the paper's 2,000 steps at
+3e-5) -> ``multitask`` (all 8 held-in categories at once, from either base).
+
+A :class:`RunSpec` is everything one run needs; :func:`resolve` builds it from a recipe, a size, a
+workdir laid out as in :mod:`mergejax.world`, and overrides; :func:`run` executes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mergejax import models
+from mergejax import tree as tree_lib
+from mergejax.training import data as data_lib
+from mergejax.training import trainer as trainer_lib
+
+RECIPES = ("pretrain", "instruction_tune", "expert", "multitask")
+KINDS = ("pretrained", "instruction_tuned")
+
+# Default hyperparameters per recipe (steps count optimizer steps of `batch_size` packed rows).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": dict(steps=400, lr=3e-3, warmup_steps=40, min_lr_ratio=0.1),
+    "instruction_tune": dict(steps=250, lr=1e-3, warmup_steps=25, min_lr_ratio=0.1),
+    "expert": dict(steps=25, lr=5e-4, warmup_steps=3, min_lr_ratio=0.5),
+    "multitask": dict(steps=60, lr=5e-4, warmup_steps=6, min_lr_ratio=0.5),
+}
+BATCH_SIZE = 16
+FEATURE_LENGTHS = {"inputs": 96, "targets": 32}
+
+
+def mixture_name(recipe: str, category: str | None = None, prefix: str = "mj") -> str:
+  """The seqio mixture a recipe trains on (see the tasks contract)."""
+  if recipe == "pretrain":
+    return f"{prefix}_pretrain"
+  if recipe == "instruction_tune":
+    return instruct_mixture(prefix)
+  if recipe == "expert":
+    if not category:
+      raise ValueError("recipe 'expert' needs a category")
+    return f"{prefix}_heldin_{category}"
+  if recipe == "multitask":
+    return f"{prefix}_heldin"
+  raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
+
+
+# Share of plain-corpus rows mixed into instruction tuning (replay against forgetting what
+# pretraining taught; Flan-style tuning of a tiny model otherwise erases it).
+INSTRUCT_CORPUS_RATE = 0.3
+
+
+def instruct_mixture(prefix: str = "mj") -> str:
+  """``<prefix>_instruct`` mixed with ``INSTRUCT_CORPUS_RATE`` of ``<prefix>_pretrain`` (registered once)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  name = f"{prefix}_instruct_replay"
+  if name not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_CORPUS_RATE),
+                                     (f"{prefix}_pretrain", INSTRUCT_CORPUS_RATE)])
+  return name
+
+
+def data_seed(seed: int, recipe: str, category: str | None = None) -> int:
+  """Data-order seed of a run: the same for both base kinds and all sizes (so runs share data)."""
+  return (seed * 1_000_003 + tree_lib.stable_path_hash(f"{recipe}/{category or ''}")) % (2 ** 31)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run."""
+
+  recipe: str
+  model: models.ModelConfig
+  out: pathlib.Path
+  init: pathlib.Path | None
+  mixture: str
+  steps: int
+  opt: trainer_lib.OptimConfig
+  batch_size: int = BATCH_SIZE
+  feature_lengths: tuple[tuple[str, int], ...] = tuple(FEATURE_LENGTHS.items())
+  seed: int = 0
+  category: str | None = None
+  kind: str | None = None
+
+  @property
+  def data_seed(self) -> int:
+    return data_seed(self.seed, self.recipe, self.category)
+
+  @property
+  def label(self) -> str:
+    parts = [self.model.name or "custom", self.kind or "", self.recipe, self.category or ""]
+    return "/".join(p for p in parts if p)
+
+
+def resolve(recipe: str, size: str | models.ModelConfig, workdir: str | pathlib.Path | None = None, *,
+            category: str | None = None, kind: str = "pretrained", out: str | None = None,
+            init: str | None = None, mixture: str | None = None, mixture_prefix: str = "mj",
+            steps: int | None = None, opt_overrides: Mapping[str, Any] | None = None,
+            batch_size: int = BATCH_SIZE, feature_lengths: Mapping[str, int] | None = None,
+            seed: int = 0, model_overrides: Mapping[str, Any] | None = None) -> RunSpec:
+  """Builds a :class:`RunSpec`; paths default to the world layout under ``workdir``.
+
+  ``kind`` is the base kind an expert / multitask model starts from (and is filed under).
+  """
+  from mergejax import world  # pylint: disable=g-import-not-at-top
+
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
+  if kind not in KINDS:
+    raise ValueError(f"unknown base kind {kind!r}; known: {KINDS}")
+  mixture = mixture or mixture_name(recipe, category, mixture_prefix)
+  cfg = models.get_config(size) if isinstance(size, str) else size
+  vocab = data_lib.padded_vocab_size(data_lib.vocab_size(mixture))
+  lengths = dict(feature_lengths or FEATURE_LENGTHS)
+  cfg = cfg.replace(vocab_size=vocab, max_len=max(cfg.max_len, sum(lengths.values())),
+                    **dict(model_overrides or {}))
+  size_name = cfg.name or "custom"
+  if recipe == "pretrain":
+    kind = "pretrained"
+  elif recipe == "instruction_tune":
+    kind = "instruction_tuned"
+
+  def wpath(*a, **k):
+    if workdir is None:
+      raise ValueError(f"recipe {recipe!r}: give a workdir or explicit output / init paths")
+    return world.checkpoint_path(workdir, size_name, *a, **k)
+
+  if out is None:
+    role = {"pretrain": "base", "instruction_tune": "base", "expert": "expert",
+            "multitask": "multitask"}[recipe]
+    out_p = wpath(kind, role, category if recipe == "expert" else None)
+  else:
+    out_p = pathlib.Path(out)
+  if init is not None:
+    init_p = pathlib.Path(init)
+  elif recipe == "pretrain":
+    init_p = None
+  elif recipe == "instruction_tune":
+    init_p = wpath("pretrained", "base")
+  else:
+    init_p = wpath(kind, "base")
+  d = dict(DEFAULTS[recipe])
+  n_steps = int(steps if steps is not None else d.pop("steps"))
+  d.pop("steps", None)
+  d.update({k: v for k, v in dict(opt_overrides or {}).items() if v is not None})
+  return RunSpec(recipe=recipe, model=cfg, out=out_p.absolute(),
+                 init=init_p.absolute() if init_p else None, mixture=mixture, steps=n_steps,
+                 opt=trainer_lib.OptimConfig(**d), batch_size=batch_size,
+                 feature_lengths=tuple(lengths.items()), seed=seed, category=category, kind=kind)
+
+
+def run(spec: RunSpec, *, batches: Sequence[Mapping[str, np.ndarray]] | None = None,
+        checkpoint_every: int = 0, progress: bool = True, log_every: int = 10,
+        mesh=None, on_step=None) -> trainer_lib.TrainResult:
+  """Executes a run (skipped when its output is already complete)."""
+  if models.is_complete(spec.out):
+    return trainer_lib.TrainResult(spec.out, skipped=True)
+  init_params = None
+  if spec.init is not None:
+    if not models.is_complete(spec.init):
+      raise FileNotFoundError(f"{spec.init}: the {spec.recipe} run needs this base checkpoint; "
+                              "train it first (or run mergejax-build-world)")
+    init_cfg, init_params = models.load_checkpoint(spec.init)
+    if init_cfg.replace(name="") != spec.model.replace(name=""):
+      raise ValueError(f"{spec.init}: its model config differs from the run's ({init_cfg} vs {spec.model})")
+  info = {"recipe": spec.recipe, "category": spec.category, "kind": spec.kind,
+          "init": str(spec.init) if spec.init else None, "data_seed": spec.data_seed}
+  return trainer_lib.train(
+      spec.model, spec.out, steps=spec.steps, opt=spec.opt, batch_size=spec.batch_size,
+      feature_lengths=dict(spec.feature_lengths), mixture=None if batches is not None else spec.mixture,
+      batches=batches, seed=spec.data_seed, init_params=init_params,
+      checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, desc=spec.label,
+      info=info, on_step=on_step, mesh=mesh)

@@ -1,0 +1,180 @@
+"""The streaming engine: identical results to the in-memory path on 8 devices, any grouping and
+memory budget; group planning; stats passes; NaN/Inf checks; failures leave no output."""
+
+import errno
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import mergejax
+from mergejax import engine, sharding
+from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
+from mergejax.checkpoints.base import LeafSpec
+from test_checkpoints_fixtures import SHAPES, bits, random_tree, write_hf, write_world
+
+METHODS = [
+    ("average", {}),
+    ("task_arithmetic", {"lam": 0.7}),
+    ("ties", {"density": 0.3, "scope": "tensor"}),
+    ("ties", {"density": 0.2, "scope": "global"}),
+    ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"}),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  return write_world(tmp_path_factory.mktemp("world"), n_experts=3, shards=2)
+
+
+class CountingSource:
+  """Wraps a Source; records the leaves of every read call."""
+
+  def __init__(self, src):
+    self.src, self.name, self.calls = src, src.name, []
+
+  def specs(self):
+    return self.src.specs()
+
+  def read(self, paths, shardings=None):
+    self.calls.append(list(paths))
+    return self.src.read(paths, shardings)
+
+
+def _read_all(path):
+  src = SafetensorsSource(path)
+  return {k: np.asarray(v) for k, v in src.read([s.path for s in src.specs()]).items()}
+
+
+@pytest.mark.parametrize("name,hp", METHODS, ids=[f"{n}-{h.get('scope', '')}" for n, h in METHODS])
+def test_streamed_sharded_merge_equals_in_memory_merge(world, tmp_path, name, hp):
+  base_p, expert_ps, trees = world
+  method = mergejax.methods.get(name, **hp)
+  uses_base = method.uses_base
+  ref = mergejax.merge(trees[0] if uses_base else None, trees[1:], method, seed=7)
+  out = engine.merge_sources(
+      SafetensorsSource(base_p) if uses_base else None, [SafetensorsSource(p) for p in expert_ps],
+      SafetensorsSink(tmp_path / "out", shard_bytes=3000), method, seed=7, mesh=sharding.make_mesh(),
+      memory_budget_bytes=40_000, allow_nonfinite=False)
+  got = _read_all(out)
+  assert sorted(got) == sorted(SHAPES)
+  for k in SHAPES:
+    assert got[k].dtype == np.asarray(ref[k]).dtype
+    np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+
+
+def test_result_independent_of_devices_budget_and_rules(tmp_path):
+  """DARE masks and global TIES statistics depend only on (inputs, seed): not on devices, grouping
+  or partition rules."""
+  keep = ("model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight", "model.norm.weight")
+  trees = [random_tree(0)]
+  trees += [random_tree(i, base=trees[0]) for i in (1, 2)]
+  trees = [{k: v for k, v in t.items() if k in keep} for t in trees]
+  base_p, *expert_ps = [write_hf(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+  method = mergejax.methods.get("dare_ties", drop_rate=0.5, density=0.4, scope="global")
+  outs = []
+  configs = [(sharding.make_mesh(jax.devices()[:1]), None, ()),
+             (sharding.make_mesh(), 2_000, sharding.parse_rules("embed=None,shard"))]
+  for i, (mesh, budget, rules) in enumerate(configs):
+    outs.append(engine.merge_sources(
+        SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
+        SafetensorsSink(tmp_path / f"o{i}"), method, seed=3, mesh=mesh, memory_budget_bytes=budget, rules=rules))
+  data = [(o / "model.safetensors").read_bytes() for o in outs]
+  assert data[0] == data[1]
+
+
+def test_plan_groups_respects_budget():
+  specs = [LeafSpec(f"l{i}", (1000,), np.dtype(np.float32)) for i in range(50)] + [
+      LeafSpec("big", (100_000,), np.dtype(np.float32))]
+  n_inputs, budget = 5, 2_000_000
+  groups = engine.plan_groups(specs, n_inputs, budget)
+  assert [s for g in groups for s in g] == specs  # order kept, nothing lost
+  assert len(groups) > 1
+  workspace = 4 * (n_inputs + 1) * 100_000
+  for g in groups:
+    b = sum(s.nbytes for s in g)
+    assert len(g) == 1 or 2 * n_inputs * b + 2 * b + workspace <= budget * 1.01
+  assert engine.plan_groups(specs, n_inputs, None) == [specs]
+
+
+@pytest.mark.parametrize("scope,passes", [("tensor", 1), ("global", None)])
+def test_reads_per_leaf(world, tmp_path, scope, passes):
+  """Per-tensor stats are computed while a group is resident (one read of each leaf); global stats
+  stream the model once per statistics pass, then once more to merge."""
+  base_p, expert_ps, _ = world
+  base = CountingSource(SafetensorsSource(base_p))
+  exps = [CountingSource(SafetensorsSource(p)) for p in expert_ps]
+  engine.merge_sources(base, exps, SafetensorsSink(tmp_path / "o"), mergejax.methods.ties(density=0.3, scope=scope),
+                       mesh=sharding.make_mesh(), memory_budget_bytes=30_000)
+  float_leaves = [k for k in SHAPES if not k.endswith("_count")]
+  for src in [base] + exps:
+    reads = [p for call in src.calls for p in call]
+    counts = {k: reads.count(k) for k in float_leaves}
+    assert len(set(counts.values())) == 1  # every leaf read equally often
+    if passes is not None:
+      assert set(counts.values()) == {passes}
+    else:
+      assert counts[float_leaves[0]] >= 3  # sample pass + >= 1 count pass + merge
+    assert max(len(c) for c in src.calls) < len(float_leaves)  # never the whole model at once
+
+
+def test_nonfinite_input_is_refused_naming_source_and_leaf(tmp_path):
+  base = random_tree(0)
+  bad = random_tree(1, base=base)
+  bad["model.layers.0.self_attn.q_proj.weight"][3, 4] = np.nan
+  bp = write_hf(tmp_path / "b", base)
+  ep = write_hf(tmp_path / "e", bad)
+  args = (SafetensorsSource(bp), [SafetensorsSource(ep)])
+  with pytest.raises(engine.NonFiniteError, match=r"e: leaf 'model.layers.0.self_attn.q_proj.weight' contains NaN"):
+    engine.merge_sources(*args, SafetensorsSink(tmp_path / "out"), mergejax.methods.task_arithmetic(),
+                         mesh=sharding.make_mesh(), allow_nonfinite=False, memory_budget_bytes=20_000)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]  # no output, no partial dir
+  out = engine.merge_sources(*args, SafetensorsSink(tmp_path / "out"), mergejax.methods.task_arithmetic(),
+                             mesh=sharding.make_mesh(), allow_nonfinite=True)
+  assert np.isnan(np.asarray(_read_all(out)["model.layers.0.self_attn.q_proj.weight"], np.float32)).sum() == 1
+
+
+class _DiskFullSink(SafetensorsSink):
+  def __init__(self, *a, fail_after: int, **kw):
+    super().__init__(*a, **kw)
+    self.fail_after, self.writes = fail_after, 0
+
+  def write(self, leaves):
+    self.writes += 1
+    if self.writes > self.fail_after:
+      raise OSError(errno.ENOSPC, "No space left on device", str(self.atomic.tmp / "model.safetensors"))
+    super().write(leaves)
+
+
+def test_disk_full_midway_leaves_nothing(world, tmp_path):
+  base_p, expert_ps, _ = world
+  sink = _DiskFullSink(tmp_path / "out", fail_after=2, sidecar_dir=str(base_p))
+  with pytest.raises(OSError) as e:
+    engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps], sink,
+                         mergejax.methods.task_arithmetic(), mesh=sharding.make_mesh(), memory_budget_bytes=20_000)
+  assert e.value.errno == errno.ENOSPC and sink.writes == 3
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_non_float_leaves_pass_through_and_dtype_override(world, tmp_path):
+  base_p, expert_ps, trees = world
+  out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
+                             SafetensorsSink(tmp_path / "o"), mergejax.methods.task_arithmetic(),
+                             dtype=np.float32, mesh=sharding.make_mesh())
+  got = _read_all(out)
+  np.testing.assert_array_equal(got["model.rotary.inv_freq_count"], trees[0]["model.rotary.inv_freq_count"])
+  assert got["model.norm.weight"].dtype == np.float32
+  ref = mergejax.merge(trees[0], trees[1:], "task_arithmetic", dtype=np.float32)
+  np.testing.assert_array_equal(got["lm_head.weight"], np.asarray(ref["lm_head.weight"]))
+
+
+def test_tree_mismatch_names_leaf(tmp_path):
+  base = random_tree(0)
+  other = dict(random_tree(1, base=base))
+  other["model.norm.weight"] = other["model.norm.weight"][:8]
+  bp, ep = write_hf(tmp_path / "b", base), write_hf(tmp_path / "e", other)
+  with pytest.raises(mergejax.tree.TreeMismatchError, match=r"leaf 'model.norm.weight' has shape \(8,\)"):
+    engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep)], SafetensorsSink(tmp_path / "o"),
+                         mergejax.methods.task_arithmetic())
+  assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))

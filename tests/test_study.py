@@ -1,0 +1,205 @@
+"""The study runner: grid, start-up validation, split safety, resumability, the report, and the
+same results from 2 processes (jax.distributed on localhost) as from 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import ml_collections
+import pytest
+
+from mergejax import world
+from mergejax.study import grid, report, runner
+from mergejax.study.splits import SplitGuard, SplitLeakError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CATS = ("sentiment", "topic")
+TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+TIMING_KEYS = {"merge_s", "select_eval_s", "test_eval_s"}
+
+
+def study_config(world_dir, **over):
+  sys.path.insert(0, str(REPO / "configs"))
+  import study_tiny  # pylint: disable=g-import-not-at-top
+  cfg = study_tiny.get_config()
+  cfg.kinds, cfg.sizes, cfg.categories = "instruction_tuned", "xs", ",".join(CATS)
+  cfg.num_experts, cfg.subset_seeds = "1,2", 2
+  cfg.methods = "average,ties,dare_ties"
+  cfg.grids.ties = "density=0.5;lam=0.5|1.0"
+  cfg.grids.dare_ties = "drop_rate=0.5;lam=1.0"
+  cfg.world_dir, cfg.build_world, cfg.progress, cfg.eval_batch_size = str(world_dir), False, False, 32
+  for k, v in over.items():
+    cfg[k] = v
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+  root = tmp_path_factory.mktemp("world")
+  world.build_world(root, ("xs",), kinds=("pretrained", "instruction_tuned"), categories=CATS,
+                    recipe_overrides={r: {"steps": 2} for r in ("pretrain", "instruction_tune", "expert", "multitask")},
+                    batch_size=8, feature_lengths={"inputs": 96, "targets": 32}, progress=False,
+                    model_overrides=TINY_MODEL)
+  return root
+
+
+def merge_rows(workdir):
+  rows = {}
+  for p in sorted((pathlib.Path(workdir) / "results" / "rows").glob("*.json")):
+    row = json.loads(p.read_text())
+    rows[row["key"]] = {k: v for k, v in row.items() if k not in TIMING_KEYS}
+  return rows
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+
+def test_cells_subsets_and_full_set_seeds():
+  cats = tuple(f"c{i}" for i in range(8))
+  cells = grid.cells(["pretrained"], ["xs"], [2, 8], 3, cats)
+  assert [c.n for c in cells] == [2, 2, 2, 8, 8, 8]
+  assert len({c.categories for c in cells if c.n == 2}) == 3  # seeds draw different subsets
+  assert grid.expert_subset(cats, 2, 1) == grid.expert_subset(cats, 2, 1)
+  assert all(c.categories == cats for c in cells if c.n == 8)
+  methods = ["average", "ties", "dare_ties"]
+  assert grid.runs_in_cell(cells[3], methods, 8) == methods  # N=8, seed 0: everything
+  assert grid.runs_in_cell(cells[4], methods, 8) == ["dare_ties"]  # N=8, seed 1: only random methods
+
+
+def test_grid_parsing_and_validation():
+  assert grid.parse_grid("lam=0.3|0.5;density=0.2") == {"lam": [0.3, 0.5], "density": [0.2]}
+  assert grid.candidates("ties", grid.parse_grid("density=0.2;lam=1|2")) == [
+      {"density": 0.2, "lam": 1}, {"density": 0.2, "lam": 2}]
+  with pytest.raises(ValueError, match="density=1.5 is out of range"):
+    grid.candidates("ties", {"density": [1.5]})
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"methods": "average,slerp"}, "unknown merge method 'slerp'"),
+    ({"sizes": "xs,huge"}, "unknown model size 'huge'"),
+    ({"num_experts": "2,9"}, "num_experts 9 is out of range: there are 2 experts per base"),
+    ({"grids.ties": "density=0.0"}, r"grids.ties: hyperparameter density=0.0 is out of range"),
+    ({"kinds": "chat"}, "unknown base kind 'chat'"),
+])
+def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
+  cfg = study_config(tmp_path / "no-world", build_world=True)
+  for k, v in override.items():
+    if k.startswith("grids."):
+      cfg.grids[k.split(".", 1)[1]] = v
+    else:
+      cfg[k] = v
+  with pytest.raises(runner.StudyConfigError, match=message):
+    runner.validate(cfg, tmp_path)
+
+
+def test_missing_checkpoint_fails_at_start_up(tmp_path):
+  with pytest.raises(runner.StudyConfigError, match=r"missing checkpoint .*xs/instruction_tuned/base"):
+    runner.validate(study_config(tmp_path / "empty"), tmp_path)
+
+
+def test_split_guard_refuses_test_during_selection():
+  guard = SplitGuard()
+  guard.check("heldin_topic", "test")  # fine outside selection
+  with guard.selecting():
+    guard.check("heldin_topic", "validation")
+    with pytest.raises(SplitLeakError, match="split 'test' of 'heldin_topic' requested during hyperparameter"):
+      guard.check("heldin_topic", "test")
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selection(tiny_world, tmp_path,
+                                                                                      monkeypatch):
+  cfg = study_config(tiny_world)
+  # A run that dies after two merge rows...
+  calls = {"n": 0}
+  original = runner.run_cell_method
+
+  def dying(*args, **kwargs):
+    if calls["n"] == 2:
+      raise KeyboardInterrupt("killed")
+    calls["n"] += 1
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(runner, "run_cell_method", dying)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_study(cfg, tmp_path / "resumed", progress=False)
+  partial = merge_rows(tmp_path / "resumed")
+  assert sum(k.startswith("merge/") for k in partial) == 2
+
+  # ...then continues without recomputing finished rows, recording every evaluation's split.
+  monkeypatch.setattr(runner, "run_cell_method", original)
+  seen = []
+  original_check = SplitGuard.check
+
+  def spy(self, suite, split):
+    seen.append((self.phase, split))
+    return original_check(self, suite, split)
+
+  monkeypatch.setattr(SplitGuard, "check", spy)
+  path = runner.run_study(cfg, tmp_path / "resumed", progress=False)
+  resumed = merge_rows(tmp_path / "resumed")
+  for k, v in partial.items():
+    assert resumed[k] == v
+  assert ("selection", "validation") in seen
+  assert all(split == "validation" for phase, split in seen if phase == "selection")
+
+  # An uninterrupted run gives identical rows.
+  monkeypatch.setattr(SplitGuard, "check", original_check)
+  runner.run_study(cfg, tmp_path / "straight", progress=False)
+  assert merge_rows(tmp_path / "straight") == resumed
+
+  # Rows: N=1 x 2 seeds x 3 methods + N=2 (all experts): 3 methods for seed 0, dare_ties for seed 1.
+  merges = [v for k, v in resumed.items() if k.startswith("merge/")]
+  assert len(merges) == 6 + 3 + 1
+  ties = next(v for v in merges if v["method"] == "ties" and v["n"] == 2)
+  assert len(ties["candidates"]) == 2 and all(c["validation"] is not None for c in ties["candidates"])
+  assert ties["hparams"] in [c["hparams"] for c in ties["candidates"]]
+  best = max(ties["candidates"], key=lambda c: c["validation"])
+  assert ties["hparams"] == best["hparams"]
+  assert all(0 < v["heldin_norm"] < 10 and 0 < v["heldout_norm"] < 10 for v in merges)
+
+  text = path.read_text()
+  for fig in ("heldin_vs_n.png", "heldout_vs_n.png", "vs_size.png", "methods_at_largest.png",
+              "it_vs_pretrained.png"):
+    assert (path.parent / fig).stat().st_size > 1000
+    assert fig in text
+  assert "## The paper's conclusions, checked on this run" in text
+  assert (path.parent / "table_heldin.csv").read_text().startswith("base,size,N,average,ties,dare_ties,multitask")
+  assert "Larger models are easier to merge" in report.summary_table(path)
+
+
+def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
+  cfg_over = {"num_experts": "2", "subset_seeds": 1, "methods": "ties,dare_ties"}
+  runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)
+  script = tmp_path / "main.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, sys
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      import jax
+      jax.distributed.initialize("localhost:{_free_port()}", num_processes=2, process_id=int(sys.argv[1]))
+      sys.path.insert(0, {str(REPO / 'tests')!r})
+      import test_study
+      from mergejax.study import runner
+      cfg = test_study.study_config({str(tiny_world)!r}, **{cfg_over!r})
+      runner.run_study(cfg, {str(tmp_path / 'two')!r}, progress=False)
+      """))
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  procs = [subprocess.Popen([sys.executable, str(script), str(i)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+  assert merge_rows(tmp_path / "two") == merge_rows(tmp_path / "one")
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]

@@ -1,0 +1,302 @@
+"""Behavioural tests of the synthetic T0-like suite (mergejax.tasks): registry, determinism, split
+disjointness, sizes, lengths, rank classification and metrics through seqio."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+import seqio
+
+import mergejax.tasks as T
+from mergejax.tasks import generators as G
+from mergejax.tasks import metrics as M
+from mergejax.tasks import registry
+from mergejax.tasks import splits as S
+from mergejax.tasks import world as W
+
+SMALL = S.SuiteConfig(num_train=300, num_validation=16, num_test=32, num_pretrain=300)
+EVAL_TASKS = [n for n, s in G.SPECS.items() if s.group in ("heldin", "heldout")]
+
+
+@pytest.fixture
+def small_suite():
+  old = S.get_config()
+  S.configure(**{f: getattr(SMALL, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
+  yield S.get_config()
+  S.configure(**{f: getattr(old, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
+
+
+def test_contract_names_and_categories():
+  assert T.HELDIN_CATEGORIES == ("mcqa", "extractive_qa", "closed_book_qa", "sentiment", "topic",
+                                 "struct_to_text", "summarization", "paraphrase")
+  assert T.HELDOUT_CATEGORIES == ("sentence_completion", "nli", "coreference", "word_sense")
+  for c in T.HELDIN_CATEGORIES:
+    assert len(T.heldin_tasks(c)) == 2
+  assert len(T.heldout_tasks()) == 7
+  assert sum(len(T.heldout_tasks(c)) for c in T.HELDOUT_CATEGORIES) == 7
+  mixtures = set(seqio.MixtureRegistry.names())
+  expected = {"mj_pretrain", "mj_instruct", "mj_heldin", "mj_heldout", "mj_heldin_rank", "mj_heldout_rank"}
+  expected |= {f"mj_heldin_{c}" for c in T.HELDIN_CATEGORIES} | {f"mj_heldin_{c}_rank" for c in T.HELDIN_CATEGORIES}
+  expected |= {f"mj_heldout_{c}" for c in T.HELDOUT_CATEGORIES} | {f"mj_heldout_{c}_rank" for c in T.HELDOUT_CATEGORIES}
+  assert expected <= mixtures
+  heldin = {t.name for t in seqio.get_mixture_or_task("mj_heldin").tasks}
+  heldout = {t.name for t in seqio.get_mixture_or_task("mj_heldout").tasks}
+  instruct = {t.name for t in seqio.get_mixture_or_task("mj_instruct").tasks}
+  assert len(heldin) == 16 and len(heldout) == 7 and len(instruct) >= 8
+  assert not (heldin & heldout) and not (instruct & (heldin | heldout))
+  assert "mj_corpus" in instruct  # rehearsal of the corpus during instruction tuning
+  assert {t.name for t in seqio.get_mixture_or_task("mj_heldout_rank").tasks} == {t + "_rank" for t in heldout}
+  for t in heldin | heldout:
+    assert T.is_choice_task(t) and T.is_choice_task(t + "_rank")
+  assert not T.is_choice_task("mj_it_copy")
+  with pytest.raises(ValueError, match="unknown category"):
+    T.heldin_tasks("nli")
+  with pytest.raises(KeyError, match="unknown synthetic task"):
+    T.is_choice_task("nope")
+
+
+def test_registration_is_idempotent():
+  n_tasks, n_mix = len(seqio.TaskRegistry.names()), len(seqio.MixtureRegistry.names())
+  registry.register_all()
+  import importlib
+  importlib.reload(T)
+  assert (len(seqio.TaskRegistry.names()), len(seqio.MixtureRegistry.names())) == (n_tasks, n_mix)
+
+
+def test_vocabulary_shipped_and_round_trips():
+  vocab = T.get_vocabulary()
+  assert vocab.pad_id == 0 and vocab.eos_id == 1 and vocab.unk_id == 2
+  assert 512 <= vocab.vocab_size <= 2048
+  for name in ("mj_wsd_wic", "mj_sum_dialog", "mj_para_paws", "mj_corpus"):
+    for ex in S.examples(name, "validation", SMALL)[:5]:
+      for text in (ex.inputs, ex.targets) + ex.choices:
+        ids = vocab.encode(text)
+        assert 2 not in ids, text  # no unknown pieces
+        assert vocab.decode(ids) == text
+
+
+def test_generation_is_deterministic_and_seeded():
+  a = {n: S.examples(n, "test", SMALL) for n in G.SPECS}
+  S._build.cache_clear()
+  W.make_world.cache_clear()
+  b = {n: S.examples(n, "test", SMALL) for n in G.SPECS}
+  assert a == b
+  other = S.SuiteConfig(**{**SMALL.__dict__, "seed": 1})
+  assert W.make_world(0) != W.make_world(1)
+  assert S.examples("mj_cbqa_facts", "test", other) != a["mj_cbqa_facts"]
+
+
+@pytest.mark.parametrize("name", list(G.SPECS))
+def test_splits_never_share_an_example(name):
+  d = {s: S.examples(name, s, SMALL) for s in S.SPLITS}
+  keys = {s: {(e.inputs, e.targets) for e in d[s]} for s in S.SPLITS}
+  for s in S.SPLITS:
+    assert len(keys[s]) == len(d[s]), f"{name}/{s} has duplicates"
+  assert not keys["train"] & keys["validation"]
+  assert not keys["train"] & keys["test"]
+  assert not keys["validation"] & keys["test"]
+  if G.SPECS[name].group != "pretrain":  # the same question never appears in two splits
+    inputs = {s: {e.inputs for e in d[s]} for s in S.SPLITS}
+    assert not (inputs["train"] & inputs["test"]) and not (inputs["train"] & inputs["validation"])
+
+
+def test_counts_are_configurable(small_suite):
+  for name in ("mj_sent_review", "mj_para_paws", "mj_corpus"):
+    assert len(T.examples(name, "validation")) == 16
+    assert len(T.examples(name, "test")) == 32
+  assert len(T.examples("mj_sent_stars", "validation")) == 15  # balanced over 5 labels
+  assert len(T.examples("mj_corpus", "train")) == 300
+  assert len(T.examples("mj_sent_review", "train")) == 300
+  # Default sizes: every held-in/held-out task has substantial eval splits.
+  for name in EVAL_TASKS:
+    assert len(S.examples(name, "test", S.SuiteConfig())) >= 40, name
+  with pytest.raises(ValueError, match="unknown split"):
+    T.examples("mj_sent_review", "dev")
+
+
+@pytest.mark.parametrize("name", list(G.SPECS))
+def test_examples_are_well_formed_and_short(name):
+  vocab = T.get_vocabulary()
+  spec = G.SPECS[name]
+  exs = S.examples(name, "validation", SMALL) + S.examples(name, "train", SMALL)[:100]
+  assert exs
+  answers = collections.Counter()
+  for ex in exs:
+    assert len(vocab.encode(ex.inputs)) <= 96, ex.inputs
+    max_targets = 64 if spec.group == "pretrain" else 24  # corpus documents are "targets" too
+    assert len(vocab.encode(ex.targets)) + 1 <= max_targets, ex.targets
+    if spec.is_choice:
+      assert len(ex.choices) >= 2 and len(set(ex.choices)) == len(ex.choices), ex
+      assert 0 <= ex.label < len(ex.choices) and ex.choices[ex.label] == ex.targets
+      assert all(len(vocab.encode(c)) + 1 <= 24 for c in ex.choices)
+      answers[ex.label] += 1
+    else:
+      assert ex.choices == () and ex.label == -1
+  if spec.is_choice:  # the right answer is not always in the same position
+    assert len(answers) >= 2, (name, answers)
+
+
+def test_eval_tasks_are_label_balanced():
+  """A constant answer scores chance: every label is equally frequent in each eval split."""
+  for name in EVAL_TASKS:
+    for split in ("validation", "test"):
+      exs = S.examples(name, split, S.SuiteConfig())
+      if len({len(e.choices) for e in exs}) == 1:
+        counts = collections.Counter(e.label for e in exs)
+        assert len(counts) == len(exs[0].choices) and len(set(counts.values())) == 1, (name, split, counts)
+
+
+def test_labels_are_a_function_of_the_input():
+  """No input has two different answers (the tasks are learnable, not noisy)."""
+  for name in EVAL_TASKS:
+    seen = {}
+    for s in S.SPLITS:
+      for ex in S.examples(name, s, SMALL):
+        assert seen.setdefault(ex.inputs, ex.targets) == ex.targets, (name, ex.inputs)
+
+
+def _template_ngrams(name, n=4, min_frac=0.2):
+  """The fixed wording of a task: word n-grams (entities masked) found in >= min_frac of its inputs."""
+  lex = set(W.FEMALE + W.MALE + W.CITIES + W.COUNTRIES + W.JOBS + W.COLORS + W.FOODS + W.LANDMARKS + W.DAYS)
+  lex |= {a.name for a in W.ANIMALS} | {t.name for t in W.THINGS}
+  exs = S.examples(name, "train", SMALL)
+  counts = collections.Counter()
+  for ex in exs:
+    toks = ["<x>" if t in lex else t for t in re.findall(r"[a-z']+", ex.inputs)]
+    counts.update({tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)})
+  return {g for g, c in counts.items() if c >= min_frac * len(exs) and g.count("<x>") <= 1}
+
+
+def test_heldout_templates_are_not_shared_with_training_tasks():
+  """No template 4-gram of a held-out task occurs in the templates of held-in or instruction tasks:
+  held-out formats are new to every trained model."""
+  train_templates = set()
+  for name, spec in G.SPECS.items():
+    if spec.group in ("heldin", "instruct"):
+      train_templates |= _template_ngrams(name)
+  for name in T.heldout_tasks():
+    mine = _template_ngrams(name)
+    assert mine, name
+    assert not mine & train_templates, (name, sorted(mine & train_templates)[:5])
+
+
+def test_corpus_teaches_what_heldout_tasks_need():
+  world = W.make_world(0)
+  corpus = " ".join(e.targets for e in S.examples("mj_corpus", "train", S.SuiteConfig()))
+  for c in world.cities:
+    assert f"{c.name} is a city in {c.country}." in corpus
+  for a in W.ANIMALS:
+    assert f"the {a.name} {a.sound}." in corpus
+  for job, place in W.WORKPLACE.items():
+    assert f"a {job} works in a {place}." in corpus or f"every {job} goes to the {place}" in corpus
+  for name in W.FEMALE + W.MALE:  # each name is used with its pronoun
+    pr = W.pronoun(name)
+    assert re.search(rf"\b{name}\b[^.]*\. {pr} ", corpus), name
+  for need, act, situation in W.SCRIPTS:
+    assert f"{need}, so" in corpus and act in corpus and f"{situation}, and" in corpus
+  for word, senses in W.SENSES.items():
+    for _, _, pool_b in senses:
+      for tmpl in pool_b:  # the held-out word-sense contexts occur in the corpus
+        pat = re.escape(tmpl).replace(r"\{n\}", r"\w+").replace(r"\{p\}", r"(he|she)")
+        assert re.search(pat, corpus), tmpl
+
+
+def test_seqio_plain_task_tokenizes_with_eos():
+  task = seqio.get_mixture_or_task("mj_sent_stars")
+  ex = next(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+  vocab = T.get_vocabulary()
+  assert ex["targets"][-1] == 1 and vocab.decode(ex["targets"].tolist()) == ex["targets_pretokenized"].decode()
+  assert 1 not in ex["inputs"].tolist()
+  assert ex["label"] >= 0 and ex["choices"].tolist()[ex["label"]] == ex["targets_pretokenized"]
+
+
+def test_pretrain_and_training_mixtures_feed_a_decoder_converter(small_suite):
+  ex = next(seqio.get_mixture_or_task("mj_corpus").get_dataset(None, split="train", shuffle=False).as_numpy_iterator())
+  assert ex["inputs"].size == 0 and ex["targets"].size > 5
+  ds = seqio.get_dataset("mj_heldin_topic", task_feature_lengths={"inputs": 96, "targets": 24}, dataset_split="train",
+                         shuffle=True, seed=0, batch_size=4, verbose=False,
+                         feature_converter=seqio.DecoderFeatureConverter(pack=False))
+  batch = next(ds.as_numpy_iterator())
+  assert batch["decoder_target_tokens"].shape == (4, 120)
+  assert batch["decoder_loss_weights"].sum() > 0
+
+
+def test_rank_variant_expands_choices():
+  task = seqio.get_mixture_or_task("mj_sent_stars_rank")
+  rows = list(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+  raw = S.examples("mj_sent_stars", "validation")
+  assert len(rows) == sum(len(e.choices) for e in raw)
+  by_ex = collections.defaultdict(list)
+  for r in rows:
+    by_ex[int(r["idx"][0])].append(r)
+  for i, e in enumerate(raw):
+    got = by_ex[i]
+    assert [int(r["idx"][1]) for r in got] == list(range(len(e.choices)))
+    assert [r["targets_pretokenized"].decode() for r in got] == list(e.choices)
+    assert [bool(r["is_correct"]) for r in got] == [j == e.label for j in range(len(e.choices))]
+    assert all(r["inputs_pretokenized"].decode() == e.inputs for r in got)
+
+
+def test_metrics_values():
+  assert M.exact_match(["The cat.", "a dog"], ["cat", "dog!"]) == {"exact_match": 100.0}
+  assert M.exact_match(["cat"], ["dog"]) == {"exact_match": 0.0}
+  assert M.token_f1(["red blue green"], ["red blue"])["f1"] == pytest.approx(100 * 0.8)
+  # LCS("a b c d", "a c d e") = 3 (articles removed: use non-article tokens)
+  assert M.rouge_l(["x y z w"], ["x z w v"])["rouge_l"] == pytest.approx(75.0)
+  targets = [((0, 0), False), ((0, 1), True), ((1, 0), True), ((1, 1), False), ((2, 0), False), ((2, 1), True)]
+  assert M.rank_accuracy(targets, [0.1, 0.5, -1.0, -2.0, 3.0, 1.0]) == {"accuracy": pytest.approx(200 / 3)}
+  with pytest.raises(ValueError, match="no correct choice"):
+    M.rank_accuracy([((0, 0), False), ((0, 1), False)], [1.0, 2.0])
+  with pytest.raises(ValueError, match="targets"):
+    M.exact_match(["a"], [])
+
+
+def _oracle_evaluation(task_name, oracle_sign):
+  """Runs seqio.Evaluator on a _rank task with a score_fn that knows the answers."""
+  raw = S.examples(task_name.removesuffix("_rank"), "validation")
+  vocab = T.get_vocabulary()
+  correct = {(tuple(vocab.encode(e.inputs)), tuple(vocab.encode(c))): j == e.label
+             for e in raw for j, c in enumerate(e.choices)}
+  evaluator = seqio.Evaluator(task_name, feature_converter=seqio.DecoderFeatureConverter(pack=False),
+                              eval_split="validation", use_memory_cache=True, async_compute_metrics=False)
+
+  def score_fn(ds):
+    out = []
+    for i, ex in ds:
+      tgt, inp_mask = np.asarray(ex["decoder_target_tokens"]), np.asarray(ex["decoder_causal_attention"])
+      n_in = int(inp_mask.sum()) - 1  # causal_attention covers inputs + first target position
+      toks = [int(t) for t in tgt if t]
+      inputs, target = tuple(toks[:n_in]), tuple(toks[n_in:-1])
+      out.append((i, oracle_sign * (1.0 if correct[(inputs, target)] else 0.0)))
+    return out
+
+  metrics, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn, predict_fn=lambda ds: [])
+  return metrics.result()[task_name]["accuracy"]
+
+
+def test_rank_accuracy_through_seqio_evaluator():
+  assert _oracle_evaluation("mj_nli_cb_rank", +1.0) == pytest.approx(100.0)
+  assert _oracle_evaluation("mj_nli_cb_rank", -1.0) == pytest.approx(0.0)
+
+
+def test_generation_metrics_through_seqio_evaluator():
+  task = "mj_s2t_bio"
+  raw = S.examples(task, "validation")
+  vocab = T.get_vocabulary()
+  evaluator = seqio.Evaluator(task, feature_converter=seqio.DecoderFeatureConverter(pack=False),
+                              eval_split="validation", use_memory_cache=True, async_compute_metrics=False)
+  half = len(raw) // 2
+
+  def predict_fn(ds):
+    out = []
+    for i, _ in ds:
+      text = raw[i].targets if i < half else "nothing to see"
+      ids = vocab.encode(text) + [1]
+      out.append((i, np.pad(ids, (0, 24 - len(ids))).tolist()))
+    return out
+
+  metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=lambda ds: [])
+  m = metrics.result()[task]
+  assert m["exact_match"] == pytest.approx(100.0 * half / len(raw))
+  assert half / len(raw) * 100 <= m["rouge_l"] < 100

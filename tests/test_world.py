@@ -1,0 +1,88 @@
+"""The world builder: layout, loadable orbax checkpoints, skipping complete models, never taking a
+half-written one for complete, and the command-line entry points."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mergejax import models, world
+
+import toy_tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CATS = toy_tasks.CATEGORIES
+FAST = {r: {"steps": 2} for r in ("pretrain", "instruction_tune", "expert", "multitask")}
+KW = dict(categories=CATS, mixture_prefix="mjtoy", recipe_overrides=FAST, batch_size=8,
+          feature_lengths={"inputs": 24, "targets": 24}, progress=False,
+          model_overrides={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64})
+
+
+def test_checkpoint_path_layout(tmp_path):
+  assert world.checkpoint_path(tmp_path, "xs", "pretrained", "base") == tmp_path / "xs/pretrained/base"
+  assert (world.checkpoint_path(tmp_path, "s", "instruction_tuned", "expert", "topic")
+          == tmp_path / "s/instruction_tuned/experts/topic")
+  assert world.checkpoint_path(tmp_path, "xs", "pretrained", "multitask") == tmp_path / "xs/pretrained/multitask"
+  with pytest.raises(ValueError, match="unknown kind"):
+    world.checkpoint_path(tmp_path, "xs", "chat", "base")
+
+
+def test_tiny_world_builds_loadable_checkpoints_and_skips_complete_ones(tmp_path):
+  summary = world.build_world(tmp_path, ("xs",), **KW)
+  assert len(summary["runs"]) == 2 + 2 * (len(CATS) + 1)
+  st = world.status(tmp_path, ("xs",), categories=CATS)
+  assert len(st) == 2 * (len(CATS) + 2) and all(st.values())
+  assert json.loads((tmp_path / "world.json").read_text())["runs"][0]["recipe"] == "pretrain"
+  pt_cfg, pt = models.load_checkpoint(world.checkpoint_path(tmp_path, "xs", "pretrained", "base"))
+  _, it = models.load_checkpoint(world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "base"))
+  ex_path = world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "expert", "copy")
+  ex_cfg, ex = models.load_checkpoint(ex_path)
+  assert ex_cfg == pt_cfg and pt_cfg.vocab_size == 384
+  assert models.load_info(ex_path)["init"] == str(world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "base"))
+  diff = lambda a, b: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert diff(pt, it) > 0 and diff(it, ex) > 0
+
+  # Damage the world: one expert gone, one replaced by a half-written directory, a stray temporary.
+  gone = world.checkpoint_path(tmp_path, "xs", "pretrained", "expert", "copy")
+  half = world.checkpoint_path(tmp_path, "xs", "pretrained", "expert", "reverse")
+  for p in (gone, half):
+    for f in sorted(p.rglob("*"), reverse=True):
+      f.unlink() if f.is_file() else f.rmdir()
+    p.rmdir()
+  half.mkdir()
+  (half / "_CHECKPOINT_METADATA").write_text("{}")
+  (half.parent / ".copy.tmp-deadbeef").mkdir()
+  assert not models.is_complete(half)
+  again = world.build_world(tmp_path, ("xs",), **KW)
+  retrained = sorted(r["label"] for r in again["runs"] if not r["skipped"])
+  assert retrained == ["xs/pretrained/expert/copy", "xs/pretrained/expert/reverse"]
+  assert all(world.status(tmp_path, ("xs",), categories=CATS).values())
+  models.load_checkpoint(half)
+
+
+def _cli(module, *args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+  return subprocess.run([sys.executable, "-m", f"mergejax.cli.{module}", *args], capture_output=True,
+                        text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_cli_train_then_build_world(tmp_path):
+  common = ["--config.task_module=toy_tasks", "--config.mixture_prefix=mjtoy", "--config.batch_size=8",
+            "--config.inputs_length=24", "--config.targets_length=24", "--config.progress=False"]
+  r = _cli("train", "--config=configs/train.py", f"--workdir={tmp_path}", "--config.recipe=pretrain",
+           "--config.steps=3", "--config.checkpoint_every=2", *common)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert models.is_complete(tmp_path / "xs" / "pretrained" / "base")
+  steps = ",".join(f"--config.{k}.steps=1" for k in FAST).split(",")
+  r = _cli("build_world", "--config=configs/world.py", f"--workdir={tmp_path}", "--config.sizes=xs",
+           "--config.categories=copy", *steps, *common)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "5 trained, 1 already complete" in r.stdout
+  assert all(world.status(tmp_path, ("xs",), categories=("copy",)).values())
