@@ -29,7 +29,7 @@ _INSTALL_REQUIRES = [
 ]
 
 _EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch>=2.2", "transformers>=4.40"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0"],
     "bench": ["psutil>=5.9"],
 }
 

@@ -10,7 +10,7 @@ process that runs one command. Also reported: the merge phase alone (manifest ``
 (bytes read + bytes written) against the machine's measured copy bandwidth, agreement with mergekit's
 output, and a bounded-memory run whose inputs are several times ``--config.memory_budget_gb``.
 
-    .venv/bin/python benchmarks/merge_bench.py --mergekit=/tmp/mk-venv/bin/mergekit-yaml
+    .venv/bin/python benchmarks/merge_bench.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/merge_bench.py --layers=2 --vocab=4000 --methods=ties   # quick smoke run
 """
 

@@ -2,7 +2,7 @@ r"""Configuration of ``mergejax-eval``.
 
 Example::
 
-    mergejax-eval --checkpoint=/tmp/world/xs/instruction_tuned/base --config=configs/eval.py \
+    mergejax-eval --checkpoint=runs/world/xs/instruction_tuned/base --config=configs/eval.py \
       --config.mixtures=heldin,heldout --config.split=test
 
 ``mixtures`` is a comma list of suites (``heldin``, ``heldout``, ``heldin_<category>``,

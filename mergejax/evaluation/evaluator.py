@@ -17,6 +17,7 @@ gets the same :class:`EvalResults` (needed to pick the same best candidate every
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from typing import Any, Mapping, Sequence
@@ -77,6 +78,14 @@ class Evaluator:
     task = self.seqio_evaluator.eval_tasks[0]
     feat = task.output_features.get("targets")
     return int(getattr(feat.vocabulary, "eos_id", 1) or 1) if feat is not None else 1
+
+  def with_adapter(self, adapter: ModelAdapter) -> "Evaluator":
+    """The same mixture and split (sharing the cached examples and device batches) for another model,
+    e.g. another size in a study: saves re-reading and re-tokenizing the data."""
+    other = copy.copy(self)
+    other.inference = copy.copy(self.inference)
+    other.inference.adapter = adapter
+    return other
 
   @property
   def task_names(self) -> list[str]:

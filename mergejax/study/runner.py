@@ -117,7 +117,9 @@ class Scorer:
     key = (size, suite, split)
     ev = self._evaluators.get(key)
     if ev is None:
-      ev = Evaluator(adapter, resolve(suite), split, batch_size=self.batch_size)
+      other = next((e for (_, su, sp), e in self._evaluators.items() if (su, sp) == (suite, split)), None)
+      ev = (other.with_adapter(adapter) if other is not None  # same data, another model size
+            else Evaluator(adapter, resolve(suite), split, batch_size=self.batch_size))
       self._evaluators[key] = ev
     t0 = time.perf_counter()
     res = ev.evaluate(params)
@@ -149,7 +151,17 @@ def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = Tr
              for c in spec.categories}
   mt_path = world_lib.checkpoint_path(spec.world_dir, size, kind, "multitask")
   multitask = _load(mt_path)[1] if with_multitask and models.is_complete(mt_path) else None
-  return ModelSet(config, builtin_adapter(config), base, experts, multitask)
+  return ModelSet(config, adapter_for(config), base, experts, multitask)
+
+
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def adapter_for(config: Any):
+  """One adapter per model config, so both base kinds of a size share compiled programs."""
+  if config not in _ADAPTERS:
+    _ADAPTERS[config] = builtin_adapter(config)
+  return _ADAPTERS[config]
 
 
 def _heldin(scorer: Scorer, size: str, ms: ModelSet, params, cats: Sequence[str], split: str):
