@@ -110,16 +110,23 @@ builder's; the world's numbers are recorded by issue 4's world benchmark.
 | closed_book_qa: cbqa_facts (~8) / cbqa_verify (50) | 5.8 / 50.0 | 48.1 / 46.6 |
 | paraphrase: para_mrpc (50) / para_paws (50) | 50.0 / 48.4 | 76.6 / 68.8 |
 
+(The sentiment and mcqa rows come from an earlier suite version, before label balancing and the
+final vocabulary rebuild; their generators are unchanged. The other two rows use the final suite.)
+
 Expert / base on the category mean: sentiment 3.5x, mcqa 2.8x, closed-book QA 1.7x, paraphrase
 1.5x (mean 2.4x; the other four categories were not probed). Answer verification (cbqa_verify) and,
 before negated negatives were added, para_mrpc were not learned at xs in 150-300 steps: tasks that
 need an equality check between two spans are the hardest for the smallest size.
 
-Held-out, pretrained -> instruction-tuned base (zero-shot): sc_copa 67.2 -> 75.0, sc_story
-21.9 -> 21.9, coref_pronoun 51.6 -> 57.8, coref_blank 46.9 -> 50.0, nli_cb 29.7 -> 32.8,
-nli_rte 45.3 -> 45.3, wsd_wic 60.9 -> 40.6 (category means 48.0 -> 45.5). Instruction tuning
-helps sentence completion and coreference at this size but not word sense; at `xs` with these
-schedules IT > PT on the held-out mean is **not** shown (see the report of issue 4B).
+Held-out, pretrained -> instruction-tuned base (zero-shot, final suite, fresh xs run: pretraining
+400 steps, instruction tuning 300 steps): sc_copa 54.7 -> 64.1, sc_story 31.2 -> 29.7,
+nli_cb 34.9 -> 38.1, nli_rte 45.3 -> 46.9, coref_blank 56.2 -> 51.6, coref_pronoun 46.9 -> 42.2,
+wsd_wic 46.9 -> 50.0; category means 45.4 -> 46.6, chance 44.8. Sentence completion, NLI and
+word sense improve, coreference drops; at `xs` with these probe schedules both bases are near
+chance on held-out tasks and the IT gain (+1.2) is within noise, so the paper's "IT base is
+stronger zero-shot" premise is **not** demonstrated at this size and budget. An earlier suite
+version (before the NLI answer words became yes/no/maybe) gave 48.0 -> 45.5, with sc_copa
+67.2 -> 75.0 and coref_pronoun 51.6 -> 57.8.
 """
 
 _GROUPS = (("heldin", "Held-in tasks"), ("heldout", "Held-out tasks"), ("instruct", "Instruction-tuning tasks (`mj_instruct`)"),
