@@ -177,14 +177,19 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
                    ms: ModelSet) -> dict[str, Any]:
   """Evaluates (once; cached in the store) the base, each expert and the multitask baseline."""
   refs: dict[str, Any] = {}
-  key = f"ref/{kind}/{size}/base"
-  row = store.get(key)
-  if row is None:
-    hi, hi_cats = _heldin(scorer, size, ms, ms.base, spec.categories, TEST_SPLIT)
-    ho, ho_cats = scorer(size, ms.adapter, ms.base, "heldout", TEST_SPLIT)
-    row = store.put(key, {"type": "reference", "role": "base", "kind": kind, "size": size,
-                          "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
-  refs["base"] = row
+
+  def full_reference(role: str, params) -> dict[str, Any]:
+    """Held-in (every category) and held-out test scores of a base or multitask model, cached."""
+    key = f"ref/{kind}/{size}/{role}"
+    row = store.get(key)
+    if row is None:
+      hi, hi_cats = _heldin(scorer, size, ms, params, spec.categories, TEST_SPLIT)
+      ho, ho_cats = scorer(size, ms.adapter, params, "heldout", TEST_SPLIT)
+      row = store.put(key, {"type": "reference", "role": role, "kind": kind, "size": size,
+                            "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
+    return row
+
+  refs["base"] = full_reference("base", ms.base)
   for c, params in ms.experts.items():
     key = f"ref/{kind}/{size}/expert/{c}"
     row = store.get(key)
@@ -195,14 +200,7 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
                             "heldin_test": test, "heldin_validation": val, "task_categories": cats})
     refs[f"expert/{c}"] = row
   if ms.multitask is not None:
-    key = f"ref/{kind}/{size}/multitask"
-    row = store.get(key)
-    if row is None:
-      hi, hi_cats = _heldin(scorer, size, ms, ms.multitask, spec.categories, TEST_SPLIT)
-      ho, ho_cats = scorer(size, ms.adapter, ms.multitask, "heldout", TEST_SPLIT)
-      row = store.put(key, {"type": "reference", "role": "multitask", "kind": kind, "size": size,
-                            "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
-    refs["multitask"] = row
+    refs["multitask"] = full_reference("multitask", ms.multitask)
   return refs
 
 

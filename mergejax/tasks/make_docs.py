@@ -167,6 +167,7 @@ def write(path: str | os.PathLike) -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   with os.fdopen(fd, "w") as f:
     f.write(text)
+  os.chmod(tmp, 0o644)
   os.replace(tmp, path)
   return path
 

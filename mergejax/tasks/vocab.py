@@ -62,5 +62,6 @@ def build(out: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB_SIZE, seed: in
   fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
   with os.fdopen(fd, "wb") as f:
     f.write(buf.getvalue())
+  os.chmod(tmp, 0o644)  # mkstemp creates 0600; the model ships in the package
   os.replace(tmp, out)
   return out
