@@ -5,7 +5,7 @@ Trains one size of the built-in decoder briefly and prints rank-classification a
 change to a task generator can be checked for: expert >> base on its category, IT > PT on
 held-out, neither at chance nor ceiling. A probe, not the world builder (short schedules).
 
-  python benchmarks/tasks_probe.py --size=xs --categories=sentiment,mcqa --workdir=/tmp/probe
+  python benchmarks/tasks_probe.py --size=xs --categories=sentiment,mcqa --workdir=runs/probe
 """
 
 import json
@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 
 flags.DEFINE_string("size", "xs", "Model size (mergejax.models.SIZES).")
-flags.DEFINE_string("workdir", "/tmp/mergejax_tasks_probe", "Where checkpoints go (reused if complete).")
+flags.DEFINE_string("workdir", "runs/tasks_probe", "Where checkpoints go (reused if complete).")
 flags.DEFINE_list("categories", ["sentiment", "mcqa"], "Held-in categories to train experts for.")
 flags.DEFINE_integer("pretrain_steps", 400, "Pretraining steps.")
 flags.DEFINE_integer("instruct_steps", 300, "Instruction-tuning steps.")

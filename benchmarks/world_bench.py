@@ -1,7 +1,7 @@
 """Building the embedded world: wall time, training tokens/s per size, and whether the world
 behaves like the paper's (rank-classification probe, mergejax.training.probe).
 
-  python benchmarks/world_bench.py --workdir=/tmp/world_bench --fresh --sizes=xs,s
+  python benchmarks/world_bench.py --workdir=runs/world_bench --fresh --sizes=xs,s
   python benchmarks/world_bench.py --speed_only --speed_sizes=xs,s,m
 
 Phases: (1) train-step throughput on random batches per size (tokens/s and, on GPU, MFU);
@@ -22,13 +22,13 @@ import time
 from absl import app, flags
 import numpy as np
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mergejax_world_bench", "World directory.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/world_bench", "World directory.")
 _SIZES = flags.DEFINE_list("sizes", ["xs", "s"], "Sizes to build.")
 _SPEED_SIZES = flags.DEFINE_list("speed_sizes", ["xs", "s", "m"], "Sizes for the throughput phase.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Delete --workdir first (time a full build).")
 _SPEED_ONLY = flags.DEFINE_bool("speed_only", False, "Only the throughput phase.")
 _SKIP_SPEED = flags.DEFINE_bool("skip_speed", False, "Skip the throughput phase.")
-_OUT = flags.DEFINE_string("out", "/tmp/mergejax_world_bench.json", "JSON report.")
+_OUT = flags.DEFINE_string("out", "runs/world_bench.json", "JSON report.")
 _SPLIT = flags.DEFINE_string("split", "validation", "Split for the probe.")
 
 # Peak dense bf16 FLOP/s for MFU on GPUs we may be lent.

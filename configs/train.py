@@ -1,6 +1,6 @@
 """mergejax-train: one training run of the embedded world.
 
-  mergejax-train --config=configs/train.py --workdir=/tmp/world --config.size=xs \
+  mergejax-train --config=configs/train.py --workdir=runs/world --config.size=xs \
       --config.recipe=expert --config.category=sentiment --config.kind=instruction_tuned
 
 Paths follow the world layout under --workdir unless --config.output / --config.init are given.

@@ -1,7 +1,7 @@
 """mergejax-build-world: both bases, 8 experts per base and the multitask baselines per size.
 
-  mergejax-build-world --config=configs/world.py --workdir=/tmp/world
-  mergejax-build-world --config=configs/world.py --workdir=/tmp/world --config.sizes=xs,s,m \
+  mergejax-build-world --config=configs/world.py --workdir=runs/world
+  mergejax-build-world --config=configs/world.py --workdir=runs/world --config.sizes=xs,s,m \
       --config.expert.steps=50
 
 Per-recipe fields left as placeholders take the defaults in mergejax/training/recipes.py.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command: install into .venv, then run the main job on the embedded default.
+# The README's first command: install into .venv, then run the main job on the embedded default:
+# the paper's study (builds the miniature world on first use; resumable: run it again to continue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 export TF_CPP_MIN_LOG_LEVEL=3
-exec .venv/bin/mergejax-demo "$@"
+exec .venv/bin/mergejax-study --config=configs/study_tiny.py --workdir="${WORKDIR:-runs/tiny}" "$@"
