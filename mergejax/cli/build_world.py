@@ -8,9 +8,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "World config (configs/world.py).",
+from mergejax.cli import common
+
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "World config (configs/world.py).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the world is built (resumable).")
+_WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "Where the world is built (resumable).")
 
 
 def _csv(s):

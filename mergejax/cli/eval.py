@@ -21,13 +21,12 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from mergejax.cli import common
+
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "eval.py"
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (orbax + model_config.json).")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port for jax.distributed.initialize (multi-host).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Processes for jax.distributed.initialize.")
-_PID = flags.DEFINE_integer("process_id", None, "This process's id for jax.distributed.initialize.")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = common.define(config_flags.DEFINE_config_file,
     "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Eval config (configs/eval.py).")
 
 
@@ -92,10 +91,7 @@ def main(argv: Sequence[str]) -> None:
       raise ValueError("no config: pass --config=configs/eval.py")
     if not _CHECKPOINT.value:
       raise ValueError("--checkpoint is required")
-    if _COORD.value:
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
-                                 process_id=_PID.value)
+    common.maybe_initialize_distributed()
     ckpt = pathlib.Path(_CHECKPOINT.value)
     if not ckpt.is_dir():
       raise FileNotFoundError(f"{ckpt}: checkpoint directory not found")

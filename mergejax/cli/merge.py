@@ -20,6 +20,8 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from mergejax.cli import common
+
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "merge.py"
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
@@ -27,10 +29,7 @@ _EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoint
 _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
 _FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port for jax.distributed.initialize (multi-host).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Processes for jax.distributed.initialize.")
-_PID = flags.DEFINE_integer("process_id", None, "This process's id for jax.distributed.initialize.")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = common.define(config_flags.DEFINE_config_file,
     "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Merge config (configs/merge.py).")
 
 _HPARAMS = ("density", "lam", "drop_rate", "scope", "sign", "aggregate", "weights")
@@ -127,10 +126,7 @@ def main(argv: Sequence[str]) -> None:
       raise ValueError("--experts is required (comma-separated checkpoint paths)")
     if not _OUTPUT.value:
       raise ValueError("--output is required")
-    if _COORD.value:
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
-                                 process_id=_PID.value)
+    common.maybe_initialize_distributed()
     out = merge_checkpoints(_BASE.value, _EXPERTS.value, _OUTPUT.value, _CONFIG.value,
                             output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
   except KeyboardInterrupt:

@@ -14,9 +14,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Study configuration (configs/study_*.py).",
+from mergejax.cli import common
+
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "Study configuration (configs/study_*.py).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the world, results and report go.")
+_WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "Where the world, results and report go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() first (TPU pods, multi-host GPUs).")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -8,9 +8,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (configs/train.py).",
+from mergejax.cli import common
+
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "Training config (configs/train.py).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "World directory (models laid out as in mergejax.world).")
+_WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "World directory (models laid out as in mergejax.world).")
 
 
 def main(argv) -> int:
