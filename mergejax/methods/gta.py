@@ -22,8 +22,8 @@ from mergejax.methods import steps, threshold
 from mergejax.methods.base import Array, LeafContext, LeafPass, f32
 
 
-def _trimmed_task_vectors(base, experts, ctx, thresholds, *, dare, rescale, trim):
-  del rescale  # applied once, after aggregation (see steps.dare_drop_all)
+def _trimmed_task_vectors(base, experts, ctx, thresholds, *, dare, trim):
+  """DARE-dropped (not yet rescaled: see steps.dare_drop_all) and trimmed task vectors."""
   taus = steps.task_vectors(base, experts)
   if dare:
     taus = steps.dare_drop_all(taus, ctx)
@@ -38,7 +38,7 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
                dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str,
                out_dtype: Any) -> Array:
   """One leaf: base + lam * aggregate(trim(dare(tau))). ``stats``: thresholds f32[N], majority f32."""
-  taus = _trimmed_task_vectors(base, experts, ctx, stats.get("thresholds"), dare=dare, rescale=rescale, trim=trim)
+  taus = _trimmed_task_vectors(base, experts, ctx, stats.get("thresholds"), dare=dare, trim=trim)
   w = ctx.weights
   if consensus is None:
     agg = sum(w[t] * tau for t, tau in enumerate(taus))
@@ -49,10 +49,10 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
   return (f32(base) + scale * agg).astype(out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "rescale", "trim", "consensus"))
-def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, rescale, trim, consensus):
+@functools.partial(jax.jit, static_argnames=("dare", "trim", "consensus"))
+def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
   """[#(elected sign > 0), #(< 0)] of the vote before zero resolution, as int32 partials."""
-  taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, rescale=rescale, trim=trim)
+  taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, trim=trim)
   gamma = steps.elect_sign(taus, ctx.weights, consensus, jnp.float32(0.0))
   if gamma.ndim == 0:
     gamma = gamma[None]
@@ -61,7 +61,7 @@ def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, rescale, trim, con
   return jnp.stack([pos, neg])
 
 
-def make_stats_fn(*, density: float, scope: str, dare: bool, rescale: bool, consensus: str | None):
+def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None):
   """compute_stats(leaf_pass, n_experts, seed) for a TIES-style method, or None if none is needed."""
   trim = density < 1.0
   if consensus is None and not trim:
@@ -69,12 +69,12 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, rescale: bool, cons
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     if trim:
-      thr = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, rescale)
+      thr = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare)
     else:
       thr = {p: np.zeros((n_experts,), np.float32) for p in sizes}
     majority = {p: np.float32(1.0) for p in sizes}
     if consensus is not None and scope == "global":
-      fn = functools.partial(_sign_balance_fn, dare=dare, rescale=rescale, trim=trim, consensus=consensus)
+      fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus)
       bal = leaf_pass(fn, lambda p: (thr[p],))
       pos = sum(int(np.asarray(v)[0]) for v in bal.values())
       neg = sum(int(np.asarray(v)[1]) for v in bal.values())

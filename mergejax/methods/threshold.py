@@ -62,30 +62,29 @@ def _count_ge(a: Array, thr_bits: Array, fast: bool) -> Array:
   return jnp.sum(rows.reshape(rows.shape[0], -1), axis=1, dtype=jnp.int32)  # per-first-axis partials
 
 
-def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool, rescale: bool):
+def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool):
   """|tau_t| (after DARE's drop; its common rescale factor does not change any rank)."""
-  del rescale
   taus = steps.task_vectors(base, experts)
   if dare:
     taus = steps.dare_drop_all(taus, ctx)
   return [jnp.abs(t) for t in taus]
 
 
-@functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare", "rescale"))
-def _sample_fn(base, experts, ctx, strides, *, dare: bool, rescale: bool):
+@functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
+def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   idx = tuple(slice(None, None, s) for s in strides)
-  return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare, rescale)])  # host flattens
+  return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
 
 
-@functools.partial(jax.jit, static_argnums=(4,), static_argnames=("dare", "rescale"))
-def _count_fn(base, experts, ctx, thr_bits, fast, *, dare: bool, rescale: bool):
+@functools.partial(jax.jit, static_argnums=(4,), static_argnames=("dare",))
+def _count_fn(base, experts, ctx, thr_bits, fast, *, dare: bool):
   """thr_bits: int32[N, T] -> int32[N, T, P] partial counts.
 
   |tau_t| is computed once per expert and the thresholds are a lax.map over it: one small fused
   reduction per threshold (on XLA:CPU, T sibling reductions in one fusion run ~5x slower).
   """
   out = []
-  for t, a in enumerate(_abs_task_vectors(base, experts, ctx, dare, rescale)):
+  for t, a in enumerate(_abs_task_vectors(base, experts, ctx, dare)):
     out.append(jax.lax.map(lambda tb, a=a: _count_ge(a, tb, fast), thr_bits[t]))
   return jnp.stack(out)
 
@@ -177,7 +176,6 @@ def find_thresholds(
     density: float,
     scope: str,
     dare: bool,
-    rescale: bool,
     thresholds_per_pass: int = 7,
     max_passes: int = 48,
 ) -> dict[str, np.ndarray]:
@@ -201,7 +199,7 @@ def find_thresholds(
     return max(1, math.ceil(n / target))
 
   strides = {p: _axis_strides(shapes[p], stride_of(p)) for p in paths}
-  fn = functools.partial(_sample_fn, dare=dare, rescale=rescale)
+  fn = functools.partial(_sample_fn, dare=dare)
   samples = leaf_pass(fn, lambda p: (strides[p],))
   brackets: dict[tuple[str, int], _Bracket] = {}
   for g, ps in groups.items():
@@ -210,7 +208,7 @@ def find_thresholds(
       s = np.concatenate([np.asarray(samples[p])[t].reshape(-1) for p in ps]).astype(np.float32)
       brackets[g, t] = _Bracket(k, group_n[g], s.view(np.int32))
 
-  count_fn = functools.partial(_count_fn, dare=dare, rescale=rescale)
+  count_fn = functools.partial(_count_fn, dare=dare)
   for pass_index in range(max_passes):
     todo = {gt: b for gt, b in brackets.items() if not b.done}
     if not todo:
