@@ -102,11 +102,11 @@ class Evaluator:
     per_task = future.result()
     results = aggregate(self.mixture, self.split, per_task, self.categories).to_dict() if is_main else None
     if jax.process_count() > 1:
-      results = _broadcast_json(results)
+      results = broadcast_json(results)
     return EvalResults.from_dict(results)
 
 
-def _broadcast_json(obj: Any) -> Any:
+def broadcast_json(obj: Any) -> Any:
   """Sends a JSON-able object from process 0 to every process."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   payload = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)

@@ -28,6 +28,15 @@ class ResultsStore:
     return self.rows_dir / f"{safe}-{digest}.json"
 
   def get(self, key: str) -> dict[str, Any] | None:
+    """The row, or None. In a multi-process run process 0 decides and broadcasts, so every process
+    skips (or computes) the same rows and joins the same collectives."""
+    row = self._read(key) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+      from mergejax.evaluation.evaluator import broadcast_json  # pylint: disable=g-import-not-at-top
+      row = broadcast_json(row)
+    return row
+
+  def _read(self, key: str) -> dict[str, Any] | None:
     p = self._path(key)
     if not p.is_file():
       return None
