@@ -85,7 +85,8 @@ class AtomicDir:
       shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
+def _fsync_path(path: str | os.PathLike) -> None:
+  """fsync a file or directory; best effort (some filesystems refuse directory fsync)."""
   try:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -96,18 +97,15 @@ def _fsync_dir(path: pathlib.Path) -> None:
     pass
 
 
+def _fsync_dir(path: pathlib.Path) -> None:
+  _fsync_path(path)
+
+
 def _fsync_tree(root: pathlib.Path) -> None:
   for dirpath, _, files in os.walk(root):
     for f in files:
-      try:
-        fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-        try:
-          os.fsync(fd)
-        finally:
-          os.close(fd)
-      except OSError:
-        pass
-    _fsync_dir(pathlib.Path(dirpath))
+      _fsync_path(os.path.join(dirpath, f))
+    _fsync_path(dirpath)
 
 
 def fingerprint(path: str | os.PathLike, samples: int = 16, block: int = 1 << 16) -> dict[str, Any]:

@@ -45,15 +45,20 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[s
                                                 for t, p in zip(targets, predictions)]))}
 
 
-def _f1(t: str, p: str) -> float:
+def _f_measure(t: str, p: str, matches) -> float:
+  """F1 of target/prediction tokens given ``matches(target_tokens, prediction_tokens) -> int``."""
   tt, pt = normalize(t).split(), normalize(p).split()
   if not tt or not pt:
     return float(tt == pt)
-  common = sum((collections.Counter(tt) & collections.Counter(pt)).values())
-  if common == 0:
+  m = matches(tt, pt)
+  if m == 0:
     return 0.0
-  prec, rec = common / len(pt), common / len(tt)
+  prec, rec = m / len(pt), m / len(tt)
   return 2 * prec * rec / (prec + rec)
+
+
+def _f1(t: str, p: str) -> float:
+  return _f_measure(t, p, lambda a, b: sum((collections.Counter(a) & collections.Counter(b)).values()))
 
 
 def token_f1(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[str, float]:
@@ -74,14 +79,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def _rouge_l(t: str, p: str) -> float:
-  tt, pt = normalize(t).split(), normalize(p).split()
-  if not tt or not pt:
-    return float(tt == pt)
-  lcs = _lcs(tt, pt)
-  if lcs == 0:
-    return 0.0
-  prec, rec = lcs / len(pt), lcs / len(tt)
-  return 2 * prec * rec / (prec + rec)
+  return _f_measure(t, p, _lcs)
 
 
 def rouge_l(targets: Sequence[str], predictions: Sequence[str]) -> Mapping[str, float]:
