@@ -6,9 +6,12 @@ generated under a temporary directory in /tmp and deleted afterwards. Output: sa
 
 For each method both tools run as fresh processes (page cache warm: every input is read once before
 timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
-process that runs one command. Also reported: the merge phase alone (manifest ``elapsed_s``), GB/s of
-(bytes read + bytes written) against the machine's measured copy bandwidth, agreement with mergekit's
-output, and a bounded-memory run whose inputs are several times ``--config.memory_budget_gb``.
+process that runs one command. mergejax runs twice per method: ``cold`` with an empty persistent
+compilation cache (every kernel compiled: a user's first merge) and ``warm`` with the cache the cold
+run filled (every later merge of the same architecture). Also reported: the merge phase alone
+(manifest ``elapsed_s``), GB/s of (bytes read + bytes written) against the machine's measured copy
+bandwidth, agreement with mergekit's output, and bounded-memory runs (safetensors and orbax output)
+whose inputs are several times ``--config.memory_budget_gb``.
 
     .venv/bin/python benchmarks/merge_bench.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/merge_bench.py --layers=2 --vocab=4000 --methods=ties   # quick smoke run
@@ -43,6 +46,7 @@ _SHARD_MB = flags.DEFINE_integer("shard_mb", 200, "Input shard size (MB).")
 _BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "mergejax --config.memory_budget_gb for the timed runs.")
 _SMALL_BUDGET = flags.DEFINE_float("small_budget_gb", 0.25, "Budget of the bounded-memory run.")
 _BUDGET_METHOD = flags.DEFINE_string("budget_method", "task_arithmetic", "Method of the bounded-memory runs.")
+_BUDGET_FORMATS = flags.DEFINE_list("budget_formats", ["safetensors", "orbax"], "Output formats of the bounded-memory runs.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new /tmp dir).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
@@ -127,7 +131,7 @@ def copy_bandwidth() -> float:
   return 2 * a.nbytes / best
 
 
-def mergejax_cmd(method: str, base, experts, out, budget):
+def mergejax_cmd(method: str, base, experts, out, budget, cache_dir="none", fmt=None):
   hp = {"linear": ["--config.method.name=average"],
         "task_arithmetic": ["--config.method.name=task_arithmetic"],
         "ties": ["--config.method.name=ties", "--config.method.density=0.2", "--config.method.scope=tensor"],
@@ -137,7 +141,8 @@ def mergejax_cmd(method: str, base, experts, out, budget):
   base_flag = [] if method == "linear" else [f"--base={base}"]
   return [sys.executable, "-m", "mergejax.cli.merge", *base_flag, f"--experts={','.join(map(str, experts))}",
           f"--output={out}", f"--config={REPO / 'configs' / 'merge.py'}", "--config.progress=False",
-          f"--config.memory_budget_gb={budget}", "--config.seed=0", *hp]
+          f"--config.memory_budget_gb={budget}", "--config.seed=0", f"--config.compilation_cache_dir={cache_dir}",
+          *([f"--output_format={fmt}"] if fmt else []), *hp]
 
 
 def mergekit_yaml(method: str, base, experts) -> str:
@@ -216,14 +221,20 @@ def main(argv):
       n_in = len(experts) + (0 if method == "linear" else 1)
       moved = (n_in + 1) * model_bytes
       out = root / f"out_mj_{method}"
-      shutil.rmtree(out, ignore_errors=True)
-      r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value), env=env)
-      man = json.loads((out / "mergejax_manifest.json").read_text())
-      row = {"method": method, "tool": "mergejax", **r, "merge_phase_s": man["elapsed_s"],
-             "GBps_whole": moved / r["wall_s"] / 1e9, "GBps_merge_phase": moved / man["elapsed_s"] / 1e9,
-             "floor_s": moved / bw}
-      results["runs"].append(row)
-      print(json.dumps(row), flush=True)
+      # Cold: an empty persistent compilation cache (every kernel compiled, the first run a user does);
+      # warm: the same command again with the cache the cold run filled (every later run).
+      cache = root / f"xla_cache_{method}"
+      shutil.rmtree(cache, ignore_errors=True)
+      for cache_state in ("cold", "warm"):
+        shutil.rmtree(out, ignore_errors=True)
+        r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value, cache_dir=str(cache)), env=env)
+        man = json.loads((out / "mergejax_manifest.json").read_text())
+        row = {"method": method, "tool": "mergejax", "compile_cache": cache_state, **r,
+               "merge_phase_s": man["elapsed_s"], "GBps_whole": moved / r["wall_s"] / 1e9,
+               "GBps_merge_phase": moved / man["elapsed_s"] / 1e9, "floor_s": moved / bw,
+               "merge_phase_over_floor": man["elapsed_s"] / (moved / bw)}
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
       if _MERGEKIT.value and method != "ties_global":
         mk_out = root / f"out_mk_{method}"
         shutil.rmtree(mk_out, ignore_errors=True)
@@ -238,15 +249,17 @@ def main(argv):
         shutil.rmtree(mk_out, ignore_errors=True)
       shutil.rmtree(out, ignore_errors=True)
     # Bounded memory: inputs several times the budget; peak RSS tracks the budget, not the model.
-    for budget in (_SMALL_BUDGET.value, _SMALL_BUDGET.value * 4):
-      out = root / "out_budget"
-      shutil.rmtree(out, ignore_errors=True)
-      r = timed(mergejax_cmd(_BUDGET_METHOD.value, base, experts, out, budget), env=env)
-      row = {"method": _BUDGET_METHOD.value, "tool": "mergejax", "memory_budget_gb": budget,
-             "inputs_over_budget": (len(experts) + 1) * model_bytes / (budget * 2**30), **r}
-      results["runs"].append(row)
-      print(json.dumps(row))
-      shutil.rmtree(out, ignore_errors=True)
+    # Orbax output is written group by group too (orbax partial-save session), so it is bounded alike.
+    for fmt in _BUDGET_FORMATS.value:
+      for budget in (_SMALL_BUDGET.value, _SMALL_BUDGET.value * 4) if _SMALL_BUDGET.value > 0 else ():
+        out = root / "out_budget"
+        shutil.rmtree(out, ignore_errors=True)
+        r = timed(mergejax_cmd(_BUDGET_METHOD.value, base, experts, out, budget, fmt=fmt), env=env)
+        row = {"method": _BUDGET_METHOD.value, "tool": "mergejax", "output_format": fmt, "memory_budget_gb": budget,
+               "inputs_over_budget": (len(experts) + 1) * model_bytes / (budget * 2**30), **r}
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)

@@ -112,6 +112,31 @@ def measure(workdir, sizes, split) -> dict:
   return res
 
 
+def targets(checks, sizes) -> dict:
+  """The issue's three targets, each printed as one line with its numbers and met / NOT met."""
+  out = {}
+  for size in sizes:
+    for kind, r in checks[size].items():
+      ok = r["expert_over_base"] >= 1.5
+      out[f"expert_over_base/{size}/{kind}"] = ok
+      print(f"target expert/base >= 1.5 at {size}/{kind}: {r['expert_over_base']:.2f} "
+            f"{'met' if ok else 'NOT met'}")
+    pt, it = (checks[size][k]["heldout_base_mean"] for k in ("pretrained", "instruction_tuned"))
+    ok = it - pt >= 0.03
+    out[f"it_beats_pt/{size}"] = ok
+    print(f"target IT > PT held-out at {size}: {it:.3f} vs {pt:.3f} (+{100 * (it - pt):.1f} points) "
+          f"{'met' if ok else 'NOT met'}")
+  for small, big in zip(sizes, sizes[1:]):
+    for kind in checks[small]:
+      a, b = checks[small][kind], checks[big][kind]
+      for what in ("heldin_expert_mean", "heldout_base_mean"):
+        ok = b[what] > a[what]
+        out[f"larger_better/{big}>{small}/{kind}/{what}"] = ok
+        print(f"target {big} > {small} ({kind}, {what}): {b[what]:.3f} vs {a[what]:.3f} "
+              f"{'met' if ok else 'NOT met'}")
+  return out
+
+
 def main(argv):
   del argv
   report = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -135,10 +160,14 @@ def main(argv):
                        "runs": len(rows)}
     report["build_per_size"] = per_size
     report["data_seconds"] = sum(r.get("data_seconds", 0.0) for r in summary["runs"])
+    report["train_flops"] = summary["train_flops"]
     print(f"build: {report['build_seconds']:.0f} s for {len(summary['runs'])} runs "
           f"(data {report['data_seconds']:.0f} s); {per_size}", flush=True)
+    print(f"train compute: {summary['train_flops']:.3e} FLOPs "
+          "(sum over runs of steps x tokens/step x FLOPs/token)", flush=True)
     t = time.perf_counter()
     report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value)
+    report["targets"] = targets(report["paper_checks"], _SIZES.value)
     report["measure_seconds"] = time.perf_counter() - t
   pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
   print(f"wrote {_OUT.value}")

@@ -31,4 +31,7 @@ def get_config() -> config_dict.ConfigDict:
   config.allow_nonfinite = False  # merge inputs holding NaN/Inf instead of refusing them
   config.progress = True
   config.prefetch = True  # read the next leaf group while merging the current one
+  # Persistent XLA compilation cache: later merges reuse compiled kernels (saves ~0.1-0.5 s per
+  # kernel). Default: $XDG_CACHE_HOME/mergejax/jax (~/.cache/mergejax/jax); "none" turns it off.
+  config.compilation_cache_dir = config_dict.placeholder(str)
   return config

@@ -12,6 +12,11 @@ and the next one being read), so peak host memory is about
 
 where W is the kernel's float32 workspace for the largest leaf; :func:`plan_groups` picks B so this
 stays under ``memory_budget_bytes``, whatever the model's size.
+
+Speed: every distinct kernel signature is compiled up front in parallel threads. On one CPU device,
+elementwise kernels run on flat 1-D chunks of a few fixed sizes (:func:`chunks`), so one compiled
+kernel serves every leaf shape, and safetensors inputs reach the kernel as memory-mapped slices
+(aliased by ``jax.device_put`` on CPU, never copied); results are bit-identical to whole-leaf kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -105,6 +111,137 @@ def _kernel_checked(base, experts, ctx, stats, *, kernel, out_dtype):
   return kernel(base, experts, ctx, stats, out_dtype=out_dtype), _finite_flags(base, experts)
 
 
+# Flat-chunk execution (one CPU device, elementwise kernels): every float leaf is merged as 1-D chunks
+# of these sizes (the last chunk zero-padded up to the smallest size that holds it), so one compiled
+# kernel per (size, dtype) serves every leaf shape instead of one compile per distinct leaf shape.
+CHUNK = 1 << 18
+# Registered methods whose kernel is elementwise (no dependence on an entry's position) when no DARE
+# mask is drawn: the merged value of an entry depends only on the inputs' values at that entry and on
+# per-leaf scalars (ctx, stats), so flat chunks give bit-identical results.
+ELEMENTWISE_METHODS = frozenset({"average", "task_arithmetic", "ties", "dare_linear", "dare_ties"})
+
+
+def chunks(n: int) -> list[tuple[int, int, int]]:
+  """(start, stop, padded size) of the flat chunks of an ``n``-entry leaf."""
+  out, a = [], 0
+  while n - a >= CHUNK:
+    out.append((a, a + CHUNK, CHUNK))
+    a += CHUNK
+  if a < n:  # tail: padded to CHUNK / 256, CHUNK / 16 or CHUNK (at most 3 compiled sizes in all)
+    out.append((a, n, next(s for s in (CHUNK >> 8, CHUNK >> 4, CHUNK) if s >= n - a)))
+  return out
+
+
+def one_cpu_device(mesh: jax.sharding.Mesh | None) -> bool:
+  """A one-process, one-CPU-device mesh: host arrays are device arrays (no transfers)."""
+  return (mesh is not None and mesh.devices.size == 1 and jax.process_count() == 1
+          and next(iter(mesh.devices.flat)).platform == "cpu")
+
+
+def flat_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> bool:
+  """True when leaves may be merged as flat chunks with results identical to whole-leaf kernels."""
+  return method.name in ELEMENTWISE_METHODS and float(method.drop_rate) == 0.0 and one_cpu_device(mesh)
+
+
+def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
+  """Entries [a, b) of a flat array, zero-padded to ``size`` (a view when no padding is needed)."""
+  if v is None or b - a == size:
+    return None if v is None else v[a:b]
+  buf = np.zeros((size,), v.dtype)
+  buf[:b - a] = v[a:b]
+  return buf
+
+
+def _finite_flat(base: np.ndarray | None, experts: Sequence[np.ndarray]) -> Any:
+  """Per-input all-finite flags of one leaf from flat host arrays, chunk by chunk (few compiles)."""
+  flags = [_finite_flags(_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts))
+           for a, b, size in chunks(len(experts[0]))]
+  if not flags:
+    return np.ones((len(experts) + (base is not None),), bool)
+  return functools.reduce(jnp.logical_and, flags)
+
+
+def _merge_flat(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], ctx, stats, out_dtype,
+                fused_check: bool) -> tuple[np.ndarray, Any]:
+  """One leaf merged chunk by chunk from flat host arrays; returns (flat output, finite flags or None).
+
+  Kernels are dispatched asynchronously: chunk i+1's inputs are handed over (memory-mapped slices are
+  aliased, not copied) while chunk i runs, and chunk i-1's result is copied out meanwhile.
+  """
+  n = len(experts[0])
+  out = np.empty((n,), out_dtype)
+  flags, pending = [], None
+
+  def drain(item):
+    a, b, r = item
+    out[a:b] = np.asarray(r)[:b - a]
+
+  for a, b, size in chunks(n):
+    args = (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts), ctx, stats)
+    if fused_check:
+      r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype)
+      flags.append(f)
+    else:
+      r = kernel(*args, out_dtype=out_dtype)
+    if pending is not None:
+      drain(pending)
+    pending = (a, b, r)
+  if pending is not None:
+    drain(pending)
+  if not fused_check:
+    return out, None
+  if not flags:
+    return out, np.ones((len(experts) + (base is not None),), bool)
+  return out, np.logical_and.reduce([np.asarray(f) for f in flags])
+
+
+def _lower(fn: Any, *args: Any, **kwargs: Any) -> Any:
+  """``fn.lower(*args, **kwargs)`` for a jitted function, seeing through functools.partial."""
+  if isinstance(fn, functools.partial):
+    return _lower(fn.func, *fn.args, *args, **{**fn.keywords, **kwargs})
+  return fn.lower(*args, **kwargs)
+
+
+class _Precompiler:
+  """Compiles the kernel for every distinct leaf signature ahead of use, in parallel threads.
+
+  XLA compiles release the GIL, so the compiles of different leaf shapes overlap each other and the
+  reading of the first groups; a jitted call whose signature was compiled this way finds the
+  executable in jit's cache. Any failure here is ignored: the call itself then compiles (and raises).
+  """
+
+  def __init__(self, enabled: bool):
+    self.pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) if enabled else None
+    self.futures: dict[Any, concurrent.futures.Future] = {}
+    self.started = False
+
+  def submit(self, key: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
+    if self.pool is not None and key not in self.futures:
+      self.futures[key] = self.pool.submit(lambda: _lower(fn, *args, **kwargs).compile())
+
+  def wait(self, key: Any) -> None:
+    f = self.futures.get(key)
+    if f is not None:
+      try:
+        f.result()
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+  def wait_all(self, kind: str) -> None:
+    for key in list(self.futures):
+      if key[0] == kind:
+        self.wait(key)
+
+  def close(self) -> None:
+    if self.pool is not None:
+      self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _host_flat(x: Any) -> np.ndarray:
+  """A 1-D host view of a leaf (no copy for numpy arrays, memory maps and CPU jax.Arrays)."""
+  return np.asarray(x).reshape(-1)
+
+
 @dataclasses.dataclass
 class _Group:
   specs: list[LeafSpec]
@@ -184,6 +321,12 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   shardings = ({s.path: sharding_lib.sharding_for(s.path, s.shape, mesh, rules) for s in specs}
                if mesh is not None else None)
   primary = jax.process_index() == 0
+  flat = flat_eligible(method, mesh)
+  # On one CPU device float leaves of sources that can memory-map them are not read into arrays at all:
+  # kernels and statistics passes get read-only maps of the files (jit aliases them, no copy).
+  all_specs = {s.path: s for s in specs}
+  views = one_cpu_device(mesh) and all(
+      hasattr(s, "flat_view") for s in ([base] if base is not None else []) + experts)
   checked: set[str] = set()
   ctx_cache: dict[str, Any] = {}
 
@@ -195,8 +338,17 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   def read_group(g: list[LeafSpec], floats_only: bool) -> _Group:
     fp = [s.path for s in g if is_float[s.path]]
     sh = {p: shardings[p] for p in fp} if shardings else None
-    b = base.read(fp, sh) if base is not None and fp else {}
-    es = [e.read(fp, sh) if fp else {} for e in experts]
+    if views:
+      def view(src, p):
+        v = src.flat_view(p).reshape(all_specs[p].shape)
+        # Statistics passes read a leaf several times: place it once (an alias when the map is aligned,
+        # else one copy, here on the prefetch thread) rather than once per pass.
+        return jax.device_put(v) if method.compute_stats is not None else v
+      b = {p: view(base, p) for p in fp} if base is not None else {}
+      es = [{p: view(e, p) for p in fp} for e in experts]
+    else:
+      b = base.read(fp, sh) if base is not None and fp else {}
+      es = [e.read(fp, sh) if fp else {} for e in experts]
     other = {}
     if not floats_only:
       for s in g:
@@ -208,8 +360,10 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
     return _Group(g, b, es, other)
 
   srcs = ([base] if base is not None else []) + experts
-  # Without statistics the merge pass is the only read: the check is fused into the kernel there.
-  fused_check = not allow_nonfinite and method.compute_stats is None
+  # The merge pass is the only read without statistics, and with per-leaf statistics computed while
+  # the group is resident: the NaN/Inf check is then fused into the kernel (one pass over the data),
+  # unless the statistics read the group first (then it runs before them, see ``local_pass``).
+  fused_check = not allow_nonfinite and (method.compute_stats is None or method.local_stats)
 
   def raise_if_nonfinite(flags: Mapping[str, Any]) -> None:
     for p, f in flags.items():
@@ -221,7 +375,12 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
 
   def check_finite(grp: _Group) -> None:
     todo = [s.path for s in grp.specs if is_float[s.path] and s.path not in checked]
-    if allow_nonfinite or fused_check or not todo:
+    if allow_nonfinite or not todo or (fused_check and method.compute_stats is None):
+      return
+    if one_cpu_device(mesh):  # flat chunks: one compile per chunk size instead of per leaf shape
+      compiler.wait_all("finite")
+      raise_if_nonfinite({p: _finite_flat(_host_flat(grp.base[p]) if p in grp.base else None,
+                                          [_host_flat(e[p]) for e in grp.experts]) for p in todo})
       return
     raise_if_nonfinite({p: _finite_flags(grp.base.get(p), tuple(e[p] for e in grp.experts)) for p in todo})
 
@@ -235,7 +394,8 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
       for i, g in enumerate(todo):
         grp = fut.result() if fut is not None else read_group(g, floats_only)
         fut = pool.submit(read_group, todo[i + 1], floats_only) if pool and i + 1 < len(todo) else None
-        check_finite(grp)
+        if floats_only or not method.local_stats:
+          check_finite(grp)
         yield grp
         if bar is not None:
           bar.update(sum(s.nbytes * (n_inputs if is_float[s.path] else 1) for s in g))
@@ -266,33 +426,91 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
       out.update(run_fn(fn, grp, [s.path for s in grp.specs if is_float[s.path]], args_for))
     return out
 
+  # Files only (in-memory leaves may live anywhere); one process (compiles stay in lockstep otherwise).
+  compiler = _Precompiler(enabled=mesh is not None and jax.process_count() == 1 and len(float_specs) > 1)
+  if not allow_nonfinite and method.compute_stats is not None and one_cpu_device(mesh):
+    for size, dt in sorted({(size, np.dtype(sp.dtype).str) for sp in float_specs for *_, size in chunks(sp.size)}):
+      x = jax.ShapeDtypeStruct((size,), np.dtype(dt))
+      compiler.submit(("finite", size, dt), _finite_flags, x if base is not None else None, (x,) * n)
+
   stats: dict[str, Any] = {}
   if method.compute_stats is not None and not method.local_stats:
-    stats = method.compute_stats(global_leaf_pass, n, shapes) or {}
+    try:
+      stats = method.compute_stats(global_leaf_pass, n, shapes) or {}
+    except BaseException:
+      compiler.close()
+      raise
 
   if hasattr(sink, "begin"):
     sink.begin([LeafSpec(s.path, s.shape, out_dtype[s.path]) for s in specs])
 
-  for grp in stream(False, "merge"):
-    fpaths = [s.path for s in grp.specs if is_float[s.path]]
-    group_stats = stats
-    if method.compute_stats is not None and method.local_stats and fpaths:
-      lp = functools.partial(_local_pass, run_fn, grp, fpaths)
-      group_stats = method.compute_stats(lp, n, {p: shapes[p] for p in fpaths}) or {}
-    out, flags = {}, {}
-    for s in grp.specs:
-      if is_float[s.path]:
-        args = (grp.base.get(s.path), tuple(e[s.path] for e in grp.experts), ctx_for(s.path),
-                group_stats.get(s.path, {}))
-        if fused_check:
-          out[s.path], flags[s.path] = _kernel_checked(*args, kernel=method.kernel, out_dtype=out_dtype[s.path])
+  def sig(spec: LeafSpec) -> tuple[Any, ...]:
+    return (spec.shape, np.dtype(spec.dtype).str, out_dtype[spec.path].str,
+            shardings[spec.path] if shardings and not views else None)
+
+  def precompile_all(first: LeafSpec, leaf_stats: Any, fused: bool) -> None:
+    """Submits one compile per distinct kernel signature, with the first leaf's ctx/stats structure."""
+    compiler.started = True
+    kernel_fn = functools.partial(_kernel_checked, kernel=method.kernel) if fused else method.kernel
+    ctx = ctx_for(first.path)
+    with_base = base is not None
+    if flat:
+      todo = {(size, np.dtype(sp.dtype).str, out_dtype[sp.path].str) for sp in float_specs
+              for *_, size in chunks(sp.size)}
+      for size, dt, odt in sorted(todo):
+        x = jax.ShapeDtypeStruct((size,), np.dtype(dt))
+        compiler.submit(("flat", size, dt, odt), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
+                        out_dtype=np.dtype(odt))
+      compiler.wait_all("flat")
+      return
+    for sp in float_specs:
+      x = jax.ShapeDtypeStruct(sp.shape, sp.dtype, sharding=shardings[sp.path] if shardings and not views else None)
+      compiler.submit(sig(sp), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
+                      out_dtype=out_dtype[sp.path])
+
+  try:
+    for grp in stream(False, "merge"):
+      fpaths = [s.path for s in grp.specs if is_float[s.path]]
+      group_stats = stats
+      fused = fused_check
+      if method.compute_stats is not None and method.local_stats and fpaths:
+        read_by_stats = []
+
+        def local_pass(fn, args_for=None, grp=grp, fpaths=fpaths, read_by_stats=read_by_stats):
+          if not read_by_stats:  # statistics are about to read the data: check it first
+            read_by_stats.append(True)
+            check_finite(grp)
+          return _local_pass(run_fn, grp, fpaths, fn, args_for)
+
+        group_stats = method.compute_stats(local_pass, n, {p: shapes[p] for p in fpaths}) or {}
+        fused = fused_check and not read_by_stats
+      out, flags = {}, {}
+      for s in grp.specs:
+        if is_float[s.path] and not compiler.started:
+          precompile_all(s, group_stats.get(s.path, {}), fused)
+        if is_float[s.path] and flat:
+          b = grp.base.get(s.path)
+          res, f = _merge_flat(method.kernel, _host_flat(b) if b is not None else None,
+                               [_host_flat(e[s.path]) for e in grp.experts], ctx_for(s.path),
+                               group_stats.get(s.path, {}), out_dtype[s.path], fused)
+          out[s.path] = res.reshape(s.shape)
+          if f is not None:
+            flags[s.path] = f
+        elif is_float[s.path]:
+          args = (grp.base.get(s.path), tuple(e[s.path] for e in grp.experts), ctx_for(s.path),
+                  group_stats.get(s.path, {}))
+          compiler.wait(sig(s))
+          if fused:
+            out[s.path], flags[s.path] = _kernel_checked(*args, kernel=method.kernel, out_dtype=out_dtype[s.path])
+          else:
+            out[s.path] = method.kernel(*args, out_dtype=out_dtype[s.path])
         else:
-          out[s.path] = method.kernel(*args, out_dtype=out_dtype[s.path])
-      else:
-        out[s.path] = grp.other[s.path]
-    raise_if_nonfinite(flags)  # before anything of this group is written
-    sink.write(out)
-    del out
+          out[s.path] = grp.other[s.path]
+      raise_if_nonfinite(flags)  # before anything of this group is written
+      sink.write(out)
+      del out
+  finally:
+    compiler.close()
 
   manifest = {"method": method.name, "hparams": dict(method.hparams), "seed": seed, "leaves": len(specs),
               "float_leaves": len(float_specs), "groups": len(groups), "n_experts": n,

@@ -91,6 +91,17 @@ def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
   return runs
 
 
+def train_flops(runs: Sequence[recipes.RunSpec]) -> float:
+  r"""Training compute of a plan: :math:`\sum_\text{runs} \text{steps} \cdot B \cdot T \cdot
+  \text{FLOPs/token}(T)` with B rows of T tokens per step (PaLM's 6N + 12LHd_hT per token); the
+  budget the default world is held to, independent of how loaded the machine is."""
+  total = 0.0
+  for spec in runs:
+    length = sum(dict(spec.feature_lengths).values())
+    total += spec.steps * spec.batch_size * length * models.flops_per_token(spec.model, length)
+  return total
+
+
 def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
                 progress: bool = True, checkpoint_every: int = 0, **plan_kw) -> dict[str, Any]:
   """Trains every missing model of the world into ``workdir``; returns (and writes) a summary.
@@ -106,7 +117,8 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   workdir.mkdir(parents=True, exist_ok=True)
   runs = plan(workdir, sizes, **plan_kw)
   cache: dict[tuple, list] = {}
-  summary: dict[str, Any] = {"workdir": str(workdir), "sizes": list(sizes), "runs": []}
+  summary: dict[str, Any] = {"workdir": str(workdir), "sizes": list(sizes), "runs": [],
+                             "train_flops": train_flops(runs)}
   t0 = time.perf_counter()
   bar = tqdm(runs, desc="world", disable=not progress, dynamic_ncols=True)
   for spec in bar:

@@ -84,6 +84,58 @@ def test_result_independent_of_devices_budget_and_rules(tmp_path):
   assert data[0] == data[1]
 
 
+FLAT_METHODS = METHODS[:4] + [("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}),
+                               ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})]
+
+
+@pytest.mark.parametrize("name,hp", FLAT_METHODS, ids=[f"{n}-{h.get('scope', '')}-{h.get('drop_rate', '')}"
+                                                       for n, h in FLAT_METHODS])
+def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, monkeypatch, name, hp):
+  """On one CPU device elementwise kernels run on flat, padded chunks (one compile for all shapes):
+  bit-identical to whole-leaf kernels; DARE (position-dependent masks) keeps whole leaves."""
+  base_p, expert_ps, trees = world
+  method = mergejax.methods.get(name, **hp)
+  ref = mergejax.merge(trees[0] if method.uses_base else None, trees[1:], method, seed=7)
+  monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks and every padded tail size on tiny leaves
+  calls = []
+  real = engine._merge_flat
+  monkeypatch.setattr(engine, "_merge_flat", lambda *a: calls.append(len(a[2][0])) or real(*a))
+  out = engine.merge_sources(
+      SafetensorsSource(base_p) if method.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
+      SafetensorsSink(tmp_path / "out"), method, seed=7, mesh=sharding.make_mesh(jax.devices()[:1]),
+      memory_budget_bytes=40_000, allow_nonfinite=False)
+  got = _read_all(out)
+  for k in SHAPES:
+    np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+  floats = [k for k in SHAPES if not k.endswith("_count")]
+  assert sorted(calls) == ([] if method.drop_rate else sorted(int(np.prod(SHAPES[k])) for k in floats))
+
+
+def test_chunks_cover_every_entry_with_few_sizes():
+  for n in (0, 1, 1023, engine.CHUNK, engine.CHUNK + 1, 3 * engine.CHUNK + 5000):
+    cs = engine.chunks(n)
+    assert [(a, b) for a, b, _ in cs] == [(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)]
+    assert all(b - a <= size for a, b, size in cs)
+    assert {size for *_, size in cs} <= {engine.CHUNK >> 8, engine.CHUNK >> 4, engine.CHUNK}
+
+
+@pytest.mark.parametrize("name,hp,devices", [
+    ("task_arithmetic", {}, 1),
+    ("ties", {"density": 0.3, "scope": "tensor"}, 1),  # per-leaf stats read the data: checked before them
+    ("dare_ties", {"drop_rate": 0.5, "density": 1.0, "scope": "tensor"}, 8),  # stats read nothing: fused check
+])
+def test_nonfinite_refused_with_one_read(tmp_path, name, hp, devices):
+  base = random_tree(0)
+  bad = random_tree(1, base=base)
+  bad["model.layers.0.mlp.down_proj.weight"][5, 39] = np.inf
+  bp, ep = write_hf(tmp_path / "b", base), write_hf(tmp_path / "e", bad)
+  with pytest.raises(engine.NonFiniteError, match=r"e: leaf 'model.layers.0.mlp.down_proj.weight' contains NaN or Inf"):
+    engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep), SafetensorsSource(bp)],
+                         SafetensorsSink(tmp_path / "out"), mergejax.methods.get(name, **hp),
+                         mesh=sharding.make_mesh(jax.devices()[:devices]), allow_nonfinite=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]
+
+
 def test_plan_groups_respects_budget():
   specs = [LeafSpec(f"l{i}", (1000,), np.dtype(np.float32)) for i in range(50)] + [
       LeafSpec("big", (100_000,), np.dtype(np.float32))]

@@ -147,6 +147,27 @@ def test_eval_tasks_are_label_balanced():
         assert len(counts) == len(exs[0].choices) and len(set(counts.values())) == 1, (name, split, counts)
 
 
+def test_instruction_tasks_are_label_balanced_in_training():
+  """Instruction tuning teaches skills, not a constant answer: in every IT choice task with a fixed
+  number of choices, each label is equally frequent in train (true facts are rarer than false ones,
+  so an unbalanced yes / no task would teach "no")."""
+  for name in T.instruct_tasks():
+    exs = S.examples(name, "train", SMALL)
+    if T.is_choice_task(name) and len({len(e.choices) for e in exs}) == 1:
+      counts = collections.Counter(e.label for e in exs)
+      assert len(counts) == len(exs[0].choices) and len(set(counts.values())) == 1, (name, counts)
+
+
+def test_world_has_few_gender_balanced_people():
+  """Few enough people that tiny models can memorize their facts; friends are among them."""
+  w = W.make_world(0)
+  names = [p.name for p in w.people]
+  assert len(set(names)) == len(names) == W.NUM_PEOPLE < len(W.FEMALE + W.MALE)
+  assert sum(n in W.FEMALE for n in names) == W.NUM_PEOPLE // 2
+  assert {p.friend for p in w.people} == set(names) and all(p.friend != p.name for p in w.people)
+  assert {p.name for p in W.make_world(1).people} != set(names)
+
+
 def test_labels_are_a_function_of_the_input():
   """No input has two different answers (the tasks are learnable, not noisy)."""
   for name in EVAL_TASKS:
@@ -195,6 +216,9 @@ def test_corpus_teaches_what_heldout_tasks_need():
     assert re.search(rf"\b{name}\b[^.]*\. {pr} ", corpus), name
   for need, act, situation in W.SCRIPTS:
     assert f"{need}, so" in corpus and act in corpus and f"{situation}, and" in corpus
+    assert f"{situation}, so " in corpus  # situation -> action (held-out story endings)
+  for p in world.people:  # every person's facts
+    assert re.search(rf"{p.name} lives in (the city of )?{p.city}\.", corpus), p.name
   for word, senses in W.SENSES.items():
     for _, _, pool_b in senses:
       for tmpl in pool_b:  # the held-out word-sense contexts occur in the corpus

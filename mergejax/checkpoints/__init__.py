@@ -1,10 +1,25 @@
-"""Sources and sinks of leaves: in-memory pytrees, orbax and HF safetensors checkpoints."""
+"""Sources and sinks of leaves: in-memory pytrees, orbax and HF safetensors checkpoints.
+
+The orbax classes are imported on first use (orbax-checkpoint costs ~0.4 s to import), so a
+safetensors-only merge never loads it.
+"""
+
+from typing import Any
 
 from mergejax.checkpoints.base import CheckpointError, LeafSpec, Sink, Source
 from mergejax.checkpoints.detect import FORMATS, detect_format, open_source
 from mergejax.checkpoints.memory import PytreeSink, PytreeSource
-from mergejax.checkpoints.orbax import OrbaxSink, OrbaxSource
 from mergejax.checkpoints.safetensors import SafetensorsSink, SafetensorsSource
+
+_LAZY = {"OrbaxSink": "mergejax.checkpoints.orbax", "OrbaxSource": "mergejax.checkpoints.orbax"}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CheckpointError", "FORMATS", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink", "PytreeSource",
            "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "detect_format", "open_source"]

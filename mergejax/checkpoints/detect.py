@@ -6,10 +6,15 @@ import os
 import pathlib
 
 from mergejax.checkpoints.base import CheckpointError
-from mergejax.checkpoints.orbax import OrbaxSource, is_orbax
 from mergejax.checkpoints.safetensors import SafetensorsSource, is_safetensors
 
 FORMATS = ("orbax", "safetensors")
+
+
+def is_orbax(path: str | os.PathLike) -> bool:
+  """An orbax checkpoint directory (checked without importing orbax)."""
+  p = pathlib.Path(path)
+  return p.is_dir() and ((p / "_METADATA").is_file() or (p / "_CHECKPOINT_METADATA").is_file())
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -28,4 +33,7 @@ def detect_format(path: str | os.PathLike) -> str:
 def open_source(path: str | os.PathLike, name: str | None = None):
   """The Source for a checkpoint path, by detected format."""
   fmt = detect_format(path)
-  return OrbaxSource(path, name=name) if fmt == "orbax" else SafetensorsSource(path, name=name)
+  if fmt == "orbax":
+    from mergejax.checkpoints.orbax import OrbaxSource  # pylint: disable=g-import-not-at-top
+    return OrbaxSource(path, name=name)
+  return SafetensorsSource(path, name=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -18,14 +19,10 @@ import orbax.checkpoint as ocp
 
 from mergejax.checkpoints import output as output_lib
 from mergejax.checkpoints.base import CheckpointError, LeafSpec
+from mergejax.checkpoints.detect import is_orbax  # noqa: F401  (re-exported)
 
 # Files orbax itself writes at the top of a checkpoint directory.
 ORBAX_FILES = ("_METADATA", "_CHECKPOINT_METADATA", "_sharding", "manifest.ocdbt", "descriptor", "commit_success.txt")
-
-
-def is_orbax(path: str | os.PathLike) -> bool:
-  p = pathlib.Path(path)
-  return p.is_dir() and ((p / "_METADATA").is_file() or (p / "_CHECKPOINT_METADATA").is_file())
 
 
 def _key_str(k: Any) -> str:
@@ -107,43 +104,83 @@ class OrbaxSource:
 
 
 class OrbaxSink:
-  """Saves the merged tree with StandardCheckpointer (OCDBT) into an atomic output directory.
+  """Writes the merged tree as an orbax checkpoint (OCDBT) into an atomic output directory.
 
-  Orbax writes a tree in one save, so merged leaves are kept (sharded, on the devices) until
-  :meth:`finalize`: device memory holds the output model, host memory stays bounded on accelerators.
+  In one process the output is written progressively, group by group, with orbax's partial-save
+  session (``orbax.checkpoint.experimental.v1.partial``: each :meth:`write` adds that group's leaves,
+  :meth:`finalize` merges the session), so no merged leaf is held after its group: memory stays bounded
+  as for safetensors. The session's tree is then moved to the top of the output directory, the layout
+  of a ``StandardCheckpointer`` save, so ``ocp.StandardCheckpointer().restore(output)`` and
+  :class:`OrbaxSource` read it. With several processes the merged leaves are kept (sharded, on the
+  devices) and saved once at :meth:`finalize`.
   """
 
   format = "orbax"
 
   def __init__(self, output: str | os.PathLike, *, sidecar_dir: str | None = None, overwrite: bool = False,
-               keys: Mapping[str, tuple[str, ...]] | None = None):
+               keys: Mapping[str, tuple[str, ...]] | None = None, progressive: bool | None = None):
     self.atomic = output_lib.AtomicDir(output, overwrite=overwrite, create=False)
     self.sidecar_dir = sidecar_dir
     self._keys = dict(keys or {})
     self._leaves: dict[tuple[str, ...], Any] = {}
     self._expected: list[str] = []
+    self._written: set[str] = set()
+    self.progressive = jax.process_count() == 1 if progressive is None else progressive
+    # The partial-save session, in a hidden folder beside the output: orbax stages it in
+    # 'tree.partial_save' (and 'tree.partial_save.pending_*'); finalize merges them into 'tree'.
+    self._session_root = self.atomic.tmp.parent / f".{self.atomic.dest.name}.mergejax-orbax"
+    self._session = self._session_root / "tree"
+    self._remove_session()  # left by a killed run
+    if self.progressive and output_lib.is_primary():
+      self._session_root.mkdir()
+
+  def _remove_session(self) -> None:
+    if output_lib.is_primary() and self._session_root.exists():
+      shutil.rmtree(self._session_root, ignore_errors=True)
 
   def begin(self, specs: Sequence[LeafSpec]) -> None:
     self._expected = [s.path for s in specs]
 
+  def _key(self, p: str) -> tuple[str, ...]:
+    return self._keys.get(p, tuple(p.split("/")))
+
   def write(self, leaves: Mapping[str, Any]) -> None:
-    for p, x in leaves.items():
-      self._leaves[self._keys.get(p, tuple(p.split("/")))] = x
+    if not self.progressive:
+      for p, x in leaves.items():
+        self._leaves[self._key(p)] = x
+      return
+    if not leaves:
+      return
+    from orbax.checkpoint.experimental.v1 import partial as ocp_partial  # pylint: disable=g-import-not-at-top
+    group = {self._key(p): (x if isinstance(x, jax.Array) else jax.numpy.asarray(x)) for p, x in leaves.items()}
+    ocp_partial.save(self._session, _nest(group))
+    self._written.update("/".join(k) for k in group)
 
   def finalize(self, metadata: Mapping[str, Any]) -> pathlib.Path:
-    have = {"/".join(k) for k in self._leaves}
-    missing = [p for p in self._expected if "/".join(self._keys.get(p, tuple(p.split("/")))) not in have]
+    have = {"/".join(k) for k in self._leaves} | self._written
+    missing = [p for p in self._expected if "/".join(self._key(p)) not in have]
     if missing:
       raise RuntimeError(f"merge produced no value for leaf '{missing[0]}'")
-    tree = _nest(self._leaves)
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(self.atomic.tmp, tree)
-      ckptr.wait_until_finished()
-    self._leaves.clear()
+    if self.progressive:
+      from orbax.checkpoint.experimental.v1 import partial as ocp_partial  # pylint: disable=g-import-not-at-top
+      ocp_partial.finalize(self._session)
+      if output_lib.is_primary():
+        tree_dir = self._session / "state"
+        if not (tree_dir / "_METADATA").is_file():
+          raise RuntimeError(f"orbax partial save left no tree in {tree_dir}")
+        os.rename(tree_dir, self.atomic.tmp)
+        self._remove_session()
+    else:
+      tree = _nest(self._leaves)
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(self.atomic.tmp, tree)
+        ckptr.wait_until_finished()
+      self._leaves.clear()
     skip = ORBAX_FILES
     copied = output_lib.copy_sidecars(self.sidecar_dir, self.atomic.tmp, skip=skip) if self.sidecar_dir else []
     output_lib.write_manifest(self.atomic.tmp, {**metadata, "output_format": "orbax", "sidecars": copied})
     return self.atomic.commit()
 
   def abort(self) -> None:
+    self._remove_session()
     self.atomic.abort()

@@ -156,6 +156,18 @@ class SafetensorsSource:
     finally:
       del mm
 
+  def flat_view(self, t: str) -> np.ndarray:
+    """Tensor ``t`` as a read-only 1-D memory map (no copy; the data is read on first touch).
+
+    The mapping is released when the last reference goes; on CPU, ``jax.device_put`` of a slice
+    aliases the page cache instead of copying.
+    """
+    e = self._entries[t]
+    n = math.prod(e["shape"])
+    if n == 0:
+      return np.zeros((0,), e["dtype"])
+    return np.memmap(e["file"], dtype=e["dtype"], mode="r", offset=e["offset"], shape=(n,))
+
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     out = {}
     for t in paths:
@@ -188,6 +200,7 @@ class SafetensorsSink:
     self._layout: dict[str, dict[str, Any]] = {}
     self._written: set[str] = set()
     self.bytes_written = 0
+    self._fds: dict[pathlib.Path, int] = {}
 
   def begin(self, specs: Sequence[LeafSpec]) -> None:
     shards: list[list[LeafSpec]] = [[]]
@@ -233,6 +246,12 @@ class SafetensorsSink:
       if math.prod(shape) == 0:
         self._written.add(t)
         continue
+      whole = _whole_host_leaf(x)
+      if whole is not None:  # one large write (2-3x faster than filling a fresh memory map)
+        self._pwrite(lay["file"], np.ascontiguousarray(whole, dtype=dtype), lay["offset"])
+        self._written.add(t)
+        self.bytes_written += math.prod(shape) * dtype.itemsize
+        continue
       mm = np.memmap(lay["file"], dtype=dtype, mode="r+", offset=lay["offset"], shape=shape)
       try:
         if isinstance(x, jax.Array):
@@ -248,7 +267,25 @@ class SafetensorsSink:
       self._written.add(t)
       self.bytes_written += math.prod(shape) * dtype.itemsize
 
+  def _pwrite(self, file: pathlib.Path, data: np.ndarray, offset: int) -> None:
+    try:
+      fd = self._fds.get(file)
+      if fd is None:
+        fd = self._fds[file] = os.open(file, os.O_WRONLY)
+      view = memoryview(data.reshape(-1).view(np.uint8))
+      while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+    except OSError as e:  # name the file (e.g. ENOSPC: disk full)
+      raise OSError(e.errno, e.strerror, str(file)) from None
+
+  def _close(self) -> None:
+    for fd in self._fds.values():
+      os.close(fd)
+    self._fds.clear()
+
   def finalize(self, metadata: Mapping[str, Any]) -> pathlib.Path:
+    self._close()
     missing = [t for t in self._layout if t not in self._written]
     if missing:
       raise RuntimeError(f"merge produced no value for leaf '{missing[0]}'")
@@ -257,4 +294,14 @@ class SafetensorsSink:
     return self.atomic.commit()
 
   def abort(self) -> None:
+    self._close()
     self.atomic.abort()
+
+
+def _whole_host_leaf(x: Any) -> np.ndarray | None:
+  """The leaf as one host array when this process holds all of it in one piece (else None)."""
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_addressable and len(x.addressable_shards) == 1:
+    return np.asarray(x.addressable_shards[0].data)
+  return None

@@ -59,7 +59,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints import OrbaxSink, SafetensorsSink, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints import SafetensorsSink, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
 
   method = build_method(cfg)
   if cfg.dtype is not None:
@@ -91,6 +91,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
     sink = SafetensorsSink(output, shard_bytes=int(cfg.shard_size_mb * (1 << 20)), sidecar_dir=sidecar_dir,
                            overwrite=overwrite)
   else:
+    from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
     keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
     sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys)
   fingerprints = [{"role": "base" if base and i == 0 else "expert", **output_lib.fingerprint(p)}
@@ -100,6 +101,30 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
       memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
       allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
       metadata={"inputs": fingerprints, "input_format": reference.format})
+
+
+def compilation_cache_dir(cfg: config_dict.ConfigDict) -> str | None:
+  """The persistent compilation cache directory ``cfg`` asks for (None: off)."""
+  d = cfg.get("compilation_cache_dir")
+  if d is None:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "mergejax", "jax")
+  return None if d.strip().lower() in ("", "none", "off") else os.path.expanduser(d)
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+  """Turns on JAX's persistent compilation cache in ``directory`` for every kernel, however quick."""
+  if directory is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    logging.warning("compilation cache %s unusable (%s); compiling without it", directory, e)
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def error_line(e: BaseException) -> str:
@@ -127,6 +152,7 @@ def main(argv: Sequence[str]) -> None:
     if not _OUTPUT.value:
       raise ValueError("--output is required")
     common.maybe_initialize_distributed()
+    enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
     out = merge_checkpoints(_BASE.value, _EXPERTS.value, _OUTPUT.value, _CONFIG.value,
                             output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
   except KeyboardInterrupt:

@@ -8,6 +8,11 @@ hundreds of candidates and scores each without recompiling).
 * ``init_cache(batch, max_len) -> cache`` and ``decode_step(params, cache, tok_Bx1) -> (logits_Bx1xV,
   cache)``: incremental decoding with a KV cache whose position is tracked inside the cache (flax
   lm1b / nanodo style). Optional: without them greedy decoding re-runs ``apply`` on a fixed buffer.
+* ``apply_packed(params, tokens_BxL, positions_BxL, mask_BxLxL, gather_BxG) -> logits_BxGxV``: a
+  forward pass with explicit positions and attention mask that returns logits only at the positions
+  ``gather_BxG``. Optional: it lets the evaluator score an example's shared prompt once for all its
+  answer choices (:mod:`mergejax.evaluation.packed`); without it every (prompt, choice) row is scored
+  on its own.
 
 Use :func:`from_flax_lm` for any ``flax.linen`` causal LM written in the lm1b style,
 :func:`builtin_adapter` for :class:`mergejax.models.Decoder`, or build a :class:`ModelAdapter` by
@@ -41,6 +46,7 @@ class ModelAdapter:
   init_cache: Callable[[int, int], PyTree] | None = None
   decode_step: Callable[[Params, PyTree, jax.Array], tuple[jax.Array, PyTree]] | None = None
   name: str = "model"
+  apply_packed: Callable[[Params, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
   @property
   def has_cache(self) -> bool:
@@ -83,4 +89,38 @@ def from_flax_lm(module: Any, name: str | None = None) -> ModelAdapter:
 def builtin_adapter(config: Any) -> ModelAdapter:
   """Adapter for the built-in :class:`mergejax.models.Decoder` with ``config`` (a ModelConfig)."""
   from mergejax import models  # pylint: disable=g-import-not-at-top
-  return from_flax_lm(models.Decoder(config), name=f"Decoder[{getattr(config, 'name', '') or 'custom'}]")
+  module = models.Decoder(config)
+  base = from_flax_lm(module, name=f"Decoder[{getattr(config, 'name', '') or 'custom'}]")
+  if getattr(config, "scan_layers", False):
+    return base  # the mask interceptor below does not reach blocks inside nn.scan
+  return dataclasses.replace(base, apply_packed=_decoder_apply_packed(module))
+
+
+def _decoder_apply_packed(module: Any):
+  """``apply_packed`` for :class:`mergejax.models.Decoder` through flax method interception.
+
+  The decoder builds its causal mask itself and returns logits at every position; here each
+  ``Attention`` call gets the given ``mask_BxLxL`` instead, and the tied output projection
+  (``Embed.attend``) sees only the hidden states at ``gather_BxG``, so the vocabulary projection and
+  softmax run on the scored positions alone.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from mergejax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+
+  def apply_packed(params, tokens_BxL, positions_BxL, mask_BxLxL, gather_BxG):
+    mask_Bx1xLxL = mask_BxLxL[:, None]
+
+    def interceptor(next_fun, args, kwargs, context):
+      if isinstance(context.module, decoder_lib.Attention) and context.method_name == "__call__":
+        x, _, pos = args
+        return next_fun(x, mask_Bx1xLxL, pos, **kwargs)
+      if isinstance(context.module, nn.Embed) and context.method_name == "attend":
+        x_BxLxD = args[0]
+        x_BxGxD = jnp.take_along_axis(x_BxLxD, gather_BxG[..., None].astype(jnp.int32), axis=1)
+        return next_fun(x_BxGxD, *args[1:], **kwargs)
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      return module.apply({"params": params}, tokens_BxL, positions_BxL=positions_BxL)
+
+  return apply_packed

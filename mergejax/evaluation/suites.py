@@ -12,6 +12,7 @@ name                     seqio mixture
 ``heldin_<category>``    ``mj_heldin_<category>_eval``
 ``heldout``              ``mj_heldout_eval`` (7 held-out tasks)
 ``heldout_<category>``   ``mj_heldout_<category>_eval``
+``all``                  ``mj_all_eval`` (held-in and held-out: a study's test evaluations)
 ``t0``                   ``t0_heldout_rank`` (the real T0 held-out tasks over TFDS)
 anything else            used as a seqio mixture or task name as is
 =======================  =====================================================================
@@ -33,9 +34,16 @@ def _add(name: str, task_names: list[str]) -> str:
   return name
 
 
+def task_names(suite: str) -> list[str]:
+  """The seqio task names a suite (or mixture / task name) evaluates."""
+  mt = seqio.get_mixture_or_task(resolve(suite))
+  return [t.name for t in mt.tasks] if isinstance(mt, seqio.Mixture) else [mt.name]
+
+
 def register_synthetic_suites() -> None:
   """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent)."""
   from mergejax import tasks  # pylint: disable=g-import-not-at-top
+  everything = []
   for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
                           ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
     all_tasks = []
@@ -44,6 +52,8 @@ def register_synthetic_suites() -> None:
       all_tasks += names
       _add(f"mj_{group}_{c}_eval", names)
     _add(f"mj_{group}_eval", all_tasks)
+    everything += all_tasks
+  _add("mj_all_eval", everything)
 
 
 def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
@@ -53,7 +63,7 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
     from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
     t0.register(tfds_data_dir=tfds_data_dir)
     return "t0_heldout_rank"
-  if name == "heldin" or name == "heldout" or name.startswith(("heldin_", "heldout_")):
+  if name in ("heldin", "heldout", "all") or name.startswith(("heldin_", "heldout_")):
     register_synthetic_suites()
     mixture = f"mj_{name}_eval"
     if mixture not in seqio.MixtureRegistry.names():

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import steps, threshold
+from mergejax.methods import counting, steps, threshold
 from mergejax.methods.base import Array, LeafContext, LeafPass, f32
 
 
@@ -50,15 +50,17 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
 
 
 @functools.partial(jax.jit, static_argnames=("dare", "trim", "consensus"))
-def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
-  """[#(elected sign > 0), #(< 0)] of the vote before zero resolution, as int32 partials."""
+def _vote_code_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
+  """uint8 code 1 + sign of the vote before zero resolution (0: negative, 1: zero, 2: positive)."""
   taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, trim=trim)
   gamma = steps.elect_sign(taus, ctx.weights, consensus, jnp.float32(0.0))
-  if gamma.ndim == 0:
-    gamma = gamma[None]
-  pos = jnp.sum(jnp.sum(jnp.maximum(gamma, 0.0), axis=-1).astype(jnp.int32))
-  neg = jnp.sum(jnp.sum(jnp.maximum(-gamma, 0.0), axis=-1).astype(jnp.int32))
-  return jnp.stack([pos, neg])
+  return (gamma + 1.0).astype(jnp.uint8)
+
+
+def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
+  """int32[3, P] partial counts of [#(vote < 0), #(== 0), #(> 0)] (see counting.histograms)."""
+  code = _vote_code_fn(base, experts, ctx, thresholds, dare=dare, trim=trim, consensus=consensus)
+  return counting.histograms([code], 1, 2, 3)[0]
 
 
 def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None):
@@ -68,16 +70,22 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
     return None
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    if trim:
+    speculate = consensus is not None and scope == "global"
+    balance = None
+    if trim and speculate:
+      thr, balance = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, vote=consensus)
+    elif trim:
       thr = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare)
     else:
       thr = {p: np.zeros((n_experts,), np.float32) for p in sizes}
     majority = {p: np.float32(1.0) for p in sizes}
-    if consensus is not None and scope == "global":
-      fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus)
-      bal = leaf_pass(fn, lambda p: (thr[p],))
-      pos = sum(int(np.asarray(v)[0]) for v in bal.values())
-      neg = sum(int(np.asarray(v)[1]) for v in bal.values())
+    if speculate:
+      if balance is None:  # no count pass, or a threshold differed from its guess: one more pass
+        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus)
+        bal = leaf_pass(fn, lambda p: (thr[p],))
+        balance = (sum(int(np.asarray(v)[0].astype(np.int64).sum()) for v in bal.values()),
+                   sum(int(np.asarray(v)[2].astype(np.int64).sum()) for v in bal.values()))
+      neg, pos = balance
       m = np.float32(1.0 if pos >= neg else -1.0)
       majority = {p: m for p in sizes}
     return {p: {"thresholds": thr[p], "majority": majority[p]} for p in sizes}

@@ -29,36 +29,45 @@ def _fmix32(h: Array) -> Array:
   return h ^ (h >> 16)
 
 
-def uniform_from_key(key: Array, shape: tuple[int, ...]) -> Array:
-  """Uniform [0, 1) floats from a counter-based hash of (key, element position).
+def _position_hash(key: Array, shape: tuple[int, ...]) -> Array:
+  """uint32 counter-based hash of (key, global row, position in row) for every element.
 
-  Each element's value is a function of the key's two words and its global (row, position-in-row)
-  index only, computed with iotas: independent of sharding, device count and leaf order, and ~13x
-  faster on XLA:CPU than threefry (which DARE's 100M-entry masks would otherwise spend most of their
-  time in). 24-bit resolution.
+  A function of the key's two words and each element's global index only, computed with iotas:
+  independent of sharding, device count and leaf order, and ~13x faster on XLA:CPU than threefry
+  (which DARE's 100M-entry masks would otherwise spend most of their time in). The per-row part of
+  the hash is computed once per row (materialized behind an optimization barrier, so that XLA does
+  not re-derive it for every element).
   """
   words = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
   k0, k1 = words[0], words[-1]
-  if len(shape) == 0:
-    row, col = jnp.uint32(0), jnp.uint32(0)
+  if len(shape) <= 1:
+    row_h = _fmix32(jnp.uint32(0) + k0)
+    col = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) if shape else jnp.uint32(0)
   else:
-    row = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+    row_h = _fmix32(jax.lax.broadcasted_iota(jnp.uint32, (shape[0],) + (1,) * (len(shape) - 1), 0) + k0)
+    row_h = jax.lax.optimization_barrier(row_h)
     col = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for ax in reversed(range(1, len(shape))):
       col = col + jax.lax.broadcasted_iota(jnp.uint32, shape, ax) * jnp.uint32(stride % 2**32)
       stride *= shape[ax]
-    if len(shape) == 1:
-      row, col = jnp.zeros(shape, jnp.uint32), row
-  h = _fmix32(row + k0)
-  h = _fmix32(h ^ (col * jnp.uint32(0x9E3779B9) + k1))
-  h = _fmix32(h + k0)
-  return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+  h = _fmix32(row_h ^ (col * jnp.uint32(0x9E3779B9) + k1))
+  return _fmix32(h + k0)
+
+
+def uniform_from_key(key: Array, shape: tuple[int, ...]) -> Array:
+  """Uniform [0, 1) floats, 24-bit resolution, from :func:`_position_hash` of (key, element position)."""
+  return (_position_hash(key, shape) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 def dare_keep_mask(key: Array, drop_rate: Array, shape: tuple[int, ...]) -> Array:
-  r"""DARE's keep mask :math:`1 - m`, :math:`m \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024)."""
-  return uniform_from_key(key, shape) >= drop_rate
+  r"""DARE's keep mask :math:`1 - m`, :math:`m \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024).
+
+  Keeps an element iff its :func:`uniform_from_key` value u >= p, evaluated exactly in integers:
+  u = (h >> 8) 2^-24 >= p  <=>  h >= ceil(p 2^24) 2^8 (p 2^24 is exact in float32).
+  """
+  cut = jnp.ceil(jnp.asarray(drop_rate, jnp.float32) * jnp.float32(2.0**24)).astype(jnp.uint32) << 8
+  return _position_hash(key, shape) >= cut
 
 
 def dare_drop(tau: Array, key: Array, drop_rate: Array) -> Array:
@@ -112,7 +121,7 @@ def disjoint_aggregate(taus: Sequence[Array], weights: Array, gamma: Array, aggr
     number of agreeing non-zero entries when unweighted (1 where none agree).
   * ``"sum"``: :math:`\sum_{t\in A} w_t \hat\tau_t`.
   """
-  agree = [jnp.sign(tau) == gamma for tau in taus]  # gamma is never 0, so zeros never agree
+  agree = [tau * gamma > 0 for tau in taus]  # sgn(tau) = gamma (gamma is never 0: zeros never agree)
   num = sum(jnp.where(a, weights[t] * tau, 0.0) for t, (a, tau) in enumerate(zip(agree, taus)))
   if aggregate == "sum":
     return num

@@ -13,10 +13,10 @@ reductions (a local sum plus a scalar all-reduce; never an all-gather or sort):
    then ``lo`` is exactly the k-th largest value.
 
 Counts come back per leaf as int32 partials and are summed on the host in Python integers, so
-totals never overflow (models above :math:`2^{31}` parameters). Each count is
-:math:`\sum \min(\max(a - t^-, 0)\cdot 2^{100}, 1)` in float32 (exact: partial sums of 0/1 values stay
-below :math:`2^{24}`), 3x faster on XLA:CPU than a compare-and-select; thresholds below
-:math:`2^{-77}` fall back to an integer compare.
+totals never overflow (models above :math:`2^{31}` parameters). All thresholds of a pass are counted
+in one elementwise pass with packed, folded byte counters (:mod:`mergejax.methods.counting`): on
+XLA:CPU a count costs about as much as reading the data once, not once per threshold. The sample
+takes every s-th row (outer axes first), so it reads only about 1/s of the data.
 """
 
 from __future__ import annotations
@@ -29,37 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import steps
+from mergejax.methods import counting, steps
 from mergejax.methods.base import Array, LeafContext, LeafPass
 
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
-_FAST_MIN_BITS = int(np.float32(2.0**-77).view(np.int32))
-_ROW_LIMIT = 1 << 24  # float32 sums of 0/1 values are exact below this many terms
 SAMPLE_GLOBAL = 1 << 20  # sample size per expert for a model-wide threshold
 SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
 
 
 def _bits_to_float(bits: int) -> np.float32:
   return np.array(bits, np.int32).view(np.float32)[()]
-
-
-def _count_ge(a: Array, thr_bits: Array, fast: bool) -> Array:
-  """#(a >= threshold) for non-negative float32 ``a``; int32 partial counts (sum them on the host).
-
-  ``fast`` (decided on the host: every threshold is at least 2^-77 above zero) selects the
-  compare-free float formula, which XLA fuses with the other thresholds' counts into one pass.
-  """
-  if a.ndim == 0:
-    return (jax.lax.bitcast_convert_type(a, jnp.int32) >= thr_bits).astype(jnp.int32)[None]
-  if fast and a.shape[-1] < _ROW_LIMIT:
-    below = jax.lax.bitcast_convert_type(thr_bits - 1, jnp.float32)  # the largest float < threshold
-    ind = jnp.minimum(jnp.maximum(a - below, 0.0) * jnp.float32(2.0**100), 1.0)
-    rows = jnp.sum(ind, axis=-1).astype(jnp.int32)  # exact: each row < 2^24 terms
-  else:
-    rows = jnp.sum(jax.lax.bitcast_convert_type(a, jnp.int32) >= thr_bits, axis=-1, dtype=jnp.int32)
-  if a.size < 2**31 or rows.ndim == 0:
-    return jnp.sum(rows, dtype=jnp.int32)[None]
-  return jnp.sum(rows.reshape(rows.shape[0], -1), axis=1, dtype=jnp.int32)  # per-first-axis partials
 
 
 def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool):
@@ -76,24 +55,52 @@ def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
 
 
-@functools.partial(jax.jit, static_argnums=(4,), static_argnames=("dare",))
-def _count_fn(base, experts, ctx, thr_bits, fast, *, dare: bool):
-  """thr_bits: int32[N, T] -> int32[N, T, P] partial counts.
+def _bucket_bits(n_thresholds: int) -> int:
+  return max(1, n_thresholds.bit_length())  # buckets 0..T
 
-  |tau_t| is computed once per expert and the thresholds are a lax.map over it: one small fused
-  reduction per threshold (on XLA:CPU, T sibling reductions in one fusion run ~5x slower).
+
+@functools.partial(jax.jit, static_argnames=("dare", "vote"))
+def _bucket_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None):
+  """thr_bits: int32[N, T] -> (each expert's bucket #{j : |tau_t| >= threshold_j} as packed codes,
+  and with ``vote`` the uint8 code 1 + sign of the TIES vote with trim thresholds ``guess``)."""
+  taus = steps.task_vectors(base, experts)
+  if dare:
+    taus = steps.dare_drop_all(taus, ctx)
+  buckets = []
+  for t, tau in enumerate(taus):
+    bits = jax.lax.bitcast_convert_type(jnp.abs(tau), jnp.int32)  # non-negative floats order as bits
+    buckets.append(sum((bits >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])))
+  codes = counting.pack_codes(buckets, _bucket_bits(thr_bits.shape[1]))
+  if vote is None:
+    return codes, None
+  trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
+  gamma = steps.elect_sign(trimmed, ctx.weights, vote, jnp.float32(0.0))
+  return codes, (gamma + 1.0).astype(jnp.uint8)
+
+
+def _count_fn(base, experts, ctx, thr_bits, guess=None, *, dare: bool, vote: str | None = None):
+  """thr_bits: int32[N, T] -> int32[N, T, P] partial counts #(|tau_t| >= threshold).
+
+  One vectorized elementwise pass writes every expert's bucket index into one packed code array;
+  counting.histograms then counts every bucket at once from those bytes (#(|tau| >= t_j) =
+  #(bucket >= j + 1) for sorted thresholds; the search's proposals are sorted). With ``vote`` (a
+  TIES sign rule) the same pass also histograms the vote's sign with trim thresholds ``guess``
+  (f32[N]) and the result is (counts, int32[3, P] [#(vote < 0), #(= 0), #(> 0)]).
   """
-  out = []
-  for t, a in enumerate(_abs_task_vectors(base, experts, ctx, dare)):
-    out.append(jax.lax.map(lambda tb, a=a: _count_ge(a, tb, fast), thr_bits[t]))
-  return jnp.stack(out)
+  n_thr = int(thr_bits.shape[1])
+  codes, vote_code = _bucket_fn(base, experts, ctx, thr_bits, guess, dare=dare, vote=vote)
+  hist = counting.histograms(codes, len(experts), _bucket_bits(n_thr), n_thr + 1)
+  counts = jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(bucket >= j + 1), j < T
+  if vote is None:
+    return counts
+  return counts, counting.histograms([vote_code], 1, 2, 3)[0]
 
 
 def _axis_strides(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
-  """Per-axis strides whose product is about ``stride``, innermost axes first."""
+  """Per-axis strides whose product is about ``stride``, outermost axes first (whole rows: cheap reads)."""
   out = [1] * len(shape)
   rem = stride
-  for ax in reversed(range(len(shape))):
+  for ax in range(len(shape)):
     if rem <= 1:
       break
     s = min(rem, shape[ax])
@@ -116,9 +123,14 @@ class _Bracket:
     self.lo, self.hi = 0, INF_PLUS_BITS
     self.c_lo, self.c_hi = n, 0
     self.sample_bits = np.sort(sample_bits)[::-1]  # descending
+    m = self.sample_bits.size
+    # The most likely answer: the sample's value at the target rank (the sign balance is computed
+    # speculatively with it; see find_thresholds).
+    self.guess = int(self.sample_bits[int(np.clip(round(k / n * m), 1, m)) - 1]) if m else 0
     if sample_bits.size == n:  # the sample is the whole group: exact already
       self.lo = int(self.sample_bits[k - 1])
       self.hi = self.lo + 1
+      self.guess = self.lo
 
   @property
   def done(self) -> bool:
@@ -150,8 +162,11 @@ class _Bracket:
       v_lo, v_hi = float(_bits_to_float(lo)), float(_bits_to_float(min(hi, 0x7F7FFFFF)))
       frac = (self.c_lo - self.k + 0.5) / max(self.c_lo - self.c_hi, 1)
       v_star = v_lo + frac * (v_hi - v_lo)
+      # Two uniform bit-space splits guarantee the bracket shrinks 3x per pass even when the counts
+      # mislead the interpolation (heavy ties just inside the bracket).
       props = [int(np.array(v_star, np.float32).view(np.int32))]
-      for j in range((count - 1) // 2):
+      props += [int(x) for x in np.linspace(lo, hi, 4)[1:-1].round()] if count >= 3 else []
+      for j in range((count - 3) // 2):
         spread = (v_hi - v_lo) * 4.0 ** (-(j + 2))
         for v in (v_star - spread, v_star + spread):
           props.append(int(np.array(max(v, 0.0), np.float32).view(np.int32)))
@@ -178,11 +193,17 @@ def find_thresholds(
     dare: bool,
     thresholds_per_pass: int = 7,
     max_passes: int = 48,
-) -> dict[str, np.ndarray]:
+    vote: str | None = None,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], tuple[int, int] | None]:
   """Exact per-expert trim thresholds: {leaf path: float32[N]}.
 
   For each expert t and each group g (the whole model for ``scope="global"``, each leaf for
   ``"tensor"``), the threshold is the k-th largest :math:`|\\tau_t|` over g, k = max(1, floor(density n_g)).
+
+  With ``vote`` (a TIES sign rule), the first count pass also counts the model-wide signs of the TIES
+  vote, trimming each expert at the sample's guess of its threshold, and the result is
+  ``(thresholds, (#negative, #positive))``; the counts are exact and returned only if every final
+  threshold equals its guess (else None: the caller needs a separate pass).
   """
   paths = list(sizes)
   shapes = {p: tuple(sizes[p]) for p in paths}
@@ -208,13 +229,18 @@ def find_thresholds(
       s = np.concatenate([np.asarray(samples[p])[t].reshape(-1) for p in ps]).astype(np.float32)
       brackets[g, t] = _Bracket(k, group_n[g], s.view(np.int32))
 
-  count_fn = functools.partial(_count_fn, dare=dare)
+  guess = {g: np.asarray([_bits_to_float(brackets[g, t].guess) for t in range(n_experts)], np.float32)
+           for g in groups}
+  balance = None
   for pass_index in range(max_passes):
     todo = {gt: b for gt, b in brackets.items() if not b.done}
     if not todo:
       break
     props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 0) for gt, b in todo.items()}
-    width = thresholds_per_pass  # fixed, so the count kernel compiles once per leaf shape
+    # Each threshold costs a compare per entry: count only as many as the widest proposal list
+    # needs, rounded to 3 or 7 (1 or 2 packed count words) so kernels compile at most twice per shape.
+    need = max(len(v) for v in props.values())
+    width = next((w for w in (3, 7) if need <= w), thresholds_per_pass)
     table = {}
     for g in groups:
       rows = []
@@ -222,8 +248,13 @@ def find_thresholds(
         v = props.get((g, t), [brackets[g, t].lo])
         rows.append(v + [v[-1]] * (width - len(v)))
       table[g] = np.asarray(rows, np.int32)
-    fast = bool(all(int(v.min()) - 1 >= _FAST_MIN_BITS for v in table.values()))
-    counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], fast))
+    with_vote = vote is not None and pass_index == 0
+    count_fn = functools.partial(_count_fn, dare=dare, vote=vote if with_vote else None)
+    counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
+    if with_vote:
+      balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
+                 sum(int(np.asarray(c[1])[2].astype(np.int64).sum()) for c in counts.values()))
+      counts = {p: c[0] for p, c in counts.items()}
     totals: dict[str, np.ndarray] = {}
     for p in paths:
       c = np.asarray(counts[p]).astype(np.int64).sum(axis=-1)  # [N, T] exact in int64
@@ -239,4 +270,8 @@ def find_thresholds(
   for p in paths:
     g = group_of[p]
     out[p] = np.asarray([brackets[g, t].value() for t in range(n_experts)], np.float32)
-  return out
+  if vote is None:
+    return out
+  if not all(b.lo == b.guess for b in brackets.values()):
+    balance = None
+  return out, balance

@@ -23,7 +23,8 @@ from mergejax import models
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
 from mergejax.evaluation.adapter import builtin_adapter
-from mergejax.evaluation.evaluator import Evaluator
+from mergejax.evaluation import suites as suites_lib
+from mergejax.evaluation.suite_evaluator import SuiteEvaluator
 from mergejax.evaluation.suites import resolve
 from mergejax.study import grid as grid_lib
 from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
@@ -103,26 +104,46 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
 
 
 class Scorer:
-  """Per-task scores of params on a suite and split, with one cached Evaluator per (size, suite,
-  split); every request passes the split guard."""
+  """Per-task scores of params on one or more suites of one split, in one evaluation pass.
+
+  One :class:`SuiteEvaluator` per (size, split) holds every task the study reads on that split
+  (validation: the held-in tasks; test: held-in and held-out), shared between sizes; a call scores
+  only the requested suites' tasks. Every requested suite passes the split guard first.
+  """
+
+  SPLIT_SUITES = {SELECTION_SPLIT: "heldin", TEST_SPLIT: "all"}
 
   def __init__(self, guard: SplitGuard, batch_size: int):
     self.guard, self.batch_size = guard, batch_size
-    self._evaluators: dict[tuple, Evaluator] = {}
+    self._evaluators: dict[tuple, SuiteEvaluator] = {}
+    self._suite_tasks: dict[str, list[str]] = {}
     self.seconds = 0.0
     self.calls = 0
 
-  def __call__(self, size: str, adapter, params, suite: str, split: str) -> tuple[dict[str, float], dict[str, str]]:
-    self.guard.check(suite, split)
-    key = (size, suite, split)
+  def evaluator(self, size: str, adapter, split: str) -> SuiteEvaluator:
+    key = (size, split)
     ev = self._evaluators.get(key)
     if ev is None:
-      other = next((e for (_, su, sp), e in self._evaluators.items() if (su, sp) == (suite, split)), None)
+      other = next((e for (_, sp), e in self._evaluators.items() if sp == split), None)
       ev = (other.with_adapter(adapter) if other is not None  # same data, another model size
-            else Evaluator(adapter, resolve(suite), split, batch_size=self.batch_size))
+            else SuiteEvaluator(adapter, resolve(self.SPLIT_SUITES.get(split, "all")), split,
+                                batch_size=self.batch_size))
       self._evaluators[key] = ev
+    return ev
+
+  def __call__(self, size: str, adapter, params, suites: str | Sequence[str],
+               split: str) -> tuple[dict[str, float], dict[str, str]]:
+    suites = [suites] if isinstance(suites, str) else list(suites)
+    for suite in suites:
+      self.guard.check(suite, split)
+    ev = self.evaluator(size, adapter, split)
+    tasks = []
+    for suite in suites:
+      if suite not in self._suite_tasks:
+        self._suite_tasks[suite] = suites_lib.task_names(suite)
+      tasks += [t for t in self._suite_tasks[suite] if t not in tasks]
     t0 = time.perf_counter()
-    res = ev.evaluate(params)
+    res = ev.evaluate(params, tasks)
     self.seconds += time.perf_counter() - t0
     self.calls += 1
     return dict(res.task_scores), dict(res.task_categories)
@@ -164,13 +185,17 @@ def adapter_for(config: Any):
   return _ADAPTERS[config]
 
 
-def _heldin(scorer: Scorer, size: str, ms: ModelSet, params, cats: Sequence[str], split: str):
-  scores, task_cats = {}, {}
-  for c in cats:
-    s, tc = scorer(size, ms.adapter, params, f"heldin_{c}", split)
-    scores.update(s)
-    task_cats.update(tc)
-  return scores, task_cats
+def _heldin(scorer: Scorer, size: str, ms: ModelSet, params, cats: Sequence[str], split: str,
+            heldout: bool = False):
+  """Scores on the held-in tasks of ``cats`` (and the held-out tasks), in one evaluation pass."""
+  return scorer(size, ms.adapter, params, [f"heldin_{c}" for c in cats] + (["heldout"] if heldout else []), split)
+
+
+def _split_heldout(scores: Mapping[str, float], cats: Mapping[str, str], heldin_cats: Sequence[str]):
+  """(held-in scores, held-out scores) of a combined evaluation, by task category."""
+  hi = {t: v for t, v in scores.items() if cats[t] in heldin_cats}
+  ho = {t: v for t, v in scores.items() if cats[t] not in heldin_cats}
+  return hi, ho
 
 
 def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: str, size: str,
@@ -183,10 +208,10 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
     key = f"ref/{kind}/{size}/{role}"
     row = store.get(key)
     if row is None:
-      hi, hi_cats = _heldin(scorer, size, ms, params, spec.categories, TEST_SPLIT)
-      ho, ho_cats = scorer(size, ms.adapter, params, "heldout", TEST_SPLIT)
+      scores, cats = _heldin(scorer, size, ms, params, spec.categories, TEST_SPLIT, heldout=True)
+      hi, ho = _split_heldout(scores, cats, spec.categories)
       row = store.put(key, {"type": "reference", "role": role, "kind": kind, "size": size,
-                            "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}})
+                            "heldin_test": hi, "heldout_test": ho, "task_categories": cats})
     return row
 
   refs["base"] = full_reference("base", ms.base)
@@ -238,12 +263,17 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
     timings["merge_s"] += time.perf_counter() - t0
     return out
 
+  best: dict[str, Any] = {}  # the best candidate's merged params so far (not merged again for test)
+
   def validation_objective(hp) -> float:
     params = merged(hp)
     t0 = time.perf_counter()
     scores, cats = _heldin(scorer, cell.size, ms, params, cell.categories, SELECTION_SPLIT)
     timings["select_eval_s"] += time.perf_counter() - t0
-    return normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
+    value = normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
+    if "value" not in best or value > best["value"]:  # select() keeps the first of equal maxima
+      best.update(value=value, hparams=hp, params=params)
+    return value
 
   candidates = spec.grids[method_name]
   with guard.selecting():
@@ -251,10 +281,13 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       chosen, tried = candidates[0], [{"hparams": candidates[0], "validation": None}]
     else:
       chosen, tried = select(candidates, validation_objective)
-  params = merged(chosen)
+  params = best["params"] if best.get("hparams") is chosen else merged(chosen)
+  best.clear()
   t0 = time.perf_counter()
-  hi, hi_cats = _heldin(scorer, cell.size, ms, params, cell.categories, TEST_SPLIT)
-  ho, ho_cats = scorer(cell.size, ms.adapter, params, "heldout", TEST_SPLIT)
+  scores, cats = _heldin(scorer, cell.size, ms, params, cell.categories, TEST_SPLIT, heldout=True)
+  hi, ho = _split_heldout(scores, cats, cell.categories)
+  hi_cats = {t: cats[t] for t in hi}
+  ho_cats = {t: cats[t] for t in ho}
   timings["test_eval_s"] = time.perf_counter() - t0
   expert_test, exp_cats = _expert_table(refs, "heldin_test")
   n_hi = normalize.held_in(hi, expert_test, {**exp_cats, **hi_cats}, cell.categories)

@@ -136,16 +136,22 @@ def exqa_diary(world, rng):
              [f"the {x}" for x in pool], 4, rng)
 
 
-_CBQA_Q = {
+_CBQA_Q = {  # 8 wordings per attribute: the world has only NUM_PEOPLE people
     "city": ["in which city is the home of {n}?", "where is {n} living now?", "name the city where {n} lives.",
-             "{n} lives in which town?"],
-    "job": ["what work does {n} do?", "what is {n}'s occupation?", "name the job of {n}.", "{n} earns a living as what?"],
+             "{n} lives in which town?", "what town is home to {n}?", "{n} has a house in which city?",
+             "which city would you visit to see {n} at home?", "the home town of {n} is?"],
+    "job": ["what work does {n} do?", "what is {n}'s occupation?", "name the job of {n}.", "{n} earns a living as what?",
+            "what is the profession of {n}?", "{n} does which job?", "which job pays the bills for {n}?",
+            "the trade of {n} is?"],
     "pet": ["which animal is the pet of {n}?", "what kind of pet does {n} keep?", "name the pet animal of {n}.",
-            "{n} takes care of which animal?"],
+            "{n} takes care of which animal?", "what animal lives with {n}?", "{n} feeds which pet every day?",
+            "which pet would you find at the home of {n}?", "the pet of {n} is?"],
     "color": ["which color does {n} like most?", "name the favorite color of {n}.", "what color does {n} love?",
-              "{n} prefers which color?"],
+              "{n} prefers which color?", "what is the best color for {n}?", "{n} picks which color first?",
+              "which color would {n} choose for a shirt?", "the color {n} loves is?"],
     "food": ["what is {n}'s favorite food?", "name the food {n} likes best.", "what does {n} love to eat?",
-             "{n} enjoys which food?"]}
+             "{n} enjoys which food?", "what food makes {n} happy?", "{n} orders which food every time?",
+             "which food would you cook for {n}?", "the food {n} loves is?"]}
 
 
 @_register("mj_cbqa_facts", "heldin", "closed_book_qa")
@@ -165,12 +171,17 @@ def cbqa_facts(world, rng):
   return _ex(f"q: {q} a:", ans, pool, len(set(pool)), rng)
 
 
-_VERIFY_Q = {
-    "city": ["which city does {n} live in?", "where does {n} live?", "what is the home city of {n}?"],
-    "job": ["what is the job of {n}?", "what does {n} do for a living?", "how does {n} work?"],
-    "pet": ["what pet does {n} have?", "what animal does {n} keep at home?", "which pet belongs to {n}?"],
-    "color": ["what is the favorite color of {n}?", "which color is {n}'s favorite?", "what color pleases {n}?"],
-    "food": ["what food does {n} like?", "which food does {n} prefer?", "what does {n} like to eat?"]}
+_VERIFY_Q = {  # 6 wordings per attribute: the world has only NUM_PEOPLE people
+    "city": ["which city does {n} live in?", "where does {n} live?", "what is the home city of {n}?",
+             "in what city does {n} stay?", "where is the house of {n}?", "what city does {n} call home?"],
+    "job": ["what is the job of {n}?", "what does {n} do for a living?", "how does {n} work?",
+            "what is {n} by profession?", "which job does {n} hold?", "what does {n} work as?"],
+    "pet": ["what pet does {n} have?", "what animal does {n} keep at home?", "which pet belongs to {n}?",
+            "what is the pet animal of {n}?", "which animal does {n} look after?", "what pet lives with {n}?"],
+    "color": ["what is the favorite color of {n}?", "which color is {n}'s favorite?", "what color pleases {n}?",
+              "what color does {n} like best?", "which color does {n} love?", "what is the color {n} prefers?"],
+    "food": ["what food does {n} like?", "which food does {n} prefer?", "what does {n} like to eat?",
+             "what is the best food for {n}?", "which dish does {n} love?", "what does {n} enjoy eating?"]}
 
 
 @_register("mj_cbqa_verify", "heldin", "closed_book_qa")
@@ -404,7 +415,7 @@ def nli_cb(world, rng):
   """Three-way NLI over stated facts (CB-like): yes / no / maybe (T0's answer words)."""
   p = rng.choice(world.people)
   a1, a2, a3 = rng.sample(W.PERSON_ATTRS, 3)
-  st = {"city": "{n} lives in {v}", "job": "{n} is a {v}", "pet": "{n} has a {v}",
+  st = {"city": "{n} lives in {v}", "job": "{n} is employed as a {v}", "pet": "{n} has a {v}",
         "color": "{n} likes {v} things", "food": "{n} eats {v}"}
   premise = f"{st[a1].format(n=p.name, v=getattr(p, a1))} and {st[a2].format(n=p.name, v=getattr(p, a2))}."
   label = rng.randrange(3)
@@ -551,8 +562,9 @@ def it_why(world, rng):
   n = rng.choice(W.FEMALE + W.MALE)
   need, act, _ = rng.choice(W.SCRIPTS)
   pr = W.pronoun(n)
-  return _ex(f"explain why {n} {act}.", f"because {pr} was {need}.",
-             [f"because {pr} was {x}." for x, _, _ in W.SCRIPTS], 4, rng)
+  q = rng.choice([f"explain why {n} {act}.", f"why do you think {n} {act}?",
+                  f"{n} {act}. give the reason.", f"what made {n} act like this: {pr} {act}?"])
+  return _ex(q, f"because {pr} was {need}.", [f"because {pr} was {x}." for x, _, _ in W.SCRIPTS], 4, rng)
 
 
 @_register("mj_it_feel", "instruct", "instruct")
@@ -597,7 +609,92 @@ def it_coref(world, rng):
   need, _, _ = rng.choice(W.SCRIPTS)
   verb = rng.choice(("visited", "phoned", "helped", "thanked"))
   choices = (a, b)
-  return Example(f"{a} {verb} {b} because {pr} was {need}. here, {pr} is", who, choices, choices.index(who))
+  q = rng.choice([f"{a} {verb} {b} because {pr} was {need}. here, {pr} is",
+                  f"{a} {verb} {b} because {pr} was {need}. who was {need}?",
+                  f"{a} {verb} {b}, since {pr} felt {need}. the person who felt {need} is"])
+  return Example(q, who, choices, choices.index(who))
+
+
+@_register("mj_it_who", "instruct", "instruct")
+def it_who(world, rng):
+  """Which of two people a pronoun names, in short two-person scenes (more coreference practice)."""
+  f, m = rng.choice(W.FEMALE), rng.choice(W.MALE)
+  a, b = (f, m) if rng.random() < 0.5 else (m, f)
+  who = rng.choice((a, b))
+  pr = W.pronoun(who)
+  t, pl = rng.choice(W.THINGS).name, rng.choice(W.LANDMARKS)
+  scene = rng.choice([f"{a} met {b} at the {pl}, and {pr} brought a {t}.",
+                      f"{a} and {b} went to the {pl}. {pr} carried the {t}.",
+                      f"{b} waited while {a} looked at the {pl}. then {pr} found a {t}.",
+                      f"{a} called {b}. {pr} wanted to borrow a {t}."])
+  q = rng.choice([f"who is meant by {pr}?", f"{pr} means which person?", f"name the person called {pr} here."])
+  choices = (a, b)
+  return Example(f"{scene} {q}", who, choices, choices.index(who))
+
+
+@_register("mj_it_samesense", "instruct", "instruct")
+def it_samesense(world, rng):
+  """Does an ambiguous word keep one meaning across two sentences? (corpus contexts of pool A only)"""
+  word = rng.choice(W.SENSE_WORDS)
+  s1, label = rng.randrange(2), rng.randrange(2)
+  s2 = s1 if label == 0 else 1 - s1
+  t1 = rng.choice(W.SENSES[word][s1][1])
+  t2 = rng.choice([x for x in W.SENSES[word][s2][1] if x != t1])
+  n1, n2 = rng.sample(W.FEMALE + W.MALE, 2)
+  choices = ("yes", "no")
+  q = rng.choice([f"first use: {W.fill(t1, n1)} second use: {W.fill(t2, n2)} does {word} have one meaning in both uses? yes or no.",
+                  f"compare \"{W.fill(t1, n1)}\" with \"{W.fill(t2, n2)}\" - same sense of {word}? yes or no."])
+  return Example(q, choices[label], choices, label)
+
+
+@_register("mj_it_follow", "instruct", "instruct")
+def it_follow(world, rng):
+  """Does a claim follow from a short profile of a person? yes / no / maybe (people facts in context)."""
+  p = rng.choice(world.people)
+  a1, a2, a3 = rng.sample(W.PERSON_ATTRS, 3)
+  st = {"city": "{n} lives in {v}", "job": "{n} works as a {v}", "pet": "{n} has a pet {v}",
+        "color": "{n} likes the color {v}", "food": "{n} likes to eat {v}"}  # the corpus's wording
+  prof = f"profile: {st[a1].format(n=p.name, v=getattr(p, a1))}; {st[a2].format(n=p.name, v=getattr(p, a2))}."
+  label = rng.randrange(3)
+  if label == 0:
+    a = rng.choice((a1, a2))
+    claim = st[a].format(n=p.name, v=getattr(p, a))
+  elif label == 1:
+    a = rng.choice((a1, a2))
+    claim = st[a].format(n=p.name, v=rng.choice([x for x in W.ATTR_VALUES[a] if x != getattr(p, a)]))
+  else:
+    claim = st[a3].format(n=p.name, v=rng.choice(W.ATTR_VALUES[a3]))
+  choices = ("yes", "no", "maybe")
+  q = rng.choice([f"{prof} claim: {claim}. does the profile support the claim? yes, no or maybe.",
+                  f"{prof} from this profile alone, is it known that {claim}? reply yes, no or maybe.",
+                  f"{prof} check: {claim}. yes, no or maybe?"])
+  return Example(q, choices[label], choices, label)
+
+
+@_register("mj_it_implies", "instruct", "instruct")
+def it_implies(world, rng):
+  """Does one statement imply another by world knowledge (a person's city -> country, job -> workplace,
+  pet -> its sound)? yes / no."""
+  p = rng.choice(world.people)
+  label = rng.randrange(2)
+  pr = W.pronoun(p.name)
+  kind = rng.randrange(3)
+  if kind == 0:
+    c = world.city[p.city]
+    v = c.country if label == 0 else rng.choice([x for x in W.COUNTRIES if x != c.country])
+    s1, s2 = f"{p.name} lives in {p.city}", f"{pr} lives in {v}"
+  elif kind == 1:
+    w = W.WORKPLACE[p.job]
+    v = w if label == 0 else rng.choice([x for x in W.WORKPLACE.values() if x != w])
+    s1, s2 = f"{p.name} is a {p.job}", f"{pr} works in a {v}"
+  else:
+    a = W.ANIMAL_BY_NAME[p.pet]
+    v = a.sound if label == 0 else rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])
+    s1, s2 = f"{p.name} has a pet {p.pet}", f"the pet of {p.name} {v}"
+  choices = ("yes", "no")
+  q = rng.choice([f"if {s1}, then {s2}. true? yes or no.", f"we know that {s1}. so is it true that {s2}? yes or no.",
+                  f"fact: {s1}. conclusion: {s2}. is the conclusion right, yes or no?"])
+  return Example(q, choices[label], choices, label)
 
 
 @_register("mj_it_complete", "instruct", "instruct")

@@ -52,14 +52,17 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 
 ## Design
 
-* **World** (`world.py`): 40 people (20 female, 20 male names) each with a city, job, pet, favorite
-  color, favorite food and best friend; 16 cities in 4 countries, each with a landmark and
+* **World** (`world.py`): 20 people (`world.NUM_PEOPLE`; 10 female and 10 male names drawn by the
+  seed from 40) each with a city, job, pet, favorite color, favorite food and best friend, few
+  enough that the tiny default models can memorize their facts; 16 cities in 4 countries, each with a landmark and
   weather; 16 animals (sound, size, habitat, diet); 16 objects (material, size, use); 12
   situation -> need -> action scripts (had skipped lunch -> hungry -> ate a big meal); 8 ambiguous words with two senses each.
   The seed decides the relations; the lexicon is fixed, so one vocabulary serves every seed.
 * **Corpus** (`mj_corpus`): short documents of plain sentences stating the facts above, pronouns
-  by gender, scripts as short stories, both senses of ambiguous words in context, opinions and
-  antonyms. It teaches everything the held-out tasks need; `tests/test_tasks.py` checks it.
+  by gender (stories and opinions about all 40 names), scripts as short stories (situation -> need,
+  need -> action, and situation -> action; never action -> cause, which only instruction tuning
+  teaches), ambiguous words in context (one sentence of each sense, or two of one sense with the
+  sense named), opinions and antonyms. It teaches everything the held-out tasks need; `tests/test_tasks.py` checks it.
 * **Held-in** (T0's 8 training categories, 2 datasets each with different generators and
   templates): answers come from the input (extractive QA, sentiment, topic, summarization,
   struct-to-text, paraphrase) or from the world's facts (multiple-choice and closed-book QA).
@@ -68,17 +71,21 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   template or generator with held-in or instruction tasks (tested: no template 4-gram in common)
   but need the corpus's knowledge (scripts, city -> country, job -> workplace, gender of names,
   animal sounds, word senses).
-* **Instruction tuning** (`mj_instruct`, 14 tasks plus the corpus): like Flan-v2 without the T0
-  tasks, it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
-  yes/no/maybe, `mj_it_coref` in a "X thanked Y because she ..." format, `mj_it_complete`
-  finishing sentences about objects and animals, `mj_it_sense` glossing an ambiguous word in the
-  corpus's *other* context pool) and explicit questions over the corpus's knowledge in new formats
+* **Instruction tuning** (`mj_instruct`, 18 tasks plus the corpus): like Flan-v2 without the T0
+  tasks, it holds *other* datasets of the held-out categories (`mj_it_nli` about animals and
+  `mj_it_follow` about a person's profile with yes/no/maybe, `mj_it_implies` (does a fact imply
+  another by world knowledge, yes/no), `mj_it_coref` in a "X thanked Y because she ..." format and
+  `mj_it_who` in two-person scenes, `mj_it_complete` finishing sentences about objects and
+  animals, `mj_it_sense` glossing an ambiguous word and `mj_it_samesense` comparing two of its
+  uses, both in the corpus's *other* context pool) and explicit questions over the corpus's knowledge in new formats
   (gender of a name, animal sounds, how a situation makes someone feel, why someone acted,
   workplaces and countries, right/wrong statements, size comparison, antonyms, best friends,
   reversing a word list). A quarter of its examples are corpus documents (rehearsal, so that
   instruction tuning adds skills without erasing the pretrained knowledge;
   `registry.INSTRUCT_CORPUS_FRACTION`). This is what should make the instruction-tuned base
-  better than the pretrained one zero-shot on held-out tasks.
+  better than the pretrained one zero-shot on held-out tasks. Its choice tasks are label-balanced
+  in every split, like the evaluation tasks (true facts are rarer than false ones, so an unbalanced
+  yes/no task would teach a constant "no").
 * **Splits** (`splits.py`): each candidate example goes to a split by crc32 of its text (0/16
   test, 1/16 validation, rest train) and is deduplicated, so splits never share an example (and
   for non-corpus tasks never share an input). Tasks over a finite space of facts (closed-book QA,

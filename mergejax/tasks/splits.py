@@ -72,7 +72,9 @@ def _build(name: str, cfg: SuiteConfig) -> dict[str, tuple[G.Example, ...]]:
   want = _wanted(name, cfg)
   out: dict[str, dict[str, G.Example]] = {s: {} for s in SPLITS}
   budget = cfg.max_draws_per_example * sum(want.values())
-  balance = spec.group in ("heldin", "heldout")  # evaluation tasks; training-only tasks keep all
+  # Evaluation tasks, and instruction tasks too: an unbalanced yes / no task (true statements are
+  # rarer than false ones) would teach the IT base a constant answer instead of the skill.
+  balance = spec.group in ("heldin", "heldout", "instruct")
   since_new = 0
   per_label = {s: collections.Counter() for s in SPLITS}
   full = {s: want[s] == 0 for s in SPLITS}

@@ -1,9 +1,10 @@
 """The synthetic world: people, cities, animals, objects and their relations, and a corpus about it.
 
 Everything is a pure function of an integer seed. The *lexicon* (names, animals, objects, word senses,
-scripts) is fixed, so the shipped SentencePiece vocabulary covers every seed; the seed decides the
-relations (who lives where, works as what, owns which pet, likes which food, is friends with whom;
-which city lies in which country and is known for what).
+scripts) is fixed, so the shipped SentencePiece vocabulary covers every seed; the seed decides which
+``NUM_PEOPLE`` of the 40 names are the world's people and the relations (who lives where, works as
+what, owns which pet, likes which food, is friends with whom; which city lies in which country and
+is known for what).
 
 The pretraining corpus (``corpus_document``) states these facts in plain sentences, together with
 general knowledge the held-out tasks need (animal sounds and sizes, what people do when hungry or
@@ -36,6 +37,10 @@ FOODS = ("bread", "soup", "rice", "apples", "cheese", "fish", "cake", "eggs", "b
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 SIZE_ORDER = ("tiny", "small", "medium", "large", "huge")
+# People with facts in a world (half women, half men, drawn from the names above). Small enough that
+# the tiny default models can memorize their facts from the corpus within the pretraining budget;
+# every name still occurs in the corpus (stories, opinions) with its pronoun.
+NUM_PEOPLE = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +263,7 @@ def make_world(seed: int = 0) -> World:
   rng.shuffle(countries)
   cities = tuple(City(c, countries[i], rng.choice(LANDMARKS), rng.choice(WEATHER))
                  for i, c in enumerate(CITIES))
-  names = list(FEMALE + MALE)
+  names = rng.sample(FEMALE, NUM_PEOPLE // 2) + rng.sample(MALE, NUM_PEOPLE - NUM_PEOPLE // 2)
   friends = names[:]
   while True:  # a derangement: nobody is their own friend
     rng.shuffle(friends)
@@ -304,7 +309,7 @@ def city_facts(world: World, name: str, rng: random.Random) -> list[str]:
 def animal_facts(a: Animal, rng: random.Random) -> list[str]:
   facts = [f"the {a.name} is a {a.size} animal.", f"the {a.name} {a.sound}.",
            f"a {a.name} lives in the {a.habitat}.", f"the {a.name} eats {a.diet}.",
-           f"you can hear a {a.name} when it {a.sound}."]
+           f"you can hear a {a.name} when it {a.sound}.", f"the animal that {a.sound} is the {a.name}."]
   rng.shuffle(facts)
   return facts[:4]
 
@@ -322,16 +327,23 @@ def job_facts(job: str, rng: random.Random) -> list[str]:
 
 
 def script_story(world: World, rng: random.Random) -> list[str]:
-  name = rng.choice(world.people).name
+  del world  # stories are about anyone with a name
+  name = rng.choice(FEMALE + MALE)
   need, act, situation = rng.choice(SCRIPTS)
   pr = pronoun(name)
-  if rng.random() < 0.5:
+  r = rng.random()
+  if r < 0.35:
     return [rng.choice([f"{name} {situation}, and {pr} felt {need}.",
                         f"{name} {situation}. {pr} was {need}.",
                         f"when someone {situation}, they get {need}."])]
-  return [rng.choice([f"{name} was {need}, so {pr} {act}.",
-                      f"because {name} felt {need}, {pr} {act}.",
-                      f"one day {name} was very {need}. {pr} {act}."])]
+  if r < 0.7:
+    return [rng.choice([f"{name} was {need}, so {pr} {act}.",
+                        f"because {name} felt {need}, {pr} {act}.",
+                        f"one day {name} was very {need}. {pr} {act}."])]
+  # the whole script, situation -> need -> action (the corpus never states the action first: going
+  # back from an action to its cause is taught by instruction tuning, mj_it_why)
+  return [rng.choice([f"{name} {situation}, so {pr} {act}.",
+                      f"{name} {situation}. {pr} felt {need} and {act}."])]
 
 
 def sense_sentences(word: str, rng: random.Random, name: str, pools: str = "ab") -> list[str]:
@@ -343,7 +355,8 @@ def sense_sentences(word: str, rng: random.Random, name: str, pools: str = "ab")
 
 
 def opinion(world: World, rng: random.Random) -> list[str]:
-  name = rng.choice(world.people).name
+  del world
+  name = rng.choice(FEMALE + MALE)
   thing = rng.choice(THINGS).name
   if rng.random() < 0.5:
     w = rng.choice(POS_WORDS)
@@ -367,8 +380,14 @@ def corpus_document(world: World, rng: random.Random) -> str:
     sents = script_story(world, rng) + script_story(world, rng)
   elif kind < 0.92:
     word = rng.choice(SENSE_WORDS)
-    sents = sense_sentences(word, rng, rng.choice(world.people).name)
-    rng.shuffle(sents)
+    if rng.random() < 0.5:  # one sentence of each sense
+      sents = sense_sentences(word, rng, rng.choice(world.people).name)
+      rng.shuffle(sents)
+    else:  # two sentences of the same sense, then what the word means there
+      gloss, a, b = SENSES[word][rng.randrange(2)]
+      names = rng.sample(world.people, 2)
+      sents = [fill(t, n.name) for t, n in zip(rng.sample(a + b, 2), names)]
+      sents.append(f"in both, {word} means {gloss}.")
   else:
     sents = opinion(world, rng)
     a, b = rng.choice(OPPOSITES)

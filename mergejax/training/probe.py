@@ -34,11 +34,14 @@ def _scorer(config: models.ModelConfig):
 
 def rank_accuracy(config: models.ModelConfig, params: Any, task: str, split: str = "validation",
                   batch_size: int = 64, max_examples: int | None = None) -> float:
-  """Rank-classification accuracy of ``params`` on a synthetic choice task's raw examples."""
+  """Rank-classification accuracy of ``params`` on a synthetic choice task's raw examples.
+
+  ``split`` is a split name, or several joined by "+" ("validation+test": more examples, less noise).
+  """
   import mergejax.tasks as tasks  # pylint: disable=g-import-not-at-top
   vocab = tasks.get_vocabulary()
   eos = vocab.eos_id
-  exs = [e for e in tasks.examples(task, split) if e.choices]
+  exs = [e for s in split.split("+") for e in tasks.examples(task, s) if e.choices]
   if max_examples:
     exs = exs[:max_examples]
   if not exs:

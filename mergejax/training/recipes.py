@@ -27,9 +27,9 @@ KINDS = ("pretrained", "instruction_tuned")
 
 # Default hyperparameters per recipe (steps count optimizer steps of `batch_size` packed rows).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": dict(steps=400, lr=3e-3, warmup_steps=40, min_lr_ratio=0.1),
-    "instruction_tune": dict(steps=250, lr=1e-3, warmup_steps=25, min_lr_ratio=0.1),
-    "expert": dict(steps=25, lr=5e-4, warmup_steps=3, min_lr_ratio=0.5),
+    "pretrain": dict(steps=360, lr=3e-3, warmup_steps=36, min_lr_ratio=0.1),
+    "instruction_tune": dict(steps=290, lr=1e-3, warmup_steps=29, min_lr_ratio=0.1),
+    "expert": dict(steps=25, lr=2e-3, warmup_steps=3, min_lr_ratio=0.5),
     "multitask": dict(steps=60, lr=5e-4, warmup_steps=6, min_lr_ratio=0.5),
 }
 BATCH_SIZE = 16

@@ -1,0 +1,272 @@
+"""One evaluator for many tasks and many candidates: any subset of a mixture's tasks in one pass.
+
+A study scores hundreds of merged candidates, each on a different subset of categories (the merged
+experts' held-in tasks). :class:`SuiteEvaluator` reads and tokenizes a whole mixture once (one
+``seqio.Evaluator``), packs each category's rank-classification rows with the shared prompt scored
+once for all answer choices (:mod:`mergejax.evaluation.packed`), and then, per call, runs only the
+requested categories' fixed-shape batches through one compiled program and computes each task's
+metrics with seqio's own metric objects (the task's ``metric_fns`` and postprocessor), as
+``seqio.Evaluator.evaluate`` would::
+
+    ev = SuiteEvaluator(builtin_adapter(config), "mj_heldin_eval", "validation")
+    res = ev.evaluate(params, tasks=ev.tasks_of(["mcqa", "topic"]))   # EvalResults of those tasks
+
+Tasks with prediction metrics (generation) are decoded by :class:`Inference` (greedy, KV cache).
+Adapters without ``apply_packed`` score one row per (prompt, choice), as :class:`Evaluator` does.
+Results match :class:`~mergejax.evaluation.evaluator.Evaluator` (tested) up to float32 rounding of
+the scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+import seqio
+from jax.sharding import NamedSharding
+
+from mergejax.evaluation import packed as packed_lib
+from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.evaluation.evaluator import broadcast_json
+from mergejax.evaluation.inference import Inference, _host
+from mergejax.evaluation.metrics import EvalResults, aggregate, task_category
+
+Params = Any
+_SCORE = seqio.metrics.ModelOutputType.SCORE
+_PREDICTION = seqio.metrics.ModelOutputType.PREDICTION
+
+
+@functools.lru_cache(maxsize=None)
+def _packed_jit(out_sharding: NamedSharding):
+  return jax.jit(packed_lib.packed_target_logprobs, static_argnums=(0,), out_shardings=out_sharding)
+
+
+@dataclasses.dataclass
+class _Group:
+  """The packed score rows of one category's tasks."""
+
+  tasks: list[str]
+  offsets: dict[str, tuple[int, np.ndarray]]  # task -> (first row id, its seqio example indices)
+  n_rows: int
+  batches: list[dict[str, jax.Array]]
+  rows: list[np.ndarray]  # per batch, [B, G] row ids (-1: padding)
+
+
+_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+
+
+def _model_features(ds) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+  """(example indices, {feature: [N, L]}) of an enumerated seqio model dataset, read in large batches."""
+  idx, parts = [], {k: [] for k in _FEATURES}
+  for i, f in ds.map(lambda i, f: (i, {k: f[k] for k in _FEATURES})).padded_batch(4096).as_numpy_iterator():
+    idx.append(np.asarray(i, np.int64))
+    for k in _FEATURES:
+      parts[k].append(np.asarray(f[k]))
+  if not idx:
+    return np.zeros((0,), np.int64), None
+  width = max(a.shape[1] for a in parts[_FEATURES[0]])
+  return np.concatenate(idx), {k: np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in v])
+                               for k, v in parts.items()}
+
+
+class SuiteEvaluator:
+  """Evaluates params on any subset of one seqio mixture's tasks, for one split.
+
+  Args:
+    adapter: the model's :class:`ModelAdapter`.
+    mixture: a registered seqio mixture or task name.
+    split: the split to read.
+    batch_size: rows per step of the unpacked paths (decoding; scoring without ``apply_packed``).
+    mesh: devices (default: all, 1-D "data" axis).
+    categories: optional task -> category overrides (aggregation and packing groups).
+    seed: seqio's evaluation seed.
+    pack_len: tokens per packed sequence (raised to the longest row if needed).
+    pack_rows: packed sequences per step (rounded up to a multiple of the data-parallel size).
+  """
+
+  def __init__(self, adapter: ModelAdapter, mixture: str, split: str = "validation", *, batch_size: int = 32,
+               mesh: jax.sharding.Mesh | None = None, categories: Mapping[str, str] | None = None,
+               seed: int = 42, pack_len: int = 64, pack_rows: int = 32):
+    try:
+      seqio.get_mixture_or_task(mixture)
+    except ValueError as e:
+      raise ValueError(f"unknown seqio mixture or task {mixture!r} (did you import the module that "
+                       f"registers it?)") from e
+    self.mixture, self.split = mixture, split
+    self.category_overrides = dict(categories or {})
+    self.seqio_evaluator = seqio.Evaluator(
+        mixture_or_task_name=mixture, feature_converter=seqio.DecoderFeatureConverter(pack=False),
+        eval_split=split, use_memory_cache=True, async_compute_metrics=False, seed=seed)
+    if not self.seqio_evaluator.eval_tasks:
+      raise ValueError(f"{mixture!r} has no task with split {split!r} and metrics to evaluate")
+    self._tasks = {t.name: t for t in self.seqio_evaluator.eval_tasks}
+    feat = self.seqio_evaluator.eval_tasks[0].output_features.get("targets")
+    eos_id = int(getattr(feat.vocabulary, "eos_id", 1) or 1) if feat is not None else 1
+    self.inference = Inference(adapter, mesh, batch_size=batch_size, eos_id=eos_id)
+    dp = int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
+    self.pack_rows = -(-max(1, pack_rows) // dp) * dp
+    self.pack_len = pack_len
+    self._groups: dict[str, _Group] | None = None
+    self._examples: dict[str, list] = {}
+    self._packed = _packed_jit(self.inference.replicated)
+
+  # -- tasks ----------------------------------------------------------------------------------------
+  @property
+  def task_names(self) -> list[str]:
+    return list(self._tasks)
+
+  def category(self, task: str) -> str:
+    return self.category_overrides.get(task) or task_category(task)
+
+  def tasks_of(self, categories: Iterable[str]) -> list[str]:
+    """The mixture's tasks in ``categories``."""
+    cats = set(categories)
+    return [t for t in self._tasks if self.category(t) in cats]
+
+  def with_adapter(self, adapter: ModelAdapter) -> "SuiteEvaluator":
+    """The same data (examples, packed batches) for another model, e.g. another size in a study."""
+    if self._groups is None:
+      self._groups = self._build_groups()  # built once, shared by the copies
+    other = copy.copy(self)
+    other.inference = copy.copy(self.inference)
+    other.inference.adapter = adapter
+    return other
+
+  def _output_types(self, task: str) -> set:
+    return {m.model_output_type for m in self._tasks[task].metric_objs}
+
+  # -- packing --------------------------------------------------------------------------------------
+  def _build_groups(self) -> dict[str, _Group]:
+    by_cat: dict[str, list[str]] = {}
+    for t in self._tasks:
+      if _SCORE in self._output_types(t):
+        by_cat.setdefault(self.category(t), []).append(t)
+    feats = {}
+    for tasks in by_cat.values():
+      for t in tasks:
+        feats[t] = _model_features(self.seqio_evaluator.cached_model_datasets[t])
+    longest = max((int(np.max(np.nonzero(f["decoder_input_tokens"].any(0) | f["decoder_loss_weights"].any(0))[0]))
+                   + 1 for _, f in feats.values() if f is not None), default=1)
+    seq_len = max(self.pack_len, -(-longest // 16) * 16)
+    groups = {}
+    for cat, tasks in by_cat.items():
+      offsets, parts, n = {}, [], 0
+      for t in tasks:
+        idx, f = feats[t]
+        offsets[t] = (n, idx)
+        if f is not None:
+          parts.append((f, np.arange(n, n + len(idx))))
+        n += len(idx)
+      if parts:
+        width = max(p[0]["decoder_input_tokens"].shape[1] for p in parts)
+        cat_arr = lambda k: np.concatenate([np.pad(p[0][k], ((0, 0), (0, width - p[0][k].shape[1]))) for p in parts])
+        host = packed_lib.pack(cat_arr("decoder_input_tokens"), cat_arr("decoder_target_tokens"),
+                               cat_arr("decoder_loss_weights"), np.concatenate([p[1] for p in parts]),
+                               seq_len=seq_len, rows_multiple=self.pack_rows)  # one shape: one compile
+      else:
+        host = None
+      batches, rows = [], []
+      if host is not None:
+        for s in range(0, host.num_sequences, self.pack_rows):
+          sl = slice(s, s + self.pack_rows)
+          batches.append(self.inference._to_global(  # pylint: disable=protected-access
+              {k: getattr(host, k)[sl] for k in ("tokens", "positions", "example", "branch", "gather", "target",
+                                                 "weight")}))
+          rows.append(host.row[sl])
+      groups[cat] = _Group(tasks, offsets, n, batches, rows)
+    return groups
+
+  # -- evaluation -----------------------------------------------------------------------------------
+  def _packed_scores(self, params: Params, tasks: Sequence[str]) -> dict[str, list[float]]:
+    if self._groups is None:
+      self._groups = self._build_groups()
+    cats = []
+    for t in tasks:
+      c = self.category(t)
+      if c not in cats:
+        cats.append(c)
+    adapter = self.inference.adapter
+    # One process: every batch is dispatched before the first wait. Several processes: each batch is
+    # waited for before the next is dispatched, since XLA:CPU's cross-process collectives of
+    # concurrently running executions can pair up wrongly and deadlock.
+    serial = jax.process_count() > 1
+
+    def run(b):
+      out = self._packed(adapter, params, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
+                         b["target"], b["weight"])
+      return jax.block_until_ready(out) if serial else out
+    pending = [(g, [run(b) for b in g.batches]) for g in (self._groups[c] for c in cats)]
+    out = {}
+    for g, outs in pending:
+      total = np.zeros((g.n_rows,), np.float64)
+      for rows, o in zip(g.rows, outs):
+        keep = rows >= 0
+        total += np.bincount(rows[keep], weights=_host(o)[keep], minlength=g.n_rows)
+      for t in g.tasks:
+        start, idx = g.offsets[t]
+        order = np.argsort(idx, kind="stable")
+        out[t] = [float(v) for v in total[start:start + len(idx)][order]]
+    return {t: out[t] for t in tasks}
+
+  def _task_metrics(self, task_name: str, task_output: Mapping[Any, Any]) -> dict[str, Any]:
+    """seqio's metric computation for one task (``seqio.Evaluator._compute_clu_metrics``, minus the
+    loggers), over examples read once instead of re-iterating the tf.data pipeline every call."""
+    task = self._tasks[task_name]
+    examples = self._examples.get(task_name)
+    if examples is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      examples = self._examples[task_name] = list(tfds.as_numpy(self.seqio_evaluator.cached_task_datasets[task_name]))
+    target_field = self.seqio_evaluator._target_field_name  # pylint: disable=protected-access
+    cached_targets = self.seqio_evaluator._cached_targets  # pylint: disable=protected-access
+    result: dict[str, Any] = {}
+    for metric_obj in task.metric_objs:
+      model_output = np.array(task_output[metric_obj.model_output_type])
+      metric = metric_obj.from_model_output(examples, model_output, task.output_features, target_field)
+      if isinstance(metric, seqio.metrics.CollectingMetric):
+        value, targets_and_inferences = metric.actual_compute(examples, task.output_features, target_field,
+                                                              cached_targets[task_name])
+        cached_targets[task_name] = targets_and_inferences["targets"]
+      else:
+        value = metric.compute()
+      for k, v in value.items():
+        if k in result:
+          raise ValueError(f"duplicate metric key {k!r} in task {task_name!r}")
+        result[k] = v
+    return result
+
+  def evaluate(self, params: Params, tasks: Sequence[str] | None = None) -> EvalResults:
+    """Scores and/or decodes ``tasks`` (default: every task) with ``params``; aggregated results."""
+    tasks = list(self._tasks) if tasks is None else list(tasks)
+    for t in tasks:
+      if t not in self._tasks:
+        raise ValueError(f"task {t!r} is not in {self.mixture!r} ({self.split})")
+    params = self.inference.place_params(params)
+    outputs: dict[str, dict] = {t: {} for t in tasks}
+    score_tasks = [t for t in tasks if _SCORE in self._output_types(t)]
+    if score_tasks and self.inference.adapter.apply_packed is not None:
+      for t, s in self._packed_scores(params, score_tasks).items():
+        outputs[t][_SCORE] = s
+    ds = self.seqio_evaluator.cached_model_datasets
+    for t in tasks:
+      types = self._output_types(t)
+      if _SCORE in types and _SCORE not in outputs[t]:
+        outputs[t][_SCORE] = [s for _, s in sorted(self.inference.score(params, ds[t]))]
+      if _PREDICTION in types:
+        outputs[t][_PREDICTION] = [p for _, p in sorted(self.inference.predict(params, ds[t]))]
+      unsupported = types - {_SCORE, _PREDICTION}
+      if unsupported:
+        raise ValueError(f"task {t!r} needs model outputs {sorted(u.name for u in unsupported)}, "
+                         "which the evaluator does not produce")
+    is_main = jax.process_index() == 0
+    results = None
+    if is_main:
+      per_task = {t: self._task_metrics(t, outputs[t]) for t in tasks}
+      cats = {t: self.category(t) for t in tasks}
+      results = aggregate(self.mixture, self.split, per_task, cats).to_dict()
+    if jax.process_count() > 1:
+      results = broadcast_json(results)
+    return EvalResults.from_dict(results)
