@@ -33,6 +33,35 @@ from mergejax.evaluation.metrics import EvalResults, aggregate
 Params = Any
 
 
+def make_seqio_evaluator(mixture: str, split: str, *, seed: int = 42,
+                         sequence_length: Mapping[str, int] | None = None) -> seqio.Evaluator:
+  """A ``seqio.Evaluator`` over ``mixture``'s ``split`` (unpacked decoder features, cached in memory,
+  metrics computed synchronously); one clear ValueError for an unknown mixture or one with nothing to
+  evaluate on that split."""
+  try:
+    seqio.get_mixture_or_task(mixture)
+  except ValueError as e:
+    raise ValueError(f"unknown seqio mixture or task {mixture!r} (did you import the module that "
+                     f"registers it?)") from e
+  ev = seqio.Evaluator(
+      mixture_or_task_name=mixture,
+      feature_converter=seqio.DecoderFeatureConverter(pack=False),
+      eval_split=split,
+      sequence_length=dict(sequence_length) if sequence_length else None,
+      use_memory_cache=True,
+      async_compute_metrics=False,
+      seed=seed)
+  if not ev.eval_tasks:
+    raise ValueError(f"{mixture!r} has no task with split {split!r} and metrics to evaluate")
+  return ev
+
+
+def eos_id_of(ev: seqio.Evaluator) -> int:
+  """The EOS id of the evaluator's target vocabulary (1 if it has none)."""
+  feat = ev.eval_tasks[0].output_features.get("targets")
+  return int(getattr(feat.vocabulary, "eos_id", 1) or 1) if feat is not None else 1
+
+
 class Evaluator:
   """Evaluates params of one model on one seqio mixture (or task) and split.
 
@@ -53,31 +82,12 @@ class Evaluator:
                mesh: jax.sharding.Mesh | None = None, sequence_length: Mapping[str, int] | None = None,
                length_bucket: int = 32,
                categories: Mapping[str, str] | None = None, seed: int = 42):
-    try:
-      seqio.get_mixture_or_task(mixture)
-    except ValueError as e:
-      raise ValueError(f"unknown seqio mixture or task {mixture!r} (did you import the module that "
-                       f"registers it?)") from e
     self.mixture, self.split = mixture, split
     self.categories = dict(categories or {})
-    self.seqio_evaluator = seqio.Evaluator(
-        mixture_or_task_name=mixture,
-        feature_converter=seqio.DecoderFeatureConverter(pack=False),
-        eval_split=split,
-        sequence_length=dict(sequence_length) if sequence_length else None,
-        use_memory_cache=True,
-        async_compute_metrics=False,
-        seed=seed)
-    if not self.seqio_evaluator.eval_tasks:
-      raise ValueError(f"{mixture!r} has no task with split {split!r} and metrics to evaluate")
-    eos_id = self._eos_id()
+    self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed, sequence_length=sequence_length)
+    eos_id = eos_id_of(self.seqio_evaluator)
     self.inference = Inference(adapter, mesh, batch_size=batch_size, length_bucket=length_bucket,
                                eos_id=eos_id)
-
-  def _eos_id(self) -> int:
-    task = self.seqio_evaluator.eval_tasks[0]
-    feat = task.output_features.get("targets")
-    return int(getattr(feat.vocabulary, "eos_id", 1) or 1) if feat is not None else 1
 
   def with_adapter(self, adapter: ModelAdapter) -> "Evaluator":
     """The same mixture and split (sharing the cached examples and device batches) for another model,

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding
 
 from mergejax.evaluation import packed as packed_lib
 from mergejax.evaluation.adapter import ModelAdapter
-from mergejax.evaluation.evaluator import broadcast_json
+from mergejax.evaluation.evaluator import broadcast_json, eos_id_of, make_seqio_evaluator
 from mergejax.evaluation.inference import Inference, _host
 from mergejax.evaluation.metrics import EvalResults, aggregate, task_category
 
@@ -91,22 +91,11 @@ class SuiteEvaluator:
   def __init__(self, adapter: ModelAdapter, mixture: str, split: str = "validation", *, batch_size: int = 32,
                mesh: jax.sharding.Mesh | None = None, categories: Mapping[str, str] | None = None,
                seed: int = 42, pack_len: int = 64, pack_rows: int = 32):
-    try:
-      seqio.get_mixture_or_task(mixture)
-    except ValueError as e:
-      raise ValueError(f"unknown seqio mixture or task {mixture!r} (did you import the module that "
-                       f"registers it?)") from e
     self.mixture, self.split = mixture, split
     self.category_overrides = dict(categories or {})
-    self.seqio_evaluator = seqio.Evaluator(
-        mixture_or_task_name=mixture, feature_converter=seqio.DecoderFeatureConverter(pack=False),
-        eval_split=split, use_memory_cache=True, async_compute_metrics=False, seed=seed)
-    if not self.seqio_evaluator.eval_tasks:
-      raise ValueError(f"{mixture!r} has no task with split {split!r} and metrics to evaluate")
+    self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed)
     self._tasks = {t.name: t for t in self.seqio_evaluator.eval_tasks}
-    feat = self.seqio_evaluator.eval_tasks[0].output_features.get("targets")
-    eos_id = int(getattr(feat.vocabulary, "eos_id", 1) or 1) if feat is not None else 1
-    self.inference = Inference(adapter, mesh, batch_size=batch_size, eos_id=eos_id)
+    self.inference = Inference(adapter, mesh, batch_size=batch_size, eos_id=eos_id_of(self.seqio_evaluator))
     dp = int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
     self.pack_rows = -(-max(1, pack_rows) // dp) * dp
     self.pack_len = pack_len
@@ -190,10 +179,10 @@ class SuiteEvaluator:
       if c not in cats:
         cats.append(c)
     adapter = self.inference.adapter
-    # One process: every batch is dispatched before the first wait. Several processes: each batch is
-    # waited for before the next is dispatched, since XLA:CPU's cross-process collectives of
-    # concurrently running executions can pair up wrongly and deadlock.
-    serial = jax.process_count() > 1
+    # One device: every batch is dispatched before the first wait. Several devices (or processes): each
+    # batch is waited for before the next is dispatched, since the collectives of concurrently running
+    # executions on XLA:CPU can pair up wrongly and deadlock (2 processes) or abort (8 devices).
+    serial = self.inference.mesh.size > 1 or jax.process_count() > 1
 
     def run(b):
       out = self._packed(adapter, params, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
