@@ -410,23 +410,32 @@ def sc_copa(world, rng):
   return Example(inp, ans, tuple(choices), choices.index(ans))
 
 
-@_register("mj_nli_cb", "heldout", "nli")
-def nli_cb(world, rng):
-  """Three-way NLI over stated facts (CB-like): yes / no / maybe (T0's answer words)."""
+def _three_way_claim(world, rng, statements):
+  """Two stated facts about a random person and a claim that follows (label 0), contradicts them
+  (1: another value of a stated attribute) or is not settled by them (2: an unstated attribute)."""
   p = rng.choice(world.people)
   a1, a2, a3 = rng.sample(W.PERSON_ATTRS, 3)
-  st = {"city": "{n} lives in {v}", "job": "{n} is employed as a {v}", "pet": "{n} has a {v}",
-        "color": "{n} likes {v} things", "food": "{n} eats {v}"}
-  premise = f"{st[a1].format(n=p.name, v=getattr(p, a1))} and {st[a2].format(n=p.name, v=getattr(p, a2))}."
+  fact = lambda a, v: statements[a].format(n=p.name, v=v)
+  facts = (fact(a1, getattr(p, a1)), fact(a2, getattr(p, a2)))
   label = rng.randrange(3)
   if label == 0:
     a = rng.choice((a1, a2))
-    hyp = st[a].format(n=p.name, v=getattr(p, a))
+    claim = fact(a, getattr(p, a))
   elif label == 1:
     a = rng.choice((a1, a2))
-    hyp = st[a].format(n=p.name, v=rng.choice([x for x in W.ATTR_VALUES[a] if x != getattr(p, a)]))
+    claim = fact(a, rng.choice([x for x in W.ATTR_VALUES[a] if x != getattr(p, a)]))
   else:
-    hyp = st[a3].format(n=p.name, v=rng.choice(W.ATTR_VALUES[a3]))
+    claim = fact(a3, rng.choice(W.ATTR_VALUES[a3]))
+  return facts, claim, label
+
+
+@_register("mj_nli_cb", "heldout", "nli")
+def nli_cb(world, rng):
+  """Three-way NLI over stated facts (CB-like): yes / no / maybe (T0's answer words)."""
+  st = {"city": "{n} lives in {v}", "job": "{n} is employed as a {v}", "pet": "{n} has a {v}",
+        "color": "{n} likes {v} things", "food": "{n} eats {v}"}
+  (f1, f2), hyp, label = _three_way_claim(world, rng, st)
+  premise = f"{f1} and {f2}."
   choices = ("yes", "no", "maybe")
   return Example(f"{premise} based on that, can we say that {hyp}? answer with yes, maybe, or no.",
                  choices[label], choices, label)
@@ -599,13 +608,18 @@ def it_nli(world, rng):
                  choices[label], choices, label)
 
 
-@_register("mj_it_coref", "instruct", "instruct")
-def it_coref(world, rng):
-  """Definite pronoun resolution by gender (DPR-like, Flan's coreference analog)."""
+def _mixed_pair(rng):
+  """A woman and a man in random order (a, b), one of them (who), and who's pronoun."""
   f, m = rng.choice(W.FEMALE), rng.choice(W.MALE)
   a, b = (f, m) if rng.random() < 0.5 else (m, f)
   who = rng.choice((a, b))
-  pr = W.pronoun(who)
+  return a, b, who, W.pronoun(who)
+
+
+@_register("mj_it_coref", "instruct", "instruct")
+def it_coref(world, rng):
+  """Definite pronoun resolution by gender (DPR-like, Flan's coreference analog)."""
+  a, b, who, pr = _mixed_pair(rng)
   need, _, _ = rng.choice(W.SCRIPTS)
   verb = rng.choice(("visited", "phoned", "helped", "thanked"))
   choices = (a, b)
@@ -618,10 +632,7 @@ def it_coref(world, rng):
 @_register("mj_it_who", "instruct", "instruct")
 def it_who(world, rng):
   """Which of two people a pronoun names, in short two-person scenes (more coreference practice)."""
-  f, m = rng.choice(W.FEMALE), rng.choice(W.MALE)
-  a, b = (f, m) if rng.random() < 0.5 else (m, f)
-  who = rng.choice((a, b))
-  pr = W.pronoun(who)
+  a, b, who, pr = _mixed_pair(rng)
   t, pl = rng.choice(W.THINGS).name, rng.choice(W.LANDMARKS)
   scene = rng.choice([f"{a} met {b} at the {pl}, and {pr} brought a {t}.",
                       f"{a} and {b} went to the {pl}. {pr} carried the {t}.",
@@ -650,20 +661,10 @@ def it_samesense(world, rng):
 @_register("mj_it_follow", "instruct", "instruct")
 def it_follow(world, rng):
   """Does a claim follow from a short profile of a person? yes / no / maybe (people facts in context)."""
-  p = rng.choice(world.people)
-  a1, a2, a3 = rng.sample(W.PERSON_ATTRS, 3)
   st = {"city": "{n} lives in {v}", "job": "{n} works as a {v}", "pet": "{n} has a pet {v}",
         "color": "{n} likes the color {v}", "food": "{n} likes to eat {v}"}  # the corpus's wording
-  prof = f"profile: {st[a1].format(n=p.name, v=getattr(p, a1))}; {st[a2].format(n=p.name, v=getattr(p, a2))}."
-  label = rng.randrange(3)
-  if label == 0:
-    a = rng.choice((a1, a2))
-    claim = st[a].format(n=p.name, v=getattr(p, a))
-  elif label == 1:
-    a = rng.choice((a1, a2))
-    claim = st[a].format(n=p.name, v=rng.choice([x for x in W.ATTR_VALUES[a] if x != getattr(p, a)]))
-  else:
-    claim = st[a3].format(n=p.name, v=rng.choice(W.ATTR_VALUES[a3]))
+  (f1, f2), claim, label = _three_way_claim(world, rng, st)
+  prof = f"profile: {f1}; {f2}."
   choices = ("yes", "no", "maybe")
   q = rng.choice([f"{prof} claim: {claim}. does the profile support the claim? yes, no or maybe.",
                   f"{prof} from this profile alone, is it known that {claim}? reply yes, no or maybe.",
