@@ -229,7 +229,7 @@ def main(argv):
         shutil.rmtree(out, ignore_errors=True)
         r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value, cache_dir=str(cache)), env=env)
         man = json.loads((out / "mergejax_manifest.json").read_text())
-        row = {"method": method, "tool": "mergejax", "compile_cache": cache_state, **r,
+        row = {"method": method, "tool": "mergejax", "compile_cache": cache_state, **r, "loadavg_1m": os.getloadavg()[0],
                "merge_phase_s": man["elapsed_s"], "GBps_whole": moved / r["wall_s"] / 1e9,
                "GBps_merge_phase": moved / man["elapsed_s"] / 1e9, "floor_s": moved / bw,
                "merge_phase_over_floor": man["elapsed_s"] / (moved / bw)}
@@ -241,7 +241,8 @@ def main(argv):
         cfg = root / f"{method}.yml"
         cfg.write_text(mergekit_yaml(method, base, experts))
         r = timed([_MERGEKIT.value, str(cfg), str(mk_out), "--random-seed", "0"], env=env)
-        mrow = {"method": method, "tool": "mergekit", **r, "GBps_whole": moved / r["wall_s"] / 1e9}
+        mrow = {"method": method, "tool": "mergekit", **r, "GBps_whole": moved / r["wall_s"] / 1e9,
+                "loadavg_1m": os.getloadavg()[0]}
         if method in ("linear", "task_arithmetic", "ties"):
           mrow["agreement_with_mergejax"] = agreement(out, mk_out)
         results["runs"].append(mrow)
@@ -266,6 +267,29 @@ def main(argv):
   if _OUT.value:
     pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2))
   print(json.dumps(results, indent=2))
+  print_summary(results)
+
+
+GOALS = {"linear": 4.0, "task_arithmetic": 4.0, "ties": 10.0, "dare_ties": 10.0}  # issue 3: mergekit / mergejax
+
+
+def print_summary(results: dict) -> None:
+  """The figures the issue's goals name: wall-time speed-up over mergekit (cold and warm compilation
+  cache) and peak RSS, per method, with the load average each run saw."""
+  rows = {(r["method"], r["tool"], r.get("compile_cache")): r for r in results["runs"] if "output_format" not in r}
+  print(f"\nsummary ({results['date']}, {results['machine']}):")
+  print("method | mergejax cold s (load) | warm s | mergekit s (load) | speed-up cold | warm | goal | "
+        "RSS mergejax / mergekit GB")
+  for m, goal in GOALS.items():
+    cold, warm, mk = rows.get((m, "mergejax", "cold")), rows.get((m, "mergejax", "warm")), rows.get((m, "mergekit", None))
+    if cold is None or mk is None:
+      continue
+    ratio, ratio_w = mk["wall_s"] / cold["wall_s"], mk["wall_s"] / warm["wall_s"]
+    rss = max(cold["peak_rss_bytes"], warm["peak_rss_bytes"])
+    print(f"{m} | {cold['wall_s']:.2f} ({cold['loadavg_1m']:.1f}) | {warm['wall_s']:.2f} | "
+          f"{mk['wall_s']:.2f} ({mk['loadavg_1m']:.1f}) | {ratio:.1f}x | {ratio_w:.1f}x | "
+          f"{goal:.0f}x {'met' if ratio >= goal else 'MISSED'} | {rss / 1e9:.2f} / {mk['peak_rss_bytes'] / 1e9:.2f} "
+          f"{'lower' if rss <= mk['peak_rss_bytes'] else 'HIGHER'}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ flags.DEFINE_string("size", "xs", "Model size (mergejax.models.SIZES).")
 flags.DEFINE_string("workdir", "runs/tasks_probe", "Where checkpoints go (reused if complete).")
 flags.DEFINE_list("categories", ["sentiment", "mcqa"], "Held-in categories to train experts for.")
 flags.DEFINE_integer("pretrain_steps", 400, "Pretraining steps.")
-flags.DEFINE_integer("instruct_steps", 300, "Instruction-tuning steps.")
+flags.DEFINE_integer("instruct_steps", 900, "Instruction-tuning steps (the world's default).")
 flags.DEFINE_integer("expert_steps", 150, "Expert fine-tuning steps.")
 flags.DEFINE_integer("batch_size", 32, "Batch size (rows of 128 tokens).")
 FLAGS = flags.FLAGS
@@ -53,7 +53,7 @@ def main(argv):
           + ", ".join(f"{k.removesuffix('_rank')} {v:.1f}" for k, v in sorted(res.task_scores.items())), flush=True)
 
   pt = train("pretrained", "mj_pretrain", FLAGS.pretrain_steps, 3e-3)
-  it = train("instruction_tuned", "mj_instruct", FLAGS.instruct_steps, 1e-3, pt)
+  it = train("instruction_tuned", "mj_instruct", FLAGS.instruct_steps, 2e-3, pt)
   score("pretrained", pt, "mj_heldout_rank")
   score("instr_tuned", it, "mj_heldout_rank")
   for cat in FLAGS.categories:

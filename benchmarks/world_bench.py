@@ -30,6 +30,9 @@ _SPEED_ONLY = flags.DEFINE_bool("speed_only", False, "Only the throughput phase.
 _SKIP_SPEED = flags.DEFINE_bool("skip_speed", False, "Skip the throughput phase.")
 _OUT = flags.DEFINE_string("out", "runs/world_bench.json", "JSON report.")
 _SPLIT = flags.DEFINE_string("split", "validation", "Split for the probe.")
+_HELDOUT_SPLITS = flags.DEFINE_list("heldout_splits", ["test"],
+                                    "More splits on which to report the bases' held-out means "
+                                    "(the study evaluates held-out tasks on test).")
 
 # Peak dense bf16 FLOP/s for MFU on GPUs we may be lent.
 _PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -112,6 +115,22 @@ def measure(workdir, sizes, split) -> dict:
   return res
 
 
+def heldout_bases(workdir, sizes, split) -> dict:
+  """Held-out mean (over categories) of both bases per size on `split`."""
+  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import models, world  # pylint: disable=g-import-not-at-top
+  from mergejax.training import probe  # pylint: disable=g-import-not-at-top
+  res = {}
+  for size in sizes:
+    for kind in world.KINDS:
+      cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
+      cats = {c: probe.category_accuracy(cfg, base, T.heldout_tasks(c), split) for c in T.HELDOUT_CATEGORIES}
+      res.setdefault(size, {})[kind] = {"heldout_base": cats, "heldout_base_mean": float(np.mean(list(cats.values())))}
+      print(f"{split}: {size}/{kind}: held-out base {res[size][kind]['heldout_base_mean']:.3f} ("
+            + ", ".join(f"{c} {v:.3f}" for c, v in cats.items()) + ")", flush=True)
+  return res
+
+
 def targets(checks, sizes) -> dict:
   """The issue's three targets, each printed as one line with its numbers and met / NOT met."""
   out = {}
@@ -168,6 +187,9 @@ def main(argv):
     t = time.perf_counter()
     report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value)
     report["targets"] = targets(report["paper_checks"], _SIZES.value)
+    for split in _HELDOUT_SPLITS.value:
+      if split != _SPLIT.value:
+        report[f"heldout_bases_{split}"] = heldout_bases(wd, _SIZES.value, split)
     report["measure_seconds"] = time.perf_counter() - t
   pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
   print(f"wrote {_OUT.value}")

@@ -25,4 +25,5 @@ def get_config():
   c.grids.ties = "density=0.1|0.2|0.3;lam=0.8|1.0|1.2|1.5|2.0"
   c.grids.dare_ties = "drop_rate=0.5|0.7|0.9;density=0.2|1.0;lam=0.5|1.0|1.5"
   c.eval_batch_size = 256
+  c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
   return c

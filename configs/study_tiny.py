@@ -31,5 +31,6 @@ def get_config() -> config_dict.ConfigDict:
   c.world_steps = ""  # optional step overrides, e.g. "pretrain=20;expert=5" (quick looks, tests)
   c.multitask = True
   c.eval_batch_size = 64
+  c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
   c.progress = True
   return c

@@ -13,7 +13,7 @@ PyTree = Any
 
 
 def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | str, *, seed: int = 0,
-          dtype: Any = None) -> PyTree:
+          dtype: Any = None, mesh: Any = None) -> PyTree:
   """Merges expert pytrees (plain dicts, Flax linen params, flax.nnx.State) into one.
 
   Args:
@@ -22,6 +22,8 @@ def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | 
     method: a :class:`MergeMethod` (``mergejax.methods.ties(density=0.2)``) or a registered name.
     seed: seeds DARE's masks; the result is a pure function of (inputs, method, seed).
     dtype: output dtype for float leaves (default: the base's dtype). Math is always float32.
+    mesh: devices to merge on (default: where the leaves are). A one-device CPU mesh with host (NumPy)
+      leaves runs elementwise methods on flat chunks: a few compiles serve every leaf shape.
 
   Returns:
     A pytree with the base's structure. Non-float leaves are the base's, unchanged.
@@ -35,4 +37,5 @@ def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | 
   expert_srcs = [PytreeSource(e, name=f"expert {i}") for i, e in enumerate(experts)]
   reference = base_src if base_src is not None else expert_srcs[0]
   sink = PytreeSink(reference.paths, reference.treedef)
-  return merge_sources(base_src, expert_srcs, sink, method, seed=seed, dtype=dtype, passthrough=reference.raw)
+  return merge_sources(base_src, expert_srcs, sink, method, seed=seed, dtype=dtype, passthrough=reference.raw,
+                       mesh=mesh)

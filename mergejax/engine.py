@@ -14,9 +14,11 @@ where W is the kernel's float32 workspace for the largest leaf; :func:`plan_grou
 stays under ``memory_budget_bytes``, whatever the model's size.
 
 Speed: every distinct kernel signature is compiled up front in parallel threads. On one CPU device,
-elementwise kernels run on flat 1-D chunks of a few fixed sizes (:func:`chunks`), so one compiled
-kernel serves every leaf shape, and safetensors inputs reach the kernel as memory-mapped slices
-(aliased by ``jax.device_put`` on CPU, never copied); results are bit-identical to whole-leaf kernels.
+elementwise kernels and their statistics passes run on flat 1-D chunks of a few fixed sizes
+(:func:`chunks`, :func:`stat_spans`), DARE kernels on row blocks (:func:`block_rows`), so a few
+compiled kernels serve every leaf shape; safetensors inputs reach the kernel as memory-mapped slices
+(aliased by ``jax.device_put`` on CPU, never copied) and results go from the kernel's buffer straight
+to the output file. Results are bit-identical to whole-leaf kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -105,10 +108,29 @@ def _finite_flags(base, experts):
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "out_dtype"))
-def _kernel_checked(base, experts, ctx, stats, *, kernel, out_dtype):
-  """The merged leaf and the inputs' finite flags in one executable (one read of the inputs)."""
-  return kernel(base, experts, ctx, stats, out_dtype=out_dtype), _finite_flags(base, experts)
+@functools.partial(jax.jit, static_argnames=("kernel", "out_dtype", "by_output"))
+def _kernel_checked(base, experts, ctx, stats, *, kernel, out_dtype, by_output=False):
+  """The merged leaf and the inputs' finite flags in one executable (one read of the inputs).
+
+  With ``by_output`` (methods where a NaN/Inf input always yields a NaN/Inf output, see
+  :func:`propagates_nonfinite`) the flag is one bool, "the output is finite": a cheaper reduction
+  over one array instead of N + 1; a False is then resolved by the exact per-input check.
+  """
+  out = kernel(base, experts, ctx, stats, out_dtype=out_dtype)
+  return out, (jnp.all(jnp.isfinite(out))[None] if by_output else _finite_flags(base, experts))
+
+
+def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
+  r"""True when a NaN/Inf in any input leaf makes the merged leaf non-finite at that entry.
+
+  Task arithmetic :math:`\theta_0 + \lambda \sum_t w_t (\theta_t - \theta_0)` and the average
+  :math:`\sum_t w_t \theta_t / \sum_t w_t` (no base) feed every input through finite factors
+  (IEEE: 0 x inf = NaN, inf - inf = NaN), so an all-finite output proves all-finite inputs. Methods that
+  drop, trim or vote can discard a NaN, and average ignores a given base: they check the inputs.
+  """
+  if float(method.drop_rate) != 0.0:
+    return False
+  return method.name == "task_arithmetic" or (method.name == "average" and not has_base)
 
 
 # Flat-chunk execution (one CPU device, elementwise kernels): every float leaf is merged as 1-D chunks
@@ -132,6 +154,18 @@ def chunks(n: int) -> list[tuple[int, int, int]]:
   return out
 
 
+def stat_spans(n: int) -> list[tuple[int, int]]:
+  """(start, stop) of the flat spans statistics functions run on: CHUNK entries each and an unpadded
+  tail (so that a sample of a small leaf is all of it, and padding never enters a count).
+
+  Statistics functions (:class:`mergejax.methods.base.LeafPass`) return per-leaf partial results whose
+  last axis indexes disjoint parts of the leaf (partial counts to be summed, samples to be pooled), so
+  the spans' results concatenated along that axis are results for the whole leaf. The thresholds they
+  find are exact, whatever the sample. Compiles: one per (CHUNK, tail length) instead of per shape.
+  """
+  return [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)] or [(0, 0)]
+
+
 def one_cpu_device(mesh: jax.sharding.Mesh | None) -> bool:
   """A one-process, one-CPU-device mesh: host arrays are device arrays (no transfers)."""
   return (mesh is not None and mesh.devices.size == 1 and jax.process_count() == 1
@@ -141,6 +175,11 @@ def one_cpu_device(mesh: jax.sharding.Mesh | None) -> bool:
 def flat_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> bool:
   """True when leaves may be merged as flat chunks with results identical to whole-leaf kernels."""
   return method.name in ELEMENTWISE_METHODS and float(method.drop_rate) == 0.0 and one_cpu_device(mesh)
+
+
+def blocks_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> bool:
+  """True when the merge kernel may run on row blocks (DARE methods: masks keyed by (row, column))."""
+  return method.name in ELEMENTWISE_METHODS and float(method.drop_rate) != 0.0 and one_cpu_device(mesh)
 
 
 def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
@@ -162,24 +201,77 @@ def _finite_flat(base: np.ndarray | None, experts: Sequence[np.ndarray]) -> Any:
 
 
 def _merge_flat(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], ctx, stats, out_dtype,
-                fused_check: bool) -> tuple[np.ndarray, Any]:
+                fused_check: bool, by_output: bool = False,
+                write: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray | None, Any]:
   """One leaf merged chunk by chunk from flat host arrays; returns (flat output, finite flags or None).
 
   Kernels are dispatched asynchronously: chunk i+1's inputs are handed over (memory-mapped slices are
-  aliased, not copied) while chunk i runs, and chunk i-1's result is copied out meanwhile.
+  aliased, not copied) while chunk i runs, and chunk i-1's result is copied out meanwhile, or with
+  ``write`` handed to ``write(start, values)`` straight from the kernel's buffer (flat output None).
   """
-  n = len(experts[0])
-  out = np.empty((n,), out_dtype)
+  pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts), ctx, stats))
+            for a, b, size in chunks(len(experts[0])))
+  return _merge_pieces(kernel, pieces, len(experts[0]), len(experts) + (base is not None), out_dtype,
+                       fused_check, by_output, write)
+
+
+def block_rows(shape: Sequence[int]) -> tuple[int, int, int]:
+  """(rows, row length D, rows per block R) of a leaf seen as a (rows, D) matrix in row blocks.
+
+  A leaf of shape (d0, d1, ...) is the matrix (d0, d1 * ...), a 1-D leaf (1, d0): DARE's masks hash
+  (row, position in row) exactly so (:func:`mergejax.methods.steps._position_hash`). A block holds
+  R = max(1, CHUNK // D) rows (the last one zero-padded to R), so one compiled kernel serves every
+  leaf with the same D.
+  """
+  shape = tuple(shape)
+  rows, d = (1, math.prod(shape)) if len(shape) <= 1 else (shape[0], math.prod(shape[1:]))
+  return rows, d, max(1, CHUNK // max(d, 1))
+
+
+def _merge_blocks(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], shape: Sequence[int], ctx,
+                  stats, out_dtype, fused_check: bool,
+                  write: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray | None, Any]:
+  """One leaf merged in row blocks (:func:`block_rows`) from flat host arrays, each block's kernel
+  told its first row (``ctx.row_offset``): bit-identical to the whole-leaf kernel for methods whose
+  only position dependence is DARE's (row, column) hash. As :func:`_merge_flat` otherwise."""
+  rows, d, r = block_rows(shape)
+  n = rows * d
+
+  def block(x, r0, r1):
+    if x is None:
+      return None
+    v = x.reshape(rows, d)[r0:r1]
+    if r1 - r0 == r:
+      return v
+    buf = np.zeros((r, d), x.dtype)
+    buf[:r1 - r0] = v
+    return buf
+
+  pieces = ((r0 * d, min(r0 + r, rows) * d,
+             (block(base, r0, min(r0 + r, rows)), tuple(block(e, r0, min(r0 + r, rows)) for e in experts),
+              dataclasses.replace(ctx, row_offset=np.uint32(r0)), stats))
+            for r0 in range(0, rows if n else 0, r))
+  return _merge_pieces(kernel, pieces, n, len(experts) + (base is not None), out_dtype, fused_check, False, write)
+
+
+def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check: bool, by_output: bool,
+                  write) -> tuple[np.ndarray | None, Any]:
+  """Runs ``kernel`` on each (start, stop, args) piece; output entries [0, stop - start) of the
+  flattened result are the leaf's entries [start, stop). See :func:`_merge_flat`."""
+  out = np.empty((n,), out_dtype) if write is None else None
   flags, pending = [], None
 
   def drain(item):
     a, b, r = item
-    out[a:b] = np.asarray(r)[:b - a]
+    r = np.asarray(r).reshape(-1)[:b - a]
+    if write is not None:
+      write(a, r)
+    else:
+      out[a:b] = r
 
-  for a, b, size in chunks(n):
-    args = (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts), ctx, stats)
+  for a, b, args in pieces:
     if fused_check:
-      r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype)
+      r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype, by_output=by_output)
       flags.append(f)
     else:
       r = kernel(*args, out_dtype=out_dtype)
@@ -191,7 +283,7 @@ def _merge_flat(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], 
   if not fused_check:
     return out, None
   if not flags:
-    return out, np.ones((len(experts) + (base is not None),), bool)
+    return out, np.ones((n_inputs,), bool)
   return out, np.logical_and.reduce([np.asarray(f) for f in flags])
 
 
@@ -322,6 +414,11 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
                if mesh is not None else None)
   primary = jax.process_index() == 0
   flat = flat_eligible(method, mesh)
+  # With flat chunks, statistics functions see every leaf as 1-D (size,) and run on its flat spans.
+  stat_shapes = {s.path: (s.size,) for s in float_specs} if flat else shapes
+  blocks = blocks_eligible(method, mesh)  # the merge pass only: statistics see whole leaves
+  # Flat chunks of one process go straight from the kernel's buffer to the sink (no leaf buffer).
+  span_writes = (flat or blocks) and hasattr(sink, "write_span") and jax.process_count() == 1
   # On one CPU device float leaves of sources that can memory-map them are not read into arrays at all:
   # kernels and statistics passes get read-only maps of the files (jit aliases them, no copy).
   all_specs = {s.path: s for s in specs}
@@ -364,6 +461,7 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   # the group is resident: the NaN/Inf check is then fused into the kernel (one pass over the data),
   # unless the statistics read the group first (then it runs before them, see ``local_pass``).
   fused_check = not allow_nonfinite and (method.compute_stats is None or method.local_stats)
+  by_output = fused_check and method.compute_stats is None and propagates_nonfinite(method, base is not None)
 
   def raise_if_nonfinite(flags: Mapping[str, Any]) -> None:
     for p, f in flags.items():
@@ -383,6 +481,11 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
                                           [_host_flat(e[p]) for e in grp.experts]) for p in todo})
       return
     raise_if_nonfinite({p: _finite_flags(grp.base.get(p), tuple(e[p] for e in grp.experts)) for p in todo})
+
+  def exact_flags(grp: _Group, p: str) -> Any:
+    if one_cpu_device(mesh):
+      return _finite_flat(_host_flat(grp.base[p]) if p in grp.base else None, [_host_flat(e[p]) for e in grp.experts])
+    return _finite_flags(grp.base.get(p), tuple(e[p] for e in grp.experts))
 
   def stream(floats_only: bool, desc: str) -> Iterator[_Group]:
     todo = [g for g in groups if any(is_float[s.path] for s in g)] if floats_only else groups
@@ -411,6 +514,20 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
         bar.close()
 
   def run_fn(fn, grp: _Group, paths: Sequence[str], args_for) -> dict[str, Any]:
+    if flat:  # statistics on the flat spans of each leaf (see stat_spans), pooled along the last axis
+      calls = []
+      for p in paths:
+        args = args_for(p) if args_for is not None else ()
+        b = _host_flat(grp.base[p]) if p in grp.base else None
+        es = [_host_flat(e[p]) for e in grp.experts]
+        for a, z in stat_spans(len(es[0])):
+          calls.append((p, None if b is None else b[a:z], tuple(e[a:z] for e in es), args))
+      out = _run_calls(fn, calls, ctx_for)
+      res: dict[str, list[Any]] = {}
+      for (p, *_), r in zip(calls, out):
+        res.setdefault(p, []).append(r)
+      return {p: jax.tree.map(lambda *xs: np.concatenate([_to_host(x) for x in xs], axis=-1), *r)
+              for p, r in res.items()}
     res = {}
     for p in paths:
       args = args_for(p) if args_for is not None else ()
@@ -436,7 +553,7 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   stats: dict[str, Any] = {}
   if method.compute_stats is not None and not method.local_stats:
     try:
-      stats = method.compute_stats(global_leaf_pass, n, shapes) or {}
+      stats = method.compute_stats(global_leaf_pass, n, stat_shapes) or {}
     except BaseException:
       compiler.close()
       raise
@@ -451,7 +568,8 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   def precompile_all(first: LeafSpec, leaf_stats: Any, fused: bool) -> None:
     """Submits one compile per distinct kernel signature, with the first leaf's ctx/stats structure."""
     compiler.started = True
-    kernel_fn = functools.partial(_kernel_checked, kernel=method.kernel) if fused else method.kernel
+    kernel_fn = (functools.partial(_kernel_checked, kernel=method.kernel, by_output=by_output and fused)
+                 if fused else method.kernel)
     ctx = ctx_for(first.path)
     with_base = base is not None
     if flat:
@@ -462,6 +580,15 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
         compiler.submit(("flat", size, dt, odt), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
                         out_dtype=np.dtype(odt))
       compiler.wait_all("flat")
+      return
+    if blocks:
+      todo = {(block_rows(sp.shape)[2], block_rows(sp.shape)[1], np.dtype(sp.dtype).str, out_dtype[sp.path].str)
+              for sp in float_specs}
+      for r, d, dt, odt in sorted(todo):
+        x = jax.ShapeDtypeStruct((r, d), np.dtype(dt))
+        compiler.submit(("blocks", r, d, dt, odt), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
+                        out_dtype=np.dtype(odt))
+      compiler.wait_all("blocks")
       return
     for sp in float_specs:
       x = jax.ShapeDtypeStruct(sp.shape, sp.dtype, sharding=shardings[sp.path] if shardings and not views else None)
@@ -482,9 +609,9 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
             check_finite(grp)
           return _local_pass(run_fn, grp, fpaths, fn, args_for)
 
-        group_stats = method.compute_stats(local_pass, n, {p: shapes[p] for p in fpaths}) or {}
+        group_stats = method.compute_stats(local_pass, n, {p: stat_shapes[p] for p in fpaths}) or {}
         fused = fused_check and not read_by_stats
-      out, flags = {}, {}
+      out, flags, spans = {}, {}, []
       for s in grp.specs:
         if is_float[s.path] and not compiler.started:
           precompile_all(s, group_stats.get(s.path, {}), fused)
@@ -492,8 +619,24 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
           b = grp.base.get(s.path)
           res, f = _merge_flat(method.kernel, _host_flat(b) if b is not None else None,
                                [_host_flat(e[s.path]) for e in grp.experts], ctx_for(s.path),
-                               group_stats.get(s.path, {}), out_dtype[s.path], fused)
-          out[s.path] = res.reshape(s.shape)
+                               group_stats.get(s.path, {}), out_dtype[s.path], fused, by_output and fused,
+                               write=functools.partial(sink.write_span, s.path) if span_writes else None)
+          if span_writes:
+            spans.append(s.path)
+          else:
+            out[s.path] = res.reshape(s.shape)
+          if f is not None:
+            flags[s.path] = f
+        elif is_float[s.path] and blocks:
+          b = grp.base.get(s.path)
+          res, f = _merge_blocks(method.kernel, _host_flat(b) if b is not None else None,
+                                 [_host_flat(e[s.path]) for e in grp.experts], s.shape, ctx_for(s.path),
+                                 group_stats.get(s.path, {}), out_dtype[s.path], fused,
+                                 write=functools.partial(sink.write_span, s.path) if span_writes else None)
+          if span_writes:
+            spans.append(s.path)
+          else:
+            out[s.path] = res.reshape(s.shape)
           if f is not None:
             flags[s.path] = f
         elif is_float[s.path]:
@@ -501,13 +644,18 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
                   group_stats.get(s.path, {}))
           compiler.wait(sig(s))
           if fused:
-            out[s.path], flags[s.path] = _kernel_checked(*args, kernel=method.kernel, out_dtype=out_dtype[s.path])
+            out[s.path], flags[s.path] = _kernel_checked(*args, kernel=method.kernel, out_dtype=out_dtype[s.path],
+                                                         by_output=by_output and fused)
           else:
             out[s.path] = method.kernel(*args, out_dtype=out_dtype[s.path])
         else:
           out[s.path] = grp.other[s.path]
-      raise_if_nonfinite(flags)  # before anything of this group is written
+      if by_output and fused:  # a non-finite output: find the input (if any) by the exact check
+        flags = {p: exact_flags(grp, p) for p, f in flags.items() if not _to_host(f).all()}
+      raise_if_nonfinite(flags)  # before the group's other leaves are written (spans: the sink aborts)
       sink.write(out)
+      for p in spans:
+        sink.mark_written(p)
       del out
   finally:
     compiler.close()
@@ -520,6 +668,41 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
               **metadata}
   manifest["elapsed_s"] = time.perf_counter() - t0
   return sink.finalize(manifest)
+
+
+def _call_signature(x: Any) -> Any:
+  if isinstance(x, (np.ndarray, jax.Array, np.generic)):
+    return (tuple(x.shape), np.dtype(x.dtype).str)
+  return x
+
+
+def _run_calls(fn, calls: Sequence[tuple[str, Any, tuple[Any, ...], tuple[Any, ...]]], ctx_for) -> list[Any]:
+  """``fn(base, experts, ctx_for(path), *args)`` for each call, in order (results not waited for).
+
+  The first call of every distinct signature runs on its own thread, so that the compiles of a pass's
+  few kernel variants (XLA releases the GIL) overlap instead of queueing on one core.
+  """
+  firsts: dict[str, int] = {}
+  for i, (p, b, es, args) in enumerate(calls):
+    key = repr(jax.tree.map(_call_signature, (b, es, args)))
+    firsts.setdefault(key, i)
+
+  def one(i):
+    p, b, es, args = calls[i]
+    return fn(b, es, ctx_for(p), *args)
+
+  out: list[Any] = [None] * len(calls)
+  if len(firsts) > 1:
+    with concurrent.futures.ThreadPoolExecutor(min(len(firsts), max(2, os.cpu_count() or 1))) as pool:
+      for i, r in zip(firsts.values(), pool.map(one, firsts.values())):
+        out[i] = r
+  else:
+    firsts = {}
+  done = set(firsts.values())
+  for i in range(len(calls)):
+    if i not in done:
+      out[i] = one(i)
+  return out
 
 
 def _local_pass(run_fn, grp, paths, fn, args_for=None):

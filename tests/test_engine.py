@@ -91,15 +91,17 @@ FLAT_METHODS = METHODS[:4] + [("dare_ties", {"drop_rate": 0.0, "density": 0.5, "
 @pytest.mark.parametrize("name,hp", FLAT_METHODS, ids=[f"{n}-{h.get('scope', '')}-{h.get('drop_rate', '')}"
                                                        for n, h in FLAT_METHODS])
 def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, monkeypatch, name, hp):
-  """On one CPU device elementwise kernels run on flat, padded chunks (one compile for all shapes):
-  bit-identical to whole-leaf kernels; DARE (position-dependent masks) keeps whole leaves."""
+  """On one CPU device elementwise kernels (and their statistics passes) run on flat chunks (one compile
+  for all shapes), DARE kernels on row blocks that know their first row (one compile per row length):
+  bit-identical to whole-leaf kernels, written to the sink chunk by chunk."""
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
   ref = mergejax.merge(trees[0] if method.uses_base else None, trees[1:], method, seed=7)
   monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks and every padded tail size on tiny leaves
-  calls = []
-  real = engine._merge_flat
-  monkeypatch.setattr(engine, "_merge_flat", lambda *a: calls.append(len(a[2][0])) or real(*a))
+  calls, blocks = [], []
+  real, real_blocks = engine._merge_flat, engine._merge_blocks
+  monkeypatch.setattr(engine, "_merge_flat", lambda *a, **k: calls.append(len(a[2][0])) or real(*a, **k))
+  monkeypatch.setattr(engine, "_merge_blocks", lambda *a, **k: blocks.append(tuple(a[3])) or real_blocks(*a, **k))
   out = engine.merge_sources(
       SafetensorsSource(base_p) if method.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
       SafetensorsSink(tmp_path / "out"), method, seed=7, mesh=sharding.make_mesh(jax.devices()[:1]),
@@ -108,7 +110,10 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   for k in SHAPES:
     np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
   floats = [k for k in SHAPES if not k.endswith("_count")]
-  assert sorted(calls) == ([] if method.drop_rate else sorted(int(np.prod(SHAPES[k])) for k in floats))
+  if method.drop_rate:
+    assert calls == [] and sorted(blocks) == sorted(SHAPES[k] for k in floats)
+  else:
+    assert sorted(calls) == sorted(int(np.prod(SHAPES[k])) for k in floats) and blocks == []
 
 
 def test_chunks_cover_every_entry_with_few_sizes():
@@ -117,6 +122,16 @@ def test_chunks_cover_every_entry_with_few_sizes():
     assert [(a, b) for a, b, _ in cs] == [(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)]
     assert all(b - a <= size for a, b, size in cs)
     assert {size for *_, size in cs} <= {engine.CHUNK >> 8, engine.CHUNK >> 4, engine.CHUNK}
+
+
+def test_stat_spans_and_row_blocks_cover_every_entry():
+  for n in (0, 1, 1023, engine.CHUNK, 3 * engine.CHUNK + 5000):
+    spans = engine.stat_spans(n)
+    assert spans == ([(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)] or [(0, 0)])  # unpadded
+  for shape in ((), (7,), (3, engine.CHUNK + 1), (1000, 24, 4), (5, 0)):
+    rows, d, r = engine.block_rows(shape)
+    assert rows * d == int(np.prod(shape)) and r * max(d, 1) <= max(engine.CHUNK, d)
+  assert engine.block_rows((32000, 1024))[2] == engine.block_rows((4096, 1024))[2]  # one compile per row length
 
 
 @pytest.mark.parametrize("name,hp,devices", [
@@ -134,6 +149,48 @@ def test_nonfinite_refused_with_one_read(tmp_path, name, hp, devices):
                          SafetensorsSink(tmp_path / "out"), mergejax.methods.get(name, **hp),
                          mesh=sharding.make_mesh(jax.devices()[:devices]), allow_nonfinite=False)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("bad", ["base_nan", "expert_inf", "overflow"])
+def test_nonfinite_found_from_the_output(tmp_path, devices, bad):
+  """task_arithmetic checks only its output (any NaN/Inf input reaches it: 0 x inf = NaN, inf - inf =
+  NaN); a non-finite output is traced to the input that holds one, and an output that overflows from
+  finite inputs is merged as before."""
+  base = random_tree(0)
+  experts = [random_tree(i, base=base) for i in (1, 2)]
+  leaf = "model.layers.0.mlp.down_proj.weight"
+  if bad == "base_nan":
+    base[leaf][3, 9] = np.nan
+  elif bad == "expert_inf":
+    experts[1][leaf][5, 39] = -np.inf
+  else:  # 2 x (3e38 - (-3e38)) overflows float32; every input is finite
+    base[leaf][0, 0], experts[0][leaf][0, 0], experts[1][leaf][0, 0] = -3e38, 3e38, 3e38
+  bp = write_hf(tmp_path / "basedir", base)
+  eps = [write_hf(tmp_path / f"expert{i}", e) for i, e in enumerate(experts)]
+  method = mergejax.methods.get("task_arithmetic", lam=0.5)
+  assert engine.propagates_nonfinite(method, True)
+  run = lambda: engine.merge_sources(  # noqa: E731
+      SafetensorsSource(bp), [SafetensorsSource(p) for p in eps], SafetensorsSink(tmp_path / "out"), method,
+      mesh=sharding.make_mesh(jax.devices()[:devices]), allow_nonfinite=False)
+  if bad == "overflow":
+    got = _read_all(run())
+    ref = mergejax.merge(base, experts, method)
+    assert np.isinf(np.asarray(got[leaf], np.float32)[0, 0])
+    for k in SHAPES:
+      np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+    return
+  who = "basedir" if bad == "base_nan" else "expert1"
+  with pytest.raises(engine.NonFiniteError, match=rf"{who}: leaf '{leaf}' contains NaN or Inf"):
+    run()
+  assert not (tmp_path / "out").exists()
+
+
+def test_nonfinite_propagation_rule():
+  assert engine.propagates_nonfinite(mergejax.methods.get("average"), has_base=False)
+  assert not engine.propagates_nonfinite(mergejax.methods.get("average"), has_base=True)  # base unread
+  assert not engine.propagates_nonfinite(mergejax.methods.get("ties", density=0.5), has_base=True)
+  assert not engine.propagates_nonfinite(mergejax.methods.get("dare_linear", drop_rate=0.5), has_base=True)
 
 
 def test_plan_groups_respects_budget():

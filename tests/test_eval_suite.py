@@ -103,6 +103,11 @@ def test_suite_evaluator_without_packing_and_on_one_or_eight_devices(registered)
   _, params, adapter = test_eval._tiny_decoder()  # pylint: disable=protected-access
   assert jax.device_count() == 8
   one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-  r1 = SuiteEvaluator(adapter, "evtest_mix", "validation", mesh=one, batch_size=8).evaluate(params)
-  r8 = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_rows=2).evaluate(params)
-  assert r1.tasks == r8.tasks
+  ev1 = SuiteEvaluator(adapter, "evtest_mix", "validation", mesh=one, batch_size=8, pack_rows=1, pack_len=16)
+  ev8 = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_rows=1, pack_len=16)
+  assert ev8._round_robin and not ev1._round_robin  # pylint: disable=protected-access
+  assert ev1.evaluate(params).tasks == ev8.evaluate(params).tasks
+  # Whole batches on alternating devices: the raw scores are bitwise the one-device ones.
+  raw = lambda ev: ev._packed_scores(ev.inference.place_params(params), ["evtest_rank"])  # pylint: disable=protected-access
+  assert raw(ev1) == raw(ev8)
+  assert len({next(iter(b["tokens"].devices())) for g in ev8._groups.values() for b in g.batches}) > 1  # pylint: disable=protected-access

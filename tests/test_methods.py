@@ -182,3 +182,19 @@ def test_kernel_compiled_once_per_leaf_shape():
   mergejax.merge(base, experts, methods.task_arithmetic(lam=0.3))
   mergejax.merge(base, experts, methods.task_arithmetic(lam=0.7))  # new lam: no new compile
   assert kernel._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+def test_bf16_output_rounding_is_bit_identical_to_convert():
+  """steps.cast_output (integer round-to-nearest-even) == XLA's f32 -> bf16 convert, for every class of
+  float32: normals, halfway cases, subnormals, overflow to inf, infinities, NaNs with payloads."""
+  from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  special = np.asarray([0, 0x80000000, 1, 0x7FFF, 0x8000, 0x8001, 0x18000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000,
+                        0x7F800000, 0xFF800000, 0x7F800001, 0x7FC00000, 0xFFC00001, 0x7FFFFFFF, 0x00800000,
+                        0x007FFFFF, 0x3F808000, 0x3F818000, 0x3F80FFFF], np.uint32)
+  bits = np.concatenate([rng.integers(0, 2**32, 1 << 16, dtype=np.uint64).astype(np.uint32), special,
+                         np.arange(1 << 16, dtype=np.uint32), np.arange(1 << 16, dtype=np.uint32) + 0x7F7F0000])
+  x = jnp.asarray(bits.view(np.float32))
+  got = np.asarray(jax.jit(lambda v: steps.cast_output(v, jnp.bfloat16))(x)).view(np.uint16)
+  want = np.asarray(jax.jit(lambda v: v.astype(jnp.bfloat16))(x)).view(np.uint16)
+  np.testing.assert_array_equal(got, want)

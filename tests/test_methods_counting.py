@@ -60,21 +60,46 @@ def test_speculative_sign_balance_matches_reference(monkeypatch, sample):
   threshold differs from its guess, a separate balance pass must give the same (exact) result."""
   monkeypatch.setattr(threshold, "SAMPLE_GLOBAL", sample)
   passes = []
-  orig = threshold._count_fn  # pylint: disable=protected-access
+  orig_pin, orig_count = threshold._pinpoint_fn, threshold._count_fn  # pylint: disable=protected-access
 
-  def spy(*args, **kwargs):
-    passes.append(kwargs.get("vote"))
-    return orig(*args, **kwargs)
+  def spy_pin(*args, **kwargs):
+    passes.append(("pin", kwargs.get("vote")))
+    return orig_pin(*args, **kwargs)
 
-  monkeypatch.setattr(threshold, "_count_fn", spy)
+  def spy_count(*args, **kwargs):
+    passes.append(("count", None))
+    return orig_count(*args, **kwargs)
+
+  monkeypatch.setattr(threshold, "_pinpoint_fn", spy_pin)
+  monkeypatch.setattr(threshold, "_count_fn", spy_count)
   base, experts = make_models(seed=9, n_experts=4, dtype=np.float32)
   hp = {"density": 0.3, "scope": "global"}
   out = mergejax.merge(base, experts, methods.get("ties", **hp), seed=0)
   expect = ref.ties(flat(base), [flat(e) for e in experts], **hp)
   assert_close(flat(out), expect, np.float32)
   n_leaves = len(flat(base))
-  assert passes[:n_leaves] == ["sum"] * n_leaves  # the first count pass (one call per leaf) carried the vote
-  assert all(v is None for v in passes[n_leaves:])
+  assert passes[:n_leaves] == [("pin", "sum")] * n_leaves  # the first count pass (one call per leaf) carried the vote
+  assert all(p == ("count", None) for p in passes[n_leaves:])
+
+
+def test_pinpoint_fn_counts_two_thresholds_and_the_vote_exactly():
+  rng = np.random.default_rng(5)
+  for shape in [(48, 40), (7, 5), (13,), ()]:
+    base = rng.normal(size=shape).astype(np.float32)
+    experts = tuple((base + np.round(rng.normal(size=shape) * 8) / 256).astype(np.float32) for _ in range(4))
+    a = [np.abs(e - base) for e in experts]
+    thr = np.stack([np.sort([x.reshape(-1)[0], x.reshape(-1)[-1]]) for x in a]).astype(np.float32)
+    guess = np.asarray([np.median(x) for x in a], np.float32)
+    for weights in (None, (0.5, 2.0, 0.0, 1.0)):
+      m = methods.ties(weights=weights)
+      ctx = m.context(4, 0, 0)
+      counts, vote = threshold._pinpoint_fn(base, experts, ctx, thr.view(np.int32), guess, dare=False, vote="sum",  # pylint: disable=protected-access
+                                            weighted=weights is not None)
+      want = np.asarray([[np.sum(x >= t) for t in row] for x, row in zip(a, thr)])
+      np.testing.assert_array_equal(np.asarray(counts).sum(-1), want)
+      w = np.ones(4, np.float32) if weights is None else np.asarray(weights, np.float32)
+      v = sum(w[t] * np.where(np.abs(e - base) >= guess[t], e - base, 0).astype(np.float32) for t, e in enumerate(experts))
+      np.testing.assert_array_equal(np.asarray(vote).sum(-1), [np.sum(v < 0), np.sum(v > 0)])
 
 
 def test_speculative_balance_is_exact_or_withheld():

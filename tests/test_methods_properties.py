@@ -89,6 +89,37 @@ def test_dare_masks_match_documented_derivation_and_keep_about_1_minus_p():
   assert not np.array_equal(masks[0], other[0])
 
 
+def _fmix32_np(h):
+  h = h.astype(np.uint64)
+  h ^= h >> 16
+  h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+  h ^= h >> 13
+  h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+  return h ^ (h >> 16)
+
+
+def test_dare_masks_follow_the_documented_hash_and_experts_are_independent():
+  """docs/MERGING.md: keep_t = fmix32(P(r, c) + k_t) >= ceil(p 2^24) 2^8, P(r, c) = fmix32(fmix32(r + a0)
+  ^ (c 0x9E3779B9 + a1)), (a0, a1) = words of fold_in(key(seed), path hash), k_t = word 0 of fold_in(., t)."""
+  from mergejax.tree import stable_path_hash  # pylint: disable=g-import-not-at-top
+  seed, path, shape, p = 7, "blocks/0/mlp/kernel", (6, 5, 4), 0.7
+  leaf = jax.random.fold_in(jax.random.key(seed), stable_path_hash(path))
+  a = np.asarray(jax.random.key_data(leaf)).astype(np.uint64).reshape(-1)
+  r = np.arange(shape[0], dtype=np.uint64)[:, None]
+  c = np.arange(shape[1] * shape[2], dtype=np.uint64)[None, :]
+  pos = _fmix32_np(_fmix32_np((r + a[0]) & 0xFFFFFFFF) ^ ((c * 0x9E3779B9 + a[-1]) & 0xFFFFFFFF))
+  cut = int(np.ceil(np.float32(p) * np.float32(2.0**24))) << 8
+  masks = methods.dare_keep_masks(seed=seed, path=path, shape=shape, n_experts=3, drop_rate=p)
+  for t in range(3):
+    k = np.uint64(np.asarray(jax.random.key_data(jax.random.fold_in(leaf, t))).reshape(-1)[0])
+    want = _fmix32_np((pos + k) & 0xFFFFFFFF) >= cut
+    np.testing.assert_array_equal(masks[t], want.reshape(shape))
+  big = methods.dare_keep_masks(seed=1, path="w", shape=(512, 512), n_experts=4, drop_rate=0.5)
+  for i in range(4):
+    for j in range(i + 1, 4):  # P(both kept) = 1/4 for independent masks; sd ~ 0.0008 here
+      assert abs(float(np.mean(big[i] & big[j])) - 0.25) < 0.005
+
+
 def test_randomness_independent_of_other_leaves_and_leaf_order():
   rng = np.random.default_rng(5)
   shared = rng.normal(size=(16, 8)).astype(np.float32)

@@ -175,6 +175,36 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   assert "Larger models are easier to merge" in report.summary_table(path)
 
 
+def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import mergejax  # pylint: disable=g-import-not-at-top
+  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  spec = runner.validate(study_config(tiny_world), tmp_path)
+  jax.clear_caches()  # earlier tests in this process compiled the same programs
+  warmup = runner.MergeWarmup(spec)
+  warmup.wait("xs")
+  assert warmup.error is None
+  compiles = []
+
+  def listener(name, secs, **kw):
+    del secs, kw
+    if name == "/jax/core/compile/backend_compile_duration":
+      compiles.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ms = runner.load_models(spec, "instruction_tuned", "xs")
+    for n in spec.ns:
+      for name in spec.methods:
+        for hp in spec.grids[name]:
+          out = mergejax.merge(ms.base_host, [ms.experts_host[c] for c in spec.categories[:n]],
+                               methods.get(name, **hp), seed=7, mesh=runner.merge_mesh())
+          jax.block_until_ready(out)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles  # every (method, N) program of this size was compiled by the warm-up
+
+
 def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
   cfg_over = {"num_experts": "2", "subset_seeds": 1, "methods": "ties,dare_ties"}
   runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)

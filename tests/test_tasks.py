@@ -106,6 +106,9 @@ def test_counts_are_configurable(small_suite):
     assert len(T.examples(name, "validation")) == 16
     assert len(T.examples(name, "test")) == 32
   assert len(T.examples("mj_sent_stars", "validation")) == 15  # balanced over 5 labels
+  # Held-out tasks get heldout_validation_factor (2) times the validation examples, the same test.
+  assert len(T.examples("mj_sc_story", "validation")) == 32
+  assert len(T.examples("mj_sc_story", "test")) == 32
   assert len(T.examples("mj_corpus", "train")) == 300
   assert len(T.examples("mj_sent_review", "train")) == 300
   # Default sizes: every held-in/held-out task has substantial eval splits.
@@ -217,6 +220,10 @@ def test_corpus_teaches_what_heldout_tasks_need():
   for need, act, situation in W.SCRIPTS:
     assert f"{need}, so" in corpus and act in corpus and f"{situation}, and" in corpus
     assert f"{situation}, so " in corpus  # situation -> action (held-out story endings)
+    # action -> need (mj_nli_entail, the cause half of mj_sc_copa) is never stated: only
+    # instruction tuning (mj_it_why) teaches it, so it separates the instruction-tuned base.
+    assert not re.search(rf"{act}[^.]*\. \w+ (was|felt) {need}\.", corpus), act
+    assert f"{act} because" not in corpus
   for p in world.people:  # every person's facts
     assert re.search(rf"{p.name} lives in (the city of )?{p.city}\.", corpus), p.name
   for word, senses in W.SENSES.items():

@@ -24,6 +24,20 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def host_devices(requested: int) -> int:
+  """How many CPU devices evaluation is split over: ``requested``, or for 0 one per core (at most 8).
+
+  XLA:CPU runs one program at a time per device and the study's models are small, so one device per
+  core evaluates ~1.3-1.4x faster than one device using every core; merges still run on one device.
+  A device count already forced through XLA_FLAGS (as in the tests) is left alone.
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 1
+  if requested:
+    return int(requested)
+  return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -31,6 +45,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  else:
+    n = host_devices(_CONFIG.value.get("cpu_devices", 1))
+    if n > 1:  # before the backend starts; the CPU backend is only the default where there is no accelerator
+      jax.config.update("jax_num_cpu_devices", n)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   from mergejax.study import report as report_lib  # pylint: disable=g-import-not-at-top

@@ -190,8 +190,11 @@ class Inference:
     devices = set(self.mesh.devices.flat)
 
     def put(x):
-      if isinstance(x, jax.Array) and x.sharding.device_set == devices:
-        return x
+      if isinstance(x, jax.Array):
+        if x.sharding.device_set == devices:
+          return x
+        if jax.process_count() > 1 and x.is_fully_addressable:
+          x = np.asarray(x)  # e.g. a merge on a local device: each process holds the same value
       return jax.device_put(x, self.replicated)
     return jax.tree.map(put, params)
 
@@ -242,12 +245,20 @@ class Inference:
     self._prepared[key] = prep
     return prep
 
+  def _wait_if_sharded(self, out: jax.Array) -> jax.Array:
+    """Batches are dispatched asynchronously on one device; on several devices (or processes) each is
+    waited for before the next is dispatched: the collectives of concurrently running executions on
+    XLA:CPU can pair up wrongly and deadlock (2 processes) or abort (8 devices)."""
+    if self.mesh.size > 1 or jax.process_count() > 1:
+      jax.block_until_ready(out)
+    return out
+
   # -- seqio model functions ------------------------------------------------------------------------
   def score(self, params: Params, ds) -> list[tuple[int, float]]:
     """seqio ``score_fn``: [(index, log-likelihood of the targets)]."""
     prep = self.prepare(ds)
     params = self.place_params(params)
-    outs = [self._score_jit(params, b["i"], b["t"], b["w"]) for b in prep.batches]  # async dispatch
+    outs = [self._wait_if_sharded(self._score_jit(params, b["i"], b["t"], b["w"])) for b in prep.batches]
     scores = np.concatenate([_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0,))
     return [(int(i), float(s)) for i, s in zip(prep.indices, scores)]
 
@@ -255,7 +266,8 @@ class Inference:
     """seqio ``predict_fn``: [(index, fixed-length greedy tokens)]."""
     prep = self.prepare(ds)
     params = self.place_params(params)
-    outs = [self._predict_jit(params, b["i"], b["n"], decode_len=prep.decode_len) for b in prep.batches]
+    outs = [self._wait_if_sharded(self._predict_jit(params, b["i"], b["n"], decode_len=prep.decode_len))
+            for b in prep.batches]
     toks = np.concatenate([_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0, 1), np.int32)
     return [(int(i), t.tolist()) for i, t in zip(prep.indices, toks)]
 

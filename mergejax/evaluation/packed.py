@@ -94,68 +94,87 @@ def pack(inp_BxL: np.ndarray, tgt_BxL: np.ndarray, w_BxL: np.ndarray, row_ids: n
   targets; ``row_ids`` number the rows for the output.
 
   An example whose prompt and choices do not fit in one sequence is split into several, each with a
-  copy of the prompt; ``seq_len`` and ``gather_len`` must hold the longest single row.
+  copy of the prompt; ``seq_len`` and ``gather_len`` must hold the longest single row. Examples are
+  placed best-fit decreasing (largest first, each into the fullest sequence it still fits), which
+  leaves little padding; a row's score does not depend on where its example lands.
   """
   g = int(gather_len or seq_len)
-  seqs: list[dict[str, list]] = []
-  cur = None
-
-  def new_seq():
-    d = {k: [] for k in ("tokens", "positions", "example", "branch", "gather", "target", "weight", "row")}
-    seqs.append(d)
-    return d
-
-  ex_id = -1
+  items = []  # (prompt, pieces): one packed example each
   for rows in group_rows(inp_BxL, w_BxL):
     prompt, pieces = _example_layout(inp_BxL, tgt_BxL, w_BxL, rows)
     p = len(prompt)
-    chunks, chunk, size, gathered = [], [], p, 0
+    chunk, size, gathered = [], p, 0
     for piece in pieces:
       n, m = len(piece[1]), len(piece[2])
       if p + n > seq_len or m > g:
         raise ValueError(f"a row of {p + n} tokens ({m} targets) does not fit in seq_len={seq_len}, "
                          f"gather_len={g}")
       if chunk and (size + n > seq_len or gathered + m > g):
-        chunks.append(chunk)
+        items.append((prompt, chunk))
         chunk, size, gathered = [], p, 0
       chunk.append(piece)
       size += n
       gathered += m
-    chunks.append(chunk)
-    for chunk in chunks:
-      ex_id += 1  # each copy of the prompt is its own packed example
-      need = p + sum(len(c[1]) for c in chunk)
-      need_g = sum(len(c[2]) for c in chunk)
-      if cur is None or len(cur["tokens"]) + need > seq_len or len(cur["gather"]) + need_g > g:
-        cur = new_seq()
-      start = len(cur["tokens"])
-      cur["tokens"] += prompt.tolist()
-      cur["positions"] += list(range(p))
-      cur["example"] += [ex_id] * p
-      cur["branch"] += [0] * p
+    items.append((prompt, chunk))
+
+  need = [len(pr) + sum(len(c[1]) for c in ch) for pr, ch in items]
+  need_g = [sum(len(c[2]) for c in ch) for _, ch in items]
+  # Best-fit decreasing on tokens (the gathered-target budget is checked too).
+  free_tok: list[int] = []
+  free_g: list[int] = []
+  contents: list[list[int]] = []
+  by_free: list[list[int]] = [[] for _ in range(seq_len + 1)]  # free tokens -> open sequences
+  for i in sorted(range(len(items)), key=lambda i: (-need[i], i)):
+    placed = -1
+    for f in range(need[i], seq_len + 1):
+      bucket = by_free[f]
+      for j, s in enumerate(bucket):
+        if free_g[s] >= need_g[i]:
+          placed = s
+          del bucket[j]
+          break
+      if placed >= 0:
+        break
+    if placed < 0:
+      placed = len(contents)
+      contents.append([])
+      free_tok.append(seq_len)
+      free_g.append(g)
+    contents[placed].append(i)
+    free_tok[placed] -= need[i]
+    free_g[placed] -= need_g[i]
+    by_free[free_tok[placed]].append(placed)
+
+  n_seq = _round_up(len(contents), rows_multiple) if contents else 0
+  out = PackedHost(tokens=np.zeros((n_seq, seq_len), np.int32), positions=np.zeros((n_seq, seq_len), np.int32),
+                   example=np.full((n_seq, seq_len), -1, np.int32), branch=np.full((n_seq, seq_len), -1, np.int32),
+                   gather=np.zeros((n_seq, g), np.int32), target=np.zeros((n_seq, g), np.int32),
+                   weight=np.zeros((n_seq, g), np.float32), row=np.full((n_seq, g), -1, np.int64))
+  for s, members in enumerate(contents):
+    t = k = 0  # next token / gathered slot of sequence s
+    for i in sorted(members):
+      prompt, chunk = items[i]
+      p = len(prompt)
+      start = t
+      out.tokens[s, t:t + p] = prompt
+      out.positions[s, t:t + p] = np.arange(p)
+      out.example[s, t:t + p] = i  # each copy of the prompt is its own packed example
+      out.branch[s, t:t + p] = 0
+      t += p
       for b, (r, btoks, targets, weights) in enumerate(chunk, start=1):
-        bstart = len(cur["tokens"])
-        cur["tokens"] += btoks.tolist()
-        cur["positions"] += list(range(p, p + len(btoks)))
-        cur["example"] += [ex_id] * len(btoks)
-        cur["branch"] += [b] * len(btoks)
-        cur["gather"] += [start + p - 1] + list(range(bstart, bstart + len(btoks)))
-        cur["target"] += targets.tolist()
-        cur["weight"] += weights.tolist()
-        cur["row"] += [int(row_ids[r])] * len(targets)
-
-  n_seq = _round_up(len(seqs), rows_multiple) if seqs else 0
-
-  def fill(key, width, pad, dtype):
-    out = np.full((n_seq, width), pad, dtype)
-    for i, s in enumerate(seqs):
-      out[i, :len(s[key])] = s[key]
-    return out
-
-  return PackedHost(tokens=fill("tokens", seq_len, 0, np.int32), positions=fill("positions", seq_len, 0, np.int32),
-                    example=fill("example", seq_len, -1, np.int32), branch=fill("branch", seq_len, -1, np.int32),
-                    gather=fill("gather", g, 0, np.int32), target=fill("target", g, 0, np.int32),
-                    weight=fill("weight", g, 0.0, np.float32), row=fill("row", g, -1, np.int64))
+        n, m = len(btoks), len(targets)
+        out.tokens[s, t:t + n] = btoks
+        out.positions[s, t:t + n] = np.arange(p, p + n)
+        out.example[s, t:t + n] = i
+        out.branch[s, t:t + n] = b
+        out.gather[s, k] = start + p - 1
+        out.gather[s, k + 1:k + m] = np.arange(t, t + n)
+        out.target[s, k:k + m] = targets
+        out.weight[s, k:k + m] = weights
+        out.row[s, k:k + m] = int(row_ids[r])
+        t += n
+        k += m
+  return out
 
 
 def packed_mask(example_BxL: jax.Array, branch_BxL: jax.Array) -> jax.Array:

@@ -41,8 +41,17 @@ _PREDICTION = seqio.metrics.ModelOutputType.PREDICTION
 
 
 @functools.lru_cache(maxsize=None)
-def _packed_jit(out_sharding: NamedSharding):
+def _packed_jit(out_sharding: NamedSharding | None):
+  if out_sharding is None:  # one device per call, wherever the inputs are
+    return jax.jit(packed_lib.packed_target_logprobs, static_argnums=(0,))
   return jax.jit(packed_lib.packed_target_logprobs, static_argnums=(0,), out_shardings=out_sharding)
+
+
+def _by_device(params: Params) -> dict[Any, Params]:
+  """Replicated params as one single-device pytree per device (views of the replicas, no copies)."""
+  leaves, treedef = jax.tree.flatten(params)
+  shards = [{sh.device: sh.data for sh in x.addressable_shards} for x in leaves]
+  return {d: jax.tree.unflatten(treedef, [s[d] for s in shards]) for d in shards[0]} if leaves else {}
 
 
 @dataclasses.dataclass
@@ -86,11 +95,17 @@ class SuiteEvaluator:
     seed: seqio's evaluation seed.
     pack_len: tokens per packed sequence (raised to the longest row if needed).
     pack_rows: packed sequences per step (rounded up to a multiple of the data-parallel size).
+    pack_targets: scored targets per packed sequence, i.e. vocabulary projections (default: half of
+      ``pack_len``; raised to the most targets of one row if needed).
+
+  On several CPU devices of one process, packed batches are not split across devices: each whole
+  batch runs on one device, in turn, with its own replica of the params, so the devices (cores) work
+  on different batches at once without collectives, and every score is bitwise the one-device score.
   """
 
   def __init__(self, adapter: ModelAdapter, mixture: str, split: str = "validation", *, batch_size: int = 32,
                mesh: jax.sharding.Mesh | None = None, categories: Mapping[str, str] | None = None,
-               seed: int = 42, pack_len: int = 64, pack_rows: int = 32):
+               seed: int = 42, pack_len: int = 64, pack_rows: int = 32, pack_targets: int | None = None):
     self.mixture, self.split = mixture, split
     self.category_overrides = dict(categories or {})
     self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed)
@@ -99,9 +114,15 @@ class SuiteEvaluator:
     dp = int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
     self.pack_rows = -(-max(1, pack_rows) // dp) * dp
     self.pack_len = pack_len
+    self.pack_targets = pack_targets
     self._groups: dict[str, _Group] | None = None
     self._examples: dict[str, list] = {}
-    self._packed = _packed_jit(self.inference.replicated)
+    self._devices = list(self.inference.mesh.devices.flat)
+    self._round_robin = (jax.process_count() == 1 and len(self._devices) > 1
+                         and self._devices[0].platform == "cpu")
+    if self._round_robin:
+      self.pack_rows = max(1, pack_rows)
+    self._packed = _packed_jit(None if self._round_robin else self.inference.replicated)
 
   # -- tasks ----------------------------------------------------------------------------------------
   @property
@@ -141,6 +162,9 @@ class SuiteEvaluator:
     longest = max((int(np.max(np.nonzero(f["decoder_input_tokens"].any(0) | f["decoder_loss_weights"].any(0))[0]))
                    + 1 for _, f in feats.values() if f is not None), default=1)
     seq_len = max(self.pack_len, -(-longest // 16) * 16)
+    most_targets = max((int(np.max((f["decoder_loss_weights"] > 0).sum(1))) for _, f in feats.values()
+                        if f is not None), default=1)
+    gather_len = max(self.pack_targets or seq_len // 2, -(-most_targets // 8) * 8)
     groups = {}
     for cat, tasks in by_cat.items():
       offsets, parts, n = {}, [], 0
@@ -155,16 +179,19 @@ class SuiteEvaluator:
         cat_arr = lambda k: np.concatenate([np.pad(p[0][k], ((0, 0), (0, width - p[0][k].shape[1]))) for p in parts])
         host = packed_lib.pack(cat_arr("decoder_input_tokens"), cat_arr("decoder_target_tokens"),
                                cat_arr("decoder_loss_weights"), np.concatenate([p[1] for p in parts]),
-                               seq_len=seq_len, rows_multiple=self.pack_rows)  # one shape: one compile
+                               seq_len=seq_len, gather_len=gather_len, rows_multiple=self.pack_rows)  # one shape: one compile
       else:
         host = None
       batches, rows = [], []
       if host is not None:
         for s in range(0, host.num_sequences, self.pack_rows):
           sl = slice(s, s + self.pack_rows)
-          batches.append(self.inference._to_global(  # pylint: disable=protected-access
-              {k: getattr(host, k)[sl] for k in ("tokens", "positions", "example", "branch", "gather", "target",
-                                                 "weight")}))
+          arrays = {k: getattr(host, k)[sl] for k in ("tokens", "positions", "example", "branch", "gather", "target",
+                                                      "weight")}
+          if self._round_robin:  # whole batches, alternating devices (balanced within each category)
+            batches.append(jax.device_put(arrays, self._devices[(len(groups) + len(batches)) % len(self._devices)]))
+          else:
+            batches.append(self.inference._to_global(arrays))  # pylint: disable=protected-access
           rows.append(host.row[sl])
       groups[cat] = _Group(tasks, offsets, n, batches, rows)
     return groups
@@ -182,10 +209,13 @@ class SuiteEvaluator:
     # One device: every batch is dispatched before the first wait. Several devices (or processes): each
     # batch is waited for before the next is dispatched, since the collectives of concurrently running
     # executions on XLA:CPU can pair up wrongly and deadlock (2 processes) or abort (8 devices).
-    serial = self.inference.mesh.size > 1 or jax.process_count() > 1
+    # Round robin over one process's CPU devices runs no collectives: all batches are dispatched at once.
+    serial = not self._round_robin and (self.inference.mesh.size > 1 or jax.process_count() > 1)
+    replicas = _by_device(params) if self._round_robin else None
 
     def run(b):
-      out = self._packed(adapter, params, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
+      p = replicas[next(iter(b["tokens"].devices()))] if replicas is not None else params
+      out = self._packed(adapter, p, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
                          b["target"], b["weight"])
       return jax.block_until_ready(out) if serial else out
     pending = [(g, [run(b) for b in g.batches]) for g in (self._groups[c] for c in cats)]

@@ -36,6 +36,8 @@ class LeafContext:
     lam: float32 scalar, the task-vector scale (1 where unused).
     weights: float32[N], per-expert weights.
     drop_rate: float32 scalar, DARE drop probability (0 where unused).
+    row_offset: uint32 scalar, the leaf row at which the arrays a kernel sees start (0 for whole
+      leaves; an engine merging row blocks sets it so that DARE masks stay keyed by global rows).
   """
 
   seed: Array
@@ -43,6 +45,7 @@ class LeafContext:
   lam: Array
   weights: Array
   drop_rate: Array
+  row_offset: Array = np.uint32(0)
 
 
 def leaf_key(ctx: LeafContext, expert_index: int) -> Array:

@@ -34,6 +34,11 @@ from mergejax.methods.base import Array
 
 FOLD = 8  # entries summed per fold: 8 strided slices still fuse into one XLA:CPU loop, 16 do not
 FIELDS_PER_WORD = 4  # 8-bit counters per int32 word; each holds at most FOLD**2 = 64 after two folds
+# Fused indicator counting (:func:`pack_fields`): 3-bit counters, 10 to a uint32 word, folded 4 entries
+# at a time inside the pass that computes the indicators (each counter then holds at most 4).
+FIELD_FOLD = 4
+FIELD_BITS = 3
+FIELDS_PER_WORD3 = 10
 
 
 def fold_axis(local_shape: tuple[int, ...]) -> int | None:
@@ -55,6 +60,13 @@ def local_shape(x: Array) -> tuple[int, ...]:
   return tuple(sharding.shard_shape(tuple(x.shape)))
 
 
+def fold_by(x: Array, axis: int, k: int) -> Array:
+  """Sums each run of ``k`` consecutive entries along ``axis`` with elementwise adds of strided slices."""
+  n = x.shape[axis]
+  y = x.reshape(x.shape[:axis] + (n // k, k) + x.shape[axis + 1:])
+  return sum(jax.lax.index_in_dim(y, s, axis + 1, keepdims=False) for s in range(k))
+
+
 def fold8(x: Array, axis: int) -> Array:
   """Sums each run of 8 consecutive entries along ``axis`` (size divisible by 8) elementwise.
 
@@ -62,9 +74,7 @@ def fold8(x: Array, axis: int) -> Array:
   loop that produces ``x``. Runs are consecutive, so on an array sharded along ``axis`` (with shard
   sizes divisible by 8) every run stays on its device.
   """
-  n = x.shape[axis]
-  y = x.reshape(x.shape[:axis] + (n // FOLD, FOLD) + x.shape[axis + 1:])
-  return sum(jax.lax.index_in_dim(y, s, axis + 1, keepdims=False) for s in range(FOLD))
+  return fold_by(x, axis, FOLD)
 
 
 def pack(indicators: Sequence[Array]) -> list[Array]:
@@ -201,3 +211,98 @@ def plain_counts(indicators: Sequence[Array]) -> Array:
     else:
       out.append(jnp.sum(rows.reshape(rows.shape[0], -1), axis=1, dtype=jnp.int32))
   return jnp.stack(out)
+
+
+# --------------------------------------------------------------------------- fused indicator counting
+
+
+def field_fold_axis(local_shape: tuple[int, ...]) -> int | None:
+  """The axis :func:`pack_fields` folds along (the first, else the last, whose per-device size is
+  divisible by 4), or None (no fold: the counters then hold 0 or 1)."""
+  if not local_shape:
+    return None
+  for ax in (0, len(local_shape) - 1):
+    if local_shape[ax] % FIELD_FOLD == 0:
+      return ax
+  return None
+
+
+def pack_fields(indicators: Sequence[Array], axis: int | None) -> tuple[Array, ...]:
+  """Boolean ``indicators`` as 3-bit counters, 10 to a uint32 word, folded 4 entries along ``axis``.
+
+  Meant to be traced inside the jitted pass that computes the indicators: the packing and the fold
+  fuse into that pass's loop, so it writes 1/4 of a uint32 per entry and 10 predicates instead of one
+  array per predicate (no reduction is fused with the producer; see the module docstring). Up to 10
+  indicators make one word and hence one XLA loop; more make several loops, each recomputing its
+  inputs. With ``axis=None`` nothing is folded and each word is the smallest unsigned dtype that holds
+  it (uint8 for up to 3 indicators): for passes that XLA:CPU stops vectorizing when a fold is fused in
+  (those that hash DARE masks). Count the result with :func:`count_fields`.
+  """
+  words = []
+  for w in range(0, len(indicators), FIELDS_PER_WORD3):
+    group = indicators[w:w + FIELDS_PER_WORD3]
+    # Unfolded words (0/1 counters) use the smallest dtype that holds them (a byte for <= 3 fields).
+    dt = jnp.uint32 if axis is not None else code_dtype(FIELD_BITS * (len(group) - 1) + 1)
+    word = sum(ind.astype(dt) << dt(FIELD_BITS * i) for i, ind in enumerate(group))
+    words.append(fold_by(word, axis, FIELD_FOLD) if axis is not None else word)
+  return tuple(words)
+
+
+def packed_local_shape(local: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+  """The per-device shape of :func:`pack_fields`' words for leaves of per-device shape ``local``."""
+  if axis is None:
+    return tuple(local)
+  return local[:axis] + (local[axis] // FIELD_FOLD,) + local[axis + 1:]
+
+
+_EVEN_FIELDS = sum(7 << (2 * FIELD_BITS * j) for j in range(FIELDS_PER_WORD3 // 2))  # 3-bit fields 0, 2, ..., 8
+
+
+@functools.partial(jax.jit, static_argnames=("n_fields", "total_size", "local"))
+def count_fields(words: tuple[Array, ...], *, n_fields: int, total_size: int, local: tuple[int, ...]) -> Array:
+  """:func:`pack_fields` words -> int32[n_fields, P] partial counts of each indicator.
+
+  Each word's even and odd 3-bit counters (<= 4) are split apart into 6-bit slots while 8 more entries
+  are folded (one elementwise loop per parity, <= 32 per slot); slots then go in pairs into the 16-bit
+  halves of a word while folding 3 more times (<= 32 * 8^3 = 16384 < 2^16), so only ~1/2^17 of the
+  leaf reaches the final (slow, scalar) reductions. Each fold applies its extraction to the strided
+  slices it adds (:func:`_fold_map`): XLA then fuses it into the fold's loop. ``total_size`` is the leaf's
+  entry count (overflow-safe partials), ``local`` the words' per-device shape.
+  """
+  fields = []
+  for w in words:
+    for parity in (0, 1):
+      def split(x, parity=parity):
+        x = x.astype(jnp.uint32)
+        return ((x >> jnp.uint32(FIELD_BITS * parity)) & jnp.uint32(_EVEN_FIELDS)).astype(jnp.int32)
+      loc = list(local)
+      x = _fold_map(split, w, loc)  # 6-bit slots, <= 32 each
+      slots = []
+      for j in range(0, FIELDS_PER_WORD3 // 2, 2):
+        def halves(y, j=j):
+          lo = (y >> (2 * FIELD_BITS * j)) & 63
+          if j + 1 == FIELDS_PER_WORD3 // 2:
+            return lo
+          return lo | (((y >> (2 * FIELD_BITS * (j + 1))) & 63) << 16)
+        loc2 = list(loc)
+        h = _fold_all(_fold_map(halves, x, loc2), loc2, 2)  # 16-bit halves, <= 32 * 8^3 = 16384
+        slots += [h & 0xFFFF] + ([h >> 16] if j + 1 < FIELDS_PER_WORD3 // 2 else [])
+      fields.append(slots)  # counters parity, parity + 2, ..., parity + 8 of this word
+  out = []
+  for i in range(n_fields):
+    w, f = divmod(i, FIELDS_PER_WORD3)
+    out.append(_sum_partials(fields[2 * w + f % 2][f // 2], total_size))
+  return jnp.stack(out)
+
+
+def _fold_map(fn, x: Array, local: list[int]) -> Array:
+  """:func:`fold8` of ``fn(x)`` along the first axis whose per-device size (``local``, updated in
+  place) is divisible by 8, with ``fn`` applied to each strided slice (so that it fuses into the
+  fold's loop rather than being materialized first); just ``fn(x)`` if there is no such axis."""
+  axis = next((ax for ax in range(x.ndim) if local[ax] % FOLD == 0), None)
+  if axis is None:
+    return fn(x)
+  n = x.shape[axis]
+  y = x.reshape(x.shape[:axis] + (n // FOLD, FOLD) + x.shape[axis + 1:])
+  local[axis] //= FOLD
+  return sum(fn(jax.lax.index_in_dim(y, s, axis + 1, keepdims=False)) for s in range(FOLD))

@@ -32,21 +32,23 @@ def dare_linear(drop_rate: float = 0.9, lam: float = 1.0, rescale: bool = True,
   return MergeMethod(
       name="dare_linear", hparams={"drop_rate": drop_rate, "lam": lam, "rescale": rescale, "weights": w},
       uses_base=True,
-      kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, consensus=None, aggregate="sum"),
+      kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, consensus=None, aggregate="sum",
+                                   weighted=w is not None),
       lam=lam, drop_rate=drop_rate, weights=w, reference="Yu et al., ICML 2024, arXiv 2311.03099")
 
 
 def dare_keep_masks(seed: int, path: str, shape: tuple[int, ...], n_experts: int, drop_rate: float) -> list:
   """The keep masks DARE uses for leaf ``path`` (one per expert), for audits and reference tests.
 
-  Identical to what the merge kernels draw: key = fold_in(fold_in(key(seed), stable_path_hash(path)), t).
+  Identical to what the merge kernels draw (:func:`mergejax.methods.steps.dare_hashes`).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
-  from mergejax.methods.base import LeafContext, leaf_key  # pylint: disable=g-import-not-at-top
+  from mergejax.methods.base import LeafContext  # pylint: disable=g-import-not-at-top
   from mergejax.tree import stable_path_hash  # pylint: disable=g-import-not-at-top
 
   ctx = LeafContext(seed=np.uint32(seed), path_hash=np.uint32(stable_path_hash(path)), lam=np.float32(1),
                     weights=np.ones((n_experts,), np.float32), drop_rate=np.float32(drop_rate))
-  return [np.asarray(steps.dare_keep_mask(leaf_key(ctx, t), ctx.drop_rate, tuple(shape))) for t in range(n_experts)]
+  keep = steps.dare_keep(steps.dare_hashes(ctx, tuple(shape), n_experts), ctx.drop_rate)
+  return [np.asarray(k) for k in keep]

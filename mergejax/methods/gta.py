@@ -15,7 +15,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mergejax.methods import counting, steps, threshold
@@ -33,37 +32,47 @@ def _trimmed_task_vectors(base, experts, ctx, thresholds, *, dare, trim):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("dare", "rescale", "trim", "consensus", "aggregate", "out_dtype"))
+    jax.jit, static_argnames=("dare", "rescale", "trim", "consensus", "aggregate", "out_dtype", "weighted"))
 def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats: dict[str, Array], *,
                dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str,
-               out_dtype: Any) -> Array:
-  """One leaf: base + lam * aggregate(trim(dare(tau))). ``stats``: thresholds f32[N], majority f32."""
+               out_dtype: Any, weighted: bool = True) -> Array:
+  """One leaf: base + lam * aggregate(trim(dare(tau))). ``stats``: thresholds f32[N], majority f32.
+
+  ``weighted=False`` (the method has no weights, so ctx.weights are all 1) skips the weight multiplies;
+  the result is bit-identical. Straight-line code over the tuple of experts: one vectorized loop on
+  XLA:CPU (see :mod:`mergejax.methods.steps` for the formulations that keep it so).
+  """
   taus = _trimmed_task_vectors(base, experts, ctx, stats.get("thresholds"), dare=dare, trim=trim)
   w = ctx.weights
   if consensus is None:
-    agg = sum(w[t] * tau for t, tau in enumerate(taus))
+    agg = sum(w[t] * tau if weighted else tau for t, tau in enumerate(taus))
   else:
-    gamma = steps.elect_sign(taus, w, consensus, stats["majority"])
-    agg = steps.disjoint_aggregate(taus, w, gamma, aggregate)
+    vote = steps.sign_vote(taus, w, consensus, weighted)
+    positive = steps.elect_positive(vote, stats["majority"])
+    agg = steps.disjoint_aggregate(taus, w, vote, positive, aggregate, weighted)
   scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
-  return (f32(base) + scale * agg).astype(out_dtype)
+  return steps.cast_output(f32(base) + scale * agg, out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "trim", "consensus"))
-def _vote_code_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
-  """uint8 code 1 + sign of the vote before zero resolution (0: negative, 1: zero, 2: positive)."""
+@functools.partial(jax.jit, static_argnames=("dare", "trim", "consensus", "weighted", "axis"))
+def _balance_words(base, experts, ctx, thresholds, *, dare, trim, consensus, weighted, axis):
   taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, trim=trim)
-  gamma = steps.elect_sign(taus, ctx.weights, consensus, jnp.float32(0.0))
-  return (gamma + 1.0).astype(jnp.uint8)
+  vote = steps.sign_vote(taus, ctx.weights, consensus, weighted)
+  return counting.pack_fields([vote < 0, vote > 0], axis)
 
 
-def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus):
-  """int32[3, P] partial counts of [#(vote < 0), #(== 0), #(> 0)] (see counting.histograms)."""
-  code = _vote_code_fn(base, experts, ctx, thresholds, dare=dare, trim=trim, consensus=consensus)
-  return counting.histograms([code], 1, 2, 3)[0]
+def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus, weighted=True):
+  """int32[2, P] partial counts of [#(vote < 0), #(vote > 0)], counted inside the pass that computes
+  the vote (:func:`counting.pack_fields`)."""
+  local = counting.local_shape(experts[0])
+  axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
+  words = _balance_words(base, experts, ctx, thresholds, dare=dare, trim=trim, consensus=consensus,
+                         weighted=weighted, axis=axis)
+  return counting.count_fields(words, n_fields=2, total_size=math.prod(tuple(experts[0].shape)),
+                               local=counting.packed_local_shape(local, axis))
 
 
-def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None):
+def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None, weighted: bool = True):
   """compute_stats(leaf_pass, n_experts, seed) for a TIES-style method, or None if none is needed."""
   trim = density < 1.0
   if consensus is None and not trim:
@@ -73,7 +82,8 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
     speculate = consensus is not None and scope == "global"
     balance = None
     if trim and speculate:
-      thr, balance = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, vote=consensus)
+      thr, balance = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, vote=consensus,
+                                               weighted=weighted)
     elif trim:
       thr = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare)
     else:
@@ -81,10 +91,10 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
     majority = {p: np.float32(1.0) for p in sizes}
     if speculate:
       if balance is None:  # no count pass, or a threshold differed from its guess: one more pass
-        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus)
+        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus, weighted=weighted)
         bal = leaf_pass(fn, lambda p: (thr[p],))
         balance = (sum(int(np.asarray(v)[0].astype(np.int64).sum()) for v in bal.values()),
-                   sum(int(np.asarray(v)[2].astype(np.int64).sum()) for v in bal.values()))
+                   sum(int(np.asarray(v)[1].astype(np.int64).sum()) for v in bal.values()))
       neg, pos = balance
       m = np.float32(1.0 if pos >= neg else -1.0)
       majority = {p: m for p in sizes}
@@ -93,9 +103,14 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
   return compute_stats
 
 
-def gta_method_kernel(*, dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str):
+@functools.lru_cache(maxsize=None)
+def gta_method_kernel(*, dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str,
+                      weighted: bool = True):
+  """The kernel of a method configuration; one object per configuration, so that wrappers keyed on the
+  kernel (e.g. the engine's jitted bf16 rounding, with the kernel as a static argument) hit their
+  compile caches across method instances (different lam, weights or seeds)."""
   return functools.partial(gta_kernel, dare=dare, rescale=rescale, trim=trim, consensus=consensus,
-                           aggregate=aggregate)
+                           aggregate=aggregate, weighted=weighted)
 
 
 def trim_count(n: int, density: float) -> int:

@@ -6,7 +6,7 @@ w_t >= 0 the expert weights. All math is float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,60 +29,77 @@ def _fmix32(h: Array) -> Array:
   return h ^ (h >> 16)
 
 
-def _position_hash(key: Array, shape: tuple[int, ...]) -> Array:
-  """uint32 counter-based hash of (key, global row, position in row) for every element.
+def _position_hash(k0: Array, k1: Array, shape: tuple[int, ...], row_offset: Array | int = 0) -> Array:
+  """uint32 counter-based hash of (key words k0, k1, global row, position in row) for every element.
 
-  A function of the key's two words and each element's global index only, computed with iotas:
+  ``row_offset`` is the global row of the array's first row (an engine merging a leaf in row blocks
+  passes each block's first row; the hash of a block is then the hash of those rows of the leaf).
+
+  A function of the key's words and each element's global index only, computed with iotas:
   independent of sharding, device count and leaf order, and ~13x faster on XLA:CPU than threefry
   (which DARE's 100M-entry masks would otherwise spend most of their time in). The per-row part of
   the hash is computed once per row (materialized behind an optimization barrier, so that XLA does
   not re-derive it for every element).
   """
-  words = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
-  k0, k1 = words[0], words[-1]
   if len(shape) <= 1:
-    row_h = _fmix32(jnp.uint32(0) + k0)
+    row_h = _fmix32(jnp.uint32(0) + jnp.uint32(row_offset) + k0)
     col = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) if shape else jnp.uint32(0)
   else:
-    row_h = _fmix32(jax.lax.broadcasted_iota(jnp.uint32, (shape[0],) + (1,) * (len(shape) - 1), 0) + k0)
+    rows = jax.lax.broadcasted_iota(jnp.uint32, (shape[0],) + (1,) * (len(shape) - 1), 0) + jnp.uint32(row_offset)
+    row_h = _fmix32(rows + k0)
     row_h = jax.lax.optimization_barrier(row_h)
     col = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for ax in reversed(range(1, len(shape))):
       col = col + jax.lax.broadcasted_iota(jnp.uint32, shape, ax) * jnp.uint32(stride % 2**32)
       stride *= shape[ax]
-  h = _fmix32(row_h ^ (col * jnp.uint32(0x9E3779B9) + k1))
-  return _fmix32(h + k0)
+  return _fmix32(row_h ^ (col * jnp.uint32(0x9E3779B9) + k1))
 
 
-def uniform_from_key(key: Array, shape: tuple[int, ...]) -> Array:
-  """Uniform [0, 1) floats, 24-bit resolution, from :func:`_position_hash` of (key, element position)."""
-  return (_position_hash(key, shape) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+def _key_words(key: Array) -> tuple[Array, Array]:
+  words = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
+  return words[0], words[-1]
 
 
-def dare_keep_mask(key: Array, drop_rate: Array, shape: tuple[int, ...]) -> Array:
-  r"""DARE's keep mask :math:`1 - m`, :math:`m \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024).
+def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> list[Array]:
+  r"""Each expert's uint32 DARE hash of every element of a leaf.
 
-  Keeps an element iff its :func:`uniform_from_key` value u >= p, evaluated exactly in integers:
-  u = (h >> 8) 2^-24 >= p  <=>  h >= ceil(p 2^24) 2^8 (p 2^24 is exact in float32).
+  :math:`h_t = \mathrm{fmix32}(p + k_t)` with :math:`p` = :func:`_position_hash` keyed by the leaf's
+  key fold_in(key(seed), path_hash) (one hash of (row, position in row) shared by all experts) and
+  :math:`k_t` the first word of :func:`leaf_key` (seed, leaf path, expert t). Each :math:`h_t` has gone
+  through two MurmurHash3 finalizer rounds, as a per-expert position hash would, at N + 1 instead of
+  2N rounds per element. A pure function of (seed, leaf path, expert index, global row, position in
+  row): identical across runs, leaf orders, devices and row blocks.
+  """
+  path_key = jax.random.fold_in(jax.random.key(ctx.seed), ctx.path_hash)
+  p0, p1 = _key_words(path_key)
+  p = _position_hash(p0, p1, shape, ctx.row_offset)
+  # All experts' keys in one batched threefry (XLA:CPU runs each as a small sequential loop, ~30 us):
+  # bitwise the keys of leaf_key(ctx, t).
+  expert_words = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(path_key, t))(
+      jnp.arange(n_experts, dtype=jnp.uint32))).astype(jnp.uint32).reshape(n_experts, -1)
+  return [_fmix32(p + expert_words[t, 0]) for t in range(n_experts)]
+
+
+def dare_keep(hashes: Sequence[Array], drop_rate: Array) -> list[Array]:
+  r"""DARE's keep masks :math:`1 - m_t`, :math:`m_t \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024).
+
+  Keeps an element iff u = (h >> 8) 2^-24 >= p (a uniform draw of 24-bit resolution), evaluated
+  exactly in integers: h >= ceil(p 2^24) 2^8 (p 2^24 is exact in float32).
   """
   cut = jnp.ceil(jnp.asarray(drop_rate, jnp.float32) * jnp.float32(2.0**24)).astype(jnp.uint32) << 8
-  return _position_hash(key, shape) >= cut
-
-
-def dare_drop(tau: Array, key: Array, drop_rate: Array) -> Array:
-  r"""DARE's drop: :math:`(1 - m) \odot \tau`, :math:`m \sim \mathrm{Bernoulli}(p)`."""
-  return jnp.where(dare_keep_mask(key, drop_rate, tau.shape), tau, 0.0)
+  return [h >= cut for h in hashes]
 
 
 def dare_drop_all(taus: Sequence[Array], ctx: LeafContext) -> list[Array]:
-  """DARE's drop on each expert's task vector, keys from (seed, leaf path, expert index).
+  """DARE's drop on each expert's task vector, masks from (seed, leaf path, expert index, position).
 
   DARE's rescale :math:`1/(1-p)` is the same factor for every expert and entry, so every method applies
   it once after aggregation (:func:`dare_rescale`): identical in exact arithmetic, and the TIES trim and
   sign vote then see unrounded values (an exact tie stays an exact tie).
   """
-  return [dare_drop(tau, leaf_key(ctx, t), ctx.drop_rate) for t, tau in enumerate(taus)]
+  keep = dare_keep(dare_hashes(ctx, tuple(taus[0].shape), len(taus)), ctx.drop_rate)
+  return [jnp.where(k, tau, 0.0) for k, tau in zip(keep, taus)]
 
 
 def dare_rescale(drop_rate: Array) -> Array:
@@ -95,37 +112,65 @@ def magnitude_trim(tau: Array, threshold: Array) -> Array:
   return jnp.where(jnp.abs(tau) >= threshold, tau, 0.0)
 
 
-def elect_sign(taus: Sequence[Array], weights: Array, rule: str, majority: Array) -> Array:
-  r"""TIES sign election.
+def sign_vote(taus: Sequence[Array], weights: Array, rule: str, weighted: bool = True) -> Array:
+  r"""TIES' vote before its sign is taken (the same float ops in every kernel and statistics pass).
 
-  * ``"sum"`` (the paper's "mass"): :math:`\gamma = \mathrm{sgn}(\sum_t w_t \hat\tau_t)`.
-  * ``"count"``: :math:`\gamma = \mathrm{sgn}(\sum_t \mathrm{sgn}(w_t \hat\tau_t))`.
+  * ``"sum"`` (the paper's "mass"): :math:`v = \sum_t w_t \hat\tau_t`.
+  * ``"count"``: :math:`v = \sum_t \mathrm{sgn}(w_t \hat\tau_t)`.
 
-  Where the vote is exactly 0 the sign is ``majority`` (the official code's model-wide majority of
-  elected signs for global scope; +1 for per-tensor scope, as mergekit).
+  ``weighted=False`` (all weights 1, known statically) skips the multiplies (bit-identical: x * 1 = x).
   """
+  scaled = [weights[t] * tau for t, tau in enumerate(taus)] if weighted else list(taus)
   if rule == "sum":
-    vote = sum(weights[t] * tau for t, tau in enumerate(taus))
-  elif rule == "count":
-    vote = sum(jnp.sign(weights[t] * tau) for t, tau in enumerate(taus))
-  else:
-    raise ValueError(f"unknown sign rule {rule!r}")
-  gamma = jnp.sign(vote)
-  return jnp.where(gamma == 0, majority, gamma)
+    return sum(scaled)
+  if rule == "count":
+    return sum(jnp.sign(x) for x in scaled)
+  raise ValueError(f"unknown sign rule {rule!r}")
 
 
-def disjoint_aggregate(taus: Sequence[Array], weights: Array, gamma: Array, aggregate: str) -> Array:
+def elect_positive(vote: Array, majority: Array) -> Array:
+  r"""TIES sign election as a predicate: True where :math:`\gamma = +1`.
+
+  :math:`\gamma = \mathrm{sgn}(v)`, and where the vote is exactly 0, ``majority`` (the official code's
+  model-wide majority of elected signs for global scope; +1 for per-tensor scope, as mergekit).
+  Written with compares rather than ``sign()`` and float products: they vectorize on XLA:CPU. A NaN
+  vote elects neither sign (see :func:`disjoint_aggregate`).
+  """
+  return (vote > 0) | ((vote == 0) & (majority > 0))
+
+
+def disjoint_aggregate(taus: Sequence[Array], weights: Array, vote: Array, positive: Array, aggregate: str,
+                       weighted: bool = True) -> Array:
   r"""TIES disjoint merge over :math:`A = \{t : \mathrm{sgn}(\hat\tau_t) = \gamma\}` (non-zero entries only).
 
   * ``"mean"``: :math:`\sum_{t\in A} w_t\hat\tau_t / \max(\sum_{t \in A} w_t, \cdot)`, the divisor being the
     number of agreeing non-zero entries when unweighted (1 where none agree).
   * ``"sum"``: :math:`\sum_{t\in A} w_t \hat\tau_t`.
+
+  ``positive`` is :func:`elect_positive` of ``vote``; where the vote is NaN nothing agrees (0).
   """
-  agree = [tau * gamma > 0 for tau in taus]  # sgn(tau) = gamma (gamma is never 0: zeros never agree)
-  num = sum(jnp.where(a, weights[t] * tau, 0.0) for t, (a, tau) in enumerate(zip(agree, taus)))
+  agree = [jnp.where(positive, tau > 0, tau < 0) for tau in taus]  # zeros never agree
+  num = sum(jnp.where(a, weights[t] * tau if weighted else tau, 0.0) for t, (a, tau) in enumerate(zip(agree, taus)))
   if aggregate == "sum":
-    return num
-  if aggregate == "mean":
-    den = sum(jnp.where(a, weights[t], 0.0) for t, a in enumerate(agree))
-    return num / jnp.where(den > 0, den, 1.0)
-  raise ValueError(f"unknown aggregate {aggregate!r}")
+    out = num
+  elif aggregate == "mean":
+    den = sum(jnp.where(a, weights[t] if weighted else 1.0, 0.0) for t, a in enumerate(agree))
+    out = num / jnp.where(den > 0, den, 1.0)
+  else:
+    raise ValueError(f"unknown aggregate {aggregate!r}")
+  return jnp.where(jnp.isnan(vote), 0.0, out)
+
+
+def cast_output(x: Array, dtype: Any) -> Array:
+  """float32 -> ``dtype``; to bfloat16 by round-to-nearest-even on the bit pattern in integer ops.
+
+  Bit-identical to ``x.astype(bfloat16)`` (NaN -> quiet NaN with its sign kept; tests/test_methods.py),
+  but XLA:CPU keeps integer ops vectorized inside the large TIES/DARE fusions, where it sometimes
+  emits its own convert one lane at a time (measured: ~0.4x a task-arithmetic pass).
+  """
+  if jnp.dtype(dtype) != jnp.bfloat16 or x.dtype != jnp.float32:
+    return x.astype(dtype)
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  rne = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) >> 16
+  nan = ((bits & jnp.uint32(0xFF800000)) | jnp.uint32(0x400000)) >> 16
+  return jax.lax.bitcast_convert_type(jnp.where(jnp.isnan(x), nan, rne).astype(jnp.uint16), jnp.bfloat16)

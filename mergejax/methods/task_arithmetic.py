@@ -21,5 +21,6 @@ def task_arithmetic(lam: float = 1.0, weights: Sequence[float] | None = None) ->
   w = check_weights(weights)
   return MergeMethod(
       name="task_arithmetic", hparams={"lam": lam, "weights": w}, uses_base=True,
-      kernel=gta.gta_method_kernel(dare=False, rescale=False, trim=False, consensus=None, aggregate="sum"),
+      kernel=gta.gta_method_kernel(dare=False, rescale=False, trim=False, consensus=None, aggregate="sum",
+                                   weighted=w is not None),
       lam=lam, weights=w, reference="Ilharco et al., ICLR 2023, arXiv 2212.04089")

@@ -6,16 +6,19 @@ largest :math:`|\tau|` is found by *selection over the float32 bit pattern* (non
 equals int32 bit-pattern order) using only counts :math:`c(t) = \#\{|\tau| \ge t\}`, which are sharded
 reductions (a local sum plus a scalar all-reduce; never an all-gather or sort):
 
-1. a strided sample of :math:`|\tau|` proposes a bracket around the target rank (if the sample is
+1. a strided sample of :math:`|\tau|` proposes a guess g of the k-th largest value (if the sample is
    the whole group, the threshold is read off it exactly and no count pass is needed);
-2. count passes evaluate :math:`c` at several thresholds inside the current bracket
+2. the first count pass evaluates :math:`c(g)` and :math:`c(g + 1\,\mathrm{ulp})` (or, for continuous
+   data, two sample quantiles around the target rank) in one fused loop (:func:`_pinpoint_fn`); for
+   discrete (bf16) data :math:`c(g) \ge k > c(g^+)` usually holds, which proves g exact;
+3. further count passes evaluate :math:`c` at 3 or 7 thresholds inside the current bracket
    :math:`[lo, hi)` with :math:`c(lo) \ge k > c(hi)`, narrowing it until :math:`hi = lo + 1` in bit space;
-   then ``lo`` is exactly the k-th largest value.
+   then ``lo`` is exactly the k-th largest value. They skip leaves whose brackets are all done.
 
 Counts come back per leaf as int32 partials and are summed on the host in Python integers, so
 totals never overflow (models above :math:`2^{31}` parameters). All thresholds of a pass are counted
-in one elementwise pass with packed, folded byte counters (:mod:`mergejax.methods.counting`): on
-XLA:CPU a count costs about as much as reading the data once, not once per threshold. The sample
+in one elementwise pass with packed, folded counters (:mod:`mergejax.methods.counting`): on XLA:CPU a
+count costs about as much as reading the data once, not once per threshold. The sample
 takes every s-th row (outer axes first), so it reads only about 1/s of the data.
 """
 
@@ -33,7 +36,7 @@ from mergejax.methods import counting, steps
 from mergejax.methods.base import Array, LeafContext, LeafPass
 
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
-SAMPLE_GLOBAL = 1 << 20  # sample size per expert for a model-wide threshold
+SAMPLE_GLOBAL = 1 << 18  # sample size per expert for a model-wide threshold
 SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
 
 
@@ -59,10 +62,9 @@ def _bucket_bits(n_thresholds: int) -> int:
   return max(1, n_thresholds.bit_length())  # buckets 0..T
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "vote"))
-def _bucket_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None):
-  """thr_bits: int32[N, T] -> (each expert's bucket #{j : |tau_t| >= threshold_j} as packed codes,
-  and with ``vote`` the uint8 code 1 + sign of the TIES vote with trim thresholds ``guess``)."""
+@functools.partial(jax.jit, static_argnames=("dare",))
+def _bucket_fn(base, experts, ctx, thr_bits, *, dare: bool):
+  """thr_bits: int32[N, T] -> each expert's bucket #{j : |tau_t| >= threshold_j} as packed codes."""
   taus = steps.task_vectors(base, experts)
   if dare:
     taus = steps.dare_drop_all(taus, ctx)
@@ -70,30 +72,69 @@ def _bucket_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | N
   for t, tau in enumerate(taus):
     bits = jax.lax.bitcast_convert_type(jnp.abs(tau), jnp.int32)  # non-negative floats order as bits
     buckets.append(sum((bits >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])))
-  codes = counting.pack_codes(buckets, _bucket_bits(thr_bits.shape[1]))
-  if vote is None:
-    return codes, None
-  trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
-  gamma = steps.elect_sign(trimmed, ctx.weights, vote, jnp.float32(0.0))
-  return codes, (gamma + 1.0).astype(jnp.uint8)
+  return counting.pack_codes(buckets, _bucket_bits(thr_bits.shape[1]))
 
 
-def _count_fn(base, experts, ctx, thr_bits, guess=None, *, dare: bool, vote: str | None = None):
+def _count_fn(base, experts, ctx, thr_bits, *, dare: bool):
   """thr_bits: int32[N, T] -> int32[N, T, P] partial counts #(|tau_t| >= threshold).
 
-  One vectorized elementwise pass writes every expert's bucket index into one packed code array;
-  counting.histograms then counts every bucket at once from those bytes (#(|tau| >= t_j) =
-  #(bucket >= j + 1) for sorted thresholds; the search's proposals are sorted). With ``vote`` (a
-  TIES sign rule) the same pass also histograms the vote's sign with trim thresholds ``guess``
-  (f32[N]) and the result is (counts, int32[3, P] [#(vote < 0), #(= 0), #(> 0)]).
+  For the later passes of the search (T = 3 or 7 thresholds per expert). One vectorized elementwise
+  pass writes every expert's bucket index into one packed code array; counting.histograms then counts
+  every bucket at once from those bytes (#(|tau| >= t_j) = #(bucket >= j + 1) for sorted thresholds;
+  the search's proposals are sorted).
   """
   n_thr = int(thr_bits.shape[1])
-  codes, vote_code = _bucket_fn(base, experts, ctx, thr_bits, guess, dare=dare, vote=vote)
+  codes = _bucket_fn(base, experts, ctx, thr_bits, dare=dare)
   hist = counting.histograms(codes, len(experts), _bucket_bits(n_thr), n_thr + 1)
-  counts = jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(bucket >= j + 1), j < T
+  return jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(bucket >= j + 1), j < T
+
+
+@functools.partial(jax.jit, static_argnames=("dare", "vote", "weighted", "axis"))
+def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None, weighted: bool,
+                    axis: int | None):
+  """One fused pass: [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with ``vote``, the
+  TIES vote's [v < 0], [v > 0] with trim thresholds ``guess``, as packed folded counters."""
+  taus = steps.task_vectors(base, experts)
+  if dare:
+    taus = steps.dare_drop_all(taus, ctx)
+  inds = []
+  for t, tau in enumerate(taus):
+    bits = jax.lax.bitcast_convert_type(jnp.abs(tau), jnp.int32)  # non-negative floats order as bits
+    inds += [bits >= thr_bits[t, 0], bits >= thr_bits[t, 1]]
+  if vote is not None:
+    trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
+    v = steps.sign_vote(trimmed, ctx.weights, vote, weighted)
+    inds += [v < 0, v > 0]
+  return counting.pack_fields(inds, axis)
+
+
+def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None = None,
+                 weighted: bool = True):
+  """thr_bits: int32[N, 2] -> int32[N, 2, P] partial counts #(|tau_t| >= threshold), and with ``vote``
+  also int32[2, P] [#(vote < 0), #(vote > 0)] at trim thresholds ``guess`` (f32[N]).
+
+  The first count pass: two thresholds per expert (the sample's guess g and the next float up, which
+  pin the k-th largest value exactly when c(g) >= k > c(g + 1 ulp), as they usually do for bf16
+  models, whose task vectors have many ties), counted inside the pass itself with packed 3-bit
+  counters (:func:`counting.pack_fields`): for N <= 4 experts with the vote, one loop over the data.
+  """
+  n = len(experts)
+  local = counting.local_shape(experts[0])
+  axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
+  words = _pinpoint_words(base, experts, ctx, thr_bits, guess, dare=dare, vote=vote, weighted=weighted, axis=axis)
+  n_fields = 2 * n + (2 if vote is not None else 0)
+  counts = counting.count_fields(words, n_fields=n_fields, total_size=math.prod(tuple(experts[0].shape)),
+                                 local=counting.packed_local_shape(local, axis))
   if vote is None:
-    return counts
-  return counts, counting.histograms([vote_code], 1, 2, 3)[0]
+    return counts.reshape((n, 2, -1))
+  return counts[:2 * n].reshape((n, 2, -1)), counts[2 * n:]
+
+
+def _count_if(base, experts, ctx, thr_bits, *, fn):
+  """``fn(base, experts, ctx, thr_bits)``, or None without reading anything when ``thr_bits`` is None."""
+  if thr_bits is None:
+    return None
+  return fn(base, experts, ctx, thr_bits)
 
 
 def _axis_strides(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
@@ -132,6 +173,37 @@ class _Bracket:
       self.hi = self.lo + 1
       self.guess = self.lo
 
+  def _rank_spread(self) -> tuple[float, float]:
+    """(target rank in the sample, ~4 standard deviations of it + 2)."""
+    m = self.sample_bits.size
+    r = self.k / self.n * m
+    return r, 4.0 * math.sqrt(max(r * (1 - r / max(m, 1)), 1.0)) + 2
+
+  def pin_pair(self) -> list[int]:
+    """Two thresholds for the first count pass.
+
+    When the sample's guess g occurs more than once in the sample (discrete data such as bf16 task
+    vectors, whose k-th largest value is then usually g itself: 57 of 60 per-tensor brackets of the
+    benchmark model), (g, g + 1): their counts prove g exact in one pass. Otherwise (continuous data)
+    the sample values ~4 standard deviations of rank either side of the target, a tight bracket for
+    the following passes. Padded with ``lo`` once done.
+    """
+    if self.done or not self.sample_bits.size:
+      return [self.lo, self.lo]
+    sb, m = self.sample_bits, self.sample_bits.size
+    r, delta = self._rank_spread()
+    asc = sb[::-1]  # ascending
+    n_ge = m - int(np.searchsorted(asc, self.guess, side="left"))  # sample entries >= guess
+    n_gt = m - int(np.searchsorted(asc, self.guess, side="right"))  # sample entries > guess
+    if n_ge - n_gt >= 2:  # a tied value (discrete data): it is usually exactly the k-th largest too
+      pair = [self.guess, self.guess + 1]
+    else:
+      below = int(sb[int(np.clip(round(r + delta) - 1, 0, m - 1))])
+      above = int(sb[int(np.clip(round(r - delta) - 1, 0, m - 1))]) + 1
+      pair = [below, above]
+    pair = [p for p in pair if self.lo < p < self.hi]
+    return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
+
   @property
   def done(self) -> bool:
     return self.hi - self.lo <= 1
@@ -147,8 +219,7 @@ class _Bracket:
       # bf16 task vectors, has many ties: the k-th value v then needs the bracket [v, v + 1)), and the
       # sample maximum + 1 as an upper bound.
       m = sb.size
-      r = self.k / self.n * m  # target rank in the sample (1-based, descending)
-      delta = 4.0 * math.sqrt(max(r * (1 - r / m), 1.0)) + 2
+      r, delta = self._rank_spread()  # target rank in the sample (1-based, descending)
       ranks = np.linspace(r - delta, r + delta, max(1, (count - 1) // 2))
       props = [int(sb[0]) + 1]
       for x in ranks:
@@ -194,6 +265,7 @@ def find_thresholds(
     thresholds_per_pass: int = 7,
     max_passes: int = 48,
     vote: str | None = None,
+    weighted: bool = True,
 ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], tuple[int, int] | None]:
   """Exact per-expert trim thresholds: {leaf path: float32[N]}.
 
@@ -203,7 +275,12 @@ def find_thresholds(
   With ``vote`` (a TIES sign rule), the first count pass also counts the model-wide signs of the TIES
   vote, trimming each expert at the sample's guess of its threshold, and the result is
   ``(thresholds, (#negative, #positive))``; the counts are exact and returned only if every final
-  threshold equals its guess (else None: the caller needs a separate pass).
+  threshold equals its guess (else None: the caller needs a separate pass). ``weighted=False`` says
+  the weights are all 1 (the vote then skips its multiplies, bit-identically).
+
+  Passes: a sample (~1/s of the data), then a first count pass with two thresholds per expert
+  (:meth:`_Bracket.pin_pair`; for bf16 models usually the last), then passes of 3 or 7 thresholds
+  (sample quantiles, then interpolation search) until every bracket is one float wide.
   """
   paths = list(sizes)
   shapes = {p: tuple(sizes[p]) for p in paths}
@@ -236,11 +313,16 @@ def find_thresholds(
     todo = {gt: b for gt, b in brackets.items() if not b.done}
     if not todo:
       break
-    props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 0) for gt, b in todo.items()}
-    # Each threshold costs a compare per entry: count only as many as the widest proposal list
-    # needs, rounded to 3 or 7 (1 or 2 packed count words) so kernels compile at most twice per shape.
-    need = max(len(v) for v in props.values())
-    width = next((w for w in (3, 7) if need <= w), thresholds_per_pass)
+    if pass_index == 0:
+      # Two thresholds per expert (and the speculative vote), counted inside one fused pass.
+      props = {gt: b.pin_pair() for gt, b in todo.items()}
+      width = 2
+    else:
+      props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 1) for gt, b in todo.items()}
+      # Each threshold costs a compare per entry: count only as many as the widest proposal list
+      # needs, rounded to 3 or 7 (1 or 2 packed count words) so kernels compile at most twice per shape.
+      need = max(len(v) for v in props.values())
+      width = next((w for w in (3, 7) if need <= w), thresholds_per_pass)
     table = {}
     for g in groups:
       rows = []
@@ -248,15 +330,22 @@ def find_thresholds(
         v = props.get((g, t), [brackets[g, t].lo])
         rows.append(v + [v[-1]] * (width - len(v)))
       table[g] = np.asarray(rows, np.int32)
-    with_vote = vote is not None and pass_index == 0
-    count_fn = functools.partial(_count_fn, dare=dare, vote=vote if with_vote else None)
-    counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
-    if with_vote:
-      balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
-                 sum(int(np.asarray(c[1])[2].astype(np.int64).sum()) for c in counts.values()))
-      counts = {p: c[0] for p, c in counts.items()}
+    if pass_index == 0:
+      count_fn = functools.partial(_pinpoint_fn, dare=dare, vote=vote, weighted=weighted)
+      counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
+      if vote is not None:
+        balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
+                   sum(int(np.asarray(c[1])[1].astype(np.int64).sum()) for c in counts.values()))
+        counts = {p: c[0] for p, c in counts.items()}
+    else:
+      # Leaves whose groups are all done (per-tensor scope) are skipped: the pass reads only the rest.
+      busy = {g for g, _ in todo}
+      counts = leaf_pass(functools.partial(_count_if, fn=functools.partial(_count_fn, dare=dare)),
+                         lambda p: (table[group_of[p]] if group_of[p] in busy else None,))
     totals: dict[str, np.ndarray] = {}
     for p in paths:
+      if counts[p] is None:
+        continue
       c = np.asarray(counts[p]).astype(np.int64).sum(axis=-1)  # [N, T] exact in int64
       g = group_of[p]
       totals[g] = totals[g] + c if g in totals else c

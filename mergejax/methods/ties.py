@@ -73,8 +73,10 @@ def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_ra
   trim = density < 1.0
   return MergeMethod(
       name=name, hparams=hparams, uses_base=True,
-      kernel=gta.gta_method_kernel(dare=dare, rescale=rescale, trim=trim, consensus=sign, aggregate=aggregate),
-      compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, consensus=sign),
+      kernel=gta.gta_method_kernel(dare=dare, rescale=rescale, trim=trim, consensus=sign, aggregate=aggregate,
+                                   weighted=w is not None),
+      compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, consensus=sign,
+                                      weighted=w is not None),
       local_stats=scope == "tensor", lam=lam, drop_rate=drop_rate or 0.0, weights=w,
       reference=("Yu et al., ICML 2024, arXiv 2311.03099 + " if dare else "")
       + "Yadav et al., NeurIPS 2023, arXiv 2306.01708")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 import mergejax
 from mergejax import methods as methods_lib
@@ -151,13 +153,24 @@ class Scorer:
 
 @dataclasses.dataclass
 class ModelSet:
-  """The models of one (kind, size), resident on device."""
+  """The models of one (kind, size), resident on device, and host copies of base and experts to merge.
+
+  Merges run on one device (:func:`merge_mesh`; on CPU the engine's flat-chunk kernels then serve every
+  leaf shape and both sizes with a few compiles); evaluation runs on every device.
+  """
 
   config: Any
   adapter: Any
   base: Any
   experts: dict[str, Any]
   multitask: Any | None
+  base_host: Any = None
+  experts_host: dict[str, Any] | None = None
+
+
+def merge_mesh() -> jax.sharding.Mesh:
+  """The one-device mesh merges run on: this process's first device."""
+  return jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
 
 
 def _load(path: pathlib.Path):
@@ -172,7 +185,9 @@ def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = Tr
              for c in spec.categories}
   mt_path = world_lib.checkpoint_path(spec.world_dir, size, kind, "multitask")
   multitask = _load(mt_path)[1] if with_multitask and models.is_complete(mt_path) else None
-  return ModelSet(config, adapter_for(config), base, experts, multitask)
+  host = lambda t: jax.tree.map(np.asarray, t)
+  return ModelSet(config, adapter_for(config), base, experts, multitask, base_host=host(base),
+                  experts_host={c: host(p) for c, p in experts.items()})
 
 
 _ADAPTERS: dict[Any, Any] = {}
@@ -252,13 +267,14 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   row = store.get(key)
   if row is not None:
     return row
-  experts = [ms.experts[c] for c in cell.categories]
+  experts = [ms.experts_host[c] for c in cell.categories]
   expert_val, val_cats = _expert_table(refs, "heldin_validation")
   timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
 
   def merged(hp):
     t0 = time.perf_counter()
-    out = mergejax.merge(ms.base, experts, methods_lib.get(method_name, **hp), seed=cell.seed)
+    out = mergejax.merge(ms.base_host, experts, methods_lib.get(method_name, **hp), seed=cell.seed,
+                         mesh=merge_mesh())
     jax.block_until_ready(out)
     timings["merge_s"] += time.perf_counter() - t0
     return out
@@ -301,6 +317,50 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       **timings})
 
 
+class MergeWarmup:
+  """Compiles every merge program the study will need, on a background thread, per size.
+
+  XLA compiles release the GIL, so while the main thread sets up the evaluators (seqio's tf.data
+  tracing, one core) the other core compiles the merge kernels of every (method, N) for each size, by
+  merging random task vectors of the real shapes once. :meth:`wait` blocks until a size's programs
+  are compiled, so the study never compiles the same program twice. One process only: a multi-host
+  run merges on every process in lockstep and compiles in place.
+  """
+
+  def __init__(self, spec: StudySpec):
+    self._done = {size: threading.Event() for size in spec.sizes}
+    self.seconds = 0.0
+    self.error: BaseException | None = None
+    bases = {size: jax.tree.map(np.asarray, models.load_checkpoint(  # read here: orbax stays on this thread
+        world_lib.checkpoint_path(spec.world_dir, size, spec.kinds[0], "base"))[1]) for size in spec.sizes}
+    self._thread = threading.Thread(target=self._run, args=(spec, bases), name="merge-warmup", daemon=True)
+    self._thread.start()
+
+  def _run(self, spec: StudySpec, bases: Mapping[str, Any]) -> None:
+    t0 = time.perf_counter()
+    try:
+      for size, base in bases.items():
+        rng = np.random.default_rng(0)
+        noisy = lambda x: (x + 0.01 * rng.standard_normal(x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x
+        experts = [jax.tree.map(noisy, base) for _ in range(max(spec.ns))]
+        for n in spec.ns:
+          for name in spec.methods:
+            mergejax.merge(base, experts[:n], methods_lib.get(name, **spec.grids[name][0]), mesh=merge_mesh())
+        self._done[size].set()
+    except BaseException as e:  # pylint: disable=broad-except
+      self.error = e  # reported by wait(); the study then compiles in place
+    finally:
+      for ev in self._done.values():
+        ev.set()
+      self.seconds = time.perf_counter() - t0
+
+  def wait(self, size: str) -> None:
+    self._done[size].wait()
+    if self.error is not None:
+      logging.warning("merge warm-up stopped (%s: %s); compiling in place", type(self.error).__name__, self.error)
+      self.error = None
+
+
 def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> pathlib.Path:
   """Runs (or resumes) the whole study and writes the report; returns the report's path."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
@@ -324,11 +384,15 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
   units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
   bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
+  warmup = MergeWarmup(spec) if jax.process_count() == 1 and any(store.get(f"merge/{c.key}/{m}") is None
+                                                                for c, m in units) else None
   for kind in spec.kinds:
     for size in spec.sizes:
       todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
       ms = load_models(spec, kind, size)
       refs = reference_rows(store, scorer, spec, kind, size, ms)
+      if warmup is not None:
+        warmup.wait(size)
       for cell, method_name in todo:
         bar.set_postfix_str(f"{cell.key} {method_name}")
         run_cell_method(store, scorer, guard, spec, cell, method_name, ms, refs)

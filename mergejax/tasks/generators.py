@@ -441,22 +441,20 @@ def nli_cb(world, rng):
                  choices[label], choices, label)
 
 
-@_register("mj_nli_rte", "heldout", "nli")
-def nli_rte(world, rng):
-  """Two-way entailment needing world knowledge (RTE-like): city -> country, job -> workplace; yes / no."""
+@_register("mj_nli_entail", "heldout", "nli")
+def nli_entail(world, rng):
+  """Two-hypothesis entailment (RTE-like, the premise an action, the hypotheses its possible cause):
+  which hypothesis does the premise entail? Needs action -> need, which the corpus never states in
+  this direction (scripts run situation -> need -> action) and instruction tuning teaches (mj_it_why):
+  the held-out task where the instruction-tuned base should gain most."""
   n = rng.choice(W.FEMALE + W.MALE)
-  label = rng.randrange(2)
-  if rng.random() < 0.5:
-    c = rng.choice(world.cities)
-    country = c.country if label == 0 else rng.choice([x for x in W.COUNTRIES if x != c.country])
-    prem, hyp = f"{n} grew up in {c.name}.", f"{n} grew up in {country}."
-  else:
-    job = rng.choice(W.JOBS)
-    wp = W.WORKPLACE[job] if label == 0 else rng.choice([x for x in W.WORKPLACE.values() if x != W.WORKPLACE[job]])
-    prem, hyp = f"{n} has worked as a {job} for years.", f"{n} spends work days at a {wp}."
-  choices = ("yes", "no")
-  return Example(f"premise: {prem} hypothesis: {hyp} is the hypothesis entailed, yes or no?", choices[label],
-                 choices, label)
+  pr = W.pronoun(n)
+  (need, act, _), (need2, _, _) = rng.sample(W.SCRIPTS, 2)
+  ans, wrong = f"{pr} was {need}.", f"{pr} was {need2}."
+  choices = [ans, wrong]
+  rng.shuffle(choices)
+  return Example(f"premise: {n} {act} in {rng.choice(W.CITIES)}. hypothesis that the premise entails:", ans,
+                 tuple(choices), choices.index(ans))
 
 
 @_register("mj_coref_pronoun", "heldout", "coreference")

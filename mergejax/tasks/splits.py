@@ -32,6 +32,10 @@ class SuiteConfig:
   num_train: int = 2000
   num_validation: int = 64
   num_test: int = 128
+  # Held-out tasks get this many times num_validation validation examples: the IT-vs-pretrained
+  # comparison of world building is read on them (64 per task left about +-3 points of noise on a
+  # category mean). Their test split (what the study evaluates after every merge) keeps num_test.
+  heldout_validation_factor: int = 2
   num_pretrain: int = 20000           # train documents of mj_corpus
   max_draws_per_example: int = 40
   patience: int = 5000                # stop after this many draws without a new example
@@ -60,8 +64,10 @@ def split_of(ex: G.Example) -> str:
 
 
 def _wanted(name: str, cfg: SuiteConfig) -> dict[str, int]:
-  n_train = cfg.num_pretrain if G.SPECS[name].group == "pretrain" else cfg.num_train
-  return {"train": n_train, "validation": cfg.num_validation, "test": cfg.num_test}
+  group = G.SPECS[name].group
+  n_train = cfg.num_pretrain if group == "pretrain" else cfg.num_train
+  n_val = cfg.num_validation * (cfg.heldout_validation_factor if group == "heldout" else 1)
+  return {"train": n_train, "validation": n_val, "test": cfg.num_test}
 
 
 @functools.lru_cache(maxsize=256)
