@@ -615,24 +615,17 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
       for s in grp.specs:
         if is_float[s.path] and not compiler.started:
           precompile_all(s, group_stats.get(s.path, {}), fused)
-        if is_float[s.path] and flat:
+        if is_float[s.path] and (flat or blocks):  # host arrays, merged piece by piece
           b = grp.base.get(s.path)
-          res, f = _merge_flat(method.kernel, _host_flat(b) if b is not None else None,
-                               [_host_flat(e[s.path]) for e in grp.experts], ctx_for(s.path),
-                               group_stats.get(s.path, {}), out_dtype[s.path], fused, by_output and fused,
-                               write=functools.partial(sink.write_span, s.path) if span_writes else None)
-          if span_writes:
-            spans.append(s.path)
+          base_flat = _host_flat(b) if b is not None else None
+          experts_flat = [_host_flat(e[s.path]) for e in grp.experts]
+          write = functools.partial(sink.write_span, s.path) if span_writes else None
+          if flat:
+            res, f = _merge_flat(method.kernel, base_flat, experts_flat, ctx_for(s.path), group_stats.get(s.path, {}),
+                                 out_dtype[s.path], fused, by_output and fused, write=write)
           else:
-            out[s.path] = res.reshape(s.shape)
-          if f is not None:
-            flags[s.path] = f
-        elif is_float[s.path] and blocks:
-          b = grp.base.get(s.path)
-          res, f = _merge_blocks(method.kernel, _host_flat(b) if b is not None else None,
-                                 [_host_flat(e[s.path]) for e in grp.experts], s.shape, ctx_for(s.path),
-                                 group_stats.get(s.path, {}), out_dtype[s.path], fused,
-                                 write=functools.partial(sink.write_span, s.path) if span_writes else None)
+            res, f = _merge_blocks(method.kernel, base_flat, experts_flat, s.shape, ctx_for(s.path),
+                                   group_stats.get(s.path, {}), out_dtype[s.path], fused, write=write)
           if span_writes:
             spans.append(s.path)
           else:

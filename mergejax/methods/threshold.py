@@ -44,12 +44,20 @@ def _bits_to_float(bits: int) -> np.float32:
   return np.array(bits, np.int32).view(np.float32)[()]
 
 
-def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool):
-  """|tau_t| (after DARE's drop; its common rescale factor does not change any rank)."""
+def _task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool) -> list[Array]:
+  """tau_t, after DARE's drop if ``dare`` (its common rescale factor does not change any rank)."""
   taus = steps.task_vectors(base, experts)
-  if dare:
-    taus = steps.dare_drop_all(taus, ctx)
-  return [jnp.abs(t) for t in taus]
+  return steps.dare_drop_all(taus, ctx) if dare else taus
+
+
+def _abs_task_vectors(base: Array, experts: Sequence[Array], ctx: LeafContext, dare: bool) -> list[Array]:
+  """|tau_t| (after DARE's drop)."""
+  return [jnp.abs(t) for t in _task_vectors(base, experts, ctx, dare)]
+
+
+def _abs_bits(taus: Sequence[Array]) -> list[Array]:
+  """The int32 bit patterns of |tau_t|: non-negative floats order as their bits."""
+  return [jax.lax.bitcast_convert_type(jnp.abs(t), jnp.int32) for t in taus]
 
 
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
@@ -65,13 +73,9 @@ def _bucket_bits(n_thresholds: int) -> int:
 @functools.partial(jax.jit, static_argnames=("dare",))
 def _bucket_fn(base, experts, ctx, thr_bits, *, dare: bool):
   """thr_bits: int32[N, T] -> each expert's bucket #{j : |tau_t| >= threshold_j} as packed codes."""
-  taus = steps.task_vectors(base, experts)
-  if dare:
-    taus = steps.dare_drop_all(taus, ctx)
-  buckets = []
-  for t, tau in enumerate(taus):
-    bits = jax.lax.bitcast_convert_type(jnp.abs(tau), jnp.int32)  # non-negative floats order as bits
-    buckets.append(sum((bits >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])))
+  bits = _abs_bits(_task_vectors(base, experts, ctx, dare))
+  buckets = [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1]))
+             for t, b in enumerate(bits)]
   return counting.pack_codes(buckets, _bucket_bits(thr_bits.shape[1]))
 
 
@@ -94,13 +98,11 @@ def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: st
                     axis: int | None):
   """One fused pass: [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with ``vote``, the
   TIES vote's [v < 0], [v > 0] with trim thresholds ``guess``, as packed folded counters."""
-  taus = steps.task_vectors(base, experts)
-  if dare:
-    taus = steps.dare_drop_all(taus, ctx)
+  taus = _task_vectors(base, experts, ctx, dare)
+  bits = _abs_bits(taus)
   inds = []
-  for t, tau in enumerate(taus):
-    bits = jax.lax.bitcast_convert_type(jnp.abs(tau), jnp.int32)  # non-negative floats order as bits
-    inds += [bits >= thr_bits[t, 0], bits >= thr_bits[t, 1]]
+  for t, b in enumerate(bits):
+    inds += [b >= thr_bits[t, 0], b >= thr_bits[t, 1]]
   if vote is not None:
     trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
     v = steps.sign_vote(trimmed, ctx.weights, vote, weighted)
