@@ -85,6 +85,7 @@ def test_grid_parsing_and_validation():
     ({"num_experts": "2,9"}, "num_experts 9 is out of range: there are 2 experts per base"),
     ({"grids.ties": "density=0.0"}, r"grids.ties: hyperparameter density=0.0 is out of range"),
     ({"kinds": "chat"}, "unknown base kind 'chat'"),
+    ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)

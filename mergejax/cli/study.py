@@ -34,7 +34,7 @@ def host_devices(requested: int) -> int:
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 1
   if requested:
-    return int(requested)
+    return max(1, int(requested))  # a negative count is reported by the study's config check
   return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 

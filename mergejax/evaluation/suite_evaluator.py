@@ -111,17 +111,16 @@ class SuiteEvaluator:
     self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed)
     self._tasks = {t.name: t for t in self.seqio_evaluator.eval_tasks}
     self.inference = Inference(adapter, mesh, batch_size=batch_size, eos_id=eos_id_of(self.seqio_evaluator))
-    dp = int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
+    self._devices = list(self.inference.mesh.devices.flat)
+    self._round_robin = (jax.process_count() == 1 and len(self._devices) > 1
+                         and self._devices[0].platform == "cpu")
+    # Split batches need a multiple of the data-parallel size; round-robin batches stay whole.
+    dp = 1 if self._round_robin else int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
     self.pack_rows = -(-max(1, pack_rows) // dp) * dp
     self.pack_len = pack_len
     self.pack_targets = pack_targets
     self._groups: dict[str, _Group] | None = None
     self._examples: dict[str, list] = {}
-    self._devices = list(self.inference.mesh.devices.flat)
-    self._round_robin = (jax.process_count() == 1 and len(self._devices) > 1
-                         and self._devices[0].platform == "cpu")
-    if self._round_robin:
-      self.pack_rows = max(1, pack_rows)
     self._packed = _packed_jit(None if self._round_robin else self.inference.replicated)
 
   # -- tasks ----------------------------------------------------------------------------------------

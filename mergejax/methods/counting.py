@@ -41,15 +41,20 @@ FIELD_BITS = 3
 FIELDS_PER_WORD3 = 10
 
 
-def fold_axis(local_shape: tuple[int, ...]) -> int | None:
-  """The axis :func:`fold8` sums along (the first, else the last, whose per-device size is divisible
-  by 8, so that folding never moves data between devices), or None."""
+def _divisible_axis(local_shape: tuple[int, ...], m: int) -> int | None:
+  """The first, else the last, axis whose per-device size is divisible by ``m``, or None."""
   if not local_shape:
     return None
   for ax in (0, len(local_shape) - 1):
-    if local_shape[ax] % FOLD == 0:
+    if local_shape[ax] % m == 0:
       return ax
   return None
+
+
+def fold_axis(local_shape: tuple[int, ...]) -> int | None:
+  """The axis :func:`fold8` sums along (the first, else the last, whose per-device size is divisible
+  by 8, so that folding never moves data between devices), or None."""
+  return _divisible_axis(local_shape, FOLD)
 
 
 def local_shape(x: Array) -> tuple[int, ...]:
@@ -219,12 +224,7 @@ def plain_counts(indicators: Sequence[Array]) -> Array:
 def field_fold_axis(local_shape: tuple[int, ...]) -> int | None:
   """The axis :func:`pack_fields` folds along (the first, else the last, whose per-device size is
   divisible by 4), or None (no fold: the counters then hold 0 or 1)."""
-  if not local_shape:
-    return None
-  for ax in (0, len(local_shape) - 1):
-    if local_shape[ax] % FIELD_FOLD == 0:
-      return ax
-  return None
+  return _divisible_axis(local_shape, FIELD_FOLD)
 
 
 def pack_fields(indicators: Sequence[Array], axis: int | None) -> tuple[Array, ...]:

@@ -79,6 +79,8 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
   if int(cfg.subset_seeds) < 1:
     raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
+  if int(cfg.get("cpu_devices", 0)) < 0:
+    raise StudyConfigError(f"cpu_devices={cfg.cpu_devices} must be >= 0 (0: one per core)")
   names = tuple(grid_lib.csv_list(cfg.methods))
   grids = {}
   for m in names:
