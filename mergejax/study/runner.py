@@ -331,15 +331,12 @@ class MergeWarmup:
 
   def __init__(self, spec: StudySpec):
     self._done = {size: threading.Event() for size in spec.sizes}
-    self.seconds = 0.0
     self.error: BaseException | None = None
     bases = {size: jax.tree.map(np.asarray, models.load_checkpoint(  # read here: orbax stays on this thread
         world_lib.checkpoint_path(spec.world_dir, size, spec.kinds[0], "base"))[1]) for size in spec.sizes}
-    self._thread = threading.Thread(target=self._run, args=(spec, bases), name="merge-warmup", daemon=True)
-    self._thread.start()
+    threading.Thread(target=self._run, args=(spec, bases), name="merge-warmup", daemon=True).start()
 
   def _run(self, spec: StudySpec, bases: Mapping[str, Any]) -> None:
-    t0 = time.perf_counter()
     try:
       for size, base in bases.items():
         rng = np.random.default_rng(0)
@@ -354,7 +351,6 @@ class MergeWarmup:
     finally:
       for ev in self._done.values():
         ev.set()
-      self.seconds = time.perf_counter() - t0
 
   def wait(self, size: str) -> None:
     self._done[size].wait()
