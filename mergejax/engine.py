@@ -14,11 +14,11 @@ where W is the kernel's float32 workspace for the largest leaf; :func:`plan_grou
 stays under ``memory_budget_bytes``, whatever the model's size.
 
 Speed: every distinct kernel signature is compiled up front in parallel threads. On one CPU device,
-elementwise kernels and their statistics passes run on flat 1-D chunks of a few fixed sizes
-(:func:`chunks`, :func:`stat_spans`), DARE kernels on row blocks (:func:`block_rows`), so a few
-compiled kernels serve every leaf shape; safetensors inputs reach the kernel as memory-mapped slices
-(aliased by ``jax.device_put`` on CPU, never copied) and results go from the kernel's buffer straight
-to the output file. Results are bit-identical to whole-leaf kernels.
+elementwise kernels (DARE ones told where each chunk starts) and their statistics passes run on flat
+1-D chunks of one size (:func:`chunks`, :func:`stat_spans`), so one compiled kernel serves every leaf
+shape; safetensors inputs reach the kernel as 64-byte-aligned windows of memory maps, read in place
+(:func:`_kernel_aligned`), and results go from the kernel's buffer straight to the output file.
+Results are bit-identical to whole-leaf kernels.
 """
 
 from __future__ import annotations
@@ -108,16 +108,99 @@ def _finite_flags(base, experts):
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])
 
 
+def _nonfinite_bytes(xs: Sequence[Any]) -> Any:
+  """uint8 per entry: 1 where any of the same-shape arrays ``xs`` holds a NaN or Inf there."""
+  return functools.reduce(jnp.bitwise_or, [(~jnp.isfinite(x)).astype(jnp.uint8) for x in xs])
+
+
+def _none_set(bad: Any) -> Any:
+  """bool[1]: no byte of ``bad`` is set. 1-D arrays of a multiple of 1024 entries are reduced as
+  columns of a (-1, 1024) matrix first (vector adds on XLA:CPU, where a reduction to a scalar is a
+  scalar loop)."""
+  if bad.ndim == 1 and bad.size > 1024 and bad.size % 1024 == 0:
+    bad = jnp.max(bad.reshape(-1, 1024), axis=0)
+  return (jnp.max(bad, initial=0) == 0)[None]
+
+
+@jax.jit
+def _all_finite(base, experts):
+  """bool[1]: every entry of every input is finite."""
+  xs = ([base] if base is not None else []) + list(experts)
+  return _none_set(jax.lax.optimization_barrier(_nonfinite_bytes(xs)))
+
+
 @functools.partial(jax.jit, static_argnames=("kernel", "out_dtype", "by_output"))
 def _kernel_checked(base, experts, ctx, stats, *, kernel, out_dtype, by_output=False):
-  """The merged leaf and the inputs' finite flags in one executable (one read of the inputs).
+  r"""The merged leaf and one bool[1] flag "every input is finite" in one executable (one read).
 
-  With ``by_output`` (methods where a NaN/Inf input always yields a NaN/Inf output, see
-  :func:`propagates_nonfinite`) the flag is one bool, "the output is finite": a cheaper reduction
-  over one array instead of N + 1; a False is then resolved by the exact per-input check.
+  Per entry the kernel's loop also writes one byte, "some input is NaN/Inf here" (with ``by_output``,
+  for methods where a NaN/Inf input always yields a NaN/Inf output, see :func:`propagates_nonfinite`:
+  "the output is NaN/Inf here"), and one small reduction of those bytes gives the flag
+  (:func:`_none_set`); XLA:CPU would otherwise run a reduction fused with its producer as a scalar
+  loop, recomputing the kernel in it. A False flag is resolved by the exact per-input check
+  (:func:`_finite_flags`), which names the input.
   """
   out = kernel(base, experts, ctx, stats, out_dtype=out_dtype)
-  return out, (jnp.all(jnp.isfinite(out))[None] if by_output else _finite_flags(base, experts))
+  xs = [out] if by_output else ([base] if base is not None else []) + list(experts)
+  # Byte flags computed in the kernel's own loop, materialized (the barrier keeps XLA from
+  # recomputing the kernel inside the reduction's loop), then reduced: ~0.3x a kernel's cost
+  # instead of ~1x for a reduction fused with its producer.
+  out, bad = jax.lax.optimization_barrier((out, _nonfinite_bytes(xs)))
+  return out, _none_set(bad)
+
+
+ALIGN = 64  # bytes: XLA:CPU reads a host buffer in place only if it is this aligned (else it copies it)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "out_dtype", "by_output", "size"))
+def _kernel_aligned(base, experts, leads, ctx, stats, *, kernel, out_dtype, by_output, size):
+  """:func:`_kernel_checked` on ``size``-entry chunks given as aligned windows of the inputs.
+
+  ``base`` and ``experts`` hold ``size + ALIGN // itemsize`` entries each, starting at an aligned
+  address; input i's chunk starts ``leads[i]`` entries in (base first). The dynamic slices fuse into
+  the kernel's loop (unaligned vector loads), so memory-mapped inputs are read in place, never copied.
+  """
+  cut = lambda x, i: jax.lax.dynamic_slice(x, (leads[i],), (size,))
+  b = cut(base, 0) if base is not None else None
+  o = 1 if base is not None else 0
+  es = tuple(cut(e, o + t) for t, e in enumerate(experts))
+  return _kernel_checked(b, es, ctx, stats, kernel=kernel, out_dtype=out_dtype, by_output=by_output)
+
+
+def _aligned_pieces(amap: np.ndarray, lead: int, n: int) -> Iterator[tuple[np.ndarray, int]]:
+  """(window, lead) of each flat chunk of the ``n``-entry tensor at ``amap[lead:lead + n]`` (an
+  :meth:`aligned_view`): an aligned window of the map itself where the map holds enough entries after
+  the chunk, else an aligned copy (the zero-padded tail)."""
+  extra = ALIGN // amap.dtype.itemsize
+  for a, b, size in chunks(n):
+    if b - a == size and a + size + extra <= len(amap):
+      yield amap[a:a + size + extra], lead
+    else:
+      raw = np.zeros((size + extra) * amap.dtype.itemsize + ALIGN, np.uint8)
+      off = (-raw.ctypes.data) % ALIGN
+      buf = raw[off:off + (size + extra) * amap.dtype.itemsize].view(amap.dtype)
+      buf[:b - a] = amap[lead + a:lead + b]
+      yield buf, 0
+
+
+def _merge_flat_aligned(kernel, base_al, experts_al, n: int, ctx, stats, out_dtype, by_output: bool,
+                        write=None, shape=None) -> tuple[np.ndarray | None, Any]:
+  """:func:`_merge_flat` (with the NaN/Inf check fused) from aligned views ((map, lead) pairs, base
+  first or None): every kernel reads the page cache in place (:func:`_kernel_aligned`)."""
+  srcs = ([base_al] if base_al is not None else []) + list(experts_al)
+  gens = [_aligned_pieces(m, lead, n) for m, lead in srcs]
+  fn = functools.partial(_kernel_aligned, kernel=kernel, by_output=by_output, size=CHUNK)
+
+  def pieces():
+    for a, b, _ in chunks(n):
+      got = [next(g) for g in gens]
+      leads = np.asarray([lead for _, lead in got], np.int32)
+      ws = [w for w, _ in got]
+      bw = ws[0] if base_al is not None else None
+      ews = tuple(ws[1:] if base_al is not None else ws)
+      yield a, b, (bw, ews, leads, ctx if shape is None else chunk_context(ctx, shape, a), stats)
+
+  return _merge_pieces(fn, pieces(), n, len(srcs), out_dtype, False, False, write, checked=True)
 
 
 def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
@@ -134,8 +217,9 @@ def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
 
 
 # Flat-chunk execution (one CPU device, elementwise kernels): every float leaf is merged as 1-D chunks
-# of these sizes (the last chunk zero-padded up to the smallest size that holds it), so one compiled
-# kernel per (size, dtype) serves every leaf shape instead of one compile per distinct leaf shape.
+# of CHUNK entries (the last one zero-padded to CHUNK), so ONE compiled kernel per (method, dtype)
+# serves every leaf shape. A padded tail costs at most one chunk's work per leaf (~1 ms), far less
+# than compiling a program for a second size (0.2-0.5 s on 2 cores).
 CHUNK = 1 << 18
 # Registered methods whose kernel is elementwise (no dependence on an entry's position) when no DARE
 # mask is drawn: the merged value of an entry depends only on the inputs' values at that entry and on
@@ -149,8 +233,8 @@ def chunks(n: int) -> list[tuple[int, int, int]]:
   while n - a >= CHUNK:
     out.append((a, a + CHUNK, CHUNK))
     a += CHUNK
-  if a < n:  # tail: padded to CHUNK / 256, CHUNK / 16 or CHUNK (at most 3 compiled sizes in all)
-    out.append((a, n, next(s for s in (CHUNK >> 8, CHUNK >> 4, CHUNK) if s >= n - a)))
+  if a < n:  # tail: zero-padded to CHUNK (one compiled size in all)
+    out.append((a, n, CHUNK))
   return out
 
 
@@ -172,14 +256,41 @@ def one_cpu_device(mesh: jax.sharding.Mesh | None) -> bool:
           and next(iter(mesh.devices.flat)).platform == "cpu")
 
 
-def flat_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> bool:
-  """True when leaves may be merged as flat chunks with results identical to whole-leaf kernels."""
-  return method.name in ELEMENTWISE_METHODS and float(method.drop_rate) == 0.0 and one_cpu_device(mesh)
+# DARE kernels on flat chunks locate each entry's (row, column) with a float32 division (see
+# mergejax.methods.steps._flat_position_hash), exact for rows shorter than this.
+MAX_FLAT_ROW = 1 << 22
 
 
-def blocks_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> bool:
-  """True when the merge kernel may run on row blocks (DARE methods: masks keyed by (row, column))."""
-  return method.name in ELEMENTWISE_METHODS and float(method.drop_rate) != 0.0 and one_cpu_device(mesh)
+def flat_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None,
+                  specs: Sequence[LeafSpec] | None = None) -> bool:
+  """True when leaves may be merged as flat chunks with results identical to whole-leaf kernels.
+
+  DARE methods (masks keyed by (row, position in row)) qualify when every leaf of ``specs`` has rows
+  shorter than :data:`MAX_FLAT_ROW`: each chunk is then told where it starts (:func:`chunk_context`).
+  """
+  if method.name not in ELEMENTWISE_METHODS or not one_cpu_device(mesh):
+    return False
+  if float(method.drop_rate) == 0.0:
+    return True
+  return specs is not None and all(block_rows(s.shape)[1] < MAX_FLAT_ROW for s in specs)
+
+
+def blocks_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None,
+                    specs: Sequence[LeafSpec] | None = None) -> bool:
+  """True when the merge kernel must run on row blocks instead (DARE methods with rows of
+  :data:`MAX_FLAT_ROW` or more entries)."""
+  return (method.name in ELEMENTWISE_METHODS and float(method.drop_rate) != 0.0 and one_cpu_device(mesh)
+          and not flat_eligible(method, mesh, specs))
+
+
+def chunk_context(ctx: Any, shape: Sequence[int], start: int) -> Any:
+  """``ctx`` for the flat chunk of a leaf of ``shape`` that starts at flat entry ``start``: its
+  (row, column) in the leaf seen as a (rows, D) matrix and D (:func:`block_rows`), so that DARE's
+  position hash of the chunk equals the leaf's at those entries."""
+  _, d, _ = block_rows(shape)
+  d = max(d, 1)
+  return dataclasses.replace(ctx, row_offset=np.uint32(start // d), col_offset=np.uint32(start % d),
+                             row_len=np.uint32(d))
 
 
 def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
@@ -192,24 +303,28 @@ def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None
 
 
 def _finite_flat(base: np.ndarray | None, experts: Sequence[np.ndarray]) -> Any:
-  """Per-input all-finite flags of one leaf from flat host arrays, chunk by chunk (few compiles)."""
-  flags = [_finite_flags(_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts))
-           for a, b, size in chunks(len(experts[0]))]
-  if not flags:
+  """Per-input all-finite flags of one leaf from flat host arrays, chunk by chunk (one compiled size):
+  one cheap flag for all inputs (:func:`_all_finite`), and per-input flags only if that is False."""
+  pieces = [(_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts))
+            for a, b, size in chunks(len(experts[0]))]
+  if all(np.asarray(f).all() for f in [_all_finite(*pc) for pc in pieces]):
     return np.ones((len(experts) + (base is not None),), bool)
-  return functools.reduce(jnp.logical_and, flags)
+  return np.logical_and.reduce([np.asarray(_finite_flags(*pc)) for pc in pieces])
 
 
 def _merge_flat(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], ctx, stats, out_dtype,
                 fused_check: bool, by_output: bool = False,
-                write: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray | None, Any]:
+                write: Callable[[int, np.ndarray], None] | None = None,
+                shape: Sequence[int] | None = None) -> tuple[np.ndarray | None, Any]:
   """One leaf merged chunk by chunk from flat host arrays; returns (flat output, finite flags or None).
 
-  Kernels are dispatched asynchronously: chunk i+1's inputs are handed over (memory-mapped slices are
-  aliased, not copied) while chunk i runs, and chunk i-1's result is copied out meanwhile, or with
+  Kernels are dispatched asynchronously: chunk i+1's inputs are handed over (``jax.device_put`` copies
+  a slice that is not 64-byte aligned; see :func:`_merge_flat_aligned`) while chunk i runs, and chunk i-1's result is copied out meanwhile, or with
   ``write`` handed to ``write(start, values)`` straight from the kernel's buffer (flat output None).
+  With ``shape`` (DARE methods) each chunk's ctx says where in the leaf it starts (:func:`chunk_context`).
   """
-  pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts), ctx, stats))
+  pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts),
+                    ctx if shape is None else chunk_context(ctx, shape, a), stats))
             for a, b, size in chunks(len(experts[0])))
   return _merge_pieces(kernel, pieces, len(experts[0]), len(experts) + (base is not None), out_dtype,
                        fused_check, by_output, write)
@@ -255,7 +370,7 @@ def _merge_blocks(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray]
 
 
 def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check: bool, by_output: bool,
-                  write) -> tuple[np.ndarray | None, Any]:
+                  write, checked: bool = False) -> tuple[np.ndarray | None, Any]:
   """Runs ``kernel`` on each (start, stop, args) piece; output entries [0, stop - start) of the
   flattened result are the leaf's entries [start, stop). See :func:`_merge_flat`."""
   out = np.empty((n,), out_dtype) if write is None else None
@@ -269,8 +384,12 @@ def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check:
     else:
       out[a:b] = r
 
+  fused_check = fused_check or checked
   for a, b, args in pieces:
-    if fused_check:
+    if checked:  # ``kernel`` returns (result, flags) itself
+      r, f = kernel(*args, out_dtype=out_dtype)
+      flags.append(f)
+    elif fused_check:
       r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype, by_output=by_output)
       flags.append(f)
     else:
@@ -413,10 +532,11 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   shardings = ({s.path: sharding_lib.sharding_for(s.path, s.shape, mesh, rules) for s in specs}
                if mesh is not None else None)
   primary = jax.process_index() == 0
-  flat = flat_eligible(method, mesh)
+  flat = flat_eligible(method, mesh, float_specs)
+  positional = flat and float(method.drop_rate) != 0.0  # flat DARE chunks: each told where it starts
   # With flat chunks, statistics functions see every leaf as 1-D (size,) and run on its flat spans.
   stat_shapes = {s.path: (s.size,) for s in float_specs} if flat else shapes
-  blocks = blocks_eligible(method, mesh)  # the merge pass only: statistics see whole leaves
+  blocks = blocks_eligible(method, mesh, float_specs)  # the merge pass only: statistics see whole leaves
   # Flat chunks of one process go straight from the kernel's buffer to the sink (no leaf buffer).
   span_writes = (flat or blocks) and hasattr(sink, "write_span") and jax.process_count() == 1
   # On one CPU device float leaves of sources that can memory-map them are not read into arrays at all:
@@ -426,6 +546,11 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
       hasattr(s, "flat_view") for s in ([base] if base is not None else []) + experts)
   checked: set[str] = set()
   ctx_cache: dict[str, Any] = {}
+  in_srcs = ([base] if base is not None else []) + experts
+  # Merge-pass kernels read 64-byte-aligned windows of the memory maps in place (no copy per chunk)
+  # where no statistics pass has placed the leaves already (see _kernel_aligned).
+  aligned = (flat and views and method.compute_stats is None and not allow_nonfinite
+             and all(hasattr(x, "aligned_view") for x in in_srcs))
 
   def ctx_for(path: str):
     if path not in ctx_cache:
@@ -521,8 +646,10 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
         b = _host_flat(grp.base[p]) if p in grp.base else None
         es = [_host_flat(e[p]) for e in grp.experts]
         for a, z in stat_spans(len(es[0])):
-          calls.append((p, None if b is None else b[a:z], tuple(e[a:z] for e in es), args))
-      out = _run_calls(fn, calls, ctx_for)
+          ctx = chunk_context(ctx_for(p), shapes[p], a) if positional else ctx_for(p)
+          calls.append((p, None if b is None else b[a:z], tuple(e[a:z] for e in es), args, ctx))
+      host = getattr(fn, "host", None)  # a NumPy twin of fn: no compile, same values
+      out = [host(b, es, ctx, *args) for _, b, es, args, ctx in calls] if host is not None else _run_calls(fn, calls)
       res: dict[str, list[Any]] = {}
       for (p, *_), r in zip(calls, out):
         res.setdefault(p, []).append(r)
@@ -546,9 +673,10 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
   # Files only (in-memory leaves may live anywhere); one process (compiles stay in lockstep otherwise).
   compiler = _Precompiler(enabled=mesh is not None and jax.process_count() == 1 and len(float_specs) > 1)
   if not allow_nonfinite and method.compute_stats is not None and one_cpu_device(mesh):
-    for size, dt in sorted({(size, np.dtype(sp.dtype).str) for sp in float_specs for *_, size in chunks(sp.size)}):
-      x = jax.ShapeDtypeStruct((size,), np.dtype(dt))
-      compiler.submit(("finite", size, dt), _finite_flags, x if base is not None else None, (x,) * n)
+    # Keys hold dtype objects (np.dtype(bfloat16).str is '<V2', which names a void dtype, not bfloat16).
+    for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in float_specs for *_, size in chunks(sp.size)}, key=str):
+      x = jax.ShapeDtypeStruct((size,), dt)
+      compiler.submit(("finite", size, dt), _all_finite, x if base is not None else None, (x,) * n)
 
   stats: dict[str, Any] = {}
   if method.compute_stats is not None and not method.local_stats:
@@ -570,24 +698,31 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
     compiler.started = True
     kernel_fn = (functools.partial(_kernel_checked, kernel=method.kernel, by_output=by_output and fused)
                  if fused else method.kernel)
-    ctx = ctx_for(first.path)
+    ctx = chunk_context(ctx_for(first.path), first.shape, 0) if positional else ctx_for(first.path)
     with_base = base is not None
+    if aligned and fused:
+      for dt, odt in sorted({(np.dtype(sp.dtype), out_dtype[sp.path]) for sp in float_specs}, key=str):
+        x = jax.ShapeDtypeStruct((CHUNK + ALIGN // dt.itemsize,), dt)
+        compiler.submit(("aligned", dt, odt), _kernel_aligned, x if with_base else None, (x,) * n,
+                        jax.ShapeDtypeStruct((n_inputs,), np.int32), ctx, leaf_stats, kernel=method.kernel,
+                        out_dtype=odt, by_output=by_output, size=CHUNK)
+      compiler.wait_all("aligned")
+      return
     if flat:
-      todo = {(size, np.dtype(sp.dtype).str, out_dtype[sp.path].str) for sp in float_specs
-              for *_, size in chunks(sp.size)}
-      for size, dt, odt in sorted(todo):
-        x = jax.ShapeDtypeStruct((size,), np.dtype(dt))
+      todo = {(size, np.dtype(sp.dtype), out_dtype[sp.path]) for sp in float_specs for *_, size in chunks(sp.size)}
+      for size, dt, odt in sorted(todo, key=str):
+        x = jax.ShapeDtypeStruct((size,), dt)
         compiler.submit(("flat", size, dt, odt), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
-                        out_dtype=np.dtype(odt))
+                        out_dtype=odt)
       compiler.wait_all("flat")
       return
     if blocks:
-      todo = {(block_rows(sp.shape)[2], block_rows(sp.shape)[1], np.dtype(sp.dtype).str, out_dtype[sp.path].str)
+      todo = {(block_rows(sp.shape)[2], block_rows(sp.shape)[1], np.dtype(sp.dtype), out_dtype[sp.path])
               for sp in float_specs}
-      for r, d, dt, odt in sorted(todo):
-        x = jax.ShapeDtypeStruct((r, d), np.dtype(dt))
+      for r, d, dt, odt in sorted(todo, key=str):
+        x = jax.ShapeDtypeStruct((r, d), dt)
         compiler.submit(("blocks", r, d, dt, odt), kernel_fn, x if with_base else None, (x,) * n, ctx, leaf_stats,
-                        out_dtype=np.dtype(odt))
+                        out_dtype=odt)
       compiler.wait_all("blocks")
       return
     for sp in float_specs:
@@ -620,9 +755,16 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
           base_flat = _host_flat(b) if b is not None else None
           experts_flat = [_host_flat(e[s.path]) for e in grp.experts]
           write = functools.partial(sink.write_span, s.path) if span_writes else None
-          if flat:
+          als = [x.aligned_view(s.path) for x in in_srcs] if aligned and fused else None
+          if als is not None and all(a is not None for a in als):
+            res, f = _merge_flat_aligned(method.kernel, als[0] if base is not None else None,
+                                         als[1:] if base is not None else als, s.size, ctx_for(s.path),
+                                         group_stats.get(s.path, {}), out_dtype[s.path], by_output and fused,
+                                         write=write, shape=s.shape if positional else None)
+          elif flat:
             res, f = _merge_flat(method.kernel, base_flat, experts_flat, ctx_for(s.path), group_stats.get(s.path, {}),
-                                 out_dtype[s.path], fused, by_output and fused, write=write)
+                                 out_dtype[s.path], fused, by_output and fused, write=write,
+                                 shape=s.shape if positional else None)
           else:
             res, f = _merge_blocks(method.kernel, base_flat, experts_flat, s.shape, ctx_for(s.path),
                                    group_stats.get(s.path, {}), out_dtype[s.path], fused, write=write)
@@ -643,7 +785,7 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
             out[s.path] = method.kernel(*args, out_dtype=out_dtype[s.path])
         else:
           out[s.path] = grp.other[s.path]
-      if by_output and fused:  # a non-finite output: find the input (if any) by the exact check
+      if fused:  # a False fused flag: find the input (if any) by the exact check
         flags = {p: exact_flags(grp, p) for p, f in flags.items() if not _to_host(f).all()}
       raise_if_nonfinite(flags)  # before the group's other leaves are written (spans: the sink aborts)
       sink.write(out)
@@ -669,20 +811,21 @@ def _call_signature(x: Any) -> Any:
   return x
 
 
-def _run_calls(fn, calls: Sequence[tuple[str, Any, tuple[Any, ...], tuple[Any, ...]]], ctx_for) -> list[Any]:
-  """``fn(base, experts, ctx_for(path), *args)`` for each call, in order (results not waited for).
+def _run_calls(fn, calls: Sequence[tuple[str, Any, tuple[Any, ...], tuple[Any, ...], Any]]) -> list[Any]:
+  """``fn(base, experts, ctx, *args)`` for each (path, base, experts, args, ctx) call, in order (results
+  not waited for).
 
   The first call of every distinct signature runs on its own thread, so that the compiles of a pass's
   few kernel variants (XLA releases the GIL) overlap instead of queueing on one core.
   """
   firsts: dict[str, int] = {}
-  for i, (p, b, es, args) in enumerate(calls):
+  for i, (p, b, es, args, _) in enumerate(calls):
     key = repr(jax.tree.map(_call_signature, (b, es, args)))
     firsts.setdefault(key, i)
 
   def one(i):
-    p, b, es, args = calls[i]
-    return fn(b, es, ctx_for(p), *args)
+    _, b, es, args, ctx = calls[i]
+    return fn(b, es, ctx, *args)
 
   out: list[Any] = [None] * len(calls)
   if len(firsts) > 1:

@@ -84,23 +84,29 @@ def test_result_independent_of_devices_budget_and_rules(tmp_path):
   assert data[0] == data[1]
 
 
-FLAT_METHODS = METHODS[:4] + [("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}),
-                               ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})]
+_DARE = ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})
+# (method, hyperparameters, engine.MAX_FLAT_ROW): 16 sends DARE (rows of 16 and 40 entries) to row blocks.
+FLAT_METHODS = [(n, h, engine.MAX_FLAT_ROW) for n, h in METHODS[:4]] + [
+    ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, engine.MAX_FLAT_ROW),
+    (*_DARE, engine.MAX_FLAT_ROW), (*_DARE, 16)]
 
 
-@pytest.mark.parametrize("name,hp", FLAT_METHODS, ids=[f"{n}-{h.get('scope', '')}-{h.get('drop_rate', '')}"
-                                                       for n, h in FLAT_METHODS])
-def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, monkeypatch, name, hp):
+@pytest.mark.parametrize("name,hp,max_flat_row", FLAT_METHODS,
+                         ids=[f"{n}-{h.get('scope', '')}-{h.get('drop_rate', '')}-{r}" for n, h, r in FLAT_METHODS])
+def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, monkeypatch, name, hp, max_flat_row):
   """On one CPU device elementwise kernels (and their statistics passes) run on flat chunks (one compile
-  for all shapes), DARE kernels on row blocks that know their first row (one compile per row length):
-  bit-identical to whole-leaf kernels, written to the sink chunk by chunk."""
+  for all shapes; DARE chunks told where they start in the leaf), DARE kernels on row blocks that know
+  their first row when a row is too long for that: bit-identical to whole-leaf kernels, written to the
+  sink chunk by chunk."""
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
   ref = mergejax.merge(trees[0] if method.uses_base else None, trees[1:], method, seed=7)
-  monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks and every padded tail size on tiny leaves
+  monkeypatch.setattr(engine, "MAX_FLAT_ROW", max_flat_row)
+  monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks, chunks across row ends, padded tails
   calls, blocks = [], []
-  real, real_blocks = engine._merge_flat, engine._merge_blocks
+  real, real_blocks, real_aligned = engine._merge_flat, engine._merge_blocks, engine._merge_flat_aligned
   monkeypatch.setattr(engine, "_merge_flat", lambda *a, **k: calls.append(len(a[2][0])) or real(*a, **k))
+  monkeypatch.setattr(engine, "_merge_flat_aligned", lambda *a, **k: calls.append(a[3]) or real_aligned(*a, **k))
   monkeypatch.setattr(engine, "_merge_blocks", lambda *a, **k: blocks.append(tuple(a[3])) or real_blocks(*a, **k))
   out = engine.merge_sources(
       SafetensorsSource(base_p) if method.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
@@ -110,7 +116,7 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   for k in SHAPES:
     np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
   floats = [k for k in SHAPES if not k.endswith("_count")]
-  if method.drop_rate:
+  if method.drop_rate and max_flat_row == 16:  # rows of 16 and 40 entries: all too long for flat chunks
     assert calls == [] and sorted(blocks) == sorted(SHAPES[k] for k in floats)
   else:
     assert sorted(calls) == sorted(int(np.prod(SHAPES[k])) for k in floats) and blocks == []
@@ -121,7 +127,7 @@ def test_chunks_cover_every_entry_with_few_sizes():
     cs = engine.chunks(n)
     assert [(a, b) for a, b, _ in cs] == [(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)]
     assert all(b - a <= size for a, b, size in cs)
-    assert {size for *_, size in cs} <= {engine.CHUNK >> 8, engine.CHUNK >> 4, engine.CHUNK}
+    assert {size for *_, size in cs} <= {engine.CHUNK}  # one compiled size
 
 
 def test_stat_spans_and_row_blocks_cover_every_entry():
@@ -287,3 +293,20 @@ def test_tree_mismatch_names_leaf(tmp_path):
     engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep)], SafetensorsSink(tmp_path / "o"),
                          mergejax.methods.task_arithmetic())
   assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+
+
+def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
+  """SafetensorsSource.aligned_view: a 64-byte-aligned map with the tensor at [lead, lead + n), so
+  kernels read the page cache in place (safetensors data is only 8-byte aligned)."""
+  base_p, _, _ = world
+  src = SafetensorsSource(base_p)
+  leads = set()
+  for spec in src.specs():
+    got = src.aligned_view(spec.path)
+    assert got is not None
+    amap, lead = got
+    n = int(np.prod(spec.shape))
+    assert amap.ctypes.data % engine.ALIGN == 0 and 0 <= lead < engine.ALIGN // amap.dtype.itemsize
+    np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
+    leads.add(lead)
+  assert leads != {0}  # the fixture's tensors are not all aligned in their files: the lead matters

@@ -128,3 +128,17 @@ def test_speculative_balance_is_exact_or_withheld():
               for p in shapes}
       assert bal == (sum(int(np.sum(v < 0)) for v in vote.values()), sum(int(np.sum(v > 0)) for v in vote.values()))
   assert seen == {False, True}  # some guesses were right, and some wrong
+
+
+def test_host_sample_equals_the_jitted_sample_bitwise():
+  """The engine samples host arrays with NumPy (threshold._sample_host, no compile per stride): the
+  same float32 values as the jitted sample, subnormals included (XLA:CPU flushes them to zero)."""
+  rng = np.random.default_rng(3)
+  for scale in (0.02, 1e-38):
+    base = (rng.standard_normal((64, 40)) * scale).astype(np.float32)
+    experts = tuple((base + rng.standard_normal((64, 40)) * scale).astype(np.float32) for _ in range(3))
+    ctx = methods.ties().context(3, 0, 0)
+    for strides in ((1, 1), (3, 1), (7, 5)):
+      want = np.asarray(threshold._sample_fn(base, experts, ctx, strides, dare=False))  # pylint: disable=protected-access
+      got = threshold._sample_host(base, experts, ctx, strides)  # pylint: disable=protected-access
+      np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))

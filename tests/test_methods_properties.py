@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,3 +215,38 @@ def test_registry_names_and_hparams():
                                                 "weights"]
   assert methods.get("ties", density=0.2).hparams["density"] == 0.2
   assert repr(methods.task_arithmetic(lam=0.5)) == "task_arithmetic(lam=0.5, weights=None)"
+
+
+def test_host_key_words_equal_jax_threefry_fold_in():
+  """MergeMethod.context derives DARE's key words on the host (no threefry in the kernels): bitwise
+  jax.random.fold_in's, for extreme seeds and path hashes too."""
+  from mergejax.methods import base as base_lib  # pylint: disable=g-import-not-at-top
+  for seed, ph in [(0, 0), (7, 123456789), (2**32 - 1, 2**32 - 1), (1, 2**31)]:
+    leaf = jax.random.fold_in(jax.random.key(np.uint32(seed)), np.uint32(ph))
+    want = [int(x) for x in np.asarray(jax.random.key_data(leaf)).reshape(-1)]
+    want += [int(np.asarray(jax.random.key_data(jax.random.fold_in(leaf, t))).reshape(-1)[0]) for t in range(3)]
+    assert [int(x) for x in base_lib.dare_key_words(seed, ph, 3)] == want
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (1000,), (3, 4, 5), (40, 300)])
+def test_flat_chunk_hashes_equal_the_leaf_hash(shape):
+  """A flat chunk told its (row, column) and row length D hashes exactly as the leaf does at those
+  entries (chunks that start mid-row, span several rows, run past the leaf's end), with or without
+  host-derived key words."""
+  from mergejax.methods import base as base_lib, steps  # pylint: disable=g-import-not-at-top
+  n_exp = 2
+  ctx = base_lib.LeafContext(seed=np.uint32(5), path_hash=np.uint32(77), lam=np.float32(1),
+                             weights=np.ones(n_exp, np.float32), drop_rate=np.float32(0.5))
+  host = dataclasses.replace(ctx, dare_words=base_lib.dare_key_words(5, 77, n_exp))
+  leaf = [np.asarray(h).reshape(-1) for h in steps.dare_hashes(ctx, shape, n_exp)]
+  for a, b in zip(leaf, steps.dare_hashes(host, shape, n_exp)):
+    np.testing.assert_array_equal(a, np.asarray(b).reshape(-1))
+  n = int(np.prod(shape))
+  d = n if len(shape) == 1 else n // shape[0]
+  hashes = jax.jit(steps.dare_hashes, static_argnums=(1, 2))
+  for start, size in [(0, 64), (5, 64), (n - 10, 64), (n // 3, 4096)]:
+    c = dataclasses.replace(host, row_offset=np.uint32(start // d), col_offset=np.uint32(start % d),
+                            row_len=np.uint32(d))
+    m = min(size, n - start)
+    for t, h in enumerate(hashes(c, (size,), n_exp)):
+      np.testing.assert_array_equal(np.asarray(h)[:m], leaf[t][start:start + m])

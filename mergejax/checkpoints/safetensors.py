@@ -170,6 +170,27 @@ class SafetensorsSource:
       return np.zeros((0,), e["dtype"])
     return np.memmap(e["file"], dtype=e["dtype"], mode="r", offset=e["offset"], shape=(n,))
 
+  def aligned_view(self, t: str, align: int = 64) -> tuple[np.ndarray, int] | None:
+    """(map, lead): a read-only 1-D memory map of tensor ``t``'s dtype whose first byte is
+    ``align``-byte aligned in memory, with the tensor's entries at ``map[lead:lead + n]``, followed by
+    up to ``align`` bytes of whatever the file holds after it; None if the tensor's offset is not a
+    multiple of its itemsize, or it is empty.
+
+    Safetensors data is only 8-byte aligned in its file; XLA:CPU copies a host buffer that is not
+    64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the lead
+    (``engine._kernel_aligned``) read the page cache directly.
+    """
+    e = self._entries[t]
+    dt = np.dtype(e["dtype"])
+    n = math.prod(e["shape"])
+    lead_bytes = e["offset"] % align
+    if n == 0 or lead_bytes % dt.itemsize:
+      return None
+    start = e["offset"] - lead_bytes
+    tail = min(align, os.path.getsize(e["file"]) - (e["offset"] + n * dt.itemsize)) // dt.itemsize
+    lead = lead_bytes // dt.itemsize
+    return np.memmap(e["file"], dtype=dt, mode="r", offset=start, shape=(lead + n + tail,)), lead
+
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     out = {}
     for t in paths:

@@ -38,6 +38,13 @@ class LeafContext:
     drop_rate: float32 scalar, DARE drop probability (0 where unused).
     row_offset: uint32 scalar, the leaf row at which the arrays a kernel sees start (0 for whole
       leaves; an engine merging row blocks sets it so that DARE masks stay keyed by global rows).
+    row_len: None for arrays shaped like the leaf (or row blocks of it); for 1-D flat chunks of the
+      leaf seen as a (rows, D) matrix, uint32 D. The chunk's first entry is then at (row_offset,
+      col_offset) (see :func:`mergejax.methods.steps.dare_hashes`).
+    col_offset: uint32 scalar (with ``row_len``), the column of a flat chunk's first entry.
+    dare_words: None, or uint32[2 + N]: the words (a0, a1) of fold_in(key(seed), path_hash) and the
+      first word of fold_in(that key, t) for each expert t, computed on the host
+      (:func:`dare_key_words`) so that kernels need no threefry.
   """
 
   seed: Array
@@ -46,6 +53,40 @@ class LeafContext:
   weights: Array
   drop_rate: Array
   row_offset: Array = np.uint32(0)
+  row_len: Array | None = None
+  col_offset: Array | None = None
+  dare_words: Array | None = None
+
+
+_M32 = 0xFFFFFFFF
+
+
+def threefry2x32(k0: int, k1: int, x0: int, x1: int) -> tuple[int, int]:
+  """Threefry-2x32 (20 rounds; Salmon et al., SC 2011) of one counter pair, in Python integers.
+
+  Bit-identical to JAX's ``threefry2x32_p`` (tests/test_methods_properties.py checks it against
+  ``jax.random.fold_in``); used to derive per-leaf DARE keys on the host without a compile.
+  """
+  rot = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k0 & _M32, k1 & _M32, (k0 ^ k1 ^ 0x1BD11BDA) & _M32)
+  x0, x1 = (x0 + ks[0]) & _M32, (x1 + ks[1]) & _M32
+  for i in range(5):
+    for r in rot[i % 2]:
+      x0 = (x0 + x1) & _M32
+      x1 = x0 ^ (((x1 << r) | (x1 >> (32 - r))) & _M32)
+    x0, x1 = (x0 + ks[(i + 1) % 3]) & _M32, (x1 + ks[(i + 2) % 3] + i + 1) & _M32
+  return x0, x1
+
+
+def dare_key_words(seed: int, path_hash: int, n_experts: int) -> np.ndarray:
+  """uint32[2 + N]: the key words of :func:`leaf_key`'s derivation, computed on the host.
+
+  (a0, a1) = key_data(fold_in(key(seed), path_hash)) and k_t = key_data(fold_in(that key, t))[0]
+  (``jax.random.key(seed)`` of a 32-bit seed has words (0, seed); ``fold_in(k, d)`` is
+  threefry2x32(k, (0, d))).
+  """
+  a = threefry2x32(0, int(seed) & _M32, 0, int(path_hash) & _M32)
+  return np.asarray([*a, *(threefry2x32(a[0], a[1], 0, t)[0] for t in range(n_experts))], np.uint32)
 
 
 def leaf_key(ctx: LeafContext, expert_index: int) -> Array:
@@ -95,6 +136,7 @@ class MergeMethod:
         lam=np.float32(self.lam),
         weights=np.asarray(weights, np.float32),
         drop_rate=np.float32(self.drop_rate),
+        dare_words=dare_key_words(seed, path_hash, n_experts) if self.drop_rate else None,
     )
 
   def check_experts(self, n_experts: int) -> None:

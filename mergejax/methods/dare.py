@@ -45,10 +45,12 @@ def dare_keep_masks(seed: int, path: str, shape: tuple[int, ...], n_experts: int
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
-  from mergejax.methods.base import LeafContext  # pylint: disable=g-import-not-at-top
+  from mergejax.methods.base import LeafContext, dare_key_words  # pylint: disable=g-import-not-at-top
   from mergejax.tree import stable_path_hash  # pylint: disable=g-import-not-at-top
 
-  ctx = LeafContext(seed=np.uint32(seed), path_hash=np.uint32(stable_path_hash(path)), lam=np.float32(1),
-                    weights=np.ones((n_experts,), np.float32), drop_rate=np.float32(drop_rate))
+  h = stable_path_hash(path)
+  ctx = LeafContext(seed=np.uint32(seed), path_hash=np.uint32(h), lam=np.float32(1),
+                    weights=np.ones((n_experts,), np.float32), drop_rate=np.float32(drop_rate),
+                    dare_words=dare_key_words(seed, h, n_experts))
   keep = steps.dare_keep(steps.dare_hashes(ctx, tuple(shape), n_experts), ctx.drop_rate)
   return [np.asarray(k) for k in keep]

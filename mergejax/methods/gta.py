@@ -48,7 +48,7 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
     agg = sum(w[t] * tau if weighted else tau for t, tau in enumerate(taus))
   else:
     vote = steps.sign_vote(taus, w, consensus, weighted)
-    positive = steps.elect_positive(vote, stats["majority"])
+    positive = steps.elect_positive(vote, stats.get("majority", np.float32(1.0)))  # default: scope="tensor"
     agg = steps.disjoint_aggregate(taus, w, vote, positive, aggregate, weighted)
   scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
   return steps.cast_output(f32(base) + scale * agg, out_dtype)
@@ -75,7 +75,10 @@ def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus, w
 def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None, weighted: bool = True):
   """compute_stats(leaf_pass, n_experts, seed) for a TIES-style method, or None if none is needed."""
   trim = density < 1.0
-  if consensus is None and not trim:
+  if not trim and (consensus is None or scope == "tensor"):
+    # Nothing to measure: no trim thresholds, and per-tensor scope elects +1 on a zero vote (mergekit),
+    # a constant the kernel defaults to. Without statistics the engine reads each leaf once, with the
+    # NaN/Inf check fused into the kernel.
     return None
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:

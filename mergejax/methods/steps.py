@@ -6,6 +6,7 @@ w_t >= 0 the expert weights. All math is float32.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -56,6 +57,27 @@ def _position_hash(k0: Array, k1: Array, shape: tuple[int, ...], row_offset: Arr
   return _fmix32(row_h ^ (col * jnp.uint32(0x9E3779B9) + k1))
 
 
+def _flat_position_hash(k0: Array, k1: Array, n: int, row_offset: Array, col_offset: Array, row_len: Array) -> Array:
+  """:func:`_position_hash` of the ``n`` consecutive entries of a 1-D flat chunk of a leaf seen as a
+  (rows, D = ``row_len``) matrix, the first at (``row_offset``, ``col_offset``): the same values as
+  the leaf's own hash at those entries, with D a traced scalar (one compiled kernel for every D).
+
+  Entry i lies at q = col_offset + i entries past the start of row ``row_offset``: row
+  ``row_offset + q // D``, column ``q % D``. The quotient is trunc(q * f32(1/D)), exact after one
+  correction step either way (q < 2^24 is exact in float32 and the estimate is off by at most 1 for
+  q / D < 2^22), in ops that vectorize on XLA:CPU (no integer division). The engine uses flat DARE
+  chunks only for D < 2^22 and chunks of at most 2^22 entries.
+  """
+  q = jax.lax.iota(jnp.uint32, n) + jnp.uint32(col_offset)
+  d = jnp.uint32(row_len)
+  r = (q.astype(jnp.float32) * (jnp.float32(1.0) / d.astype(jnp.float32))).astype(jnp.int32)
+  c = q.astype(jnp.int32) - r * d.astype(jnp.int32)
+  r = jnp.where(c < 0, r - 1, jnp.where(c >= d.astype(jnp.int32), r + 1, r))
+  c = jnp.where(c < 0, c + d.astype(jnp.int32), jnp.where(c >= d.astype(jnp.int32), c - d.astype(jnp.int32), c))
+  rows = r.astype(jnp.uint32) + jnp.uint32(row_offset)
+  return _fmix32(_fmix32(rows + k0) ^ (c.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + k1))
+
+
 def _key_words(key: Array) -> tuple[Array, Array]:
   words = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
   return words[0], words[-1]
@@ -71,14 +93,22 @@ def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> lis
   2N rounds per element. A pure function of (seed, leaf path, expert index, global row, position in
   row): identical across runs, leaf orders, devices and row blocks.
   """
-  path_key = jax.random.fold_in(jax.random.key(ctx.seed), ctx.path_hash)
-  p0, p1 = _key_words(path_key)
-  p = _position_hash(p0, p1, shape, ctx.row_offset)
-  # All experts' keys in one batched threefry (XLA:CPU runs each as a small sequential loop, ~30 us):
-  # bitwise the keys of leaf_key(ctx, t).
-  expert_words = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(path_key, t))(
-      jnp.arange(n_experts, dtype=jnp.uint32))).astype(jnp.uint32).reshape(n_experts, -1)
-  return [_fmix32(p + expert_words[t, 0]) for t in range(n_experts)]
+  if ctx.dare_words is not None:  # derived on the host (MergeMethod.context): no threefry to compile
+    p0, p1, ks = ctx.dare_words[0], ctx.dare_words[1], [ctx.dare_words[2 + t] for t in range(n_experts)]
+  else:
+    path_key = jax.random.fold_in(jax.random.key(ctx.seed), ctx.path_hash)
+    p0, p1 = _key_words(path_key)
+    # All experts' keys in one batched threefry (XLA:CPU runs each as a small sequential loop, ~30 us):
+    # bitwise the keys of leaf_key(ctx, t).
+    expert_words = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(path_key, t))(
+        jnp.arange(n_experts, dtype=jnp.uint32))).astype(jnp.uint32).reshape(n_experts, -1)
+    ks = [expert_words[t, 0] for t in range(n_experts)]
+  if ctx.row_len is not None:  # a 1-D flat chunk of the leaf (the engine's single-device path)
+    p = _flat_position_hash(p0, p1, math.prod(shape), ctx.row_offset, ctx.col_offset, ctx.row_len)
+    p = p.reshape(shape)
+  else:
+    p = _position_hash(p0, p1, shape, ctx.row_offset)
+  return [_fmix32(p + k) for k in ks]
 
 
 def dare_keep(hashes: Sequence[Array], drop_rate: Array) -> list[Array]:

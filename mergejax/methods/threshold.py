@@ -38,6 +38,7 @@ from mergejax.methods.base import Array, LeafContext, LeafPass
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
 SAMPLE_GLOBAL = 1 << 18  # sample size per expert for a model-wide threshold
 SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
+PAIR_PASSES = 6  # further two-threshold passes with the first count pass's compiled program
 
 
 def _bits_to_float(bits: int) -> np.float32:
@@ -66,6 +67,27 @@ def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
 
 
+def _sample_host(base, experts, ctx, strides):
+  """:func:`_sample_fn` (without DARE) in NumPy on host arrays: bitwise the same values (float32
+  conversion and subtraction are exact IEEE operations in both), no compile per stride.
+
+  An engine whose leaves are host arrays calls this instead of the jitted function (``fn.host``).
+  """
+  del ctx
+  idx = tuple(slice(None, None, s) for s in strides)
+  b = _daz(np.asarray(base[idx], np.float32))
+  return np.stack([_daz(np.abs(_daz(np.asarray(e[idx], np.float32)) - b)) for e in experts])
+
+
+_TINY = np.finfo(np.float32).tiny
+
+
+def _daz(x: np.ndarray) -> np.ndarray:
+  """Subnormal float32 values as zero, as XLA:CPU treats inputs and results (denormals-are-zero and
+  flush-to-zero); the sign of a zero is irrelevant here (absolute values)."""
+  return np.where(np.abs(x) < _TINY, np.float32(0), x)
+
+
 def _bucket_bits(n_thresholds: int) -> int:
   return max(1, n_thresholds.bit_length())  # buckets 0..T
 
@@ -89,8 +111,14 @@ def _count_fn(base, experts, ctx, thr_bits, *, dare: bool):
   """
   n_thr = int(thr_bits.shape[1])
   codes = _bucket_fn(base, experts, ctx, thr_bits, dare=dare)
-  hist = counting.histograms(codes, len(experts), _bucket_bits(n_thr), n_thr + 1)
-  return jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(bucket >= j + 1), j < T
+  return _at_least(counting.histograms(codes, len(experts), _bucket_bits(n_thr), n_thr + 1))
+
+
+@jax.jit
+def _at_least(hist):
+  """int32[N, T + 1, P] bucket histograms -> int32[N, T, P] #(bucket >= j + 1), j < T (one jitted
+  program rather than three eagerly compiled ops)."""
+  return jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
 @functools.partial(jax.jit, static_argnames=("dare", "vote", "weighted", "axis"))
@@ -127,9 +155,22 @@ def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str |
   n_fields = 2 * n + (2 if vote is not None else 0)
   counts = counting.count_fields(words, n_fields=n_fields, total_size=math.prod(tuple(experts[0].shape)),
                                  local=counting.packed_local_shape(local, axis))
-  if vote is None:
+  return _split_pinpoint(counts, n=n, vote=vote is not None)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "vote"))
+def _split_pinpoint(counts, *, n: int, vote: bool):
+  """int32[2N (+2), P] -> int32[N, 2, P] (and the vote's int32[2, P]) in one jitted program."""
+  if not vote:
     return counts.reshape((n, 2, -1))
   return counts[:2 * n].reshape((n, 2, -1)), counts[2 * n:]
+
+
+def _pinpoint_if(base, experts, ctx, thr_bits, guess, *, fn):
+  """``fn(base, experts, ctx, thr_bits, guess)``, or None without reading anything when ``thr_bits`` is None."""
+  if thr_bits is None:
+    return None
+  return fn(base, experts, ctx, thr_bits, guess)
 
 
 def _count_if(base, experts, ctx, thr_bits, *, fn):
@@ -205,6 +246,36 @@ class _Bracket:
       pair = [below, above]
     pair = [p for p in pair if self.lo < p < self.hi]
     return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
+
+  def pair(self) -> list[int]:
+    """Two thresholds for a further pass of the first count pass's program (no new compile).
+
+    The sample value inside the bracket at the rank interpolated from the bracket's measured counts
+    (the k-th largest lies c(lo) - k entries above lo), and the next float up: the pair that proves a
+    discrete value exact, as :meth:`pin_pair`. Without a sample value inside, the interpolated
+    crossing and the bracket's bit-space midpoint (the bracket at least halves).
+    """
+    lo, hi = self.lo, self.hi
+    if hi - lo - 1 <= 2:
+      return (list(range(lo + 1, hi)) + [lo, lo])[:2]
+    sb, m = self.sample_bits, self.sample_bits.size  # descending
+    asc = sb[::-1]
+    n_gt_lo = m - int(np.searchsorted(asc, lo, side="right"))  # sample entries > lo: indices < n_gt_lo
+    n_ge_hi = m - int(np.searchsorted(asc, hi, side="left"))  # sample entries >= hi: indices < n_ge_hi
+    if n_gt_lo > n_ge_hi:
+      n_ge_lo = m - int(np.searchsorted(asc, lo, side="left"))
+      frac = (self.k - self.c_hi) / max(self.c_lo - self.c_hi, 1)
+      r = n_ge_hi + (n_ge_lo - n_ge_hi) * frac  # the k-th largest's rank in the sample, 1-based
+      v = int(sb[int(np.clip(round(r) - 1, n_ge_hi, n_gt_lo - 1))])
+      return [v, v + 1] if v + 1 < hi else [v, lo]
+    mid = lo + (hi - lo) // 2
+    if hi >= 0x7F800000 or self.c_lo - self.c_hi <= 64:
+      return [lo + (hi - lo) // 3, lo + 2 * (hi - lo) // 3]
+    v_lo, v_hi = float(_bits_to_float(lo)), float(_bits_to_float(hi))
+    frac = (self.c_lo - self.k + 0.5) / max(self.c_lo - self.c_hi, 1)
+    star = int(np.array(v_lo + frac * (v_hi - v_lo), np.float32).view(np.int32))
+    pair = sorted({p for p in (star, mid) if lo < p < hi})
+    return (pair + [lo, lo])[:2]
 
   @property
   def done(self) -> bool:
@@ -300,6 +371,8 @@ def find_thresholds(
 
   strides = {p: _axis_strides(shapes[p], stride_of(p)) for p in paths}
   fn = functools.partial(_sample_fn, dare=dare)
+  if not dare:  # host arrays are sampled on the host (see _sample_host)
+    fn.host = _sample_host
   samples = leaf_pass(fn, lambda p: (strides[p],))
   brackets: dict[tuple[str, int], _Bracket] = {}
   for g, ps in groups.items():
@@ -315,9 +388,15 @@ def find_thresholds(
     todo = {gt: b for gt, b in brackets.items() if not b.done}
     if not todo:
       break
+    # Per-tensor brackets the first count pass left open (a few) are narrowed by the same compiled
+    # program, two thresholds at a time, for up to PAIR_PASSES passes; then 3 or 7 at a time.
+    pair_pass = vote is None and 0 < pass_index <= PAIR_PASSES
     if pass_index == 0:
       # Two thresholds per expert (and the speculative vote), counted inside one fused pass.
       props = {gt: b.pin_pair() for gt, b in todo.items()}
+      width = 2
+    elif pair_pass:
+      props = {gt: [p for p in b.pair() if b.lo < p < b.hi] or [b.lo + (b.hi - b.lo) // 2] for gt, b in todo.items()}
       width = 2
     else:
       props = {gt: b.proposals(thresholds_per_pass, first=pass_index == 1) for gt, b in todo.items()}
@@ -332,9 +411,15 @@ def find_thresholds(
         v = props.get((g, t), [brackets[g, t].lo])
         rows.append(v + [v[-1]] * (width - len(v)))
       table[g] = np.asarray(rows, np.int32)
-    if pass_index == 0:
+    if pass_index == 0 or pair_pass:
       count_fn = functools.partial(_pinpoint_fn, dare=dare, vote=vote, weighted=weighted)
-      counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
+      if vote is None:  # leaves whose groups are all exact already (sampled whole) are not read
+        busy = {g for g, _ in todo}
+        count_fn = functools.partial(_pinpoint_if, fn=count_fn)
+        counts = leaf_pass(count_fn, lambda p: (table[group_of[p]] if group_of[p] in busy else None,
+                                                guess[group_of[p]]))
+      else:
+        counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
       if vote is not None:
         balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
                    sum(int(np.asarray(c[1])[1].astype(np.int64).sum()) for c in counts.values()))
