@@ -81,6 +81,95 @@ def speed(sizes, batch_size=16, length=128, steps=5) -> dict:
   return out
 
 
+# How the world's runs can share a 2-core CPU host (issue 4, fourth session). Each mode is timed in a
+# fresh subprocess (the CPU device count and XLA flags are fixed when the backend starts) on the same
+# work: `--mode_steps` train steps of every listed run (16 x 128-token rows, random tokens).
+_MODES = {
+    # (CPU devices, XLA_FLAGS, runs, concurrent?)
+    "a_mesh2_sequential": (2, "", ("xs", "s"), False),     # mergejax-study today: 2-device data mesh
+    "one_device_sequential": (1, "", ("xs", "s"), False),  # 1 device, XLA's thread pool over both cores
+    "b_sizes_concurrent": (2, "", ("xs", "s"), True),      # xs on device 0 beside s on device 1
+    "b_sizes_concurrent_1thread": (2, "--xla_cpu_multi_thread_eigen=false", ("xs", "s"), True),
+    "a_mesh2_sequential_ss": (2, "", ("s", "s"), False),   # two runs of one size, one after the other
+    "c_same_size_concurrent": (2, "", ("s", "s"), True),   # two runs of one size side by side
+}
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "CPU devices for the build (0: one per core, "
+                                    "as mergejax-build-world; 1: the old one-run-at-a-time build).")
+_MODE = flags.DEFINE_string("_mode", "", "Internal: time one training mode (see _MODES) and print JSON.")
+_TRAIN_MODES = flags.DEFINE_list("train_modes", [], "Time these training modes side by side "
+                                 f"(any of {sorted(_MODES)}; 'all' for every one).")
+_MODE_STEPS = flags.DEFINE_integer("mode_steps", 40, "Train steps per run for --train_modes.")
+_MODE_REPEATS = flags.DEFINE_integer("mode_repeats", 2, "Rounds over the modes (interleaved).")
+
+
+def _time_mode(name: str, steps: int) -> dict:
+  import threading  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from mergejax import models, training  # pylint: disable=g-import-not-at-top
+  n_dev, _, sizes, concurrent = _MODES[name]
+  devs = jax.devices()
+  assert len(devs) == n_dev, (len(devs), n_dev)
+  rng = np.random.default_rng(0)
+  b, length = 16, 128
+  batch = {"decoder_input_tokens": rng.integers(2, 1024, (b, length)).astype(np.int32),
+           "decoder_target_tokens": rng.integers(2, 1024, (b, length)).astype(np.int32),
+           "decoder_loss_weights": np.ones((b, length), np.int32),
+           "decoder_segment_ids": np.ones((b, length), np.int32),
+           "decoder_positions": np.tile(np.arange(length, dtype=np.int32), (b, 1))}
+  jobs = []
+  for k, size in enumerate(sizes):
+    cfg = models.get_config(size, vocab_size=1024, max_len=length)
+    mesh = training.data_mesh([devs[k % n_dev]] if concurrent else devs)
+    tr = training.get_trainer(cfg, training.OptimConfig(), mesh)
+    st, m = tr.step(tr.init_state(k), batch, 1e-3)  # compile outside the timing
+    jax.block_until_ready(m)
+    jobs.append([tr, st, models.flops_per_token(cfg, length)])
+
+  def go(job):
+    for _ in range(steps):
+      job[1], m = job[0].step(job[1], batch, 1e-3)
+    jax.block_until_ready(m)
+
+  t = time.perf_counter()
+  if concurrent:
+    ts = [threading.Thread(target=go, args=(j,)) for j in jobs]
+    for th in ts:
+      th.start()
+    for th in ts:
+      th.join()
+  else:
+    for j in jobs:
+      go(j)
+  dt = time.perf_counter() - t
+  tokens = steps * b * length * len(jobs)
+  flops = sum(steps * b * length * j[2] for j in jobs)
+  return {"mode": name, "seconds": dt, "tokens_per_s": tokens / dt, "model_gflops": flops / dt / 1e9,
+          "load": os.getloadavg()[0]}
+
+
+def train_modes(names, steps, repeats) -> dict:
+  """Times each mode in its own subprocess, interleaved over `repeats` rounds; prints a table."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  names = sorted(_MODES) if names == ["all"] else names
+  res = {n: [] for n in names}
+  for _ in range(repeats):
+    for n in names:
+      n_dev, xla, _, _ = _MODES[n]
+      env = dict(os.environ, XLA_FLAGS=xla, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                 JAX_NUM_CPU_DEVICES=str(n_dev))
+      cmd = [sys.executable, __file__, f"--_mode={n}", f"--mode_steps={steps}"]
+      out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+      r = json.loads(out.strip().splitlines()[-1])
+      res[n].append(r)
+      print(f"mode {n}: {r['seconds']:.2f} s, {r['tokens_per_s']:,.0f} tokens/s, "
+            f"{r['model_gflops']:.1f} model GFLOP/s (load {r['load']:.1f})", flush=True)
+  summary = {n: float(np.median([r["model_gflops"] for r in rs])) for n, rs in res.items()}
+  for n, g in summary.items():
+    print(f"train mode {n}: median {g:.1f} model GFLOP/s", flush=True)
+  return {"runs": res, "median_model_gflops": summary}
+
+
 def measure(workdir, sizes, split) -> dict:
   import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
   from mergejax import models, world  # pylint: disable=g-import-not-at-top
@@ -158,7 +247,20 @@ def targets(checks, sizes) -> dict:
 
 def main(argv):
   del argv
+  if _MODE.value:
+    print(json.dumps(_time_mode(_MODE.value, _MODE_STEPS.value)))
+    return
+  if not _TRAIN_MODES.value:  # build like mergejax-build-world: one CPU device per core
+    import jax  # pylint: disable=g-import-not-at-top
+    from mergejax import world  # pylint: disable=g-import-not-at-top
+    n = world.host_cpu_devices(_CPU_DEVICES.value)
+    if n > 1:
+      jax.config.update("jax_num_cpu_devices", n)
   report = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+  if _TRAIN_MODES.value:
+    report["train_modes"] = train_modes(_TRAIN_MODES.value, _MODE_STEPS.value, _MODE_REPEATS.value)
+    pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
+    return
   if not _SKIP_SPEED.value:
     report["speed"] = speed(_SPEED_SIZES.value)
   if not _SPEED_ONLY.value:

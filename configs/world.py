@@ -33,6 +33,9 @@ def get_config() -> config_dict.ConfigDict:
   c.task_module = config_dict.placeholder(str)  # a module to import that registers custom seqio tasks
   c.checkpoint_every = 0  # >0: resumable train-state checkpoints inside each run
   c.progress = True
+  # CPU only: split the host into this many devices (0: one per core, at most 8); independent runs
+  # then train side by side, one per device (mergejax.world.build_world).
+  c.cpu_devices = 0
   for name in ("pretrain", "instruction_tune", "expert", "multitask"):
     c[name] = _recipe()
   return c

@@ -103,47 +103,218 @@ def train_flops(runs: Sequence[recipes.RunSpec]) -> float:
 
 
 def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
-                progress: bool = True, checkpoint_every: int = 0, **plan_kw) -> dict[str, Any]:
+                progress: bool = True, checkpoint_every: int = 0,
+                devices: Sequence[Any] | None = None, **plan_kw) -> dict[str, Any]:
   """Trains every missing model of the world into ``workdir``; returns (and writes) a summary.
 
   Complete checkpoints are skipped; incomplete ones (temporary directories) are never taken for
   complete, and with ``checkpoint_every > 0`` an interrupted run resumes from its last training
-  checkpoint. Batches of one (recipe, category) are generated once and reused by both base kinds
-  and every size (the same data; only the model differs). ``plan_kw`` goes to :func:`plan`.
+  checkpoint. Batches of one (recipe, category) are generated once (in a background thread, ahead
+  of the runs that need them) and reused by both base kinds and every size. ``plan_kw`` goes to
+  :func:`plan`.
+
+  Scheduling: in a single process with several local devices (e.g. ``jax_num_cpu_devices`` = cores
+  on a CPU host), every run trains on ONE device and independent runs train concurrently, one per
+  device (the sizes' pretrain -> instruction-tune chains side by side, then the experts and
+  multitask baselines as their bases appear; longest remaining chain first). A run's result does
+  not depend on which device it ran on or what ran beside it (tested bit-identical). Otherwise
+  (one device, or multi-process) runs go one after another over a data-parallel mesh of all
+  devices. On a CPU host at most one concurrent run per core (more only adds compilations).
+  ``devices`` overrides the device list: several -> concurrent runs, one per device; one ->
+  every run on that device, one after another.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from mergejax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   runs = plan(workdir, sizes, **plan_kw)
-  cache: dict[tuple, list] = {}
   summary: dict[str, Any] = {"workdir": str(workdir), "sizes": list(sizes), "runs": [],
                              "train_flops": train_flops(runs)}
+  if devices is None and jax.process_count() == 1 and len(jax.local_devices()) > 1:
+    devices = jax.local_devices()
+    if devices[0].platform == "cpu":  # more concurrent runs than cores only adds compilations
+      devices = devices[:max(1, os.cpu_count() or 1)]
+    if len(devices) == 1:
+      devices = None
   t0 = time.perf_counter()
-  bar = tqdm(runs, desc="world", disable=not progress, dynamic_ncols=True)
-  for spec in bar:
-    bar.set_postfix_str(spec.label)
-    row = {"label": spec.label, "path": str(spec.out), "recipe": spec.recipe, "size": spec.model.name,
-           "kind": spec.kind, "category": spec.category, "steps": spec.steps}
-    if models.is_complete(spec.out):
-      row["skipped"] = True
-      summary["runs"].append(row)
-      continue
-    key = (spec.mixture, spec.steps, spec.batch_size, spec.feature_lengths, spec.data_seed)
-    if key not in cache:
-      td = time.perf_counter()
-      cache[key] = data_lib.materialize(spec.mixture, spec.steps, batch_size=spec.batch_size,
-                                        feature_lengths=dict(spec.feature_lengths), seed=spec.data_seed)
-      row["data_seconds"] = time.perf_counter() - td
-    res = recipes.run(spec, batches=cache[key], checkpoint_every=checkpoint_every,
-                      progress=progress)
-    row.update(skipped=False, seconds=res.seconds, tokens_per_s=res.tokens_per_s,
-               final_loss=res.final_loss, first_loss=res.losses[0][1] if res.losses else None,
-               resumed_from=res.resumed_from)
-    summary["runs"].append(row)
+  if devices is not None and len(devices) > 1:
+    rows = _build_concurrent(runs, list(devices), checkpoint_every=checkpoint_every, progress=progress)
+    summary["devices"] = len(devices)
+  else:
+    mesh = None if devices is None else trainer_lib.data_mesh(list(devices))
+    rows = _build_sequential(runs, checkpoint_every=checkpoint_every, progress=progress, mesh=mesh)
+    summary["devices"] = 1
+  summary["runs"] = rows
   summary["seconds"] = time.perf_counter() - t0
   _write_json_atomic(workdir / "world.json", summary)
   return summary
+
+
+def _row(spec: recipes.RunSpec) -> dict[str, Any]:
+  return {"label": spec.label, "path": str(spec.out), "recipe": spec.recipe, "size": spec.model.name,
+          "kind": spec.kind, "category": spec.category, "steps": spec.steps}
+
+
+def _data_key(spec: recipes.RunSpec) -> tuple:
+  return (spec.mixture, spec.steps, spec.batch_size, spec.feature_lengths, spec.data_seed)
+
+
+def _materialize(spec: recipes.RunSpec) -> tuple[list, float]:
+  td = time.perf_counter()
+  b = data_lib.materialize(spec.mixture, spec.steps, batch_size=spec.batch_size,
+                           feature_lengths=dict(spec.feature_lengths), seed=spec.data_seed)
+  return b, time.perf_counter() - td
+
+
+def _finish_row(row: dict[str, Any], res) -> None:
+  row.update(skipped=False, seconds=res.seconds, tokens_per_s=res.tokens_per_s,
+             final_loss=res.final_loss, first_loss=res.losses[0][1] if res.losses else None,
+             resumed_from=res.resumed_from)
+
+
+def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None) -> list[dict[str, Any]]:
+  """One run after another, each over ``mesh`` (default: the data-parallel mesh of all devices)."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  cache: dict[tuple, list] = {}
+  out = []
+  bar = tqdm(runs, desc="world", disable=not progress, dynamic_ncols=True)
+  for spec in bar:
+    bar.set_postfix_str(spec.label)
+    row = _row(spec)
+    out.append(row)
+    if models.is_complete(spec.out):
+      row["skipped"] = True
+      continue
+    key = _data_key(spec)
+    if key not in cache:
+      cache[key], row["data_seconds"] = _materialize(spec)
+    res = recipes.run(spec, batches=cache[key], checkpoint_every=checkpoint_every, progress=progress,
+                      mesh=mesh)
+    _finish_row(row, res)
+  return out
+
+
+def _critical_path(runs) -> dict[int, float]:
+  """Per run index: its training FLOPs plus the longest chain of runs that start from its output."""
+  by_out = {spec.out: i for i, spec in enumerate(runs)}
+  children: dict[int, list[int]] = {i: [] for i in range(len(runs))}
+  for i, spec in enumerate(runs):
+    if spec.init is not None and spec.init in by_out:
+      children[by_out[spec.init]].append(i)
+  memo: dict[int, float] = {}
+  for i in reversed(range(len(runs))):  # plan order is topological
+    memo[i] = train_flops([runs[i]]) + max((memo[c] for c in children[i]), default=0.0)
+  return memo
+
+
+def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -> list[dict[str, Any]]:
+  """Independent runs concurrently, one per device (a 1-device mesh each), longest chain first.
+
+  XLA releases the GIL while a step runs, so one Python thread per device keeps every device busy;
+  batches are generated by one more thread in the order the runs will need them.
+  """
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  from mergejax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  rows = [_row(spec) for spec in runs]
+  todo = []
+  for i, spec in enumerate(runs):
+    if models.is_complete(spec.out):
+      rows[i]["skipped"] = True
+    else:
+      todo.append(i)
+  prio = _critical_path(runs)
+  by_out = {runs[i].out: i for i in todo}
+  deps = {i: {by_out[runs[i].init]} if runs[i].init in by_out else set() for i in todo}
+  order = sorted(todo, key=lambda i: (-prio[i], i))
+  # Data in the order runs become ready (dependency depth, then priority).
+  depth: dict[int, int] = {}
+  for i in todo:  # plan order is topological
+    depth[i] = 1 + max((depth[d] for d in deps[i]), default=0)
+  data_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="world-data")
+  futures: dict[tuple, concurrent.futures.Future] = {}
+  first_user: dict[tuple, int] = {}
+  for i in sorted(todo, key=lambda i: (depth[i], -prio[i], i)):
+    key = _data_key(runs[i])
+    if key not in futures:
+      futures[key] = data_pool.submit(_materialize, runs[i])
+      first_user[key] = i
+
+  cond = threading.Condition()
+  done: set[int] = set()
+  running: set[int] = set()
+  errors: list[BaseException] = []
+  bar = tqdm(total=len(runs), desc="world", disable=not progress, dynamic_ncols=True)
+  bar.update(len(runs) - len(todo))
+
+  def next_run() -> int | None:
+    with cond:
+      while True:
+        if errors or len(done) == len(todo):
+          return None
+        ready = [i for i in order if i not in done and i not in running and deps[i] <= done]
+        if ready:
+          running.add(ready[0])
+          return ready[0]
+        cond.wait()
+
+  def worker(slot: int, device) -> None:
+    mesh = trainer_lib.data_mesh([device])
+    while True:
+      i = next_run()
+      if i is None:
+        return
+      spec = runs[i]
+      try:
+        key = _data_key(spec)
+        batches, data_s = futures[key].result()
+        if first_user[key] == i:
+          rows[i]["data_seconds"] = data_s
+        res = recipes.run(spec, batches=batches, checkpoint_every=checkpoint_every,
+                          progress=progress, mesh=mesh, position=slot + 1)
+        _finish_row(rows[i], res)
+        rows[i]["device"] = str(device)
+      except BaseException as e:  # pylint: disable=broad-except
+        with cond:
+          errors.append(e)
+          running.discard(i)
+          cond.notify_all()
+        return
+      with cond:
+        running.discard(i)
+        done.add(i)
+        cond.notify_all()
+      bar.set_postfix_str(spec.label)
+      bar.update(1)
+
+  threads = [threading.Thread(target=worker, args=(k, d), name=f"world-{k}", daemon=True)
+             for k, d in enumerate(devices[:max(1, len(todo))])]
+  try:
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  finally:
+    bar.close()
+    data_pool.shutdown(wait=True, cancel_futures=True)
+  if errors:
+    raise errors[0]
+  return rows
+
+
+def host_cpu_devices(requested: int = 0) -> int:
+  """How many CPU devices a CPU-only world build should split the host into: ``requested``, or for
+  0 one per core (at most 8), so that independent runs train side by side (see :func:`build_world`).
+  A count already forced through XLA_FLAGS (as in the tests) is left alone (returns 1)."""
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 1
+  if requested:
+    return max(1, int(requested))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  return max(1, min(8, cores))
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:

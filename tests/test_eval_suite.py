@@ -94,6 +94,26 @@ def test_suite_evaluator_matches_seqio_evaluator(registered):  # noqa: F811
     fast.evaluate(params, tasks=["nope"])
 
 
+def test_legacy_score_metrics_equal_seqios_metric_objects(registered):  # noqa: F811
+  _, params, adapter = test_eval._tiny_decoder()  # pylint: disable=protected-access
+  ev = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_len=32)
+  ev.evaluate(params)  # the first evaluation goes through seqio's metric objects and keeps the targets
+  assert ev._legacy_score_metrics("evtest_gen", {}) is None  # a generation task keeps seqio's path  # pylint: disable=protected-access
+  n = len(ev._score_targets["evtest_rank"])  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  for scores in (rng.standard_normal(n), np.zeros(n), np.round(rng.standard_normal(n))):  # ties included
+    out = {seqio_score(): list(scores)}
+    fast = ev._legacy_score_metrics("evtest_rank", out)  # pylint: disable=protected-access
+    targets = ev._score_targets.pop("evtest_rank")  # pylint: disable=protected-access
+    slow = ev._task_metrics("evtest_rank", out)  # pylint: disable=protected-access
+    assert fast is not None and fast == slow and ev._score_targets["evtest_rank"] == targets  # pylint: disable=protected-access
+
+
+def seqio_score():
+  import seqio  # pylint: disable=g-import-not-at-top
+  return seqio.metrics.ModelOutputType.SCORE
+
+
 def test_suite_evaluator_without_packing_and_on_one_or_eight_devices(registered):  # noqa: F811
   # A user model without apply_packed is scored row by row, with the same metrics.
   ev = SuiteEvaluator(evaluation.from_flax_lm(Bigram()), "evtest_mix", "validation", batch_size=8)

@@ -178,11 +178,10 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
 
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  import mergejax  # pylint: disable=g-import-not-at-top
-  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  from mergejax.study.candidates import CandidateMerger  # pylint: disable=g-import-not-at-top
   spec = runner.validate(study_config(tiny_world), tmp_path)
   jax.clear_caches()  # earlier tests in this process compiled the same programs
-  warmup = runner.MergeWarmup(spec)
+  warmup = runner.MergeWarmup(spec, {"xs": runner.load_models(spec, spec.kinds[0], "xs")})
   warmup.wait("xs")
   assert warmup.error is None
   compiles = []
@@ -196,11 +195,12 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
   try:
     ms = runner.load_models(spec, "instruction_tuned", "xs")
     for n in spec.ns:
+      cats = spec.categories[-n:]  # the warm-up merged the first n: another subset needs no new program
       for name in spec.methods:
+        merger = CandidateMerger(name, ms.base_host, [ms.experts_host[c] for c in cats],
+                                 [ms.taus_host[c] for c in cats], seed=7)
         for hp in spec.grids[name]:
-          out = mergejax.merge(ms.base_host, [ms.experts_host[c] for c in spec.categories[:n]],
-                               methods.get(name, **hp), seed=7, mesh=runner.merge_mesh())
-          jax.block_until_ready(out)
+          jax.block_until_ready(merger(hp))
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert not compiles  # every (method, N) program of this size was compiled by the warm-up

@@ -104,3 +104,26 @@ def test_recipe_paths_and_errors(tmp_path):
     recipes.resolve("expert", "xs", tmp_path, mixture_prefix="mjtoy")
   with pytest.raises(ValueError, match="unknown recipe"):
     recipes.resolve("finetune", "xs", tmp_path)
+
+
+def test_one_device_run_is_bit_identical_on_any_device_and_beside_another_run(tmp_path, toy_batches):
+  """The world builder trains independent runs concurrently, one per device: a run's parameters
+  must not depend on which device it ran on, nor on what trained beside it at the same time."""
+  import threading  # pylint: disable=g-import-not-at-top
+  devs = jax.devices()
+  kw = dict(steps=8, opt=OPT, batch_size=8, batches=toy_batches, progress=False)
+  training.train(TINY, tmp_path / "alone_d0", mesh=training.data_mesh(devs[:1]), **kw)
+  # The same run on device 5 while another run (other data seed order) trains on device 2.
+  other = list(reversed(toy_batches))
+  ts = [threading.Thread(target=training.train, args=(TINY, tmp_path / "beside_d5"),
+                         kwargs=dict(mesh=training.data_mesh(devs[5:6]), **kw)),
+        threading.Thread(target=training.train, args=(TINY, tmp_path / "other_d2"),
+                         kwargs=dict(mesh=training.data_mesh(devs[2:3]), **dict(kw, batches=other)))]
+  for t in ts:
+    t.start()
+  for t in ts:
+    t.join()
+  a, b, c = (_params(tmp_path / n) for n in ("alone_d0", "beside_d5", "other_d2"))
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))

@@ -26,6 +26,12 @@ def main(argv) -> int:
   if cfg is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
   from mergejax import world  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  if not common.COORDINATOR.value:
+    n = world.host_cpu_devices(cfg.cpu_devices)
+    if n > 1:  # before the backend starts; only the default backend where there is no accelerator
+      jax.config.update("jax_num_cpu_devices", n)
+  common.maybe_initialize_distributed()
   over = {}
   for r in ("pretrain", "instruction_tune", "expert", "multitask"):
     over[r] = {k: v for k, v in cfg[r].items() if v is not None}

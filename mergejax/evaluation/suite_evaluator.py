@@ -4,9 +4,9 @@ A study scores hundreds of merged candidates, each on a different subset of cate
 experts' held-in tasks). :class:`SuiteEvaluator` reads and tokenizes a whole mixture once (one
 ``seqio.Evaluator``), packs each category's rank-classification rows with the shared prompt scored
 once for all answer choices (:mod:`mergejax.evaluation.packed`), and then, per call, runs only the
-requested categories' fixed-shape batches through one compiled program and computes each task's
-metrics with seqio's own metric objects (the task's ``metric_fns`` and postprocessor), as
-``seqio.Evaluator.evaluate`` would::
+requested categories' fixed-shape batches (full ones, and smaller ones for each category's last
+sequences: two compiled programs per model) and computes each task's metrics as seqio's own metric
+objects would (the task's ``metric_fns`` and postprocessor), as ``seqio.Evaluator.evaluate`` does::
 
     ev = SuiteEvaluator(builtin_adapter(config), "mj_heldin_eval", "validation")
     res = ev.evaluate(params, tasks=ev.tasks_of(["mcqa", "topic"]))   # EvalResults of those tasks
@@ -65,6 +65,7 @@ class _Group:
   rows: list[np.ndarray]  # per batch, [B, G] row ids (-1: padding)
 
 
+_TAIL_ROWS = 8  # packed sequences per batch at the end of a category (see _build_groups)
 _FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 
 
@@ -116,11 +117,14 @@ class SuiteEvaluator:
                          and self._devices[0].platform == "cpu")
     # Split batches need a multiple of the data-parallel size; round-robin batches stay whole.
     dp = 1 if self._round_robin else int(np.prod([self.inference.mesh.shape[a] for a in self.inference.data_axes]))
+    self._dp = dp
     self.pack_rows = -(-max(1, pack_rows) // dp) * dp
     self.pack_len = pack_len
     self.pack_targets = pack_targets
     self._groups: dict[str, _Group] | None = None
     self._examples: dict[str, list] = {}
+    self._types: dict[str, set] = {}
+    self._score_targets: dict[str, list] = {}  # task -> postprocessed targets, for _legacy_score_metrics
     self._packed = _packed_jit(None if self._round_robin else self.inference.replicated)
 
   # -- tasks ----------------------------------------------------------------------------------------
@@ -146,7 +150,9 @@ class SuiteEvaluator:
     return other
 
   def _output_types(self, task: str) -> set:
-    return {m.model_output_type for m in self._tasks[task].metric_objs}
+    if task not in self._types:  # Task.metric_objs builds new metric classes on every access
+      self._types[task] = {m.model_output_type for m in self._tasks[task].metric_objs}
+    return self._types[task]
 
   # -- packing --------------------------------------------------------------------------------------
   def _build_groups(self) -> dict[str, _Group]:
@@ -164,6 +170,10 @@ class SuiteEvaluator:
     most_targets = max((int(np.max((f["decoder_loss_weights"] > 0).sum(1))) for _, f in feats.values()
                         if f is not None), default=1)
     gather_len = max(self.pack_targets or seq_len // 2, -(-most_targets // 8) * 8)
+    # Batches of pack_rows sequences, and a category's last sequences in batches of `tail`: two shapes
+    # (two compiles) per model, and at most tail - 1 padding sequences per category instead of pack_rows - 1.
+    tail = _TAIL_ROWS if self.pack_rows % _TAIL_ROWS == 0 and (self._round_robin or _TAIL_ROWS % self._dp == 0) \
+        else self.pack_rows
     groups = {}
     for cat, tasks in by_cat.items():
       offsets, parts, n = {}, [], 0
@@ -178,13 +188,16 @@ class SuiteEvaluator:
         cat_arr = lambda k: np.concatenate([np.pad(p[0][k], ((0, 0), (0, width - p[0][k].shape[1]))) for p in parts])
         host = packed_lib.pack(cat_arr("decoder_input_tokens"), cat_arr("decoder_target_tokens"),
                                cat_arr("decoder_loss_weights"), np.concatenate([p[1] for p in parts]),
-                               seq_len=seq_len, gather_len=gather_len, rows_multiple=self.pack_rows)  # one shape: one compile
+                               seq_len=seq_len, gather_len=gather_len, rows_multiple=tail)
       else:
         host = None
       batches, rows = [], []
       if host is not None:
-        for s in range(0, host.num_sequences, self.pack_rows):
-          sl = slice(s, s + self.pack_rows)
+        n_full = host.num_sequences // self.pack_rows * self.pack_rows
+        starts = [(s, self.pack_rows) for s in range(0, n_full, self.pack_rows)]
+        starts += [(s, tail) for s in range(n_full, host.num_sequences, tail)]
+        for s, size in starts:
+          sl = slice(s, s + size)
           arrays = {k: getattr(host, k)[sl] for k in ("tokens", "positions", "example", "branch", "gather", "target",
                                                       "weight")}
           if self._round_robin:  # whole batches, alternating devices (balanced within each category)
@@ -195,7 +208,49 @@ class SuiteEvaluator:
       groups[cat] = _Group(tasks, offsets, n, batches, rows)
     return groups
 
+  def _task_examples(self, task_name: str) -> list:
+    """The task's examples as numpy (read once: seqio's metrics take the examples)."""
+    if task_name not in self._examples:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      self._examples[task_name] = list(tfds.as_numpy(self.seqio_evaluator.cached_task_datasets[task_name]))
+    return self._examples[task_name]
+
+  def prepare(self) -> "SuiteEvaluator":
+    """Reads, tokenizes and packs every task now rather than on first use (e.g. on a background thread)."""
+    if self._groups is None:
+      self._groups = self._build_groups()
+    for t in self._tasks:
+      self._task_examples(t)
+    return self
+
   # -- evaluation -----------------------------------------------------------------------------------
+  def _batch_runner(self, params: Params):
+    """A function of a packed batch that dispatches the scoring program on the batch's device(s)."""
+    adapter = self.inference.adapter
+    replicas = _by_device(params) if self._round_robin else None
+
+    def run(b):
+      p = replicas[next(iter(b["tokens"].devices()))] if replicas is not None else params
+      return self._packed(adapter, p, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
+                          b["target"], b["weight"])
+    return run
+
+  def warm_up(self, params: Params) -> None:
+    """Compiles the packed scoring programs ahead of the first evaluation (e.g. on a background
+    thread) by running one batch of each shape on each device. Single process only."""
+    if self.inference.adapter.apply_packed is None or jax.process_count() > 1:
+      return
+    if self._groups is None:
+      self._groups = self._build_groups()
+    run = self._batch_runner(self.inference.place_params(params))
+    seen = set()
+    for g in self._groups.values():
+      for b in g.batches:
+        key = (b["tokens"].shape, tuple(sorted(d.id for d in b["tokens"].devices())))
+        if key not in seen:
+          seen.add(key)
+          jax.block_until_ready(run(b))
+
   def _packed_scores(self, params: Params, tasks: Sequence[str]) -> dict[str, list[float]]:
     if self._groups is None:
       self._groups = self._build_groups()
@@ -204,20 +259,14 @@ class SuiteEvaluator:
       c = self.category(t)
       if c not in cats:
         cats.append(c)
-    adapter = self.inference.adapter
     # One device: every batch is dispatched before the first wait. Several devices (or processes): each
     # batch is waited for before the next is dispatched, since the collectives of concurrently running
     # executions on XLA:CPU can pair up wrongly and deadlock (2 processes) or abort (8 devices).
     # Round robin over one process's CPU devices runs no collectives: all batches are dispatched at once.
     serial = not self._round_robin and (self.inference.mesh.size > 1 or jax.process_count() > 1)
-    replicas = _by_device(params) if self._round_robin else None
-
-    def run(b):
-      p = replicas[next(iter(b["tokens"].devices()))] if replicas is not None else params
-      out = self._packed(adapter, p, b["tokens"], b["positions"], b["example"], b["branch"], b["gather"],
-                         b["target"], b["weight"])
-      return jax.block_until_ready(out) if serial else out
-    pending = [(g, [run(b) for b in g.batches]) for g in (self._groups[c] for c in cats)]
+    run = self._batch_runner(params)
+    pending = [(g, [jax.block_until_ready(run(b)) if serial else run(b) for b in g.batches])
+               for g in (self._groups[c] for c in cats)]
     out = {}
     for g, outs in pending:
       total = np.zeros((g.n_rows,), np.float64)
@@ -230,14 +279,37 @@ class SuiteEvaluator:
         out[t] = [float(v) for v in total[start:start + len(idx)][order]]
     return {t: out[t] for t in tasks}
 
+  def _legacy_score_metrics(self, task_name: str, task_output: Mapping[Any, Any]) -> dict[str, Any] | None:
+    """The task's metrics without seqio's metric objects, or None where that is not the same computation.
+
+    For a task whose metrics are all legacy score functions ``fn(targets, scores)``, seqio's
+    ``PassthroughLegacyMetric`` removes padding (there is none here), sorts the outputs into example order
+    (they already are) and calls ``fn(targets=postprocessed targets, scores=outputs)``; this calls the
+    functions directly with the targets seqio postprocessed on this task's first evaluation (a test
+    checks that both give the same values). It skips per-call jax array bookkeeping (~5 ms a task).
+    """
+    task = self._tasks[task_name]
+    targets = self._score_targets.get(task_name)
+    fns = task.score_metric_fns
+    if targets is None or not fns or len(fns) != len(task.metric_objs):
+      return None
+    scores = np.array(task_output[_SCORE])
+    result: dict[str, Any] = {}
+    for fn in fns:
+      for k, v in fn(targets=targets, scores=scores).items():
+        if k in result:
+          raise ValueError(f"duplicate metric key {k!r} in task {task_name!r}")
+        result[k] = v
+    return result
+
   def _task_metrics(self, task_name: str, task_output: Mapping[Any, Any]) -> dict[str, Any]:
     """seqio's metric computation for one task (``seqio.Evaluator._compute_clu_metrics``, minus the
     loggers), over examples read once instead of re-iterating the tf.data pipeline every call."""
+    fast = self._legacy_score_metrics(task_name, task_output)
+    if fast is not None:
+      return fast
     task = self._tasks[task_name]
-    examples = self._examples.get(task_name)
-    if examples is None:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      examples = self._examples[task_name] = list(tfds.as_numpy(self.seqio_evaluator.cached_task_datasets[task_name]))
+    examples = self._task_examples(task_name)
     target_field = self.seqio_evaluator._target_field_name  # pylint: disable=protected-access
     cached_targets = self.seqio_evaluator._cached_targets  # pylint: disable=protected-access
     result: dict[str, Any] = {}
@@ -248,6 +320,8 @@ class SuiteEvaluator:
         value, targets_and_inferences = metric.actual_compute(examples, task.output_features, target_field,
                                                               cached_targets[task_name])
         cached_targets[task_name] = targets_and_inferences["targets"]
+        if metric_obj.model_output_type == _SCORE:
+          self._score_targets[task_name] = targets_and_inferences["targets"]
       else:
         value = metric.compute()
       for k, v in value.items():

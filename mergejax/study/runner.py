@@ -9,6 +9,7 @@ a checkpoint. Every process of a multi-host run executes the same program; only 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import pathlib
 import threading
@@ -19,7 +20,6 @@ import jax
 import numpy as np
 from absl import logging
 
-import mergejax
 from mergejax import methods as methods_lib
 from mergejax import models
 from mergejax import world as world_lib
@@ -29,6 +29,7 @@ from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.suite_evaluator import SuiteEvaluator
 from mergejax.evaluation.suites import resolve
 from mergejax.study import grid as grid_lib
+from mergejax.study.candidates import CandidateMerger, task_vectors
 from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
 from mergejax.study.store import ResultsStore
 
@@ -120,18 +121,42 @@ class Scorer:
   def __init__(self, guard: SplitGuard, batch_size: int):
     self.guard, self.batch_size = guard, batch_size
     self._evaluators: dict[tuple, SuiteEvaluator] = {}
+    self._building: dict[str, concurrent.futures.Future] = {}
     self._suite_tasks: dict[str, list[str]] = {}
     self.seconds = 0.0
     self.calls = 0
+
+  def _new_evaluator(self, adapter, split: str) -> SuiteEvaluator:
+    return SuiteEvaluator(adapter, resolve(self.SPLIT_SUITES.get(split, "all")), split, batch_size=self.batch_size)
+
+  def prepare(self, adapter) -> None:
+    """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
+    threads, one per split, so that they overlap each other and the models' loading. One process only
+    (a multi-host run places batches on global meshes in lockstep)."""
+    if jax.process_count() > 1:
+      return
+    for split in self.SPLIT_SUITES:
+      if split not in self._building:
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"evaluator-{split}")
+        self._building[split] = pool.submit(lambda sp=split: self._new_evaluator(adapter, sp).prepare())
+        pool.shutdown(wait=False)
+
+  def warm_up(self, adapter, params) -> None:
+    """Compiles the evaluation programs of one model size (see :meth:`SuiteEvaluator.warm_up`), the
+    validation split's first (it is ready first). Safe on a background thread after :meth:`prepare`."""
+    for split in self.SPLIT_SUITES:
+      if split in self._building:
+        self._building[split].result().with_adapter(adapter).warm_up(params)
 
   def evaluator(self, size: str, adapter, split: str) -> SuiteEvaluator:
     key = (size, split)
     ev = self._evaluators.get(key)
     if ev is None:
       other = next((e for (_, sp), e in self._evaluators.items() if sp == split), None)
+      if other is None and split in self._building:
+        other = self._building[split].result()
       ev = (other.with_adapter(adapter) if other is not None  # same data, another model size
-            else SuiteEvaluator(adapter, resolve(self.SPLIT_SUITES.get(split, "all")), split,
-                                batch_size=self.batch_size))
+            else self._new_evaluator(adapter, split))
       self._evaluators[key] = ev
     return ev
 
@@ -155,10 +180,9 @@ class Scorer:
 
 @dataclasses.dataclass
 class ModelSet:
-  """The models of one (kind, size), resident on device, and host copies of base and experts to merge.
-
-  Merges run on one device (:func:`merge_mesh`; on CPU the engine's flat-chunk kernels then serve every
-  leaf shape and both sizes with a few compiles); evaluation runs on every device.
+  """The models of one (kind, size), resident on device (evaluation runs on every device), and host
+  copies of base, experts and task vectors, which each cell's :class:`CandidateMerger` places on the
+  one device it merges on.
   """
 
   config: Any
@@ -168,11 +192,7 @@ class ModelSet:
   multitask: Any | None
   base_host: Any = None
   experts_host: dict[str, Any] | None = None
-
-
-def merge_mesh() -> jax.sharding.Mesh:
-  """The one-device mesh merges run on: this process's first device."""
-  return jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
+  taus_host: dict[str, Any] | None = None  # float32 task vectors expert - base (candidates.task_vectors)
 
 
 def _load(path: pathlib.Path):
@@ -188,8 +208,10 @@ def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = Tr
   mt_path = world_lib.checkpoint_path(spec.world_dir, size, kind, "multitask")
   multitask = _load(mt_path)[1] if with_multitask and models.is_complete(mt_path) else None
   host = lambda t: jax.tree.map(np.asarray, t)
-  return ModelSet(config, adapter_for(config), base, experts, multitask, base_host=host(base),
-                  experts_host={c: host(p) for c, p in experts.items()})
+  base_host = host(base)
+  experts_host = {c: host(p) for c, p in experts.items()}
+  return ModelSet(config, adapter_for(config), base, experts, multitask, base_host=base_host,
+                  experts_host=experts_host, taus_host=task_vectors(base_host, experts_host))
 
 
 _ADAPTERS: dict[Any, Any] = {}
@@ -269,15 +291,14 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   row = store.get(key)
   if row is not None:
     return row
-  experts = [ms.experts_host[c] for c in cell.categories]
+  merger = CandidateMerger(method_name, ms.base_host, [ms.experts_host[c] for c in cell.categories],
+                           [ms.taus_host[c] for c in cell.categories] if ms.taus_host else None, seed=cell.seed)
   expert_val, val_cats = _expert_table(refs, "heldin_validation")
   timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
 
   def merged(hp):
     t0 = time.perf_counter()
-    out = mergejax.merge(ms.base_host, experts, methods_lib.get(method_name, **hp), seed=cell.seed,
-                         mesh=merge_mesh())
-    jax.block_until_ready(out)
+    out = jax.block_until_ready(merger(hp))
     timings["merge_s"] += time.perf_counter() - t0
     return out
 
@@ -320,31 +341,35 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
 
 
 class MergeWarmup:
-  """Compiles every merge program the study will need, on a background thread, per size.
+  """Compiles every merge and evaluation program the study will need, on a background thread, per size.
 
-  XLA compiles release the GIL, so while the main thread sets up the evaluators (seqio's tf.data
-  tracing, one core) the other core compiles the merge kernels of every (method, N) for each size, by
-  merging random task vectors of the real shapes once. :meth:`wait` blocks until a size's programs
-  are compiled, so the study never compiles the same program twice. One process only: a multi-host
-  run merges on every process in lockstep and compiles in place.
+  XLA compiles release the GIL, so while the evaluators are set up the other core compiles the packed
+  scoring programs (:meth:`Scorer.warm_up`) and the merge programs of every (method, N) for each size, by merging the first base kind's real experts (the
+  first N categories) with every candidate of each grid once. Real task vectors, not random ones: TIES'
+  threshold search runs data-dependent passes, whose programs random data would not all reach.
+  :meth:`wait` blocks until a size's programs are compiled, so the study never compiles the same
+  program twice. One process only: a multi-host run merges on every process in lockstep and compiles
+  in place.
   """
 
-  def __init__(self, spec: StudySpec):
+  def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None):
     self._done = {size: threading.Event() for size in spec.sizes}
     self.error: BaseException | None = None
-    bases = {size: jax.tree.map(np.asarray, models.load_checkpoint(  # read here: orbax stays on this thread
-        world_lib.checkpoint_path(spec.world_dir, size, spec.kinds[0], "base"))[1]) for size in spec.sizes}
-    threading.Thread(target=self._run, args=(spec, bases), name="merge-warmup", daemon=True).start()
+    threading.Thread(target=self._run, args=(spec, dict(model_sets), scorer), name="merge-warmup",
+                     daemon=True).start()
 
-  def _run(self, spec: StudySpec, bases: Mapping[str, Any]) -> None:
+  def _run(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None) -> None:
     try:
-      for size, base in bases.items():
-        rng = np.random.default_rng(0)
-        noisy = lambda x: (x + 0.01 * rng.standard_normal(x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x
-        experts = [jax.tree.map(noisy, base) for _ in range(max(spec.ns))]
+      for size, ms in model_sets.items():
+        if scorer is not None:  # the evaluation programs of this size too (waits for the evaluator's data)
+          scorer.warm_up(ms.adapter, ms.base)
         for n in spec.ns:
+          cats = spec.categories[:n]
           for name in spec.methods:
-            mergejax.merge(base, experts[:n], methods_lib.get(name, **spec.grids[name][0]), mesh=merge_mesh())
+            merger = CandidateMerger(name, ms.base_host, [ms.experts_host[c] for c in cats],
+                                     [ms.taus_host[c] for c in cats] if ms.taus_host else None, seed=0)
+            for hp in spec.grids[name]:
+              jax.block_until_ready(merger(hp))
         self._done[size].set()
     except BaseException as e:  # pylint: disable=broad-except
       self.error = e  # reported by wait(); the study then compiles in place
@@ -381,13 +406,20 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -
   scorer = Scorer(guard, spec.batch_size)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
   units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
+  merges_missing = any(store.get(f"merge/{c.key}/{m}") is None for c, m in units)
+  if merges_missing or any(store.get(f"ref/{k}/{s}/base") is None for k in spec.kinds for s in spec.sizes):
+    scorer.prepare(adapter_for(models.load_config(
+        world_lib.checkpoint_path(spec.world_dir, spec.sizes[0], spec.kinds[0], "base"))))
   bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
-  warmup = MergeWarmup(spec) if jax.process_count() == 1 and any(store.get(f"merge/{c.key}/{m}") is None
-                                                                for c, m in units) else None
+  loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
+  warmup = None
+  if jax.process_count() == 1 and merges_missing:
+    loaded = {(spec.kinds[0], size): load_models(spec, spec.kinds[0], size) for size in spec.sizes}
+    warmup = MergeWarmup(spec, {size: ms for (_, size), ms in loaded.items()}, scorer)
   for kind in spec.kinds:
     for size in spec.sizes:
       todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
-      ms = load_models(spec, kind, size)
+      ms = loaded.pop((kind, size), None) or load_models(spec, kind, size)
       refs = reference_rows(store, scorer, spec, kind, size, ms)
       if warmup is not None:
         warmup.wait(size)

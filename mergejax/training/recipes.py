@@ -161,7 +161,7 @@ def resolve(recipe: str, size: str | models.ModelConfig, workdir: str | pathlib.
 
 def run(spec: RunSpec, *, batches: Sequence[Mapping[str, np.ndarray]] | None = None,
         checkpoint_every: int = 0, progress: bool = True, log_every: int = 10,
-        mesh=None, on_step=None) -> trainer_lib.TrainResult:
+        mesh=None, on_step=None, position: int | None = None) -> trainer_lib.TrainResult:
   """Executes a run (skipped when its output is already complete)."""
   if models.is_complete(spec.out):
     return trainer_lib.TrainResult(spec.out, skipped=True)
@@ -180,4 +180,4 @@ def run(spec: RunSpec, *, batches: Sequence[Mapping[str, np.ndarray]] | None = N
       feature_lengths=dict(spec.feature_lengths), mixture=None if batches is not None else spec.mixture,
       batches=batches, seed=spec.data_seed, init_params=init_params,
       checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, desc=spec.label,
-      info=info, on_step=on_step, mesh=mesh)
+      info=info, on_step=on_step, mesh=mesh, position=position)

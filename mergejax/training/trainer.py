@@ -19,6 +19,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -170,6 +171,7 @@ class Trainer:
 
 
 _TRAINERS: dict[tuple, Trainer] = {}
+_TRAINERS_LOCK = threading.Lock()  # the world builder trains on several devices from several threads
 
 
 def get_trainer(config: models.ModelConfig, opt: OptimConfig, mesh: jax.sharding.Mesh | None = None
@@ -178,9 +180,10 @@ def get_trainer(config: models.ModelConfig, opt: OptimConfig, mesh: jax.sharding
   mesh = data_mesh() if mesh is None else mesh
   key = (config, opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.clip_norm,
          tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
-  if key not in _TRAINERS:
-    _TRAINERS[key] = Trainer(config, opt, mesh)
-  return _TRAINERS[key]
+  with _TRAINERS_LOCK:
+    if key not in _TRAINERS:
+      _TRAINERS[key] = Trainer(config, opt, mesh)
+    return _TRAINERS[key]
 
 
 @dataclasses.dataclass
@@ -210,7 +213,7 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
           seed: int = 0, init_params: PyTree | None = None, checkpoint_every: int = 0,
           log_every: int = 10, progress: bool = True, desc: str = "",
           info: Mapping[str, Any] | None = None, on_step: Callable[[int, Mapping[str, float]], None] | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None, position: int | None = None) -> TrainResult:
   """Trains ``config`` for ``steps`` steps and writes the final params to ``out_dir`` (atomically).
 
   Skips the run when ``out_dir`` already holds a complete checkpoint. With ``checkpoint_every > 0``
@@ -235,6 +238,7 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
     info: extra metadata stored in ``train_info.json``.
     on_step: called as ``on_step(step, metrics)`` after each logged step (after any checkpoint).
     mesh: device mesh (default: all devices on one "data" axis).
+    position: tqdm line of the progress bar (concurrent runs each get their own line).
   """
   out = pathlib.Path(out_dir).absolute()
   if models.is_complete(out):
@@ -271,7 +275,7 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
   t_first = t0 = time.perf_counter()
   timed_tokens, timed_from = 0, None
   bar = tqdm(total=steps, initial=start, desc=desc or out.name, disable=not progress,
-             dynamic_ncols=True, leave=False)
+             dynamic_ncols=True, leave=False, position=position)
   for step in range(start, steps):
     batch = next(it)
     state, metrics = trainer.step(state, batch, float(schedule(step + 1)))

@@ -1,0 +1,65 @@
+"""CandidateMerger: one merged task vector per non-lam candidate group, the same params as direct merges."""
+
+import jax
+import numpy as np
+import pytest
+
+import mergejax
+from mergejax import methods as methods_lib
+from mergejax.study import candidates as candidates_lib
+
+
+def _models(n=3, seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = {"emb": (37, 16), "layer": {"w": (16, 48), "scale": (16,)}}
+  mk = lambda: jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,
+                            is_leaf=lambda x: isinstance(x, tuple))
+  base = mk()
+  experts = [jax.tree.map(lambda b, d: b + 0.1 * d, base, mk()) for _ in range(n)]
+  return base, experts
+
+
+@pytest.mark.parametrize("name,grid,exact", [
+    ("task_arithmetic", [{"lam": 0.3}, {"lam": 1.0}], True),
+    ("ties", [{"density": 0.2, "lam": 0.7}, {"density": 0.2, "lam": 1.5}, {"density": 0.5, "lam": 1.0}], True),
+    ("dare_ties", [{"drop_rate": 0.5, "lam": 0.7}, {"drop_rate": 0.8, "lam": 1.0}], False),
+    ("dare_linear", [{"drop_rate": 0.5, "lam": 0.5}], False),
+    ("average", [{}], True),
+])
+def test_candidates_equal_direct_merges(name, grid, exact):
+  base, experts = _models()
+  taus = candidates_lib.task_vectors(base, dict(enumerate(experts)))
+  merger = candidates_lib.CandidateMerger(name, base, experts, list(taus.values()), seed=3)
+  for hp in grid:
+    got = jax.tree.map(np.asarray, merger(hp))
+    want = jax.tree.map(np.asarray, mergejax.merge(base, experts, methods_lib.get(name, **hp), seed=3))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert g.dtype == w.dtype == np.float32
+      if exact:
+        np.testing.assert_array_equal(g, w)
+      else:  # (lam * r) * g vs lam * (r * g): one float32 rounding of the product apart
+        np.testing.assert_allclose(g, w, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(w).max())
+
+
+def test_one_merge_per_group_of_lams(monkeypatch):
+  base, experts = _models()
+  taus = candidates_lib.task_vectors(base, dict(enumerate(experts)))
+  calls = []
+  real = mergejax.merge
+  monkeypatch.setattr(candidates_lib.mergejax, "merge", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+  merger = candidates_lib.CandidateMerger("ties", base, experts, list(taus.values()), seed=0)
+  for hp in [{"density": 0.2, "lam": lam} for lam in (0.7, 1.0, 1.5)] + [{"density": 0.5, "lam": 1.0}]:
+    merger(hp)
+  assert [m.hparams["density"] for m in calls] == [0.2, 0.5]
+  assert all(m.hparams["lam"] == 1.0 for m in calls)
+
+
+def test_non_float32_trees_merge_directly():
+  base, experts = _models()
+  base16 = jax.tree.map(lambda x: x.astype(np.float16), base)
+  assert candidates_lib.task_vectors(base16, {0: base16}) is None
+  merger = candidates_lib.CandidateMerger("ties", base, experts, None, seed=0)
+  assert not merger.factored
+  want = mergejax.merge(base, experts, methods_lib.ties(density=0.2, lam=0.7))
+  for g, w in zip(jax.tree.leaves(merger({"density": 0.2, "lam": 0.7})), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
