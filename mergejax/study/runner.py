@@ -344,9 +344,10 @@ class MergeWarmup:
   """Compiles every merge and evaluation program the study will need, on a background thread, per size.
 
   XLA compiles release the GIL, so while the evaluators are set up the other core compiles the packed
-  scoring programs (:meth:`Scorer.warm_up`) and the merge programs of every (method, N) for each size, by merging the first base kind's real experts (the
-  first N categories) with every candidate of each grid once. Real task vectors, not random ones: TIES'
-  threshold search runs data-dependent passes, whose programs random data would not all reach.
+  scoring programs (:meth:`Scorer.warm_up`) and the merge programs of every (method, N) for each size,
+  by merging the first base kind's real experts (the first N categories) with every candidate of each
+  grid once. Real task vectors, not random ones: TIES' threshold search runs data-dependent passes,
+  whose programs random data would not all reach.
   :meth:`wait` blocks until a size's programs are compiled, so the study never compiles the same
   program twice. One process only: a multi-host run merges on every process in lockstep and compiles
   in place.
