@@ -22,6 +22,7 @@ def _models(n=3, seed=0):
 @pytest.mark.parametrize("name,grid,exact", [
     ("task_arithmetic", [{"lam": 0.3}, {"lam": 1.0}], True),
     ("ties", [{"density": 0.2, "lam": 0.7}, {"density": 0.2, "lam": 1.5}, {"density": 0.5, "lam": 1.0}], True),
+    ("ties", [{"density": 0.3, "lam": 0.7, "scope": "tensor"}], True),  # per-leaf statistics: not flattened
     ("dare_ties", [{"drop_rate": 0.5, "lam": 0.7}, {"drop_rate": 0.8, "lam": 1.0}], False),
     ("dare_linear", [{"drop_rate": 0.5, "lam": 0.5}], False),
     ("average", [{}], True),

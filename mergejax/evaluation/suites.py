@@ -20,6 +20,9 @@ anything else            used as a seqio mixture or task name as is
 
 from __future__ import annotations
 
+import hashlib
+from typing import Sequence
+
 import seqio
 
 
@@ -38,6 +41,17 @@ def task_names(suite: str) -> list[str]:
   """The seqio task names a suite (or mixture / task name) evaluates."""
   mt = seqio.get_mixture_or_task(resolve(suite))
   return [t.name for t in mt.tasks] if isinstance(mt, seqio.Mixture) else [mt.name]
+
+
+def union(suites: Sequence[str]) -> str:
+  """A seqio mixture of every task of ``suites`` (one suite: its own mixture), registered once under a
+  name derived from the task list, e.g. a study's validation split over only its categories."""
+  if len(suites) == 1:
+    return resolve(suites[0])
+  names: list[str] = []
+  for suite in suites:
+    names += [t for t in task_names(suite) if t not in names]
+  return _add("mj_union_" + hashlib.sha1(",".join(names).encode()).hexdigest()[:12], names)
 
 
 def register_synthetic_suites() -> None:

@@ -47,6 +47,24 @@ def scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
   return jax.tree.map(lambda b, x: b + lam * x, base, g)
 
 
+@jax.jit
+def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
+  r""":math:`\theta_0 + \lambda g` with ``g`` flat: the base's leaves concatenated in tree order."""
+  leaves, treedef = jax.tree.flatten(base)
+  out, start = [], 0
+  for x in leaves:
+    out.append(x + lam * g_flat[start:start + x.size].reshape(x.shape))
+    start += x.size
+  return jax.tree.unflatten(treedef, out)
+
+
+def _flat_exact(method_name: str, hparams: Mapping[str, Any]) -> bool:
+  """Whether merging the task vectors concatenated into one leaf gives the per-leaf merge exactly:
+  elementwise kernels whose statistics, if any, are model-wide (Task Arithmetic; TIES with the paper's
+  global trim). Not DARE (its masks are keyed by leaf path and row) nor per-tensor TIES."""
+  return method_name == "task_arithmetic" or (method_name == "ties" and hparams.get("scope", "global") == "global")
+
+
 class CandidateMerger:
   """Merges one cell's candidates for one method, sharing the merged task vector across lams.
 
@@ -68,25 +86,39 @@ class CandidateMerger:
     self.method_name, self.seed = method_name, seed
     self.factored = taus is not None and method_name in LAM_SCALES_TASK_VECTOR
     device = device or jax.local_devices()[0]
+    self._device = device
     if self.factored:  # base (for theta_0 + lam g), a zero base and the task vectors
       self._base, self._inputs = jax.device_put((base, (jax.tree.map(np.zeros_like, base), list(taus))), device)
+      self._taus_host = list(taus)
     else:
       self._base, self._inputs = None, jax.device_put((base, list(experts)), device)
+    self._flat_inputs = None  # ({"flat": zeros[P]}, [{"flat": tau[P]}]), made on first use
     self._g: dict[tuple, PyTree] = {}
 
   def __call__(self, hparams: Mapping[str, Any]) -> PyTree:
     """The merged params of one candidate (on the merge device)."""
     base, experts = self._inputs
-    if not self.factored or "lam" not in hparams:
-      if self.factored:  # no lam given: the method's default applies to the task vectors' merge
-        return scale_add(self._base, self._merge(hparams), np.float32(1.0))
+    if not self.factored:
       return mergejax.merge(base, experts, methods_lib.get(self.method_name, **hparams), seed=self.seed)
-    return scale_add(self._base, self._merge({**hparams, "lam": 1.0}), np.float32(hparams["lam"]))
+    lam = np.float32(hparams.get("lam", 1.0))  # without lam the method's default (1) applies
+    g_hparams = {**hparams, "lam": 1.0}
+    if _flat_exact(self.method_name, g_hparams):
+      return scale_add_flat(self._base, self._merge(g_hparams, flat=True)["flat"], lam)
+    return scale_add(self._base, self._merge(g_hparams, flat=False), lam)
 
-  def _merge(self, hparams: Mapping[str, Any]) -> PyTree:
-    """g: the task vectors merged onto a zero base (cached per hyperparameters)."""
-    key = tuple(sorted((k, repr(v)) for k, v in hparams.items()))
+  def _merge(self, hparams: Mapping[str, Any], flat: bool) -> PyTree:
+    """g: the task vectors merged onto a zero base (cached per hyperparameters). ``flat``: every leaf
+    concatenated into one, so the merge (and TIES' threshold search) compiles for one shape per model
+    instead of one per leaf shape, and runs one kernel per pass instead of one per leaf."""
+    key = (flat,) + tuple(sorted((k, repr(v)) for k, v in hparams.items()))
     if key not in self._g:
-      zeros, taus = self._inputs
+      if not flat:
+        zeros, taus = self._inputs
+      else:
+        if self._flat_inputs is None:
+          cat = lambda t: {"flat": np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])}
+          self._flat_inputs = jax.device_put((cat(jax.tree.map(np.zeros_like, self._taus_host[0])),
+                                              [cat(t) for t in self._taus_host]), self._device)
+        zeros, taus = self._flat_inputs
       self._g[key] = mergejax.merge(zeros, taus, methods_lib.get(self.method_name, **hparams), seed=self.seed)
     return self._g[key]

@@ -27,7 +27,6 @@ from mergejax.evaluation import normalize
 from mergejax.evaluation.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.suite_evaluator import SuiteEvaluator
-from mergejax.evaluation.suites import resolve
 from mergejax.study import grid as grid_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
 from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
@@ -112,14 +111,20 @@ class Scorer:
   """Per-task scores of params on one or more suites of one split, in one evaluation pass.
 
   One :class:`SuiteEvaluator` per (size, split) holds every task the study reads on that split
-  (validation: the held-in tasks; test: held-in and held-out), shared between sizes; a call scores
-  only the requested suites' tasks. Every requested suite passes the split guard first.
+  (validation: the held-in tasks of the study's categories; test: those and the held-out tasks),
+  shared between sizes; a call scores only the requested suites' tasks. Every requested suite passes
+  the split guard first.
   """
 
-  SPLIT_SUITES = {SELECTION_SPLIT: "heldin", TEST_SPLIT: "all"}
+  SPLITS = (SELECTION_SPLIT, TEST_SPLIT)
 
-  def __init__(self, guard: SplitGuard, batch_size: int):
+  def __init__(self, guard: SplitGuard, batch_size: int, categories: Sequence[str] | None = None):
     self.guard, self.batch_size = guard, batch_size
+    if categories is None:  # every held-in category
+      self._split_suites = {SELECTION_SPLIT: ["heldin"], TEST_SPLIT: ["all"]}
+    else:
+      heldin = [f"heldin_{c}" for c in categories]
+      self._split_suites = {SELECTION_SPLIT: heldin, TEST_SPLIT: heldin + ["heldout"]}
     self._evaluators: dict[tuple, SuiteEvaluator] = {}
     self._building: dict[str, concurrent.futures.Future] = {}
     self._suite_tasks: dict[str, list[str]] = {}
@@ -127,7 +132,8 @@ class Scorer:
     self.calls = 0
 
   def _new_evaluator(self, adapter, split: str) -> SuiteEvaluator:
-    return SuiteEvaluator(adapter, resolve(self.SPLIT_SUITES.get(split, "all")), split, batch_size=self.batch_size)
+    return SuiteEvaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
+                          batch_size=self.batch_size)
 
   def prepare(self, adapter) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
@@ -135,7 +141,7 @@ class Scorer:
     (a multi-host run places batches on global meshes in lockstep)."""
     if jax.process_count() > 1:
       return
-    for split in self.SPLIT_SUITES:
+    for split in self.SPLITS:
       if split not in self._building:
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"evaluator-{split}")
         self._building[split] = pool.submit(lambda sp=split: self._new_evaluator(adapter, sp).prepare())
@@ -144,7 +150,7 @@ class Scorer:
   def warm_up(self, adapter, params) -> None:
     """Compiles the evaluation programs of one model size (see :meth:`SuiteEvaluator.warm_up`), the
     validation split's first (it is ready first). Safe on a background thread after :meth:`prepare`."""
-    for split in self.SPLIT_SUITES:
+    for split in self.SPLITS:
       if split in self._building:
         self._building[split].result().with_adapter(adapter).warm_up(params)
 
@@ -404,7 +410,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -
   world_s = time.perf_counter() - t_start
   store = ResultsStore(workdir / "results")
   guard = SplitGuard()
-  scorer = Scorer(guard, spec.batch_size)
+  all_categories = tuple(spec.categories) == tuple(world_lib.heldin_categories())
+  scorer = Scorer(guard, spec.batch_size, None if all_categories else spec.categories)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
   units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
   merges_missing = any(store.get(f"merge/{c.key}/{m}") is None for c, m in units)
