@@ -85,20 +85,17 @@ class CandidateMerger:
                *, seed: int, device: jax.Device | None = None):
     self.method_name, self.seed = method_name, seed
     self.factored = taus is not None and method_name in LAM_SCALES_TASK_VECTOR
-    device = device or jax.local_devices()[0]
-    self._device = device
-    if self.factored:  # base (for theta_0 + lam g), a zero base and the task vectors
-      self._base, self._inputs = jax.device_put((base, (jax.tree.map(np.zeros_like, base), list(taus))), device)
-      self._taus_host = list(taus)
-    else:
-      self._base, self._inputs = None, jax.device_put((base, list(experts)), device)
-    self._flat_inputs = None  # ({"flat": zeros[P]}, [{"flat": tau[P]}]), made on first use
+    self._device = device or jax.local_devices()[0]
+    self._base_host = base
+    self._models_host = list(taus) if self.factored else list(experts)  # what gets merged
+    self._base = jax.device_put(base, self._device) if self.factored else None  # theta_0 of theta_0 + lam g
+    self._placed: dict[bool, tuple] = {}  # flat? -> (base or zero base, models) on the device
     self._g: dict[tuple, PyTree] = {}
 
   def __call__(self, hparams: Mapping[str, Any]) -> PyTree:
     """The merged params of one candidate (on the merge device)."""
-    base, experts = self._inputs
     if not self.factored:
+      base, experts = self._inputs(flat=False)
       return mergejax.merge(base, experts, methods_lib.get(self.method_name, **hparams), seed=self.seed)
     lam = np.float32(hparams.get("lam", 1.0))  # without lam the method's default (1) applies
     g_hparams = {**hparams, "lam": 1.0}
@@ -106,19 +103,24 @@ class CandidateMerger:
       return scale_add_flat(self._base, self._merge(g_hparams, flat=True)["flat"], lam)
     return scale_add(self._base, self._merge(g_hparams, flat=False), lam)
 
+  def _inputs(self, flat: bool) -> tuple:
+    """(base, models) placed on the merge device once, in tree form or (factored only) flat: every leaf
+    concatenated into one ``{"flat": [P]}``. Factored merges use a zero base and the task vectors."""
+    if flat not in self._placed:
+      base = jax.tree.map(np.zeros_like, self._base_host) if self.factored else self._base_host
+      models = self._models_host
+      if flat:
+        cat = lambda t: {"flat": np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])}
+        base, models = cat(base), [cat(m) for m in models]
+      self._placed[flat] = jax.device_put((base, models), self._device)
+    return self._placed[flat]
+
   def _merge(self, hparams: Mapping[str, Any], flat: bool) -> PyTree:
-    """g: the task vectors merged onto a zero base (cached per hyperparameters). ``flat``: every leaf
-    concatenated into one, so the merge (and TIES' threshold search) compiles for one shape per model
-    instead of one per leaf shape, and runs one kernel per pass instead of one per leaf."""
+    """g: the task vectors merged onto a zero base (cached per hyperparameters). ``flat``: one leaf, so
+    the merge (and TIES' threshold search) compiles for one shape per model instead of one per leaf
+    shape, and runs one kernel per pass instead of one per leaf."""
     key = (flat,) + tuple(sorted((k, repr(v)) for k, v in hparams.items()))
     if key not in self._g:
-      if not flat:
-        zeros, taus = self._inputs
-      else:
-        if self._flat_inputs is None:
-          cat = lambda t: {"flat": np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])}
-          self._flat_inputs = jax.device_put((cat(jax.tree.map(np.zeros_like, self._taus_host[0])),
-                                              [cat(t) for t in self._taus_host]), self._device)
-        zeros, taus = self._flat_inputs
+      zeros, taus = self._inputs(flat)
       self._g[key] = mergejax.merge(zeros, taus, methods_lib.get(self.method_name, **hparams), seed=self.seed)
     return self._g[key]
