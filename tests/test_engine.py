@@ -5,6 +5,7 @@ import errno
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -190,6 +191,23 @@ def test_nonfinite_found_from_the_output(tmp_path, devices, bad):
   with pytest.raises(engine.NonFiniteError, match=rf"{who}: leaf '{leaf}' contains NaN or Inf"):
     run()
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_finite_host_matches_isfinite(dtype):
+  """The host check on exponent bits agrees with np.isfinite on every float class."""
+  dt = jnp.dtype(dtype)
+  fi = jnp.finfo(dt)
+  specials = np.asarray([0.0, -0.0, 1.0, -2.5, float(fi.max), -float(fi.max), float(fi.tiny),
+                         float(fi.smallest_subnormal)], np.float64).astype(dt)
+  assert engine.finite_host(specials)
+  assert engine.finite_host(np.zeros((0,), dt))
+  for bad in (np.nan, np.inf, -np.inf):
+    for at in (0, 3, 7):
+      x = specials.copy()
+      x[at] = bad
+      assert not engine.finite_host(x), (dtype, bad, at)
+  assert engine.finite_host(np.arange(10, dtype=np.int32))  # not a float: nothing to check
 
 
 def test_nonfinite_propagation_rule():

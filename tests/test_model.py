@@ -1,5 +1,6 @@
 """The PaLM-style decoder: shapes, causality, packing, KV-cache decoding, sizes, checkpoints."""
 
+import concurrent.futures
 import json
 
 import flax.linen as nn
@@ -107,6 +108,22 @@ def test_checkpoint_roundtrip_atomic_and_sharded(tmp_path):
   assert all(x.sharding == rep for x in jax.tree.leaves(on_mesh))
   with pytest.raises(FileExistsError):
     models.save_checkpoint(path, TINY, params)
+
+
+def test_checkpoints_saved_and_loaded_from_several_threads_at_once(tmp_path):
+  """The world builder trains runs side by side in threads. Orbax 0.12 is not thread-safe for
+  concurrent saves (process-global operation ids and temporary paths): without models'
+  ORBAX_LOCK, this fails in most runs (directory races, or a wait until orbax's 300 s timeout)."""
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    for round_ in range(2):
+      futs = [pool.submit(models.save_checkpoint, tmp_path / f"r{round_}m{i}", TINY,
+                          {"w": np.full((4, 3), i, np.float32)}) for i in range(16)]
+      paths = [f.result(timeout=120) for f in futs]
+      loaded = [f.result(timeout=120) for f in [pool.submit(models.load_checkpoint, p) for p in paths]]
+      for i, (cfg, params) in enumerate(loaded):
+        assert cfg == TINY
+        np.testing.assert_array_equal(params["w"], np.full((4, 3), i, np.float32))
+  assert all(models.is_complete(p) for p in tmp_path.iterdir())
 
 
 def test_incomplete_checkpoints_are_rejected(tmp_path):

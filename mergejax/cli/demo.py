@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import mergejax
+from mergejax import cli
 from mergejax import methods
 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the demo models and DARE's masks.")
@@ -79,7 +80,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
+from mergejax import cli
 from mergejax.cli import common
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "eval.py"
@@ -112,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
+from mergejax import cli
+
 _VALUES = flags.DEFINE_bool("values", False, "Also compare leaf values (reads every leaf, one at a time).")
 
 
@@ -91,7 +93,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

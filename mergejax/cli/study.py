@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from mergejax import cli
 from mergejax.cli import common
 
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "Study configuration (configs/study_*.py).",
@@ -65,7 +66,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

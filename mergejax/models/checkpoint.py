@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import shutil
+import threading
 import uuid
 from typing import Any
 
@@ -19,6 +20,11 @@ from mergejax.models.config import ModelConfig
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "train_info.json"
 _ORBAX_MARKER = "_CHECKPOINT_METADATA"
+
+ORBAX_LOCK = threading.RLock()
+"""Held around every orbax save and restore of this process. Orbax 0.12 keys the signals of a save by
+a process-global "current operation id", so two threads saving at once (the world builder trains runs
+side by side) can wait on each other's signals until a 300 s timeout fails the run."""
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -42,7 +48,7 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
   tmp = path.parent / f".{path.name}.tmp-{token}"
   if tmp.exists() and jax.process_index() == 0:
     shutil.rmtree(tmp)
-  with ocp.StandardCheckpointer() as ckptr:
+  with ORBAX_LOCK, ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp, params)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
@@ -82,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike, sharding: Any = None) -> tuple[Mode
   if not is_complete(path):
     raise FileNotFoundError(f"{path}: not a complete model checkpoint")
   config = load_config(path)
-  with ocp.StandardCheckpointer() as ckptr:
+  with ORBAX_LOCK, ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path).item_metadata
     if sharding is None:
       sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
