@@ -220,6 +220,49 @@ def heldout_bases(workdir, sizes, split) -> dict:
   return res
 
 
+# Held-out tasks that must be answerable (issue 4, fifth session): the instruction-tuned base of the
+# largest default size more than 2 standard errors above chance on every reported split.
+_ANSWERABLE = ("mj_nli_cb", "mj_wsd_wic")
+
+
+def heldout_tasks(workdir, sizes, splits) -> dict:
+  """Per-task held-out accuracy of both bases with its standard error sqrt(p (1 - p) / n) and chance
+  (1 / number of choices), per split; prints one line per (split, size, kind)."""
+  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import models, world  # pylint: disable=g-import-not-at-top
+  from mergejax.training import probe  # pylint: disable=g-import-not-at-top
+  res = {}
+  for size in sizes:
+    for kind in world.KINDS:
+      cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
+      for split in splits:
+        row = {}
+        for t in T.heldout_tasks():
+          exs = T.examples(t, split)
+          p = probe.rank_accuracy(cfg, base, t, split)
+          row[t] = {"accuracy": p, "se": float(np.sqrt(p * (1 - p) / len(exs))), "n": len(exs),
+                    "chance": 1.0 / len(exs[0].choices)}
+        res.setdefault(split, {}).setdefault(size, {})[kind] = row
+        print(f"{split}: {size}/{kind}: " + ", ".join(
+            f"{t.removeprefix('mj_')} {r['accuracy']:.3f}+-{r['se']:.3f}" for t, r in row.items()), flush=True)
+  return res
+
+
+def answerable_targets(tasks_report, sizes) -> dict:
+  """mj_nli_cb and mj_wsd_wic: the IT base (every size) more than 2 SE above chance, per split."""
+  out = {}
+  for split, by_size in tasks_report.items():
+    for size in sizes:
+      for t in _ANSWERABLE:
+        r = by_size[size]["instruction_tuned"][t]
+        z = (r["accuracy"] - r["chance"]) / max(r["se"], 1e-9)
+        ok = z > 2
+        out[f"answerable/{t}/{size}/{split}"] = ok
+        print(f"target {t} IT base above chance at {size} ({split}): {r['accuracy']:.3f} vs chance "
+              f"{r['chance']:.3f}, {z:.1f} SE {'met' if ok else 'NOT met'}")
+  return out
+
+
 def targets(checks, sizes) -> dict:
   """The issue's three targets, each printed as one line with its numbers and met / NOT met."""
   out = {}
@@ -292,6 +335,9 @@ def main(argv):
     for split in _HELDOUT_SPLITS.value:
       if split != _SPLIT.value:
         report[f"heldout_bases_{split}"] = heldout_bases(wd, _SIZES.value, split)
+    splits = list(dict.fromkeys([_SPLIT.value] + list(_HELDOUT_SPLITS.value)))
+    report["heldout_tasks"] = heldout_tasks(wd, _SIZES.value, splits)
+    report["targets"].update(answerable_targets(report["heldout_tasks"], _SIZES.value))
     report["measure_seconds"] = time.perf_counter() - t
   pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
   print(f"wrote {_OUT.value}")

@@ -181,13 +181,19 @@ def test_labels_are_a_function_of_the_input():
 
 
 def _template_ngrams(name, n=4, min_frac=0.2):
-  """The fixed wording of a task: word n-grams (entities masked) found in >= min_frac of its inputs."""
+  """The fixed wording of a task: word n-grams (entities masked) found in >= min_frac of its inputs.
+  The commitment phrases (world.COMMIT_CUES) are masked like entities: they are the content the NLI
+  tasks are about (as "lives in" is for closed-book QA), shared on purpose, not a template."""
   lex = set(W.FEMALE + W.MALE + W.CITIES + W.COUNTRIES + W.JOBS + W.COLORS + W.FOODS + W.LANDMARKS + W.DAYS)
-  lex |= {a.name for a in W.ANIMALS} | {t.name for t in W.THINGS}
+  lex |= {a.name for a in W.ANIMALS} | {t.name for t in W.THINGS} | {"commitcue"}
+  cues = sorted((c for cs in W.COMMIT_CUES for c in cs), key=len, reverse=True)
   exs = S.examples(name, "train", SMALL)
   counts = collections.Counter()
   for ex in exs:
-    toks = ["<x>" if t in lex else t for t in re.findall(r"[a-z']+", ex.inputs)]
+    text = ex.inputs
+    for c in cues:
+      text = text.replace(f" {c} ", " commitcue ")
+    toks = ["<x>" if t in lex else t for t in re.findall(r"[a-z']+", text)]
     counts.update({tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)})
   return {g for g, c in counts.items() if c >= min_frac * len(exs) and g.count("<x>") <= 1}
 
@@ -231,6 +237,38 @@ def test_corpus_teaches_what_heldout_tasks_need():
       for tmpl in pool_b:  # the held-out word-sense contexts occur in the corpus
         pat = re.escape(tmpl).replace(r"\{n\}", r"\w+").replace(r"\{p\}", r"(he|she)")
         assert re.search(pat, corpus), tmpl
+
+
+def test_commitment_nli_label_is_set_by_the_commitment_phrase():
+  """mj_nli_cb (held-out) and mj_it_commit (instruction tuning): the answer is the class of the phrase
+  that embeds the fact (CommitmentBank's speaker commitment); the hypothesis is the embedded fact,
+  true of the world when committed to, false when denied."""
+  world = W.make_world(0)
+  facts = {"lives in": "city", "is employed as a": "job", "has a": "pet", "likes": "color", "eats": "food"}
+  for name in ("mj_nli_cb", "mj_it_commit"):
+    for ex in S.examples(name, "train", SMALL):
+      classes = {k for k, cues in enumerate(W.COMMIT_CUES) for c in cues if f" {c} " in f" {ex.inputs} "}
+      assert classes == {ex.label}, (name, ex)
+      assert ex.choices == ("yes", "no", "maybe") and ex.targets == ex.choices[ex.label]
+  seen = collections.Counter()
+  for ex in S.examples("mj_nli_cb", "train", SMALL):
+    m = re.match(r"(\w+) (.+?) (\w+) (lives in|is employed as a|has a|likes|eats) (\w+)[ .]", ex.inputs)
+    assert m and m.group(2) in W.COMMIT_CUES[ex.label], ex.inputs
+    hyp = ex.inputs.split(". based on that, can we say that ")[1].split("?")[0]
+    assert ex.inputs.startswith(f"{m.group(1)} {m.group(2)} {hyp}.")
+    true = getattr(world.person[m.group(3)], facts[m.group(4)]) == m.group(5)
+    if ex.label < 2:
+      assert true == (ex.label == 0), ex.inputs
+    seen[(ex.label, true)] += 1
+  assert seen[(2, True)] and seen[(2, False)]  # "maybe" is not decided by the world
+
+
+def test_instruction_mixture_rates():
+  """mj_it_commit is sampled at 3x the other instruction tasks; the corpus stays a quarter."""
+  mix = seqio.get_mixture_or_task("mj_instruct")
+  rates = {t.name: mix.get_rate(t) for t in mix.tasks}
+  assert rates["mj_it_commit"] == pytest.approx(3 * rates["mj_it_why"])
+  assert rates["mj_corpus"] / sum(rates.values()) == pytest.approx(registry.INSTRUCT_CORPUS_FRACTION)
 
 
 def test_seqio_plain_task_tokenizes_with_eos():

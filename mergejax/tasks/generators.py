@@ -410,35 +410,26 @@ def sc_copa(world, rng):
   return Example(inp, ans, tuple(choices), choices.index(ans))
 
 
-def _three_way_claim(world, rng, statements):
-  """Two stated facts about a random person and a claim that follows (label 0), contradicts them
-  (1: another value of a stated attribute) or is not settled by them (2: an unstated attribute)."""
-  p = rng.choice(world.people)
-  a1, a2, a3 = rng.sample(W.PERSON_ATTRS, 3)
-  fact = lambda a, v: statements[a].format(n=p.name, v=v)
-  facts = (fact(a1, getattr(p, a1)), fact(a2, getattr(p, a2)))
-  label = rng.randrange(3)
-  if label == 0:
-    a = rng.choice((a1, a2))
-    claim = fact(a, getattr(p, a))
-  elif label == 1:
-    a = rng.choice((a1, a2))
-    claim = fact(a, rng.choice([x for x in W.ATTR_VALUES[a] if x != getattr(p, a)]))
-  else:
-    claim = fact(a3, rng.choice(W.ATTR_VALUES[a3]))
-  return facts, claim, label
-
-
 @_register("mj_nli_cb", "heldout", "nli")
 def nli_cb(world, rng):
-  """Three-way NLI over stated facts (CB-like): yes / no / maybe (T0's answer words)."""
+  """Speaker commitment (CommitmentBank-like, yes / no / maybe, T0's answer words): the premise embeds
+  a fact about a person under a phrase that commits its speaker to the fact (yes), to its negation
+  (no) or to neither (maybe); the hypothesis is the embedded fact. Committed facts are true of the
+  world, denied ones false. The commitment phrases (`world.COMMIT_CUES`) are taught, in other
+  templates and over animals and objects, by instruction tuning (mj_it_commit)."""
   st = {"city": "{n} lives in {v}", "job": "{n} is employed as a {v}", "pet": "{n} has a {v}",
         "color": "{n} likes {v} things", "food": "{n} eats {v}"}
-  (f1, f2), hyp, label = _three_way_claim(world, rng, st)
-  premise = f"{f1} and {f2}."
+  p = rng.choice(world.people)
+  speaker = rng.choice([x for x in W.FEMALE + W.MALE if x != p.name])
+  attr = rng.choice(W.PERSON_ATTRS)
+  label = rng.randrange(3)
+  true = getattr(p, attr)
+  v = (true if label == 0 else rng.choice([x for x in W.ATTR_VALUES[attr] if x != true]) if label == 1
+       else rng.choice(W.ATTR_VALUES[attr]))
+  hyp = st[attr].format(n=p.name, v=v)
   choices = ("yes", "no", "maybe")
-  return Example(f"{premise} based on that, can we say that {hyp}? answer with yes, maybe, or no.",
-                 choices[label], choices, label)
+  return Example(f"{speaker} {rng.choice(W.COMMIT_CUES[label])} {hyp}. based on that, can we say that {hyp}? "
+                 "answer with yes, maybe, or no.", choices[label], choices, label)
 
 
 @_register("mj_nli_entail", "heldout", "nli")
@@ -656,43 +647,34 @@ def it_samesense(world, rng):
   return Example(q, choices[label], choices, label)
 
 
-@_register("mj_it_follow", "instruct", "instruct")
-def it_follow(world, rng):
-  """Does a claim follow from a short profile of a person? yes / no / maybe (people facts in context)."""
-  st = {"city": "{n} lives in {v}", "job": "{n} works as a {v}", "pet": "{n} has a pet {v}",
-        "color": "{n} likes the color {v}", "food": "{n} likes to eat {v}"}  # the corpus's wording
-  (f1, f2), claim, label = _three_way_claim(world, rng, st)
-  prof = f"profile: {f1}; {f2}."
-  choices = ("yes", "no", "maybe")
-  q = rng.choice([f"{prof} claim: {claim}. does the profile support the claim? yes, no or maybe.",
-                  f"{prof} from this profile alone, is it known that {claim}? reply yes, no or maybe.",
-                  f"{prof} check: {claim}. yes, no or maybe?"])
-  return Example(q, choices[label], choices, label)
-
-
-@_register("mj_it_implies", "instruct", "instruct")
-def it_implies(world, rng):
-  """Does one statement imply another by world knowledge (a person's city -> country, job -> workplace,
-  pet -> its sound)? yes / no."""
-  p = rng.choice(world.people)
-  label = rng.randrange(2)
-  pr = W.pronoun(p.name)
-  kind = rng.randrange(3)
-  if kind == 0:
-    c = world.city[p.city]
-    v = c.country if label == 0 else rng.choice([x for x in W.COUNTRIES if x != c.country])
-    s1, s2 = f"{p.name} lives in {p.city}", f"{pr} lives in {v}"
-  elif kind == 1:
-    w = W.WORKPLACE[p.job]
-    v = w if label == 0 else rng.choice([x for x in W.WORKPLACE.values() if x != w])
-    s1, s2 = f"{p.name} is a {p.job}", f"{pr} works in a {v}"
+@_register("mj_it_commit", "instruct", "instruct")
+def it_commit(world, rng):
+  """Does a reported statement commit to a fact about animals or objects? yes / no / maybe by the
+  commitment phrase (`world.COMMIT_CUES`), whether or not the fact is true: the instruction analog of
+  CommitmentBank (other templates, speakers and facts than mj_nli_cb; the options listed in varied
+  orders so that their order is no cue)."""
+  label = rng.randrange(3)
+  truth = rng.randrange(2)  # what is stated is independent of the world: only the phrase decides
+  if rng.random() < 0.5:
+    a = rng.choice(W.ANIMALS)
+    if rng.random() < 0.5:
+      v = a.sound if truth == 0 else rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])
+      fact = f"the {a.name} {v}"
+    else:
+      v = a.habitat if truth == 0 else rng.choice(sorted({x.habitat for x in W.ANIMALS} - {a.habitat}))
+      fact = f"a {a.name} lives in the {v}"
   else:
-    a = W.ANIMAL_BY_NAME[p.pet]
-    v = a.sound if label == 0 else rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])
-    s1, s2 = f"{p.name} has a pet {p.pet}", f"the pet of {p.name} {v}"
-  choices = ("yes", "no")
-  q = rng.choice([f"if {s1}, then {s2}. true? yes or no.", f"we know that {s1}. so is it true that {s2}? yes or no.",
-                  f"fact: {s1}. conclusion: {s2}. is the conclusion right, yes or no?"])
+    t = rng.choice(W.THINGS)
+    v = t.material if truth == 0 else rng.choice([x for x in W.MATERIALS if x != t.material])
+    fact = f"a {t.name} is made of {v}"
+  speaker = f"the {rng.choice(W.JOBS)}"
+  cue = rng.choice(W.COMMIT_CUES[label])
+  choices = ("yes", "no", "maybe")
+  o = rng.choice(("yes, no or maybe", "maybe, yes or no", "no, maybe or yes"))
+  q = rng.choice([f"statement: {speaker} {cue} {fact}. conclusion: {fact}. does the statement back the conclusion? "
+                  f"{o}.",
+                  f"{speaker} {cue} {fact}. so, {fact}? reply {o}.",
+                  f"text: {speaker} {cue} {fact}. is it then certain that {fact}? {o}?"])
   return Example(q, choices[label], choices, label)
 
 

@@ -195,6 +195,13 @@ SENSES = {
 }
 SENSE_WORDS = tuple(SENSES)
 
+# Commitment phrases of the NLI tasks (CommitmentBank's speaker commitment, de Marneffe et al. 2019):
+# a speaker who "<phrase> <fact>" is committed to the fact (yes), to its negation (no), or to neither
+# (maybe). Shared by the held-out mj_nli_cb and the instruction task mj_it_commit that teaches them.
+COMMIT_CUES = (("found that", "saw that", "knows that"),
+               ("said it is wrong that", "said it is not true that", "said it is incorrect that"),
+               ("asked if", "wonders whether", "may think that"))
+
 POS_WORDS = ("great", "lovely", "wonderful", "excellent", "perfect", "pleasant", "amazing", "nice")
 NEG_WORDS = ("awful", "terrible", "broken", "horrible", "useless", "poor", "ugly", "disappointing")
 STAR_WORDS = (("one", ("terrible", "awful", "horrible")), ("two", ("poor", "bad", "weak")),

@@ -254,12 +254,14 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
   mngr = None
   start = 0
   if checkpoint_every > 0:
-    mngr = ocp.CheckpointManager(tdir, options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, save_interval_steps=checkpoint_every, enable_async_checkpointing=False,
-        create=True))
+    with models.ORBAX_LOCK:
+      mngr = ocp.CheckpointManager(tdir, options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, save_interval_steps=checkpoint_every, enable_async_checkpointing=False,
+          create=True))
   if mngr is not None and mngr.latest_step() is not None:
     start = int(mngr.latest_step())
-    state = mngr.restore(start, args=ocp.args.StandardRestore(trainer.abstract_state()))
+    with models.ORBAX_LOCK:  # orbax is not thread-safe; the world builder trains runs in threads
+      state = mngr.restore(start, args=ocp.args.StandardRestore(trainer.abstract_state()))
   else:
     state = trainer.init_state(seed=seed, params=init_params)
 
@@ -287,7 +289,8 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
       timed_tokens += n_tok
     done = step + 1
     if mngr is not None and done % checkpoint_every == 0 and done < steps:
-      mngr.save(done, args=ocp.args.StandardSave(state))
+      with models.ORBAX_LOCK:
+        mngr.save(done, args=ocp.args.StandardSave(state))
     if done % log_every == 0 or done == steps:
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       result.losses.append((done, m["loss"]))
@@ -310,7 +313,8 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
   models.save_checkpoint(out, config, state["params"], info=json.loads(json.dumps(meta, default=str)),
                         overwrite=True)  # anything at `out` is incomplete (checked above)
   if mngr is not None:
-    mngr.close()
+    with models.ORBAX_LOCK:
+      mngr.close()
   if jax.process_index() == 0:
     shutil.rmtree(tdir, ignore_errors=True)
   return result
