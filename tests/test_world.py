@@ -97,9 +97,11 @@ def test_cli_train_then_build_world(tmp_path):
            "--config.steps=3", "--config.checkpoint_every=2", *common)
   assert r.returncode == 0, r.stderr[-2000:]
   assert models.is_complete(tmp_path / "xs" / "pretrained" / "base")
+  assert "checkpoint" not in r.stderr, r.stderr[-2000:]  # orbax's INFO lines stay below the default verbosity
   steps = ",".join(f"--config.{k}.steps=1" for k in FAST).split(",")
   r = _cli("build_world", "--config=configs/world.py", f"--workdir={tmp_path}", "--config.sizes=xs",
            "--config.categories=copy", *steps, *common)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "5 trained, 1 already complete" in r.stdout
+  assert "checkpoint" not in r.stderr, r.stderr[-2000:]
   assert all(world.status(tmp_path, ("xs",), categories=("copy",)).values())

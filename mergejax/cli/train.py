@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mergejax import cli
 from mergejax.cli import common
 
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "Training config (configs/train.py).",
@@ -16,6 +17,8 @@ _WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "World directory 
 
 
 def main(argv) -> int:
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows them
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
@@ -50,8 +53,7 @@ def main(argv) -> int:
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # orbax logs every save at INFO; --verbosity=0 restores it
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run_main(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":
