@@ -204,16 +204,16 @@ def measure(workdir, sizes, split) -> dict:
   return res
 
 
-def heldout_bases(workdir, sizes, split) -> dict:
-  """Held-out mean (over categories) of both bases per size on `split`."""
+def heldout_bases(tasks_report, sizes, split) -> dict:
+  """Held-out mean (over categories) of both bases per size on `split`, from the per-task accuracies
+  of :func:`heldout_tasks` (no second probe)."""
   import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
-  from mergejax import models, world  # pylint: disable=g-import-not-at-top
-  from mergejax.training import probe  # pylint: disable=g-import-not-at-top
+  from mergejax import world  # pylint: disable=g-import-not-at-top
   res = {}
   for size in sizes:
     for kind in world.KINDS:
-      cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
-      cats = {c: probe.category_accuracy(cfg, base, T.heldout_tasks(c), split) for c in T.HELDOUT_CATEGORIES}
+      row = tasks_report[split][size][kind]
+      cats = {c: float(np.mean([row[t]["accuracy"] for t in T.heldout_tasks(c)])) for c in T.HELDOUT_CATEGORIES}
       res.setdefault(size, {})[kind] = {"heldout_base": cats, "heldout_base_mean": float(np.mean(list(cats.values())))}
       print(f"{split}: {size}/{kind}: held-out base {res[size][kind]['heldout_base_mean']:.3f} ("
             + ", ".join(f"{c} {v:.3f}" for c, v in cats.items()) + ")", flush=True)
@@ -332,11 +332,11 @@ def main(argv):
     t = time.perf_counter()
     report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value)
     report["targets"] = targets(report["paper_checks"], _SIZES.value)
-    for split in _HELDOUT_SPLITS.value:
-      if split != _SPLIT.value:
-        report[f"heldout_bases_{split}"] = heldout_bases(wd, _SIZES.value, split)
     splits = list(dict.fromkeys([_SPLIT.value] + list(_HELDOUT_SPLITS.value)))
     report["heldout_tasks"] = heldout_tasks(wd, _SIZES.value, splits)
+    for split in _HELDOUT_SPLITS.value:
+      if split != _SPLIT.value:
+        report[f"heldout_bases_{split}"] = heldout_bases(report["heldout_tasks"], _SIZES.value, split)
     report["targets"].update(answerable_targets(report["heldout_tasks"], _SIZES.value))
     report["measure_seconds"] = time.perf_counter() - t
   pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
