@@ -8,7 +8,9 @@ For each method both tools run as fresh processes (page cache warm: every input 
 timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
 process that runs one command. mergejax runs twice per method: ``cold`` with an empty persistent
 compilation cache (every kernel compiled: a user's first merge) and ``warm`` with the cache the cold
-run filled (every later merge of the same architecture). Also reported: the merge phase alone
+run filled (every later merge of the same architecture). Each method runs ``--repeats`` rounds of
+(mergejax cold, mergejax warm, mergekit), back to back, and the summary gives medians and each round's
+own ratio: single runs on a shared 2-core VM vary by 20-40%. Also reported: the merge phase alone
 (manifest ``elapsed_s``), GB/s of (bytes read + bytes written) against the machine's measured copy
 bandwidth, agreement with mergekit's output, and bounded-memory runs (safetensors and orbax output)
 whose inputs are several times ``--config.memory_budget_gb``.
@@ -50,6 +52,8 @@ _BUDGET_FORMATS = flags.DEFINE_list("budget_formats", ["safetensors", "orbax"], 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new /tmp dir).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds per method, interleaved (mergejax cold, warm, mergekit); the "
+                                "summary reports medians, since single runs on a shared VM vary by 20-40%.")
 
 _TIMER = ("import resource, subprocess, sys, time\n"
           "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
@@ -217,7 +221,9 @@ def main(argv):
     results["mergejax_import"] = startup
     print(f"mergejax import + jax init: {startup['wall_s']:.2f}s, RSS {startup['peak_rss_bytes'] / 2**20:.0f} MiB")
     methods = list(_METHODS.value)
-    for method in methods + (["ties_global"] if "ties" in methods else []):
+    rounds = [(method, k) for method in methods + (["ties_global"] if "ties" in methods else [])
+              for k in range(max(1, _REPEATS.value))]
+    for method, k in rounds:
       n_in = len(experts) + (0 if method == "linear" else 1)
       moved = (n_in + 1) * model_bytes
       out = root / f"out_mj_{method}"
@@ -229,7 +235,8 @@ def main(argv):
         shutil.rmtree(out, ignore_errors=True)
         r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value, cache_dir=str(cache)), env=env)
         man = json.loads((out / "mergejax_manifest.json").read_text())
-        row = {"method": method, "tool": "mergejax", "compile_cache": cache_state, **r, "loadavg_1m": os.getloadavg()[0],
+        row = {"method": method, "tool": "mergejax", "round": k, "compile_cache": cache_state, **r,
+               "loadavg_1m": os.getloadavg()[0],
                "merge_phase_s": man["elapsed_s"], "GBps_whole": moved / r["wall_s"] / 1e9,
                "GBps_merge_phase": moved / man["elapsed_s"] / 1e9, "floor_s": moved / bw,
                "merge_phase_over_floor": man["elapsed_s"] / (moved / bw)}
@@ -241,9 +248,9 @@ def main(argv):
         cfg = root / f"{method}.yml"
         cfg.write_text(mergekit_yaml(method, base, experts))
         r = timed([_MERGEKIT.value, str(cfg), str(mk_out), "--random-seed", "0"], env=env)
-        mrow = {"method": method, "tool": "mergekit", **r, "GBps_whole": moved / r["wall_s"] / 1e9,
+        mrow = {"method": method, "tool": "mergekit", "round": k, **r, "GBps_whole": moved / r["wall_s"] / 1e9,
                 "loadavg_1m": os.getloadavg()[0]}
-        if method in ("linear", "task_arithmetic", "ties"):
+        if method in ("linear", "task_arithmetic", "ties") and k == 0:
           mrow["agreement_with_mergejax"] = agreement(out, mk_out)
         results["runs"].append(mrow)
         print(json.dumps(mrow), flush=True)
@@ -274,22 +281,30 @@ GOALS = {"linear": 4.0, "task_arithmetic": 4.0, "ties": 10.0, "dare_ties": 10.0}
 
 
 def print_summary(results: dict) -> None:
-  """The figures the issue's goals name: wall-time speed-up over mergekit (cold and warm compilation
-  cache) and peak RSS, per method, with the load average each run saw."""
-  rows = {(r["method"], r["tool"], r.get("compile_cache")): r for r in results["runs"] if "output_format" not in r}
-  print(f"\nsummary ({results['date']}, {results['machine']}):")
-  print("method | mergejax cold s (load) | warm s | mergekit s (load) | speed-up cold | warm | goal | "
-        "RSS mergejax / mergekit GB")
+  """The figures the issue's goals name, per method: wall-time speed-up over mergekit (cold and warm
+  compilation cache) as the ratio of the medians over the rounds, each round's own ratio (the runs of
+  a round are back to back, so they saw the same machine), and peak RSS (the highest of any run)."""
+  runs = [r for r in results["runs"] if "output_format" not in r]
+  print(f"\nsummary ({results['date']}, {results['machine']}; medians over rounds):")
+  print("method | rounds | mergejax cold s | warm s | mergekit s | speed-up cold (per round) | warm | goal | "
+        "RSS mergejax / mergekit GB | load")
   for m, goal in GOALS.items():
-    cold, warm, mk = rows.get((m, "mergejax", "cold")), rows.get((m, "mergejax", "warm")), rows.get((m, "mergekit", None))
-    if cold is None or mk is None:
+    pick = lambda tool, cache=None: [r for r in runs if r["method"] == m and r["tool"] == tool
+                                     and r.get("compile_cache") == cache]
+    cold, warm, mk = pick("mergejax", "cold"), pick("mergejax", "warm"), pick("mergekit")
+    if not cold or not mk:
       continue
-    ratio, ratio_w = mk["wall_s"] / cold["wall_s"], mk["wall_s"] / warm["wall_s"]
-    rss = max(cold["peak_rss_bytes"], warm["peak_rss_bytes"])
-    print(f"{m} | {cold['wall_s']:.2f} ({cold['loadavg_1m']:.1f}) | {warm['wall_s']:.2f} | "
-          f"{mk['wall_s']:.2f} ({mk['loadavg_1m']:.1f}) | {ratio:.1f}x | {ratio_w:.1f}x | "
-          f"{goal:.0f}x {'met' if ratio >= goal else 'MISSED'} | {rss / 1e9:.2f} / {mk['peak_rss_bytes'] / 1e9:.2f} "
-          f"{'lower' if rss <= mk['peak_rss_bytes'] else 'HIGHER'}")
+    med = lambda rows: float(np.median([r["wall_s"] for r in rows]))
+    ratio, ratio_w = med(mk) / med(cold), med(mk) / med(warm)
+    per_round = [b["wall_s"] / a["wall_s"] for a, b in zip(cold, mk)]
+    met = sum(x >= goal for x in per_round)
+    rss, rss_mk = max(r["peak_rss_bytes"] for r in cold + warm), max(r["peak_rss_bytes"] for r in mk)
+    loads = [r["loadavg_1m"] for r in cold + mk]
+    print(f"{m} | {len(cold)} | {med(cold):.2f} | {med(warm):.2f} | {med(mk):.2f} | {ratio:.1f}x "
+          f"({' / '.join(f'{x:.1f}' for x in per_round)}) | {ratio_w:.1f}x | "
+          f"{goal:.0f}x: median {'met' if ratio >= goal else 'MISSED'}, {met} of {len(per_round)} rounds | "
+          f"{rss / 1e9:.2f} / {rss_mk / 1e9:.2f} {'lower' if rss <= rss_mk else 'HIGHER'} | "
+          f"{min(loads):.1f}-{max(loads):.1f}")
 
 
 if __name__ == "__main__":
