@@ -220,9 +220,9 @@ def heldout_bases(tasks_report, sizes, split) -> dict:
   return res
 
 
-# Held-out tasks that must be answerable (issue 4, fifth session): the instruction-tuned base of the
-# largest default size more than 2 standard errors above chance on every reported split.
-_ANSWERABLE = ("mj_nli_cb", "mj_wsd_wic")
+# Held-out tasks that must be answerable (issue 4, fifth and sixth sessions): the instruction-tuned
+# base of the largest default size more than 2 standard errors above chance on every reported split.
+_ANSWERABLE = ("mj_nli_cb", "mj_wsd_gloss")
 
 
 def heldout_tasks(workdir, sizes, splits) -> dict:
@@ -249,7 +249,7 @@ def heldout_tasks(workdir, sizes, splits) -> dict:
 
 
 def answerable_targets(tasks_report, sizes) -> dict:
-  """mj_nli_cb and mj_wsd_wic: the IT base (every size) more than 2 SE above chance, per split."""
+  """mj_nli_cb and mj_wsd_gloss: the IT base (every size) more than 2 SE above chance, per split."""
   out = {}
   for split, by_size in tasks_report.items():
     for size in sizes:

@@ -231,8 +231,7 @@ def _merge_flat_aligned(kernel, base_al, experts_al, n: int, ctx, stats, out_dty
       ews = tuple(ws[1:] if base_al is not None else ws)
       yield a, b, (bw, ews, leads, ctx if shape is None else chunk_context(ctx, shape, a), stats)
 
-  return _merge_pieces(fn, pieces(), n, len(srcs), out_dtype, False, False, write,
-                       checked=not by_output, host_check=by_output)
+  return _merge_pieces(fn, pieces(), n, len(srcs), out_dtype, "host" if by_output else "kernel", write)
 
 
 def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
@@ -351,15 +350,16 @@ def _merge_flat(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray], 
   """One leaf merged chunk by chunk from flat host arrays; returns (flat output, finite flags or None).
 
   Kernels are dispatched asynchronously: chunk i+1's inputs are handed over (``jax.device_put`` copies
-  a slice that is not 64-byte aligned; see :func:`_merge_flat_aligned`) while chunk i runs, and chunk i-1's result is copied out meanwhile, or with
-  ``write`` handed to ``write(start, values)`` straight from the kernel's buffer (flat output None).
+  a slice that is not 64-byte aligned; see :func:`_merge_flat_aligned`) while chunk i runs, and chunk
+  i-1's result is copied out meanwhile, or with ``write`` handed to ``write(start, values)`` straight
+  from the kernel's buffer (flat output None).
   With ``shape`` (DARE methods) each chunk's ctx says where in the leaf it starts (:func:`chunk_context`).
   """
   pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts),
                     ctx if shape is None else chunk_context(ctx, shape, a), stats))
             for a, b, size in chunks(len(experts[0])))
-  return _merge_pieces(kernel, pieces, len(experts[0]), len(experts) + (base is not None), out_dtype,
-                       fused_check, by_output, write)
+  check = ("output" if by_output else "inputs") if fused_check else None
+  return _merge_pieces(kernel, pieces, len(experts[0]), len(experts) + (base is not None), out_dtype, check, write)
 
 
 def block_rows(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -398,25 +398,30 @@ def _merge_blocks(kernel, base: np.ndarray | None, experts: Sequence[np.ndarray]
              (block(base, r0, min(r0 + r, rows)), tuple(block(e, r0, min(r0 + r, rows)) for e in experts),
               dataclasses.replace(ctx, row_offset=np.uint32(r0)), stats))
             for r0 in range(0, rows if n else 0, r))
-  return _merge_pieces(kernel, pieces, n, len(experts) + (base is not None), out_dtype, fused_check, False, write)
+  return _merge_pieces(kernel, pieces, n, len(experts) + (base is not None), out_dtype,
+                       "inputs" if fused_check else None, write)
 
 
-def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check: bool, by_output: bool,
-                  write, checked: bool = False, host_check: bool = False) -> tuple[np.ndarray | None, Any]:
+def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, check: str | None,
+                  write) -> tuple[np.ndarray | None, Any]:
   """Runs ``kernel`` on each (start, stop, args) piece; output entries [0, stop - start) of the
   flattened result are the leaf's entries [start, stop). See :func:`_merge_flat`.
 
-  ``checked``: ``kernel`` returns (piece, finite flag) itself. ``host_check``: each merged piece is
-  checked for NaN/Inf on the host as it is drained (:func:`finite_host`), for methods whose output
-  is non-finite wherever an input is (flags: one bool).
+  ``check`` says how NaN/Inf is found (flags: bool[n_inputs], or bool[1] for output checks):
+  None: not at all (flags None); "inputs" / "output": a flag fused into each piece's kernel
+  (:func:`_kernel_checked`, of the inputs or of the output); "kernel": ``kernel`` returns (piece, flag)
+  itself; "host": each merged piece is checked on the host as it is drained (:func:`finite_host`),
+  for methods whose output is non-finite wherever an input is (:func:`propagates_nonfinite`).
   """
+  if check not in (None, "inputs", "output", "kernel", "host"):
+    raise ValueError(f"unknown NaN/Inf check {check!r}")
   out = np.empty((n,), out_dtype) if write is None else None
   flags, pending = [], None
 
   def drain(item):
     a, b, r = item
     r = np.asarray(r).reshape(-1)[:b - a]
-    if host_check:
+    if check == "host":
       flags.append(finite_host(r))
     if write is not None:
       write(a, r)
@@ -424,11 +429,11 @@ def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check:
       out[a:b] = r
 
   for a, b, args in pieces:
-    if checked:
+    if check == "kernel":
       r, f = kernel(*args, out_dtype=out_dtype)
       flags.append(f)
-    elif fused_check:
-      r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype, by_output=by_output)
+    elif check in ("inputs", "output"):
+      r, f = _kernel_checked(*args, kernel=kernel, out_dtype=out_dtype, by_output=check == "output")
       flags.append(f)
     else:
       r = kernel(*args, out_dtype=out_dtype)
@@ -437,10 +442,10 @@ def _merge_pieces(kernel, pieces, n: int, n_inputs: int, out_dtype, fused_check:
     pending = (a, b, r)
   if pending is not None:
     drain(pending)
-  if host_check:
-    return out, np.asarray([all(flags)])
-  if not (fused_check or checked):
+  if check is None:
     return out, None
+  if check == "host":
+    return out, np.asarray([all(flags)])
   if not flags:
     return out, np.ones((n_inputs,), bool)
   return out, np.logical_and.reduce([np.asarray(f) for f in flags])

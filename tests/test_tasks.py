@@ -68,7 +68,7 @@ def test_vocabulary_shipped_and_round_trips():
   vocab = T.get_vocabulary()
   assert vocab.pad_id == 0 and vocab.eos_id == 1 and vocab.unk_id == 2
   assert 512 <= vocab.vocab_size <= 2048
-  for name in ("mj_wsd_wic", "mj_sum_dialog", "mj_para_paws", "mj_corpus"):
+  for name in ("mj_wsd_gloss", "mj_sum_dialog", "mj_para_paws", "mj_corpus"):
     for ex in S.examples(name, "validation", SMALL)[:5]:
       for text in (ex.inputs, ex.targets) + ex.choices:
         ids = vocab.encode(text)
@@ -232,11 +232,13 @@ def test_corpus_teaches_what_heldout_tasks_need():
     assert f"{act} because" not in corpus
   for p in world.people:  # every person's facts
     assert re.search(rf"{p.name} lives in (the city of )?{p.city}\.", corpus), p.name
+  sentences = re.split(r"(?<=\.) ", corpus)
   for word, senses in W.SENSES.items():
-    for _, _, pool_b in senses:
-      for tmpl in pool_b:  # the held-out word-sense contexts occur in the corpus
-        pat = re.escape(tmpl).replace(r"\{n\}", r"\w+").replace(r"\{p\}", r"(he|she)")
-        assert re.search(pat, corpus), tmpl
+    for gloss, cues in senses:  # every cue occurs beside its word, and the corpus names the sense
+      assert f"{word} means {gloss}." in corpus, (word, gloss)
+      for cue in cues:
+        assert any(f"the {word}" in x and f"the {cue}" in x for x in sentences), (word, cue)
+        assert re.search(rf"a {word} that goes with the (\w+ or the )?{cue}\b[^.]* is {gloss}\.", corpus), cue
 
 
 def test_commitment_nli_label_is_set_by_the_commitment_phrase():
@@ -263,11 +265,61 @@ def test_commitment_nli_label_is_set_by_the_commitment_phrase():
   assert seen[(2, True)] and seen[(2, False)]  # "maybe" is not decided by the world
 
 
+def _sense_of_sentence(word, sentence):
+  """The senses (indices) of `word` whose cues occur in `sentence`."""
+  toks = set(re.findall(r"[a-z]+", sentence))
+  return {k for k, (_, cues) in enumerate(W.SENSES[word]) if toks & set(cues)}
+
+
+def test_word_sense_label_is_set_by_the_cue_word():
+  """mj_wsd_gloss (held-out) and mj_it_sense: the sentence holds the ambiguous word and one cue of one
+  of its senses; the answer is that sense's gloss, the choices the word's two glosses."""
+  cues = [c for senses in W.SENSES.values() for _, cs in senses for c in cs]
+  assert len(cues) == len(set(cues)) == 96  # unique across the table
+  glosses = " ".join(g for senses in W.SENSES.values() for g, _ in senses)
+  assert not set(re.findall(r"[a-z]+", glosses)) & set(cues)  # no answer by copying a cue
+  for name in ("mj_wsd_gloss", "mj_it_sense"):
+    labels = collections.Counter()
+    for ex in S.examples(name, "train", SMALL):
+      words = [w for w in W.SENSE_WORDS if re.search(rf"\b{w}\b", ex.inputs)]
+      assert len(words) == 1, ex.inputs
+      senses = W.SENSES[words[0]]
+      assert set(ex.choices) == {g for g, _ in senses}, ex
+      sentence = ex.inputs
+      for g, _ in senses:  # the glosses listed as options
+        sentence = sentence.replace(g, "")
+      k = _sense_of_sentence(words[0], sentence)
+      assert k == {[g for g, _ in senses].index(ex.targets)}, ex.inputs
+      labels[ex.label] += 1
+    assert labels[0] and labels[1]
+
+
+def test_heldout_word_sense_inputs_never_occur_in_training_data():
+  """No held-out word-sense sentence (any split) occurs in an instruction example or a corpus document:
+  they share the cue words, not the sentences (disjoint frames, world.SENSE_FRAMES)."""
+  frames = {use: set(f) for use, f in W.SENSE_FRAMES.items()}
+  assert not (frames["heldout"] & frames["instruct"]) and not (frames["heldout"] & frames["corpus"])
+  cfg = S.SuiteConfig()  # the defaults: what the world trains and evaluates on
+  heldout = [ex.inputs.split(" which meaning of ")[0] for s in S.SPLITS for ex in S.examples("mj_wsd_gloss", s, cfg)]
+  assert len(heldout) == cfg.num_train + 2 * cfg.num_validation + cfg.num_test
+  assert all(h.endswith(".") for h in heldout)
+  training = " | ".join([ex.inputs for name in T.instruct_tasks() for s in S.SPLITS for ex in S.examples(name, s, cfg)]
+                        + [ex.targets for ex in S.examples("mj_corpus", "train", cfg)])
+  assert not [h for h in heldout if h in training][:3]
+  for f in W.SENSE_FRAMES["heldout"]:  # nor any other sentence of a held-out frame
+    pat = re.escape(f).replace(r"\{n\}", r"[a-z]+").replace(r"\{p\}", r"[a-z]+")
+    pat = pat.replace(r"\{w\}", "(" + "|".join(W.SENSE_WORDS) + ")").replace(r"\{c\}", r"[a-z]+")
+    assert not re.search(rf"\b{pat}", training), f
+
+
 def test_instruction_mixture_rates():
-  """mj_it_commit is sampled at 3x the other instruction tasks; the corpus stays a quarter."""
+  """mj_it_commit is sampled at 3x and mj_it_sense at 2x the other instruction tasks (rates summing to
+  19: each other task keeps a 1/19 share); the corpus stays a quarter."""
   mix = seqio.get_mixture_or_task("mj_instruct")
   rates = {t.name: mix.get_rate(t) for t in mix.tasks}
   assert rates["mj_it_commit"] == pytest.approx(3 * rates["mj_it_why"])
+  assert rates["mj_it_sense"] == pytest.approx(2 * rates["mj_it_why"])
+  assert sum(r for t, r in rates.items() if t != "mj_corpus") == pytest.approx(19 * rates["mj_it_why"])
   assert rates["mj_corpus"] / sum(rates.values()) == pytest.approx(registry.INSTRUCT_CORPUS_FRACTION)
 
 

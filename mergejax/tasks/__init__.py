@@ -1,7 +1,7 @@
 """The synthetic T0-like task suite as seqio Tasks and Mixtures (see docs/TASKS.md).
 
 `import mergejax.tasks` registers, idempotently:
-  * one Task per dataset: 16 held-in (8 T0 categories x 2), 7 held-out (4 categories), 17
+  * one Task per dataset: 16 held-in (8 T0 categories x 2), 7 held-out (4 categories), 16
     instruction-tuning tasks and the pretraining corpus `mj_corpus`;
   * `<task>_rank` for every choice task (T0 rank classification, scored with `score_fn`);
   * Mixtures `mj_pretrain`, `mj_instruct`, `mj_heldin[_<category>][_rank]`,

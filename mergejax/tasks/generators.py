@@ -475,23 +475,26 @@ def coref_blank(world, rng):
   return Example(inp, who.name, choices, choices.index(who.name))
 
 
-@_register("mj_wsd_wic", "heldout", "word_sense")
-def wsd_wic(world, rng):
-  """Word-in-context (WiC-like): does the word mean the same in both sentences? yes / no."""
+def _sense_example(use: str, rng: random.Random) -> tuple[str, str, tuple[str, ...], int]:
+  """An ambiguous word in a `world.SENSE_FRAMES[use]` sentence beside a cue of one of its senses:
+  (word, sentence, the word's two glosses in random order, index of the right one)."""
   word = rng.choice(W.SENSE_WORDS)
-  n1, n2 = rng.sample(W.FEMALE + W.MALE, 2)
-  s1 = rng.randrange(2)
-  label = rng.randrange(2)
-  s2 = s1 if label == 0 else 1 - s1
-  b1, b2 = SENSE_POOL_B[word][s1], SENSE_POOL_B[word][s2]
-  t1 = rng.choice(b1)
-  t2 = rng.choice([x for x in b2 if x != t1])
-  choices = ("yes", "no")
-  return Example(f"1: {W.fill(t1, n1)} 2: {W.fill(t2, n2)} is the word {word} used with the same meaning in 1 and 2?",
+  senses = W.SENSES[word]
+  k = rng.randrange(2)
+  sent = W.sense_sentence(use, word, rng.choice(senses[k][1]), rng.choice(W.FEMALE + W.MALE), rng)
+  order = [0, 1] if rng.random() < 0.5 else [1, 0]
+  return word, sent, tuple(senses[i][0] for i in order), order.index(k)
+
+
+@_register("mj_wsd_gloss", "heldout", "word_sense")
+def wsd_gloss(world, rng):
+  """Word sense disambiguation as gloss selection (the classic WSD framing, in place of T0's WiC):
+  which of the word's two glosses fits the sentence? The sense is set by a cue word beside the
+  ambiguous word ("the cave" -> bat is an animal); the cues come from the corpus and instruction
+  tuning (mj_it_sense), the sentence frames and the question from neither."""
+  word, sent, choices, label = _sense_example("heldout", rng)
+  return Example(f"{sent} which meaning of {word} fits this sentence, {choices[0]} or {choices[1]}?",
                  choices[label], choices, label)
-
-
-SENSE_POOL_B = {w: tuple(tuple(s[2]) for s in senses) for w, senses in W.SENSES.items()}
 
 # ----------------------------------------------------------------------------- instruction tuning
 
@@ -523,13 +526,14 @@ def it_sound(world, rng):
 
 @_register("mj_it_sense", "instruct", "instruct")
 def it_sense(world, rng):
-  """Gloss an ambiguous word in context (uses the corpus contexts of pool A, never pool B)."""
-  word = rng.choice(W.SENSE_WORDS)
-  k = rng.randrange(2)
-  gloss, pool_a, _ = W.SENSES[word][k]
-  sent = W.fill(rng.choice(pool_a), rng.choice(W.FEMALE + W.MALE))
-  choices = tuple(s[0] for s in W.SENSES[word])
-  return Example(f"in the sentence \"{sent}\" what does the word {word} mean?", gloss, choices, k)
+  """Gloss an ambiguous word in context: the sense is set by a cue word beside it (its own sentence
+  frames, `world.SENSE_FRAMES["instruct"]`; some templates list the two glosses)."""
+  word, sent, choices, label = _sense_example("instruct", rng)
+  q = rng.choice([f"in the sentence \"{sent}\" what does the word {word} mean?",
+                  f"{sent} here, the word {word} refers to",
+                  f"read: {sent} pick the sense of {word}: {choices[0]} / {choices[1]}. answer:",
+                  f"what is meant by {word} in \"{sent}\"? {choices[1]}, or {choices[0]}?"])
+  return Example(q, choices[label], choices, label)
 
 
 @_register("mj_it_truefalse", "instruct", "instruct")
@@ -630,21 +634,6 @@ def it_who(world, rng):
   q = rng.choice([f"who is meant by {pr}?", f"{pr} means which person?", f"name the person called {pr} here."])
   choices = (a, b)
   return Example(f"{scene} {q}", who, choices, choices.index(who))
-
-
-@_register("mj_it_samesense", "instruct", "instruct")
-def it_samesense(world, rng):
-  """Does an ambiguous word keep one meaning across two sentences? (corpus contexts of pool A only)"""
-  word = rng.choice(W.SENSE_WORDS)
-  s1, label = rng.randrange(2), rng.randrange(2)
-  s2 = s1 if label == 0 else 1 - s1
-  t1 = rng.choice(W.SENSES[word][s1][1])
-  t2 = rng.choice([x for x in W.SENSES[word][s2][1] if x != t1])
-  n1, n2 = rng.sample(W.FEMALE + W.MALE, 2)
-  choices = ("yes", "no")
-  q = rng.choice([f"first use: {W.fill(t1, n1)} second use: {W.fill(t2, n2)} does {word} have one meaning in both uses? yes or no.",
-                  f"compare \"{W.fill(t1, n1)}\" with \"{W.fill(t2, n2)}\" - same sense of {word}? yes or no."])
-  return Example(q, choices[label], choices, label)
 
 
 @_register("mj_it_commit", "instruct", "instruct")

@@ -56,13 +56,16 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   seed from 40) each with a city, job, pet, favorite color, favorite food and best friend, few
   enough that the tiny default models can memorize their facts; 16 cities in 4 countries, each with a landmark and
   weather; 16 animals (sound, size, habitat, diet); 16 objects (material, size, use); 12
-  situation -> need -> action scripts (had skipped lunch -> hungry -> ate a big meal); 8 ambiguous words with two senses each.
+  situation -> need -> action scripts (had skipped lunch -> hungry -> ate a big meal); 8 ambiguous words with two senses each,
+  each sense with a gloss and 6 cue words (bat: "an animal" with cave, wings, insects, ...; "a stick
+  for games" with ball, coach, glove, ...; `world.SENSES`).
   The seed decides the relations; the lexicon is fixed, so one vocabulary serves every seed.
 * **Corpus** (`mj_corpus`): short documents of plain sentences stating the facts above, pronouns
   by gender (stories and opinions about all 40 names), scripts as short stories (situation -> need,
   need -> action, and situation -> action; never action -> cause, which only instruction tuning
-  teaches), ambiguous words in context (one sentence of each sense, or two of one sense with the
-  sense named), opinions and antonyms. It teaches everything the held-out tasks need; `tests/test_tasks.py` checks it.
+  teaches), ambiguous words beside cue words of one sense in the corpus's own sentence frames (two
+  sentences of one sense, or one of each sense, with the sense named; "a bat that goes with the cave
+  or the wings is an animal."), opinions and antonyms. It teaches everything the held-out tasks need; `tests/test_tasks.py` checks it.
 * **Held-in** (T0's 8 training categories, 2 datasets each with different generators and
   templates): answers come from the input (extractive QA, sentiment, topic, summarization,
   struct-to-text, paraphrase) or from the world's facts (multiple-choice and closed-book QA).
@@ -76,16 +79,23 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   (yes / no / maybe) is the speaker's commitment to an embedded fact about a person, set by the
   phrase that embeds it (`world.COMMIT_CUES`: "found that" -> yes, "said it is wrong that" -> no,
   "wonders whether" -> maybe), which instruction tuning teaches over animals and objects in other
-  templates (`mj_it_commit`). Held-out validation splits are twice as large as the
+  templates (`mj_it_commit`). `mj_wsd_gloss` is word sense disambiguation in its classic
+  gloss-selection form ("the cave reminded ella of the bat. which meaning of bat fits this sentence,
+  a stick for games or an animal?") instead of T0's WiC (two sentences, same meaning? yes / no):
+  the two-span "same or different" judgement was never learned by these models, not even in
+  distribution (docs/WORLD.md, sixth session); the sense is set by a cue word that the corpus and
+  `mj_it_sense` associate with it, in sentence frames and a question that neither uses (tested: no
+  held-out sentence occurs in training data). Real T0 data keeps WiC (`mergejax/tasks/t0.py`,
+  `super_glue/wic`). Held-out validation splits are twice as large as the
   others (`SuiteConfig.heldout_validation_factor`; 128 examples per task at the defaults, test 128).
-* **Instruction tuning** (`mj_instruct`, 17 tasks plus the corpus): like Flan-v2 without the T0
+* **Instruction tuning** (`mj_instruct`, 16 tasks plus the corpus): like Flan-v2 without the T0
   tasks, it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
   yes/no/maybe, `mj_it_commit` (does a reported statement about animals or objects commit to its
   fact? yes/no/maybe by the commitment phrase, sampled at 3x the rate of the others:
   `registry.INSTRUCT_RATES`), `mj_it_coref` in a "X thanked Y because she ..." format and
   `mj_it_who` in two-person scenes, `mj_it_complete` finishing sentences about objects and
-  animals, `mj_it_sense` glossing an ambiguous word and `mj_it_samesense` comparing two of its
-  uses, both in the corpus's *other* context pool) and explicit questions over the corpus's knowledge in new formats
+  animals, `mj_it_sense` glossing an ambiguous word by the cue word beside it, in its own sentence frames,
+  sampled at 2x) and explicit questions over the corpus's knowledge in new formats
   (gender of a name, animal sounds, how a situation makes someone feel, why someone acted,
   workplaces and countries, right/wrong statements, size comparison, antonyms, best friends,
   reversing a word list). A quarter of its examples are corpus documents (rehearsal, so that

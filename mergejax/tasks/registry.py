@@ -55,9 +55,10 @@ def _add_mixture(name: str, tasks) -> None:
 RANK_SUFFIX = "_rank"
 INSTRUCT_CORPUS_FRACTION = 0.25
 # Instruction tasks sampled more often than the others (rate 1). mj_it_commit at rate 1 reached only
-# 55% in distribution at xs after 900 steps (at 3: 92-94%); it replaces mj_it_follow and mj_it_implies,
-# so the rates still sum to 19 and every other task keeps its share.
-INSTRUCT_RATES = {"mj_it_commit": 3.0}
+# 55% in distribution at xs after 900 steps (at 3: 92-94%); it replaces mj_it_follow and mj_it_implies.
+# mj_it_sense (cue -> gloss) takes the share of the dropped mj_it_samesense. The rates still sum to
+# 19, so every other task keeps its share.
+INSTRUCT_RATES = {"mj_it_commit": 3.0, "mj_it_sense": 2.0}
 
 
 def register_all() -> None:

@@ -124,76 +124,43 @@ OPPOSITES = (("big", "small"), ("hot", "cold"), ("fast", "slow"), ("happy", "sad
              ("loud", "quiet"), ("wet", "dry"), ("high", "low"), ("open", "closed"),
              ("clean", "dirty"), ("strong", "weak"), ("rich", "poor"))
 
-# Ambiguous words: word -> two senses, each (gloss, corpus contexts A, contexts B). Contexts A are
-# used by the corpus and instruction data, contexts B by the corpus and the held-out word-sense task;
-# "{n}" is a person's name, "{p}" the pronoun.
+# Ambiguous words (word sense): word -> two senses, each (gloss, cue words). A sentence that uses the
+# word beside one of a sense's cues ("the bat ... the cave") has that sense; the cues are unique
+# across the table and no gloss contains a cue (no answer by copying). Corpus, instruction tuning and the held-out task share the cues but not the
+# sentence frames (SENSE_FRAMES), so a sense is known by association with its cues, not by memorized
+# sentences (the fifth session's fixed context sentences were memorized, never generalized).
 SENSES = {
-    "bat": (("an animal", ["the bat flew out of the dark cave.", "a bat sleeps upside down all day.",
-                           "{n} saw a bat hanging from the roof."],
-             ["at night the bat hunts for insects.", "the small bat spread its wings and flew away.",
-              "{n} heard a bat squeak in the barn."]),
-            ("a stick for games", ["{n} hit the ball hard with the bat.", "{n} bought a new bat for the game.",
-                                   "the wooden bat broke in the match."],
-             ["{p} swung the bat and missed the ball.", "{n} held the bat tightly at the start of the game.",
-              "the coach gave {n} a heavy bat."])),
-    "bank": (("a place for money", ["{n} took some coins to the bank.", "the bank opens at nine.",
-                                    "{n} saved money at the bank."],
-              ["{p} asked the bank for a loan.", "{n} works at a bank in the city.",
-               "the bank kept the gold in a safe."]),
-             ("the side of a river", ["{n} sat on the bank and watched the river.",
-                                      "grass grows on the bank of the river.", "the boat stopped near the muddy bank."],
-              ["{p} fished from the river bank all morning.", "the ducks rested on the green bank.",
-               "{n} walked along the bank of the stream."])),
-    "bark": (("the sound of a dog", ["{n} heard the dog bark at night.", "the bark of the dog was loud.",
-                                     "a dog will bark at strangers."],
-              ["the puppy gave a little bark.", "{n} woke up to a loud bark outside.",
-               "{p} knew that bark belonged to the old dog."]),
-             ("the skin of a tree", ["the bark of the oak tree is rough.", "{n} touched the bark of the tree.",
-                                     "beetles live under the bark."],
-              ["{p} peeled the bark off a thin branch.", "the tree had white bark.",
-               "{n} carved a heart into the bark."])),
-    "spring": (("a season", ["flowers bloom in the spring.", "{n} plants seeds every spring.",
-                             "spring comes after winter."],
-                ["{p} loves the warm days of spring.", "in spring the birds come back.",
-                 "{n} will travel next spring."]),
-               ("a source of water", ["{n} drank cold water from the spring.", "the spring flows out of the rock.",
-                                      "a clear spring feeds the lake."],
-                ["{p} filled a bottle at the mountain spring.", "the village gets water from a spring.",
-                 "{n} found a hidden spring in the woods."])),
-    "ring": (("jewelry for a finger", ["{n} wore a gold ring.", "the ring fits on the finger.",
-                                      "{n} lost a silver ring."],
-              ["{p} got a ring with a blue stone.", "the ring sparkled on the hand of {n}.",
-               "{n} put the ring in a small box."]),
-             ("the sound of a bell or phone", ["{n} heard the phone ring twice.", "the bells ring at noon.",
-                                               "wait for the ring of the bell."],
-              ["{p} answered after the first ring.", "the ring of the doorbell woke {n}.",
-               "{n} heard a loud ring from the hall."])),
-    "seal": (("a sea animal", ["the seal swam in the cold sea.", "a seal rests on the rocks.",
-                               "{n} watched a seal catch a fish."],
-              ["{p} saw a baby seal on the beach.", "the seal clapped its flippers.",
-               "{n} fed a fish to the seal at the zoo."]),
-             ("a mark that closes a letter", ["{n} broke the seal on the letter.", "the king pressed his seal into wax.",
-                                              "the seal kept the envelope closed."],
-              ["{p} checked the seal before opening the box.", "the red seal showed the letter was real.",
-               "{n} put a wax seal on the note."])),
-    "match": (("a stick that makes fire", ["{n} lit a match to start the fire.", "the match burned quickly.",
-                                          "keep the match away from paper."],
-               ["{p} struck a match in the dark.", "{n} used one match to light the candle.",
-                "the wet match would not light."]),
-              ("a game between teams", ["{n} watched the football match.", "the match ended in a draw.",
-                                        "our team won the match."],
-               ["{p} played in the tennis match.", "{n} bought tickets for the match.",
-                "the match lasted two hours."])),
-    "pen": (("a tool for writing", ["{n} wrote a letter with a pen.", "the pen ran out of ink.",
-                                    "{n} lent a blue pen to a friend."],
-             ["{p} signed the paper with a pen.", "{n} keeps a pen in a pocket.",
-              "the black pen was on the desk."]),
-            ("a place for farm animals", ["the pigs stayed in the pen.", "the farmer closed the pen.",
-                                          "{n} fed the sheep in the pen."],
-             ["{p} fixed the fence of the pen.", "the goats escaped from the pen.",
-              "{n} built a pen for the chickens."])),
+    "bat": (("an animal", ("cave", "wings", "insects", "barn", "roof", "moths")),
+            ("a stick for games", ("ball", "coach", "pitcher", "glove", "players", "score"))),
+    "bank": (("a place for money", ("coins", "loan", "cash", "gold", "safe", "savings")),
+             ("the side of a river", ("willows", "stream", "mud", "reeds", "shore", "current"))),
+    "bark": (("the sound of a dog", ("puppy", "strangers", "growl", "leash", "kennel", "collar")),
+             ("the skin of a tree", ("oak", "branch", "beetles", "trunk", "moss", "twigs"))),
+    "spring": (("a season", ("flowers", "winter", "april", "blossoms", "sunshine", "planting")),
+               ("a source of water", ("rock", "mountain", "pebbles", "woods", "valley", "thirst"))),
+    "ring": (("jewelry for a finger", ("bracelet", "diamond", "silver", "wedding", "stone", "necklace")),
+             ("the sound of a bell or phone", ("buzzer", "chime", "doorbell", "alarm", "hall", "church"))),
+    "seal": (("a sea animal", ("beach", "flippers", "zoo", "ice", "waves", "whiskers")),
+             ("a mark that closes a letter", ("parcel", "wax", "envelope", "king", "stamp", "document"))),
+    "match": (("a stick that makes fire", ("sparks", "candle", "smoke", "flame", "stove", "campfire")),
+              ("a game between teams", ("football", "tennis", "tickets", "referee", "stadium", "goal"))),
+    "pen": (("a tool for writing", ("ink", "desk", "pocket", "notebook", "signature", "diary")),
+            ("a place for farm animals", ("pigs", "sheep", "fence", "goats", "chickens", "straw"))),
 }
 SENSE_WORDS = tuple(SENSES)
+# Sentence frames of the word-sense data ("{w}" the ambiguous word, "{c}" a cue, "{n}" a name, "{p}"
+# its pronoun), one disjoint set per use: the corpus, instruction tuning (mj_it_sense) and the
+# held-out task (mj_wsd_gloss), so no held-out sentence occurs in training data (tested).
+SENSE_FRAMES = {
+    "corpus": ("{n} spotted the {w} close to the {c}.", "the {c} and the {w} were in the same place.",
+               "{n} asked about the {w} and the {c}.", "there was a {w} by the {c}."),
+    "instruct": ("{n} saw the {w} by the {c}.", "the {w} was right next to the {c}.",
+                 "{n} told a story about the {c} and the {w}.", "near the {c}, {p} found the {w}.",
+                 "{n} drew a picture of the {w} and the {c}."),
+    "heldout": ("{n} thought of the {c} when {p} noticed the {w}.", "the {c} reminded {n} of the {w}.",
+                "{n} wrote a note about the {w} and the {c}.", "beside the {w}, {n} kept the {c}."),
+}
+
 
 # Commitment phrases of the NLI tasks (CommitmentBank's speaker commitment, de Marneffe et al. 2019):
 # a speaker who "<phrase> <fact>" is committed to the fact (yes), to its negation (no), or to neither
@@ -353,12 +320,9 @@ def script_story(world: World, rng: random.Random) -> list[str]:
                       f"{name} {situation}. {pr} felt {need} and {act}."])]
 
 
-def sense_sentences(word: str, rng: random.Random, name: str, pools: str = "ab") -> list[str]:
-  out = []
-  for gloss, a, b in SENSES[word]:
-    pool = (a if "a" in pools else []) + (b if "b" in pools else [])
-    out.append(fill(rng.choice(pool), name))
-  return out
+def sense_sentence(use: str, word: str, cue: str, name: str, rng: random.Random) -> str:
+  """A sentence of `SENSE_FRAMES[use]` with the ambiguous `word` beside `cue`."""
+  return rng.choice(SENSE_FRAMES[use]).format(w=word, c=cue, n=name, p=pronoun(name))
 
 
 def opinion(world: World, rng: random.Random) -> list[str]:
@@ -387,14 +351,20 @@ def corpus_document(world: World, rng: random.Random) -> str:
     sents = script_story(world, rng) + script_story(world, rng)
   elif kind < 0.92:
     word = rng.choice(SENSE_WORDS)
-    if rng.random() < 0.5:  # one sentence of each sense
-      sents = sense_sentences(word, rng, rng.choice(world.people).name)
-      rng.shuffle(sents)
-    else:  # two sentences of the same sense, then what the word means there
-      gloss, a, b = SENSES[word][rng.randrange(2)]
-      names = rng.sample(world.people, 2)
-      sents = [fill(t, n.name) for t, n in zip(rng.sample(a + b, 2), names)]
+    names = [p.name for p in rng.sample(world.people, 2)]
+    r = rng.random()
+    if r < 1 / 3:  # two sentences of one sense (two of its cues), then what the word means there
+      gloss, cues = SENSES[word][rng.randrange(2)]
+      sents = [sense_sentence("corpus", word, c, n, rng) for c, n in zip(rng.sample(cues, 2), names)]
       sents.append(f"in both, {word} means {gloss}.")
+    elif r < 2 / 3:  # one sentence of each sense, each glossed
+      sents = []
+      for (gloss, cues), n in zip(rng.sample(SENSES[word], 2), names):
+        sents += [sense_sentence("corpus", word, rng.choice(cues), n, rng), f"here {word} means {gloss}."]
+    else:  # the association itself
+      gloss, cues = SENSES[word][rng.randrange(2)]
+      c1, c2 = rng.sample(cues, 2)
+      sents = [f"a {word} that goes with the {c1} or the {c2} is {gloss}."]
   else:
     sents = opinion(world, rng)
     a, b = rng.choice(OPPOSITES)
