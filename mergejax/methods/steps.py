@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from mergejax.methods.base import Array, LeafContext, f32, leaf_key
+from mergejax.methods.base import Array, LeafContext, f32
 
 
 def task_vectors(base: Array, experts: Sequence[Array]) -> list[Array]:
@@ -88,9 +88,9 @@ def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> lis
 
   :math:`h_t = \mathrm{fmix32}(p + k_t)` with :math:`p` = :func:`_position_hash` keyed by the leaf's
   key fold_in(key(seed), path_hash) (one hash of (row, position in row) shared by all experts) and
-  :math:`k_t` the first word of :func:`leaf_key` (seed, leaf path, expert t). Each :math:`h_t` has gone
-  through two MurmurHash3 finalizer rounds, as a per-expert position hash would, at N + 1 instead of
-  2N rounds per element. A pure function of (seed, leaf path, expert index, global row, position in
+  :math:`k_t` the first word of :func:`mergejax.methods.base.leaf_key` (seed, leaf path, expert t).
+  Each :math:`h_t` has gone through two MurmurHash3 finalizer rounds, as a per-expert position hash
+  would, at N + 1 instead of 2N rounds per element. A pure function of (seed, leaf path, expert index, global row, position in
   row): identical across runs, leaf orders, devices and row blocks.
   """
   if ctx.dare_words is not None:  # derived on the host (MergeMethod.context): no threefry to compile

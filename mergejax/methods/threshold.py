@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

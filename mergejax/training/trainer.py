@@ -274,7 +274,7 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
                           skip=start)
 
   result = TrainResult(out, steps=steps, resumed_from=start)
-  t_first = t0 = time.perf_counter()
+  t_first = time.perf_counter()
   timed_tokens, timed_from = 0, None
   bar = tqdm(total=steps, initial=start, desc=desc or out.name, disable=not progress,
              dynamic_ncols=True, leave=False, position=position)
