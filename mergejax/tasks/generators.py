@@ -476,12 +476,14 @@ def coref_blank(world, rng):
 
 
 def _sense_example(use: str, rng: random.Random) -> tuple[str, str, tuple[str, ...], int]:
-  """An ambiguous word in a `world.SENSE_FRAMES[use]` sentence beside a cue of one of its senses:
-  (word, sentence, the word's two glosses in random order, index of the right one)."""
+  """An ambiguous word in a `world.SENSE_FRAMES[use]` sentence beside cues of one of its senses (two
+  for instruction tuning, one otherwise): (word, sentence, the word's two glosses in random order,
+  index of the right one)."""
   word = rng.choice(W.SENSE_WORDS)
   senses = W.SENSES[word]
   k = rng.randrange(2)
-  sent = W.sense_sentence(use, word, rng.choice(senses[k][1]), rng.choice(W.FEMALE + W.MALE), rng)
+  cues = tuple(rng.sample(senses[k][1], 2)) if use == "instruct" else (rng.choice(senses[k][1]),)
+  sent = W.sense_sentence(use, word, cues, rng.choice(W.FEMALE + W.MALE), rng)
   order = [0, 1] if rng.random() < 0.5 else [1, 0]
   return word, sent, tuple(senses[i][0] for i in order), order.index(k)
 
@@ -526,8 +528,8 @@ def it_sound(world, rng):
 
 @_register("mj_it_sense", "instruct", "instruct")
 def it_sense(world, rng):
-  """Gloss an ambiguous word in context: the sense is set by a cue word beside it (its own sentence
-  frames, `world.SENSE_FRAMES["instruct"]`; some templates list the two glosses)."""
+  """Gloss an ambiguous word in context: the sense is set by two cue words of it in the sentence (its
+  own sentence frames, `world.SENSE_FRAMES["instruct"]`; some templates list the two glosses)."""
   word, sent, choices, label = _sense_example("instruct", rng)
   q = rng.choice([f"in the sentence \"{sent}\" what does the word {word} mean?",
                   f"{sent} here, the word {word} refers to",

@@ -130,37 +130,39 @@ OPPOSITES = (("big", "small"), ("hot", "cold"), ("fast", "slow"), ("happy", "sad
 # sentence frames (SENSE_FRAMES), so a sense is known by association with its cues, not by memorized
 # sentences (the fifth session's fixed context sentences were memorized, never generalized).
 SENSES = {
-    "bat": (("an animal", ("cave", "wings", "insects", "barn", "roof", "moths")),
-            ("a stick for games", ("ball", "coach", "pitcher", "glove", "players", "score"))),
-    "bank": (("a place for money", ("coins", "loan", "cash", "gold", "safe", "savings")),
-             ("the side of a river", ("willows", "stream", "mud", "reeds", "shore", "current"))),
-    "bark": (("the sound of a dog", ("puppy", "strangers", "growl", "leash", "kennel", "collar")),
-             ("the skin of a tree", ("oak", "branch", "beetles", "trunk", "moss", "twigs"))),
-    "spring": (("a season", ("flowers", "winter", "april", "blossoms", "sunshine", "planting")),
-               ("a source of water", ("rock", "mountain", "pebbles", "woods", "valley", "thirst"))),
-    "ring": (("jewelry for a finger", ("bracelet", "diamond", "silver", "wedding", "stone", "necklace")),
-             ("the sound of a bell or phone", ("buzzer", "chime", "doorbell", "alarm", "hall", "church"))),
-    "seal": (("a sea animal", ("beach", "flippers", "zoo", "ice", "waves", "whiskers")),
-             ("a mark that closes a letter", ("parcel", "wax", "envelope", "king", "stamp", "document"))),
-    "match": (("a stick that makes fire", ("sparks", "candle", "smoke", "flame", "stove", "campfire")),
-              ("a game between teams", ("football", "tennis", "tickets", "referee", "stadium", "goal"))),
-    "pen": (("a tool for writing", ("ink", "desk", "pocket", "notebook", "signature", "diary")),
-            ("a place for farm animals", ("pigs", "sheep", "fence", "goats", "chickens", "straw"))),
+    "bat": (("an animal", ("cave", "insects", "wings", "barn")),
+            ("a stick for games", ("ball", "score", "coach", "glove"))),
+    "bank": (("a place for money", ("coins", "loan", "gold", "safe")),
+             ("the side of a river", ("stream", "mud", "reeds", "shore"))),
+    "bark": (("the sound of a dog", ("puppy", "growl", "leash", "collar")),
+             ("the skin of a tree", ("oak", "trunk", "moss", "beetles"))),
+    "spring": (("a season", ("winter", "planting", "april", "flowers")),
+               ("a source of water", ("rock", "woods", "thirst", "pebbles"))),
+    "ring": (("jewelry for a finger", ("stone", "diamond", "silver", "wedding")),
+             ("the sound of a bell or phone", ("doorbell", "alarm", "hall", "chime"))),
+    "seal": (("a sea animal", ("zoo", "ice", "beach", "waves")),
+             ("a mark that closes a letter", ("wax", "king", "stamp", "parcel"))),
+    "match": (("a stick that makes fire", ("candle", "flame", "stove", "sparks")),
+              ("a game between teams", ("goal", "referee", "stadium", "tickets"))),
+    "pen": (("a tool for writing", ("ink", "desk", "diary", "notebook")),
+            ("a place for farm animals", ("sheep", "pigs", "fence", "goats"))),
 }
 SENSE_WORDS = tuple(SENSES)
-# Sentence frames of the word-sense data ("{w}" the ambiguous word, "{c}" a cue, "{n}" a name, "{p}"
-# its pronoun), one disjoint set per use: the corpus, instruction tuning (mj_it_sense) and the
-# held-out task (mj_wsd_gloss), so no held-out sentence occurs in training data (tested).
+# Sentence frames of the word-sense data ("{w}" the ambiguous word, "{c}" and "{d}" cues of one sense,
+# "{n}" a name, "{p}" its pronoun), one disjoint set per use: the corpus, instruction tuning
+# (mj_it_sense; two cues per sentence: at xs one cue per sentence was learned to only 0.63-0.66 in
+# distribution, two to 0.75-0.78) and the held-out task (mj_wsd_gloss; one cue), so no held-out
+# sentence occurs in training data (tested).
 SENSE_FRAMES = {
     "corpus": ("{n} spotted the {w} close to the {c}.", "the {c} and the {w} were in the same place.",
                "{n} asked about the {w} and the {c}.", "there was a {w} by the {c}."),
-    "instruct": ("{n} saw the {w} by the {c}.", "the {w} was right next to the {c}.",
-                 "{n} told a story about the {c} and the {w}.", "near the {c}, {p} found the {w}.",
-                 "{n} drew a picture of the {w} and the {c}."),
+    "instruct": ("{n} saw the {w} by the {c}, with the {d}.", "the {w} was right next to the {c}, with the {d}.",
+                 "{n} told a story about the {c} and the {w}, with the {d}.",
+                 "near the {c}, {p} found the {w}, with the {d}.",
+                 "{n} drew a picture of the {w} and the {c}, with the {d}."),
     "heldout": ("{n} thought of the {c} when {p} noticed the {w}.", "the {c} reminded {n} of the {w}.",
                 "{n} wrote a note about the {w} and the {c}.", "beside the {w}, {n} kept the {c}."),
 }
-
 
 # Commitment phrases of the NLI tasks (CommitmentBank's speaker commitment, de Marneffe et al. 2019):
 # a speaker who "<phrase> <fact>" is committed to the fact (yes), to its negation (no), or to neither
@@ -320,9 +322,10 @@ def script_story(world: World, rng: random.Random) -> list[str]:
                       f"{name} {situation}. {pr} felt {need} and {act}."])]
 
 
-def sense_sentence(use: str, word: str, cue: str, name: str, rng: random.Random) -> str:
-  """A sentence of `SENSE_FRAMES[use]` with the ambiguous `word` beside `cue`."""
-  return rng.choice(SENSE_FRAMES[use]).format(w=word, c=cue, n=name, p=pronoun(name))
+def sense_sentence(use: str, word: str, cues: tuple[str, ...], name: str, rng: random.Random) -> str:
+  """A sentence of `SENSE_FRAMES[use]` with the ambiguous `word` beside `cues` (one, or two for
+  frames with "{d}")."""
+  return rng.choice(SENSE_FRAMES[use]).format(w=word, c=cues[0], d=cues[-1], n=name, p=pronoun(name))
 
 
 def opinion(world: World, rng: random.Random) -> list[str]:
@@ -355,12 +358,12 @@ def corpus_document(world: World, rng: random.Random) -> str:
     r = rng.random()
     if r < 1 / 3:  # two sentences of one sense (two of its cues), then what the word means there
       gloss, cues = SENSES[word][rng.randrange(2)]
-      sents = [sense_sentence("corpus", word, c, n, rng) for c, n in zip(rng.sample(cues, 2), names)]
+      sents = [sense_sentence("corpus", word, (c,), n, rng) for c, n in zip(rng.sample(cues, 2), names)]
       sents.append(f"in both, {word} means {gloss}.")
     elif r < 2 / 3:  # one sentence of each sense, each glossed
       sents = []
       for (gloss, cues), n in zip(rng.sample(SENSES[word], 2), names):
-        sents += [sense_sentence("corpus", word, rng.choice(cues), n, rng), f"here {word} means {gloss}."]
+        sents += [sense_sentence("corpus", word, (rng.choice(cues),), n, rng), f"here {word} means {gloss}."]
     else:  # the association itself
       gloss, cues = SENSES[word][rng.randrange(2)]
       c1, c2 = rng.sample(cues, 2)
