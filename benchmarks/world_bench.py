@@ -19,7 +19,7 @@ import platform
 import shutil
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/world_bench", "World directory.")
@@ -290,6 +290,8 @@ def targets(checks, sizes) -> dict:
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO (absl ignores set_default)
   if _MODE.value:
     print(json.dumps(_time_mode(_MODE.value, _MODE_STEPS.value)))
     return
@@ -344,5 +346,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.FLAGS.set_default("verbosity", -1)
   app.run(main)

@@ -90,8 +90,8 @@ def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> lis
   key fold_in(key(seed), path_hash) (one hash of (row, position in row) shared by all experts) and
   :math:`k_t` the first word of :func:`mergejax.methods.base.leaf_key` (seed, leaf path, expert t).
   Each :math:`h_t` has gone through two MurmurHash3 finalizer rounds, as a per-expert position hash
-  would, at N + 1 instead of 2N rounds per element. A pure function of (seed, leaf path, expert index, global row, position in
-  row): identical across runs, leaf orders, devices and row blocks.
+  would, at N + 1 instead of 2N rounds per element. A pure function of (seed, leaf path, expert
+  index, global row, position in row): identical across runs, leaf orders, devices and row blocks.
   """
   if ctx.dare_words is not None:  # derived on the host (MergeMethod.context): no threefry to compile
     p0, p1, ks = ctx.dare_words[0], ctx.dare_words[1], [ctx.dare_words[2 + t] for t in range(n_experts)]
