@@ -252,10 +252,6 @@ def make_world(seed: int = 0) -> World:
   return World(seed, people, cities)
 
 
-def fill(template: str, name: str) -> str:
-  return template.format(n=name, p=pronoun(name))
-
-
 def person_facts(world: World, name: str, rng: random.Random) -> list[str]:
   """Plain sentences stating a person's facts, pronouns after the first mention."""
   p, pr, po = world.person[name], pronoun(name), possessive(name)
