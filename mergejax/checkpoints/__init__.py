@@ -1,4 +1,5 @@
-"""Sources and sinks of leaves: in-memory pytrees, orbax and HF safetensors checkpoints.
+"""Sources and sinks of leaves: in-memory pytrees, orbax, HF safetensors and pytorch_model.bin
+checkpoints, PEFT LoRA adapters applied to a base.
 
 The orbax classes are imported on first use (orbax-checkpoint costs ~0.4 s to import), so a
 safetensors-only merge never loads it.
@@ -10,6 +11,7 @@ from mergejax.checkpoints.base import CheckpointError, LeafSpec, Sink, Source
 from mergejax.checkpoints.detect import FORMATS, detect_format, open_source
 from mergejax.checkpoints.memory import PytreeSink, PytreeSource
 from mergejax.checkpoints.safetensors import SafetensorsSink, SafetensorsSource
+from mergejax.checkpoints.torch_bin import TorchBinSource, UnsafePickleError
 
 _LAZY = {"OrbaxSink": "mergejax.checkpoints.orbax", "OrbaxSource": "mergejax.checkpoints.orbax"}
 
@@ -22,4 +24,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["CheckpointError", "FORMATS", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink", "PytreeSource",
-           "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "detect_format", "open_source"]
+           "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "TorchBinSource", "UnsafePickleError", "detect_format",
+           "open_source"]

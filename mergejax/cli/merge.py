@@ -26,7 +26,12 @@ from mergejax.cli import common
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "merge.py"
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
-_EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints.")
+_EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints (for paths with commas use "
+                             "--expert or --experts_file).")
+_EXPERT = flags.DEFINE_multi_string("expert", None, "An expert checkpoint, taken whole (repeat the flag for several; "
+                                    "after those of --experts).")
+_EXPERTS_FILE = flags.DEFINE_string("experts_file", None, "A text file of expert checkpoints, one path per line (blank "
+                                    "lines and lines starting with # are skipped; after --experts and --expert).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
 _FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
@@ -60,7 +65,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints import SafetensorsSink, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints import SafetensorsSink, align, detect, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
 
   method = build_method(cfg)
   if cfg.dtype is not None:
@@ -76,15 +81,18 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
     raise ValueError("--experts is empty: give at least one expert checkpoint")
   method.check_experts(len(experts))
   inputs = ([base] if base else []) + list(experts)
-  for p in inputs:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f"{p}: no such file or directory")
   base_src = open_source(base, name=base) if base else None
-  expert_srcs = [open_source(e, name=e) for e in experts]
+  expert_srcs = [open_source(e, name=e, base=base_src) for e in experts]
+  srcs, dtype = align.align_dtypes(([base_src] if base_src else []) + expert_srcs, cfg.dtype)
+  base_src, expert_srcs = (srcs[0], srcs[1:]) if base_src else (None, srcs)
   reference = base_src or expert_srcs[0]
   engine.validate_sources(reference, (expert_srcs if base_src else expert_srcs[1:]))
-  fmt = output_format or reference.format
-  output_lib.check_output_path(output, inputs, overwrite)
+  fmt = output_format or (reference.format if reference.format in ("orbax", "safetensors") else "safetensors")
+  key_leaves = getattr(reference, "key_leaves", None)
+  if fmt == "safetensors" and key_leaves:
+    raise ValueError(f"{reference.name}: leaf '{sorted(key_leaves)[0]}' is a PRNG key, which safetensors cannot store: "
+                     "write an orbax checkpoint (--output_format=orbax)")
+  output_lib.check_output_path(output, [detect.input_path(p) for p in inputs], overwrite)
   rules = sharding.parse_rules(cfg.partition_rules)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   sidecar_dir = str(reference.dir) if reference.dir is not None else None
@@ -94,14 +102,28 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   else:
     from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
     keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
-    sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys)
-  fingerprints = [{"role": "base" if base and i == 0 else "expert", **output_lib.fingerprint(p)}
+    sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys,
+                     template=reference.template() if hasattr(reference, "template") else None)
+  fingerprints = [{"role": "base" if base and i == 0 else "expert", "name": p,
+                   **output_lib.fingerprint(detect.input_path(p))}
                   for i, p in enumerate(inputs)] if output_lib.is_primary() else []
   return engine.merge_sources(
-      base_src, expert_srcs, sink, method, seed=int(cfg.seed), dtype=cfg.dtype, mesh=mesh, rules=rules,
+      base_src, expert_srcs, sink, method, seed=int(cfg.seed), dtype=dtype, mesh=mesh, rules=rules,
       memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
       allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
-      metadata={"inputs": fingerprints, "input_format": reference.format})
+      metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line()})
+
+
+def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:
+  """Expert paths from ``--experts`` (comma list), ``--expert`` (one path per flag) and ``--experts_file``."""
+  out = [p for p in (comma_list or []) if p] + list(repeated or [])
+  if listing:
+    try:
+      text = pathlib.Path(listing).read_text()
+    except OSError as e:
+      raise ValueError(f"--experts_file {listing}: {e.strerror or e}") from None
+    out += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+  return out
 
 
 def compilation_cache_dir(cfg: config_dict.ConfigDict) -> str | None:
@@ -176,14 +198,15 @@ def main(argv: Sequence[str]) -> None:
   try:
     if _CONFIG.value is None:
       raise ValueError("no config: pass --config=configs/merge.py")
-    if not _EXPERTS.value:
-      raise ValueError("--experts is required (comma-separated checkpoint paths)")
+    experts = expert_paths(_EXPERTS.value, _EXPERT.value, _EXPERTS_FILE.value)
+    if not experts:
+      raise ValueError("no experts: give --experts (comma-separated), --expert (repeatable) or --experts_file")
     if not _OUTPUT.value:
       raise ValueError("--output is required")
     prefer_wide_vectors()
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
-    out = merge_checkpoints(_BASE.value, _EXPERTS.value, _OUTPUT.value, _CONFIG.value,
+    out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,
                             output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
   except KeyboardInterrupt:
     print("mergejax-merge: interrupted; no output written", file=sys.stderr)

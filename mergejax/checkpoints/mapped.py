@@ -1,0 +1,106 @@
+"""Sources whose leaves are computed from another source's, one leaf at a time, when the engine reads
+them: a LoRA adapter applied to its base, a float leaf upcast for a mixed-dtype merge, embedding rows
+mapped to another vocabulary, a subset of leaves. Nothing is computed at open; a transformed leaf is
+computed from its inputs when read and freed with the group, so memory follows one leaf, not a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from mergejax.checkpoints.base import LeafSpec, array_from_host
+
+Transform = Callable[[], np.ndarray]
+
+
+def host_leaf(src: Any, path: str) -> np.ndarray:
+  """Leaf ``path`` of a Source as a host array (a memory map where the source has one)."""
+  if hasattr(src, "host"):
+    return src.host(path)
+  if hasattr(src, "flat_view"):
+    shape = next(s.shape for s in src.specs() if s.path == path)
+    return np.asarray(src.flat_view(path)).reshape(shape)
+  return np.asarray(src.read([path])[path])
+
+
+class MappedSource:
+  """``inner``'s leaves, with some replaced: ``transforms[path] = (spec, fn)`` gives the new leaf's spec and
+  a function computing it (a host array of that shape and dtype); ``drop`` hides leaves and ``add``
+  appends new ones (same form as ``transforms``). Attributes other than the Source protocol's (``dir``,
+  ``format``, ``key_leaves``) are the inner source's."""
+
+  def __init__(self, inner: Any, transforms: Mapping[str, tuple[LeafSpec, Transform]], *, name: str | None = None,
+               drop: Sequence[str] = (), add: Mapping[str, tuple[LeafSpec, Transform]] | None = None):
+    self.inner = inner
+    self.name = name or inner.name
+    self._fns = {**dict(transforms), **dict(add or {})}
+    inner_specs = [s for s in inner.specs() if s.path not in set(drop)]
+    self._specs = [self._fns[s.path][0] if s.path in self._fns else s for s in inner_specs]
+    have = {s.path for s in self._specs}
+    self._specs += [spec for p, (spec, _) in sorted((add or {}).items()) if p not in have]
+    self._specs.sort(key=lambda s: s.path)
+    self._by_path = {s.path: s for s in self._specs}
+
+  def __getattr__(self, attr: str) -> Any:
+    if attr in ("inner", "_fns", "_specs", "_by_path"):
+      raise AttributeError(attr)
+    return getattr(self.inner, attr)
+
+  def specs(self) -> list[LeafSpec]:
+    return list(self._specs)
+
+  def spec(self, path: str) -> LeafSpec:
+    return self._by_path[path]
+
+  def host(self, path: str) -> np.ndarray:
+    if path in self._fns:
+      spec, fn = self._fns[path]
+      x = np.asarray(fn())
+      if x.shape != spec.shape or x.dtype != spec.dtype:
+        raise RuntimeError(f"{self.name}: leaf '{path}' computed as {x.shape} {x.dtype}, expected {spec.shape} "
+                           f"{spec.dtype}")
+      return x
+    return host_leaf(self.inner, path)
+
+  def flat_view(self, path: str) -> np.ndarray:
+    return self.host(path).reshape(-1)
+
+  def aligned_view(self, path: str, align: int = 64):
+    if path in self._fns or not hasattr(self.inner, "aligned_view"):
+      return None
+    return self.inner.aligned_view(path, align)
+
+  def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    plain = [p for p in paths if p not in self._fns]
+    out = self.inner.read(plain, {p: shardings[p] for p in plain if p in shardings} if shardings else None) \
+        if plain else {}
+    for p in paths:
+      if p in self._fns:
+        spec = self._by_path[p]
+        sh = (shardings or {}).get(p) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        x = self.host(p)
+        out[p] = array_from_host(spec.shape, spec.dtype, sh, lambda idx, x=x: x[tuple(idx)])
+    return out
+
+
+class SubsetSource:
+  """The leaves ``paths`` of ``inner`` (everything else delegated)."""
+
+  def __init__(self, inner: Any, paths: Sequence[str]):
+    self.inner = inner
+    keep = set(paths)
+    self._specs = [s for s in inner.specs() if s.path in keep]
+
+  def __getattr__(self, attr: str) -> Any:
+    if attr in ("inner", "_specs"):
+      raise AttributeError(attr)
+    return getattr(self.inner, attr)
+
+  def specs(self) -> list[LeafSpec]:
+    return list(self._specs)
+
+  def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return self.inner.read(paths, shardings)
