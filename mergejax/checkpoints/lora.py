@@ -10,7 +10,7 @@ layers, ``.lora_embedding_A`` (r, vocab) and ``.lora_embedding_B`` (dim, r) for 
 .. math::
    s = \alpha / r \ (\texttt{use\_rslora}: \alpha / \sqrt r),\qquad
    \Delta = \mathrm{f32}(B A)\cdot s \ (\text{transposed for fan\_in\_fan\_out and embeddings}),\qquad
-   W' = \mathrm{cast}_{W}(\mathrm{f32}(W) + \Delta)
+   W' = \mathrm{cast}_{W}(\mathrm{f32}(W) + \Delta)\ \ (\text{embeddings: } + \mathrm{f32}(\mathrm{cast}_W(\Delta)))
 
 with r and alpha from ``rank_pattern`` / ``alpha_pattern`` where a pattern matches the module name
 (PEFT's ``(.*\.)?pattern$``). PEFT loads adapter weights in float32 (``autocast_adapter_dtype``), so
@@ -76,6 +76,9 @@ class LoraAdapter:
       raise CheckpointError(f"{cfg_file}: PEFT type {peft_type} is not supported (only LoRA adapters)")
     if cfg.get("use_dora"):
       raise CheckpointError(f"{cfg_file}: DoRA adapters (use_dora) are not supported")
+    for key in ("layer_replication", "target_parameters"):
+      if cfg.get(key):
+        raise CheckpointError(f"{cfg_file}: LoRA option {key} is not supported")
     self.config = cfg
     self.base_model = cfg.get("base_model_name_or_path")
     self.file, self._src = _adapter_tensors(self.path)
@@ -99,7 +102,9 @@ class LoraAdapter:
       if "lora_" in stem or "magnitude" in stem:
         raise CheckpointError(f"{self.file}: tensor '{name}' is not a LoRA factor mergejax understands "
                               "(DoRA, convolution or another PEFT variant)")
-      self.replacements[stem] = name
+      # Full tensors: modules_to_save, and embedding weights saved with the adapter (save_embedding_layers,
+      # '<module>.base_layer.weight'), which replace the base's before the LoRA product is added.
+      self.replacements[stem.replace(".base_layer.", ".")] = name
     for module, e in self.modules.items():
       if "A" not in e or "B" not in e:
         raise CheckpointError(f"{self.file}: module '{module}' has only one LoRA factor")
@@ -132,6 +137,11 @@ class LoraAdapter:
     """``base`` (a Source) with this adapter merged into it, leaf by leaf when read."""
     specs = {s.path: s for s in base.specs()}
     transforms = {}
+
+    def before_lora(path: str) -> np.ndarray:  # the base's tensor, or the adapter's full copy of it
+      src = self.replacements.get(path)
+      return host_leaf(base, path) if src is None else np.asarray(host_leaf(self._src, src)).astype(specs[path].dtype)
+
     for module, e in self.modules.items():
       w = f"{module}.weight"
       if w not in specs:
@@ -141,14 +151,16 @@ class LoraAdapter:
         shape = shape[::-1]
       if specs[w].shape != shape:
         raise CheckpointError(f"{self.file}: LoRA for '{w}' makes shape {shape}, {base.name} has {specs[w].shape}")
-      transforms[w] = (specs[w], lambda w=w, module=module, s=specs[w]: _add(host_leaf(base, w), self.delta(module),
-                                                                             s.dtype))
+      # PEFT adds a linear layer's float32 Delta to the weight (one rounding) and an embedding's Delta cast
+      # to the weight's dtype first (lora.Embedding.merge: ``delta.to(orig_dtype)``).
+      transforms[w] = (specs[w], lambda w=w, module=module, s=specs[w], e=e: _add(
+          before_lora(w), self.delta(module), s.dtype, round_delta=e["kind"] == "embedding"))
       if "bias" in e:
         bname = f"{module}.bias"
         if bname not in specs:
           raise CheckpointError(f"{self.file}: LoRA has a bias for '{module}', which has no bias in {base.name}")
         transforms[bname] = (specs[bname], lambda bname=bname, e=e, s=specs[bname]: _add(
-            host_leaf(base, bname), self._f32(e["bias"]) * np.float32(e["scale"]), s.dtype))
+            before_lora(bname), self._f32(e["bias"]) * np.float32(e["scale"]), s.dtype))
     for target, src_name in self.replacements.items():
       if target not in specs:
         raise CheckpointError(f"{self.file}: adapter tensor '{src_name}' replaces '{target}', which {base.name} "
@@ -157,10 +169,12 @@ class LoraAdapter:
       if ts.shape != specs[target].shape:
         raise CheckpointError(f"{self.file}: adapter tensor '{src_name}' has shape {ts.shape}, {base.name}'s "
                               f"'{target}' has {specs[target].shape}")
-      transforms[target] = (specs[target], lambda src_name=src_name, s=specs[target]: np.asarray(
-          host_leaf(self._src, src_name)).astype(s.dtype))
+      if target not in transforms:
+        transforms[target] = (specs[target], lambda target=target: before_lora(target))
     return MappedSource(base, transforms, name=name or str(self.path))
 
 
-def _add(w: np.ndarray, delta: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _add(w: np.ndarray, delta: np.ndarray, dtype: np.dtype, round_delta: bool = False) -> np.ndarray:
+  if round_delta:
+    delta = delta.astype(dtype).astype(np.float32)
   return (np.asarray(w, np.float32) + delta).astype(dtype)
