@@ -281,3 +281,25 @@ def write_card(directory: str | os.PathLike, metadata: Mapping[str, Any], name: 
   if is_primary():
     from mergejax import files  # pylint: disable=g-import-not-at-top
     files.atomic_write(pathlib.Path(directory) / "README.md", model_card(metadata, name))
+
+
+def open_sink(output: str | os.PathLike, reference: Any, *, output_format: str | None = None,
+              sidecar_dir: str | None = None, shard_bytes: int = 4 << 30, overwrite: bool = False) -> Any:
+  """The Sink writing ``output`` in ``output_format`` ('safetensors' or 'orbax'; default: the reference
+  input's format when it is one of those, else safetensors), shaped after ``reference`` (an orbax tree's
+  structure; PRNG key leaves are refused for safetensors, naming the leaf, before anything is written)."""
+  fmt = output_format or (reference.format if reference.format in ("orbax", "safetensors") else "safetensors")
+  if fmt not in ("orbax", "safetensors"):
+    raise ValueError(f"output format {fmt!r}: choose 'safetensors' or 'orbax'")
+  key_leaves = getattr(reference, "key_leaves", None)
+  if fmt == "safetensors" and key_leaves:
+    raise ValueError(f"{reference.name}: leaf '{sorted(key_leaves)[0]}' is a PRNG key, which safetensors cannot "
+                     "store: write an orbax checkpoint (--output_format=orbax)")
+  # The sinks import this module: imported here, not at the top, to keep the import graph acyclic.
+  if fmt == "safetensors":
+    from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
+    return SafetensorsSink(output, shard_bytes=shard_bytes, sidecar_dir=sidecar_dir, overwrite=overwrite)
+  from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
+  keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
+  return OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys,
+                   template=reference.template() if hasattr(reference, "template") else None)

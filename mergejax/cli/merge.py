@@ -34,7 +34,12 @@ _EXPERTS_FILE = flags.DEFINE_string("experts_file", None, "A text file of expert
                                     "lines and lines starting with # are skipped; after --experts and --expert).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
 _FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output that mergejax wrote (a directory "
+                                "holding mergejax_manifest.json; anything else is refused).")
+_TOKENIZER_SOURCE = flags.DEFINE_string(
+    "tokenizer_source", None, "Inputs with different vocabularies: map embedding/LM-head rows by token to the "
+    "vocabulary of 'base', 'union' (base + every input's extra tokens), or an input path (its tokenizer); "
+    "the merged tokenizer is written. As mergekit's tokenizer_source.")
 _CONFIG = common.define(config_flags.DEFINE_config_file,
     "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Merge config (configs/merge.py).")
 
@@ -60,14 +65,24 @@ def build_method(cfg: config_dict.ConfigDict):
 
 
 def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
-                      output_format: str | None = None, overwrite: bool = False, mesh=None) -> pathlib.Path:
-  """Merges checkpoint files into ``output``; raises (and leaves no output) on any bad input."""
+                      output_format: str | None = None, overwrite: bool = False, mesh=None,
+                      tokenizer_source: str | None = None) -> pathlib.Path:
+  """Merges checkpoint files into ``output``; raises (and leaves no output) on any bad input.
+
+  ``tokenizer_source`` ("base", "union", or an input path) maps embedding and LM-head rows of inputs
+  with different vocabularies to one vocabulary by token string (:mod:`mergejax.checkpoints.vocab`).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints import SafetensorsSink, align, detect, open_source, output as output_lib  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints import detect, inputs as inputs_lib, output as output_lib  # pylint: disable=g-import-not-at-top
 
   method = build_method(cfg)
+  if tokenizer_source not in (None, "base", "union"):  # an input's path: its index among the inputs
+    names = ([base] if base else []) + list(experts)
+    if tokenizer_source not in names:
+      raise ValueError(f"tokenizer source {tokenizer_source!r} is not 'base', 'union' or one of the inputs")
+    tokenizer_source = names.index(tokenizer_source)
   if cfg.dtype is not None:
     try:
       dt = np.dtype(jax.numpy.dtype(cfg.dtype))
@@ -81,37 +96,29 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
     raise ValueError("--experts is empty: give at least one expert checkpoint")
   method.check_experts(len(experts))
   inputs = ([base] if base else []) + list(experts)
-  base_src = open_source(base, name=base) if base else None
-  expert_srcs = [open_source(e, name=e, base=base_src) for e in experts]
-  srcs, dtype = align.align_dtypes(([base_src] if base_src else []) + expert_srcs, cfg.dtype)
-  base_src, expert_srcs = (srcs[0], srcs[1:]) if base_src else (None, srcs)
-  reference = base_src or expert_srcs[0]
-  engine.validate_sources(reference, (expert_srcs if base_src else expert_srcs[1:]))
-  fmt = output_format or (reference.format if reference.format in ("orbax", "safetensors") else "safetensors")
-  key_leaves = getattr(reference, "key_leaves", None)
-  if fmt == "safetensors" and key_leaves:
-    raise ValueError(f"{reference.name}: leaf '{sorted(key_leaves)[0]}' is a PRNG key, which safetensors cannot store: "
-                     "write an orbax checkpoint (--output_format=orbax)")
+  opened = inputs_lib.open_inputs(inputs_lib.ModelRef(base) if base else None,
+                                  [inputs_lib.ModelRef(e) for e in experts], dtype=cfg.dtype,
+                                  tokenizer_source=tokenizer_source)
+  reference = opened.reference
+  try:
+    engine.validate_sources(reference, opened.experts if opened.base is not None else opened.experts[1:])
+  except ValueError as e:
+    raise ValueError(inputs_lib.vocab_mismatch_hint(str(e))) from None
   output_lib.check_output_path(output, [detect.input_path(p) for p in inputs], overwrite)
   rules = sharding.parse_rules(cfg.partition_rules)
   mesh = mesh if mesh is not None else sharding.make_mesh()
-  sidecar_dir = str(reference.dir) if reference.dir is not None else None
-  if fmt == "safetensors":
-    sink = SafetensorsSink(output, shard_bytes=int(cfg.shard_size_mb * (1 << 20)), sidecar_dir=sidecar_dir,
-                           overwrite=overwrite)
-  else:
-    from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
-    keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
-    sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys,
-                     template=reference.template() if hasattr(reference, "template") else None)
   fingerprints = [{"role": "base" if base and i == 0 else "expert", "name": p,
                    **output_lib.fingerprint(detect.input_path(p))}
                   for i, p in enumerate(inputs)] if output_lib.is_primary() else []
-  return engine.merge_sources(
-      base_src, expert_srcs, sink, method, seed=int(cfg.seed), dtype=dtype, mesh=mesh, rules=rules,
-      memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
-      allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
-      metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line()})
+  with inputs_lib.staged_sidecars(opened.donor_dir, vocab=opened.vocab) as sidecar_dir:
+    sink = output_lib.open_sink(output, reference, output_format=output_format, sidecar_dir=sidecar_dir,
+                                shard_bytes=int(cfg.shard_size_mb * (1 << 20)), overwrite=overwrite)
+    return engine.merge_sources(
+        opened.base, opened.experts, sink, method, seed=int(cfg.seed), dtype=opened.dtype, mesh=mesh, rules=rules,
+        memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
+        allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
+        metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
+                  "tokenizer_source": tokenizer_source})
 
 
 def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:
@@ -207,7 +214,8 @@ def main(argv: Sequence[str]) -> None:
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
     out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,
-                            output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
+                            output_format=_FORMAT.value, overwrite=_OVERWRITE.value,
+                            tokenizer_source=_TOKENIZER_SOURCE.value)
   except KeyboardInterrupt:
     print("mergejax-merge: interrupted; no output written", file=sys.stderr)
     sys.exit(130)
