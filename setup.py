@@ -50,6 +50,7 @@ setup(
         "console_scripts": [
             "mergejax-demo=mergejax.cli.demo:run",
             "mergejax-merge=mergejax.cli.merge:run",
+            "mergejax-yaml=mergejax.cli.recipe:run",
             "mergejax-inspect=mergejax.cli.inspect:run",
             "mergejax-train=mergejax.cli.train:run",
             "mergejax-build-world=mergejax.cli.build_world:run",

@@ -33,9 +33,10 @@ _EXPERT = flags.DEFINE_multi_string("expert", None, "An expert checkpoint, taken
 _EXPERTS_FILE = flags.DEFINE_string("experts_file", None, "A text file of expert checkpoints, one path per line (blank "
                                     "lines and lines starting with # are skipped; after --experts and --expert).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
-_FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output that mergejax wrote (a directory "
-                                "holding mergejax_manifest.json; anything else is refused).")
+_FORMAT = common.define(flags.DEFINE_enum, "output_format", None, ["orbax", "safetensors"],
+                        "Output format (default: the base's when orbax or safetensors, else safetensors).")
+_OVERWRITE = common.define(flags.DEFINE_bool, "overwrite", False, "Replace an existing output that mergejax wrote (a "
+                           "directory holding mergejax_manifest.json; anything else is refused).")
 _TOKENIZER_SOURCE = flags.DEFINE_string(
     "tokenizer_source", None, "Inputs with different vocabularies: map embedding/LM-head rows by token to the "
     "vocabulary of 'base', 'union' (base + every input's extra tokens), or an input path (its tokenizer); "
