@@ -316,3 +316,26 @@ def test_cli_one_line_errors_and_nothing_written(llamas, tmp_path):
   assert lines == [f"mergejax-yaml: error: {cfg}: tensor 'lm_head.weight': hyperparameter density=0.0 is out of "
                    "range: allowed (0.0, 1.0]"], r.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yml"]
+
+
+@pytest.mark.parametrize("case", ["missing_model", "not_lora", "named_template", "token_source", "negative_weight"])
+def test_bad_recipe_inputs_are_one_line_and_leave_nothing(llamas, tmp_path, case):
+  base, e0 = llamas / "base", llamas / "e0"
+  body = f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+  model, extra, msg = str(e0), "", ""
+  if case == "missing_model":
+    model, msg = str(tmp_path / "nope"), f"{tmp_path / 'nope'}: no such file or directory"
+  elif case == "not_lora":
+    model, msg = f"{e0}+{llamas / 'e1'}", "not a PEFT LoRA adapter directory"
+  elif case == "named_template":
+    extra, msg = "chat_template: chatml\n", "chat_template: 'chatml': named templates are not bundled"
+  elif case == "token_source":
+    extra = f"tokenizer:\n  source: base\n  tokens:\n    hi:\n      source: {tmp_path / 'other'}\n"
+    msg = f"tokenizer.tokens.hi.source: {tmp_path / 'other'} is not one of the merged models"
+  else:
+    msg = "is out of range: allowed finite numbers >= 0"
+  text = body + f"  - model: {model}\n    parameters: {{weight: {-1 if case == 'negative_weight' else 1}}}\n" + extra
+  with pytest.raises(ValueError) as err:
+    _run(text, tmp_path / "o")
+  assert msg in str(err.value) and "\n" not in str(err.value), str(err.value)
+  assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
