@@ -6,27 +6,54 @@ computed from its inputs when read and freed with the group, so memory follows o
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from mergejax.checkpoints.base import LeafSpec, array_from_host
+from mergejax.checkpoints.base import HostViews, LeafSpec, TreeKeys, array_from_host
 
 Transform = Callable[[], np.ndarray]
+_CAPABILITIES = (HostViews, TreeKeys)
+
+
+@functools.lru_cache(maxsize=None)
+def _with(cls: type, caps: tuple[type, ...]) -> type:
+  """``cls`` extended with the capability classes ``caps`` (one class per combination)."""
+  missing = tuple(c for c in caps if not issubclass(cls, c))
+  return type(cls.__name__, (cls, *missing), {"__module__": cls.__module__}) if missing else cls
+
+
+class _Wrapper:
+  """A source over another one: it has the capabilities (:class:`HostViews`, :class:`TreeKeys`) its
+  inner source has, so the engine takes the same paths with it as with the inner source."""
+
+  def __new__(cls, inner: Any, *args: Any, **kwargs: Any):
+    del args, kwargs
+    return super().__new__(_with(cls, tuple(c for c in _CAPABILITIES if isinstance(inner, c))))
+
+  def __getattr__(self, attr: str) -> Any:
+    if attr in ("inner", "_fns", "_specs", "_by_path"):
+      raise AttributeError(attr)
+    return getattr(self.inner, attr)
+
+  def keys(self, path: str) -> tuple[Any, ...]:
+    return self.inner.keys(path)
 
 
 def host_leaf(src: Any, path: str) -> np.ndarray:
   """Leaf ``path`` of a Source as a host array (a memory map where the source has one)."""
-  if hasattr(src, "host"):
-    return src.host(path)
-  if hasattr(src, "flat_view"):
+  host = getattr(src, "host", None)  # memory-mapped sources: the leaf in its shape, no copy
+  if host is not None:
+    return host(path)
+  if isinstance(src, HostViews):
     shape = next(s.shape for s in src.specs() if s.path == path)
     return np.asarray(src.flat_view(path)).reshape(shape)
   return np.asarray(src.read([path])[path])
 
 
-class MappedSource:
+class MappedSource(_Wrapper):
   """``inner``'s leaves, with some replaced: ``transforms[path] = (spec, fn)`` gives the new leaf's spec and
   a function computing it (a host array of that shape and dtype); ``drop`` hides leaves and ``add``
   appends new ones (same form as ``transforms``). Attributes other than the Source protocol's (``dir``,
@@ -43,11 +70,6 @@ class MappedSource:
     self._specs += [spec for p, (spec, _) in sorted((add or {}).items()) if p not in have]
     self._specs.sort(key=lambda s: s.path)
     self._by_path = {s.path: s for s in self._specs}
-
-  def __getattr__(self, attr: str) -> Any:
-    if attr in ("inner", "_fns", "_specs", "_by_path"):
-      raise AttributeError(attr)
-    return getattr(self.inner, attr)
 
   def specs(self) -> list[LeafSpec]:
     return list(self._specs)
@@ -69,7 +91,7 @@ class MappedSource:
     return self.host(path).reshape(-1)
 
   def aligned_view(self, path: str, align: int = 64):
-    if path in self._fns or not hasattr(self.inner, "aligned_view"):
+    if path in self._fns or not isinstance(self.inner, HostViews):
       return None
     return self.inner.aligned_view(path, align)
 
@@ -86,7 +108,7 @@ class MappedSource:
     return out
 
 
-class SubsetSource:
+class SubsetSource(_Wrapper):
   """The leaves ``paths`` of ``inner`` (everything else delegated)."""
 
   def __init__(self, inner: Any, paths: Sequence[str]):
@@ -94,13 +116,14 @@ class SubsetSource:
     keep = set(paths)
     self._specs = [s for s in inner.specs() if s.path in keep]
 
-  def __getattr__(self, attr: str) -> Any:
-    if attr in ("inner", "_specs"):
-      raise AttributeError(attr)
-    return getattr(self.inner, attr)
-
   def specs(self) -> list[LeafSpec]:
     return list(self._specs)
+
+  def flat_view(self, path: str) -> np.ndarray:
+    return self.inner.flat_view(path)
+
+  def aligned_view(self, path: str, align: int = 64):
+    return self.inner.aligned_view(path, align)
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return self.inner.read(paths, shardings)

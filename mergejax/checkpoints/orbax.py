@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mergejax.checkpoints import output as output_lib
-from mergejax.checkpoints.base import CheckpointError, LeafSpec
+from mergejax.checkpoints.base import CheckpointError, LeafSpec, StagedSink, TreeKeys
 from mergejax.checkpoints.detect import is_orbax  # noqa: F401  (re-exported)
 
 # Files orbax itself writes at the top of a checkpoint directory.
@@ -76,7 +76,7 @@ def _random_key_params(path: pathlib.Path) -> dict[str, str]:
   return out
 
 
-class OrbaxSource:
+class OrbaxSource(TreeKeys):
   """A StandardCheckpointer / PyTreeCheckpointer directory."""
 
   format = "orbax"
@@ -152,7 +152,7 @@ class OrbaxSource:
     return out
 
 
-class OrbaxSink:
+class OrbaxSink(StagedSink):
   """Writes the merged tree as an orbax checkpoint (OCDBT) into an atomic output directory.
 
   In one process, for trees of dicts only, the output is written progressively, group by group, with orbax's partial-save

@@ -299,7 +299,9 @@ def open_sink(output: str | os.PathLike, reference: Any, *, output_format: str |
   if fmt == "safetensors":
     from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
     return SafetensorsSink(output, shard_bytes=shard_bytes, sidecar_dir=sidecar_dir, overwrite=overwrite)
+  from mergejax.checkpoints.base import TreeKeys  # pylint: disable=g-import-not-at-top
   from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
-  keys = {s.path: reference.keys(s.path) for s in reference.specs()} if hasattr(reference, "keys") else None
+  tree = isinstance(reference, TreeKeys)
+  keys = {s.path: reference.keys(s.path) for s in reference.specs()} if tree else None
   return OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys,
-                   template=reference.template() if hasattr(reference, "template") else None)
+                   template=reference.template() if tree and hasattr(reference, "template") else None)

@@ -28,7 +28,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from mergejax.checkpoints.base import CheckpointError, LeafSpec, array_from_host
+from mergejax.checkpoints.base import CheckpointError, HostViews, LeafSpec, array_from_host
 from mergejax.checkpoints.shards import shard_file
 
 INDEX_NAME = "pytorch_model.bin.index.json"
@@ -198,7 +198,7 @@ def is_torch_bin(path: str | os.PathLike) -> bool:
   return p.is_dir() and ((p / INDEX_NAME).is_file() or (p / SINGLE_NAME).is_file())
 
 
-class TorchBinSource:
+class TorchBinSource(HostViews):
   """A ``pytorch_model.bin`` file or HF directory (one file, or shards with the index). Leaf paths are
   tensor names, sorted. Contiguous tensors are memory-mapped in place; strided ones are gathered on read."""
 
@@ -263,6 +263,21 @@ class TorchBinSource:
 
   def flat_view(self, t: str) -> np.ndarray:
     return self.host(t).reshape(-1)
+
+  def aligned_view(self, t: str, align: int = 64) -> tuple[np.ndarray, int] | None:
+    """(map, lead): an ``align``-byte aligned memory map of tensor ``t``'s storage with the tensor at
+    ``map[lead:lead + n]`` (see :class:`~mergejax.checkpoints.base.HostViews`); None for strided tensors."""
+    e = self._entries[t]
+    x: _Tensor = e["tensor"]
+    dt = np.dtype(e["dtype"])
+    n = math.prod(x.shape)
+    offset = e["storage_offset"] + x.offset * dt.itemsize
+    lead_bytes = offset % align
+    if n == 0 or not x.contiguous() or lead_bytes % dt.itemsize:
+      return None
+    tail = min(align, os.path.getsize(e["file"]) - (offset + n * dt.itemsize)) // dt.itemsize
+    lead = lead_bytes // dt.itemsize
+    return np.memmap(e["file"], dtype=dt, mode="r", offset=offset - lead_bytes, shape=(lead + n + tail,)), lead
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     out = {}

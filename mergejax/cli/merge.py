@@ -1,29 +1,37 @@
 r"""``mergejax-merge``: merge orbax or Hugging Face safetensors checkpoints of any size.
 
-    mergejax-merge --base=PATH --experts=PATH1,PATH2 --output=PATH --config=configs/merge.py \
-      --config.method.name=ties --config.method.density=0.2 [--output_format=safetensors] \
-      [--config.dtype=bfloat16] [--overwrite]
+    mergejax-merge --base=PATH --experts=PATH1,PATH2 --output=PATH \
+      --config.method.name=ties --config.method.density=0.2 [--config.method.<hyperparameter>=VALUE ...] \
+      [--output_format=safetensors] [--config.dtype=bfloat16] [--overwrite] [--config=MY_CONFIG.py]
 
 Input formats are detected; the output format defaults to the base's. The output appears only when
 complete (atomic rename), with ``mergejax_manifest.json`` beside the weights. Any bad input gives one
-line naming the file and leaf, exit status 1, and no output.
+line naming the file and leaf, exit status 1, and no output. Inputs holding NaN/Inf are refused unless
+``--config.allow_nonfinite=True``. The configuration (``--config``, default: the package's
+``mergejax/configs/merge.py``) holds plain values; every field is overridable as ``--config.x=y``, a
+method's hyperparameters as ``--config.method.<name>=VALUE``; ``--config.modules=my.module`` imports a
+module that registers a method of your own first.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
+import importlib
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
+import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from mergejax import cli
+from mergejax import cli, engine, methods, sharding, tree
+from mergejax.checkpoints import output as output_lib
 from mergejax.cli import common
-
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "merge.py"
+from mergejax.configs import merge as default_config
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
 _EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints (for paths with commas use "
@@ -41,28 +49,60 @@ _TOKENIZER_SOURCE = flags.DEFINE_string(
     "tokenizer_source", None, "Inputs with different vocabularies: map embedding/LM-head rows by token to the "
     "vocabulary of 'base', 'union' (base + every input's extra tokens), or an input path (its tokenizer); "
     "the merged tokenizer is written. As mergekit's tokenizer_source.")
-_CONFIG = common.define(config_flags.DEFINE_config_file,
-    "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Merge config (configs/merge.py).")
+# Unknown fields are accepted while flags are parsed and refused by check_config with one line (and a
+# "did you mean"): which hyperparameters exist depends on the method named in the same command line.
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config", default_config.__file__,
+                        "Merge config (default: the package's mergejax/configs/merge.py).",
+                        lock_config=False, accept_new_attributes=True)
 
-_HPARAMS = ("density", "lam", "drop_rate", "scope", "sign", "aggregate", "weights")
+
+def methods_help() -> str:
+  """Every registered method: its formula and hyperparameters (type, allowed values, default)."""
+  lines = ["Methods (--config.method.name=NAME; hyperparameters as --config.method.<name>=VALUE):"]
+  for name in methods.names():
+    lines.append(f"  {name}: {methods.formula(name)}")
+    lines += [f"      {hp.describe()}" for hp in methods.schema(name)]
+  return "\n".join(lines)
 
 
-def build_method(cfg: config_dict.ConfigDict):
-  """The MergeMethod named by ``cfg.method`` with the hyperparameters that are set."""
-  from mergejax import methods  # pylint: disable=g-import-not-at-top
-  m = cfg.method
-  hp: dict[str, Any] = {}
-  for k in _HPARAMS:
-    v = m.get(k)
-    if v is None:
-      continue
-    if k == "weights" and isinstance(v, str):
-      try:
-        v = [float(x) for x in v.split(",") if x.strip()]
-      except ValueError:
-        raise ValueError(f"hyperparameter weights={m.weights!r} must be a comma list of numbers") from None
-    hp[k] = v
-  return methods.get(m.name, **hp)
+def import_modules(cfg: config_dict.ConfigDict) -> None:
+  """Imports ``cfg.modules`` (e.g. modules that register methods); ValueError names a missing one."""
+  modules = cfg.get("modules") or ()
+  for m in (modules,) if isinstance(modules, str) else modules:
+    try:
+      importlib.import_module(m)
+    except ImportError as e:
+      raise ValueError(f"config modules: cannot import {m!r} ({e})") from None
+
+
+def _did_you_mean(key: str, known: Sequence[str]) -> str:
+  near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+  return f": did you mean {near[0]!r}?" if near else f" (allowed: {', '.join(known) or 'none'})"
+
+
+def check_config(cfg: config_dict.ConfigDict) -> None:
+  """ValueError (one line, with a did-you-mean) for a field the merge config does not have, or a
+  hyperparameter the chosen method does not take. Call after :func:`import_modules`."""
+  known = default_config.get_config()
+  for key in cfg.keys():
+    if key not in known:
+      raise ValueError(f"unknown config field {key!r}{_did_you_mean(key, list(known.keys()))}")
+  if not isinstance(cfg.method, (dict, config_dict.ConfigDict)) or "name" not in cfg.method:
+    raise ValueError("config method must be a dict with a name, e.g. --config.method.name=ties")
+  name = cfg.method.name
+  if name not in methods.names():
+    raise ValueError(f"unknown merge method {name!r}: choose one of {methods.names()}")
+  hparams = methods.hparam_names(name)
+  for key in cfg.method.keys():
+    if key != "name" and key not in hparams:
+      raise ValueError(f"unknown hyperparameter {key!r} for merge method {name!r}{_did_you_mean(key, hparams)}")
+
+
+def build_method(cfg: config_dict.ConfigDict) -> methods.MergeMethod:
+  """The method named by ``cfg.method.name`` with the hyperparameters ``cfg.method`` sets."""
+  check_config(cfg)
+  hp = {k: v for k, v in cfg.method.items() if k != "name" and v is not None}
+  return methods.get(cfg.method.name, **hp)
 
 
 def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
@@ -73,11 +113,8 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   ``tokenizer_source`` ("base", "union", or an input path) maps embedding and LM-head rows of inputs
   with different vocabularies to one vocabulary by token string (:mod:`mergejax.checkpoints.vocab`).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints import detect, inputs as inputs_lib, output as output_lib  # pylint: disable=g-import-not-at-top
-
+  from mergejax.checkpoints import detect, inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+  import_modules(cfg)
   method = build_method(cfg)
   if tokenizer_source not in (None, "base", "union"):  # an input's path: its index among the inputs
     names = ([base] if base else []) + list(experts)
@@ -89,7 +126,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
       dt = np.dtype(jax.numpy.dtype(cfg.dtype))
     except TypeError:
       raise ValueError(f"config dtype={cfg.dtype!r} is not a dtype") from None
-    if not np.issubdtype(dt, np.floating):
+    if not tree.is_float_dtype(dt):
       raise ValueError(f"config dtype={cfg.dtype!r} must be a floating dtype")
   if cfg.memory_budget_gb is not None and not cfg.memory_budget_gb > 0:
     raise ValueError(f"config memory_budget_gb={cfg.memory_budget_gb} must be > 0")
@@ -147,7 +184,6 @@ def enable_compilation_cache(directory: str | None) -> None:
   """Turns on JAX's persistent compilation cache in ``directory`` for every kernel, however quick."""
   if directory is None:
     return
-  import jax  # pylint: disable=g-import-not-at-top
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
@@ -195,6 +231,8 @@ def error_line(e: BaseException) -> str:
       return f"disk full while writing the output{where}: {what}"
     return f"{type(e).__name__}{where}: {what}" if e.errno else f"{type(e).__name__}: {e}"
   msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  if isinstance(e, engine.NonFiniteError):
+    msg += " (set --config.allow_nonfinite=True to merge anyway)"
   return msg
 
 
@@ -204,8 +242,6 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
   try:
-    if _CONFIG.value is None:
-      raise ValueError("no config: pass --config=configs/merge.py")
     experts = expert_paths(_EXPERTS.value, _EXPERT.value, _EXPERTS_FILE.value)
     if not experts:
       raise ValueError("no experts: give --experts (comma-separated), --expert (repeatable) or --experts_file")
@@ -227,6 +263,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
+  # absl's --help prints the main module's docstring: this command's, with every method's schema.
+  sys.modules["__main__"].__doc__ = f"{__doc__}\n{methods_help()}\n"
   cli.run_main(main)
 
 

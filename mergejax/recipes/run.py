@@ -19,27 +19,23 @@ import numpy as np
 
 from mergejax import tree as tree_lib
 from mergejax.checkpoints import detect, inputs as inputs_lib, output as output_lib
-from mergejax.checkpoints.base import LeafSpec
+from mergejax.checkpoints.base import LeafSpec, SpanSink, StagedSink
 from mergejax.checkpoints.mapped import SubsetSource, host_leaf
 from mergejax.checkpoints.vocab import TokenSource
+from mergejax.methods.base import LEAF_HPARAMS
 from mergejax.recipes import mergekit as mk
 from mergejax.recipes.mergekit import RecipeError
 
 _NUM_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
-class _SharedSink:
-  """One sink written by several engine passes: ``begin`` once with every leaf, each pass's writes
-  forwarded, ``finalize`` deferred to :meth:`commit`."""
+class _SharedSink(StagedSink):
+  """One sink written by several engine passes: its layout planned once for every leaf (the passes'
+  ``begin`` is a no-op), each pass's writes forwarded, its ``finalize`` left to the caller."""
 
   def __init__(self, sink: Any):
     self.sink = sink
     self.manifests: list[dict] = []
-
-  def __getattr__(self, attr: str) -> Any:
-    if attr in ("write_span", "mark_written"):
-      return getattr(self.sink, attr)
-    raise AttributeError(attr)
 
   def begin(self, specs: Sequence[LeafSpec]) -> None:
     del specs  # the layout of every leaf was planned up front
@@ -51,8 +47,18 @@ class _SharedSink:
     self.manifests.append(dict(metadata))
 
   def abort(self) -> None:
-    if hasattr(self.sink, "abort"):
+    if isinstance(self.sink, StagedSink):
       self.sink.abort()
+
+
+class _SharedSpanSink(_SharedSink, SpanSink):
+  """:class:`_SharedSink` over a sink that takes leaves piece by piece."""
+
+  def write_span(self, path: str, start: int, data: np.ndarray) -> None:
+    self.sink.write_span(path, start, data)
+
+  def mark_written(self, path: str) -> None:
+    self.sink.mark_written(path)
 
 
 def _num_layers(donor: pathlib.Path | None, specs: Sequence[LeafSpec]) -> int:
@@ -133,27 +139,37 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
                                                                      "tokenizer_source: union or base")) from None
   specs = reference.specs()
   n_layers = _num_layers(opened.donor_dir, specs)
+  # Leaves whose hyperparameters agree apart from those kernels take per leaf (lam, weights) form one
+  # engine pass; lam and weights then vary leaf by leaf inside it (MergeMethod.with_leaf_hparams).
   groups: dict[str, list[str]] = collections.OrderedDict()
   hps: dict[str, dict] = {}
+  per_leaf: dict[str, dict] = {}
   for s in specs:
     if not tree_lib.is_float_dtype(s.dtype):
       continue
     hp = mk.leaf_hparams(pl, s.path, mk.layer_t(s.path, n_layers))
-    key = repr(sorted(hp.items()))
+    per_leaf[s.path] = {k: v for k, v in hp.items() if k in LEAF_HPARAMS}
+    fixed = {k: v for k, v in hp.items() if k not in LEAF_HPARAMS}
+    key = repr(sorted(fixed.items()))
     groups.setdefault(key, []).append(s.path)
-    hps[key] = hp
+    hps.setdefault(key, hp)  # lam/weights of the group's first leaf: the method's defaults
   if not groups:
     raise RecipeError("models: the checkpoints have no float leaves to merge")
   merge_methods = {}
   for key, hp in hps.items():
+    leaf = groups[key][0]
     try:
-      merge_methods[key] = methods.get(pl.method, **hp)
+      m = methods.get(pl.method, **hp).with_leaf_hparams(per_leaf.get)
+      for leaf in groups[key]:  # every leaf's values checked before anything runs
+        m.context(len(opened.experts), 0, leaf)
     except ValueError as e:
-      raise RecipeError(f"tensor '{groups[key][0]}': {e}") from None
-    merge_methods[key].check_experts(len(opened.experts))
+      raise RecipeError(f"tensor '{leaf}': {e}") from None
+    m.check_experts(len(opened.experts))
+    merge_methods[key] = m
   if len(groups) > 1 and any(m.compute_stats is not None and not m.local_stats for m in merge_methods.values()):
     raise RecipeError(f"parameters: {pl.method} with model-wide statistics (e.g. scope: global) needs one value of "
-                      "each parameter for the whole model; the recipe varies them across tensors")
+                      "each parameter other than lambda and weight for the whole model; the recipe varies them "
+                      "across tensors")
   others_leaves = [s.path for s in specs if not tree_lib.is_float_dtype(s.dtype)]
   first = next(iter(groups))
   groups[first] = groups[first] + others_leaves
@@ -171,9 +187,9 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
                                   config_updates={}) as sidecar_dir:
     sink = output_lib.open_sink(out_path, reference, output_format=output_format, sidecar_dir=sidecar_dir,
                                 shard_bytes=shard_bytes, overwrite=overwrite)
-    shared = _SharedSink(sink)
+    shared = (_SharedSpanSink if isinstance(sink, SpanSink) else _SharedSink)(sink)
     try:
-      if hasattr(sink, "begin"):
+      if isinstance(sink, StagedSink):
         dt = np.dtype(opened.dtype) if opened.dtype is not None else None
         sink.begin([LeafSpec(s.path, s.shape, dt if dt is not None and tree_lib.is_float_dtype(s.dtype) else s.dtype)
                     for s in specs])
@@ -192,9 +208,11 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
       shared.abort()
       raise
     single = len(groups) == 1
-    manifest = {"method": pl.method, "hparams": dict(next(iter(hps.values()))) if single else {},
-                "per_tensor_hparams": None if single else [{"hparams": hps[k], "leaves": len(v)}
-                                                            for k, v in groups.items()],
+    varying = single and len({repr(v) for v in per_leaf.values()}) > 1
+    manifest = {"method": pl.method, "hparams": dict(next(iter(hps.values()))) if single and not varying else {},
+                "per_tensor_hparams": None if single and not varying else
+                [{"hparams": {k: v for k, v in hps[key].items() if k not in LEAF_HPARAMS}, "leaves": len(paths)}
+                 for key, paths in groups.items()],
                 "seed": seed, "leaves": len(specs), "n_experts": len(opened.experts),
                 "dtype": str(np.dtype(opened.dtype)) if opened.dtype is not None else None,
                 "inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
@@ -263,7 +281,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
     sink = output_lib.open_sink(out_path, srcs[0], output_format=output_format, sidecar_dir=sidecar_dir,
                                 shard_bytes=shard_bytes, overwrite=overwrite)
     try:
-      if hasattr(sink, "begin"):
+      if isinstance(sink, StagedSink):
         sink.begin(out_specs)
       dtypes = {s.path: s.dtype for s in out_specs}
       for name, i, p, sl in sorted(plan_leaves):
@@ -278,7 +296,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
             x = np.asarray(x, np.float32) * np.float32(scale)
         sink.write({name: np.asarray(x).astype(dtypes[name])})
     except BaseException:
-      if hasattr(sink, "abort"):
+      if isinstance(sink, StagedSink):
         sink.abort()
       raise
     manifest = {"method": "passthrough", "hparams": {}, "leaves": len(out_specs), "inputs": fingerprints,
