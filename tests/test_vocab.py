@@ -126,3 +126,41 @@ def test_resized_vocabulary_without_a_tokenizer_source_says_how(world, tmp_path)
   line = merge_cli.error_line(err.value)
   assert "has shape" in line and "--tokenizer_source=union or base" in line
   assert not (tmp_path / "o").exists()
+
+
+def test_recipe_tokenizer_overrides_and_padding(world, tmp_path):
+  from mergejax.recipes import mergekit as mk, run as run_lib  # pylint: disable=g-import-not-at-top
+  base, e0, e1 = world
+  text = f"""
+merge_method: linear
+models:
+  - model: {base}
+    parameters: {{weight: 1.0}}
+  - model: {e0}
+    parameters: {{weight: 1.0}}
+  - model: {e1}
+    parameters: {{weight: 2.0}}
+tokenizer:
+  source: union
+  pad_to_multiple_of: 16
+  tokens:
+    ciao: {{source: {{kind: zero}}, force: true}}
+    the: {{source: {{kind: model_token, model: {e1}, token: cat}}, force: true}}
+dtype: float32
+"""
+  out = run_lib.run(mk.plan(mk.parse(text)), str(tmp_path / "o"))
+  got = _tensors(out)
+  vocab = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+  n = len(vocab)
+  emb = got["model.embed_tokens.weight"].astype(np.float32)
+  assert emb.shape[0] == -(-n // 16) * 16 == json.loads((out / "config.json").read_text())["vocab_size"]
+  np.testing.assert_array_equal(emb[vocab["ciao"]], 0)  # forced zero in every input
+  vocabs = [transformers.AutoTokenizer.from_pretrained(p).get_vocab() for p in world]
+  rows = [_tensors(p)["model.embed_tokens.weight"].astype(np.float32) for p in world]
+  cat_e1 = rows[2][vocabs[2]["cat"]]
+  assert got["model.embed_tokens.weight"].dtype == np.float32  # mergekit: out_dtype, else dtype
+  np.testing.assert_array_equal(emb[vocab["the"]], cat_e1)  # forced: every input takes e1's "cat" row
+  bad = text.replace("    ciao:", f"    <img>: {{source: {e0}}}\n    ciao:")  # e0 lacks <img>: refused, as mergekit
+  with pytest.raises(ValueError, match=r"token '<img>': its source .*e0 does not have it"):
+    run_lib.run(mk.plan(mk.parse(bad)), str(tmp_path / "o2"))
+  assert not (tmp_path / "o2").exists()
