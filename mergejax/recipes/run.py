@@ -2,10 +2,10 @@
 mapped, dtypes aligned), give every leaf its hyperparameters, merge through the engine, write the output
 with its tokenizer, config and model card.
 
-Leaves whose hyperparameters agree are merged in one engine pass (one :class:`MergeMethod`); a recipe
-with per-layer gradients or filters runs one pass per distinct value, all writing into one output (the
-kernels take ``lam`` and the weights as traced per-leaf scalars, so the passes share compiled kernels).
-A method with model-wide statistics (TIES with ``scope: global``) needs one value for the whole model.
+``lam`` and the weights reach kernels per leaf (:meth:`MergeMethod.with_leaf_hparams`); leaves that differ
+in another hyperparameter (e.g. a per-layer ``density`` gradient) are merged in one engine pass per
+distinct value, all writing into one output (the passes share compiled kernels). A method with
+model-wide statistics (TIES with ``scope: global``) needs those other values to agree across the model.
 """
 
 from __future__ import annotations
