@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 from mergejax import tree as tree_lib
 from mergejax.checkpoints import align, detect, output as output_lib
 from mergejax.checkpoints.base import CheckpointError
-from mergejax.checkpoints.vocab import TokenSource, VocabAlignment
+from mergejax.checkpoints.vocab import TokenSource, VocabAlignment, is_vocab_leaf_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Inputs:
     return self.base if self.base is not None else self.experts[0]
 
 
-def _model_dir(src: Any) -> pathlib.Path | None:
+def model_dir(src: Any) -> pathlib.Path | None:
   d = getattr(src, "dir", None)
   return pathlib.Path(d) if d is not None else None
 
@@ -94,7 +95,7 @@ def open_inputs(base: ModelRef | None, experts: Sequence[ModelRef], *, dtype: An
   ref_dtype = _reference_float_dtype(srcs[0])
   vocab = None
   if tokenizer_source is not None:
-    dirs = [_model_dir(s) for s in srcs]
+    dirs = [model_dir(s) for s in srcs]
     for s, d in zip(srcs, dirs):
       if d is None:
         raise CheckpointError(f"{s.name}: a vocabulary mapping needs model directories with a tokenizer")
@@ -107,16 +108,14 @@ def open_inputs(base: ModelRef | None, experts: Sequence[ModelRef], *, dtype: An
       dtype = ref_dtype
   srcs, dtype = align.align_dtypes(srcs, dtype)
   base_src, expert_srcs = (srcs[0], srcs[1:]) if base_src is not None else (None, srcs)
-  donor = _model_dir(srcs[0])
+  donor = model_dir(srcs[0])
   return Inputs(base_src, list(expert_srcs), dtype, vocab, donor)
 
 
 def vocab_mismatch_hint(message: str) -> str:
   """``message`` plus, for a shape mismatch of an embedding or LM-head leaf, how to map vocabularies."""
-  from mergejax.checkpoints.vocab import _VOCAB_NAME  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   m = re.search(r"leaf '([^']+)' has shape", message)
-  if m and _VOCAB_NAME.search(m.group(1)):
+  if m and is_vocab_leaf_name(m.group(1)):
     return (f"{message} (the vocabularies differ: map rows by token with a tokenizer source, "
             "e.g. --tokenizer_source=union or base)")
   return message

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mergejax.checkpoints.base import CheckpointError, LeafSpec
+from mergejax.checkpoints.base import CheckpointError
 from mergejax.checkpoints.mapped import MappedSource, host_leaf
 
 CONFIG_NAME = "adapter_config.json"

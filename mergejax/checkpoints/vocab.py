@@ -75,6 +75,11 @@ def config_vocab_size(model_dir: str | os.PathLike | None) -> int | None:
   return None
 
 
+def is_vocab_leaf_name(path: str) -> bool:
+  """True for a leaf named like an embedding or an LM head (axis 0: the vocabulary)."""
+  return bool(_VOCAB_NAME.search(path))
+
+
 def vocab_leaves(specs: Sequence[LeafSpec], n_vocab: int | None) -> list[str]:
   """Float leaves that index the vocabulary on axis 0: named like an embedding or LM head, of length
   ``n_vocab`` there (when known)."""

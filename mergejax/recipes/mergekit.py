@@ -507,6 +507,12 @@ def layer_index(leaf: str) -> int | None:
   return int(m.group(1)) if m else None
 
 
+def renumber_layer(leaf: str, layer: int) -> str:
+  """``leaf`` moved to layer ``layer`` ('model.layers.3.mlp.w' -> 'model.layers.7.mlp.w')."""
+  m = _LAYER.search(leaf)
+  return leaf[:m.start(1)] + str(layer) + leaf[m.end(1):]
+
+
 def layer_t(leaf: str, n_layers: int) -> float:
   """mergekit's gradient position of a leaf: i / (n - 1) for layer i of n (1 when n == 1), 0 outside."""
   i = layer_index(leaf)

@@ -178,7 +178,7 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
                                + [detect.input_path(x.lora) for x in names if x.lora], overwrite)
   rules = sharding.parse_rules("")
   mesh = mesh if mesh is not None else sharding.make_mesh()
-  dirs = [inputs_lib._model_dir(s) for s in [opened.base, *opened.experts] if s is not None]  # pylint: disable=protected-access
+  dirs = [inputs_lib.model_dir(s) for s in [opened.base, *opened.experts] if s is not None]
   chat = _chat_template(r, dirs)
   fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x),
                    **output_lib.fingerprint(detect.input_path(x.path))}
@@ -240,7 +240,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
   slices = r.slices
   if slices is None:
     plan_leaves = [(s.path, 0, s.path, None) for s in srcs[0].specs()]
-    n_layers = _num_layers(inputs_lib._model_dir(srcs[0]), srcs[0].specs())  # pylint: disable=protected-access
+    n_layers = _num_layers(inputs_lib.model_dir(srcs[0]), srcs[0].specs())
   else:
     out_layer = 0
     for i, e in enumerate(pl.entries):
@@ -253,7 +253,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
         raise RecipeError(f"{e.where}.layer_range: {e.ref} has {have} layers, the range ends at {b}")
       for k in range(a, b):
         for p in by_layer[k]:
-          plan_leaves.append((_renumber(p, out_layer), i, p, i))
+          plan_leaves.append((mk.renumber_layer(p, out_layer), i, p, i))
         out_layer += 1
       if i == 0:
         plan_leaves += [(p, i, p, None) for p in by_layer[None] if any(x in p for x in _PRE)]
@@ -268,13 +268,13 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
     out_specs.append(LeafSpec(name, s.shape, dt))
   out_path = pathlib.Path(output)
   output_lib.check_output_path(out_path, [detect.input_path(x.path) for x in pl.inputs], overwrite)
-  donor = inputs_lib._model_dir(srcs[0])  # pylint: disable=protected-access
+  donor = inputs_lib.model_dir(srcs[0])
   updates = {}
   if pl.output_layers is not None and donor is not None and (donor / "config.json").is_file():
     cfg = json.loads((donor / "config.json").read_text())
     key = next((k for k in _NUM_LAYERS_KEYS if k in cfg), "num_hidden_layers")
     updates[key] = pl.output_layers
-  chat = _chat_template(r, [inputs_lib._model_dir(s) for s in srcs])  # pylint: disable=protected-access
+  chat = _chat_template(r, [inputs_lib.model_dir(s) for s in srcs])
   fingerprints = [{"role": "input", "name": str(x), **output_lib.fingerprint(detect.input_path(x.path))}
                   for x in pl.inputs] if output_lib.is_primary() else []
   with inputs_lib.staged_sidecars(donor, chat_template=chat, config_updates=updates) as sidecar_dir:
@@ -303,8 +303,3 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
                 "dtype": out_dt, "command": output_lib.command_line(), "recipe": r.text,
                 "mergekit_method": r.merge_method, "output_layers": pl.output_layers}
     return sink.finalize(manifest)
-
-
-def _renumber(leaf: str, layer: int) -> str:
-  m = mk._LAYER.search(leaf)  # pylint: disable=protected-access
-  return leaf[:m.start(1)] + str(layer) + leaf[m.end(1):]
