@@ -367,17 +367,26 @@ class VocabAlignment:
     row_shape = x.shape[1:]
     defaults = self._defaults(srcs, path)
     n = len(self.vocab)
-    out = np.zeros((self.size, *row_shape), F32)
+    out = np.empty((self.size, *row_shape), F32)
     p = self.perm[m]
     own = p >= 0
     for j in self.sources:
       if self.sources[j].force:
         own[j] = False
+    # The input's own rows, copied (and converted) run by run: output rows j..k from source rows p[j]..p[k]
+    # (usually a few long runs: the shared vocabulary keeps its order), one pass without a gather copy.
     idx = np.nonzero(own)[0]
-    out[idx] = np.asarray(x[p[idx]], F32)
+    if idx.size:
+      src = p[idx]
+      cuts = np.nonzero((np.diff(idx) != 1) | (np.diff(src) != 1))[0] + 1
+      for a, b in zip(np.r_[0, cuts], np.r_[cuts, idx.size]):
+        out[idx[a]:idx[b - 1] + 1] = x[src[a]:src[b - 1] + 1]
+    filled = own.copy()
     for j, row in defaults.items():
       if not own[j] and row is not None:
         out[j] = row
+        filled[j] = True
+    out[:n][~filled] = 0
     if self.size > n:
       out[n:] = out[:n].mean(axis=0, dtype=np.float64).astype(F32) if n else 0
     return out
