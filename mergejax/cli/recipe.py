@@ -31,6 +31,8 @@ _SHARD_MB = flags.DEFINE_float("shard_size_mb", 4096, "Safetensors output shard 
 _BUDGET = flags.DEFINE_float("memory_budget_gb", 4.0, "Bound on the leaf groups in flight (host memory).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the recipe and print the plan; merge nothing.")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX persistent compilation cache (default: "
+                             "$XDG_CACHE_HOME/mergejax/jax, as mergejax-merge; 'none' turns it off).")
 
 
 def describe(pl) -> list[str]:
@@ -69,6 +71,7 @@ def main(argv: Sequence[str]) -> None:
       return
     from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
     merge_cli.prefer_wide_vectors()
+    merge_cli.enable_compilation_cache(merge_cli.compilation_cache_dir({"compilation_cache_dir": _CACHE.value}))
     seed = _SEED.value if _SEED.value is not None else int(pl.recipe.options.get("seed", 0))
     try:
       out = run_lib.run(pl, output, output_format=_FORMAT.value, overwrite=_OVERWRITE.value, seed=seed,
