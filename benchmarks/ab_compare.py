@@ -46,8 +46,20 @@ _METHODS = flags.DEFINE_list("ab_methods", ["linear", "task_arithmetic", "ties",
                                             "dare_ties"], "Methods (merge_bench's names, plus dare_linear).")
 _FORMATS = flags.DEFINE_list("formats", ["safetensors", "orbax"], "Output formats compared byte for byte.")
 _METHODS_BENCH = flags.DEFINE_bool("methods_bench", False, "Also run methods_bench.py of A and B, alternated.")
-_LAYERS, _VOCAB, _EXPERTS = merge_bench._LAYERS, merge_bench._VOCAB, merge_bench._EXPERTS  # pylint: disable=protected-access
-_WORKDIR, _KEEP, _REPEATS, _OUT = merge_bench._WORKDIR, merge_bench._KEEP, merge_bench._REPEATS, merge_bench._OUT  # pylint: disable=protected-access
+_CMP = flags.DEFINE_bool("cmp", True, "Compare outputs (False: timing only).")
+
+# merge_bench's timer, plus the child's CPU time (user + system): on a loaded machine CPU time varies much
+# less than wall time.
+_TIMER = ("import resource, subprocess, sys, time\n"
+          "t = time.perf_counter()\n"
+          "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+          "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+          "sys.stderr.write(r.stderr.decode(errors='replace')[-2000:] if r.returncode else '')\n"
+          "print(w, u.ru_maxrss * 1024, r.returncode, u.ru_utime + u.ru_stime)\n")
+# pylint: disable=protected-access
+_LAYERS, _VOCAB, _EXPERTS = merge_bench._LAYERS, merge_bench._VOCAB, merge_bench._EXPERTS
+_WORKDIR, _KEEP, _REPEATS, _OUT = merge_bench._WORKDIR, merge_bench._KEEP, merge_bench._REPEATS, merge_bench._OUT
+# pylint: enable=protected-access
 
 # Files that record times, paths or random ids rather than merge results: the manifest, and orbax's OCDBT
 # data and manifest files (named by, and holding, random ids: two runs of the same code differ in them).
@@ -77,11 +89,11 @@ def run(cmd, checkout, **kw):
 
 def timed(cmd, checkout) -> dict:
   """merge_bench's whole-process wall time and peak RSS, run in ``checkout``."""
-  r = run([sys.executable, "-c", merge_bench._TIMER, *cmd], checkout, capture_output=True, text=True)  # pylint: disable=protected-access
-  wall, rss, rc = r.stdout.split()
+  r = run([sys.executable, "-c", _TIMER, *cmd], checkout, capture_output=True, text=True)
+  wall, rss, rc, cpu = r.stdout.split()
   if int(rc):
     raise RuntimeError(f"{cmd} failed: {r.stderr[-1500:]}")
-  return {"wall_s": float(wall), "peak_rss_bytes": int(rss)}
+  return {"wall_s": float(wall), "peak_rss_bytes": int(rss), "cpu_s": float(cpu)}
 
 
 def compare_dirs(a: pathlib.Path, b: pathlib.Path) -> list[str]:
@@ -138,7 +150,7 @@ def main(argv):
       for f in d.glob("*.safetensors"):
         f.read_bytes()
     # 1. Byte-identical outputs, every method and format.
-    for method in _METHODS.value:
+    for method in (_METHODS.value if _CMP.value else []):
       for fmt in _FORMATS.value:
         outs = {}
         for side, checkout in sides.items():
@@ -190,24 +202,28 @@ def main(argv):
 
 
 def summary(results):
-  print("\nmethod | A cold s | B cold s | B/A | A warm s | B warm s | B/A | A merge phase s | B | B/A")
+  print("\nmethod | A cold s | B cold s | B/A | A warm s | B warm s | B/A | A merge phase s | B | B/A"
+        " | A warm CPU s | B | B/A")
   med = lambda rows, key: float(np.median([r[key] for r in rows]))  # noqa: E731
   for method in dict.fromkeys(r["method"] for r in results["runs"]):
     pick = lambda side, cache: [r for r in results["runs"] if r["method"] == method and r["side"] == side  # noqa: E731
                                 and r["cache"] == cache]
     ac, bc, aw, bw = pick("A", "cold"), pick("B", "cold"), pick("A", "warm"), pick("B", "warm")
     cells = [med(ac, "wall_s"), med(bc, "wall_s"), med(aw, "wall_s"), med(bw, "wall_s"),
-             med(aw + ac, "merge_phase_s"), med(bw + bc, "merge_phase_s")]
+             med(aw + ac, "merge_phase_s"), med(bw + bc, "merge_phase_s"), med(aw, "cpu_s"), med(bw, "cpu_s")]
     print(f"{method} | {cells[0]:.2f} | {cells[1]:.2f} | {cells[1] / cells[0]:.3f} | {cells[2]:.2f} | {cells[3]:.2f} | "
-          f"{cells[3] / cells[2]:.3f} | {cells[4]:.2f} | {cells[5]:.2f} | {cells[5] / cells[4]:.3f}")
+          f"{cells[3] / cells[2]:.3f} | {cells[4]:.2f} | {cells[5]:.2f} | {cells[5] / cells[4]:.3f} | "
+          f"{cells[6]:.2f} | {cells[7]:.2f} | {cells[7] / cells[6]:.3f}")
   mb = results.get("methods_bench")
   if mb:
     print("\nmethods_bench (in-memory, best of 3 per run; medians over runs) | A s | B s | B/A")
     for key in mb["A"][0]:
       a, b = np.median([r[key] for r in mb["A"]]), np.median([r[key] for r in mb["B"]])
       print(f"{key} | {a:.3f} | {b:.3f} | {b / a:.3f}")
-  print("\nbyte-identical outputs:", all(not e["differing_files"] and e.get("arrays_equal", True)
-                                         for e in results["cmp"].values()), f"({len(results['cmp'])} method/format pairs)")
+  if not results["cmp"]:
+    return
+  same = all(not e["differing_files"] and e.get("arrays_equal", True) for e in results["cmp"].values())
+  print(f"\nbyte-identical outputs: {same} ({len(results['cmp'])} method/format pairs)")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def test_result_independent_of_devices_budget_and_rules(tmp_path):
 _DARE = ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})
 # (method, hyperparameters, max_flat_row): 16 sends DARE (rows of 16 and 40 entries) to row blocks.
 FLAT_METHODS = [(n, h, None) for n, h in METHODS[:4]] + [
-    ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, None), ("dare_linear", {"drop_rate": 0.5}, None),
+    ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, None),
+    ("dare_linear", {"drop_rate": 0.5}, None),
     (*_DARE, None), (*_DARE, 16)]
 
 

@@ -121,8 +121,8 @@ def test_speculative_balance_is_exact_or_withheld(weights):
       assert thr["a"][t] == ref.kth_largest(a, max(1, int(density * a.size)))
     seen.add(bal is None)
     if bal is not None:
-      vote = {p: sum(w[t] * np.where(np.abs(e[p] - base[p]) >= thr[p][t], e[p] - base[p], 0) for t, e in enumerate(experts))
-              for p in shapes}
+      vote = {p: sum(w[t] * np.where(np.abs(e[p] - base[p]) >= thr[p][t], e[p] - base[p], 0)
+                     for t, e in enumerate(experts)) for p in shapes}
       assert bal == (sum(int(np.sum(v < 0)) for v in vote.values()), sum(int(np.sum(v > 0)) for v in vote.values()))
   assert seen == {False, True}
 

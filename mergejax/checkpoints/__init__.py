@@ -25,5 +25,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["CheckpointError", "FORMATS", "HostViews", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink",
-           "PytreeSource", "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "SpanSink", "StagedSink", "TreeKeys",
-           "TorchBinSource", "UnsafePickleError", "detect_format", "open_source"]
+           "PytreeSource", "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "SpanSink", "StagedSink",
+           "TorchBinSource", "TreeKeys", "UnsafePickleError", "detect_format", "open_source"]

@@ -15,7 +15,6 @@ copied, since the merge is not the base) and the manifest.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import shlex
@@ -25,6 +24,8 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
+
+from mergejax import files as files_lib
 
 MANIFEST = "mergejax_manifest.json"
 PARTIAL_SUFFIX = ".mergejax-partial"
@@ -175,18 +176,7 @@ def write_manifest(directory: str | os.PathLike, metadata: Mapping[str, Any]) ->
   data = dict(metadata)
   data.setdefault("versions", versions())
   data.setdefault("created_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-  path = pathlib.Path(directory) / MANIFEST
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-  os.rename(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  return str(x)
+  files_lib.atomic_write_json(pathlib.Path(directory) / MANIFEST, data)
 
 
 # Files in a model directory that are weights (never copied as sidecars), and the model card (generated).

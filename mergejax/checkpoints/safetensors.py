@@ -23,6 +23,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from mergejax import files as files_lib
 from mergejax import tree as tree_lib
 from mergejax.checkpoints import output as output_lib
 from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, SpanSink, StagedSink, array_from_host,
@@ -270,7 +271,7 @@ class SafetensorsSink(StagedSink, SpanSink):
     if n > 1 and output_lib.is_primary():
       total = sum(s.nbytes for s in specs)
       index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-      (self.atomic.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+      files_lib.atomic_write_json(self.atomic.tmp / INDEX_NAME, index, sort_keys=False)
     output_lib.sync("mergejax-safetensors-begin")
 
   def write(self, leaves: Mapping[str, Any]) -> None:

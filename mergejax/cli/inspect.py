@@ -22,9 +22,13 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+import numpy as np
 from absl import app, flags, logging
 
 from mergejax import cli
+from mergejax import tree as tree_lib
+from mergejax.checkpoints import open_source
+from mergejax.checkpoints.mapped import host_leaf
 
 _VALUES = flags.DEFINE_bool("values", False, "Also compare leaf values (reads every leaf, one at a time).")
 _STATS = flags.DEFINE_bool("stats", True, "With several checkpoints: task-vector statistics against the first "
@@ -102,7 +106,6 @@ def _info_lines(path: str, src: Any, info: dict[str, Any]) -> list[str]:
 
 
 def describe(path: str) -> list[str]:
-  from mergejax.checkpoints import open_source  # pylint: disable=g-import-not-at-top
   src = open_source(path)
   specs = src.specs()
   info = model_info(src)
@@ -126,15 +129,12 @@ def describe(path: str) -> list[str]:
 
 
 def _open_all(paths: Sequence[str]) -> list[Any]:
-  from mergejax.checkpoints import open_source  # pylint: disable=g-import-not-at-top
   first = open_source(paths[0])
   return [first] + [open_source(p, base=first) for p in paths[1:]]
 
 
 def differences(paths: Sequence[str], values: bool = False, srcs: Sequence[Any] | None = None) -> list[str]:
   """Every difference between the first checkpoint and each other one (repeats of one kind counted)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints.mapped import host_leaf  # pylint: disable=g-import-not-at-top
   srcs = list(srcs) if srcs is not None else _open_all(paths)
   ref = {s.path: s for s in srcs[0].specs()}
   out = []
@@ -174,9 +174,6 @@ def differences(paths: Sequence[str], values: bool = False, srcs: Sequence[Any] 
 def task_vector_stats(srcs: Sequence[Any]) -> dict[str, Any]:
   """Statistics of tau_i = expert_i - base over the float leaves all inputs share (same shape), read leaf by
   leaf in chunks of float64: norms, non-zeros, pairwise dot products and sign agreement counts."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mergejax import tree as tree_lib  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints.mapped import host_leaf  # pylint: disable=g-import-not-at-top
   base, experts = srcs[0], srcs[1:]
   per = [{s.path: s for s in x.specs()} for x in srcs]
   leaves = [p for p, s in per[0].items() if tree_lib.is_float_dtype(s.dtype)
@@ -218,7 +215,6 @@ def task_vector_stats(srcs: Sequence[Any]) -> dict[str, Any]:
 
 
 def _stats_lines(paths: Sequence[str], st: dict[str, Any]) -> list[str]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   names = [str(p) for p in paths[1:]]
   w = max(8, *(len(x) for x in names))
   out = [f"task vectors (expert - {paths[0]}) over {st['leaves']} float leaves, {st['entries']:,} entries:",
@@ -238,7 +234,6 @@ def _stats_lines(paths: Sequence[str], st: dict[str, Any]) -> list[str]:
 
 
 def _summary(paths: Sequence[str], diffs: Sequence[str], st: dict[str, Any] | None) -> str:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   n = len(paths) - 1
   if diffs:
     counted = sum(int(l.split("... and ")[1].split()[0]) if "... and " in l else 1 for l in diffs)

@@ -32,6 +32,7 @@ from mergejax import cli, engine, methods, sharding, tree
 from mergejax.checkpoints import output as output_lib
 from mergejax.cli import common
 from mergejax.configs import merge as default_config
+from mergejax.engine import xla_cpu
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
 _EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints (for paths with commas use "
@@ -194,34 +195,6 @@ def enable_compilation_cache(directory: str | None) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def prefer_wide_vectors() -> None:
-  """Lets XLA:CPU emit 512-bit vector code (its default prefers 256 bits) on x86 CPUs with AVX-512.
-
-  DARE's per-entry mask hashes are chains of 32-bit integer multiplies; with 512-bit vectors the
-  DARE kernels need ~0.5-0.75x the CPU time on the development VM (Ice Lake), and merged outputs
-  are bit-identical (elementwise kernels; integer counting). A no-op where XLA_FLAGS already sets
-  a width, on other CPUs, and once the XLA backend exists (flags are read when it is created).
-  """
-  flags_env = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_prefer_vector_width" in flags_env or not _has_avx512():
-    return
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if xla_bridge.backends_are_initialized():
-    return
-  os.environ["XLA_FLAGS"] = f"{flags_env} --xla_cpu_prefer_vector_width=512".strip()
-
-
-def _has_avx512() -> bool:
-  try:
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return " avx512f " in f" {line.split(':', 1)[-1].strip()} "
-  except OSError:
-    pass
-  return False
-
-
 def error_line(e: BaseException) -> str:
   """One line describing a failure (file and leaf are already in our own messages)."""
   if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
@@ -247,7 +220,7 @@ def main(argv: Sequence[str]) -> None:
       raise ValueError("no experts: give --experts (comma-separated), --expert (repeatable) or --experts_file")
     if not _OUTPUT.value:
       raise ValueError("--output is required")
-    prefer_wide_vectors()
+    xla_cpu.prefer_wide_vectors()
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
     out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,

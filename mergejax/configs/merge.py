@@ -20,7 +20,9 @@ def get_config() -> config_dict.ConfigDict:
   config.dtype = config_dict.placeholder(str)  # output dtype of float leaves, e.g. "bfloat16" (default: the input's)
   config.memory_budget_gb = 4.0  # bounds the leaf groups in flight (host memory ~ this + a constant)
   config.shard_size_mb = 4096  # safetensors output shard size
-  config.partition_rules = ""  # "regex=axis,None;regex=" ; unmatched leaves: largest divisible axis
+  # ((regex, (mesh axis or None per dimension)), ...): the first match wins, e.g. (("embed", (None, "shard")),);
+  # unmatched leaves shard their largest axis divisible by the device count.
+  config.partition_rules = ()
   config.allow_nonfinite = False  # merge inputs holding NaN/Inf instead of refusing them
   config.progress = True
   config.prefetch = True  # read the next leaf group while merging the current one

@@ -1,7 +1,8 @@
 r"""Exact counts of per-entry predicates over large leaves, fast on XLA:CPU (packed fold counting).
 
 The engine's :meth:`~mergejax.methods.base.LeafPass.count` and ``histogram`` (statistics passes state
-predicates; this module counts them). The statistics passes of TIES-style methods need many counts :math:`\#\{x : P_j(x)\}` per leaf (the
+predicates; this module counts them). The statistics passes of TIES-style methods need many counts
+:math:`\#\{x : P_j(x)\}` per leaf (the
 threshold search counts :math:`|\tau_t| \ge t_j` for several candidate thresholds, the sign balance
 counts positive and negative elected signs). On XLA:CPU a reduction that is fused with its
 elementwise producer runs as a scalar loop, ~10-50x slower than an elementwise pass over the same

@@ -129,7 +129,8 @@ class WholeLeaf:
     for p in grp.float_paths:
       args = args_for(p) if args_for is not None else ()
       if args is not None:
-        out[p] = jax.tree.map(to_host, fn(grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), *args))
+        r = fn(grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), *args)
+        out[p] = jax.tree.map(to_host, r)
     return out
 
   def _signature(self, spec: LeafSpec) -> tuple[Any, ...]:

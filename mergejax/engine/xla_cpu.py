@@ -1,9 +1,10 @@
-"""What the flat-chunk executor does for XLA:CPU's sake: 64-byte-aligned windows of memory maps, and
-XLA:CPU's float32 semantics for NumPy twins of statistics functions."""
+"""What the engine does for XLA:CPU's sake: 64-byte-aligned windows of memory maps (the flat-chunk
+executor), XLA:CPU's float32 semantics for NumPy twins of statistics functions, and wide vectors."""
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Iterator
 
 import jax
@@ -57,3 +58,31 @@ def aligned_pieces(amap: np.ndarray, lead: int, spans: list[tuple[int, int, int]
       buf = raw[off:off + (size + extra) * amap.dtype.itemsize].view(amap.dtype)
       buf[:b - a] = amap[lead + a:lead + b]
       yield buf, 0
+
+
+def prefer_wide_vectors() -> None:
+  """Lets XLA:CPU emit 512-bit vector code (its default prefers 256 bits) on x86 CPUs with AVX-512.
+
+  DARE's per-entry mask hashes are chains of 32-bit integer multiplies, which wider vectors speed up
+  (docs/BENCHMARKS.md); merged outputs are bit-identical (elementwise kernels; integer counting). A
+  no-op where XLA_FLAGS already sets a width, on other CPUs, and once the XLA backend exists (flags
+  are read when it is created).
+  """
+  flags_env = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_prefer_vector_width" in flags_env or not _has_avx512():
+    return
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (only on AVX-512 CPUs)
+  if xla_bridge.backends_are_initialized():
+    return
+  os.environ["XLA_FLAGS"] = f"{flags_env} --xla_cpu_prefer_vector_width=512".strip()
+
+
+def _has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return " avx512f " in f" {line.split(':', 1)[-1].strip()} "
+  except OSError:
+    pass
+  return False

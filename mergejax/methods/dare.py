@@ -10,7 +10,7 @@ from mergejax.methods import gta, steps
 from mergejax.methods.base import MergeMethod, Traits, expert_weights, flag, method_factory, number
 
 
-@method_factory(formula="theta_0 + lam * sum_t w_t keep_t * tau_t / (1 - drop_rate),  keep_t ~ Bernoulli(1 - drop_rate)",
+@method_factory(formula="theta_0 + lam * sum_t w_t keep_t tau_t / (1 - drop_rate),  keep_t ~ Bernoulli(1 - drop_rate)",
                 drop_rate=number("the fraction of task-vector entries DROPPED (mergekit's density = 1 - p)", 0.0, 1.0,
                                  high_open=True),
                 lam=number("scale of the summed task vectors"),
