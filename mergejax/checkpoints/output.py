@@ -15,6 +15,7 @@ copied, since the merge is not the base) and the manifest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shlex
@@ -229,8 +230,7 @@ def set_config_dtype(directory: str | os.PathLike, dtypes: Sequence[Any]) -> str
     return name
   for k in keys:
     cfg[k] = name
-  from mergejax import files  # pylint: disable=g-import-not-at-top
-  files.atomic_write(cfg_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+  files_lib.atomic_write_json(cfg_file, cfg)
   return name
 
 
@@ -269,8 +269,7 @@ def model_card(metadata: Mapping[str, Any], name: str) -> str:
 def write_card(directory: str | os.PathLike, metadata: Mapping[str, Any], name: str) -> None:
   """Writes the model card ``README.md`` (process 0 only)."""
   if is_primary():
-    from mergejax import files  # pylint: disable=g-import-not-at-top
-    files.atomic_write(pathlib.Path(directory) / "README.md", model_card(metadata, name))
+    files_lib.atomic_write(pathlib.Path(directory) / "README.md", model_card(metadata, name))
 
 
 def open_sink(output: str | os.PathLike, reference: Any, *, output_format: str | None = None,
