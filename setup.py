@@ -26,10 +26,12 @@ _INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "psutil>=5.9",
+    "pyyaml>=6.0",  # mergekit YAML recipes (mergejax-yaml)
 ]
 
 _EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0",
+             "peft==0.21.2"],
     "bench": ["psutil>=5.9"],
 }
 
@@ -48,6 +50,7 @@ setup(
         "console_scripts": [
             "mergejax-demo=mergejax.cli.demo:run",
             "mergejax-merge=mergejax.cli.merge:run",
+            "mergejax-yaml=mergejax.cli.recipe:run",
             "mergejax-inspect=mergejax.cli.inspect:run",
             "mergejax-train=mergejax.cli.train:run",
             "mergejax-build-world=mergejax.cli.build_world:run",

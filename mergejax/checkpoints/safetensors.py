@@ -24,9 +24,11 @@ import ml_dtypes
 import numpy as np
 
 from mergejax import files as files_lib
+from mergejax import tree as tree_lib
 from mergejax.checkpoints import output as output_lib
 from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, SpanSink, StagedSink, array_from_host,
                                        normalize_index)
+from mergejax.checkpoints.shards import shard_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -119,11 +121,15 @@ class SafetensorsSource(HostViews):
             raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
           raise CheckpointError(f"{index}: corrupt safetensors index ({type(e).__name__}: {e})") from None
-        for fname in sorted(set(weight_map.values())):
-          if not (self.path / fname).is_file():
+        shard_files = []
+        for fname in sorted(set(weight_map.values()), key=str):
+          try:
+            shard_files.append(shard_file(self.path, fname, index))
+          except CheckpointError as e:
+            if "missing" not in str(e):
+              raise
             missing = next(k for k, v in weight_map.items() if v == fname)
-            raise CheckpointError(f"{index}: shard '{fname}' (holding '{missing}') is missing")
-        shard_files = [self.path / f for f in sorted(set(weight_map.values()))]
+            raise CheckpointError(f"{index}: shard '{fname}' (holding '{missing}') is missing") from None
       else:
         shard_files = sorted(self.path.glob("*.safetensors"))
         weight_map = None
@@ -171,6 +177,10 @@ class SafetensorsSource(HostViews):
     if n == 0:
       return np.zeros((0,), e["dtype"])
     return np.memmap(e["file"], dtype=e["dtype"], mode="r", offset=e["offset"], shape=(n,))
+
+  def host(self, t: str) -> np.ndarray:
+    """Tensor ``t`` as a read-only memory map of its shape (no copy)."""
+    return self.flat_view(t).reshape(self._entries[t]["shape"])
 
   def aligned_view(self, t: str, align: int = 64) -> tuple[np.ndarray, int] | None:
     """(map, lead): a read-only 1-D memory map of tensor ``t``'s dtype whose first byte is
@@ -271,6 +281,9 @@ class SafetensorsSink(StagedSink, SpanSink):
       if math.prod(shape) == 0:
         self._written.add(t)
         continue
+      if tree_lib.is_prng_key(x):
+        raise CheckpointError(f"leaf '{t}' is a PRNG key: safetensors cannot store PRNG keys "
+                              "(write an orbax checkpoint instead)")
       whole = _whole_host_leaf(x)
       if whole is not None:  # one large write (2-3x faster than filling a fresh memory map)
         self._pwrite(lay["file"], np.ascontiguousarray(whole, dtype=dtype), lay["offset"])
@@ -335,7 +348,10 @@ class SafetensorsSink(StagedSink, SpanSink):
     if missing:
       raise RuntimeError(f"merge produced no value for leaf '{missing[0]}'")
     copied = output_lib.copy_sidecars(self.sidecar_dir, self.atomic.tmp) if self.sidecar_dir else []
-    output_lib.write_manifest(self.atomic.tmp, {**metadata, "output_format": "safetensors", "sidecars": copied})
+    output_lib.set_config_dtype(self.atomic.tmp, [lay["dtype"] for lay in self._layout.values()])
+    meta = {**metadata, "output_format": "safetensors", "sidecars": copied}
+    output_lib.write_manifest(self.atomic.tmp, meta)
+    output_lib.write_card(self.atomic.tmp, meta, self.atomic.dest.name)
     return self.atomic.commit()
 
   def abort(self) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 import mergejax
 from mergejax import methods as methods_lib
+from mergejax.methods import steps
 
 PyTree = Any
 
@@ -43,8 +44,9 @@ def task_vectors(base: PyTree, experts: Mapping[str, PyTree]) -> dict[str, PyTre
 
 @jax.jit
 def scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
-  r""":math:`\theta_0 + \lambda g`, leaf by leaf, in one program."""
-  return jax.tree.map(lambda b, x: b + lam * x, base, g)
+  r""":math:`\theta_0 + \lambda g`, leaf by leaf, in one program (the product rounded on its own, as the
+  merge kernels: :func:`mergejax.methods.steps.rounded`)."""
+  return jax.tree.map(lambda b, x: b + steps.rounded(lam * x, x), base, g)
 
 
 @jax.jit
@@ -53,7 +55,8 @@ def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
   leaves, treedef = jax.tree.flatten(base)
   out, start = [], 0
   for x in leaves:
-    out.append(x + lam * g_flat[start:start + x.size].reshape(x.shape))
+    g = g_flat[start:start + x.size].reshape(x.shape)
+    out.append(x + steps.rounded(lam * g, g))
     start += x.size
   return jax.tree.unflatten(treedef, out)
 
