@@ -171,7 +171,7 @@ def train_modes(names, steps, repeats) -> dict:
 
 
 def measure(workdir, sizes, split) -> dict:
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import models, world  # pylint: disable=g-import-not-at-top
   from mergejax.training import probe  # pylint: disable=g-import-not-at-top
   res = {}
@@ -179,20 +179,20 @@ def measure(workdir, sizes, split) -> dict:
     res[size] = {}
     for kind in world.KINDS:
       cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
-      r = {"heldout_base": {c: probe.category_accuracy(cfg, base, T.heldout_tasks(c), split)
-                            for c in T.HELDOUT_CATEGORIES},
+      r = {"heldout_base": {c: probe.category_accuracy(cfg, base, tasks.heldout_tasks(c), split)
+                            for c in tasks.HELDOUT_CATEGORIES},
            "heldin_base": {}, "heldin_expert": {}, "heldin_multitask": {}}
       mt_path = world.checkpoint_path(workdir, size, kind, "multitask")
       mt = models.load_checkpoint(mt_path)[1] if models.is_complete(mt_path) else None
-      for c in T.HELDIN_CATEGORIES:
-        tasks = T.heldin_tasks(c)
+      for c in tasks.HELDIN_CATEGORIES:
+        tasks = tasks.heldin_tasks(c)
         r["heldin_base"][c] = probe.category_accuracy(cfg, base, tasks, split)
         _, ex = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "expert", c))
         r["heldin_expert"][c] = probe.category_accuracy(cfg, ex, tasks, split)
         if mt is not None:
           r["heldin_multitask"][c] = probe.category_accuracy(cfg, mt, tasks, split)
       r["expert_over_base"] = float(np.mean([r["heldin_expert"][c] / max(r["heldin_base"][c], 1e-9)
-                                             for c in T.HELDIN_CATEGORIES]))
+                                             for c in tasks.HELDIN_CATEGORIES]))
       for k in ("heldout_base", "heldin_base", "heldin_expert", "heldin_multitask"):
         if r[k]:
           r[k + "_mean"] = float(np.mean(list(r[k].values())))
@@ -207,13 +207,13 @@ def measure(workdir, sizes, split) -> dict:
 def heldout_bases(tasks_report, sizes, split) -> dict:
   """Held-out mean (over categories) of both bases per size on `split`, from the per-task accuracies
   of :func:`heldout_tasks` (no second probe)."""
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import world  # pylint: disable=g-import-not-at-top
   res = {}
   for size in sizes:
     for kind in world.KINDS:
       row = tasks_report[split][size][kind]
-      cats = {c: float(np.mean([row[t]["accuracy"] for t in T.heldout_tasks(c)])) for c in T.HELDOUT_CATEGORIES}
+      cats = {c: float(np.mean([row[t]["accuracy"] for t in tasks.heldout_tasks(c)])) for c in tasks.HELDOUT_CATEGORIES}
       res.setdefault(size, {})[kind] = {"heldout_base": cats, "heldout_base_mean": float(np.mean(list(cats.values())))}
       print(f"{split}: {size}/{kind}: held-out base {res[size][kind]['heldout_base_mean']:.3f} ("
             + ", ".join(f"{c} {v:.3f}" for c, v in cats.items()) + ")", flush=True)
@@ -228,7 +228,7 @@ _ANSWERABLE = ("mj_nli_cb", "mj_wsd_gloss")
 def heldout_tasks(workdir, sizes, splits) -> dict:
   """Per-task held-out accuracy of both bases with its standard error sqrt(p (1 - p) / n) and chance
   (1 / number of choices), per split; prints one line per (split, size, kind)."""
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import models, world  # pylint: disable=g-import-not-at-top
   from mergejax.training import probe  # pylint: disable=g-import-not-at-top
   res = {}
@@ -237,8 +237,8 @@ def heldout_tasks(workdir, sizes, splits) -> dict:
       cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
       for split in splits:
         row = {}
-        for t in T.heldout_tasks():
-          exs = T.examples(t, split)
+        for t in tasks.heldout_tasks():
+          exs = tasks.examples(t, split)
           p = probe.rank_accuracy(cfg, base, t, split)
           row[t] = {"accuracy": p, "se": float(np.sqrt(p * (1 - p) / len(exs))), "n": len(exs),
                     "chance": 1.0 / len(exs[0].choices)}

@@ -4,15 +4,18 @@
       --config.recipe=expert --config.category=sentiment --config.kind=instruction_tuned
 
 Paths follow the world layout under --workdir unless --config.output / --config.init are given.
-Unset (placeholder) hyperparameters take the recipe's defaults (mergejax/training/recipes.py).
+Unset (None) hyperparameters take the recipe's defaults (mergejax/training/recipes.py) and the
+optimizer's (mergejax.training.OptimConfig).
 """
 
 from ml_collections import config_dict
 
+from mergejax.training import recipes
+
 
 def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
-  c.recipe = "pretrain"  # pretrain | instruction_tune | expert | multitask
+  c.recipe = "pretrain"  # one of mergejax.training.recipes.RECIPES
   c.size = "xs"  # a row of mergejax.models.SIZES
   c.category = config_dict.placeholder(str)  # held-in category (recipe=expert)
   c.kind = "pretrained"  # base kind an expert / multitask run starts from: pretrained | instruction_tuned
@@ -22,18 +25,18 @@ def get_config() -> config_dict.ConfigDict:
   c.mixture_prefix = "mj"
   c.task_module = config_dict.placeholder(str)  # a module to import that registers custom seqio tasks
   c.seed = 0
-  c.batch_size = 16  # packed rows per step (global)
-  c.inputs_length = 96
-  c.targets_length = 32
-  # Optimizer (placeholders: the recipe's defaults).
+  c.batch_size = recipes.BATCH_SIZE  # packed rows per step (global)
+  c.inputs_length = recipes.FEATURE_LENGTHS["inputs"]
+  c.targets_length = recipes.FEATURE_LENGTHS["targets"]
+  # Optimizer.
   c.steps = config_dict.placeholder(int)
   c.lr = config_dict.placeholder(float)
   c.warmup_steps = config_dict.placeholder(int)
   c.min_lr_ratio = config_dict.placeholder(float)
-  c.weight_decay = 0.01
-  c.b1 = 0.9
-  c.b2 = 0.98
-  c.clip_norm = 1.0
+  c.weight_decay = config_dict.placeholder(float)
+  c.b1 = config_dict.placeholder(float)
+  c.b2 = config_dict.placeholder(float)
+  c.clip_norm = config_dict.placeholder(float)
   # Model overrides.
   c.scan_layers = config_dict.placeholder(bool)
   c.remat = config_dict.placeholder(bool)

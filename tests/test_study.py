@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from mergejax import world
+from mergejax.study import config as study_config_lib
 from mergejax.study import grid, report, runner
-from mergejax.study.splits import SplitGuard, SplitLeakError
+from mergejax.study.leak_guard import SplitGuard, SplitLeakError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CATS = ("sentiment", "topic")
@@ -24,14 +26,12 @@ TIMING_KEYS = {"merge_s", "select_eval_s", "test_eval_s"}
 
 
 def study_config(world_dir, **over):
-  sys.path.insert(0, str(REPO / "configs"))
-  import study_tiny  # pylint: disable=g-import-not-at-top
-  cfg = study_tiny.get_config()
-  cfg.kinds, cfg.sizes, cfg.categories = "instruction_tuned", "xs", ",".join(CATS)
-  cfg.num_experts, cfg.subset_seeds = "1,2", 2
-  cfg.methods = "average,ties,dare_ties"
-  cfg.grids.ties = "density=0.5;lam=0.5|1.0"
-  cfg.grids.dare_ties = "drop_rate=0.5;lam=1.0"
+  cfg = study_config_lib.get_config()
+  cfg.kinds, cfg.sizes, cfg.categories = ("instruction_tuned",), ("xs",), CATS
+  cfg.num_experts, cfg.subset_seeds = (1, 2), 2
+  cfg.methods = ("average", "ties", "dare_ties")
+  cfg.grids.ties = dict(density=(0.5,), lam=(0.5, 1.0))
+  cfg.grids.dare_ties = dict(drop_rate=(0.5,), lam=(1.0,))
   cfg.world_dir, cfg.build_world, cfg.progress, cfg.eval_batch_size = str(world_dir), False, False, 32
   for k, v in over.items():
     cfg[k] = v
@@ -71,27 +71,56 @@ def test_cells_subsets_and_full_set_seeds():
   assert grid.runs_in_cell(cells[4], methods, 8) == ["dare_ties"]  # N=8, seed 1: only random methods
 
 
-def test_grid_parsing_and_validation():
-  assert grid.parse_grid("lam=0.3|0.5;density=0.2") == {"lam": [0.3, 0.5], "density": [0.2]}
-  assert grid.candidates("ties", grid.parse_grid("density=0.2;lam=1|2")) == [
+def test_grid_candidates_and_validation():
+  assert grid.candidates("ties", {"lam": (1, 2), "density": (0.2,)}) == [
       {"density": 0.2, "lam": 1}, {"density": 0.2, "lam": 2}]
+  assert grid.candidates("ties", {"density": 0.3}) == [{"density": 0.3}]  # a single value stands for itself
+  assert grid.candidates("average", {}) == [{}]
   with pytest.raises(ValueError, match="density=1.5 is out of range"):
-    grid.candidates("ties", {"density": [1.5]})
+    grid.candidates("ties", {"density": (1.5,)})
+
+
+def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
+  argv = ["mergejax-study", f"--config={REPO / 'configs' / 'study_tiny.py'}", "--config.grids.ties.lam=(0.7,1.0)",
+          "--config.methods=ties", "--config.sizes=(\"s\",)", "--config.num_experts=(2,8)",
+          "--config.world_steps.expert=5"]
+  monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True)
+  fv(argv)
+  spec = runner.validate(fv.config, tmp_path)
+  assert spec.methods == ("ties",) and spec.sizes == ("s",) and spec.ns == (2, 8)
+  assert spec.grids["ties"] == [{"density": 0.2, "lam": 0.7}, {"density": 0.2, "lam": 1.0}]
+  assert spec.world_steps == {"expert": 5}
+
+
+def test_a_mistyped_config_field_is_one_line():
+  proc = subprocess.run([sys.executable, "-m", "mergejax.cli.study", "--config=configs/study_tiny.py",
+                         "--workdir=/nonexistent", "--config.grids.ties.lamb=(0.7,)"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "mergejax-study: error: unknown config field --config.grids.ties.lamb (did you mean --config.grids.ties.lam?)")
+  assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"methods": "average,slerp"}, "unknown merge method 'slerp'"),
-    ({"sizes": "xs,huge"}, "unknown model size 'huge'"),
-    ({"num_experts": "2,9"}, "num_experts 9 is out of range: there are 2 experts per base"),
-    ({"grids.ties": "density=0.0"}, r"grids.ties: hyperparameter density=0.0 is out of range"),
-    ({"kinds": "chat"}, "unknown base kind 'chat'"),
+    ({"methods": ("average", "slerp")}, "unknown merge method 'slerp'"),
+    ({"methods": ("average,ties",)}, "unknown merge method 'average,ties'"),
+    ({"sizes": ("xs", "huge")}, "unknown model size 'huge'"),
+    ({"num_experts": (2, 9)}, "num_experts 9 is out of range: there are 2 experts per base"),
+    ({"num_experts": ("2",)}, r"num_experts=\('2',\): expected a tuple of int values"),
+    ({"grids.ties": dict(density=(0.0,))}, r"grids.ties: hyperparameter density=0.0 is out of range"),
+    ({"kinds": ("chat",)}, "unknown base kind 'chat'"),
     ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
+    ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
   for k, v in override.items():
-    if k.startswith("grids."):
-      cfg.grids[k.split(".", 1)[1]] = v
+    if "." in k:
+      group, field = k.split(".", 1)
+      cfg[group][field] = v
     else:
       cfg[k] = v
   with pytest.raises(runner.StudyConfigError, match=message):
@@ -207,7 +236,7 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
 
 
 def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
-  cfg_over = {"num_experts": "2", "subset_seeds": 1, "methods": "ties,dare_ties"}
+  cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties")}
   runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)
   script = tmp_path / "main.py"
   script.write_text(textwrap.dedent(f"""

@@ -28,7 +28,7 @@ import seqio
 
 from mergejax.evaluation.adapter import ModelAdapter
 from mergejax.evaluation.inference import Inference
-from mergejax.evaluation.metrics import EvalResults, aggregate
+from mergejax.evaluation.aggregate import EvalResults, aggregate
 
 Params = Any
 

@@ -33,7 +33,7 @@ from mergejax.evaluation import packed as packed_lib
 from mergejax.evaluation.adapter import ModelAdapter
 from mergejax.evaluation.evaluator import broadcast_json, eos_id_of, make_seqio_evaluator
 from mergejax.evaluation.inference import Inference, _host
-from mergejax.evaluation.metrics import EvalResults, aggregate, task_category
+from mergejax.evaluation.aggregate import EvalResults, aggregate, task_category
 
 Params = Any
 _SCORE = seqio.metrics.ModelOutputType.SCORE

@@ -19,18 +19,22 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
+from tqdm.auto import tqdm
 
 from mergejax import methods as methods_lib
 from mergejax import models
+from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
 from mergejax.evaluation.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.suite_evaluator import SuiteEvaluator
 from mergejax.study import grid as grid_lib
+from mergejax.study import report as report_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
-from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
+from mergejax.study.leak_guard import SELECTION_SPLIT, SplitGuard
 from mergejax.study.store import ResultsStore
+from mergejax.training import recipes
 
 TEST_SPLIT = "test"
 
@@ -51,29 +55,35 @@ class StudySpec:
   world_dir: pathlib.Path
   build_world: bool
   batch_size: int
+  multitask: bool = True
+  world_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # recipe -> training steps
+
+
+def _values(cfg: Any, field: str, kind: type) -> tuple:
+  """A tuple-valued config field (a single value stands for itself), each item of type ``kind``."""
+  value = cfg.get(field)
+  items = tuple(value) if isinstance(value, (tuple, list)) else (() if value is None else (value,))
+  for v in items:
+    if not isinstance(v, kind) or isinstance(v, bool):
+      raise StudyConfigError(f"{field}={value!r}: expected a tuple of {kind.__name__} values")
+  return items
 
 
 def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
   """Checks the whole configuration up front; StudyConfigError names the first problem."""
-  import mergejax.tasks  # pylint: disable=g-import-not-at-top
-
-  kinds = tuple(grid_lib.csv_list(cfg.kinds))
+  kinds = _values(cfg, "kinds", str)
   for k in kinds:
     if k not in world_lib.KINDS:
       raise StudyConfigError(f"unknown base kind {k!r}: choose from {list(world_lib.KINDS)}")
-  sizes = tuple(grid_lib.csv_list(cfg.sizes))
+  sizes = _values(cfg, "sizes", str)
   for s in sizes:
     if s not in models.SIZES:
       raise StudyConfigError(f"unknown model size {s!r}: choose from {sorted(models.SIZES)}")
-  categories = tuple(grid_lib.csv_list(cfg.categories)) if cfg.get("categories") else tuple(
-      mergejax.tasks.HELDIN_CATEGORIES)
+  categories = _values(cfg, "categories", str) or tuple(tasks.HELDIN_CATEGORIES)
   for c in categories:
-    if c not in mergejax.tasks.HELDIN_CATEGORIES:
-      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(mergejax.tasks.HELDIN_CATEGORIES)}")
-  try:
-    ns = tuple(grid_lib.int_list(cfg.num_experts))
-  except ValueError as e:
-    raise StudyConfigError(f"num_experts={cfg.num_experts!r}: {e}") from None
+    if c not in tasks.HELDIN_CATEGORIES:
+      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(tasks.HELDIN_CATEGORIES)}")
+  ns = _values(cfg, "num_experts", int)
   for n in ns:
     if not 1 <= n <= len(categories):
       raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
@@ -81,30 +91,38 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
     raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
   if int(cfg.get("cpu_devices", 0)) < 0:
     raise StudyConfigError(f"cpu_devices={cfg.cpu_devices} must be >= 0 (0: one per core)")
-  names = tuple(grid_lib.csv_list(cfg.methods))
+  names = _values(cfg, "methods", str)
   grids = {}
   for m in names:
     if m not in methods_lib.names():
       raise StudyConfigError(f"unknown merge method {m!r}: choose from {methods_lib.names()}")
-    text = cfg.grids.get(m, "") if "grids" in cfg else ""
     try:
-      grids[m] = grid_lib.candidates(m, grid_lib.parse_grid(text))
-    except ValueError as e:
+      grids[m] = grid_lib.candidates(m, dict(cfg.grids.get(m) or {}) if "grids" in cfg else {})
+    except (ValueError, TypeError) as e:
       raise StudyConfigError(f"grids.{m}: {e}") from None
+  world_steps = {}
+  for recipe, steps in dict(cfg.get("world_steps") or {}).items():
+    if recipe not in recipes.RECIPES:
+      raise StudyConfigError(f"world_steps: unknown recipe {recipe!r}: choose from {list(recipes.RECIPES)}")
+    if steps is not None:
+      if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise StudyConfigError(f"world_steps.{recipe}={steps!r} must be a positive integer")
+      world_steps[recipe] = steps
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world)
+  multitask = bool(cfg.get("multitask", True))
   if not build:
     for size in sizes:
       for kind in kinds:
         needed = [world_lib.checkpoint_path(world_dir, size, kind, "base")]
         needed += [world_lib.checkpoint_path(world_dir, size, kind, "expert", c) for c in categories]
-        if cfg.get("multitask", True):
+        if multitask:
           needed.append(world_lib.checkpoint_path(world_dir, size, kind, "multitask"))
         for p in needed:
           if not models.is_complete(p):
             raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
   return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
-                   int(cfg.eval_batch_size))
+                   int(cfg.eval_batch_size), multitask, world_steps)
 
 
 class Scorer:
@@ -393,20 +411,14 @@ class MergeWarmup:
 
 def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> pathlib.Path:
   """Runs (or resumes) the whole study and writes the report; returns the report's path."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  from mergejax.study import report as report_lib  # pylint: disable=g-import-not-at-top
-
   workdir = pathlib.Path(workdir).absolute()
   spec = validate(cfg, workdir)
   is_main = jax.process_index() == 0
   t_start = time.perf_counter()
   if spec.build_world:
-    world_kw = {}
-    if cfg.get("world_steps"):  # e.g. "pretrain=20;expert=5" (tests and quick looks)
-      world_kw["recipe_overrides"] = {recipe: {"steps": int(values[0])} for recipe, values in
-                                      grid_lib.parse_grid(cfg.world_steps).items()}
     world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                          progress=progress and is_main, **world_kw)
+                          multitask=spec.multitask, progress=progress and is_main,
+                          recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
   world_s = time.perf_counter() - t_start
   store = ResultsStore(workdir / "results")
   guard = SplitGuard()

@@ -9,8 +9,8 @@ import os
 import pathlib
 import tempfile
 
-from mergejax.tasks import generators as G
-from mergejax.tasks import splits as S
+from mergejax.tasks import generators
+from mergejax.tasks import splits
 
 _HEADER = """# The synthetic T0-like task suite (`mergejax.tasks`)
 
@@ -22,7 +22,7 @@ Mixture over `seqio.FunctionDataSource`, generated in memory, deterministic give
 
 ```python
 import seqio
-import mergejax.tasks as tasks             # registers every Task and Mixture (idempotent)
+from mergejax import tasks             # registers every Task and Mixture (idempotent)
 
 tasks.configure(seed=0, num_train=2000, num_validation=64, num_test=128)   # optional; these are the defaults
                                            # (held-out tasks: 2 x num_validation)
@@ -52,13 +52,13 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 
 ## Design
 
-* **World** (`world.py`): 20 people (`world.NUM_PEOPLE`; 10 female and 10 male names drawn by the
+* **World** (`facts.py`): 20 people (`facts.NUM_PEOPLE`; 10 female and 10 male names drawn by the
   seed from 40) each with a city, job, pet, favorite color, favorite food and best friend, few
   enough that the tiny default models can memorize their facts; 16 cities in 4 countries, each with a landmark and
   weather; 16 animals (sound, size, habitat, diet); 16 objects (material, size, use); 12
   situation -> need -> action scripts (had skipped lunch -> hungry -> ate a big meal); 8 ambiguous words with two senses each,
   each sense with a gloss and 6 cue words (bat: "an animal" with cave, wings, insects, ...; "a stick
-  for games" with ball, coach, glove, ...; `world.SENSES`).
+  for games" with ball, coach, glove, ...; `facts.SENSES`).
   The seed decides the relations; the lexicon is fixed, so one vocabulary serves every seed.
 * **Corpus** (`mj_corpus`): short documents of plain sentences stating the facts above, pronouns
   by gender (stories and opinions about all 40 names), scripts as short stories (situation -> need,
@@ -177,16 +177,16 @@ def _cell(text: str) -> str:
   return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(cfg: S.SuiteConfig | None = None) -> str:
-  cfg = cfg or S.SuiteConfig()
+def render(cfg: splits.SuiteConfig | None = None) -> str:
+  cfg = cfg or splits.SuiteConfig()
   out = [_HEADER]
   for group, title in _GROUPS:
     out.append(f"\n## {title}\n")
-    for spec in G.SPECS.values():
+    for spec in generators.SPECS.values():
       if spec.group != group:
         continue
-      n = {s: len(S.examples(spec.name, s, cfg)) for s in S.SPLITS}
-      ex = S.examples(spec.name, "validation", cfg)[0]
+      n = {s: len(splits.examples(spec.name, s, cfg)) for s in splits.SPLITS}
+      ex = splits.examples(spec.name, "validation", cfg)[0]
       kind = f"{len(ex.choices)} choices" if spec.is_choice else "generation"
       rank = f", `{spec.name}_rank`" if spec.is_choice else ""
       cat = "" if spec.category in ("instruct", "pretrain") else f" ({spec.category})"

@@ -35,11 +35,11 @@ def get_vocabulary(path: str | None = None):
 def training_text(seed: int = 0, num_docs: int = 30000, num_per_task: int = 600) -> list[str]:
   """Sentences the vocabulary is trained on: corpus documents and all task texts."""
   import random  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import generators as G, world as W  # pylint: disable=g-import-not-at-top
-  world = W.make_world(seed)
-  rng = random.Random(W.sub_seed(seed, "vocab"))
-  lines = [W.corpus_document(world, rng) for _ in range(num_docs)]
-  for spec in G.SPECS.values():
+  from mergejax.tasks import generators, facts  # pylint: disable=g-import-not-at-top
+  world = facts.make_world(seed)
+  rng = random.Random(facts.sub_seed(seed, "vocab"))
+  lines = [facts.corpus_document(world, rng) for _ in range(num_docs)]
+  for spec in generators.SPECS.values():
     if spec.group == "pretrain":
       continue
     for _ in range(num_per_task):
