@@ -15,9 +15,6 @@ import numpy as np
 
 from mergejax import methods as methods_lib
 
-RANDOM_METHODS = ("dare_linear", "dare_ties")
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
   kind: str
@@ -49,10 +46,13 @@ def cells(kinds: Sequence[str], sizes: Sequence[str], ns: Sequence[int], seeds: 
   return out
 
 
-def runs_in_cell(cell: Cell, method_names: Sequence[str], n_categories: int) -> list[str]:
-  """Methods to run in a cell: all of them, except repeated deterministic merges of the full set."""
+def runs_in_cell(cell: Cell, method_names: Sequence[str], n_categories: int,
+                 grids: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[str]:
+  """Methods to run in a cell: all of them, except repeated deterministic merges of the full set (a
+  method runs there again only if one of its candidates, ``grids[name]``, is stochastic)."""
   if cell.n == n_categories and cell.seed > 0:
-    return [m for m in method_names if m in RANDOM_METHODS]
+    return [m for m in method_names
+            if any(methods_lib.get(m, **hp).traits.stochastic for hp in (grids or {}).get(m, [{}]))]
   return list(method_names)
 
 

@@ -425,7 +425,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -
   all_categories = tuple(spec.categories) == tuple(world_lib.heldin_categories())
   scorer = Scorer(guard, spec.batch_size, None if all_categories else spec.categories)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
-  units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
+  units = [(c, m) for c in all_cells
+           for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
   merges_missing = any(store.get(f"merge/{c.key}/{m}") is None for c, m in units)
   if merges_missing or any(store.get(f"ref/{k}/{s}/base") is None for k in spec.kinds for s in spec.sizes):
     scorer.prepare(adapter_for(models.load_config(
