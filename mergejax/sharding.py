@@ -9,6 +9,7 @@ simulated devices, a GPU or a multi-host slice.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Sequence
@@ -123,3 +124,14 @@ def split_host_cpu(requested: int = 0) -> int:
   if n > 1:
     jax.config.update("jax_num_cpu_devices", n)
   return n
+
+
+def broadcast_json(obj: Any) -> Any:
+  """Sends a JSON-able object from process 0 to every process (e.g. metrics, a results-store row)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-process runs only
+  payload = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(payload.size)))
+  buf = np.zeros(n, np.uint8)
+  buf[:payload.size] = payload
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return json.loads(buf.tobytes().decode())

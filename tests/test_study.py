@@ -10,11 +10,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mergejax import world
+from mergejax import evaluation, world
 from mergejax.study import config as study_config_lib
 from mergejax.study import grid, report, runner
 from mergejax.study.leak_guard import SplitGuard, SplitLeakError
@@ -163,25 +164,26 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   partial = merge_rows(tmp_path / "resumed")
   assert sum(k.startswith("merge/") for k in partial) == 2
 
-  # ...then continues without recomputing finished rows, recording every evaluation's split.
+  # ...then continues without recomputing finished rows, recording the split of every evaluation the
+  # evaluators run and whether selection was open at the time.
   monkeypatch.setattr(runner, "run_cell_method", original)
-  seen = []
-  original_check = SplitGuard.check
+  guard, seen = SplitGuard(), []
+  original_evaluate = evaluation.Evaluator.evaluate
 
-  def spy(self, suite, split):
-    seen.append((self.phase, split))
-    return original_check(self, suite, split)
+  def recording(self, params, tasks=None):
+    seen.append((guard.phase, self.split))
+    return original_evaluate(self, params, tasks)
 
-  monkeypatch.setattr(SplitGuard, "check", spy)
-  path = runner.run_study(cfg, tmp_path / "resumed", progress=False)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", recording)
+  path = runner.run_study(cfg, tmp_path / "resumed", progress=False, guard=guard)
   resumed = merge_rows(tmp_path / "resumed")
   for k, v in partial.items():
     assert resumed[k] == v
-  assert ("selection", "validation") in seen
+  assert ("selection", "validation") in seen and ("final", "test") in seen
   assert all(split == "validation" for phase, split in seen if phase == "selection")
 
   # An uninterrupted run gives identical rows.
-  monkeypatch.setattr(SplitGuard, "check", original_check)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", original_evaluate)
   runner.run_study(cfg, tmp_path / "straight", progress=False)
   assert merge_rows(tmp_path / "straight") == resumed
 
@@ -193,7 +195,19 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   assert ties["hparams"] in [c["hparams"] for c in ties["candidates"]]
   best = max(ties["candidates"], key=lambda c: c["validation"])
   assert ties["hparams"] == best["hparams"]
-  assert all(0 < v["heldin_norm"] < 10 and 0 < v["heldout_norm"] < 10 for v in merges)
+  # The normalized scores are the paper's: per category, the mean over its tasks of merged / expert
+  # (held-in: the merged experts' categories) or merged / base (held-out); then the mean over categories.
+  refs = {k: v for k, v in resumed.items() if k.startswith("ref/")}
+  for v in merges:
+    ref = lambda role: refs[f"ref/{v['kind']}/{v['size']}/{role}"]
+    ratio = lambda scores, den: {t: s / den[t] for t, s in scores.items()}
+    hi = ratio(v["heldin_test"], {t: s for c in v["categories"] for t, s in ref(f"expert/{c}")["heldin_test"].items()})
+    ho = ratio(v["heldout_test"], ref("base")["heldout_test"])
+    by_cat = lambda r: [np.mean([x for t, x in r.items() if v["task_categories"][t] == c])
+                        for c in sorted({v["task_categories"][t] for t in r})]
+    assert sorted({v["task_categories"][t] for t in hi}) == sorted(v["categories"])
+    assert v["heldin_norm"] == pytest.approx(np.mean(by_cat(hi)), rel=1e-12)
+    assert v["heldout_norm"] == pytest.approx(np.mean(by_cat(ho)), rel=1e-12)
 
   text = path.read_text()
   for fig in ("heldin_vs_n.png", "heldout_vs_n.png", "vs_size.png", "methods_at_largest.png",

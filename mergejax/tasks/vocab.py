@@ -15,7 +15,8 @@ import functools
 import io
 import os
 import pathlib
-import tempfile
+
+from mergejax import files
 
 DEFAULT_MODEL = pathlib.Path(__file__).parent / "data" / "mj.model"
 DEFAULT_VOCAB_SIZE = 1024
@@ -59,9 +60,4 @@ def build(out: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB_SIZE, seed: in
       model_type="bpe", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       num_threads=2, input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True,
       minloglevel=2)
-  fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-  with os.fdopen(fd, "wb") as f:
-    f.write(buf.getvalue())
-  os.chmod(tmp, 0o644)  # mkstemp creates 0600; the model ships in the package
-  os.replace(tmp, out)
-  return out
+  return files.atomic_write(out, buf.getvalue())
