@@ -80,7 +80,7 @@ def test_vocabulary_shipped_and_round_trips():
 
 def test_generation_is_deterministic_and_seeded():
   a = {n: splits.examples(n, "test", SMALL) for n in generators.SPECS}
-  splits._build.cache_clear()
+  splits.clear_cache()
   facts.make_world.cache_clear()
   b = {n: splits.examples(n, "test", SMALL) for n in generators.SPECS}
   assert a == b

@@ -15,6 +15,7 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
@@ -78,7 +79,6 @@ def main(argv: Sequence[str]) -> None:
       raise FileNotFoundError(f"{ckpt}: checkpoint directory not found")
     output = cfg.output or f"{str(ckpt.absolute()).rstrip('/')}.eval_{cfg.split}.json"
     results, table = evaluate_checkpoint(str(ckpt), cfg)
-    import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
       path = files.atomic_write_json(pathlib.Path(output).absolute(), results)
       print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -36,7 +37,6 @@ def main(argv):
   else:  # evaluation batches side by side, one per core (before JAX starts its CPU backend)
     sharding.split_host_cpu(max(0, int(cfg.get("cpu_devices", 0))))
   # TensorFlow and seqio load only once the command runs (a fast --help, quick flag errors).
-  import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   from mergejax.study import report as report_lib  # pylint: disable=g-import-not-at-top

@@ -154,7 +154,7 @@ def _save_png(fig, path: pathlib.Path) -> None:
 
 
 def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes, ns, methods) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  # ~0.5 s, only when a report is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 

@@ -128,10 +128,10 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
 class Scorer:
   """Per-task scores of params on one or more suites of one split, in one evaluation pass.
 
-  One :class:`~mergejax.evaluation.Evaluator` per (size, split) holds every task the study reads on that split
-  (validation: the held-in tasks of the study's categories; test: those and the held-out tasks),
-  shared between sizes; a call scores only the requested suites' tasks. Every requested suite passes
-  the split guard first.
+  One :class:`~mergejax.evaluation.Evaluator` per (size, split) holds every task the study reads on
+  that split (validation: the held-in tasks of the study's categories; test: those and the held-out
+  tasks), sharing its data between sizes; a call scores only the requested suites' tasks. Every
+  requested suite passes the split guard first.
   """
 
   SPLITS = (SELECTION_SPLIT, TEST_SPLIT)
@@ -151,7 +151,7 @@ class Scorer:
 
   def _new_evaluator(self, adapter, split: str) -> Evaluator:
     return Evaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
-                          batch_size=self.batch_size)
+                     batch_size=self.batch_size)
 
   def prepare(self, adapter) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background

@@ -586,10 +586,12 @@ def it_nli(world, rng):
   """Inference over statements about animals (SNLI-like, Flan's NLI analog): yes / no / maybe."""
   a = rng.choice(facts.ANIMALS)
   statements = {
-      "sound": (f"it {a.sound}", lambda: f"it {rng.choice([x.sound for x in facts.ANIMALS if x.sound != a.sound])}"),
+      "sound": (f"it {a.sound}",
+                lambda: f"it {rng.choice([x.sound for x in facts.ANIMALS if x.sound != a.sound])}"),
       "home": (f"it lives in the {a.habitat}",
                lambda: f"it lives in the {rng.choice([x.habitat for x in facts.ANIMALS if x.habitat != a.habitat])}"),
-      "food": (f"it eats {a.diet}", lambda: f"it eats {rng.choice([x.diet for x in facts.ANIMALS if x.diet != a.diet])}")}
+      "food": (f"it eats {a.diet}",
+               lambda: f"it eats {rng.choice([x.diet for x in facts.ANIMALS if x.diet != a.diet])}")}
   k1, k2, k3 = rng.sample(tuple(statements), 3)
   first = f"there is a {a.name} here; {statements[k1][0]}, and {statements[k2][0]}."
   label = rng.randrange(3)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from absl import app, flags
+
 from mergejax import files
 from mergejax.tasks import generators
 from mergejax.tasks import splits
@@ -162,11 +164,9 @@ def write(path: str | os.PathLike) -> pathlib.Path:
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
   print(f"wrote {write(flags.FLAGS.out)}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", "docs/TASKS.md", "Output markdown file.")
   app.run(main)

@@ -128,3 +128,9 @@ def examples(name: str, split: str, cfg: SuiteConfig | None = None) -> tuple[gen
   if split not in SPLITS:
     raise ValueError(f"task {name}: unknown split {split!r}; expected one of {SPLITS}")
   return _build(name, cfg or _CONFIG)[split]
+
+
+def clear_cache() -> None:
+  """Drops every generated split (they are cached per task and suite config): frees memory; the next
+  :func:`examples` call generates them again, identically."""
+  _build.cache_clear()

@@ -15,8 +15,13 @@ import functools
 import io
 import os
 import pathlib
+import random
+
+import seqio
 
 from mergejax import files
+from mergejax.tasks import facts
+from mergejax.tasks import generators
 
 DEFAULT_MODEL = pathlib.Path(__file__).parent / "data" / "mj.model"
 DEFAULT_VOCAB_SIZE = 1024
@@ -25,7 +30,6 @@ DEFAULT_VOCAB_SIZE = 1024
 @functools.lru_cache(maxsize=4)
 def get_vocabulary(path: str | None = None):
   """The seqio SentencePieceVocabulary of the suite (loaded lazily by seqio; cached)."""
-  import seqio  # pylint: disable=g-import-not-at-top
   model = pathlib.Path(path) if path else DEFAULT_MODEL
   if not model.is_file():
     raise FileNotFoundError(f"{model}: SentencePiece model missing; rebuild it with "
@@ -35,8 +39,6 @@ def get_vocabulary(path: str | None = None):
 
 def training_text(seed: int = 0, num_docs: int = 30000, num_per_task: int = 600) -> list[str]:
   """Sentences the vocabulary is trained on: corpus documents and all task texts."""
-  import random  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import generators, facts  # pylint: disable=g-import-not-at-top
   world = facts.make_world(seed)
   rng = random.Random(facts.sub_seed(seed, "vocab"))
   lines = [facts.corpus_document(world, rng) for _ in range(num_docs)]
@@ -51,7 +53,7 @@ def training_text(seed: int = 0, num_docs: int = 30000, num_per_task: int = 600)
 
 def build(out: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> pathlib.Path:
   """Trains the SentencePiece model and writes it atomically to `out`."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top  # only to rebuild the vocabulary
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()

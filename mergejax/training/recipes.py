@@ -63,7 +63,7 @@ INSTRUCT_REPLAY_SHARE = 0.475
 
 def instruct_mixture(prefix: str = "mj") -> str:
   """``<prefix>_instruct`` with ``INSTRUCT_REPLAY_SHARE`` of ``<prefix>_pretrain`` rows mixed in (registered once)."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: configs import this module
   name = f"{prefix}_instruct_replay"
   if name not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_REPLAY_SHARE),
