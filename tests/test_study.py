@@ -95,16 +95,6 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
   assert spec.world_steps == {"expert": 5}
 
 
-def test_a_mistyped_config_field_is_one_line():
-  proc = subprocess.run([sys.executable, "-m", "mergejax.cli.study", "--config=configs/study_tiny.py",
-                         "--workdir=/nonexistent", "--config.grids.ties.lamb=(0.7,)"],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1] == (
-      "mergejax-study: error: unknown config field --config.grids.ties.lamb (did you mean --config.grids.ties.lam?)")
-  assert "Traceback" not in proc.stderr
-
-
 @pytest.mark.parametrize("override,message", [
     ({"methods": ("average", "slerp")}, "unknown merge method 'slerp'"),
     ({"methods": ("average,ties",)}, "unknown merge method 'average,ties'"),
