@@ -9,7 +9,7 @@ directory in the mergejax world layout (see docs/STUDY.md) and set build_world=F
 
 from ml_collections import config_dict
 
-from mergejax.study import config as study_config
+from mergejax.configs import study as study_config
 
 
 def get_config() -> config_dict.ConfigDict:

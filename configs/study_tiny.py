@@ -5,12 +5,12 @@ Averaging / Task Arithmetic / TIES / DARE-TIES, on the miniature world mergejax 
   mergejax-study --config=configs/study_tiny.py --workdir=runs/tiny \
       --config.methods='("ties", "task_arithmetic")' --config.grids.ties.lam='(1.0, 1.5)'
 
-Every field, its default and its meaning: mergejax/study/config.py.
+Every field, its default and its meaning: mergejax/configs/study.py.
 """
 
 from ml_collections import config_dict
 
-from mergejax.study import config as study_config
+from mergejax.configs import study as study_config
 
 
 def get_config() -> config_dict.ConfigDict:

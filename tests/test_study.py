@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mergejax import evaluation, world
-from mergejax.study import config as study_config_lib
+from mergejax.configs import study as study_config_lib
 from mergejax.study import grid, report, runner
 from mergejax.study.leak_guard import SplitGuard, SplitLeakError
 

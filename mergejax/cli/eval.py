@@ -20,14 +20,14 @@ from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from mergejax import cli
+from mergejax import configs
 from mergejax import files
 from mergejax.cli import common
 
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "eval.py"
-
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (orbax + model_config.json).")
-_CONFIG = common.define(config_flags.DEFINE_config_file,
-    "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Eval config (configs/eval.py).")
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config",
+                        str(pathlib.Path(configs.__file__).with_name("eval.py")),
+                        "Eval config (default: the package's, mergejax/configs/eval.py).")
 
 
 def evaluate_checkpoint(checkpoint: str, cfg: config_dict.ConfigDict) -> tuple[dict[str, Any], str]:

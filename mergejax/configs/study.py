@@ -1,4 +1,5 @@
-"""The embedded default study's configuration: every field of ``mergejax-study``, with its one default.
+"""The default configuration of ``mergejax-study``, the embedded default study: every field, with its
+one default (plain values; every field overridable as ``--config.x=y``).
 
 ``configs/study_tiny.py`` runs it as is; ``configs/study_paper.py`` changes the sizes and the grids.
 Values are plain Python: tuples for lists, dicts for grids (every combination of a method's
