@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -18,7 +19,10 @@ from ml_collections import config_flags
 from mergejax import evaluation, world
 from mergejax.configs import study as study_config_lib
 from mergejax.study import grid, report, runner
+from mergejax.study.candidates import CandidateMerger
 from mergejax.study.leak_guard import SplitGuard, SplitLeakError
+
+import test_eval  # compiles(): XLA compilations while a function runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CATS = ("sentiment", "topic")
@@ -210,22 +214,13 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
 
 
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):
-  import jax  # pylint: disable=g-import-not-at-top
-  from mergejax.study.candidates import CandidateMerger  # pylint: disable=g-import-not-at-top
   spec = runner.validate(study_config(tiny_world), tmp_path)
   jax.clear_caches()  # earlier tests in this process compiled the same programs
   warmup = runner.MergeWarmup(spec, {"xs": runner.load_models(spec, spec.kinds[0], "xs")})
   warmup.wait("xs")
   assert warmup.error is None
-  compiles = []
 
-  def listener(name, secs, **kw):
-    del secs, kw
-    if name == "/jax/core/compile/backend_compile_duration":
-      compiles.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  def merge_everything():
     ms = runner.load_models(spec, "instruction_tuned", "xs")
     for n in spec.ns:
       cats = spec.categories[-n:]  # the warm-up merged the first n: another subset needs no new program
@@ -234,9 +229,8 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
                                  [ms.taus_host[c] for c in cats], seed=7)
         for hp in spec.grids[name]:
           jax.block_until_ready(merger(hp))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert not compiles  # every (method, N) program of this size was compiled by the warm-up
+
+  assert test_eval.compiles(merge_everything) == 0  # the warm-up compiled every (method, N) program of this size
 
 
 def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
