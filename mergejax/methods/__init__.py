@@ -25,5 +25,5 @@ for _f in (average, task_arithmetic, ties, dare_linear, dare_ties):
   register(_f.__name__, _f)
 
 __all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "average", "choice", "dare_keep_masks",
-           "dare_linear", "dare_ties", "expert_weights", "flag", "formula", "get", "hparam_names", "integer", "leaf_key",
-           "method_factory", "names", "number", "register", "schema", "task_arithmetic", "ties"]
+           "dare_linear", "dare_ties", "expert_weights", "flag", "formula", "get", "hparam_names", "integer",
+           "leaf_key", "method_factory", "names", "number", "register", "schema", "task_arithmetic", "ties"]
