@@ -22,6 +22,7 @@ hand for anything else.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -76,7 +77,6 @@ def from_flax_lm(module: Any, name: str | None = None) -> ModelAdapter:
                                    mutable=["cache"])
     return logits, mutated["cache"]
 
-  import inspect  # pylint: disable=g-import-not-at-top
   try:
     has_decode = "decode" in inspect.signature(type(module).__call__).parameters
   except (TypeError, ValueError):
@@ -88,6 +88,8 @@ def from_flax_lm(module: Any, name: str | None = None) -> ModelAdapter:
 
 def builtin_adapter(config: Any) -> ModelAdapter:
   """Adapter for the built-in :class:`mergejax.models.Decoder` with ``config`` (a ModelConfig)."""
+  # The built-in decoder (and orbax, which mergejax.models loads for its checkpoints) load only when
+  # its adapter is asked for: a user's own model never pays for them.
   from mergejax import models  # pylint: disable=g-import-not-at-top
   module = models.Decoder(config)
   base = from_flax_lm(module, name=f"Decoder[{getattr(config, 'name', '') or 'custom'}]")
@@ -104,7 +106,7 @@ def _decoder_apply_packed(module: Any):
   (``Embed.attend``) sees only the hidden states at ``gather_BxG``, so the vocabulary projection and
   softmax run on the scored positions alone.
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top  # as above: the built-in decoder only
   from mergejax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
 
   def apply_packed(params, tokens_BxL, positions_BxL, mask_BxLxL, gather_BxG):
