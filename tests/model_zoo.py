@@ -87,6 +87,7 @@ def write_checkpoint(family: str, directory: pathlib.Path, dtype=np.float32) -> 
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   directory.mkdir(parents=True, exist_ok=True)
+  dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
   (directory / "config.json").write_text(json.dumps(CONFIGS[family], indent=2))
   w = weights(family)
   if dtype != np.float32:

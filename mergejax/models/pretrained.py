@@ -293,7 +293,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
 
 
 def save_pretrained(lm: PretrainedLM, output: str | os.PathLike, *, output_format: str = "safetensors",
-                    params: Params = None, overwrite: bool = False) -> pathlib.Path:
+                    params: Params = None, overwrite: bool = False, shard_bytes: int = 4 << 30) -> pathlib.Path:
   """Writes ``params`` (default ``lm.params``) as a checkpoint :func:`from_pretrained` reads back: safetensors
   or orbax beside the source's config.json and tokenizer files (Hugging Face families), or a built-in
   decoder checkpoint. Atomic: the output appears only when complete."""
@@ -304,7 +304,7 @@ def save_pretrained(lm: PretrainedLM, output: str | os.PathLike, *, output_forma
     return ckpt_lib.save_checkpoint(output, ckpt_lib.load_config(lm.path), params, overwrite=overwrite)
   if output_format == "safetensors":
     from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
-    sink = SafetensorsSink(output, sidecar_dir=str(lm.path), overwrite=overwrite)
+    sink = SafetensorsSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, shard_bytes=shard_bytes)
   elif output_format == "orbax":
     from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
     sink = OrbaxSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, keys={n: (n,) for n in params})
