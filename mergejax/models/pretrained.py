@@ -212,7 +212,10 @@ def _load_hf(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
   cfg = cfg.replace(dtype=_dtype_name(dtype, dtypes.get("model.embed_tokens.weight", np.float32)))
   want = llamalike.param_shapes(cfg)
   _check_names(path, cfg.family, have, want)
-  vocab, offset = tok_lib.load_vocabulary(path, ids, cfg.vocab_size)
+  try:
+    vocab, offset = tok_lib.load_vocabulary(path, ids, cfg.vocab_size)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
   target = llamalike.DTYPES[cfg.dtype]
   params = {}
   for name, shape in want.items():
