@@ -75,6 +75,13 @@ class PretrainedLM:
       return self.bos_id
     return self.eos_ids[0] if self.eos_ids else 0
 
+  def text_tokenizer(self) -> tok_lib.TextTokenizer:
+    """The tokenizer over the model's own ids (the suite's SentencePiece model for the built-in decoder)."""
+    if self.config.layout == "builtin":
+      from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+      return tok_lib.TextTokenizer(self.path, self.bos_id, sentencepiece_model=str(suite_vocab.DEFAULT_MODEL))
+    return tok_lib.TextTokenizer(self.path, self.bos_id)
+
   @property
   def seqio_adapter(self) -> ModelAdapter:
     """The adapter over seqio's ids (:func:`seqio_adapter`), for :class:`mergejax.evaluation.Evaluator`."""

@@ -140,3 +140,43 @@ def special_tokens(directory: str | os.PathLike) -> dict:
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{p}: not valid JSON ({e})") from None
   return {k: cfg[k] for k in ("add_bos_token", "add_eos_token") if k in cfg}
+
+
+class TextTokenizer:
+  """Text <-> the model's own token ids (no seqio shift), as transformers' tokenizer does by default: with
+  ``add_special_tokens`` a ``tokenizer.json``'s post-processor adds what it is configured to (Llama's and
+  Gemma's BOS, nothing for Qwen); a SentencePiece model gets the config's BOS in front. Used by the
+  lm-evaluation-harness bridge.
+  """
+
+  def __init__(self, directory: str | os.PathLike, bos_id: int | None, sentencepiece_model: str | None = None):
+    d = pathlib.Path(directory)
+    self.bos_id = bos_id
+    self._tok = self._sp = None
+    if sentencepiece_model is None and (d / "tokenizer.json").is_file():
+      import tokenizers  # pylint: disable=g-import-not-at-top
+      self._tok = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    else:
+      import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+      model = sentencepiece_model or str(d / "tokenizer.model")
+      if not pathlib.Path(model).is_file():
+        raise ValueError(f"{d}: no tokenizer.json or tokenizer.model")
+      self._sp = spm.SentencePieceProcessor(model_file=model)
+
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    if self._tok is not None:
+      return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+    ids = list(self._sp.encode(text))
+    return [self.bos_id] + ids if add_special_tokens and self.bos_id is not None else ids
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    ids = [int(i) for i in ids]
+    if self._tok is not None:
+      return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+    return self._sp.decode(ids)
+
+  def token_text(self, token_id: int) -> str:
+    """The text of one (special) token, e.g. the BOS string."""
+    if self._tok is not None:
+      return self._tok.id_to_token(int(token_id)) or ""
+    return self._sp.id_to_piece(int(token_id))
