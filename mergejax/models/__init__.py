@@ -1,7 +1,7 @@
 """Model families (one llama-like decoder: Llama, Mistral, Qwen2/3, Gemma 2/3 and the built-in PaLM-style
 decoder), ``from_pretrained`` onto a mesh, checkpoints of the built-in decoder, and its size table.
 
-``from_pretrained``, ``save_pretrained``, ``PretrainedLM`` and ``seqio_adapter`` load on first use (they import
+``from_pretrained``, ``save_pretrained``, ``PretrainedLM`` and ``family_adapter`` load on first use (they import
 seqio and TensorFlow for tokenizers).
 """
 
@@ -12,7 +12,7 @@ from mergejax.models.decoder import LOGICAL_RULES, Decoder
 from mergejax.models.families import ConfigError, parse_hf_config
 from mergejax.models.llamalike import DecoderConfig, LlamaLike, Rope, param_shapes
 
-_LAZY = ("from_pretrained", "save_pretrained", "PretrainedLM", "seqio_adapter", "family_adapter")
+_LAZY = ("from_pretrained", "save_pretrained", "PretrainedLM", "family_adapter")
 
 
 def __getattr__(name: str):

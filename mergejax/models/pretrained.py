@@ -18,6 +18,7 @@ tensor is read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -47,7 +48,7 @@ class PretrainedLM:
     params: the parameters (flat checkpoint names for Hugging Face families; the built-in decoder's
       nested tree), on the mesh.
     adapter: the :class:`~mergejax.evaluation.ModelAdapter` over the checkpoint's token ids:
-      ``adapter.apply(params, tokens_BxL)`` -> float32 logits.
+      ``adapter.apply(params, tokens_BxL)`` -> float32 logits; ``adapter.for_seqio()`` over seqio's.
     vocabulary: the checkpoint's tokenizer as a seqio vocabulary (None if the directory has none).
     token_offset: seqio ids = token ids + this (1 where the tokenizer's id 0 is a text token).
     bos_id, eos_ids, pad_id: from the checkpoint's config.
@@ -84,12 +85,14 @@ class PretrainedLM:
 
   @property
   def seqio_adapter(self) -> ModelAdapter:
-    """The adapter over seqio's ids (:func:`seqio_adapter`), for :class:`mergejax.evaluation.Evaluator`."""
-    return seqio_adapter(self.adapter, offset=self.token_offset, start_id=self.start_id)
+    """The adapter over seqio's ids (:meth:`ModelAdapter.for_seqio`); the evaluator applies it itself."""
+    return self.adapter.for_seqio()
 
 
+@functools.lru_cache(maxsize=64)
 def family_adapter(cfg: DecoderConfig) -> ModelAdapter:
-  """The :class:`ModelAdapter` of a decoder config (forward pass, KV-cache decoding, packed scoring)."""
+  """The :class:`ModelAdapter` of a decoder config (forward pass, KV-cache decoding, packed scoring); one
+  object per config, so models of the same shapes (a base and its merges) share compiled programs."""
   module = llamalike.LlamaLike(cfg)
   if cfg.layout == "builtin":
     prep = lambda p: families.builtin_flatten(p, cfg.n_layers)
@@ -114,40 +117,9 @@ def family_adapter(cfg: DecoderConfig) -> ModelAdapter:
                       apply_packed=apply_packed)
 
 
-def seqio_adapter(adapter: ModelAdapter, *, offset: int, start_id: int) -> ModelAdapter:
-  """``adapter`` over seqio's ids: token t > 0 is model token t - ``offset``; seqio's BOS slot (id 0 at the
-  start of a sequence) becomes ``start_id``; logits get ``offset`` leading columns of -inf, so logit
-  column i scores seqio id i. Identity when offset is 0 and start_id is 0 (the built-in decoder)."""
-  if offset == 0 and start_id == 0:
-    return adapter
-
-  def to_model(tokens, first):
-    t = jnp.where(tokens > 0, tokens - offset, 0)
-    return jnp.where(first & (tokens == 0), start_id, t).astype(jnp.int32)
-
-  def to_seqio(logits):
-    if not offset:
-      return logits
-    pad = jnp.full(logits.shape[:-1] + (offset,), -jnp.inf, logits.dtype)
-    return jnp.concatenate([pad, logits], axis=-1)
-
-  def apply(params, tokens_BxL):
-    first = jnp.arange(tokens_BxL.shape[1])[None, :] == 0
-    return to_seqio(adapter.apply(params, to_model(tokens_BxL, first)))
-
-  def apply_packed(params, tokens_BxL, positions_BxL, mask_BxLxL, gather_BxG):
-    z = adapter.apply_packed(params, to_model(tokens_BxL, positions_BxL == 0), positions_BxL, mask_BxLxL,
-                             gather_BxG)
-    return to_seqio(z)
-
-  def decode_step(params, cache, tok_Bx1):
-    logits, cache2 = adapter.decode_step(params, cache, to_model(tok_Bx1, cache["index"] == 0))
-    return to_seqio(logits), cache2
-
-  return ModelAdapter(apply=apply, init_cache=adapter.init_cache,
-                      decode_step=decode_step if adapter.decode_step is not None else None,
-                      name=adapter.name + "[seqio]",
-                      apply_packed=apply_packed if adapter.apply_packed is not None else None)
+@functools.lru_cache(maxsize=64)
+def _tokens_adapter(cfg: DecoderConfig, offset: int, bos: int) -> ModelAdapter:
+  return dataclasses.replace(family_adapter(cfg), seqio_offset=offset, seqio_bos=bos)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -228,7 +200,8 @@ def _load_hf(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
   for name, shape in want.items():
     x = source.read([name], {name: _sharding(cfg, name, shape, mesh)})[name]
     params[name] = _cast(x, target) if jnp.issubdtype(x.dtype, jnp.floating) else x
-  return PretrainedLM(config=cfg, params=params, adapter=family_adapter(cfg), vocabulary=vocab,
+  start = ids["bos"] if ids["bos"] is not None else (ids["eos"][0] if ids["eos"] else 0)
+  return PretrainedLM(config=cfg, params=params, adapter=_tokens_adapter(cfg, offset, start), vocabulary=vocab,
                       token_offset=offset, bos_id=ids["bos"], eos_ids=ids["eos"], pad_id=ids["pad"], path=path)
 
 

@@ -7,7 +7,7 @@
 seqio reserves id 0: its feature converters pad with 0, give target 0 no loss weight and put 0 in the
 decoder's BOS slot. Where id 0 is a real token of the tokenizer (Llama 3's and Qwen's ``!``), the vocabulary
 shifts every id up by one (``offset=1``) so no text token is mistaken for padding; the model adapter for
-seqio (:func:`mergejax.models.pretrained.seqio_adapter`) shifts them back and puts the checkpoint's BOS in
+seqio (:meth:`mergejax.evaluation.ModelAdapter.for_seqio`) shifts them back and puts the checkpoint's BOS in
 the BOS slot. BOS, EOS and pad ids come from the checkpoint's ``config.json``.
 """
 
