@@ -106,6 +106,7 @@ def load_child(path: str) -> None:
   """Runs in a fresh process: from_pretrained and its memory."""
   import jax
   from mergejax import models
+  from mergejax.models import pretrained  # noqa: F401  (imports seqio and TensorFlow: not part of the load)
   jax.devices()
   base = _rss_bytes()
   t = time.perf_counter()
