@@ -197,7 +197,11 @@ def _load_hf(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
     raise CheckpointError(str(e)) from None
   target = llamalike.DTYPES[cfg.dtype]
   params = {}
-  for name, shape in want.items():
+  names = list(want)
+  prefetch = getattr(source, "prefetch", lambda paths: None)
+  prefetch(names[:2])
+  for i, (name, shape) in enumerate(want.items()):
+    prefetch(names[i + 2:i + 3])  # the disk reads ahead while this tensor is copied
     x = source.read([name], {name: _sharding(cfg, name, shape, mesh)})[name]
     params[name] = _cast(x, target) if jnp.issubdtype(x.dtype, jnp.floating) else x
   start = ids["bos"] if ids["bos"] is not None else (ids["eos"][0] if ids["eos"] else 0)
