@@ -63,16 +63,19 @@ def hf_dir(tmp_path_factory):
 def _direct_scores(lm):
   """log p(choice + EOS | BOS + inputs) of every (example, choice), from the model's own forward pass."""
   tok = lm.text_tokenizer()
-  apply = jax.jit(lm.adapter.apply)
-  out = []
+  rows = []
   for ex in EXAMPLES:
     x = [lm.bos_id] + tok.encode(ex.inputs, add_special_tokens=False)
     for choice in ex.choices:
-      y = tok.encode(choice, add_special_tokens=False) + [lm.eos_ids[0]]
-      z = np.asarray(apply(lm.params, jnp.asarray([x + y])), np.float64)[0]
-      logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
-      out.append(sum(logp[len(x) - 1 + j, t] for j, t in enumerate(y)))
-  return np.asarray(out)
+      rows.append((x, tok.encode(choice, add_special_tokens=False) + [lm.eos_ids[0]]))
+  width = max(len(x) + len(y) for x, y in rows)
+  tokens = np.zeros((len(rows), width), np.int32)  # right padding cannot change earlier positions
+  for r, (x, y) in enumerate(rows):
+    tokens[r, :len(x) + len(y)] = x + y
+  z = np.asarray(jax.jit(lm.adapter.apply)(lm.params, jnp.asarray(tokens)), np.float64)
+  logp = z - z.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  return np.asarray([sum(logp[r, len(x) - 1 + j, t] for j, t in enumerate(y)) for r, (x, y) in enumerate(rows)])
 
 
 def _accuracy(scores):
