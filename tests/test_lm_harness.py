@@ -85,8 +85,9 @@ def test_local_tasks_match_the_hf_backend(tmp_path, monkeypatch):
     ctx = tok.encode(f"Q: {doc['question']} A:")
     for choice, resp in zip(doc["choices"], s["resps"]):
       cont = tok.encode(" " + choice, add_special_tokens=False)
-      logits = np.asarray(lm.adapter.apply(lm.params, jnp.asarray([ctx + cont])))[0]
-      logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+      z = np.asarray(lm.adapter.apply(lm.params, jnp.asarray([ctx + cont])), np.float64)[0]
+      logp = z - z.max(-1, keepdims=True)
+      logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
       want = sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
       assert resp[0][0] == pytest.approx(want, abs=1e-4)
 

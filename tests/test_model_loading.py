@@ -72,7 +72,8 @@ def test_missing_extra_and_misshapen_tensors(tmp_path):
                   ["'model.layers.1.mlp.up_proj.weight' is missing"]),
       "extra": ({**w, "model.layers.2.mlp.up_proj.weight": w["model.layers.1.mlp.up_proj.weight"]},
                 ["unexpected tensor 'model.layers.2.mlp.up_proj.weight'"]),
-      "shape": ({**w, "model.norm.weight": np.ones((31,), np.float32)}, ["'model.norm.weight' has shape (31,)", "(32,)"]),
+      "shape": ({**w, "model.norm.weight": np.ones((31,), np.float32)},
+                ["'model.norm.weight' has shape (31,)", "(32,)"]),
   }
   for name, (tensors, needles) in cases.items():
     d = tmp_path / name
@@ -129,7 +130,8 @@ def test_sentencepiece_vocabulary(tmp_path):
   vocab, offset = tok_lib.load_vocabulary(d, ids, 1024)
   assert isinstance(vocab, seqio.SentencePieceVocabulary) and offset == 0
   assert vocab.decode(vocab.encode("the river")) == "the river"
-  with pytest.raises(ValueError, match="tokenizer.model: the tokenizer has 1024 tokens but the embedding table has 512"):
+  with pytest.raises(ValueError,
+                     match=r"tokenizer.model: the tokenizer has 1024 tokens but the embedding table has 512 rows"):
     tok_lib.load_vocabulary(d, ids, 512)
 
 

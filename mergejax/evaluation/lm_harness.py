@@ -176,7 +176,8 @@ class MergejaxLM(TemplateLM):
       context, gen_kwargs = req.args
       kw = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
       if kw.get("do_sample") or kw.get("temperature", 0.0):
-        raise ValueError("the mergejax lm-eval model decodes greedily; sampling (do_sample/temperature) is not supported")
+        raise ValueError("the mergejax lm-eval model decodes greedily; sampling (do_sample/temperature) is not "
+                         "supported")
       until = handle_stop_sequences(kw.get("until"), eos=eos_text)
       n_gen = int(kw["max_gen_toks"])
       ctx = self.tok_encode(context)[-max(1, self.max_length - n_gen):]

@@ -205,8 +205,8 @@ def _parse_hf(model_type: str, cfg: Mapping[str, Any], where: str) -> DecoderCon
   elif model_type in ("qwen2", "qwen3"):
     sliding = r("sliding_window") if r("use_sliding_window", False) else None
     mwl = r.int("max_window_layers")
-    kw["windows"] = _windows(cfg, where, n_layers, sliding,
-                             ["sliding_attention" if sliding and i >= mwl else "full_attention" for i in range(n_layers)])
+    types = ["sliding_attention" if sliding and i >= mwl else "full_attention" for i in range(n_layers)]
+    kw["windows"] = _windows(cfg, where, n_layers, sliding, types)
     r.used.add("layer_types")
     if model_type == "qwen2":
       kw.update(qkv_bias=True, o_bias=False)

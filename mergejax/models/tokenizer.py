@@ -100,7 +100,8 @@ def _zero_is_text(tokenizer) -> bool:
   return not (0 in added and added[0].special)
 
 
-def load_vocabulary(directory: str | os.PathLike, token_ids: dict, vocab_rows: int) -> tuple[seqio.Vocabulary | None, int]:
+def load_vocabulary(directory: str | os.PathLike, token_ids: dict, vocab_rows: int
+                    ) -> tuple[seqio.Vocabulary | None, int]:
   """``(vocabulary, offset)`` of a checkpoint directory (None, 0 when it has no tokenizer files).
 
   Raises ValueError naming the file when the tokenizer has more tokens than the embedding has rows.
