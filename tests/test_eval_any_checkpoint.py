@@ -18,7 +18,7 @@ from flax import nnx
 import model_zoo as Z
 from mergejax import evaluation, models
 from mergejax.cli import eval as eval_cli
-from mergejax.evaluation.suite_evaluator import SuiteEvaluator
+from mergejax.evaluation import packed
 from mergejax.tasks import generators as G, metrics as M, preprocessors as P, registry as R
 from mergejax.tasks import per_vocabulary
 
@@ -100,8 +100,19 @@ def test_evaluator_scores_with_the_checkpoints_tokenizer_and_bos(hf_dir):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
   res = ev.evaluate(lm.params)
   assert res.tasks[task]["accuracy"] == pytest.approx(100 * _accuracy(want))
-  suite = SuiteEvaluator(lm.adapter, task, "validation")  # packed, prefix-shared scoring
-  assert suite.evaluate(lm.params).score == pytest.approx(res.score)
+  # Packed, prefix-shared scoring of the same seqio rows through the adapter's seqio view.
+  rows = list(ev.seqio_evaluator.cached_model_datasets[task].as_numpy_iterator())
+  feats = {k: np.stack([f[k] for _, f in rows]) for k in ("decoder_input_tokens", "decoder_target_tokens",
+                                                            "decoder_loss_weights")}
+  idx = np.asarray([i for i, _ in rows])
+  host = packed.pack(feats["decoder_input_tokens"], feats["decoder_target_tokens"], feats["decoder_loss_weights"],
+                     idx, seq_len=64)
+  logp = np.asarray(jax.jit(packed.packed_target_logprobs, static_argnums=(0,))(
+      lm.adapter.for_seqio(), lm.params, host.tokens, host.positions, host.example, host.branch, host.gather,
+      host.target, host.weight))
+  keep = host.row >= 0
+  np.testing.assert_allclose(np.bincount(host.row[keep], weights=logp[keep], minlength=len(want)), want,
+                             rtol=0, atol=1e-4)
 
 
 def _merge(base, experts, out, fmt):

@@ -36,7 +36,8 @@ from mergejax.models import families, llamalike, tokenizer as tok_lib
 from mergejax.models.llamalike import DecoderConfig
 
 Params = Any
-_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints store; recomputed here
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
+BUILTIN_CONFIG = "model_config.json"  # the built-in decoder's checkpoints (mergejax.models.save_checkpoint)  # buffers some older checkpoints store; recomputed here
 
 
 @dataclasses.dataclass
@@ -210,16 +211,16 @@ def _load_hf(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
 
 
 def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
-  from mergejax.models import checkpoint as ckpt_lib, decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+  from mergejax import models  # pylint: disable=g-import-not-at-top  (the package imports this module lazily)
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   try:
-    mc = ckpt_lib.load_config(path)
+    mc = models.load_config(path)
   except (FileNotFoundError, ValueError) as e:
     raise CheckpointError(str(e)) from None
   if dtype is not None:
     mc = mc.replace(dtype=_dtype_name(dtype, None), param_dtype=_dtype_name(dtype, None))
   cfg = families.builtin_config(mc)
-  abstract = nn.unbox(jax.eval_shape(lambda: decoder_lib.Decoder(mc).init(
+  abstract = nn.unbox(jax.eval_shape(lambda: models.Decoder(mc).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
   want = {"/".join(str(getattr(k, "key", k)) for k in kp): tuple(x.shape)
           for kp, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
@@ -246,7 +247,7 @@ def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
   from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top  (imports tensorflow)
   vocab = suite_vocab.get_vocabulary()
   if vocab.vocab_size > mc.vocab_size:
-    raise CheckpointError(f"{path / ckpt_lib.CONFIG_FILE}: the suite's tokenizer has {vocab.vocab_size} tokens but "
+    raise CheckpointError(f"{path / BUILTIN_CONFIG}: the suite's tokenizer has {vocab.vocab_size} tokens but "
                           f"the embedding table has {mc.vocab_size} rows")
   return PretrainedLM(config=cfg, params=params, adapter=family_adapter(cfg), vocabulary=vocab, token_offset=0,
                       bos_id=0, eos_ids=[int(vocab.eos_id)], pad_id=0, path=path)
@@ -272,10 +273,9 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
     raise CheckpointError(f"{p}: not a checkpoint directory")
   if (p / "config.json").is_file():
     return _load_hf(p, dtype, mesh)
-  from mergejax.models.checkpoint import CONFIG_FILE  # pylint: disable=g-import-not-at-top
-  if (p / CONFIG_FILE).is_file():
+  if (p / BUILTIN_CONFIG).is_file():
     return _load_builtin(p, dtype, mesh)
-  raise CheckpointError(f"{p}: no config.json (Hugging Face checkpoint) or {CONFIG_FILE} (mergejax built-in "
+  raise CheckpointError(f"{p}: no config.json (Hugging Face checkpoint) or {BUILTIN_CONFIG} (mergejax built-in "
                         "decoder checkpoint)")
 
 
@@ -287,8 +287,8 @@ def save_pretrained(lm: PretrainedLM, output: str | os.PathLike, *, output_forma
   from mergejax.checkpoints.base import LeafSpec  # pylint: disable=g-import-not-at-top
   params = lm.params if params is None else params
   if lm.config.layout == "builtin":
-    from mergejax.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    return ckpt_lib.save_checkpoint(output, ckpt_lib.load_config(lm.path), params, overwrite=overwrite)
+    from mergejax import models  # pylint: disable=g-import-not-at-top
+    return models.save_checkpoint(output, models.load_config(lm.path), params, overwrite=overwrite)
   if output_format == "safetensors":
     from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
     sink = SafetensorsSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, shard_bytes=shard_bytes)
