@@ -62,6 +62,10 @@ def test_harmless_and_disabled_fields_are_accepted(tmp_path):
   _edit_config(d, transformers_version="4.46.0", use_cache=True, some_new_feature=False, initializer_range=0.02,
                pretraining_tp=1)
   assert models.from_pretrained(d).family == "llama"
+  # Qwen2.5's released configs carry a window they do not use (use_sliding_window false).
+  qwen = dict(Z.CONFIGS["qwen2"], use_sliding_window=False, sliding_window=32768, max_window_layers=24,
+              use_mrope=False)
+  assert not any(models.parse_hf_config(qwen).windows)
 
 
 def test_missing_extra_and_misshapen_tensors(tmp_path):

@@ -203,7 +203,8 @@ def _parse_hf(model_type: str, cfg: Mapping[str, Any], where: str) -> DecoderCon
     sw = r("sliding_window")
     kw["windows"] = (int(sw),) * n_layers if sw else ()
   elif model_type in ("qwen2", "qwen3"):
-    sliding = r("sliding_window") if r("use_sliding_window", False) else None
+    sliding = r("sliding_window")  # set in released configs even where use_sliding_window is false
+    sliding = sliding if r("use_sliding_window", False) else None
     mwl = r.int("max_window_layers")
     types = ["sliding_attention" if sliding and i >= mwl else "full_attention" for i in range(n_layers)]
     kw["windows"] = _windows(cfg, where, n_layers, sliding, types)
