@@ -75,21 +75,26 @@ def test_local_tasks_match_the_hf_backend(tmp_path, monkeypatch):
   assert len(samples["mj_mc"]) == len(DOCS) and len(samples["mj_gen"]) == len(DOCS)
   assert all(isinstance(s["resps"][0][0], str) for s in samples["mj_gen"])
 
-  # Multiple choice, checked against the model directly: log p(" choice" | BOS "Q: ... A:").
+  # Multiple choice, checked against the model directly: log p(" choice" | BOS "Q: ... A:"), one batch.
   from mergejax import models
+  import jax
   import jax.numpy as jnp
   lm = models.from_pretrained(d)
   tok = lm.text_tokenizer()
+  rows, got = [], []
   for s in samples["mj_mc"]:
-    doc = s["doc"]
-    ctx = tok.encode(f"Q: {doc['question']} A:")
-    for choice, resp in zip(doc["choices"], s["resps"]):
-      cont = tok.encode(" " + choice, add_special_tokens=False)
-      z = np.asarray(lm.adapter.apply(lm.params, jnp.asarray([ctx + cont])), np.float64)[0]
-      logp = z - z.max(-1, keepdims=True)
-      logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-      want = sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
-      assert resp[0][0] == pytest.approx(want, abs=1e-4)
+    ctx = tok.encode(f"Q: {s['doc']['question']} A:")
+    for choice, resp in zip(s["doc"]["choices"], s["resps"]):
+      rows.append((ctx, tok.encode(" " + choice, add_special_tokens=False)))
+      got.append(resp[0][0])
+  tokens = np.zeros((len(rows), max(len(c) + len(x) for c, x in rows)), np.int32)
+  for r, (c, x) in enumerate(rows):
+    tokens[r, :len(c) + len(x)] = c + x
+  z = np.asarray(jax.jit(lm.adapter.apply)(lm.params, jnp.asarray(tokens)), np.float64)
+  logp = z - z.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  want = [sum(logp[r, len(c) - 1 + j, t] for j, t in enumerate(x)) for r, (c, x) in enumerate(rows)]
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
   if not HAS_TORCH:
     return
