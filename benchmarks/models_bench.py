@@ -188,7 +188,30 @@ def _rank_setup(workdir: pathlib.Path):
       f"task: mj_bench_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
       "output_type: multiple_choice\ndoc_to_text: 'Q: {{question}} A:'\ndoc_to_choice: '{{choices}}'\n"
       "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-  return ckpt, tasks
+  return ckpt, tasks, docs
+
+
+def _seqio_rank_task(docs, vocabulary) -> str:
+  """The same questions and choices as a seqio rank-classification task (mergejax-eval's path): inputs
+  "Q: ... A:", targets " choice" without EOS, as lm-eval scores them."""
+  import seqio
+  import tensorflow as tf
+  from mergejax.tasks import metrics as M, preprocessors as P
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": [f"Q: {d['question']} A:" for d in docs],
+        "targets": [" " + d["choices"][d["label"]] for d in docs],
+        "choices": tf.ragged.constant([[" " + c for c in d["choices"]] for d in docs]),
+        "label": tf.constant([d["label"] for d in docs], tf.int64)})
+
+  name = "mj_bench_rank_seqio"
+  feats = {k: seqio.Feature(vocabulary, add_eos=False) for k in ("inputs", "targets")}
+  seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, splits=["test"]), output_features=feats,
+                         preprocessors=[P.rank_classification, seqio.preprocessors.tokenize],
+                         postprocess_fn=M.rank_classification_postprocessor, metric_fns=[M.rank_accuracy])
+  return name
 
 
 def bench_rank(workdir: pathlib.Path) -> None:
@@ -196,7 +219,7 @@ def bench_rank(workdir: pathlib.Path) -> None:
   from lm_eval.tasks import TaskManager
   import mergejax.evaluation.lm_harness  # noqa: F401  registers "mergejax"
   os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-  ckpt, tasks = _rank_setup(workdir)
+  ckpt, tasks, docs = _rank_setup(workdir)
   n = _EXAMPLES.value
   from lm_eval.models.huggingface import HFLM
   from mergejax.evaluation.lm_harness import MergejaxLM
@@ -212,6 +235,22 @@ def bench_rank(workdir: pathlib.Path) -> None:
     t = time.perf_counter()
     out = lm_eval.simple_evaluate(**kw)
     res[name] = (time.perf_counter() - t, out["results"]["mj_bench_mc"]["acc,none"])
+  from mergejax import evaluation, models
+  lm = models.from_pretrained(ckpt)
+  task = _seqio_rank_task(docs, lm.vocabulary)
+  evaluators = [("Evaluator", evaluation.Evaluator(lm.adapter, task, "test", batch_size=_BATCH.value))]
+  try:  # the packed, prefix-shared evaluator, where this version has it as a separate class
+    from mergejax.evaluation.suite_evaluator import SuiteEvaluator
+    evaluators.append(("SuiteEvaluator (packed)", SuiteEvaluator(lm.adapter, task, "test", batch_size=_BATCH.value)))
+  except ImportError:
+    pass
+  for label, ev in evaluators:
+    ev.evaluate(lm.params)  # compiles
+    t = time.perf_counter()
+    out = ev.evaluate(lm.params)
+    ts, acc_s = time.perf_counter() - t, out.score / 100
+    print(f"| rank | mergejax-eval's {label} (seqio, same questions and choices) | {n / ts:.1f} ex/s (acc {acc_s:.3f}) "
+          f"| {res['hf'][0] / ts:.1f}x the hf backend |", flush=True)
   (tm, am), (th, ah) = res["mergejax"], res["hf"]
   print(f"| rank | {n} questions x 4 choices, d={_D.value} L={_LAYERS.value} | mergejax {n / tm:.1f} ex/s "
         f"(acc {am:.3f}) | hf {n / th:.1f} ex/s (acc {ah:.3f}) | {th / tm:.1f}x | accuracies "
