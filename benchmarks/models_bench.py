@@ -229,7 +229,8 @@ def bench_rank(workdir: pathlib.Path) -> None:
       model = MergejaxLM(pretrained=str(ckpt), batch_size=_BATCH.value)
     else:
       model = HFLM(pretrained=str(ckpt), dtype="float32", device="cpu", batch_size=_BATCH.value)
-    kw = dict(model=model, tasks=["mj_bench_mc"], task_manager=TaskManager(include_path=str(tasks)), log_samples=False)
+    kw = dict(model=model, tasks=["mj_bench_mc"], log_samples=False,
+              task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
     if name == "mergejax":  # compile once (same shapes), outside the timed run
       lm_eval.simple_evaluate(**kw, limit=2)
     t = time.perf_counter()

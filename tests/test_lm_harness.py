@@ -60,8 +60,8 @@ def _run(model, model_args, tasks_dir):
   from lm_eval.tasks import TaskManager
   import mergejax.evaluation.lm_harness  # noqa: F401  registers "mergejax"
   out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["mj_mc", "mj_ppl", "mj_gen"],
-                                task_manager=TaskManager(include_path=tasks_dir), batch_size=2, log_samples=True,
-                                device="cpu")
+                                task_manager=TaskManager(include_path=tasks_dir, include_defaults=False),
+                                batch_size=2, log_samples=True, device="cpu")
   return out
 
 
