@@ -3,7 +3,10 @@ r"""``mergejax-eval``: evaluate a checkpoint on seqio mixtures; write JSON and p
     mergejax-eval --checkpoint=PATH --config=configs/eval.py --config.mixtures='("heldin", "heldout")' \
       [--config.split=test] [--config.output=results.json]
 
-The checkpoint is a built-in decoder checkpoint (``mergejax.models.save_checkpoint``). The JSON holds,
+The checkpoint is anything ``mergejax.models.from_pretrained`` reads: a Hugging Face directory (Llama,
+Mistral, Qwen2/3, Gemma 2/3 text), a ``mergejax-merge`` output (safetensors or orbax) or a built-in decoder
+checkpoint of the embedded world. The suites are tokenized with the checkpoint's own tokenizer
+(``mergejax.tasks.per_vocabulary``), its BOS in seqio's BOS slot. The JSON holds,
 per mixture, every task's metrics, its primary score, per-category means and the mixture mean
 (:class:`mergejax.evaluation.EvalResults`). It is written atomically by process 0. Any bad input
 gives one line naming the file or mixture, exit status 1, and no output.
@@ -24,7 +27,9 @@ from mergejax import configs
 from mergejax import files
 from mergejax.cli import common
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (orbax + model_config.json).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Model checkpoint directory: Hugging Face (config.json + safetensors), a mergejax-merge "
+    "output, or a built-in decoder checkpoint (orbax + model_config.json).")
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config",
                         str(pathlib.Path(configs.__file__).with_name("eval.py")),
                         "Eval config (default: the package's, mergejax/configs/eval.py).")
@@ -33,30 +38,35 @@ _CONFIG = common.define(config_flags.DEFINE_config_file, "config",
 def evaluate_checkpoint(checkpoint: str, cfg: config_dict.ConfigDict) -> tuple[dict[str, Any], str]:
   """Evaluates ``checkpoint`` on every mixture of ``cfg``; returns (JSON-able results, table text)."""
   # TensorFlow and seqio load only once the command runs (a fast --help, quick flag errors).
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from mergejax import evaluation, models  # pylint: disable=g-import-not-at-top
   from mergejax.evaluation import suites  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import per_vocabulary  # pylint: disable=g-import-not-at-top
 
   mixtures = [cfg.mixtures] if isinstance(cfg.mixtures, str) else list(cfg.mixtures)
   if not mixtures or not all(isinstance(m, str) and m for m in mixtures):
     raise ValueError(f"config.mixtures={cfg.mixtures!r}: expected a tuple of suite or mixture names")
-  resolved = [suites.resolve(m, tfds_data_dir=cfg.tfds_data_dir) for m in mixtures]
   seq_len = None
   if cfg.inputs_length is not None or cfg.targets_length is not None:
     if cfg.inputs_length is None or cfg.targets_length is None:
       raise ValueError("set both config.inputs_length and config.targets_length, or neither")
     seq_len = {"inputs": int(cfg.inputs_length), "targets": int(cfg.targets_length)}
   mesh = evaluation.default_mesh()
-  model_cfg, params = models.load_checkpoint(checkpoint, sharding=NamedSharding(mesh, P()))
-  adapter = evaluation.builtin_adapter(model_cfg)
-  out = {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "split": cfg.split,
-         "model_config": model_cfg.to_dict(), "mixtures": {}}
+  lm = models.from_pretrained(checkpoint, mesh=mesh)
+  if lm.vocabulary is None:
+    raise ValueError(f"{checkpoint}: no tokenizer (tokenizer.json or tokenizer.model) to tokenize the suites with")
+  resolved = [per_vocabulary.with_vocabulary(suites.resolve(m, tfds_data_dir=cfg.tfds_data_dir), lm.vocabulary)
+              for m in mixtures]
+  adapter = lm.adapter
+  model_cfg = models.load_config(checkpoint).to_dict() if lm.family == "builtin" else dataclasses.asdict(lm.config)
+  out = {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "split": cfg.split, "family": lm.family,
+         "model_config": model_cfg, "mixtures": {}}
   tables = []
   for name, mixture in zip(mixtures, resolved):
     logging.info("evaluating %s (%s) on %s", name, mixture, cfg.split)
     ev = evaluation.Evaluator(adapter, mixture, cfg.split, batch_size=cfg.batch_size, mesh=mesh,
                               sequence_length=seq_len, length_bucket=cfg.length_bucket, seed=cfg.seed)
-    res = ev.evaluate(params)
+    res = ev.evaluate(lm.params)
     out["mixtures"][name] = res.to_dict()
     tables.append(evaluation.format_table(res))
   return out, "\n\n".join(tables)

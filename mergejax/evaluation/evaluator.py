@@ -446,7 +446,7 @@ def evaluate(params: Params, mixture: str, split: str, *, adapter: ModelAdapter,
   (adapter, mixture, split, batch size, mesh): the call a study runner makes repeatedly."""
   key = (id(adapter), mixture, split, batch_size, id(mesh), repr(sorted(kwargs.items())))
   ev = _EVALUATORS.get(key)
-  if ev is None or ev.inference.adapter is not adapter:
+  if ev is None or ev.inference.adapter is not adapter.for_seqio():
     ev = Evaluator(adapter, mixture, split, batch_size=batch_size, mesh=mesh, **kwargs)
     _EVALUATORS[key] = ev
   return ev.evaluate(params)

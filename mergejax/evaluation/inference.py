@@ -162,6 +162,15 @@ class Inference:
     self._prepared: dict[int, _Prepared] = {}
     self._score, self._predict = _jitted(self.replicated)
 
+  @property
+  def adapter(self) -> ModelAdapter:
+    """The model over seqio's token ids (:meth:`ModelAdapter.for_seqio`)."""
+    return self._adapter
+
+  @adapter.setter
+  def adapter(self, adapter: ModelAdapter) -> None:
+    self._adapter = adapter.for_seqio()
+
   # -- jitted kernels -------------------------------------------------------------------------------
   def _score_jit(self, params, inputs_BxL, targets_BxL, weights_BxL) -> jax.Array:
     return self._score(self.adapter, params, inputs_BxL, targets_BxL, weights_BxL)
