@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding
 
 from mergejax import sharding
 from mergejax.evaluation import packed as packed_lib
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 from mergejax.evaluation.aggregate import EvalResults, aggregate
 from mergejax.evaluation.inference import Inference, to_host
 from mergejax.tasks import task_category

@@ -26,7 +26,7 @@ from mergejax import models
 from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
-from mergejax.evaluation.adapter import builtin_adapter
+from mergejax.models.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.evaluator import Evaluator
 from mergejax.study import grid as grid_lib
