@@ -32,8 +32,8 @@ def _eval_tasks(names: list[str]) -> list[str]:
 
 
 def _add(name: str, task_names: list[str]) -> str:
-  if name not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(name, task_names, default_rate=1.0)
+  from mergejax.tasks import registry  # pylint: disable=g-import-not-at-top
+  registry.add_mixture(name, task_names)  # atomic check-then-add: evaluators are built on several threads
   return name
 
 
@@ -55,19 +55,20 @@ def union(suites: Sequence[str]) -> str:
 
 
 def register_synthetic_suites() -> None:
-  """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent)."""
+  """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent; safe from any thread)."""
   from mergejax import tasks  # pylint: disable=g-import-not-at-top
-  everything = []
-  for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
-                          ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
-    all_tasks = []
-    for c in cats:
-      names = _eval_tasks(list(fn(c)))
-      all_tasks += names
-      _add(f"mj_{group}_{c}_eval", names)
-    _add(f"mj_{group}_eval", all_tasks)
-    everything += all_tasks
-  _add("mj_all_eval", everything)
+  with tasks.registry.LOCK:  # the whole set at once: no thread sees half of it
+    everything = []
+    for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
+                            ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
+      all_tasks = []
+      for c in cats:
+        names = _eval_tasks(list(fn(c)))
+        all_tasks += names
+        _add(f"mj_{group}_{c}_eval", names)
+      _add(f"mj_{group}_eval", all_tasks)
+      everything += all_tasks
+    _add("mj_all_eval", everything)
 
 
 def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:

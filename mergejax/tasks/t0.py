@@ -177,6 +177,13 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
     tfds_data_dir: where prepared TFDS data lives (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
     overwrite: re-register (e.g. with another vocabulary).
   """
+  from mergejax.tasks import registry  # pylint: disable=g-import-not-at-top
+  with registry.LOCK:  # every check-then-add and remove-then-add at once (see registry.LOCK)
+    return _register(vocabulary, validation_examples, tfds_data_dir, overwrite)
+
+
+def _register(vocabulary: seqio.Vocabulary | None, validation_examples: int, tfds_data_dir: str | None,
+              overwrite: bool) -> list[str]:
   from mergejax.evaluation import metrics as eval_metrics  # pylint: disable=g-import-not-at-top
   from mergejax.tasks import metrics as M  # pylint: disable=g-import-not-at-top
   from mergejax.tasks import preprocessors as P  # pylint: disable=g-import-not-at-top

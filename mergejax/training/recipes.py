@@ -62,11 +62,10 @@ INSTRUCT_CORPUS_RATE = 0.3
 
 def instruct_mixture(prefix: str = "mj") -> str:
   """``<prefix>_instruct`` mixed with ``INSTRUCT_CORPUS_RATE`` of ``<prefix>_pretrain`` (registered once)."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import registry  # pylint: disable=g-import-not-at-top
   name = f"{prefix}_instruct_replay"
-  if name not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_CORPUS_RATE),
-                                     (f"{prefix}_pretrain", INSTRUCT_CORPUS_RATE)])
+  registry.add_mixture(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_CORPUS_RATE),
+                              (f"{prefix}_pretrain", INSTRUCT_CORPUS_RATE)], default_rate=None)
   return name
 
 
