@@ -26,6 +26,7 @@ _INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "psutil>=5.9",
+    "scipy>=1.12",  # t and normal quantiles of the study's verdicts (also a dependency of jax)
 ]
 
 _EXTRAS = {
