@@ -115,12 +115,19 @@ def test_conclusion_3_needs_both_halves_and_uses_the_multitask_model():
 
 
 def test_conclusion_5_equivalence_and_difference_between_methods():
-  same = verdicts.analyze(_rows(6, n_examples=200), dataclasses.replace(FAST, margin=0.06)).conclusions[4]
-  assert same.verdict == verdicts.EQUIVALENT and same.evidence[0].hi < 0.06
+  same = verdicts.analyze(_rows(6, n_examples=200, methods=("average", "ties", "dare_ties")),
+                          dataclasses.replace(FAST, margin=0.06)).conclusions[4]
+  assert same.verdict == verdicts.EQUIVALENT
+  assert -0.06 < same.evidence[0].lo and same.evidence[0].hi < 0.06
+  pairs = [e for e in same.breakdown if e.label.endswith("at s")]
+  assert len(pairs) == 3 and all(-0.06 < e.lo and e.hi < 0.06 for e in pairs)
+  # The deciding pair is the one whose interval reaches furthest from 0.
+  assert max(max(-e.lo, e.hi) for e in pairs) == max(-same.evidence[0].lo, same.evidence[0].hi)
   apart = verdicts.analyze(_rows(6, n_examples=200, method_effect={"ties": 0.2}), FAST).conclusions[4]
   assert apart.verdict == verdicts.CONTRADICTED
-  worst = apart.evidence[1]
-  assert worst.label.startswith("average - ties") and worst.hi < 0  # its interval excludes 0
+  worst = apart.evidence[0]
+  assert worst.label == "average - ties at s" and worst.hi < 0  # its interval excludes 0
+  assert "at xs for comparison: contradicted" in apart.note
 
 
 def test_chance_level_experts_are_flagged_and_left_out_of_held_in():

@@ -414,6 +414,28 @@ class _Context:
     verdict, note = _combine(pooled, per_kind, "kind")
     return Conclusion(4, claim, verdict, (pooled,), tuple(per_kind), note)
 
+  def _methods_at(self, size: str) -> tuple[str, Estimate, list[Estimate], list[Estimate]]:
+    """(verdict, the deciding pair, every pair's estimate, the pairs that differ) of the equivalence
+    of methods at ``size``: EQUIVALENT when every pairwise difference's interval lies inside the margin
+    (an intersection-union test: no multiplicity correction), CONTRADICTED when a pair's interval at
+    the Bonferroni-corrected level excludes 0 with a difference of at least ``min_effect``."""
+    pairs = list(itertools.combinations(self.methods, 2))
+
+    def pair_diff(a, b):
+      return lambda g: _mean([g(k, size, n, a, "heldin") - g(k, size, n, b, "heldin") for k in self.kinds
+                              for n in self.ns])
+    level = 1 - (1 - self.s.confidence) / len(pairs)
+    each = [self._est(f"{a} - {b} at {size}", pair_diff(a, b)) for a, b in pairs]
+    wide = [self._est(f"{a} - {b} at {size}", pair_diff(a, b), confidence=level) for a, b in pairs]
+    differ = [w for w in wide if w.verdict in (SUPPORTED, CONTRADICTED)]
+    if differ:
+      worst = max(differ, key=lambda e: abs(e.value))
+      return CONTRADICTED, dataclasses.replace(worst, verdict=CONTRADICTED), each, differ
+    binding = max(each, key=lambda e: max(abs(e.lo), abs(e.hi)) if not math.isnan(e.lo) else math.inf)
+    inside = all(-self.s.margin < e.lo and e.hi < self.s.margin for e in each)
+    verdict = EQUIVALENT if inside else INCONCLUSIVE
+    return verdict, dataclasses.replace(binding, verdict=verdict), each, differ
+
   def c5(self) -> Conclusion:
     claim = "5. Different merging methods behave very similarly at larger scales."
     if len(self.methods) < 2:
@@ -421,37 +443,20 @@ class _Context:
     large = self.sizes[-1]
     if not self._complete(self.kinds, (large,), self.ns, self.methods):
       return Conclusion(5, claim, NOT_TESTABLE, (), note="needs every method at the largest size")
-    pairs = list(itertools.combinations(self.methods, 2))
-
-    def pair_diff(size, a, b):
-      return lambda g: _mean([g(k, size, n, a, "heldin") - g(k, size, n, b, "heldin") for k in self.kinds
-                              for n in self.ns])
-
-    def spread(size):
-      return lambda g: np.max(np.abs(np.stack([pair_diff(size, a, b)(g) for a, b in pairs])), axis=0)
-    top = self._est(f"largest method difference at {large}", spread(large), judge=False, signed=False)
-    bonferroni = 1 - (1 - self.s.confidence) / len(pairs)
-    differing = []
-    for a, b in pairs:
-      e = self._est(f"{a} - {b} at {large}", pair_diff(large, a, b), confidence=bonferroni)
-      if e.verdict in (SUPPORTED, CONTRADICTED):  # an interval that excludes 0, a difference of at least delta
-        differing.append(e)
-    if differing:
-      verdict = CONTRADICTED
-      worst = max(differing, key=lambda e: abs(e.value))
-      evidence = (top, dataclasses.replace(worst, verdict=CONTRADICTED))
-      note = f"{len(differing)} of {len(pairs)} method pairs differ ({bonferroni:.1%} intervals, Bonferroni)"
+    verdict, deciding, each, differ = self._methods_at(large)
+    n_pairs = len(each)
+    if verdict == CONTRADICTED:
+      note = (f"{len(differ)} of {n_pairs} method pairs differ at {large} "
+              f"({1 - (1 - self.s.confidence) / n_pairs:.1%} intervals, Bonferroni over the pairs)")
     else:
-      verdict = EQUIVALENT if top.hi < self.s.margin else INCONCLUSIVE
-      evidence, note = (top,), f"margin {self.s.margin:g}"
-    top = dataclasses.replace(top, verdict=verdict if verdict != CONTRADICTED else None)
-    evidence = (top,) + evidence[1:]
-    breakdown = []
+      note = (f"the widest of {n_pairs} pairwise intervals at {large} is shown; EQUIVALENT needs all of them "
+              f"inside +-{self.s.margin:g}")
+    breakdown = list(each)
     if len(self.sizes) > 1 and self._complete(self.kinds, (self.sizes[0],), self.ns, self.methods):
-      small = self.sizes[0]
-      breakdown.append(self._est(f"largest method difference at {small}", spread(small), judge=False, signed=False))
-      breakdown.append(self._est(f"{small} - {large}", lambda g: spread(small)(g) - spread(large)(g)))
-    return Conclusion(5, claim, verdict, evidence, tuple(breakdown), note)
+      small_verdict, small_deciding, _, _ = self._methods_at(self.sizes[0])
+      breakdown.append(dataclasses.replace(small_deciding, verdict=small_verdict))
+      note += f"; at {self.sizes[0]} for comparison: {small_verdict.lower()}"
+    return Conclusion(5, claim, verdict, (deciding,), tuple(breakdown), note)
 
 
 def load_rows(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -484,3 +489,60 @@ def conclusion_line(c: Conclusion) -> str:
     line += ". Breakdown: " + ", ".join(e.text() + (f" ({e.verdict.lower()})" if e.verdict else "")
                                         for e in c.breakdown)
   return line + (f". {c.note[0].upper()}{c.note[1:]}." if c.note else ".")
+
+
+def rule_text(settings: Settings) -> str:
+  """One paragraph stating the verdict rule with this analysis's parameters."""
+  pct = f"{settings.confidence:.0%}"
+  return (f"Each verdict rests on a paired contrast with a {pct} bootstrap interval `[lo, hi]` "
+          f"({settings.n_boot} replicates, seed {settings.seed}): **SUPPORTED** when the interval lies above 0 "
+          f"and the estimate is at least {settings.min_effect:g} (the minimum effect), **CONTRADICTED** when "
+          f"it lies below 0 and the estimate is at most -{settings.min_effect:g}, **EQUIVALENT** when it lies "
+          f"inside (-{settings.margin:g}, {settings.margin:g}) (the equivalence margin: no effect that large "
+          "either way), **INCONCLUSIVE** otherwise, and INCONCLUSIVE as well when the breakdown by size, N or "
+          "kind holds verdicts of both signs. Cells average their seeds first; every N, size, kind and "
+          "method then weighs the same.")
+
+
+def expert_lines(analysis: Analysis) -> list[str]:
+  """Markdown lines on the expert check: which experts were flagged and left out, with the count."""
+  s = analysis.settings
+  if not analysis.experts_checked:
+    return ["Experts were not checked against their base and chance: the rows hold no validation counts "
+            "or chance levels."]
+  if not analysis.flagged:
+    return [f"All {analysis.experts_checked} experts are at least {s.z_expert:g} standard errors above their "
+            "base and chance on validation."]
+  lines = [f"**{len(analysis.flagged)} of {analysis.experts_checked} experts are not clearly above their base "
+           f"and chance** ({s.z_expert:g} standard errors on validation), so held-in normalization leaves "
+           "their categories out everywhere in their world: "
+           + "; ".join(", ".join(cats) + (f" (world {w})" if w else "") for w, cats in sorted(analysis.excluded.items()))
+           + ".", "", "| base | size | category | expert | base | chance | z vs chance | z vs base |",
+           "|---|---|---|---|---|---|---|---|"]
+  for f in analysis.flagged:
+    c = f.check
+    lines.append(f"| {f.kind} | {f.size} | {f.category} | {c.expert:.1f} | "
+                 f"{'-' if math.isnan(c.base) else f'{c.base:.1f}'} | {c.chance:.1f} | {c.z_chance:.1f} | "
+                 f"{'-' if math.isinf(c.z_base) else f'{c.z_base:.1f}'} |")
+  return lines
+
+
+def cell_text(e: Estimate | None) -> str:
+  """A table cell: "0.757 [0.720, 0.790]" ("-" when missing)."""
+  if e is None or math.isnan(e.value):
+    return "-"
+  if math.isnan(e.lo):
+    return f"{e.value:.3f}"
+  return f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+
+
+def table_rows(analysis: Analysis, metric: str) -> list[dict[str, Any]]:
+  """One row per (kind, size, N): base, size, N, then each method's and the multitask model's
+  estimate ("heldin" or "heldout"), as :class:`Estimate` or None."""
+  rows = []
+  for kind, size, n in itertools.product(analysis.kinds, analysis.sizes, analysis.ns):
+    row: dict[str, Any] = {"base": kind, "size": size, "N": n}
+    for m in analysis.methods + ("multitask",):
+      row[m] = analysis.cells.get((kind, size, n, m), {}).get(metric)
+    rows.append(row)
+  return rows
