@@ -451,7 +451,7 @@ class _Context:
     else:
       note = (f"the widest of {n_pairs} pairwise intervals at {large} is shown; EQUIVALENT needs all of them "
               f"inside +-{self.s.margin:g}")
-    breakdown = list(each)
+    breakdown = [dataclasses.replace(e, verdict=None) for e in each]  # a difference, not a directional claim
     if len(self.sizes) > 1 and self._complete(self.kinds, (self.sizes[0],), self.ns, self.methods):
       small_verdict, small_deciding, _, _ = self._methods_at(self.sizes[0])
       breakdown.append(dataclasses.replace(small_deciding, verdict=small_verdict))
