@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -52,6 +53,7 @@ class Observation:
   score: float
   correct: np.ndarray | None = None  # per-example correctness (0/1), in the split's example order
   count: tuple[int, int] | None = None  # (correct, total)
+  scale: float = 100.0  # score = scale * correct / total (1: fractions, 100: percentages)
 
   @property
   def level(self) -> str:
@@ -78,20 +80,21 @@ def observations(row: Mapping[str, Any], scores_key: str, split: str) -> dict[st
     k = tuple(int(v) for v in counts[t]) if t in counts else None
     if c is not None:
       k = (int(c.sum()), int(c.size))
-    if k is not None:
-      _check_scale(row, t, float(s), k)
-    out[t] = Observation(float(s), c, k)
+    scale = _scale(row, t, float(s), k) if k is not None else 100.0
+    out[t] = Observation(float(s), c, k, scale)
   return out
 
 
-def _check_scale(row: Mapping[str, Any], task: str, score: float, count: tuple[int, int]) -> None:
+def _scale(row: Mapping[str, Any], task: str, score: float, count: tuple[int, int]) -> float:
+  """100 if ``score`` is the count as a percentage, 1 if as a fraction (either, for 0 correct)."""
   k, n = count
   if n <= 0 or not 0 <= k <= n:
     raise ValueError(f"row {row.get('key', '?')}: task {task!r} has an impossible count {k}/{n}")
-  frac = k / n
-  if not any(math.isclose(score, scale * frac, rel_tol=1e-6, abs_tol=1e-9) for scale in (1.0, 100.0)):
-    raise ValueError(f"row {row.get('key', '?')}: task {task!r} scores {score:g}, which is not its count "
-                     f"{k}/{n} as a fraction or a percentage")
+  for scale in (100.0, 1.0):
+    if math.isclose(score, scale * k / n, rel_tol=1e-6, abs_tol=1e-9):
+      return scale
+  raise ValueError(f"row {row.get('key', '?')}: task {task!r} scores {score:g}, which is not its count "
+                   f"{k}/{n} as a fraction or a percentage")
 
 
 def _resampled(obs: Observation, level: str, draw: np.ndarray | None, rng: np.random.Generator, n_boot: int
@@ -101,11 +104,10 @@ def _resampled(obs: Observation, level: str, draw: np.ndarray | None, rng: np.ra
   if level == "scores":
     return out
   k, n = obs.count
-  scale = obs.score * n / k if k else 1.0
   if level == "examples":
-    out[1:] = scale * (draw @ obs.correct.astype(np.float64)) / n
+    out[1:] = obs.scale * (draw @ obs.correct.astype(np.float64)) / n
   else:
-    out[1:] = scale * rng.binomial(n, k / n, size=n_boot) / n
+    out[1:] = obs.scale * rng.binomial(n, k / n, size=n_boot) / n
   return out
 
 
@@ -115,7 +117,8 @@ def _resampled_mean(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray
   deviation from it scaled by sqrt(S / (S - 1)) (zero for S < 2)."""
   present = ~np.isnan(values)
   s = int(present[0].sum())
-  with np.errstate(invalid="ignore", divide="ignore"):
+  with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # a replicate without any value is NaN, as intended
     plain = np.nanmean(np.where(present, values, np.nan), axis=1)
     w = np.where(present, weights, 0.0)
     drawn = np.sum(w * np.where(present, values, 0.0), axis=1) / w.sum(axis=1)
@@ -218,12 +221,13 @@ def split_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict], dict[tupl
   return merges, refs
 
 
-def task_chance(refs: Mapping[tuple, Mapping[str, Any]], world: str) -> dict[str, float]:
-  """task -> chance level (score units), from the reference rows' ``task_chance`` of ``world``."""
+def task_chance(refs: Mapping[tuple, Mapping[str, Any]], world: str, field: str = "task_chance") -> dict[str, float]:
+  """task -> chance level (score units), from the reference rows of ``world`` (``field``:
+  "task_chance" for the test split, "validation_chance" for validation)."""
   out: dict[str, float] = {}
   for key, row in refs.items():
     if key[0] == world:
-      out.update({t: float(v) for t, v in (row.get("task_chance") or {}).items()})
+      out.update({t: float(v) for t, v in (row.get(field) or {}).items()})
   return out
 
 

@@ -65,6 +65,8 @@ from mergejax.study import bootstrap
 SUPPORTED, CONTRADICTED, EQUIVALENT, INCONCLUSIVE = "SUPPORTED", "CONTRADICTED", "EQUIVALENT", "INCONCLUSIVE"
 NOT_TESTABLE = "NOT TESTABLE"
 IT, PT = "instruction_tuned", "pretrained"
+NO_ESTIMATE = ("no estimate: the cells it compares have no scores (e.g. every merged category left out of held-in "
+               "normalization, see Experts)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +172,13 @@ class Analysis:
   ns: tuple[int, ...]
   methods: tuple[str, ...]
   levels: tuple[str, ...]
+  param_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+  replicates: bootstrap.Replicates | None = dataclasses.field(default=None, compare=False, repr=False)
+
+  def estimate(self, label: str, fn, signed: bool = False) -> Estimate:
+    """Any statistic of the cells (``fn(get)``, ``get(kind, size, n, method, metric)``, see
+    :meth:`bootstrap.Replicates.statistic`) with its interval, e.g. a pooled curve for a plot."""
+    return _estimate(label, self.replicates, fn, self.settings, judge=False, signed=signed)
 
 
 def decide(value: float, lo: float, hi: float, settings: Settings) -> str:
@@ -210,6 +219,8 @@ def _combine(pooled: Estimate, parts: Sequence[Estimate], what: str) -> tuple[st
   pos = [p.label for p in parts if p.verdict == SUPPORTED]
   neg = [p.label for p in parts if p.verdict == CONTRADICTED]
   v = pooled.verdict
+  if v == NOT_TESTABLE:
+    return v, NO_ESTIMATE
   mixed = (pos and neg) or (v == SUPPORTED and neg) or (v == CONTRADICTED and pos) or (v == EQUIVALENT and (pos or neg))
   if not mixed:
     return v, ""
@@ -222,15 +233,15 @@ def _mean(arrays: Sequence[np.ndarray]) -> np.ndarray:
   return np.mean(np.stack(arrays), axis=0)
 
 
-def _order_sizes(sizes: Sequence[str], merges: Sequence[Mapping], refs: Mapping, param_counts) -> tuple[list, str]:
+def _order_sizes(sizes: Sequence[str], refs: Mapping, param_counts) -> tuple[list, str, dict[str, int]]:
   counts = dict(param_counts or {})
   for key, row in refs.items():
     if key[3] == "base" and row.get("params") and key[2] not in counts:
       counts[key[2]] = int(row["params"])
   if all(s in counts for s in sizes):
     ordered = sorted(sizes, key=lambda s: counts[s])
-    return ordered, "sizes by parameter count: " + ", ".join(f"{s} {counts[s]:,}" for s in ordered)
-  return list(sizes), "sizes in the order of the rows (no parameter counts stored)"
+    return ordered, "sizes by parameter count: " + ", ".join(f"{s} {counts[s]:,}" for s in ordered), counts
+  return list(sizes), "sizes in the order of the rows (no parameter counts stored)", counts
 
 
 def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float) -> tuple[int, list[FlaggedExpert]]:
@@ -242,36 +253,29 @@ def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float) -> tuple[int
       continue
     val = bootstrap.observations(row, "heldin_validation", "validation")
     counts = {t: o.count[1] for t, o in val.items() if o.count is not None}
-    chance = bootstrap.task_chance(refs, world)
+    chance = {**bootstrap.task_chance(refs, world), **bootstrap.task_chance(refs, world, "validation_chance")}
     tasks = sorted(t for t, c in (row.get("task_categories") or {}).items() if c == key[4] and t in val)
     if not tasks or any(t not in counts or t not in chance for t in tasks):
       continue
     base_row = refs.get((world, kind, size, "base"), {})
     base = base_row.get("heldin_validation")
     check = normalize.check_expert(row["heldin_validation"], base if base and all(t in base for t in tasks) else None,
-                                   chance, counts, tasks, z=z, scale=_scale(val, tasks))
+                                   chance, counts, tasks, z=z, scale=val[tasks[0]].scale)
     checked += 1
     if not check.clear:
       flagged.append(FlaggedExpert(world, kind, size, key[4], check))
   return checked, flagged
 
 
-def _scale(obs: Mapping[str, bootstrap.Observation], tasks: Sequence[str]) -> float:
-  for t in tasks:
-    k, n = obs[t].count
-    if k:
-      return 100.0 if obs[t].score > 1.0 + 1e-9 or math.isclose(obs[t].score, 100.0 * k / n) else 1.0
-  return 100.0
-
-
 def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None, *,
-            param_counts: Mapping[str, int] | None = None) -> Analysis:
+            param_counts: Mapping[str, int] | None = None, methods: Sequence[str] | None = None) -> Analysis:
   """Recomputes every verdict, table interval and expert flag from the study's stored rows.
 
   Args:
     rows: merge and reference rows (``ResultsStore.rows()``, :func:`load_rows`, or :func:`load_csv`).
     settings: the rule's parameters (:class:`Settings`).
     param_counts: size -> parameters, where the rows do not store them (orders the sizes).
+    methods: the order of the methods in tables (default: as found in the rows).
   """
   settings = settings or Settings()
   rows = list(rows)
@@ -286,9 +290,10 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
                             heldin_metric=settings.heldin_metric, excluded=excluded)
   kinds = tuple(k for k in (PT, IT) if any(r["kind"] == k for r in merges)) + tuple(
       dict.fromkeys(r["kind"] for r in merges if r["kind"] not in (PT, IT)))
-  sizes, size_note = _order_sizes(list(dict.fromkeys(r["size"] for r in merges)), merges, refs, param_counts)
+  sizes, size_note, counts = _order_sizes(list(dict.fromkeys(r["size"] for r in merges)), refs, param_counts)
   ns = tuple(sorted({int(r["n"]) for r in merges}))
-  methods = tuple(dict.fromkeys(r["method"] for r in merges))
+  found = list(dict.fromkeys(r["method"] for r in merges))
+  methods = tuple(m for m in (methods or ()) if m in found) + tuple(m for m in found if m not in (methods or ()))
   ctx = _Context(rep, settings, kinds, tuple(sizes), ns, methods)
   conclusions = (ctx.c1(), ctx.c2(), ctx.c3(), ctx.c4(), ctx.c5())
   table = {}
@@ -312,7 +317,7 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
       ("" if checked else " (rows hold no validation counts or chance levels)"),
   )
   return Analysis(settings, conclusions, table, checked, tuple(flagged), excluded, tuple(sizes), kinds, ns, methods,
-                  levels)
+                  levels, counts, rep)
 
 
 @dataclasses.dataclass
@@ -342,8 +347,10 @@ class _Context:
     per_size = [self._est(s, diff([s], self.ns)) for s in self.sizes]
     per_n = [self._est(f"N={n}", diff(self.sizes, [n])) for n in self.ns]
     verdict, note = _combine(pooled, per_size + per_n, "size or N")
-    agree = sum(self._est("", diff([s], [n]), judge=False).value > 0 for s in self.sizes for n in self.ns)
-    note = "; ".join(x for x in (note, f"IT ahead in {agree} of {len(self.sizes) * len(self.ns)} (size, N) cells") if x)
+    if verdict != NOT_TESTABLE:
+      agree = sum(self._est("", diff([s], [n]), judge=False).value > 0 for s in self.sizes for n in self.ns)
+      note = "; ".join(x for x in (note, f"IT ahead in {agree} of {len(self.sizes) * len(self.ns)} (size, N) cells")
+                       if x)
     return Conclusion(1, claim, verdict, (pooled,), tuple(per_size + per_n), note)
 
   def c2(self) -> Conclusion:
@@ -428,6 +435,8 @@ class _Context:
     each = [self._est(f"{a} - {b} at {size}", pair_diff(a, b)) for a, b in pairs]
     wide = [self._est(f"{a} - {b} at {size}", pair_diff(a, b), confidence=level) for a, b in pairs]
     differ = [w for w in wide if w.verdict in (SUPPORTED, CONTRADICTED)]
+    if any(e.verdict == NOT_TESTABLE for e in each):
+      return NOT_TESTABLE, dataclasses.replace(each[0], verdict=NOT_TESTABLE), each, differ
     if differ:
       worst = max(differ, key=lambda e: abs(e.value))
       return CONTRADICTED, dataclasses.replace(worst, verdict=CONTRADICTED), each, differ
@@ -445,6 +454,8 @@ class _Context:
       return Conclusion(5, claim, NOT_TESTABLE, (), note="needs every method at the largest size")
     verdict, deciding, each, differ = self._methods_at(large)
     n_pairs = len(each)
+    if verdict == NOT_TESTABLE:
+      return Conclusion(5, claim, NOT_TESTABLE, (), note=NO_ESTIMATE)
     if verdict == CONTRADICTED:
       note = (f"{len(differ)} of {n_pairs} method pairs differ at {large} "
               f"({1 - (1 - self.s.confidence) / n_pairs:.1%} intervals, Bonferroni over the pairs)")
