@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mergejax.cli import merge as merge_cli
+from mergejax.configs import merge as merge_config
 from mergejax.checkpoints import SafetensorsSource
 from test_checkpoints_fixtures import bits, random_tree, write_hf, write_orbax, write_world
 
@@ -45,7 +46,7 @@ def test_merge_end_to_end_with_manifest_progress_and_overwrite(world, tmp_path):
   assert r.returncode == 0, r.stderr
   assert "merge:" in r.stderr and "leaves" in r.stderr  # tqdm bar with leaf counts and bytes
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["config.json", "generation_config.json", "mergejax_manifest.json", "model.safetensors",
+  assert names == ["README.md", "config.json", "generation_config.json", "mergejax_manifest.json", "model.safetensors",
                    "tokenizer_config.json"]
   man = json.loads((out / "mergejax_manifest.json").read_text())
   assert man["method"] == "ties" and man["hparams"]["density"] == 0.3 and man["seed"] == 4
@@ -119,12 +120,7 @@ def test_bad_input_exits_nonzero_with_one_line(world, tmp_path, case):
 
 
 def _cfg(**kw):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("merge_config", CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
+  cfg = merge_config.get_config()
   cfg.progress = False
   for k, v in kw.items():
     node = cfg
@@ -148,9 +144,9 @@ def _bad_world(tmp_path, case):
   if case == "shape":
     e["lm_head.weight"] = e["lm_head.weight"][:32]
     return b, write_hf(tmp_path / "e", e), "e: leaf 'lm_head.weight' has shape (32, 16)"
-  if case == "dtype":
-    e["lm_head.weight"] = e["lm_head.weight"].astype(np.float32)
-    return b, write_hf(tmp_path / "e", e), "e: leaf 'lm_head.weight' has dtype float32"
+  if case == "dtype":  # float leaves of mixed dtypes merge (float32 math); integer ones must agree
+    e["model.rotary.inv_freq_count"] = e["model.rotary.inv_freq_count"].astype(np.int64)
+    return b, write_hf(tmp_path / "e", e), "e: leaf 'model.rotary.inv_freq_count' has dtype int64"
   if case == "truncated":
     p = write_hf(tmp_path / "e", e)
     f = p / "model.safetensors"
@@ -163,15 +159,20 @@ def _bad_world(tmp_path, case):
   if case == "unknown_format":
     p = tmp_path / "e"
     p.mkdir()
-    (p / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    (p / "model.gguf").write_bytes(b"\0" * 16)
     return b, p, "e: unknown checkpoint format"
+  if case == "not_torch":
+    p = tmp_path / "e"
+    p.mkdir()
+    (p / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    return b, p, "pytorch_model.bin: not a torch checkpoint (not a zip archive)"
   if case == "inside_input":
     return b, write_hf(tmp_path / "e", e), "is inside input"
   raise ValueError(case)
 
 
 @pytest.mark.parametrize("case", ["missing_leaf", "extra_leaf", "shape", "dtype", "truncated", "corrupt_index",
-                                  "unknown_format", "inside_input"])
+                                  "unknown_format", "not_torch", "inside_input"])
 def test_bad_inputs_named_and_nothing_written(tmp_path, case):
   b, e, msg = _bad_world(tmp_path, case)
   out = (b / "merged") if case == "inside_input" else tmp_path / "out"
@@ -187,8 +188,11 @@ def test_bad_config_values(world, tmp_path):
   base, experts, _ = world
   for kw, msg in [({"dtype": "int8"}, "must be a floating dtype"), ({"memory_budget_gb": -1.0}, "must be > 0"),
                   ({"method__name": "nope"}, "unknown merge method 'nope'"),
-                  ({"method__name": "average", "method__density": 0.5}, "unknown hyperparameter 'density'"),
-                  ({"method__weights": "1,2,3"}, "weights has 3 entries but there are 2 experts")]:
+                  ({"method__name": "average", "method__density": 0.5},
+                   "unknown hyperparameter 'density' for merge method 'average' \\(allowed: weights\\)"),
+                  ({"method__densty": 0.5}, "unknown hyperparameter 'densty' for merge method 'ties': did you mean 'density'"),
+                  ({"memory_budet_gb": 1.0}, "unknown config field 'memory_budet_gb': did you mean 'memory_budget_gb'"),
+                  ({"method__weights": (1, 2, 3)}, "weights has 3 entries but there are 2 experts")]:
     with pytest.raises(ValueError, match=msg):
       merge_cli.merge_checkpoints(str(base), [str(x) for x in experts], str(tmp_path / "o"), _cfg(**kw))
   assert list(tmp_path.iterdir()) == []

@@ -6,8 +6,10 @@ import functools
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 
-from mergejax.methods.base import Array, LeafContext, MergeMethod, check_weights, f32
+from mergejax.methods import steps
+from mergejax.methods.base import Array, LeafContext, MergeMethod, Traits, expert_weights, f32, method_factory
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype",))
@@ -15,9 +17,18 @@ def average_kernel(base: Array | None, experts: tuple[Array, ...], ctx: LeafCont
                    out_dtype: Any) -> Array:
   del base, stats
   w = ctx.weights
-  return (sum(w[t] * f32(e) for t, e in enumerate(experts)) / sum(w[t] for t in range(len(experts)))).astype(out_dtype)
+  # acc = w_0 x_0, then acc = fma(w_t, x_t, acc) in order: torch's addcmul chain (mergekit's linear). The
+  # first product is rounded alone so that XLA fuses each later one into the running sum, never the first.
+  num = steps.rounded(w[0] * f32(experts[0]), f32(experts[0]))
+  for t in range(1, len(experts)):
+    num = num + w[t] * f32(experts[t])
+  # A true division by the weights' sum (steps.rounded keeps XLA from multiplying by its reciprocal), as
+  # mergekit's linear and the official code.
+  den = steps.rounded(jnp.broadcast_to(sum(w[t] for t in range(len(experts))), num.shape), num)
+  return (num / den).astype(out_dtype)
 
 
+@method_factory(formula="sum_t w_t theta_t / sum_t w_t (the base is not used)", weights=expert_weights())
 def average(weights: Sequence[float] | None = None) -> MergeMethod:
   r"""The (weighted) mean of the experts; the base is not part of it.
 
@@ -29,6 +40,6 @@ def average(weights: Sequence[float] | None = None) -> MergeMethod:
   Args:
     weights: per-expert weights (>= 0, not all zero); None for equal weights.
   """
-  w = check_weights(weights)
-  return MergeMethod(name="average", hparams={"weights": w}, uses_base=False, kernel=average_kernel,
-                     weights=w, reference="Wortsman et al., ICML 2022, arXiv 2203.05482")
+  traits = Traits(uses_base=False, elementwise=True, propagates_nonfinite=True)
+  return MergeMethod(name="average", hparams={"weights": weights}, traits=traits, kernel=average_kernel,
+                     weights=weights, reference="Wortsman et al., ICML 2022, arXiv 2203.05482")
