@@ -13,7 +13,7 @@ import seqio
 import tensorflow as tf
 
 from mergejax import evaluation
-from mergejax.evaluation import adapter as adapter_lib
+from mergejax.models import adapter as adapter_lib
 from mergejax.evaluation import inference as inference_lib
 from mergejax.models import Decoder, ModelConfig
 from mergejax.tasks import metrics as task_metrics

@@ -137,7 +137,7 @@ def test_mergejax_eval_on_hf_and_merged_checkpoints(hf_dir, tmp_path):
   eval_config = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(eval_config)
   cfg = eval_config.get_config()
-  cfg.mixtures = "heldout_nli"
+  cfg.mixtures = ("heldout_nli",)
   cfg.batch_size = 8
   st = _merge(hf_dir, [str(expert)], tmp_path / "merged_st", "safetensors")
   ob = _merge(hf_dir, [str(expert)], tmp_path / "merged_orbax", "orbax")

@@ -158,13 +158,18 @@ def test_builtin_decoder_is_a_family_with_identical_numbers(tmp_path):
   """A built-in decoder checkpoint loads through from_pretrained and gives exactly the Decoder's logits,
   unpacked and packed (with the suite's vocabulary and its BOS 0)."""
   import flax.linen as nn
-  from mergejax.evaluation import adapter as adapter_lib
+  from mergejax.models import adapter as adapter_lib
   mc = models.get_config("xs", vocab_size=1024)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 1024, (2, 12)), jnp.int32)
   params = nn.unbox(models.Decoder(mc).init(jax.random.key(3), tokens)["params"])
-  path = models.save_checkpoint(tmp_path / "xs", mc, params)
-  lm = models.from_pretrained(path)
+  from mergejax.tasks import vocab as suite_vocab
+  path = models.save_checkpoint(tmp_path / "xs", mc, params, tokenizer_model=suite_vocab.DEFAULT_MODEL)
+  lm = models.from_pretrained(path)  # the checkpoint carries its tokenizer.model
   assert lm.family == "builtin" and lm.vocabulary.vocab_size == 1024 and lm.start_id == 0
+  bare = models.save_checkpoint(tmp_path / "bare", mc, params)  # no tokenizer: refused unless one is given
+  with pytest.raises(ValueError, match="no tokenizer.model"):
+    models.from_pretrained(bare)
+  assert models.from_pretrained(bare, vocabulary=lm.vocabulary).vocabulary is lm.vocabulary
   ref = adapter_lib.builtin_adapter(mc)
   np.testing.assert_array_equal(np.asarray(jax.jit(lm.adapter.apply)(lm.params, tokens)),
                                 np.asarray(jax.jit(ref.apply)(params, tokens)))

@@ -41,7 +41,7 @@ def evaluate_checkpoint(checkpoint: str, cfg: config_dict.ConfigDict) -> tuple[d
   import dataclasses  # pylint: disable=g-import-not-at-top
   from mergejax import evaluation, models  # pylint: disable=g-import-not-at-top
   from mergejax.evaluation import suites  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import per_vocabulary  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import per_vocabulary, vocab as suite_vocab  # pylint: disable=g-import-not-at-top
 
   mixtures = [cfg.mixtures] if isinstance(cfg.mixtures, str) else list(cfg.mixtures)
   if not mixtures or not all(isinstance(m, str) and m for m in mixtures):
@@ -52,7 +52,8 @@ def evaluate_checkpoint(checkpoint: str, cfg: config_dict.ConfigDict) -> tuple[d
       raise ValueError("set both config.inputs_length and config.targets_length, or neither")
     seq_len = {"inputs": int(cfg.inputs_length), "targets": int(cfg.targets_length)}
   mesh = evaluation.default_mesh()
-  lm = models.from_pretrained(checkpoint, mesh=mesh)
+  # A built-in decoder checkpoint without its own tokenizer.model is taken to use the synthetic suite's.
+  lm = models.from_pretrained(checkpoint, mesh=mesh, vocabulary=suite_vocab.get_vocabulary())
   if lm.vocabulary is None:
     raise ValueError(f"{checkpoint}: no tokenizer (tokenizer.json or tokenizer.model) to tokenize the suites with")
   resolved = [per_vocabulary.with_vocabulary(suites.resolve(m, tfds_data_dir=cfg.tfds_data_dir), lm.vocabulary)

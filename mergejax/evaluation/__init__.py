@@ -8,7 +8,7 @@ aggregation, and the paper's normalization.
 """
 
 from mergejax.evaluation import normalize, suites
-from mergejax.evaluation.adapter import ModelAdapter, builtin_adapter, from_flax_lm, from_nnx_lm
+from mergejax.models.adapter import ModelAdapter, builtin_adapter, from_flax_lm, from_nnx_lm
 from mergejax.evaluation.aggregate import EvalResults, aggregate, format_table
 from mergejax.evaluation.evaluator import Evaluator, evaluate, evaluate_many
 from mergejax.evaluation.inference import Inference, default_mesh, greedy_decode, token_scores

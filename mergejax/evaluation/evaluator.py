@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding
 from mergejax import sharding
 from mergejax.evaluation import normalize
 from mergejax.evaluation import packed as packed_lib
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 from mergejax.evaluation.aggregate import EvalResults, aggregate
 from mergejax.evaluation.inference import Inference, to_host
 from mergejax.evaluation.leak_guard import SplitGuard

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 
 Params = Any
 
@@ -138,7 +138,7 @@ class Inference:
   """Score and predict functions for seqio.Evaluator, for one model adapter on one mesh.
 
   Args:
-    adapter: the model (see :mod:`mergejax.evaluation.adapter`).
+    adapter: the model (see :mod:`mergejax.models.adapter`).
     mesh: devices to run on; batches are split along ``data_axes``. Default: all devices, 1-D.
     batch_size: global batch (rows per step); must be a multiple of the data-parallel size.
     data_axes: mesh axes that split the batch.

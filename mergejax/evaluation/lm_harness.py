@@ -70,8 +70,10 @@ class MergejaxLM(TemplateLM):
     super().__init__()
     del kwargs  # lm-eval passes device / max_batch_size, which do not apply
     from mergejax import models  # pylint: disable=g-import-not-at-top
+    from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+    # A built-in decoder checkpoint without its own tokenizer.model is taken to use the synthetic suite's.
     self.lm = pretrained if isinstance(pretrained, models.PretrainedLM) else models.from_pretrained(
-        pretrained, dtype=dtype or None)
+        pretrained, dtype=dtype or None, vocabulary=suite_vocab.get_vocabulary())
     self.tokenizer_ = self.lm.text_tokenizer()
     self.batch_size_ = 8 if str(batch_size).startswith("auto") else int(batch_size)
     self.pack_len = int(pack_len)

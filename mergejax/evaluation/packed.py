@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 from mergejax.evaluation.inference import round_up
 
 

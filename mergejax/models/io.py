@@ -20,6 +20,7 @@ from mergejax.models.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "train_info.json"
+TOKENIZER_FILE = "tokenizer.model"
 _ORBAX_MARKER = "_CHECKPOINT_METADATA"
 
 ORBAX_LOCK = threading.RLock()
@@ -36,8 +37,10 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
-                    info: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
-  """Atomically writes ``params`` and ``config`` (plus optional training ``info``) to ``path``.
+                    info: dict[str, Any] | None = None, overwrite: bool = False,
+                    tokenizer_model: str | os.PathLike | None = None) -> pathlib.Path:
+  """Atomically writes ``params`` and ``config`` (plus optional training ``info`` and the SentencePiece
+  model the checkpoint's token ids come from, as ``tokenizer.model``) to ``path``.
 
   All processes must call this (orbax writes each process's shards; process 0 the metadata).
   """
@@ -54,6 +57,8 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
       files.atomic_write_json(out.tmp / CONFIG_FILE, config.to_dict())
       if info is not None:
         files.atomic_write_json(out.tmp / INFO_FILE, info)
+      if tokenizer_model is not None:
+        files.atomic_write(out.tmp / TOKENIZER_FILE, pathlib.Path(tokenizer_model).read_bytes())
     return out.commit()
   except BaseException:
     out.abort()

@@ -27,17 +27,19 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from mergejax.checkpoints.base import CheckpointError
 from mergejax.checkpoints.detect import is_orbax
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 from mergejax.models import families, llamalike, tokenizer as tok_lib
 from mergejax.models.llamalike import DecoderConfig
 
 Params = Any
-_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
-BUILTIN_CONFIG = "model_config.json"  # the built-in decoder's checkpoints (mergejax.models.save_checkpoint)  # buffers some older checkpoints store; recomputed here
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints store; recomputed here
+BUILTIN_CONFIG = "model_config.json"  # the built-in decoder's checkpoints (mergejax.models.save_checkpoint)
+BUILTIN_TOKENIZER = "tokenizer.model"  # its SentencePiece model (mergejax.models.io.TOKENIZER_FILE)
 
 
 @dataclasses.dataclass
@@ -80,8 +82,8 @@ class PretrainedLM:
   def text_tokenizer(self) -> tok_lib.TextTokenizer:
     """The tokenizer over the model's own ids (the suite's SentencePiece model for the built-in decoder)."""
     if self.config.layout == "builtin":
-      from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
-      return tok_lib.TextTokenizer(self.path, self.bos_id, sentencepiece_model=str(suite_vocab.DEFAULT_MODEL))
+      return tok_lib.TextTokenizer(self.path, self.bos_id,
+                                   sentencepiece_model=str(self.vocabulary.sentencepiece_model_file))
     return tok_lib.TextTokenizer(self.path, self.bos_id)
 
   @property
@@ -210,7 +212,7 @@ def _load_hf(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
                       token_offset=offset, bos_id=ids["bos"], eos_ids=ids["eos"], pad_id=ids["pad"], path=path)
 
 
-def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
+def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any, vocabulary: Any) -> PretrainedLM:
   from mergejax import models  # pylint: disable=g-import-not-at-top  (the package imports this module lazily)
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   try:
@@ -244,17 +246,21 @@ def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any) -> PretrainedLM:
     for k in parents:
       node = node.setdefault(k, {})
     node[leaf] = _cast(x, target)
-  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top  (imports tensorflow)
-  vocab = suite_vocab.get_vocabulary()
+  vocab = vocabulary
+  if (path / BUILTIN_TOKENIZER).is_file():
+    vocab = seqio.SentencePieceVocabulary(str(path / BUILTIN_TOKENIZER))
+  if vocab is None:
+    raise CheckpointError(f"{path}: no {BUILTIN_TOKENIZER} (a built-in decoder checkpoint saved without its "
+                          "tokenizer): pass the vocabulary it was trained with")
   if vocab.vocab_size > mc.vocab_size:
-    raise CheckpointError(f"{path / BUILTIN_CONFIG}: the suite's tokenizer has {vocab.vocab_size} tokens but "
+    raise CheckpointError(f"{path / BUILTIN_CONFIG}: the tokenizer has {vocab.vocab_size} tokens but "
                           f"the embedding table has {mc.vocab_size} rows")
   return PretrainedLM(config=cfg, params=params, adapter=family_adapter(cfg), vocabulary=vocab, token_offset=0,
                       bos_id=0, eos_ids=[int(vocab.eos_id)], pad_id=0, path=path)
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None
-                    ) -> PretrainedLM:
+def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
+                    vocabulary: Any = None) -> PretrainedLM:
   """Loads a model checkpoint directory (see the module docstring) onto ``mesh``.
 
   Args:
@@ -262,6 +268,8 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
     dtype: parameter and compute dtype (default: the checkpoint's).
     mesh: devices; each parameter is sharded by :func:`mergejax.models.families.partition_spec`. Default:
       the first local device.
+    vocabulary: a seqio vocabulary for a built-in decoder checkpoint that carries no ``tokenizer.model``
+      of its own (checkpoints of the embedded world carry one); ignored where the checkpoint has a tokenizer.
 
   Raises:
     CheckpointError (a ValueError) with one line naming the file and field or tensor, for a directory
@@ -274,7 +282,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
   if (p / "config.json").is_file():
     return _load_hf(p, dtype, mesh)
   if (p / BUILTIN_CONFIG).is_file():
-    return _load_builtin(p, dtype, mesh)
+    return _load_builtin(p, dtype, mesh, vocabulary)
   raise CheckpointError(f"{p}: no config.json (Hugging Face checkpoint) or {BUILTIN_CONFIG} (mergejax built-in "
                         "decoder checkpoint)")
 
@@ -288,7 +296,8 @@ def save_pretrained(lm: PretrainedLM, output: str | os.PathLike, *, output_forma
   params = lm.params if params is None else params
   if lm.config.layout == "builtin":
     from mergejax import models  # pylint: disable=g-import-not-at-top
-    return models.save_checkpoint(output, models.load_config(lm.path), params, overwrite=overwrite)
+    return models.save_checkpoint(output, models.load_config(lm.path), params, overwrite=overwrite,
+                                  tokenizer_model=lm.vocabulary.sentencepiece_model_file)
   if output_format == "safetensors":
     from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
     sink = SafetensorsSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, shard_bytes=shard_bytes)

@@ -28,8 +28,8 @@ from mergejax import models
 from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
-from mergejax.evaluation.adapter import builtin_adapter
 from mergejax.evaluation.aggregate import EvalResults
+from mergejax.models.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.evaluator import Evaluator
 from mergejax.evaluation.leak_guard import SELECTION_SPLIT, SplitGuard

@@ -15,6 +15,8 @@ import threading
 
 import seqio
 
+from mergejax.tasks import categories
+
 _LOCK = threading.Lock()
 
 
@@ -35,7 +37,6 @@ def with_vocabulary(mixture_or_task: str, vocabulary: seqio.Vocabulary | None) -
   name itself when the tasks already use that vocabulary or ``vocabulary`` is None."""
   if vocabulary is None:
     return mixture_or_task
-  from mergejax import evaluation  # pylint: disable=g-import-not-at-top  (evaluation imports the tasks)
   mt = seqio.get_mixture_or_task(mixture_or_task)
   tasks = list(mt.tasks) if isinstance(mt, seqio.Mixture) else [mt]
   if all(_same(f.vocabulary, vocabulary) for t in tasks for f in t.output_features.values()):
@@ -49,7 +50,7 @@ def with_vocabulary(mixture_or_task: str, vocabulary: seqio.Vocabulary | None) -
         feats = {k: seqio.Feature(vocabulary, add_eos=f.add_eos, required=f.required, dtype=f.dtype, rank=f.rank)
                  for k, f in t.output_features.items()}
         seqio.TaskRegistry.add_provider(name, t.replace(name=name, output_features=feats))
-        evaluation.register_category(name, evaluation.task_category(t.name))
+        categories.register_category(name, categories.task_category(t.name))
       names.append(name)
     if not isinstance(mt, seqio.Mixture):
       return names[0]

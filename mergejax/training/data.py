@@ -46,6 +46,13 @@ def vocab_size(mixture: str) -> int:
   return int(provider.output_features["targets"].vocabulary.vocab_size)
 
 
+def sentencepiece_file(mixture: str) -> str | None:
+  """The SentencePiece model file of ``mixture``'s targets vocabulary (None for other vocabularies)."""
+  import seqio  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  vocab = seqio.get_mixture_or_task(mixture).output_features["targets"].vocabulary
+  return getattr(vocab, "sentencepiece_model_file", None)
+
+
 def padded_vocab_size(n: int, multiple: int = 128) -> int:
   """Rounds a vocabulary size up to a multiple of 128 (friendlier matmul shapes)."""
   return -(-n // multiple) * multiple
