@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import threading
 from typing import Any, Callable, Mapping
 
 import seqio
@@ -56,6 +55,7 @@ from mergejax.tasks import categories
 from mergejax.tasks import metrics
 from mergejax.tasks import per_vocabulary
 from mergejax.tasks import preprocessors
+from mergejax.tasks import registry
 from mergejax.tasks import t0_prompts
 from mergejax.tasks import t0_templates
 from mergejax.tasks import vocab
@@ -398,7 +398,6 @@ class Settings:
   story_cloze: bool = False
 
 
-_LOCK = threading.RLock()
 _SETTINGS: Settings | None = None
 
 
@@ -466,7 +465,7 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
                      f"({test_examples}) must be positive")
   settings = Settings(per_vocabulary.vocabulary_tag(vocabulary), int(validation_examples),
                       None if test_examples is None else int(test_examples), tfds_data_dir, bool(story_cloze))
-  with _LOCK:
+  with registry.LOCK:  # every remove-then-add on seqio's registries at once (see registry.LOCK)
     if _SETTINGS is not None and not overwrite:
       if settings != _SETTINGS:
         raise ValueError(f"the T0 tasks are registered with {_SETTINGS}; registering them with {settings} "
@@ -481,7 +480,7 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
 def ensure_registered(tfds_data_dir: str | None = None) -> Settings:
   """Registers the tasks with the default settings unless they are registered; a ``tfds_data_dir`` other
   than the registered one raises. Returns the settings in force."""
-  with _LOCK:
+  with registry.LOCK:  # every remove-then-add on seqio's registries at once (see registry.LOCK)
     if _SETTINGS is None:
       register(tfds_data_dir=tfds_data_dir)
     elif tfds_data_dir is not None and tfds_data_dir != _SETTINGS.tfds_data_dir:
@@ -506,32 +505,30 @@ def _register(vocabulary: seqio.Vocabulary, s: Settings) -> None:
                         tfds_data_dir=s.tfds_data_dir)
     render_d = functools.partial(render_preprocessor, name=d.name)
     if d.heldin:
-      seqio.TaskRegistry.add(d.task_name, source=source, output_features=feats, preprocessors=[render_d] + tokenize,
-                postprocess_fn=metrics.template_references_postprocessor,
-                metric_fns=[_metric(d, generation_metric[d.scoring])])
+      registry.add_task(d.task_name, source=source, output_features=feats, preprocessors=[render_d] + tokenize,
+                        postprocess_fn=metrics.template_references_postprocessor,
+                        metric_fns=[_metric(d, generation_metric[d.scoring])])
       categories.register_category(d.task_name, d.category)
     if d.scoring == RANK:
-      seqio.TaskRegistry.add(d.rank_task_name, source=source, output_features=feats,
-                preprocessors=[render_d, _with_label,
-                               functools.partial(preprocessors.rank_classification, keep=("template",))] + tokenize,
-                postprocess_fn=metrics.template_rank_postprocessor,
-                metric_fns=[_metric(d, metrics.template_rank_accuracy)])
+      registry.add_task(d.rank_task_name, source=source, output_features=feats,
+                        preprocessors=[render_d, _with_label,
+                                       functools.partial(preprocessors.rank_classification, keep=("template",))]
+                        + tokenize,
+                        postprocess_fn=metrics.template_rank_postprocessor,
+                        metric_fns=[_metric(d, metrics.template_rank_accuracy)])
       categories.register_category(d.rank_task_name, d.category)
-
-  def add_mixture(name, tasks):
-    seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
 
   heldin = heldin_datasets()
   heldout = heldout_datasets(story_cloze=s.story_cloze)
   for c in HELDIN_CATEGORIES:
-    add_mixture(f"{PREFIX}heldin_{c}", [d.task_name for d in heldin if d.category == c])
-    add_mixture(f"{PREFIX}heldin_{c}_eval", [d.eval_task_name for d in heldin if d.category == c])
-  add_mixture(f"{PREFIX}heldin", [d.task_name for d in heldin])
-  add_mixture(f"{PREFIX}heldin_eval", [d.eval_task_name for d in heldin])
+    registry.add_mixture(f"{PREFIX}heldin_{c}", [d.task_name for d in heldin if d.category == c])
+    registry.add_mixture(f"{PREFIX}heldin_{c}_eval", [d.eval_task_name for d in heldin if d.category == c])
+  registry.add_mixture(f"{PREFIX}heldin", [d.task_name for d in heldin])
+  registry.add_mixture(f"{PREFIX}heldin_eval", [d.eval_task_name for d in heldin])
   for c in HELDOUT_CATEGORIES:
-    add_mixture(f"{PREFIX}heldout_{c}_rank", [d.rank_task_name for d in heldout if d.category == c])
-  add_mixture(f"{PREFIX}heldout_rank", [d.rank_task_name for d in heldout])
-  add_mixture(f"{PREFIX}all_eval", [d.eval_task_name for d in heldin] + [d.rank_task_name for d in heldout])
+    registry.add_mixture(f"{PREFIX}heldout_{c}_rank", [d.rank_task_name for d in heldout if d.category == c])
+  registry.add_mixture(f"{PREFIX}heldout_rank", [d.rank_task_name for d in heldout])
+  registry.add_mixture(f"{PREFIX}all_eval", [d.eval_task_name for d in heldin] + [d.rank_task_name for d in heldout])
 
 
 def task_categories(*, story_cloze: bool = False) -> dict[str, str]:
