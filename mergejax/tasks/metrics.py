@@ -101,11 +101,21 @@ def rank_classification_postprocessor(output: Any, example: Mapping[str, Any] | 
   return output
 
 
+def _is_rank_target(t: Any) -> bool:
+  return (isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], tuple) and len(t[0]) == 2
+          and isinstance(t[1], (bool, np.bool_)))
+
+
+def _untemplated(targets: Sequence[Any]) -> list[Any]:
+  """:func:`template_rank_postprocessor`'s ``(template, idx, is_correct)`` targets as ``(idx, is_correct)``
+  (each (example, template) row is one example); other targets as they are."""
+  return [t[1:] if isinstance(t, tuple) and len(t) == 3 else t for t in targets]
+
+
 def is_rank_targets(targets: Sequence[Any]) -> bool:
   """Whether postprocessed targets are :func:`rank_classification_postprocessor`'s
-  ``((example_idx, choice_idx), is_correct)`` pairs."""
-  return bool(targets) and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], tuple) and len(t[0]) == 2
-                               and isinstance(t[1], (bool, np.bool_)) for t in targets[:1])
+  ``((example_idx, choice_idx), is_correct)`` pairs (or :func:`template_rank_postprocessor`'s triples)."""
+  return bool(targets) and all(_is_rank_target(t) for t in _untemplated(targets[:1]))
 
 
 def rank_outcomes(targets: Sequence[tuple[tuple[int, int], bool]], scores: Sequence[float]
@@ -113,9 +123,13 @@ def rank_outcomes(targets: Sequence[tuple[tuple[int, int], bool]], scores: Seque
   """Per example, in example-index order: (picked a correct choice, number of choices, number of
   correct choices). The highest-scoring choice is picked; ties go to the lowest choice index.
 
+  Targets of a task with several templates (:func:`template_rank_postprocessor`) count each (example,
+  template) row as one example.
+
   Raises:
     ValueError: an example has no correct choice.
   """
+  targets = _untemplated(targets)
   _check(targets, scores)
   best: dict[int, tuple[float, int, bool]] = {}
   choices: dict[int, int] = collections.defaultdict(int)

@@ -5,10 +5,11 @@ Merging at Scale?" does.
 Held-in: the paper's 8 categories, two datasets each, from T0's training mixtures (``datasets.csv`` of
 bigscience-workshop/t-zero; ``BASE`` = T0, ``GPT_EVAL`` = T0+, ``SGLUE`` = T0++), where TFDS has them.
 Held-out: T0's held-out evaluation datasets (StoryCloze only with ``story_cloze=True``: it needs a manual
-download). :data:`DATASETS` lists them with their TFDS names, versions and splits (docs/EVALUATION.md has
-the table). Every dataset is rendered with each of its promptsource original-task templates
-(:mod:`mergejax.tasks.t0_templates`); a task holds all of them, and its metric is computed per template and
-summarized as T0 reports it: the median over templates (the task's score) and the mean.
+download). :data:`DATASETS` lists them with their TFDS names, versions and splits (docs/TASKS.md has
+the table). Every dataset is rendered with each of its templates (:mod:`mergejax.tasks.t0_templates`:
+three or four per dataset, each following one of promptsource's original-task templates); a task holds
+all of them, and its metric is computed per template and summarized as T0 reports it: the median over
+templates (the task's score) and the mean.
 
 Tasks (``<d>`` a dataset name):
 
@@ -370,7 +371,7 @@ class TfdsSource(seqio.TfdsDataSource):
     except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
       raise ValueError(f"T0 dataset {d.name}: TFDS {d.tfds_name} is not prepared in the TFDS data dir "
                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); run `tfds build "
-                       f"{d.tfds_name.split(':')[0]}` and set TFDS_DATA_DIR (docs/EVALUATION.md)") from None
+                       f"{d.tfds_name.split(':')[0]}` and set TFDS_DATA_DIR (docs/TASKS.md)") from None
     if d.heldin and split == "train":
       return ds.filter(lambda ex: tf.logical_not(is_reserved(d, ex)))
     if d.heldin and split == "validation":

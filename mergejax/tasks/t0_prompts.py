@@ -3,8 +3,9 @@
 T0's prompts (bigscience ``promptsource``) are Jinja templates ``"<inputs> ||| <target>"`` with an optional
 ``answer_choices`` template ``"<choice> ||| <choice> ..."``. :class:`Template` holds one as data and
 :func:`compile_template` turns it into a function of a TFDS example that runs in a ``tf.data`` map. The
-language is the subset of Jinja those prompts use, with Jinja's semantics, so a template here renders
-exactly as promptsource's does (``tests/test_t0_prompts.py`` checks every template against Jinja):
+language is the subset of Jinja those prompts use, with Jinja's semantics, so a template renders exactly
+as promptsource's Jinja renderer would render it (``tests/test_t0_prompts.py`` checks every template
+against Jinja):
 
 * text, ``{{ expr }}``, ``{% if %}/{% elif %}/{% else %}/{% endif %}``, ``{% set name = expr %}`` and
   ``{% for x in expr %}`` / ``{% for a, b in zip(x, y) %}`` / ``{% for n in range(k) %}`` (one level;
@@ -45,13 +46,13 @@ class Template:
   """One prompt template, as data.
 
   Attributes:
-    name: promptsource's template name.
-    id: promptsource's template id (its key in ``templates.yaml``).
+    name: the name of the promptsource template this one follows.
+    id: that template's id (its key in promptsource's ``templates.yaml``).
     jinja: ``"<inputs> ||| <target>"`` in the language above.
     answer_choices: ``"<choice> ||| ..."`` (rank classification), or None (generation).
     references: for generation, an expression giving every acceptable answer (a list), e.g.
       ``"answers"``; None: the target alone.
-    note: how the template differs from promptsource's (field names of the TFDS copy of the data...).
+    note: how the task it poses differs from the followed template's (e.g. the TFDS copy of the data).
   """
 
   name: str
