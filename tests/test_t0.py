@@ -19,6 +19,7 @@ from mergejax import evaluation
 from mergejax.models import Decoder, ModelConfig
 from mergejax.tasks import metrics
 from mergejax.tasks import t0
+from mergejax.training import data as training_data
 
 BYTES = seqio.ByteVocabulary()
 
@@ -185,10 +186,41 @@ def test_template_metrics_are_the_median_and_mean_over_templates():
 
 def test_registration_is_thread_safe_and_refuses_silent_changes():
   t0.register(overwrite=True)
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    results = list(pool.map(lambda _: t0.register(), range(8)))
-  assert all(r == results[0] for r in results)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:  # re-registrations and no-ops at once
+    results = list(pool.map(lambda i: t0.register(overwrite=i % 2 == 0), range(8)))
+  assert all(r == t0.task_names() for r in results)
+  assert set(t0.task_names()) <= set(seqio.TaskRegistry.names())
+  assert set(t0.mixture_names()) <= set(seqio.MixtureRegistry.names())
   with pytest.raises(ValueError, match="overwrite=True"):
     t0.register(BYTES)
   with pytest.raises(ValueError, match="not .*elsewhere"):
     t0.ensure_registered("/elsewhere")
+
+
+def test_story_cloze_is_held_out_only_behind_its_flag():
+  t0.register(overwrite=True)
+  heldout = [t.name for t in seqio.get_mixture_or_task("t0_heldout_rank").tasks]
+  assert "t0_story_cloze_rank" not in heldout and "t0_copa_rank" in heldout
+  t0.register(story_cloze=True, overwrite=True)
+  try:
+    heldout = [t.name for t in seqio.get_mixture_or_task("t0_heldout_sentence_completion_rank").tasks]
+    assert "t0_story_cloze_rank" in heldout
+  finally:
+    t0.register(overwrite=True)
+  assert "t0_story_cloze_rank" not in seqio.TaskRegistry.names()
+
+
+def test_experts_train_on_the_held_in_mixture_of_their_category():
+  t0.register(overwrite=True)
+  with t0_fakes.mock_tfds():
+    it = training_data.batches("t0_heldin_sentiment", batch_size=4, feature_lengths={"inputs": 64, "targets": 8},
+                               seed=0)
+    batch = next(it)
+  vocab = t0.default_vocabulary()
+  weights = batch["decoder_loss_weights"]
+  assert weights.sum() > 0 and (batch["decoder_target_tokens"][weights == 0] != 0).any()  # prompt, then target
+  targets = {vocab.decode([int(x) for x in row[w > 0] if x != 1]) for row, w in
+             zip(batch["decoder_target_tokens"], weights)}
+  sentiment_words = {c.strip() for d in t0.heldin_datasets("sentiment") for t in d.templates
+                     for c in t.answer_choices.split("|||")}
+  assert all(any(word in tgt for word in sentiment_words) for tgt in targets), targets
