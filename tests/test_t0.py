@@ -16,8 +16,10 @@ import tensorflow_datasets as tfds
 
 import t0_fakes
 from mergejax import evaluation
+from mergejax import tasks
 from mergejax.models import Decoder, ModelConfig
 from mergejax.tasks import metrics
+from mergejax.tasks import per_vocabulary
 from mergejax.tasks import t0
 from mergejax.training import data as training_data
 
@@ -224,3 +226,16 @@ def test_experts_train_on_the_held_in_mixture_of_their_category():
   sentiment_words = {c.strip() for d in t0.heldin_datasets("sentiment") for t in d.templates
                      for c in t.answer_choices.split("|||")}
   assert all(any(word in tgt for word in sentiment_words) for tgt in targets), targets
+
+
+def test_a_checkpoints_own_vocabulary_gets_copies_of_the_t0_tasks():
+  t0.register(overwrite=True)
+  copy = per_vocabulary.with_vocabulary("t0_all_eval", BYTES)
+  originals = seqio.get_mixture_or_task("t0_all_eval").tasks
+  copies = seqio.get_mixture_or_task(copy).tasks
+  assert len(copies) == len(originals) and copy != "t0_all_eval"
+  for o, c in zip(originals, copies):
+    assert c.output_features["targets"].vocabulary is BYTES and c.metric_fns == o.metric_fns
+    assert tasks.task_category(c.name) == tasks.task_category(o.name)
+  t0.register(overwrite=True)  # re-registering drops the copies of the old tasks
+  assert copy not in seqio.MixtureRegistry.names()
