@@ -154,6 +154,8 @@ def test_validation_is_carved_from_train_examples_no_expert_trains_on():
     with tfds.testing.mock_data(as_dataset_fn=_many_reviews):
       train, val = _review_ids("t0_imdb", "train"), _review_ids("t0_imdb", "validation")
       rank_val = _review_ids("t0_imdb_rank", "validation")
+      ev = evaluation.Evaluator(evaluation.from_flax_lm(Bigram()), "t0_imdb_rank", "validation", batch_size=16)
+      res = ev.evaluate({"table": jnp.zeros((BYTES.vocab_size, BYTES.vocab_size))}, per_example=True)
       reserved = [i for i in range(300) if bool(t0.is_reserved(d, {"text": tf.constant(f"review {i} of a film."),
                                                                      "label": tf.constant(i % 2, tf.int64)}))]
   finally:
@@ -162,6 +164,9 @@ def test_validation_is_carved_from_train_examples_no_expert_trains_on():
   assert sorted(set(train) | set(reserved)) == list(range(300))  # every unreserved example is trained on
   assert set(val) <= set(reserved) and len(val) == min(10, len(reserved)) > 0
   assert rank_val == val  # the rank-classification variant evaluates the same examples
+  templates = len(d.templates)
+  assert res.tasks["t0_imdb_rank"]["templates"] == templates  # model selection reads them all
+  assert len(res.correct["t0_imdb_rank"]) == templates * len(val)
   # About reserve_bp / 10000 of train is reserved (the carve is a hash of the example, not of its position).
   assert abs(len(reserved) / 300 - d.reserve_bp / t0.HASH_BUCKETS) < 0.06
 
