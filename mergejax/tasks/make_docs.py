@@ -197,7 +197,9 @@ the metric's own name (`accuracy`, `rougeL`, `f1`: the task's score), the mean a
 template's value as `<metric>/<template name>`, and `templates` (how many had examples). Per-example
 correctness (`EvalResults.correct`) counts each (example, template) row as one example.
 
-Mixtures: `t0_heldin_<category>` and `t0_heldin` (expert and multitask training: the `t0_<d>` tasks),
+Mixtures: `t0_heldin_<category>` and `t0_heldin` (expert and multitask training: the `t0_<d>` tasks at
+equal rates, where T0 mixes in proportion to dataset size up to 500,000 examples; every template of an
+example is a training example),
 `t0_heldin_<category>_eval` and `t0_heldin_eval` (evaluation: `_rank` for choice datasets, generation
 otherwise), `t0_heldout_<category>_rank` and `t0_heldout_rank` (`--config.mixtures=t0`), `t0_all_eval`.
 
