@@ -92,7 +92,7 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
           "negative ||| positive"),
         T("Reviewer Enjoyment Yes No", "bd82ba0f-01d4-4fa1-bf8d-07e392c00cd9",
           "{{ text }} Was the person who wrote this happy with the movie? ||| " + _LABEL, "No ||| Yes"),
-        T("Sentiment with choices ", "5f372fb1-795a-47b6-8ddf-c4fd1579e76a",
+        T("Sentiment with choices", "5f372fb1-795a-47b6-8ddf-c4fd1579e76a",
           "{{ text }}\nWould you call this review positive or negative? ||| " + _LABEL, "negative ||| positive"),
     ),
     "yelp_polarity": (
