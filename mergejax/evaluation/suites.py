@@ -76,7 +76,7 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
   """The seqio mixture for a suite name (registering what it needs)."""
   name = name.strip()
   if name in ("t0", "t0_heldout"):
-    t0.register(tfds_data_dir=tfds_data_dir)
+    t0.ensure_registered(tfds_data_dir)
     return "t0_heldout_rank"
   if name in ("heldin", "heldout", "all") or name.startswith(("heldin_", "heldout_")):
     register_synthetic_suites()
@@ -85,5 +85,5 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
       raise ValueError(f"unknown evaluation suite {name!r} (no mixture {mixture})")
     return mixture
   if name.startswith("t0_"):
-    t0.register(tfds_data_dir=tfds_data_dir)
+    t0.ensure_registered(tfds_data_dir)
   return name
