@@ -7,6 +7,7 @@ Layout under a workdir::
     <workdir>/<size>/<kind>/experts/<category>           expert (one per held-in category, per kind)
     <workdir>/<size>/<kind>/multitask                    multitask (all held-in categories, per kind)
     <workdir>/world.json                                 what the last build did (timings, losses)
+    <workdir>/models.yaml                                the study's manifest of these checkpoints
 
 Each leaf directory is a model checkpoint (:mod:`mergejax.models.io`): it appears only once
 complete (written under a temporary name and renamed), so :func:`build_world` skips exactly the
@@ -23,6 +24,7 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+import yaml
 from tqdm.auto import tqdm
 
 from mergejax import files
@@ -35,6 +37,8 @@ from mergejax.training import trainer as trainer_lib
 KINDS = recipes.KINDS
 ROLES = ("base", "expert", "multitask")
 DEFAULT_SIZES = ("xs", "s")
+MANIFEST = "models.yaml"
+_MANIFEST_HEADER = "# mergejax world manifest: the checkpoints of this world (mergejax-study --config.models=...)\n"
 
 
 def checkpoint_path(workdir: str | os.PathLike, size: str, kind: str, role: str,
@@ -176,7 +180,36 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   summary["seconds"] = time.perf_counter() - t0
   if jax.process_index() == 0:
     files.atomic_write_json(workdir / "world.json", summary, sort_keys=False)
+    write_manifest(workdir, sizes, kinds=plan_kw.get("kinds", KINDS), categories=plan_kw.get("categories"),
+                   multitask=plan_kw.get("multitask", True))
   return summary
+
+
+def manifest(sizes: Sequence[str] = DEFAULT_SIZES, *, kinds: Sequence[str] = KINDS,
+             categories: Sequence[str] | None = None, multitask: bool = True) -> dict[str, Any]:
+  """The study's manifest of a world (``mergejax.study.manifest``): per kind and size the base, the
+  experts by category and the multitask model, as paths relative to the world's directory."""
+  categories = tuple(categories) if categories is not None else heldin_categories()
+  rel = lambda *a: str(checkpoint_path(".", *a))
+  out: dict[str, Any] = {}
+  for kind in kinds:
+    for size in sizes:
+      entry: dict[str, Any] = {"base": rel(size, kind, "base"),
+                               "experts": {c: rel(size, kind, "expert", c) for c in categories}}
+      if multitask:
+        entry["multitask"] = rel(size, kind, "multitask")
+      out.setdefault(kind, {})[size] = entry
+  return out
+
+
+def write_manifest(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, **manifest_kw) -> pathlib.Path:
+  """Writes ``<workdir>/models.yaml`` (:func:`manifest`), atomically; a models.yaml that mergejax did not
+  write is left alone (FileExistsError)."""
+  path = pathlib.Path(workdir) / MANIFEST
+  if path.exists() and not path.read_text().startswith(_MANIFEST_HEADER):
+    raise FileExistsError(f"{path}: exists and was not written by mergejax; move it away to build this world")
+  text = _MANIFEST_HEADER + yaml.safe_dump(manifest(sizes, **manifest_kw), sort_keys=False)
+  return files.atomic_write(path, text)
 
 
 def _row(spec: recipes.RunSpec) -> dict[str, Any]:
