@@ -159,6 +159,7 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   """
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  _check_manifest_ours(workdir / MANIFEST)  # refused before any training, not after
   runs = plan(workdir, sizes, **plan_kw)
   summary: dict[str, Any] = {"workdir": str(workdir), "sizes": list(sizes), "runs": [],
                              "train_flops": train_flops(runs)}
@@ -202,12 +203,16 @@ def manifest(sizes: Sequence[str] = DEFAULT_SIZES, *, kinds: Sequence[str] = KIN
   return out
 
 
+def _check_manifest_ours(path: pathlib.Path) -> None:
+  if path.exists() and not (path.is_file() and path.read_text().startswith(_MANIFEST_HEADER)):
+    raise FileExistsError(f"{path}: exists and was not written by mergejax; move it away to build this world")
+
+
 def write_manifest(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, **manifest_kw) -> pathlib.Path:
   """Writes ``<workdir>/models.yaml`` (:func:`manifest`), atomically; a models.yaml that mergejax did not
   write is left alone (FileExistsError)."""
   path = pathlib.Path(workdir) / MANIFEST
-  if path.exists() and not path.read_text().startswith(_MANIFEST_HEADER):
-    raise FileExistsError(f"{path}: exists and was not written by mergejax; move it away to build this world")
+  _check_manifest_ours(path)
   text = _MANIFEST_HEADER + yaml.safe_dump(manifest(sizes, **manifest_kw), sort_keys=False)
   return files.atomic_write(path, text)
 
