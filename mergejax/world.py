@@ -209,12 +209,16 @@ def _check_manifest_ours(path: pathlib.Path) -> None:
 
 
 def write_manifest(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, **manifest_kw) -> pathlib.Path:
-  """Writes ``<workdir>/models.yaml`` (:func:`manifest`), atomically; a models.yaml that mergejax did not
-  write is left alone (FileExistsError)."""
+  """Adds the models of :func:`manifest` to ``<workdir>/models.yaml``, atomically; a models.yaml that
+  mergejax did not write is left alone (FileExistsError)."""
   path = pathlib.Path(workdir) / MANIFEST
   _check_manifest_ours(path)
-  text = _MANIFEST_HEADER + yaml.safe_dump(manifest(sizes, **manifest_kw), sort_keys=False)
-  return files.atomic_write(path, text)
+  listed = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+  for kind, by_size in manifest(sizes, **manifest_kw).items():  # what earlier builds listed stays listed
+    for size, entry in by_size.items():
+      old = listed.setdefault(kind, {}).setdefault(size, {})
+      old.update({**entry, "experts": {**old.get("experts", {}), **entry["experts"]}})
+  return files.atomic_write(path, _MANIFEST_HEADER + yaml.safe_dump(listed, sort_keys=False))
 
 
 def _row(spec: recipes.RunSpec) -> dict[str, Any]:

@@ -5,6 +5,7 @@ that follow the checkpoints, and the dry run's plan."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -20,6 +21,7 @@ import yaml
 from mergejax import models, world
 from mergejax.study import manifest as manifest_lib
 from mergejax.study import runner
+from mergejax.tasks import vocab as suite_vocab
 
 import test_study
 
@@ -40,6 +42,7 @@ def write(path, manifest) -> str:
 
 
 def config(manifest_path, **over):
+  over = {"sizes": (), **over}  # every size label of the manifest
   cfg = test_study.study_config("unused", models=manifest_path, kinds=(KIND,), num_experts=(1, 2), subset_seeds=1,
                                 methods=("task_arithmetic",), **over)
   cfg.grids.task_arithmetic = dict(lam=(0.5, 1.0))
@@ -47,10 +50,11 @@ def config(manifest_path, **over):
 
 
 def random_checkpoint(path, like, **changes):
-  """A built-in checkpoint with ``like``'s config but ``changes``, random weights, ``like``'s tokenizer."""
+  """A built-in checkpoint with ``like``'s config but ``changes``, random weights, ``like``'s tokenizer (if any)."""
   cfg = models.load_config(like).replace(**changes)
   params = nn.unbox(models.Decoder(cfg).init(jax.random.key(1), jnp.zeros((1, 1), jnp.int32))["params"])
-  return models.save_checkpoint(path, cfg, params, tokenizer_model=pathlib.Path(like) / "tokenizer.model")
+  own = pathlib.Path(like) / "tokenizer.model"
+  return models.save_checkpoint(path, cfg, params, tokenizer_model=own if own.is_file() else None)
 
 
 def copy_with(src, dst, edit):
@@ -68,8 +72,8 @@ def test_bad_manifests_fail_at_start_up_with_one_line(study_world, tmp_path):
     (d / "model_config.json").write_text(json.dumps({**cfg, "rope_base": 500.0}))
 
   other_rope = copy_with(expert, tmp_path / "rope", rope)
-  other_vocab = copy_with(expert, tmp_path / "vocab", lambda d: (d / "tokenizer.model").write_bytes(
-      (d / "tokenizer.model").read_bytes() + b"\0"))
+  other_vocab = copy_with(expert, tmp_path / "vocab", lambda d: shutil.copy(suite_vocab.DEFAULT_MODEL,
+                                                                            d / "tokenizer.model"))
   narrow = str(random_checkpoint(tmp_path / "narrow", base, d_ff=32))
   cases = [
       ({KIND: {"xs": entry(study_world, topic=str(tmp_path / "nowhere"))}},
@@ -84,6 +88,7 @@ def test_bad_manifests_fail_at_start_up_with_one_line(study_world, tmp_path):
        rf"{KIND}/xs/experts/topic: {narrow}: parameter '.*' has shape \(.*\), the base's is \(.*\)"),
       ({KIND: {"xs": {**entry(study_world), "tokenizer": "x"}}}, r"unknown field 'tokenizer'"),
       ({KIND: {"x s": entry(study_world)}}, r"size label 'x s' must be letters"),
+      ({"pretraind": {"xs": entry(study_world)}}, r"unknown base kind 'pretraind'"),
   ]
   for i, (manifest, message) in enumerate(cases):
     path = write(tmp_path / f"m{i}.yaml", manifest)
@@ -102,8 +107,7 @@ def test_command_line_reports_a_bad_manifest_in_one_line_and_exits_2(study_world
   path = write(tmp_path / "models.yaml", {KIND: {"xs": entry(study_world, topic=str(tmp_path / "nowhere"))}})
   proc = subprocess.run([sys.executable, "-m", "mergejax.cli.study", f"--config={REPO / 'configs/study_tiny.py'}",
                          f"--workdir={tmp_path / 'run'}", f"--config.models={path}"],
-                        capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
-                                                             "PATH": "/usr/bin:/bin"}, timeout=300)
+                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
   assert proc.returncode == 2
   lines = [l for l in proc.stderr.splitlines() if l.startswith("mergejax-study")]
   assert lines == [f"mergejax-study: bad configuration: {path}: {KIND}/xs/experts/topic: missing checkpoint "
@@ -135,7 +139,7 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
   world_copy = tmp_path / "world"
   shutil.copytree(study_world, world_copy)
   (world_copy / "models.yaml").unlink()
-  cfg = config(None, build_world=True)
+  cfg = config(None, build_world=True, sizes=("xs",))
   cfg.world_dir = str(world_copy)
   runner.run_study(cfg, tmp_path / "default", progress=False)
   assert yaml.safe_load((world_copy / "models.yaml").read_text())[KIND]["xs"]["experts"]["topic"] == \

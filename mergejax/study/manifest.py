@@ -36,6 +36,7 @@ from mergejax.checkpoints.detect import is_orbax
 from mergejax.models import families
 from mergejax.models import io as models_io
 
+KINDS = ("pretrained", "instruction_tuned")  # the paper's base kinds
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # size labels and categories: they name result rows
 ROLES = ("base", "experts", "multitask")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -259,8 +260,7 @@ def validate(parsed: Mapping[tuple[str, str], Mapping[str, Any]], source: str, *
   Args:
     parsed: from :func:`parse`.
     source: how to name the manifest in messages.
-    kinds: the base kinds the study runs (a manifest kind outside them is left out; one not in
-      ``mergejax.world.KINDS``-style ``kinds`` at all is an error only when no kind remains).
+    kinds: the base kinds the study runs (a manifest kind of :data:`KINDS` outside them is left out).
     known_category: a category -> None if the study can evaluate it, else the reason it cannot.
     categories: the study's categories (every (kind, size) needs an expert for each); empty: the
       categories of the manifest's first entry.
@@ -269,6 +269,9 @@ def validate(parsed: Mapping[tuple[str, str], Mapping[str, Any]], source: str, *
 
   Returns the :class:`Manifest` of the entries the study runs.
   """
+  for kind, _ in parsed:
+    if kind not in KINDS:
+      raise ManifestError(f"{source}: unknown base kind {kind!r}: choose from {list(KINDS)}")
   chosen = {k: v for k, v in parsed.items() if k[0] in kinds}
   if not chosen:
     raise ManifestError(f"{source}: no models of the study's base kinds {list(kinds)} (it lists "

@@ -204,7 +204,7 @@ def with_manifest(spec: StudySpec) -> StudySpec:
     return None if _suite_exists(spec.heldin(c)) else f"no held-in suite {spec.heldin(c)!r}"
 
   kw = dict(kinds=spec.kinds, known_category=known, categories=spec.categories, multitask=spec.multitask,
-            sizes=spec.sizes if spec.models is not None else ())
+            sizes=spec.sizes)
   world_file = spec.world_dir / world_lib.MANIFEST
   try:
     if spec.models is not None:
@@ -328,16 +328,18 @@ class ModelSet:
 
 
 _VOCABULARIES: dict[str, Any] = {}  # tokenizer files' hash -> one vocabulary object (one tokenization each)
+_VOCABULARIES_LOCK = threading.Lock()
 
 
 def _vocabulary(checkpoint: manifest_lib.Checkpoint, vocabulary):
   """One vocabulary object per tokenizer content, the synthetic suite's own for its SentencePiece model,
   so that checkpoints with equal tokenizers share their evaluators' data and a built-in world's models
   read the suite's tasks as registered."""
-  if not _VOCABULARIES:
-    own = suite_vocab.get_vocabulary()
-    _VOCABULARIES[manifest_lib.tokenizer_hash({"tokenizer.model": own.sentencepiece_model_file})] = own
-  return _VOCABULARIES.setdefault(checkpoint.vocabulary or per_vocabulary.vocabulary_tag(vocabulary), vocabulary)
+  with _VOCABULARIES_LOCK:
+    if not _VOCABULARIES:
+      own = suite_vocab.get_vocabulary()
+      _VOCABULARIES[manifest_lib.tokenizer_hash({"tokenizer.model": own.sentencepiece_model_file})] = own
+    return _VOCABULARIES.setdefault(checkpoint.vocabulary or per_vocabulary.vocabulary_tag(vocabulary), vocabulary)
 
 
 def _replicated(x: jax.Array, sharding: jax.sharding.Sharding) -> tuple[np.ndarray, jax.Array]:
