@@ -183,7 +183,7 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
   assert f"selection {sum(2 * sum(val[c] for c in cats) for cats in cells):,} (validation)" in out
   assert f"test {sum(sum(heldin_test[c] for c in cats) + heldout for cats in cells):,}," in out
   # Bytes: every model replicated on each of the 8 devices, plus the merge working set on the first.
-  loaded = [models.from_pretrained(p) for p in [manifest[KIND]["tiny-1"]["base"],
+  loaded = [models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary()) for p in [manifest[KIND]["tiny-1"]["base"],
                                                 *manifest[KIND]["tiny-1"]["experts"].values(),
                                                 manifest[KIND]["tiny-1"]["multitask"]]]
   resident = sum(x.nbytes for lm in loaded for x in jax.tree.leaves(lm.params))

@@ -623,8 +623,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
       del ms
   bar.close()
   if store.outdated:
-    logging.warning("%d stored rows were computed from other inputs (grid, categories, design or world) and "
-                    "were recomputed", len(store.outdated))
+    logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
+                    "checkpoints) and were recomputed", len(store.outdated))
   study_s = time.perf_counter() - study_t0
   return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})
 
