@@ -29,7 +29,7 @@ class ModelBytes:
 
   params: int
   model_bytes: tuple[int, ...]  # base, experts..., multitask
-  source: str  # "checkpoint" (read from the headers) or "size table" (a world not yet built)
+  source: str  # "checkpoint" (read from the headers) or "recipe" (a world not yet built)
 
 
 def count_examples(task_name: str, split: str) -> int:
@@ -135,7 +135,7 @@ def model_bytes_from_manifest(manifest: Any, categories: Sequence[str]) -> dict[
 
 def model_bytes_from_sizes(kinds: Sequence[str], sizes: Sequence[str], categories: Sequence[str], multitask: bool,
                            params_of: Callable[[str], int]) -> dict[tuple[str, str], ModelBytes]:
-  """Sizes of a world not built yet: parameter counts from the size table, float32."""
+  """Sizes of a world not built yet: parameter counts of its recipes' model configs, float32."""
   n_models = 1 + len(categories) + (1 if multitask else 0)
-  return {(k, s): ModelBytes(params_of(s), (params_of(s) * F32,) * n_models, "size table")
+  return {(k, s): ModelBytes(params_of(s), (params_of(s) * F32,) * n_models, "recipe")
           for k in kinds for s in sizes}

@@ -640,14 +640,15 @@ def dry_run(spec: StudySpec) -> str:
   if spec.manifest is not None:
     sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories)
   else:
-    sizes = plan_lib.model_bytes_from_sizes(spec.kinds, spec.sizes, spec.categories, spec.multitask,
-                                            lambda s: models.param_count(models.get_config(s)))
+    sizes = plan_lib.model_bytes_from_sizes(  # the configs the world's recipes would train
+        spec.kinds, spec.sizes, spec.categories, spec.multitask,
+        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model))
   suites = list(dict.fromkeys(spec.suites(spec.categories, heldout=True)))
   examples = {split: plan_lib.suite_examples(suites, split, suites_lib.task_names)
               for split in (spec.validation_split, spec.test_split)}
   text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, len(jax.devices())))
   if spec.manifest is None:
-    text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from the size table, float32)"
+    text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
   return text
 
 
