@@ -95,9 +95,6 @@ class Entry:
       return self.multitask.path
     raise KeyError(f"{self.kind}/{self.size} has no {role} model")
 
-  def models(self) -> list[Checkpoint]:
-    return [self.base, *self.experts.values(), *([self.multitask] if self.multitask else [])]
-
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
@@ -110,17 +107,6 @@ class Manifest:
 
   def entry(self, kind: str, size: str) -> Entry:
     return self.entries[(kind, size)]
-
-  def identities(self) -> dict[str, str]:
-    """``"kind/size/role[/category]"`` -> the checkpoint's identity (:func:`checkpoint_id`)."""
-    out = {}
-    for (kind, size), e in sorted(self.entries.items()):
-      out[f"{kind}/{size}/base"] = checkpoint_id(e.base.path)
-      for c, ck in sorted(e.experts.items()):
-        out[f"{kind}/{size}/expert/{c}"] = checkpoint_id(ck.path)
-      if e.multitask is not None:
-        out[f"{kind}/{size}/multitask"] = checkpoint_id(e.multitask.path)
-    return out
 
 
 _IDENTITY_FILES = ("model_config.json", "train_info.json", "config.json", "model.safetensors.index.json",
