@@ -1,10 +1,11 @@
 """The paper's grid at larger sizes, for accelerators (TPU pods, GPUs).
 
 Same grid as the paper (2 base kinds x 4 sizes x N in {2,4,6,8} x 3 seeds x 4 methods = 384 merges,
-plus reference rows), with wider hyperparameter sweeps. With real checkpoints, point world_dir at a
-directory in the mergejax world layout (see docs/STUDY.md) and set build_world=False.
+plus reference rows), with wider hyperparameter sweeps. With real checkpoints, describe them in a manifest
+(docs/STUDY.md, "The manifest") and run every size it lists:
 
-  mergejax-study --config=configs/study_paper.py --workdir=gs://bucket/study
+  mergejax-study --config=configs/study_paper.py --workdir=gs://bucket/study \
+      --config.models=/mnt/bucket/models.yaml --config.sizes='()'
 """
 
 from ml_collections import config_dict

@@ -25,11 +25,11 @@ from mergejax.evaluation.leak_guard import SplitGuard
 from mergejax.study import store as store_lib
 from mergejax.study import verdicts
 
+import conftest
 import test_eval  # compiles(): XLA compilations while a function runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CATS = ("sentiment", "topic")
-TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+CATS = conftest.STUDY_CATEGORIES
 TIMING_KEYS = {"merge_s", "select_eval_s", "test_eval_s"}
 
 
@@ -47,14 +47,9 @@ def study_config(world_dir, **over):
   return cfg
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-  root = tmp_path_factory.mktemp("world")
-  world.build_world(root, ("xs",), kinds=("pretrained", "instruction_tuned"), categories=CATS,
-                    recipe_overrides={r: {"steps": 2} for r in ("pretrain", "instruction_tune", "expert", "multitask")},
-                    batch_size=8, feature_lengths={"inputs": 96, "targets": 32}, progress=False,
-                    model_overrides=TINY_MODEL)
-  return root
+@pytest.fixture
+def tiny_world(study_world):
+  return study_world  # conftest.study_world: CATS, TINY_MODEL
 
 
 def merge_rows(workdir):
