@@ -19,6 +19,7 @@ from mergejax import evaluation
 from mergejax import tasks
 from mergejax.models import Decoder, ModelConfig
 from mergejax.tasks import metrics
+from mergejax.evaluation import suites
 from mergejax.tasks import per_vocabulary
 from mergejax.tasks import t0
 from mergejax.training import data as training_data
@@ -244,3 +245,14 @@ def test_a_checkpoints_own_vocabulary_gets_copies_of_the_t0_tasks():
     assert tasks.task_category(c.name) == tasks.task_category(o.name)
   t0.register(overwrite=True)  # re-registering drops the copies of the old tasks
   assert copy not in seqio.MixtureRegistry.names()
+
+
+def test_study_suite_names_resolve_to_the_t0_evaluation_mixtures():
+  """The study's heldin_suite="t0_heldin_{category}" and heldout_suite="t0" name T0's evaluation
+  variants (rank classification, ROUGE), never the training mixtures experts learn from."""
+  for c in t0.HELDIN_CATEGORIES:
+    mixture = suites.resolve(f"t0_heldin_{c}")
+    assert mixture == f"t0_heldin_{c}_eval"
+    names = {t.name for t in seqio.get_mixture_or_task(mixture).tasks}
+    assert names == {d.eval_task_name for d in t0.heldin_datasets() if d.category == c}
+  assert suites.resolve("t0") == "t0_heldout_rank"

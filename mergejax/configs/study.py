@@ -43,7 +43,8 @@ def get_config() -> config_dict.ConfigDict:
                        expert=config_dict.placeholder(int), multitask=config_dict.placeholder(int))
   # The suites: a category's held-in suite ("{category}" replaced), the held-out suite (names of
   # mergejax.evaluation.suites, or seqio mixtures / tasks), tokenized with the checkpoints' own vocabulary.
-  # The synthetic suite: "heldin_{category}", "heldout"; the real T0 held-out tasks: heldout_suite="t0".
+  # The synthetic suite: "heldin_{category}", "heldout"; the real T0 tasks over TFDS:
+  # heldin_suite="t0_heldin_{category}", heldout_suite="t0".
   c.heldin_suite = "heldin_{category}"
   c.heldout_suite = "heldout"
   c.validation_split = "validation"  # hyperparameters are selected here

@@ -14,6 +14,7 @@ name                     seqio mixture
 ``heldout_<category>``   ``mj_heldout_<category>_eval``
 ``all``                  ``mj_all_eval`` (held-in and held-out: a study's test evaluations)
 ``t0``                   ``t0_heldout_rank`` (the real T0 held-out tasks over TFDS)
+``t0_heldin_<category>``  ``t0_heldin_<category>_eval`` (a category's real T0 held-in tasks)
 anything else            used as a seqio mixture or task name as is
 =======================  =====================================================================
 """
@@ -86,4 +87,6 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
     return mixture
   if name.startswith("t0_"):
     t0.ensure_registered(tfds_data_dir)
+    if name.startswith("t0_heldin") and not name.endswith("_eval"):
+      return f"{name}_eval"  # the evaluation variant (rank classification, ROUGE), not the training mixture
   return name
