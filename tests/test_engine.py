@@ -382,4 +382,4 @@ def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
     assert amap.ctypes.data % 64 == 0 and 0 <= lead < 64 // amap.dtype.itemsize
     np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
     leads.add(lead)
-  assert leads != {0}  # the fixture's tensors are not all aligned in their files: the lead matters
+  assert leads != {0}  # the fixture's tensors are not all aligned in their files: the offset matters

@@ -222,7 +222,7 @@ class SafetensorsSource(HostViews):
     multiple of its itemsize, or it is empty.
 
     Safetensors data is only 8-byte aligned in its file; XLA:CPU copies a host buffer that is not
-    64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the lead
+    64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the offset
     (the engine's flat-chunk executor) read the page cache directly.
     """
     e = self._entries[t]
