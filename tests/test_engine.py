@@ -369,17 +369,17 @@ def test_tree_mismatch_names_leaf(tmp_path):
 
 
 def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
-  """SafetensorsSource.aligned_view: a 64-byte-aligned map with the tensor at [lead, lead + n), so
+  """SafetensorsSource.aligned_view: a 64-byte-aligned map with the tensor at [offset, offset + n), so
   kernels read the page cache in place (safetensors data is only 8-byte aligned)."""
   base_p, _, _ = world
   src = SafetensorsSource(base_p)
-  leads = set()
+  offsets = set()
   for spec in src.specs():
     got = src.aligned_view(spec.path)
     assert got is not None
-    amap, lead = got
+    amap, offset = got
     n = int(np.prod(spec.shape))
-    assert amap.ctypes.data % 64 == 0 and 0 <= lead < 64 // amap.dtype.itemsize
-    np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
-    leads.add(lead)
-  assert leads != {0}  # the fixture's tensors are not all aligned in their files: the offset matters
+    assert amap.ctypes.data % 64 == 0 and 0 <= offset < 64 // amap.dtype.itemsize
+    np.testing.assert_array_equal(amap[offset:offset + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
+    offsets.add(offset)
+  assert offsets != {0}  # the fixture's tensors are not all aligned in their files: the offset matters
