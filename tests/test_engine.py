@@ -13,6 +13,7 @@ import pytest
 
 import mergejax
 from mergejax import engine, sharding
+from mergejax.engine import nonfinite, xla_cpu
 from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
 from mergejax.checkpoints.base import LeafSpec
 from test_checkpoints_fixtures import SHAPES, bits, random_tree, write_hf, write_world
@@ -120,8 +121,8 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   ran = _manifest(out)["executor"]
   assert ran["name"] == "flat_chunk" and ran["chunk"] == 256 and ran["output"] == "spans"
   assert ran["pieces"] == ("row_blocks" if max_flat_row == 16 else "chunks")
-  assert ran["inputs"] == ("aligned_windows" if method.compute_stats is None and ran["pieces"] == "chunks"
-                           else "host_views")
+  assert ran["inputs"] == ("staged" if method.compute_stats is not None
+                           else "aligned_windows" if ran["pieces"] == "chunks" else "host_views")
 
 
 @pytest.mark.parametrize("devices,uses_files,expect", [(1, True, "flat_chunk"), (8, True, "whole_leaf"),
@@ -254,6 +255,12 @@ def test_finite_host_matches_isfinite(dtype):
       x[at] = bad
       assert not engine.finite_host(x), (dtype, bad, at)
   assert engine.finite_host(np.arange(10, dtype=np.int32))  # not a float: nothing to check
+  long = np.zeros((3 * nonfinite.HOST_PIECE + 7,), dt)  # checked piece by piece: every piece counts
+  assert engine.finite_host(long)
+  for at in (0, nonfinite.HOST_PIECE + 5, long.size - 1):
+    x = long.copy()
+    x[at] = np.nan
+    assert not engine.finite_host(x), (dtype, at)
 
 
 def test_nonfinite_in_an_unused_base_is_refused_too(tmp_path):
@@ -383,3 +390,43 @@ def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
     np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
     leads.add(lead)
   assert leads != {0}  # the fixture's tensors are not all aligned in their files: the lead matters
+
+
+def test_read_into_copies_the_leaf_of_every_source_kind(world):
+  """HostViews.read_into: the leaf's bytes, read from the file (safetensors), through a subset, and
+  computed by a transform (mapped sources)."""
+  from mergejax.checkpoints.mapped import MappedSource, SubsetSource  # pylint: disable=g-import-not-at-top
+  base_p, _, _ = world
+  src = SafetensorsSource(base_p)
+  specs = src.specs()
+  t = specs[0]
+  doubled = MappedSource(src, {t.path: (t, lambda: (np.asarray(src.host(t.path), np.float32) * 2).astype(t.dtype))})
+  for spec in specs:
+    for s, want in ((src, src.flat_view(spec.path)), (SubsetSource(src, [spec.path]), src.flat_view(spec.path)),
+                    (doubled, doubled.flat_view(spec.path))):
+      out = np.full((spec.size,), 7, spec.dtype)
+      s.read_into(spec.path, out)
+      np.testing.assert_array_equal(out.view(np.uint8), np.asarray(want).view(np.uint8), err_msg=spec.path)
+  with pytest.raises(ValueError, match="read_into"):
+    src.read_into(t.path, np.empty((t.size + 1,), t.dtype))
+
+
+def test_staging_buffers_reuse_only_memory_nothing_refers_to():
+  """A slab comes back only when no array carved from it, and no jax.Array aliasing one, is left."""
+  pool = xla_cpu.StagingBuffers(1 << 16)
+  a = pool.take(4096)
+  assert a.ctypes.data % xla_cpu.ALIGN == 0
+  leaf = a[64:64 + 1024].view(np.float32)
+  del a
+  b = pool.take(4096)  # the first slab is still referred to by `leaf`
+  assert not np.shares_memory(b, leaf)
+  on_device = jax.device_put(leaf)  # aligned: aliases the slab
+  del leaf
+  c = pool.take(4096)
+  assert not np.shares_memory(c, np.asarray(on_device)) and not np.shares_memory(c, b)
+  del on_device, b
+  d = pool.take(100)
+  assert len(pool.slabs) == 3  # a released slab was reused, no fourth one
+  assert not np.shares_memory(d, c)
+  big = pool.take(1 << 17)  # beyond the capacity: a one-off buffer
+  assert big.size == 1 << 17 and len(pool.slabs) == 3

@@ -95,6 +95,12 @@ class MappedSource(_Wrapper):
       return None
     return self.inner.aligned_view(path, align)
 
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    if path in self._fns or not isinstance(self.inner, HostViews):
+      np.copyto(out, self.flat_view(path))
+    else:
+      self.inner.read_into(path, out)
+
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     plain = [p for p in paths if p not in self._fns]
     out = self.inner.read(plain, {p: shardings[p] for p in plain if p in shardings} if shardings else None) \
@@ -124,6 +130,9 @@ class SubsetSource(_Wrapper):
 
   def aligned_view(self, path: str, align: int = 64):
     return self.inner.aligned_view(path, align)
+
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    self.inner.read_into(path, out)
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return self.inner.read(paths, shardings)

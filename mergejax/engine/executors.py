@@ -30,7 +30,7 @@ import numpy as np
 from mergejax.checkpoints.base import HostViews, LeafSpec, Sink, SpanSink
 from mergejax.engine import xla_cpu
 from mergejax.engine.compile import Precompiler
-from mergejax.engine.host import host_flat, to_host
+from mergejax.engine.host import host_flat, populate, to_host
 from mergejax.engine.nonfinite import Check, all_finite, finite_flags, finite_host, kernel_checked
 from mergejax.engine.output import run_kernel
 from mergejax.engine.plan import Job
@@ -199,18 +199,23 @@ class FlatChunk:
     self.positional = traits.position_keyed  # each chunk is told where it lies in its leaf
     short_rows = all(self.block_rows(s.shape)[1] < self.max_flat_row for s in job.float_specs)
     self.pieces = "chunks" if not self.positional or short_rows else "row_blocks"
-    # Float leaves of sources that can map them are not read into arrays: kernels and statistics
-    # passes get read-only maps of the files (jit aliases them, no copy).
+    # Float leaves of sources that can map them are not read into jax.Arrays: without statistics
+    # passes, kernels read 64-byte-aligned windows of read-only maps of the files in place (their pages
+    # mapped on the reader thread); statistics passes read each leaf several times, so each leaf is
+    # read once from its file into a recycled aligned buffer (``staged``), which kernels read in place.
     self.views = all(isinstance(s, HostViews) for s in job.sources)
-    # Without statistics passes (which place each leaf once), kernels read 64-byte-aligned windows of
-    # the maps in place.
-    self.aligned = self.pieces == "chunks" and self.views and job.method.compute_stats is None
+    self.staged = self.views and job.method.compute_stats is not None
+    self.aligned = self.pieces == "chunks" and self.views and not self.staged
+    need = lambda g: len(job.sources) * sum(xla_cpu.padded(s.nbytes) for s in g if job.is_float[s.path])  # noqa: E731
+    self.staging = xla_cpu.StagingBuffers(max((need(g) for g in job.groups), default=0))
+    self._windows: dict[str, list[tuple[np.ndarray, int] | None]] = {}  # aligned windows read ahead
+    self._flags: dict[str, np.ndarray] = {}  # per-input finite flags of staged leaves
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
     self.compiler = _precompiler(job)
     self.compiled = False
-    if job.method.compute_stats is not None:  # the exact NaN/Inf check before statistics: one size
+    if job.method.compute_stats is not None and not self.staged:  # the exact NaN/Inf check: one size
       for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in job.float_specs
                               for *_, size in self.chunks(sp.size)}, key=str):
         x = jax.ShapeDtypeStruct((size,), dt)
@@ -218,7 +223,8 @@ class FlatChunk:
                              (x,) * job.n_experts)
 
   def describe(self) -> dict[str, Any]:
-    inputs = "aligned_windows" if self.aligned else "host_views" if self.views else "arrays"
+    inputs = ("aligned_windows" if self.aligned else "staged" if self.staged else "host_views" if self.views
+              else "arrays")
     return {"name": self.name, "pieces": self.pieces, "chunk": self.chunk, "inputs": inputs,
             "output": "spans" if self.spans else "leaves"}
 
@@ -267,16 +273,44 @@ class FlatChunk:
       sh = {p: job.shardings[p] for p in paths} if job.shardings else None
       base = job.base.read(paths, sh) if job.base is not None and paths else {}
       return base, [e.read(paths, sh) if paths else {} for e in job.experts]
-    shapes = {s.path: s.shape for s in specs}
+    leaves = self._read_staged(specs) if self.staged else self._read_windows(specs)
+    return (leaves[0], leaves[1:]) if job.base is not None else ({}, leaves)
 
-    def view(src, p):
-      v = src.flat_view(p).reshape(shapes[p])
-      # Statistics passes read a leaf several times: place it once (an alias when the map is aligned,
-      # else one copy, here on the prefetch thread) rather than once per pass.
-      return jax.device_put(v) if job.method.compute_stats is not None else v
+  def _read_windows(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
+    """Each input's leaves as views of its maps; with aligned windows, each window's pages mapped now
+    (this runs on the prefetch thread) and the windows kept for :meth:`merge_leaf`."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in self.job.sources]
+    for s in specs:
+      windows = []
+      for i, src in enumerate(self.job.sources):
+        w = src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None
+        if w is not None:
+          populate(w[0])
+          out[i][s.path] = w[0][w[1]:w[1] + s.size].reshape(s.shape)
+        else:
+          out[i][s.path] = src.flat_view(s.path).reshape(s.shape)
+        windows.append(w)
+      if self.aligned:
+        self._windows[s.path] = windows
+    return out
 
-    base = {p: view(job.base, p) for p in paths} if job.base is not None else {}
-    return base, [{p: view(e, p) for p in paths} for e in job.experts]
+  def _read_staged(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
+    """Each input's leaves read from their files into one recycled aligned slab (:meth:`HostViews.read_into`),
+    and checked for NaN/Inf on the host while the data is fresh (:meth:`exact_flags`)."""
+    sources = self.job.sources
+    slab = self.staging.take(len(sources) * sum(xla_cpu.padded(s.nbytes) for s in specs))
+    out: list[dict[str, np.ndarray]] = [{} for _ in sources]
+    off = 0
+    for s in specs:
+      flags = []
+      for i, src in enumerate(sources):
+        buf = slab[off:off + s.nbytes].view(s.dtype)
+        off += xla_cpu.padded(s.nbytes)
+        src.read_into(s.path, buf)
+        flags.append(finite_host(buf))
+        out[i][s.path] = buf.reshape(s.shape)
+      self._flags[s.path] = np.asarray(flags)
+    return out
 
   def run_stats(self, fn, grp, args_for, host):
     if self.pieces != "chunks":  # row blocks are for the merge pass only: statistics see whole leaves
@@ -301,8 +335,11 @@ class FlatChunk:
     return {p: jax.tree.map(lambda *xs: np.concatenate([to_host(x) for x in xs], axis=-1), *r) for p, r in res.items()}
 
   def exact_flags(self, grp, path):
-    """Per-input all-finite flags from flat host arrays, chunk by chunk (one compiled size): one cheap
-    flag for all inputs, and per-input flags only if that is False."""
+    """Per-input all-finite flags: those found when a staged leaf was read, else from flat host arrays,
+    chunk by chunk (one compiled size): one cheap flag for all inputs, per-input flags only if that is
+    False."""
+    if path in self._flags:
+      return self._flags[path]
     self.compiler.wait_all("finite")
     base = host_flat(grp.base[path]) if path in grp.base else None
     experts = [host_flat(e[path]) for e in grp.experts]
@@ -320,7 +357,7 @@ class FlatChunk:
     p, job = spec.path, self.job
     write = functools.partial(self.sink.write_span, p) if self.spans else None
     ctx, out_dtype = job.context(p), job.out_dtype[p]
-    windows = [s.aligned_view(p, xla_cpu.ALIGN) for s in job.sources] if self.aligned else None
+    windows = self._windows.pop(p, None)
     if windows is not None and all(w is not None for w in windows):
       res, flag = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
     else:
@@ -417,6 +454,9 @@ class FlatChunk:
 
   def close(self) -> None:
     self.compiler.close()
+    self._windows.clear()
+    self._flags.clear()
+    self.staging.clear()
 
 
 def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:

@@ -117,6 +117,7 @@ def merge_sources(
         sink.write(out)
         for p in spans:
           sink.mark_written(p)
+        del grp, out  # before the next group is read: its memory can be reused for the one after it
     finally:
       executor.close()
     manifest = {"method": method.name, "hparams": dict(method.hparams), "seed": seed, "leaves": len(job.specs),
@@ -197,6 +198,7 @@ class _LeafPass:
     for grp in self.groups():
       self.guard.check(grp.float_paths, functools.partial(self.executor.exact_flags, grp))  # before fn reads it
       out.update(self.executor.run_stats(fn, grp, args_for, host))
+      del grp  # before the next group is read (as in the merge loop)
     return out
 
   def count(self, indicators, n, args_for=None) -> dict[str, np.ndarray]:
