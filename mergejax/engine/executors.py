@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from mergejax.checkpoints.base import HostViews, LeafSpec, Sink, SpanSink
-from mergejax.engine import xla_cpu
+from mergejax.engine import counting, xla_cpu
 from mergejax.engine.compile import Precompiler
 from mergejax.engine.host import host_flat, populate, to_host
 from mergejax.engine.nonfinite import Check, all_finite, finite_flags, finite_host, kernel_checked
@@ -70,6 +70,11 @@ class LeafExecutor(Protocol):
                 host: Callable[..., Any] | None) -> dict[str, Any]:
     """``fn(base, experts, ctx, *args)`` of each float leaf of ``grp`` as host results, pieces of a
     leaf concatenated along the last axis (see :class:`~mergejax.methods.base.LeafPass`)."""
+
+  def run_counts(self, indicators: Callable[..., Any], n: int, grp: Group,
+                 args_for: Callable[[str], tuple | None] | None, fold: bool) -> dict[str, Any]:
+    """:func:`~mergejax.engine.counting.count_indicators` of each float leaf of ``grp`` (as
+    :meth:`run_stats`): int32[n, P] partial counts whose sum over the last axis is the leaf's."""
 
   def merge_leaf(self, grp: Group, spec: LeafSpec, stats: Any, check: Check) -> tuple[Any, Any]:
     """(merged leaf, or None if it went to the sink in spans; finite flag, or None if unchecked)."""
@@ -132,6 +137,10 @@ class WholeLeaf:
         r = fn(grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), *args)
         out[p] = jax.tree.map(to_host, r)
     return out
+
+  def run_counts(self, indicators, n, grp, args_for, fold):
+    fn = functools.partial(counting.count_indicators, indicators=indicators, n=n, fold=fold)
+    return self.run_stats(fn, grp, args_for, None)
 
   def _signature(self, spec: LeafSpec) -> tuple[Any, ...]:
     return (spec.shape, np.dtype(spec.dtype).str, self.job.out_dtype[spec.path].str,
@@ -334,6 +343,31 @@ class FlatChunk:
       res.setdefault(p, []).append(r)
     return {p: jax.tree.map(lambda *xs: np.concatenate([to_host(x) for x in xs], axis=-1), *r) for p, r in res.items()}
 
+  def run_counts(self, indicators, n, grp, args_for, fold):
+    """Counts over the same zero-padded chunks as the merge (each told how many of its entries to
+    count): one compiled count program per pass, whatever the leaf sizes."""
+    fn = functools.partial(counting.count_indicators, indicators=indicators, n=n, fold=fold)
+    if self.pieces != "chunks":
+      return WholeLeaf.run_stats(self, fn, grp, args_for, None)
+    calls, out = [], {}
+    for p in grp.float_paths:
+      args = args_for(p) if args_for is not None else ()
+      if args is None:
+        continue
+      b = host_flat(grp.base[p]) if p in grp.base else None
+      es = [host_flat(e[p]) for e in grp.experts]
+      if not es[0].size:
+        out[p] = np.zeros((n, 1), np.int32)
+      for a, z, size in self.chunks(len(es[0])):
+        ctx = self._chunk_context(self.job.context(p), self.shapes[p], a)
+        calls.append((p, _piece(b, a, z, size), tuple(_piece(e, a, z, size) for e in es),
+                      (*args, np.int32(z - a)), ctx))
+    res: dict[str, list[Any]] = {}
+    for (p, *_), r in zip(calls, _run_calls(_count_valid(fn), calls)):
+      res.setdefault(p, []).append(r)
+    out.update({p: np.concatenate([to_host(x) for x in r], axis=-1) for p, r in res.items()})
+    return out
+
   def exact_flags(self, grp, path):
     """Per-input all-finite flags: those found when a staged leaf was read, else from flat host arrays,
     chunk by chunk (one compiled size): one cheap flag for all inputs, per-input flags only if that is
@@ -504,6 +538,14 @@ def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtyp
   if not (flagged or host_check):
     return out, None
   return out, np.asarray([bool(np.logical_and.reduce([np.asarray(f).all() for f in flags]))] if flags else [True])
+
+
+def _count_valid(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn(base, experts, ctx, *args, valid=...)`` called as ``(base, experts, ctx, *args, valid)``."""
+  def call(base, experts, ctx, *args_valid):
+    *args, valid = args_valid
+    return fn(base, experts, ctx, *args, valid=valid)
+  return call
 
 
 def _call_signature(x: Any) -> Any:
