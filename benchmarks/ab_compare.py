@@ -41,7 +41,7 @@ import merge_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-impo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# merge_bench's flags apply too: --layers, --vocab, --experts, --workdir (reused if it holds a workload),
+# merge_bench's flags apply too: --preset, --layers, --hidden, --intermediate, --vocab, --experts, --workdir (reused if it holds a workload),
 # --keep, --repeats (timed rounds per method, A and B alternated in each), --out_json.
 _OLD = flags.DEFINE_string("old", None, "Checkout A (the reference).", required=True)
 _NEW = flags.DEFINE_string("new", str(REPO), "Checkout B.")
@@ -161,13 +161,14 @@ def main(argv):
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="ab_compare_", dir="/tmp"))
   root.mkdir(parents=True, exist_ok=True)
   sides = {"A": pathlib.Path(_OLD.value).resolve(), "B": pathlib.Path(_NEW.value).resolve()}
-  shapes = merge_bench.llama_shapes(_LAYERS.value, 1024, 2816, _VOCAB.value)
+  shape = merge_bench.shape_flags()  # --preset, or the shape flags (default: merge_bench's 168M workload)
+  shapes = merge_bench.llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
   config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16"}
   results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "A": str(sides["A"]), "B": str(sides["B"]),
              "params": sum(int(np.prod(s)) for s in shapes.values()), "cmp": {}, "runs": []}
   try:
     base = root / "base"
-    experts = [root / f"expert{i}" for i in range(_EXPERTS.value)]
+    experts = [root / f"expert{i}" for i in range(shape["experts"])]
     if _METHODS.value and not base.exists():
       merge_bench.write_model(base, shapes, 0, None, 200 * 10**6, config)
       for i, e in enumerate(experts):
