@@ -17,6 +17,7 @@ Both give bit-identical results (tests/test_engine.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -215,7 +216,8 @@ class FlatChunk:
     self.views = all(isinstance(s, HostViews) for s in job.sources)
     self.staged = self.views and job.method.compute_stats is not None
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
-    need = lambda g: len(job.sources) * sum(xla_cpu.padded(s.nbytes) for s in g if job.is_float[s.path])  # noqa: E731
+    need = lambda g: len(job.sources) * sum(xla_cpu.padded(s.nbytes) + xla_cpu.ALIGN  # noqa: E731
+                                            for s in g if job.is_float[s.path])
     self.staging = xla_cpu.StagingBuffers(max((need(g) for g in job.groups), default=0))
     self._windows: dict[str, list[tuple[np.ndarray, int] | None]] = {}  # aligned windows read ahead
     self._flags: dict[str, np.ndarray] = {}  # per-input finite flags of staged leaves
@@ -224,6 +226,9 @@ class FlatChunk:
     self.shapes = {s.path: s.shape for s in job.float_specs}
     self.compiler = _precompiler(job)
     self.compiled = False
+    # Merged chunks are waited for, checked and written on a thread of their own, so that the next
+    # chunks are dispatched meanwhile (the 2-core development VM keeps both cores busy).
+    self.drainer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
     if job.method.compute_stats is not None and not self.staged:  # the exact NaN/Inf check: one size
       for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in job.float_specs
                               for *_, size in self.chunks(sp.size)}, key=str):
@@ -286,21 +291,34 @@ class FlatChunk:
     return (leaves[0], leaves[1:]) if job.base is not None else ({}, leaves)
 
   def _read_windows(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
-    """Each input's leaves as views of its maps; with aligned windows, each window's pages mapped now
-    (this runs on the prefetch thread) and the windows kept for :meth:`merge_leaf`."""
-    out: list[dict[str, np.ndarray]] = [{} for _ in self.job.sources]
+    """Each input's leaves as views of its maps, and with aligned windows (kept for :meth:`merge_leaf`)
+    each window's pages mapped now (this runs on the prefetch thread). A leaf with no window in its
+    file (a computed leaf: LoRA, vocabulary mapping) is read into a staged aligned buffer that serves
+    as its window."""
+    sources = self.job.sources
+    windows = {s.path: [src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None for src in sources]
+               for s in specs}
+    extra = xla_cpu.ALIGN  # a window holds ALIGN bytes after the leaf (kernel_aligned's last chunk)
+    todo = [(s, i) for s in specs for i in range(len(sources)) if self.aligned and windows[s.path][i] is None]
+    slab = self.staging.take(sum(xla_cpu.padded(s.nbytes) + extra for s, _ in todo)) if todo else None
+    off, staged = 0, set(todo)
+    for s, i in todo:
+      buf = slab[off:off + s.nbytes + extra].view(s.dtype)
+      off += xla_cpu.padded(s.nbytes) + extra
+      sources[i].read_into(s.path, buf[:s.size])
+      windows[s.path][i] = (buf, 0)
+    out: list[dict[str, np.ndarray]] = [{} for _ in sources]
     for s in specs:
-      windows = []
-      for i, src in enumerate(self.job.sources):
-        w = src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None
-        if w is not None:
-          populate(w[0])
-          out[i][s.path] = w[0][w[1]:w[1] + s.size].reshape(s.shape)
-        else:
+      for i, src in enumerate(sources):
+        w = windows[s.path][i]
+        if w is None:
           out[i][s.path] = src.flat_view(s.path).reshape(s.shape)
-        windows.append(w)
+          continue
+        if (s, i) not in staged:
+          populate(w[0])
+        out[i][s.path] = w[0][w[1]:w[1] + s.size].reshape(s.shape)
       if self.aligned:
-        self._windows[s.path] = windows
+        self._windows[s.path] = windows[s.path]
     return out
 
   def _read_staged(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
@@ -421,7 +439,7 @@ class FlatChunk:
                      self._chunk_context(ctx, spec.shape, a), stats)
 
     return _merge_pieces(fn, pieces(), spec.size, out_dtype, write, flagged=check is Check.INPUTS,
-                         host_check=check is Check.OUTPUT)
+                         host_check=check is Check.OUTPUT, drainer=self.drainer)
 
   def _merge_chunks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Chunk by chunk from flat host arrays. Kernels are dispatched asynchronously: chunk i+1's inputs
@@ -431,7 +449,7 @@ class FlatChunk:
                       self._chunk_context(ctx, spec.shape, a), stats))
               for a, b, size in self.chunks(len(experts[0])))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, len(experts[0]), out_dtype, write,
-                         flagged=check is not Check.NONE)
+                         flagged=check is not Check.NONE, drainer=self.drainer)
 
   def _merge_blocks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Row blocks (:meth:`block_rows`), each kernel told its first row: bit-identical to the whole-leaf
@@ -454,7 +472,7 @@ class FlatChunk:
                 ctx.in_window(r0), stats))
               for r0 in range(0, rows if n else 0, r))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, n, out_dtype, write,
-                         flagged=check is not Check.NONE)
+                         flagged=check is not Check.NONE, drainer=self.drainer)
 
   def _precompile(self, first: LeafSpec, stats: Any, check: Check) -> None:
     """Compiles the one or few programs the merge pass runs (every chunk size, dtype pair, block
@@ -488,6 +506,7 @@ class FlatChunk:
 
   def close(self) -> None:
     self.compiler.close()
+    self.drainer.shutdown(wait=True)
     self._windows.clear()
     self._flags.clear()
     self.staging.clear()
@@ -502,17 +521,23 @@ def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None
   return buf
 
 
+DRAIN_DEPTH = 4  # merged pieces in flight between the dispatching thread and the draining one
+
+
 def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtype, write, *, flagged: bool,
-                  host_check: bool = False) -> tuple[np.ndarray | None, Any]:
+                  host_check: bool = False,
+                  drainer: concurrent.futures.Executor | None = None) -> tuple[np.ndarray | None, Any]:
   """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece; entries [0, stop - start) of
   its flattened result are the leaf's entries [start, stop). Returns (the flat leaf, or None when
   each piece went to ``write(start, values)``; the finite flag, or None when unchecked).
 
   ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
-  checked on the host as it is drained (:func:`finite_host`).
+  checked on the host as it is drained (:func:`finite_host`). ``drainer`` (one thread): pieces are
+  drained there (waited for, checked, written) while this thread dispatches the next ones, at most
+  :data:`DRAIN_DEPTH` ahead; without it, each piece is drained while the next one runs.
   """
   out = np.empty((n,), out_dtype) if write is None else None
-  flags, pending = [], None
+  flags, pending = [], collections.deque()
 
   def drain(item):
     a, b, r = item
@@ -524,17 +549,31 @@ def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtyp
     else:
       out[a:b] = r
 
-  for a, b, args in pieces:
-    if flagged:
-      r, f = fn(*args, out_dtype=out_dtype)
-      flags.append(f)
-    else:
-      r = fn(*args, out_dtype=out_dtype)
-    if pending is not None:
-      drain(pending)
-    pending = (a, b, r)
-  if pending is not None:
-    drain(pending)
+  try:
+    for a, b, args in pieces:
+      if flagged:
+        r, f = fn(*args, out_dtype=out_dtype)
+        flags.append(f)
+      else:
+        r = fn(*args, out_dtype=out_dtype)
+      if drainer is None:
+        if pending:
+          drain(pending.popleft())
+        pending.append((a, b, r))
+        continue
+      pending.append(drainer.submit(drain, (a, b, r)))
+      if len(pending) > DRAIN_DEPTH:
+        pending.popleft().result()
+    while pending:
+      item = pending.popleft()
+      if drainer is not None:
+        item.result()
+      else:
+        drain(item)
+  finally:
+    for f in pending:  # after a failure: drains still queued are dropped, a running one finishes first
+      if isinstance(f, concurrent.futures.Future) and not f.cancel():
+        concurrent.futures.wait([f])
   if not (flagged or host_check):
     return out, None
   return out, np.asarray([bool(np.logical_and.reduce([np.asarray(f).all() for f in flags]))] if flags else [True])
