@@ -105,6 +105,55 @@ def _precompiler(job: Job) -> Precompiler:
   return Precompiler(enabled=job.mesh is not None and jax.process_count() == 1 and len(job.float_specs) > 1)
 
 
+class _Stager:
+  """Reads float leaves from their files into recycled aligned slabs (one per leaf group in flight:
+  :class:`~mergejax.engine.xla_cpu.StagingBuffers`), which kernels read in place, and finds each input's
+  NaN/Inf flags while the data is fresh (:meth:`flags`). Each staged leaf is followed by ``ALIGN``
+  bytes, so that it can also serve as an aligned window (:func:`xla_cpu.kernel_aligned`)."""
+
+  def __init__(self, job: Job):
+    self.job = job
+    need = lambda g: len(job.sources) * sum(self.size(s) for s in g if job.is_float[s.path])  # noqa: E731
+    self.buffers = xla_cpu.StagingBuffers(max((need(g) for g in job.groups), default=0))
+    self.found: dict[str, np.ndarray] = {}
+
+  @staticmethod
+  def size(spec: LeafSpec) -> int:
+    return xla_cpu.padded(spec.nbytes) + xla_cpu.ALIGN
+
+  def read(self, todo: Sequence[tuple[LeafSpec, int]], check: bool) -> dict[tuple[str, int], np.ndarray]:
+    """{(path, input index): 1-D buffer of the leaf's entries plus ``ALIGN`` bytes} for each (spec, input
+    index) of ``todo``; with ``check``, every input of a leaf must be in ``todo`` (its flags are kept)."""
+    if not todo:
+      return {}
+    sources = self.job.sources
+    slab = self.buffers.take(sum(self.size(s) for s, _ in todo))
+    out, off, flags = {}, 0, collections.defaultdict(dict)
+    for s, i in todo:
+      buf = slab[off:off + s.nbytes + xla_cpu.ALIGN].view(s.dtype)
+      off += self.size(s)
+      sources[i].read_into(s.path, buf[:s.size])
+      if check:
+        flags[s.path][i] = finite_host(buf[:s.size])
+      out[s.path, i] = buf
+    for p, f in flags.items():
+      self.found[p] = np.asarray([f[i] for i in range(len(sources))])
+    return out
+
+  def flags(self, path: str) -> np.ndarray | None:
+    """bool[n_inputs] (base first): each input's staged leaf ``path`` is all finite; None if not staged."""
+    return self.found.get(path)
+
+  def close(self) -> None:
+    self.found.clear()
+    self.buffers.clear()
+
+
+def _stages(job: Job) -> bool:
+  """Whether float leaves can be staged: every input offers host views and one process reads them."""
+  return all(isinstance(s, HostViews) for s in job.sources) and jax.process_count() == 1
+
+
 class WholeLeaf:
   """Whole leaves as jax.Arrays on any mesh (placed with the planned shardings); one compiled kernel
   per leaf shape, dtype and sharding, compiled up front in parallel threads."""
@@ -116,9 +165,12 @@ class WholeLeaf:
     self.job = job
     self.compiler = _precompiler(job)
     self.compiled = False
+    # On one CPU device, leaves of files are staged (read once into recycled aligned memory, which the
+    # placed jax.Arrays alias) instead of copied from a memory map into fresh arrays.
+    self.stager = _Stager(job) if one_cpu_device(job.mesh) and _stages(job) else None
 
   def describe(self) -> dict[str, Any]:
-    return {"name": self.name}
+    return {"name": self.name, **({"inputs": "staged"} if self.stager is not None else {})}
 
   def stat_shapes(self) -> dict[str, tuple[int, ...]]:
     return {s.path: s.shape for s in self.job.float_specs}
@@ -126,6 +178,11 @@ class WholeLeaf:
   def read(self, specs: Sequence[LeafSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     paths = [s.path for s in specs]
     sh = {p: self.job.shardings[p] for p in paths} if self.job.shardings else None
+    if self.stager is not None:
+      bufs = self.stager.read([(s, i) for s in specs for i in range(len(self.job.sources))], check=True)
+      leaves = [{s.path: jax.device_put(bufs[s.path, i][:s.size].reshape(s.shape), sh[s.path] if sh else None)
+                 for s in specs} for i in range(len(self.job.sources))]
+      return (leaves[0], leaves[1:]) if self.job.base is not None else ({}, leaves)
     base = self.job.base.read(paths, sh) if self.job.base is not None and paths else {}
     return base, [e.read(paths, sh) if paths else {} for e in self.job.experts]
 
@@ -167,10 +224,13 @@ class WholeLeaf:
     return (out, None) if check is Check.NONE else out
 
   def exact_flags(self, grp, path):
-    return finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
+    found = self.stager.flags(path) if self.stager is not None else None
+    return found if found is not None else finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
 
   def close(self) -> None:
     self.compiler.close()
+    if self.stager is not None:
+      self.stager.close()
 
 
 def _kernel_fn(method: MergeMethod, check: Check) -> Callable[..., Any]:
@@ -216,11 +276,8 @@ class FlatChunk:
     self.views = all(isinstance(s, HostViews) for s in job.sources)
     self.staged = self.views and job.method.compute_stats is not None
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
-    need = lambda g: len(job.sources) * sum(xla_cpu.padded(s.nbytes) + xla_cpu.ALIGN  # noqa: E731
-                                            for s in g if job.is_float[s.path])
-    self.staging = xla_cpu.StagingBuffers(max((need(g) for g in job.groups), default=0))
+    self.stager = _Stager(job)
     self._windows: dict[str, list[tuple[np.ndarray, int] | None]] = {}  # aligned windows read ahead
-    self._flags: dict[str, np.ndarray] = {}  # per-input finite flags of staged leaves
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
@@ -293,20 +350,14 @@ class FlatChunk:
   def _read_windows(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
     """Each input's leaves as views of its maps, and with aligned windows (kept for :meth:`merge_leaf`)
     each window's pages mapped now (this runs on the prefetch thread). A leaf with no window in its
-    file (a computed leaf: LoRA, vocabulary mapping) is read into a staged aligned buffer that serves
-    as its window."""
+    file (a computed leaf: LoRA, vocabulary mapping) is staged, and its buffer serves as its window."""
     sources = self.job.sources
     windows = {s.path: [src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None for src in sources]
                for s in specs}
-    extra = xla_cpu.ALIGN  # a window holds ALIGN bytes after the leaf (kernel_aligned's last chunk)
     todo = [(s, i) for s in specs for i in range(len(sources)) if self.aligned and windows[s.path][i] is None]
-    slab = self.staging.take(sum(xla_cpu.padded(s.nbytes) + extra for s, _ in todo)) if todo else None
-    off, staged = 0, set(todo)
-    for s, i in todo:
-      buf = slab[off:off + s.nbytes + extra].view(s.dtype)
-      off += xla_cpu.padded(s.nbytes) + extra
-      sources[i].read_into(s.path, buf[:s.size])
-      windows[s.path][i] = (buf, 0)
+    for (p, i), buf in self.stager.read(todo, check=False).items():
+      windows[p][i] = (buf, 0)
+    staged = {(s.path, i) for s, i in todo}
     out: list[dict[str, np.ndarray]] = [{} for _ in sources]
     for s in specs:
       for i, src in enumerate(sources):
@@ -314,7 +365,7 @@ class FlatChunk:
         if w is None:
           out[i][s.path] = src.flat_view(s.path).reshape(s.shape)
           continue
-        if (s, i) not in staged:
+        if (s.path, i) not in staged:
           populate(w[0])
         out[i][s.path] = w[0][w[1]:w[1] + s.size].reshape(s.shape)
       if self.aligned:
@@ -322,22 +373,9 @@ class FlatChunk:
     return out
 
   def _read_staged(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
-    """Each input's leaves read from their files into one recycled aligned slab (:meth:`HostViews.read_into`),
-    and checked for NaN/Inf on the host while the data is fresh (:meth:`exact_flags`)."""
-    sources = self.job.sources
-    slab = self.staging.take(len(sources) * sum(xla_cpu.padded(s.nbytes) for s in specs))
-    out: list[dict[str, np.ndarray]] = [{} for _ in sources]
-    off = 0
-    for s in specs:
-      flags = []
-      for i, src in enumerate(sources):
-        buf = slab[off:off + s.nbytes].view(s.dtype)
-        off += xla_cpu.padded(s.nbytes)
-        src.read_into(s.path, buf)
-        flags.append(finite_host(buf))
-        out[i][s.path] = buf.reshape(s.shape)
-      self._flags[s.path] = np.asarray(flags)
-    return out
+    """Each input's leaves staged (read once from their files, checked for NaN/Inf: :meth:`exact_flags`)."""
+    bufs = self.stager.read([(s, i) for s in specs for i in range(len(self.job.sources))], check=True)
+    return [{s.path: bufs[s.path, i][:s.size].reshape(s.shape) for s in specs} for i in range(len(self.job.sources))]
 
   def run_stats(self, fn, grp, args_for, host):
     if self.pieces != "chunks":  # row blocks are for the merge pass only: statistics see whole leaves
@@ -390,8 +428,9 @@ class FlatChunk:
     """Per-input all-finite flags: those found when a staged leaf was read, else from flat host arrays,
     chunk by chunk (one compiled size): one cheap flag for all inputs, per-input flags only if that is
     False."""
-    if path in self._flags:
-      return self._flags[path]
+    found = self.stager.flags(path)
+    if found is not None:
+      return found
     self.compiler.wait_all("finite")
     base = host_flat(grp.base[path]) if path in grp.base else None
     experts = [host_flat(e[path]) for e in grp.experts]
@@ -508,8 +547,7 @@ class FlatChunk:
     self.compiler.close()
     self.drainer.shutdown(wait=True)
     self._windows.clear()
-    self._flags.clear()
-    self.staging.clear()
+    self.stager.close()
 
 
 def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
