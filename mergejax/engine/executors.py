@@ -286,6 +286,10 @@ class FlatChunk:
     # Merged chunks are waited for, checked and written on a thread of their own, so that the next
     # chunks are dispatched meanwhile (the 2-core development VM keeps both cores busy).
     self.drainer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
+    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map_ahead`).
+    self.mapper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-map")
+    order = [s.path for s in job.float_specs]
+    self._next = dict(zip(order, order[1:]))
     if job.method.compute_stats is not None and not self.staged:  # the exact NaN/Inf check: one size
       for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in job.float_specs
                               for *_, size in self.chunks(sp.size)}, key=str):
@@ -348,9 +352,9 @@ class FlatChunk:
     return (leaves[0], leaves[1:]) if job.base is not None else ({}, leaves)
 
   def _read_windows(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
-    """Each input's leaves as views of its maps, and with aligned windows (kept for :meth:`merge_leaf`)
-    each window's pages mapped now (this runs on the prefetch thread). A leaf with no window in its
-    file (a computed leaf: LoRA, vocabulary mapping) is staged, and its buffer serves as its window."""
+    """Each input's leaves as views of its maps, and with aligned windows, the windows (kept for
+    :meth:`merge_leaf`: ``(map, lead, map_ahead)``). A leaf with no window in its file (a computed leaf:
+    LoRA, vocabulary mapping) is staged here, on the prefetch thread, and its buffer serves as its window."""
     sources = self.job.sources
     windows = {s.path: [src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None for src in sources]
                for s in specs}
@@ -362,14 +366,12 @@ class FlatChunk:
     for s in specs:
       for i, src in enumerate(sources):
         w = windows[s.path][i]
-        if w is None:
-          out[i][s.path] = src.flat_view(s.path).reshape(s.shape)
-          continue
-        if (s.path, i) not in staged:
-          populate(w[0])
-        out[i][s.path] = w[0][w[1]:w[1] + s.size].reshape(s.shape)
+        # The group keeps maps of its own (mapped page by page only if read: NaN/Inf tracing); the
+        # windows go when their leaf is merged, so mapped pages stay bounded by a leaf or two.
+        out[i][s.path] = (w[0][:s.size] if (s.path, i) in staged else src.flat_view(s.path)).reshape(s.shape)
       if self.aligned:
-        self._windows[s.path] = windows[s.path]
+        self._windows[s.path] = [None if w is None else (*w, (s.path, i) not in staged)
+                                 for i, w in enumerate(windows[s.path])]
     return out
 
   def _read_staged(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
@@ -449,6 +451,9 @@ class FlatChunk:
     write = functools.partial(self.sink.write_span, p) if self.spans else None
     ctx, out_dtype = job.context(p), job.out_dtype[p]
     windows = self._windows.pop(p, None)
+    self._map_ahead(p)
+    if windows is not None:
+      windows = [None if w is None else w[:2] for w in windows]
     if windows is not None and all(w is not None for w in windows):
       res, flag = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
     else:
@@ -459,6 +464,14 @@ class FlatChunk:
       else:
         res, flag = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
     return (None if self.spans else res.reshape(spec.shape)), flag
+
+  def _map_ahead(self, path: str) -> None:
+    """Maps the pages of the windows of the leaf after ``path`` (if read already) on the mapper thread,
+    while ``path`` is merged: its kernels then find every page mapped (:func:`populate`)."""
+    nxt = self._next.get(path)
+    windows = self._windows.get(nxt) if nxt is not None else None
+    if windows:
+      self.mapper.submit(lambda: [populate(w[0]) for w in windows if w is not None and w[2]])
 
   def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
     """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
@@ -546,6 +559,7 @@ class FlatChunk:
   def close(self) -> None:
     self.compiler.close()
     self.drainer.shutdown(wait=True)
+    self.mapper.shutdown(wait=True)
     self._windows.clear()
     self.stager.close()
 

@@ -7,6 +7,7 @@ import functools
 import mmap
 import os
 import sys
+import time
 from typing import Iterator
 
 import jax
@@ -71,11 +72,12 @@ class StagingBuffers:
   development VM, more than reading the data itself); a recycled slab costs nothing. A slab is reused
   only when nothing refers to it any more: each array carved from it holds a reference, and so does
   every jax.Array aliasing one until the computations reading it are done. Slabs are anonymous maps
-  of ``capacity`` bytes (the largest group's need), returned to the system by :meth:`clear`.
+  of ``capacity`` bytes (the largest group's need), returned to the system by :meth:`clear`; beyond
+  ``keep`` of them, :meth:`take` first waits up to ``wait_s`` for one to come free.
   """
 
-  def __init__(self, capacity: int):
-    self.capacity = capacity
+  def __init__(self, capacity: int, keep: int = 2, wait_s: float = 0.25):
+    self.capacity, self.keep, self.wait_s = capacity, keep, wait_s
     self.slabs: list[mmap.mmap] = []
 
   def _free(self, i: int) -> bool:
@@ -88,9 +90,16 @@ class StagingBuffers:
     slab, else from a new one (from a one-off map if ``nbytes`` exceeds the capacity)."""
     if nbytes > self.capacity:
       return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.uint8, count=nbytes)
-    for i in range(len(self.slabs)):
-      if self._free(i):
-        return np.frombuffer(self.slabs[i], np.uint8, count=nbytes)
+    deadline = time.monotonic() + self.wait_s
+    while True:
+      for i in range(len(self.slabs)):
+        if self._free(i):
+          return np.frombuffer(self.slabs[i], np.uint8, count=nbytes)
+      # Two slabs cover the group being used and the one being read; the group before them is
+      # usually let go a moment after this read starts (its last computations finish): wait for it.
+      if len(self.slabs) < self.keep or time.monotonic() > deadline:
+        break
+      time.sleep(0.002)
     self.slabs.append(mmap.mmap(-1, max(self.capacity, 1)))
     return np.frombuffer(self.slabs[-1], np.uint8, count=nbytes)
 
