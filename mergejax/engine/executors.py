@@ -3,14 +3,17 @@ them and merges each leaf. One is chosen per merge (:func:`choose_executor`):
 
 * :class:`FlatChunk` when the method is elementwise (:attr:`~mergejax.methods.Traits.elementwise`) and
   the mesh is one CPU device: every leaf as flat 1-D chunks of one size, so ONE compiled kernel per
-  (method, dtype) serves every leaf shape. Inputs that offer host views
-  (:class:`~mergejax.checkpoints.base.HostViews`, e.g. safetensors memory maps) are never copied into
-  arrays, and without statistics passes kernels read 64-byte-aligned windows of them in place;
-  position-keyed kernels (DARE) are told where each chunk lies in its leaf, or get row blocks when a
+  (method, dtype) serves every leaf shape (statistics counts too: padded chunks, each told how many
+  entries count). Inputs that offer host views (:class:`~mergejax.checkpoints.base.HostViews`, e.g.
+  safetensors memory maps) are never copied into fresh arrays: without statistics passes kernels read
+  64-byte-aligned windows of the maps in place (pages mapped a leaf ahead on a thread of their own);
+  with them, and for computed leaves, each leaf is read once into recycled aligned memory (staged).
+  Position-keyed kernels (DARE) are told where each chunk lies in its leaf, or get row blocks when a
   leaf's rows are too long for that; a sink that takes spans
-  (:class:`~mergejax.checkpoints.base.SpanSink`) gets each chunk straight from the kernel's buffer.
+  (:class:`~mergejax.checkpoints.base.SpanSink`) gets each chunk straight from the kernel's buffer, on
+  a draining thread while the next chunks run.
 * :class:`WholeLeaf` otherwise: whole leaves as (sharded) jax.Arrays on any mesh, one compiled kernel
-  per leaf shape, dtype and sharding.
+  per leaf shape, dtype and sharding (on one CPU device, leaves of files staged as above).
 
 Both give bit-identical results (tests/test_engine.py).
 """
@@ -271,13 +274,13 @@ class FlatChunk:
     self.pieces = "chunks" if not self.positional or short_rows else "row_blocks"
     # Float leaves of sources that can map them are not read into jax.Arrays: without statistics
     # passes, kernels read 64-byte-aligned windows of read-only maps of the files in place (their pages
-    # mapped on the reader thread); statistics passes read each leaf several times, so each leaf is
-    # read once from its file into a recycled aligned buffer (``staged``), which kernels read in place.
+    # mapped a leaf ahead on a thread of its own); statistics passes read each leaf several times, so
+    # each leaf is read once from its file into a recycled aligned buffer (``staged``), read in place.
     self.views = all(isinstance(s, HostViews) for s in job.sources)
     self.staged = self.views and job.method.compute_stats is not None
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
     self.stager = _Stager(job)
-    self._windows: dict[str, list[tuple[np.ndarray, int] | None]] = {}  # aligned windows read ahead
+    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, map ahead) by leaf
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
