@@ -87,10 +87,11 @@ _LAYERS, _VOCAB, _EXPERTS = merge_bench._LAYERS, merge_bench._VOCAB, merge_bench
 _WORKDIR, _KEEP, _REPEATS, _OUT = merge_bench._WORKDIR, merge_bench._KEEP, merge_bench._REPEATS, merge_bench._OUT
 # pylint: enable=protected-access
 
-# Files that record times, paths or random ids rather than merge results: the manifest, and orbax's OCDBT
-# data and manifest files (named by, and holding, random ids: two runs of the same code differ in them).
-_VOLATILE = re.compile(r"mergejax_manifest\.json$|_CHECKPOINT_METADATA$|commit_success\.txt$|(^|/)d/|^ocdbt\.process_"
-                       r"|manifest\.ocdbt$")
+# Files that record times, paths or random ids rather than merge results: the manifest, the model card
+# (README.md: it records the command, whose --config and --output paths name each side's directories), and
+# orbax's OCDBT data and manifest files (named by, and holding, random ids: two runs of the same code differ).
+_VOLATILE = re.compile(r"mergejax_manifest\.json$|^README\.md$|_CHECKPOINT_METADATA$|commit_success\.txt$|(^|/)d/"
+                       r"|^ocdbt\.process_|manifest\.ocdbt$")
 
 
 def command(method, checkout, base, experts, out, cache, fmt=None):
