@@ -160,7 +160,7 @@ def test_a_method_that_is_not_elementwise_runs_whole_leaves_on_one_device(world,
   opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
   out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
                              SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
-  assert _manifest(out)["executor"]["name"] == "whole_leaf"
+  assert _manifest(out)["executor"] == {"name": "whole_leaf", "inputs": "staged"}
   ref = mergejax.merge(trees[0], trees[1:], ta)
   got = _read_all(out)
   for k in SHAPES:
@@ -350,6 +350,46 @@ def test_disk_full_midway_leaves_nothing(world, tmp_path):
                          mergejax.methods.task_arithmetic(), mesh=sharding.make_mesh(), memory_budget_bytes=20_000)
   assert e.value.errno == errno.ENOSPC and sink.writes == 3
   assert list(tmp_path.iterdir()) == []
+
+
+class _DiskFullSpanSink(SafetensorsSink):
+  def __init__(self, *a, fail_after: int, **kw):
+    super().__init__(*a, **kw)
+    self.fail_after, self.spans = fail_after, 0
+
+  def write_span(self, path, start, data):
+    self.spans += 1
+    if self.spans > self.fail_after:
+      raise OSError(errno.ENOSPC, "No space left on device", str(self.atomic.tmp / "model.safetensors"))
+    super().write_span(path, start, data)
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties"])
+def test_disk_full_while_chunks_are_written_leaves_nothing(world, tmp_path, name):
+  """On one device chunks are written on a draining thread (from aligned windows or staged leaves): a
+  failed write there fails the merge with its error, and nothing is left behind."""
+  base_p, expert_ps, _ = world
+  sink = _DiskFullSpanSink(tmp_path / "out", fail_after=5, sidecar_dir=str(base_p))
+  with pytest.raises(OSError) as e:
+    engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps], sink,
+                         mergejax.methods.get(name), mesh=sharding.make_mesh(jax.devices()[:1]),
+                         executor=engine.FlatChunk(chunk=256), memory_budget_bytes=20_000)
+  assert e.value.errno == errno.ENOSPC and sink.spans == 6
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_nonfinite_in_a_staged_whole_leaf_merge_names_source_and_leaf(tmp_path):
+  """A method that is not elementwise, on one device: leaves of files are staged and checked as read."""
+  base = random_tree(0)
+  bad = random_tree(1, base=base)
+  bad["model.layers.0.mlp.down_proj.weight"][5, 39] = np.nan
+  bp, ep = write_hf(tmp_path / "b", base), write_hf(tmp_path / "e", bad)
+  ta = mergejax.methods.task_arithmetic(lam=0.5)
+  opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
+  with pytest.raises(engine.NonFiniteError, match=r"e: leaf 'model.layers.0.mlp.down_proj.weight' contains NaN"):
+    engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep), SafetensorsSource(bp)],
+                         SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]
 
 
 def test_non_float_leaves_pass_through_and_dtype_override(world, tmp_path):

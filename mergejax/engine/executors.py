@@ -592,17 +592,23 @@ def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtyp
   :data:`DRAIN_DEPTH` ahead; without it, each piece is drained while the next one runs.
   """
   out = np.empty((n,), out_dtype) if write is None else None
-  flags, pending = [], collections.deque()
+  flags, pending, failed = [], collections.deque(), []
 
   def drain(item):
+    if failed:  # a piece before this one failed (e.g. the disk is full): write nothing more
+      return
     a, b, r = item
-    r = np.asarray(r).reshape(-1)[:b - a]
-    if host_check:
-      flags.append(finite_host(r))
-    if write is not None:
-      write(a, r)
-    else:
-      out[a:b] = r
+    try:
+      r = np.asarray(r).reshape(-1)[:b - a]
+      if host_check:
+        flags.append(finite_host(r))
+      if write is not None:
+        write(a, r)
+      else:
+        out[a:b] = r
+    except BaseException:
+      failed.append(True)
+      raise
 
   try:
     for a, b, args in pieces:
