@@ -27,11 +27,18 @@ _INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "psutil>=5.9",
     "pyyaml>=6.0",  # mergekit YAML recipes (mergejax-yaml)
+    # The checkpoints' own tokenizers: tokenizer.json (Llama 3, Qwen, Gemma 3) and SentencePiece models.
+    "tokenizers>=0.20,<1",
+    "sentencepiece>=0.2",
+    "scipy>=1.12",  # t and normal quantiles of the study's verdicts (also a dependency of jax)
 ]
 
 _EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0",
-             "peft==0.21.2"],
+             "peft==0.21.2",
+             "lm-eval==0.4.13"],
+    # lm-evaluation-harness bridge (mergejax-lm-eval); lm-eval's core needs no torch.
+    "lmeval": ["lm-eval==0.4.13"],
     "bench": ["psutil>=5.9"],
 }
 
@@ -56,6 +63,7 @@ setup(
             "mergejax-build-world=mergejax.cli.build_world:run",
             "mergejax-eval=mergejax.cli.eval:run",
             "mergejax-study=mergejax.cli.study:run",
+            "mergejax-lm-eval=mergejax.evaluation.lm_harness:main",
         ],
     },
     classifiers=["Programming Language :: Python :: 3.11"],

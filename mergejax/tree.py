@@ -1,4 +1,4 @@
-"""Pytree helpers shared by the merge library and the checkpoint layer: canonical leaf paths,
+"""Pytree utilities shared by the merge library and the checkpoint layer: canonical leaf paths,
 stable path hashes (for PRNG keys) and structural validation of base vs experts."""
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ accuracy for choice tasks, ROUGE-L / F1 / exact match for generation tasks). A c
 the mean of its tasks' primary scores; a mixture's score is the mean over its categories (so a
 category with more datasets does not weigh more), following the paper's averaging order.
 
-Task categories come from :func:`register_category` (the T0 tasks register theirs), the synthetic
-suite's ``mergejax.tasks.category_of``, and otherwise the task is its own
-category. A ``_rank`` suffix is ignored when looking a task up.
+Task categories come from :func:`mergejax.tasks.task_category` (registered ones, the synthetic
+suite's, or the task's own name).
 """
 
 from __future__ import annotations
@@ -17,31 +16,10 @@ import json
 import math
 from typing import Any, Mapping
 
+from mergejax.tasks import task_category
+
 PRIMARY_METRICS = ("accuracy", "rank_accuracy", "rank_classification_accuracy", "rougeL", "rouge_l",
                    "rougeLsum", "token_f1", "f1", "exact_match", "sequence_accuracy")
-
-_CATEGORIES: dict[str, str] = {}
-
-
-def register_category(task: str, category: str) -> None:
-  """Declares ``task``'s category for per-category aggregation (idempotent)."""
-  _CATEGORIES[task] = category
-
-
-def _strip(task: str) -> str:
-  return task[:-len("_rank")] if task.endswith("_rank") else task
-
-
-def task_category(task: str) -> str:
-  """The category ``task`` belongs to (its own name, without ``_rank``, when unknown)."""
-  for name in (task, _strip(task)):
-    if name in _CATEGORIES:
-      return _CATEGORIES[name]
-  try:
-    from mergejax import tasks  # pylint: disable=g-import-not-at-top
-    return tasks.category_of(task)
-  except (ImportError, KeyError, AttributeError):
-    return _strip(task)
 
 
 def to_float(v: Any) -> float:
@@ -77,6 +55,9 @@ class EvalResults:
     task_categories: task -> category.
     categories: category -> mean primary score of its tasks.
     score: mean over categories.
+    correct: task -> per-example correctness ("0110...", in example-index order) of rank-classification
+      tasks, where the evaluator reports it (what a bootstrap over test examples resamples).
+    chance: task -> score of a uniform random choice (same unit as the task's score), where known.
   """
 
   mixture: str
@@ -87,6 +68,8 @@ class EvalResults:
   task_categories: dict[str, str]
   categories: dict[str, float]
   score: float
+  correct: dict[str, str] = dataclasses.field(default_factory=dict)
+  chance: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -100,11 +83,13 @@ class EvalResults:
 
 
 def aggregate(mixture: str, split: str, per_task: Mapping[str, Mapping[str, Any]],
-              categories: Mapping[str, str] | None = None) -> EvalResults:
+              categories: Mapping[str, str] | None = None, *, correct: Mapping[str, str] | None = None,
+              chance: Mapping[str, float] | None = None) -> EvalResults:
   """Builds :class:`EvalResults` from seqio's ``{task: {metric: value}}``.
 
   Args:
     categories: optional task -> category overrides (default: :func:`task_category`).
+    correct, chance: optional per-example correctness and chance level per task (see EvalResults).
   """
   tasks = {t: {k: to_float(v) for k, v in m.items()} for t, m in per_task.items() if m}
   task_scores, primary, task_cats = {}, {}, {}
@@ -116,7 +101,9 @@ def aggregate(mixture: str, split: str, per_task: Mapping[str, Mapping[str, Any]
     by_cat.setdefault(task_cats[t], []).append(s)
   cats = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
   score = sum(cats.values()) / len(cats) if cats else float("nan")
-  return EvalResults(mixture, split, tasks, task_scores, primary, task_cats, cats, score)
+  return EvalResults(mixture, split, tasks, task_scores, primary, task_cats, cats, score,
+                     {t: v for t, v in (correct or {}).items() if t in tasks},
+                     {t: float(v) for t, v in (chance or {}).items() if t in tasks})
 
 
 def format_table(results: EvalResults) -> str:
