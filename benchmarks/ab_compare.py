@@ -14,10 +14,10 @@ default: this checkout), alternating A and B in every round so that both see the
   ``--methods_cpu_layers``: the same library merges timed by CPU time, which varies far less than wall
   time on a loaded machine.
 
-    git worktree add /tmp/old <commit>
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --layers=2 --vocab=4000 --repeats=1   # quick
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --repeats=3 --methods_bench            # full
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --nocmp --ab_methods= --methods_cpu_layers=3
+    git worktree add ../old <commit>
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --layers=2 --vocab=4000 --repeats=1   # quick
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --repeats=3 --methods_bench            # full
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --nocmp --ab_methods= --methods_cpu_layers=3
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ import merge_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-impo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# merge_bench's flags apply too: --preset, --layers, --hidden, --intermediate, --vocab, --experts, --workdir (reused if it holds a workload),
-# --keep, --repeats (timed rounds per method, A and B alternated in each), --out_json.
+# merge_bench's flags apply too: --preset, --layers, --hidden, --intermediate, --vocab, --experts,
+# --workdir (reused if it holds a workload), --keep, --repeats (timed rounds per method, A and B alternated in each),
+# --out_json.
 _OLD = flags.DEFINE_string("old", None, "Checkout A (the reference).", required=True)
 _NEW = flags.DEFINE_string("new", str(REPO), "Checkout B.")
 _METHODS = flags.DEFINE_list("ab_methods", ["linear", "task_arithmetic", "ties", "ties_global", "dare_linear",
@@ -159,7 +160,7 @@ def run_methods_bench(checkout) -> dict[str, float]:
 
 def main(argv):
   del argv
-  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="ab_compare_", dir="/tmp"))
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="ab_compare_"))
   root.mkdir(parents=True, exist_ok=True)
   sides = {"A": pathlib.Path(_OLD.value).resolve(), "B": pathlib.Path(_NEW.value).resolve()}
   shape = merge_bench.shape_flags()  # --preset, or the shape flags (default: merge_bench's 168M workload)

@@ -2,7 +2,8 @@ r"""Checkpoint merges: ``mergejax-merge`` vs ``mergekit-yaml``, side by side in 
 
 Workload (issue 3): an HF Llama-architecture checkpoint of 168,313,856 bf16 parameters (hidden 1024,
 8 layers, intermediate 2816, vocab 32000; ~336 MB), base + 4 experts, safetensors in 200 MB shards,
-generated under a temporary directory in /tmp and deleted afterwards. Output: safetensors, bf16.
+generated under a temporary directory (``--workdir``, default: a new one from ``tempfile``) and deleted
+afterwards. Output: safetensors, bf16.
 
 For each method both tools run as fresh processes (page cache warm: every input is read once before
 timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
@@ -58,7 +59,7 @@ _BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "mergejax --config.memory_
 _SMALL_BUDGET = flags.DEFINE_float("small_budget_gb", 0.25, "Budget of the bounded-memory run.")
 _BUDGET_METHOD = flags.DEFINE_string("budget_method", "task_arithmetic", "Method of the bounded-memory runs.")
 _BUDGET_FORMATS = flags.DEFINE_list("budget_formats", ["safetensors", "orbax"], "Output formats of the bounded-memory runs.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new /tmp dir).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new temporary directory).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds per method, interleaved (mergejax cold, warm, mergekit); the "
@@ -227,7 +228,7 @@ def agreement(a_dir, b_dir) -> dict:
 
 def main(argv):
   del argv
-  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="merge_bench_", dir="/tmp"))
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="merge_bench_"))
   root.mkdir(parents=True, exist_ok=True)
   shape = shape_flags()
   shapes = llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
