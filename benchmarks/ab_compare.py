@@ -4,7 +4,8 @@ For a change that must not alter results or speed (a refactor), run the same ``m
 commands with checkout A (``--old``, e.g. a ``git worktree`` of the previous commit) and B (``--new``,
 default: this checkout), alternating A and B in every round so that both see the same machine load:
 
-* ``cmp``: every output file of every method (safetensors and orbax output) must be byte-identical,
+* ``cmp``: every output file of every method (safetensors and orbax output) and of ``yaml_bench.py``'s
+  recipes through ``mergejax-yaml`` must be byte-identical,
   except files that record times, paths or random ids (the manifest; orbax's OCDBT data files, which
   differ between two runs of the same code): orbax outputs are compared by their other files and by
   their restored arrays, bit for bit;
@@ -38,6 +39,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import merge_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import yaml_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,6 +50,8 @@ _OLD = flags.DEFINE_string("old", None, "Checkout A (the reference).", required=
 _NEW = flags.DEFINE_string("new", str(REPO), "Checkout B.")
 _METHODS = flags.DEFINE_list("ab_methods", ["linear", "task_arithmetic", "ties", "ties_global", "dare_linear",
                                             "dare_ties"], "Methods (merge_bench's names, plus dare_linear).")
+_RECIPES = flags.DEFINE_list("ab_recipes", ["ties_gradient", "lora_ta", "union_linear"], "yaml_bench's recipes, "
+                             "run by mergejax-yaml of each checkout and compared byte for byte.")
 _FORMATS = flags.DEFINE_list("formats", ["safetensors", "orbax"], "Output formats compared byte for byte.")
 _METHODS_BENCH = flags.DEFINE_bool("methods_bench", False, "Also run methods_bench.py of A and B, alternated.")
 _CMP = flags.DEFINE_bool("cmp", True, "Compare outputs (False: timing only).")
@@ -200,7 +204,32 @@ def main(argv):
               + (f" (arrays {'equal' if entry['arrays_equal'] else 'DIFFER'})" if fmt == "orbax" else ""), flush=True)
         for out in outs.values():
           shutil.rmtree(out, ignore_errors=True)
-    # 2. Timing, A and B alternated (the order flips every round).
+    # 2. mergejax-yaml recipes (per-layer values, LoRA applied while merging, vocabulary mapping): the same.
+    if _CMP.value and _RECIPES.value:
+      rroot = root / "recipes"
+      rroot.mkdir(exist_ok=True)
+      rbase, rexperts = yaml_bench.make_workload(rroot, shape)
+      texts = yaml_bench.recipes(rroot, rbase, rexperts)
+      for name in _RECIPES.value:
+        cfg = rroot / f"{name}.yml"
+        cfg.write_text(texts[name])
+        outs = {}
+        for side, checkout in sides.items():
+          out = root / f"out_{side}_{name}"
+          shutil.rmtree(out, ignore_errors=True)
+          r = run([sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(out), "--noprogress"], checkout,
+                  capture_output=True, text=True)
+          if r.returncode:
+            raise RuntimeError(f"{side} {name} failed: {r.stderr[-2000:]}")
+          outs[side] = out
+        bad = compare_dirs(outs["A"], outs["B"])
+        results["cmp"][f"recipe {name}"] = {"differing_files": bad, "compared_files": sorted(
+            str(p.relative_to(outs["A"])) for p in outs["A"].rglob("*")
+            if p.is_file() and not _VOLATILE.search(str(p.relative_to(outs["A"]))))}
+        print(f"cmp recipe {name:16s} {'IDENTICAL' if not bad else 'DIFFER: ' + ', '.join(bad)}", flush=True)
+        for out in outs.values():
+          shutil.rmtree(out, ignore_errors=True)
+    # 3. Timing, A and B alternated (the order flips every round).
     for method in _METHODS.value:
       for k in range(_REPEATS.value):
         for side in (("A", "B") if k % 2 == 0 else ("B", "A")):

@@ -196,43 +196,54 @@ def agreement(mj: pathlib.Path, mk: pathlib.Path, recipe: str, base, experts, de
           "tensor_mismatch": only[:5]}
 
 
+def llama_config(shape: dict) -> dict:
+  return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["hidden"],
+          "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"], "num_attention_heads": 16,
+          "num_key_value_heads": 16, "vocab_size": shape["vocab"], "max_position_embeddings": 2048,
+          "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+
+
+def make_workload(root: pathlib.Path, shape: dict) -> tuple[pathlib.Path, list[pathlib.Path]]:
+  """The recipes' inputs under ``root`` (reused if there): base + 3 experts, two experts with added
+  tokens (tok_e0, tok_e1), a LoRA; their safetensors read once (page cache warm). Returns base, experts."""
+  shapes = merge_bench.llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
+  base, experts = root / "base", [root / f"expert{i}" for i in range(3)]
+  if not base.exists():
+    t = time.perf_counter()
+    merge_bench.write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, llama_config(shape))
+    for i, e in enumerate(experts):
+      merge_bench.write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, llama_config(shape))
+    _write_tokenizer(base, shape["vocab"], [])
+    half = _ADDED.value // 2
+    shared = [f"<shared{i}>" for i in range(half)]
+    for i in range(2):
+      extra = shared + [f"<own{i}_{j}>" for j in range(_ADDED.value - half)]
+      _resize(experts[i], root / f"tok_e{i}", len(extra), 10 + i)
+      _write_tokenizer(root / f"tok_e{i}", shape["vocab"], extra)
+    _write_lora(root / "lora", shapes, _RANK.value, 7)
+    print(f"generated base + 3 experts (+2 resized, a LoRA) in {time.perf_counter() - t:.0f}s under {root}")
+  for d in root.iterdir():  # warm the page cache
+    for f in list(d.glob("*.safetensors")) if d.is_dir() else []:
+      with open(f, "rb") as fh:
+        while fh.read(64 << 20):
+          pass
+  return base, experts
+
+
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="yaml_bench_"))
   root.mkdir(parents=True, exist_ok=True)
   shape = merge_bench.shape_flags()  # --preset=llama100m|llama1b, or the shape flags
-  layers, vocab = shape["layers"], shape["vocab"]
-  shapes = merge_bench.llama_shapes(layers, shape["hidden"], shape["intermediate"], vocab)
-  params = sum(int(np.prod(s)) for s in shapes.values())
-  config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["hidden"],
-            "intermediate_size": shape["intermediate"], "num_hidden_layers": layers, "num_attention_heads": 16,
-            "num_key_value_heads": 16, "vocab_size": vocab, "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+  layers = shape["layers"]
+  params = sum(int(np.prod(s)) for s in merge_bench.llama_shapes(layers, shape["hidden"], shape["intermediate"],
+                                                                   shape["vocab"]).values())
   results = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params, "runs": [],
              "preset": merge_bench._PRESET.value, "loadavg_start": os.getloadavg(),  # pylint: disable=protected-access
              "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
   try:
-    base, experts = root / "base", [root / f"expert{i}" for i in range(3)]
-    if not base.exists():
-      t = time.perf_counter()
-      merge_bench.write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, config)
-      for i, e in enumerate(experts):
-        merge_bench.write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, config)
-      _write_tokenizer(base, vocab, [])
-      half = _ADDED.value // 2
-      shared = [f"<shared{i}>" for i in range(half)]
-      for i in range(2):
-        extra = shared + [f"<own{i}_{j}>" for j in range(_ADDED.value - half)]
-        _resize(experts[i], root / f"tok_e{i}", len(extra), 10 + i)
-        _write_tokenizer(root / f"tok_e{i}", vocab, extra)
-      _write_lora(root / "lora", shapes, _RANK.value, 7)
-      print(f"generated base + 3 experts (+2 resized, a LoRA) of {params:,} params in {time.perf_counter() - t:.0f}s")
-    for d in root.iterdir():  # warm the page cache
-      for f in list(d.glob("*.safetensors")) if d.is_dir() else []:
-        with open(f, "rb") as fh:
-          while fh.read(64 << 20):
-            pass
+    base, experts = make_workload(root, shape)
     model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
     results["model_bytes"] = model_bytes
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
