@@ -32,6 +32,9 @@ def get_config() -> config_dict.ConfigDict:
       dare_linear=dict(drop_rate=(0.5, 0.8), lam=(0.3, 0.5)),
   )
   c.world_dir = config_dict.placeholder(str)  # default: <workdir>/world
+  # Training seeds of the world: one world per seed (seed 0 in world_dir, seed k in <world_dir>_seed<k>),
+  # the same study on each; several seeds add training-seed variance as the verdicts' top bootstrap level.
+  c.world_seeds = (0,)
   c.build_world = True  # train missing world models; False: fail at start-up if any is missing
   c.multitask = True  # train and evaluate the multitask baselines
   # Training steps per world recipe (None: the recipe's default; small values for quick looks and tests).

@@ -67,6 +67,29 @@ class StudySpec:
   world_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # recipe -> training steps
   design: str = "balanced"  # expert subsets: grid.DESIGNS
   verdicts: verdicts_lib.Settings = verdicts_lib.Settings()
+  world_seeds: tuple[int, ...] = (0,)  # training seeds: one world each (world_dir_for)
+  world: str = ""  # the world this spec's rows belong to: "" with one world seed, else world_id(seed)
+
+  def for_world(self, seed: int) -> "StudySpec":
+    """This spec for the world trained with ``seed``: its directory, and its rows' world id and key prefix."""
+    return dataclasses.replace(self, world_dir=world_dir_for(self.world_dir, seed),
+                               world=world_id(seed) if len(self.world_seeds) > 1 else "")
+
+  def key(self, key: str) -> str:
+    """A row's key in the store: prefixed by the world id when the study has several worlds."""
+    return f"{self.world}/{key}" if self.world else key
+
+
+def world_dir_for(world_dir: str | pathlib.Path, seed: int) -> pathlib.Path:
+  """Where the world of training seed ``seed`` lives: ``world_dir`` for seed 0, ``<world_dir>_seed<k>``
+  for seed k (so a directory never holds models of two seeds)."""
+  world_dir = pathlib.Path(world_dir)
+  return world_dir if seed == 0 else world_dir.with_name(f"{world_dir.name}_seed{seed}")
+
+
+def world_id(seed: int) -> str:
+  """The id of a world in rows (``world``) and the verdicts' bootstrap (its top level)."""
+  return f"seed{seed}"
 
 
 def _values(cfg: Any, field: str, kind: type) -> tuple:
@@ -125,21 +148,25 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise StudyConfigError(f"world_steps.{recipe}={steps!r} must be a positive integer")
       world_steps[recipe] = steps
+  world_seeds = _values(cfg, "world_seeds", int) or (0,)
+  if len(set(world_seeds)) != len(world_seeds) or min(world_seeds) < 0:
+    raise StudyConfigError(f"world_seeds={tuple(world_seeds)!r}: expected distinct seeds >= 0")
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world)
   multitask = bool(cfg.get("multitask", True))
   if not build:
-    for size in sizes:
-      for kind in kinds:
-        needed = [world_lib.checkpoint_path(world_dir, size, kind, "base")]
-        needed += [world_lib.checkpoint_path(world_dir, size, kind, "expert", c) for c in categories]
-        if multitask:
-          needed.append(world_lib.checkpoint_path(world_dir, size, kind, "multitask"))
-        for p in needed:
-          if not models.is_complete(p):
-            raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
+    for wdir in (world_dir_for(world_dir, s) for s in world_seeds):
+      for size in sizes:
+        for kind in kinds:
+          needed = [world_lib.checkpoint_path(wdir, size, kind, "base")]
+          needed += [world_lib.checkpoint_path(wdir, size, kind, "expert", c) for c in categories]
+          if multitask:
+            needed.append(world_lib.checkpoint_path(wdir, size, kind, "multitask"))
+          for p in needed:
+            if not models.is_complete(p):
+              raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
   return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
-                   int(cfg.eval_batch_size), multitask, world_steps, design, settings)
+                   int(cfg.eval_batch_size), multitask, world_steps, design, settings, tuple(world_seeds))
 
 
 class Scorer:
@@ -233,6 +260,11 @@ class ModelSet:
   experts_host: dict[str, Any] | None = None
   taus_host: dict[str, Any] | None = None  # float32 task vectors expert - base (candidates.task_vectors)
 
+  @property
+  def param_count(self) -> int:
+    """Parameters of the base checkpoint as loaded (the report's model sizes)."""
+    return sum(int(np.size(x)) for x in jax.tree.leaves(self.base))
+
 
 def _load(path: pathlib.Path):
   sharding = jax.sharding.NamedSharding(
@@ -321,24 +353,25 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
 
   def full_reference(role: str, params) -> dict[str, Any]:
     """Held-in (every category) and held-out scores of a base or multitask model, cached."""
-    key = f"ref/{kind}/{size}/{role}"
+    key = spec.key(f"ref/{kind}/{size}/{role}")
     fp = reference_fingerprint(spec, kind, size, role)
     row = store.get(key, fp)
     if row is None:
       res = scorer(size, ms.adapter, params, _suites(spec.categories, heldout=True), TEST_SPLIT, per_example=True)
       hi, ho = _split_heldout(res.task_scores, res.task_categories, spec.categories)
       row = {"type": "reference", "role": role, "kind": kind, "size": size, "heldin_test": hi, "heldout_test": ho,
-             "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance}
+             "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance,
+             **_world_field(spec)}
       if role == "base":
         val = scorer(size, ms.adapter, params, _suites(spec.categories), SELECTION_SPLIT, per_example=True)
         row.update(heldin_validation=val.task_scores, validation_correct=val.correct,
-                   validation_chance=val.chance, params=models.param_count(ms.config))
+                   validation_chance=val.chance, params=ms.param_count)
       row = store.put(key, row, fp)
     return row
 
   refs["base"] = full_reference("base", ms.base)
   for c, params in ms.experts.items():
-    key = f"ref/{kind}/{size}/expert/{c}"
+    key = spec.key(f"ref/{kind}/{size}/expert/{c}")
     fp = reference_fingerprint(spec, kind, size, "expert", c)
     row = store.get(key, fp)
     if row is None:
@@ -348,11 +381,16 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
                             "heldin_test": test.task_scores, "heldin_validation": val.task_scores,
                             "task_categories": test.task_categories, "test_correct": test.correct,
                             "validation_correct": val.correct, "task_chance": test.chance,
-                            "validation_chance": val.chance}, fp)
+                            "validation_chance": val.chance, **_world_field(spec)}, fp)
     refs[f"expert/{c}"] = row
   if ms.multitask is not None:
     refs["multitask"] = full_reference("multitask", ms.multitask)
   return refs
+
+
+def _world_field(spec: StudySpec) -> dict[str, str]:
+  """``{"world": id}`` for rows of a study with several worlds (the bootstrap's top level), else nothing."""
+  return {"world": spec.world} if spec.world else {}
 
 
 def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, Any]], float]) -> tuple[dict, list]:
@@ -368,7 +406,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   validation split of the merged experts' held-in tasks (normalized by the experts' validation scores);
   the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
   normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
-  key = f"merge/{cell.key}/{method_name}"
+  key = spec.key(f"merge/{cell.key}/{method_name}")
   fp = merge_fingerprint(spec, cell, method_name)
   row = store.get(key, fp)
   if row is not None:
@@ -415,7 +453,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}, "test_correct": res.correct,
       "heldin_norm": n_hi.score, "heldout_norm": n_ho.score,
       "heldin_norm_by_category": n_hi.per_category, "heldout_norm_by_category": n_ho.per_category,
-      **timings}, fp)
+      **_world_field(spec), **timings}, fp)
 
 
 class MergeWarmup:
@@ -473,13 +511,16 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   is_main = jax.process_index() == 0
   t_start = time.perf_counter()
   store = ResultsStore(workdir / "results")
+  worlds = [spec.for_world(seed) for seed in spec.world_seeds]
   world_s = None  # not built here
   if spec.build_world:
-    summary = world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                                    multitask=spec.multitask, progress=progress and is_main,
-                                    recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
-    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start,
-                                  trained=any(not r.get("skipped") for r in summary["runs"]))
+    trained = False
+    for seed, w in zip(spec.world_seeds, worlds):
+      summary = world_lib.build_world(w.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
+                                      multitask=spec.multitask, progress=progress and is_main, seed=seed,
+                                      recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
+      trained = trained or any(not r.get("skipped") for r in summary["runs"])
+    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start, trained=trained)
   study_t0 = time.perf_counter()
   checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
   guard = guard if guard is not None else SplitGuard()
@@ -488,29 +529,34 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
-  merges_missing = any(store.get(f"merge/{c.key}/{m}", merge_fingerprint(spec, c, m)) is None for c, m in units)
-  if merges_missing or any(store.get(f"ref/{k}/{s}/base", reference_fingerprint(spec, k, s, "base")) is None
-                           for k in spec.kinds for s in spec.sizes):
+  missing = {w.world: any(store.get(w.key(f"merge/{c.key}/{m}"), merge_fingerprint(w, c, m)) is None
+                          for c, m in units) for w in worlds}
+  if any(missing.values()) or any(
+      store.get(w.key(f"ref/{k}/{s}/base"), reference_fingerprint(w, k, s, "base")) is None
+      for w in worlds for k in spec.kinds for s in spec.sizes):
     scorer.prepare(adapter_for(models.load_config(
-        world_lib.checkpoint_path(spec.world_dir, spec.sizes[0], spec.kinds[0], "base"))))
-  bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
-  loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
-  warmup = None
-  if jax.process_count() == 1 and merges_missing:
-    loaded = {(spec.kinds[0], size): load_models(spec, spec.kinds[0], size) for size in spec.sizes}
-    warmup = MergeWarmup(spec, {size: ms for (_, size), ms in loaded.items()}, scorer)
-  for kind in spec.kinds:
-    for size in spec.sizes:
-      todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
-      ms = loaded.pop((kind, size), None) or load_models(spec, kind, size)
-      refs = reference_rows(store, scorer, spec, kind, size, ms)
-      if warmup is not None:
-        warmup.wait(size)
-      for cell, method_name in todo:
-        bar.set_postfix_str(f"{cell.key} {method_name}")
-        run_cell_method(store, scorer, guard, spec, cell, method_name, ms, refs)
-        bar.update()
-      del ms
+        world_lib.checkpoint_path(worlds[0].world_dir, spec.sizes[0], spec.kinds[0], "base"))))
+  bar = tqdm(total=len(units) * len(worlds), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
+  warmed = False  # the merge and evaluation programs are compiled once, with the first world's models
+  for w in worlds:
+    loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
+    warmup = None
+    if jax.process_count() == 1 and missing[w.world] and not warmed:
+      loaded = {(spec.kinds[0], size): load_models(w, spec.kinds[0], size) for size in spec.sizes}
+      warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer)
+      warmed = True
+    for kind in spec.kinds:
+      for size in spec.sizes:
+        todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
+        ms = loaded.pop((kind, size), None) or load_models(w, kind, size)
+        refs = reference_rows(store, scorer, w, kind, size, ms)
+        if warmup is not None:
+          warmup.wait(size)
+        for cell, method_name in todo:
+          bar.set_postfix_str(f"{w.world + ' ' if w.world else ''}{cell.key} {method_name}")
+          run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs)
+          bar.update()
+        del ms
   bar.close()
   if store.outdated:
     logging.warning("%d stored rows were computed from other inputs (grid, categories, design or world) and "
@@ -525,7 +571,8 @@ def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, tr
   was built outside this work directory's records)."""
   key = "meta/world"
   fp = store_lib.fingerprint({"world_dir": str(spec.world_dir), "sizes": spec.sizes, "kinds": spec.kinds,
-                              "categories": spec.categories, "multitask": spec.multitask})
+                              "categories": spec.categories, "multitask": spec.multitask,
+                              **({"world_seeds": spec.world_seeds} if spec.world_seeds != (0,) else {})})
   row = store.get(key, fp) or {"type": "meta", "build_s": 0.0}
   if trained:
     row = store.put(key, {"type": "meta", "build_s": row["build_s"] + seconds}, fp)
