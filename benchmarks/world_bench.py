@@ -227,7 +227,7 @@ def expert_checks(workdir, sizes, split, accuracy, z_min: float = 3.0) -> dict:
   multitask baseline normalized by the experts, on `split` (validation: decisions about the world).
 
   Per dataset: accuracy p, n, chance (mean over examples of 1 / number of choices) and
-  z = (p - chance) / sqrt(p (1 - p) / n); an expert is clearly above chance when z >= `z_min` on both
+  z = (p - chance) / sqrt(q (1 - q) / n), q = p kept within [0.5 / n, 1 - 0.5 / n]; an expert is clearly above chance when z >= `z_min` on both
   of its datasets. Multitask normalized held-in: the mean over categories of multitask / expert
   (category means of the datasets), the paper's normalization at N = all categories.
   """
@@ -250,7 +250,8 @@ def expert_checks(workdir, sizes, split, accuracy, z_min: float = 3.0) -> dict:
         for t in tasks.heldin_tasks(c):
           n, ch = n_chance[t]
           p = ex_tasks[t]
-          z = (p - ch) / max(float(np.sqrt(p * (1 - p) / n)), 1e-9)
+          q = min(max(p, 0.5 / n), 1 - 0.5 / n)  # a score of 0 or n/n still has a standard error
+          z = (p - ch) / float(np.sqrt(q * (1 - q) / n))
           row["expert"][t] = {"category": c, "accuracy": p, "n": n, "chance": ch, "z": z, "base": base_tasks[t]}
           out[f"expert_above_chance/{size}/{kind}/{t}"] = bool(z >= z_min)
       mt_path = world.checkpoint_path(workdir, size, kind, "multitask")
