@@ -31,10 +31,13 @@ _INSTALL_REQUIRES = [
     "tokenizers>=0.20,<1",
     "sentencepiece>=0.2",
     "scipy>=1.12",  # t and normal quantiles of the study's verdicts (also a dependency of jax)
+    "rouge-score==0.1.2",  # ROUGE of the T0 suite's generative held-in tasks (summarization, struct-to-text)
 ]
 
 _EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0",
+    # jinja2: the independent reference the T0 prompt templates are checked against.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "jinja2>=3.1", "torch==2.13.0",
+             "transformers==5.23.0",
              "peft==0.21.2",
              "lm-eval==0.4.13"],
     # lm-evaluation-harness bridge (mergejax-lm-eval); lm-eval's core needs no torch.

@@ -4,7 +4,8 @@ For a change that must not alter results or speed (a refactor), run the same ``m
 commands with checkout A (``--old``, e.g. a ``git worktree`` of the previous commit) and B (``--new``,
 default: this checkout), alternating A and B in every round so that both see the same machine load:
 
-* ``cmp``: every output file of every method (safetensors and orbax output) must be byte-identical,
+* ``cmp``: every output file of every method (safetensors and orbax output) and of ``yaml_bench.py``'s
+  recipes through ``mergejax-yaml`` must be byte-identical,
   except files that record times, paths or random ids (the manifest; orbax's OCDBT data files, which
   differ between two runs of the same code): orbax outputs are compared by their other files and by
   their restored arrays, bit for bit;
@@ -14,10 +15,10 @@ default: this checkout), alternating A and B in every round so that both see the
   ``--methods_cpu_layers``: the same library merges timed by CPU time, which varies far less than wall
   time on a loaded machine.
 
-    git worktree add /tmp/old <commit>
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --layers=2 --vocab=4000 --repeats=1   # quick
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --repeats=3 --methods_bench            # full
-    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --nocmp --ab_methods= --methods_cpu_layers=3
+    git worktree add ../old <commit>
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --layers=2 --vocab=4000 --repeats=1   # quick
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --repeats=3 --methods_bench            # full
+    .venv/bin/python benchmarks/ab_compare.py --old=../old --nocmp --ab_methods= --methods_cpu_layers=3
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import merge_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import yaml_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# merge_bench's flags apply too: --layers, --vocab, --experts, --workdir (reused if it holds a workload),
-# --keep, --repeats (timed rounds per method, A and B alternated in each), --out_json.
+# merge_bench's flags apply too: --preset, --layers, --hidden, --intermediate, --vocab, --experts,
+# --workdir (reused if it holds a workload), --keep, --repeats (timed rounds per method, A and B alternated in each),
+# --out_json.
 _OLD = flags.DEFINE_string("old", None, "Checkout A (the reference).", required=True)
 _NEW = flags.DEFINE_string("new", str(REPO), "Checkout B.")
 _METHODS = flags.DEFINE_list("ab_methods", ["linear", "task_arithmetic", "ties", "ties_global", "dare_linear",
                                             "dare_ties"], "Methods (merge_bench's names, plus dare_linear).")
+_RECIPES = flags.DEFINE_list("ab_recipes", ["ties_gradient", "lora_ta", "union_linear"], "yaml_bench's recipes, "
+                             "run by mergejax-yaml of each checkout and compared byte for byte.")
 _FORMATS = flags.DEFINE_list("formats", ["safetensors", "orbax"], "Output formats compared byte for byte.")
 _METHODS_BENCH = flags.DEFINE_bool("methods_bench", False, "Also run methods_bench.py of A and B, alternated.")
 _CMP = flags.DEFINE_bool("cmp", True, "Compare outputs (False: timing only).")
@@ -87,10 +92,11 @@ _LAYERS, _VOCAB, _EXPERTS = merge_bench._LAYERS, merge_bench._VOCAB, merge_bench
 _WORKDIR, _KEEP, _REPEATS, _OUT = merge_bench._WORKDIR, merge_bench._KEEP, merge_bench._REPEATS, merge_bench._OUT
 # pylint: enable=protected-access
 
-# Files that record times, paths or random ids rather than merge results: the manifest, and orbax's OCDBT
-# data and manifest files (named by, and holding, random ids: two runs of the same code differ in them).
-_VOLATILE = re.compile(r"mergejax_manifest\.json$|_CHECKPOINT_METADATA$|commit_success\.txt$|(^|/)d/|^ocdbt\.process_"
-                       r"|manifest\.ocdbt$")
+# Files that record times, paths or random ids rather than merge results: the manifest, the model card
+# (README.md: it records the command, whose --config and --output paths name each side's directories), and
+# orbax's OCDBT data and manifest files (named by, and holding, random ids: two runs of the same code differ).
+_VOLATILE = re.compile(r"mergejax_manifest\.json$|^README\.md$|_CHECKPOINT_METADATA$|commit_success\.txt$|(^|/)d/"
+                       r"|^ocdbt\.process_|manifest\.ocdbt$")
 
 
 def command(method, checkout, base, experts, out, cache, fmt=None):
@@ -158,16 +164,17 @@ def run_methods_bench(checkout) -> dict[str, float]:
 
 def main(argv):
   del argv
-  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="ab_compare_", dir="/tmp"))
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="ab_compare_"))
   root.mkdir(parents=True, exist_ok=True)
   sides = {"A": pathlib.Path(_OLD.value).resolve(), "B": pathlib.Path(_NEW.value).resolve()}
-  shapes = merge_bench.llama_shapes(_LAYERS.value, 1024, 2816, _VOCAB.value)
+  shape = merge_bench.shape_flags()  # --preset, or the shape flags (default: merge_bench's 168M workload)
+  shapes = merge_bench.llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
   config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16"}
   results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "A": str(sides["A"]), "B": str(sides["B"]),
              "params": sum(int(np.prod(s)) for s in shapes.values()), "cmp": {}, "runs": []}
   try:
     base = root / "base"
-    experts = [root / f"expert{i}" for i in range(_EXPERTS.value)]
+    experts = [root / f"expert{i}" for i in range(shape["experts"])]
     if _METHODS.value and not base.exists():
       merge_bench.write_model(base, shapes, 0, None, 200 * 10**6, config)
       for i, e in enumerate(experts):
@@ -197,7 +204,32 @@ def main(argv):
               + (f" (arrays {'equal' if entry['arrays_equal'] else 'DIFFER'})" if fmt == "orbax" else ""), flush=True)
         for out in outs.values():
           shutil.rmtree(out, ignore_errors=True)
-    # 2. Timing, A and B alternated (the order flips every round).
+    # 2. mergejax-yaml recipes (per-layer values, LoRA applied while merging, vocabulary mapping): the same.
+    if _CMP.value and _RECIPES.value:
+      rroot = root / "recipes"
+      rroot.mkdir(exist_ok=True)
+      rbase, rexperts = yaml_bench.make_workload(rroot, shape)
+      texts = yaml_bench.recipes(rroot, rbase, rexperts)
+      for name in _RECIPES.value:
+        cfg = rroot / f"{name}.yml"
+        cfg.write_text(texts[name])
+        outs = {}
+        for side, checkout in sides.items():
+          out = root / f"out_{side}_{name}"
+          shutil.rmtree(out, ignore_errors=True)
+          r = run([sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(out), "--noprogress"], checkout,
+                  capture_output=True, text=True)
+          if r.returncode:
+            raise RuntimeError(f"{side} {name} failed: {r.stderr[-2000:]}")
+          outs[side] = out
+        bad = compare_dirs(outs["A"], outs["B"])
+        results["cmp"][f"recipe {name}"] = {"differing_files": bad, "compared_files": sorted(
+            str(p.relative_to(outs["A"])) for p in outs["A"].rglob("*")
+            if p.is_file() and not _VOLATILE.search(str(p.relative_to(outs["A"]))))}
+        print(f"cmp recipe {name:16s} {'IDENTICAL' if not bad else 'DIFFER: ' + ', '.join(bad)}", flush=True)
+        for out in outs.values():
+          shutil.rmtree(out, ignore_errors=True)
+    # 3. Timing, A and B alternated (the order flips every round).
     for method in _METHODS.value:
       for k in range(_REPEATS.value):
         for side in (("A", "B") if k % 2 == 0 else ("B", "A")):

@@ -2,7 +2,8 @@ r"""Checkpoint merges: ``mergejax-merge`` vs ``mergekit-yaml``, side by side in 
 
 Workload (issue 3): an HF Llama-architecture checkpoint of 168,313,856 bf16 parameters (hidden 1024,
 8 layers, intermediate 2816, vocab 32000; ~336 MB), base + 4 experts, safetensors in 200 MB shards,
-generated under a temporary directory in /tmp and deleted afterwards. Output: safetensors, bf16.
+generated under a temporary directory (``--workdir``, default: a new one from ``tempfile``) and deleted
+afterwards. Output: safetensors, bf16.
 
 For each method both tools run as fresh processes (page cache warm: every input is read once before
 timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
@@ -37,6 +38,15 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Issue 18's shapes (bf16 Llama layout, base + 3 experts unless --experts says otherwise); explicit shape
+# flags override a preset's values.
+PRESETS = {
+    "llama100m": {"layers": 8, "hidden": 768, "intermediate": 2048, "vocab": 32000, "experts": 3},  # 105.8M
+    "llama1b": {"layers": 16, "hidden": 2048, "intermediate": 5632, "vocab": 32000, "experts": 3},  # 953.6M
+}
+
+_PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "A workload shape of issue 18 (overrides the shape "
+                            "flags' defaults; flags given explicitly win).")
 _MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "", "mergekit-yaml executable ('' skips).")
 _METHODS = flags.DEFINE_list("methods", ["linear", "task_arithmetic", "ties", "dare_ties"], "mergekit method names.")
 _LAYERS = flags.DEFINE_integer("layers", 8, "Decoder layers.")
@@ -49,7 +59,7 @@ _BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "mergejax --config.memory_
 _SMALL_BUDGET = flags.DEFINE_float("small_budget_gb", 0.25, "Budget of the bounded-memory run.")
 _BUDGET_METHOD = flags.DEFINE_string("budget_method", "task_arithmetic", "Method of the bounded-memory runs.")
 _BUDGET_FORMATS = flags.DEFINE_list("budget_formats", ["safetensors", "orbax"], "Output formats of the bounded-memory runs.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new /tmp dir).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to generate the workload (default: a new temporary directory).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds per method, interleaved (mergejax cold, warm, mergekit); the "
@@ -57,17 +67,48 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds per method, interleaved (m
 
 _TIMER = ("import resource, subprocess, sys, time\n"
           "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
-          "w = time.perf_counter() - t\n"
+          "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
           "sys.stderr.write(r.stderr.decode(errors='replace')[-2000:] if r.returncode else '')\n"
-          "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, r.returncode)\n")
+          "print(w, u.ru_maxrss * 1024, r.returncode, u.ru_utime + u.ru_stime)\n")
 
 
 def timed(cmd: list[str], env=None) -> dict:
+  """Whole-process wall time, peak RSS and CPU time (user + system: on a loaded machine it varies far
+  less than wall time) of ``cmd``."""
   r = subprocess.run([sys.executable, "-c", _TIMER, *cmd], capture_output=True, text=True, env=env)
-  wall, rss, rc = r.stdout.split()
+  wall, rss, rc, cpu = r.stdout.split()
   if int(rc):
     raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-1500:]}")
-  return {"wall_s": float(wall), "peak_rss_bytes": int(rss)}
+  return {"wall_s": float(wall), "peak_rss_bytes": int(rss), "cpu_s": float(cpu)}
+
+
+def shape_flags() -> dict:
+  """layers, hidden, intermediate, vocab, experts: the preset's, with explicitly given flags winning."""
+  holders = {"layers": _LAYERS, "hidden": _HIDDEN, "intermediate": _INTER, "vocab": _VOCAB, "experts": _EXPERTS}
+  preset = PRESETS.get(_PRESET.value, {})
+  return {k: (h.value if flags.FLAGS[h.name].present or k not in preset else preset[k]) for k, h in holders.items()}
+
+
+def read_bandwidth(files: list[pathlib.Path], cold: bool) -> float:
+  """Bytes/s of reading ``files`` whole with ``preadv`` into one reused 64 MiB buffer: from disk after
+  dropping them from the page cache (``cold``: ``posix_fadvise(DONTNEED)``), else from the page cache.
+  The merge loop's input rate is reported against the page-cache figure (inputs warm, as timed)."""
+  buf = memoryview(bytearray(64 << 20))
+  total, t = 0, 0.0
+  for f in files:
+    fd = os.open(f, os.O_RDONLY)
+    try:
+      if cold:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+      t0, off = time.perf_counter(), 0
+      while n := os.preadv(fd, [buf], off):
+        off += n
+      t += time.perf_counter() - t0
+      total += off
+    finally:
+      os.close(fd)
+  return total / t
 
 
 def llama_shapes(layers, hidden, inter, vocab):
@@ -187,19 +228,21 @@ def agreement(a_dir, b_dir) -> dict:
 
 def main(argv):
   del argv
-  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="merge_bench_", dir="/tmp"))
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="merge_bench_"))
   root.mkdir(parents=True, exist_ok=True)
-  shapes = llama_shapes(_LAYERS.value, _HIDDEN.value, _INTER.value, _VOCAB.value)
+  shape = shape_flags()
+  shapes = llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
   params = sum(int(np.prod(s)) for s in shapes.values())
-  config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": _HIDDEN.value,
-            "intermediate_size": _INTER.value, "num_hidden_layers": _LAYERS.value, "num_attention_heads": 16,
-            "num_key_value_heads": 16, "vocab_size": _VOCAB.value, "max_position_embeddings": 2048,
+  config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["hidden"],
+            "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"], "num_attention_heads": 16,
+            "num_key_value_heads": 16, "vocab_size": shape["vocab"], "max_position_embeddings": 2048,
             "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
   results = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params, "runs": []}
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params, "shape": shape,
+             "preset": _PRESET.value, "runs": []}
   try:
     base = root / "base"
-    experts = [root / f"expert{i}" for i in range(_EXPERTS.value)]
+    experts = [root / f"expert{i}" for i in range(shape["experts"])]
     if not base.exists():
       t = time.perf_counter()
       write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, config)
@@ -207,15 +250,15 @@ def main(argv):
         write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, config)
       print(f"generated {1 + len(experts)} x {params:,} params in {time.perf_counter() - t:.0f}s under {root}")
     model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-    for d in [base, *experts]:  # warm the page cache
-      for f in d.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-          while fh.read(64 << 20):
-            pass
+    inputs = [f for d in [base, *experts] for f in sorted(d.glob("*.safetensors"))]
+    read_cold = read_bandwidth(inputs, cold=True)  # also warms the page cache
+    read_warm = max(read_bandwidth(inputs, cold=False) for _ in range(2))
     bw = copy_bandwidth()
-    results["copy_bandwidth_GBps"] = bw / 1e9
-    results["model_bytes"] = model_bytes
-    print(f"model {model_bytes / 1e6:.0f} MB; numpy copy bandwidth {bw / 1e9:.1f} GB/s")
+    results.update(copy_bandwidth_GBps=bw / 1e9, read_bandwidth_cold_GBps=read_cold / 1e9,
+                   read_bandwidth_page_cache_GBps=read_warm / 1e9, model_bytes=model_bytes,
+                   loadavg_start=os.getloadavg()[0])
+    print(f"model {model_bytes / 1e6:.0f} MB x {len(experts) + 1}; numpy copy bandwidth {bw / 1e9:.1f} GB/s; "
+          f"read bandwidth (preadv) {read_cold / 1e9:.2f} GB/s from disk, {read_warm / 1e9:.1f} GB/s from the page cache")
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     startup = timed([sys.executable, "-c", "import mergejax.cli.merge, jax; jax.devices()"], env=env)
     results["mergejax_import"] = startup
@@ -239,7 +282,10 @@ def main(argv):
                "loadavg_1m": os.getloadavg()[0],
                "merge_phase_s": man["elapsed_s"], "GBps_whole": moved / r["wall_s"] / 1e9,
                "GBps_merge_phase": moved / man["elapsed_s"] / 1e9, "floor_s": moved / bw,
-               "merge_phase_over_floor": man["elapsed_s"] / (moved / bw)}
+               "merge_phase_over_floor": man["elapsed_s"] / (moved / bw),
+               # the merge loop's input rate against the page-cache read bandwidth (issue 18: >= 50% at 1B)
+               "read_GBps_merge_phase": n_in * model_bytes / man["elapsed_s"] / 1e9,
+               "read_share_of_page_cache_bw": n_in * model_bytes / man["elapsed_s"] / read_warm}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
       if _MERGEKIT.value and method != "ties_global":
@@ -285,8 +331,12 @@ def print_summary(results: dict) -> None:
   compilation cache) as the ratio of the medians over the rounds, each round's own ratio (the runs of
   a round are back to back, so they saw the same machine), and peak RSS (the highest of any run)."""
   runs = [r for r in results["runs"] if "output_format" not in r]
-  print(f"\nsummary ({results['date']}, {results['machine']}; medians over rounds):")
+  print(f"\nsummary ({results['date']}, {results['machine']}; {results['params']:,} parameters, "
+        f"{results.get('shape', {}).get('experts', '?')} experts; medians over rounds):")
+  print(f"read bandwidth: {results.get('read_bandwidth_page_cache_GBps', 0):.1f} GB/s page cache, "
+        f"{results.get('read_bandwidth_cold_GBps', 0):.2f} GB/s disk; numpy copy {results['copy_bandwidth_GBps']:.1f} GB/s")
   print("method | rounds | mergejax cold s | warm s | mergekit s | speed-up cold (per round) | warm | goal | "
+        "CPU s mergejax cold / mergekit (ratio) | merge loop input GB/s (% of page-cache read bw) | "
         "RSS mergejax / mergekit GB | load")
   for m, goal in GOALS.items():
     pick = lambda tool, cache=None: [r for r in runs if r["method"] == m and r["tool"] == tool
@@ -300,9 +350,14 @@ def print_summary(results: dict) -> None:
     met = sum(x >= goal for x in per_round)
     rss, rss_mk = max(r["peak_rss_bytes"] for r in cold + warm), max(r["peak_rss_bytes"] for r in mk)
     loads = [r["loadavg_1m"] for r in cold + mk]
+    cpu = lambda rows: float(np.median([r.get("cpu_s", np.nan) for r in rows]))  # noqa: E731
+    read = float(np.median([r["read_GBps_merge_phase"] for r in cold + warm if "read_GBps_merge_phase" in r] or [np.nan]))
+    share = float(np.median([r["read_share_of_page_cache_bw"] for r in cold + warm
+                             if "read_share_of_page_cache_bw" in r] or [np.nan]))
     print(f"{m} | {len(cold)} | {med(cold):.2f} | {med(warm):.2f} | {med(mk):.2f} | {ratio:.1f}x "
           f"({' / '.join(f'{x:.1f}' for x in per_round)}) | {ratio_w:.1f}x | "
           f"{goal:.0f}x: median {'met' if ratio >= goal else 'MISSED'}, {met} of {len(per_round)} rounds | "
+          f"{cpu(cold):.2f} / {cpu(mk):.2f} ({cpu(mk) / cpu(cold):.1f}x) | {read:.2f} ({100 * share:.0f}%) | "
           f"{rss / 1e9:.2f} / {rss_mk / 1e9:.2f} {'lower' if rss <= rss_mk else 'HIGHER'} | "
           f"{min(loads):.1f}-{max(loads):.1f}")
 

@@ -1,8 +1,8 @@
 r"""Model families: loading a ~1B-parameter checkpoint, and rank-classification throughput against
 lm-evaluation-harness's Hugging Face (PyTorch) backend (issue 16).
 
-    .venv/bin/python benchmarks/models_bench.py --mode=load --workdir=/tmp/mj_models_bench
-    .venv/bin/python benchmarks/models_bench.py --mode=rank --workdir=/tmp/mj_models_bench
+    .venv/bin/python benchmarks/models_bench.py --mode=load
+    .venv/bin/python benchmarks/models_bench.py --mode=rank
 
 ``load``: writes a random Llama-style bfloat16 checkpoint of ``--load_params`` parameters (sharded
 safetensors, 1 GiB shards) under ``--workdir``; then, ``--repeats`` times back to back, measures the file
@@ -28,12 +28,14 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 
 _MODE = flags.DEFINE_enum("mode", "rank", ["load", "rank", "load_child"], "What to measure.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mj_models_bench", "Scratch directory (created, then removed).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Scratch directory, created and removed afterwards (default: a new "
+                                "temporary directory; put it on the disk you want to measure).")
 _LOAD_PARAMS = flags.DEFINE_float("load_params", 1.0e9, "Parameters of the load benchmark's checkpoint.")
 _EXAMPLES = flags.DEFINE_integer("examples", 100, "Multiple-choice questions of the rank benchmark.")
 _CONTEXT = flags.DEFINE_integer("context_words", 96, "Words per question.")
@@ -260,10 +262,13 @@ def main(argv):
   if _MODE.value == "load_child":
     load_child(_WORKDIR.value)
     return
-  workdir = pathlib.Path(_WORKDIR.value)
-  if workdir.exists():
-    raise SystemExit(f"{workdir} exists; pass a new --workdir")
-  workdir.mkdir(parents=True)
+  if _WORKDIR.value:
+    workdir = pathlib.Path(_WORKDIR.value)
+    if workdir.exists():
+      raise SystemExit(f"{workdir} exists; pass a new --workdir")
+    workdir.mkdir(parents=True)
+  else:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="mj_models_bench_"))
   try:
     (bench_load if _MODE.value == "load" else bench_rank)(workdir)
   finally:

@@ -1,6 +1,6 @@
 r"""mergekit recipes: ``mergejax-yaml`` vs ``mergekit-yaml`` on the same YAML, side by side in one run.
 
-Recipes (issue 18), on HF Llama-architecture bf16 checkpoints generated under /tmp (base + 3 experts,
+Recipes (issue 18), on HF Llama-architecture bf16 checkpoints generated in a temporary directory (base + 3 experts,
 safetensors shards; see ``merge_bench.py`` for the generator):
 
 * ``ties_gradient``: per-tensor TIES with per-layer gradients (density [0.2 -> 0.4] across layers,
@@ -18,7 +18,7 @@ string), with TIES differences at trim-threshold ties counted apart (mergekit ke
 by sort order, mergejax every entry tied with the k-th); ``lora_ta`` thereby also checks mergejax's LoRA
 application against the PEFT that mergekit's venv has.
 
-    .venv/bin/python benchmarks/yaml_bench.py --mergekit=/work/mk-venv/bin/mergekit-yaml
+    .venv/bin/python benchmarks/yaml_bench.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/yaml_bench.py --layers=2 --vocab=4000 --repeats=1   # quick smoke run
 """
 
@@ -43,15 +43,16 @@ import merge_bench  # noqa: E402  (the workload generator and the timer)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
-# The workload's flags (--mergekit, --layers, --hidden, --intermediate, --vocab, --shard_mb, --repeats,
+# The workload's flags (--mergekit, --preset, --layers, --hidden, --intermediate, --vocab, --shard_mb, --repeats,
 # --workdir, --keep, --out_json) are merge_bench's; these are this benchmark's own.
 _RECIPES = flags.DEFINE_list("recipes", ["ties_gradient", "lora_ta", "union_linear"], "Recipes to run.")
 _RANK = flags.DEFINE_integer("lora_rank", 16, "LoRA rank.")
 _ADDED = flags.DEFINE_integer("added_tokens", 64, "Tokens each union expert adds (half shared between them).")
-_MERGEKIT, _LAYERS, _HIDDEN, _INTER, _VOCAB = (merge_bench._MERGEKIT, merge_bench._LAYERS, merge_bench._HIDDEN,  # pylint: disable=protected-access
-                                               merge_bench._INTER, merge_bench._VOCAB)  # pylint: disable=protected-access
-_SHARD_MB, _REPEATS, _WORKDIR, _KEEP, _OUT = (merge_bench._SHARD_MB, merge_bench._REPEATS, merge_bench._WORKDIR,  # pylint: disable=protected-access
-                                              merge_bench._KEEP, merge_bench._OUT)  # pylint: disable=protected-access
+# pylint: disable=protected-access
+_SHARD_MB, _REPEATS, _WORKDIR = merge_bench._SHARD_MB, merge_bench._REPEATS, merge_bench._WORKDIR
+_KEEP, _OUT = merge_bench._KEEP, merge_bench._OUT
+_MERGEKIT = merge_bench._MERGEKIT
+# pylint: enable=protected-access
 
 GOAL = 4.0  # issue 18: mergejax-yaml >= 4x faster than mergekit-yaml, peak RSS no higher
 
@@ -195,40 +196,54 @@ def agreement(mj: pathlib.Path, mk: pathlib.Path, recipe: str, base, experts, de
           "tensor_mismatch": only[:5]}
 
 
+def llama_config(shape: dict) -> dict:
+  return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["hidden"],
+          "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"], "num_attention_heads": 16,
+          "num_key_value_heads": 16, "vocab_size": shape["vocab"], "max_position_embeddings": 2048,
+          "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+
+
+def make_workload(root: pathlib.Path, shape: dict) -> tuple[pathlib.Path, list[pathlib.Path]]:
+  """The recipes' inputs under ``root`` (reused if there): base + 3 experts, two experts with added
+  tokens (tok_e0, tok_e1), a LoRA; their safetensors read once (page cache warm). Returns base, experts."""
+  shapes = merge_bench.llama_shapes(shape["layers"], shape["hidden"], shape["intermediate"], shape["vocab"])
+  base, experts = root / "base", [root / f"expert{i}" for i in range(3)]
+  if not base.exists():
+    t = time.perf_counter()
+    merge_bench.write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, llama_config(shape))
+    for i, e in enumerate(experts):
+      merge_bench.write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, llama_config(shape))
+    _write_tokenizer(base, shape["vocab"], [])
+    half = _ADDED.value // 2
+    shared = [f"<shared{i}>" for i in range(half)]
+    for i in range(2):
+      extra = shared + [f"<own{i}_{j}>" for j in range(_ADDED.value - half)]
+      _resize(experts[i], root / f"tok_e{i}", len(extra), 10 + i)
+      _write_tokenizer(root / f"tok_e{i}", shape["vocab"], extra)
+    _write_lora(root / "lora", shapes, _RANK.value, 7)
+    print(f"generated base + 3 experts (+2 resized, a LoRA) in {time.perf_counter() - t:.0f}s under {root}")
+  for d in root.iterdir():  # warm the page cache
+    for f in list(d.glob("*.safetensors")) if d.is_dir() else []:
+      with open(f, "rb") as fh:
+        while fh.read(64 << 20):
+          pass
+  return base, experts
+
+
 def main(argv):
   del argv
-  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="yaml_bench_", dir="/tmp"))
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="yaml_bench_"))
   root.mkdir(parents=True, exist_ok=True)
-  shapes = merge_bench.llama_shapes(_LAYERS.value, _HIDDEN.value, _INTER.value, _VOCAB.value)
-  params = sum(int(np.prod(s)) for s in shapes.values())
-  config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": _HIDDEN.value,
-            "intermediate_size": _INTER.value, "num_hidden_layers": _LAYERS.value, "num_attention_heads": 16,
-            "num_key_value_heads": 16, "vocab_size": _VOCAB.value, "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+  shape = merge_bench.shape_flags()  # --preset=llama100m|llama1b, or the shape flags
+  layers = shape["layers"]
+  params = sum(int(np.prod(s)) for s in merge_bench.llama_shapes(layers, shape["hidden"], shape["intermediate"],
+                                                                   shape["vocab"]).values())
   results = {"machine": f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params, "runs": [],
+             "preset": merge_bench._PRESET.value, "loadavg_start": os.getloadavg(),  # pylint: disable=protected-access
              "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
   try:
-    base, experts = root / "base", [root / f"expert{i}" for i in range(3)]
-    if not base.exists():
-      t = time.perf_counter()
-      merge_bench.write_model(base, shapes, 0, None, _SHARD_MB.value * 10**6, config)
-      for i, e in enumerate(experts):
-        merge_bench.write_model(e, shapes, i + 1, 0, _SHARD_MB.value * 10**6, config)
-      _write_tokenizer(base, _VOCAB.value, [])
-      half = _ADDED.value // 2
-      shared = [f"<shared{i}>" for i in range(half)]
-      for i in range(2):
-        extra = shared + [f"<own{i}_{j}>" for j in range(_ADDED.value - half)]
-        _resize(experts[i], root / f"tok_e{i}", len(extra), 10 + i)
-        _write_tokenizer(root / f"tok_e{i}", _VOCAB.value, extra)
-      _write_lora(root / "lora", shapes, _RANK.value, 7)
-      print(f"generated base + 3 experts (+2 resized, a LoRA) of {params:,} params in {time.perf_counter() - t:.0f}s")
-    for d in root.iterdir():  # warm the page cache
-      for f in list(d.glob("*.safetensors")) if d.is_dir() else []:
-        with open(f, "rb") as fh:
-          while fh.read(64 << 20):
-            pass
+    base, experts = make_workload(root, shape)
     model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
     results["model_bytes"] = model_bytes
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
@@ -257,7 +272,7 @@ def main(argv):
                                  str(lora_cache)], env=env)
           row = {"recipe": name, "tool": "mergekit", "round": k, **r, "loadavg_1m": os.getloadavg()[0]}
           if k == 0:
-            dens = (lambda leaf: 0.2 + 0.2 * (lambda i: 0.0 if i is None else i / max(1, _LAYERS.value - 1))(
+            dens = (lambda leaf: 0.2 + 0.2 * (lambda i: 0.0 if i is None else i / max(1, layers - 1))(
                 _layer(leaf))) if name == "ties_gradient" else None
             row["agreement"] = agreement(out, mk_out, name, base, experts, dens)
           results["runs"].append(row)

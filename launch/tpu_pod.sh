@@ -2,7 +2,8 @@
 # Run the study on every worker of a Cloud TPU VM slice (multi-host), creating the TPU VM if needed.
 #
 #   TPU_NAME=mj-v4-32 ZONE=us-central2-b ACCELERATOR=v4-32 WORKDIR=/mnt/bucket/study \
-#     launch/tpu_pod.sh [CONFIG] [extra flags...]
+#     TFDS_DATA_DIR=gs://bucket/tfds launch/tpu_pod.sh configs/study_paper.py \
+#     --config.models=/mnt/bucket/models.yaml [extra flags...]
 #
 # Every worker gets the same copy of this repository and runs the same command; the program calls
 # jax.distributed.initialize() (--distributed), every process joins the same jitted computations, and
@@ -32,7 +33,12 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command
   python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[test]' 'jax[tpu]==0.10.2' \
     -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
-# The same command on all workers, at once.
+# The same command on all workers, at once (flags quoted for the remote shell; TFDS_DATA_DIR passed on,
+# e.g. a bucket holding the T0 datasets built with `tfds build`, docs/TASKS.md).
+flags=$(printf ' %q' "$@")
+tfds_env=""
+[[ -n "${TFDS_DATA_DIR:-}" ]] && tfds_env="TFDS_DATA_DIR=$(printf '%q' "$TFDS_DATA_DIR")"
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
-  cd ~/mergejax && TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/mergejax-study --distributed \
-    --config=$CONFIG --workdir=$WORKDIR $*"
+  cd ~/mergejax && TF_CPP_MIN_LOG_LEVEL=3 $tfds_env \
+    .venv/bin/mergejax-study --distributed --config=$(printf '%q' "$CONFIG") \
+    --workdir=$(printf '%q' "$WORKDIR")$flags"

@@ -7,6 +7,7 @@ Layout under a workdir::
     <workdir>/<size>/<kind>/experts/<category>           expert (one per held-in category, per kind)
     <workdir>/<size>/<kind>/multitask                    multitask (all held-in categories, per kind)
     <workdir>/world.json                                 what the last build did (timings, losses)
+    <workdir>/models.yaml                                the study's manifest of these checkpoints
 
 Each leaf directory is a model checkpoint (:mod:`mergejax.models.io`): it appears only once
 complete (written under a temporary name and renamed), so :func:`build_world` skips exactly the
@@ -23,6 +24,7 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+import yaml
 from tqdm.auto import tqdm
 
 from mergejax import files
@@ -35,6 +37,8 @@ from mergejax.training import trainer as trainer_lib
 KINDS = recipes.KINDS
 ROLES = ("base", "expert", "multitask")
 DEFAULT_SIZES = ("xs", "s")
+MANIFEST = "models.yaml"
+_MANIFEST_HEADER = "# mergejax world manifest: the checkpoints of this world (mergejax-study --config.models=...)\n"
 
 
 def checkpoint_path(workdir: str | os.PathLike, size: str, kind: str, role: str,
@@ -159,6 +163,7 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   """
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  _check_manifest_ours(workdir / MANIFEST)  # refused before any training, not after
   runs = plan(workdir, sizes, **plan_kw)
   summary: dict[str, Any] = {"workdir": str(workdir), "sizes": list(sizes), "runs": [],
                              "train_flops": train_flops(runs)}
@@ -180,7 +185,44 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   summary["seconds"] = time.perf_counter() - t0
   if jax.process_index() == 0:
     files.atomic_write_json(workdir / "world.json", summary, sort_keys=False)
+    write_manifest(workdir, sizes, kinds=plan_kw.get("kinds", KINDS), categories=plan_kw.get("categories"),
+                   multitask=plan_kw.get("multitask", True))
   return summary
+
+
+def manifest(sizes: Sequence[str] = DEFAULT_SIZES, *, kinds: Sequence[str] = KINDS,
+             categories: Sequence[str] | None = None, multitask: bool = True) -> dict[str, Any]:
+  """The study's manifest of a world (``mergejax.study.manifest``): per kind and size the base, the
+  experts by category and the multitask model, as paths relative to the world's directory."""
+  categories = tuple(categories) if categories is not None else heldin_categories()
+  rel = lambda *a: str(checkpoint_path(".", *a))
+  out: dict[str, Any] = {}
+  for kind in kinds:
+    for size in sizes:
+      entry: dict[str, Any] = {"base": rel(size, kind, "base"),
+                               "experts": {c: rel(size, kind, "expert", c) for c in categories}}
+      if multitask:
+        entry["multitask"] = rel(size, kind, "multitask")
+      out.setdefault(kind, {})[size] = entry
+  return out
+
+
+def _check_manifest_ours(path: pathlib.Path) -> None:
+  if path.exists() and not (path.is_file() and path.read_text().startswith(_MANIFEST_HEADER)):
+    raise FileExistsError(f"{path}: exists and was not written by mergejax; move it away to build this world")
+
+
+def write_manifest(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, **manifest_kw) -> pathlib.Path:
+  """Adds the models of :func:`manifest` to ``<workdir>/models.yaml``, atomically; a models.yaml that
+  mergejax did not write is left alone (FileExistsError)."""
+  path = pathlib.Path(workdir) / MANIFEST
+  _check_manifest_ours(path)
+  listed = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+  for kind, by_size in manifest(sizes, **manifest_kw).items():  # what earlier builds listed stays listed
+    for size, entry in by_size.items():
+      old = listed.setdefault(kind, {}).setdefault(size, {})
+      old.update({**entry, "experts": {**old.get("experts", {}), **entry["experts"]}})
+  return files.atomic_write(path, _MANIFEST_HEADER + yaml.safe_dump(listed, sort_keys=False))
 
 
 def _row(spec: recipes.RunSpec) -> dict[str, Any]:

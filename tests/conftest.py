@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices (must precede any jax import) and quiet TensorFlow."""
+"""Test setup: 8 simulated CPU devices (must precede any jax import), quiet TensorFlow, and the tiny
+world the study tests share."""
 
 import os
 
@@ -7,3 +8,22 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STUDY_CATEGORIES = ("sentiment", "topic")
+TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+
+
+@pytest.fixture(scope="session")
+def study_world(tmp_path_factory):
+  """A tiny world of the synthetic suite (xs, both kinds, two categories, 2 training steps per model),
+  built once per test process for the study tests. Tests must not change it."""
+  from mergejax import world  # pylint: disable=g-import-not-at-top  (after the XLA flags above)
+  root = tmp_path_factory.mktemp("world")
+  world.build_world(root, ("xs",), kinds=("pretrained", "instruction_tuned"), categories=STUDY_CATEGORIES,
+                    recipe_overrides={r: {"steps": 2} for r in ("pretrain", "instruction_tune", "expert", "multitask")},
+                    batch_size=8, feature_lengths={"inputs": 96, "targets": 32}, progress=False,
+                    model_overrides=TINY_MODEL)
+  return root

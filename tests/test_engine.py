@@ -13,6 +13,7 @@ import pytest
 
 import mergejax
 from mergejax import engine, sharding
+from mergejax.engine import nonfinite, xla_cpu
 from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
 from mergejax.checkpoints.base import LeafSpec
 from test_checkpoints_fixtures import SHAPES, bits, random_tree, write_hf, write_world
@@ -120,8 +121,8 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   ran = _manifest(out)["executor"]
   assert ran["name"] == "flat_chunk" and ran["chunk"] == 256 and ran["output"] == "spans"
   assert ran["pieces"] == ("row_blocks" if max_flat_row == 16 else "chunks")
-  assert ran["inputs"] == ("aligned_windows" if method.compute_stats is None and ran["pieces"] == "chunks"
-                           else "host_views")
+  assert ran["inputs"] == ("staged" if method.compute_stats is not None
+                           else "aligned_windows" if ran["pieces"] == "chunks" else "host_views")
 
 
 @pytest.mark.parametrize("devices,uses_files,expect", [(1, True, "flat_chunk"), (8, True, "whole_leaf"),
@@ -159,7 +160,7 @@ def test_a_method_that_is_not_elementwise_runs_whole_leaves_on_one_device(world,
   opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
   out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
                              SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
-  assert _manifest(out)["executor"]["name"] == "whole_leaf"
+  assert _manifest(out)["executor"] == {"name": "whole_leaf", "inputs": "staged"}
   ref = mergejax.merge(trees[0], trees[1:], ta)
   got = _read_all(out)
   for k in SHAPES:
@@ -254,6 +255,12 @@ def test_finite_host_matches_isfinite(dtype):
       x[at] = bad
       assert not engine.finite_host(x), (dtype, bad, at)
   assert engine.finite_host(np.arange(10, dtype=np.int32))  # not a float: nothing to check
+  long = np.zeros((3 * nonfinite.HOST_PIECE + 7,), dt)  # checked piece by piece: every piece counts
+  assert engine.finite_host(long)
+  for at in (0, nonfinite.HOST_PIECE + 5, long.size - 1):
+    x = long.copy()
+    x[at] = np.nan
+    assert not engine.finite_host(x), (dtype, at)
 
 
 def test_nonfinite_in_an_unused_base_is_refused_too(tmp_path):
@@ -345,6 +352,46 @@ def test_disk_full_midway_leaves_nothing(world, tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+class _DiskFullSpanSink(SafetensorsSink):
+  def __init__(self, *a, fail_after: int, **kw):
+    super().__init__(*a, **kw)
+    self.fail_after, self.spans = fail_after, 0
+
+  def write_span(self, path, start, data):
+    self.spans += 1
+    if self.spans > self.fail_after:
+      raise OSError(errno.ENOSPC, "No space left on device", str(self.atomic.tmp / "model.safetensors"))
+    super().write_span(path, start, data)
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties"])
+def test_disk_full_while_chunks_are_written_leaves_nothing(world, tmp_path, name):
+  """On one device chunks are written on a draining thread (from aligned windows or staged leaves): a
+  failed write there fails the merge with its error, and nothing is left behind."""
+  base_p, expert_ps, _ = world
+  sink = _DiskFullSpanSink(tmp_path / "out", fail_after=5, sidecar_dir=str(base_p))
+  with pytest.raises(OSError) as e:
+    engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps], sink,
+                         mergejax.methods.get(name), mesh=sharding.make_mesh(jax.devices()[:1]),
+                         executor=engine.FlatChunk(chunk=256), memory_budget_bytes=20_000)
+  assert e.value.errno == errno.ENOSPC and sink.spans == 6
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_nonfinite_in_a_staged_whole_leaf_merge_names_source_and_leaf(tmp_path):
+  """A method that is not elementwise, on one device: leaves of files are staged and checked as read."""
+  base = random_tree(0)
+  bad = random_tree(1, base=base)
+  bad["model.layers.0.mlp.down_proj.weight"][5, 39] = np.nan
+  bp, ep = write_hf(tmp_path / "b", base), write_hf(tmp_path / "e", bad)
+  ta = mergejax.methods.task_arithmetic(lam=0.5)
+  opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
+  with pytest.raises(engine.NonFiniteError, match=r"e: leaf 'model.layers.0.mlp.down_proj.weight' contains NaN"):
+    engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep), SafetensorsSource(bp)],
+                         SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]
+
+
 def test_non_float_leaves_pass_through_and_dtype_override(world, tmp_path):
   base_p, expert_ps, trees = world
   out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
@@ -369,17 +416,57 @@ def test_tree_mismatch_names_leaf(tmp_path):
 
 
 def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
-  """SafetensorsSource.aligned_view: a 64-byte-aligned map with the tensor at [lead, lead + n), so
+  """SafetensorsSource.aligned_view: a 64-byte-aligned map with the tensor at [offset, offset + n), so
   kernels read the page cache in place (safetensors data is only 8-byte aligned)."""
   base_p, _, _ = world
   src = SafetensorsSource(base_p)
-  leads = set()
+  offsets = set()
   for spec in src.specs():
     got = src.aligned_view(spec.path)
     assert got is not None
-    amap, lead = got
+    amap, offset = got
     n = int(np.prod(spec.shape))
-    assert amap.ctypes.data % 64 == 0 and 0 <= lead < 64 // amap.dtype.itemsize
-    np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
-    leads.add(lead)
-  assert leads != {0}  # the fixture's tensors are not all aligned in their files: the lead matters
+    assert amap.ctypes.data % 64 == 0 and 0 <= offset < 64 // amap.dtype.itemsize
+    np.testing.assert_array_equal(amap[offset:offset + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
+    offsets.add(offset)
+  assert offsets != {0}  # the fixture's tensors are not all aligned in their files: the offset matters
+
+
+def test_read_into_copies_the_leaf_of_every_source_kind(world):
+  """HostViews.read_into: the leaf's bytes, read from the file (safetensors), through a subset, and
+  computed by a transform (mapped sources)."""
+  from mergejax.checkpoints.mapped import MappedSource, SubsetSource  # pylint: disable=g-import-not-at-top
+  base_p, _, _ = world
+  src = SafetensorsSource(base_p)
+  specs = src.specs()
+  t = specs[0]
+  doubled = MappedSource(src, {t.path: (t, lambda: (np.asarray(src.host(t.path), np.float32) * 2).astype(t.dtype))})
+  for spec in specs:
+    for s, want in ((src, src.flat_view(spec.path)), (SubsetSource(src, [spec.path]), src.flat_view(spec.path)),
+                    (doubled, doubled.flat_view(spec.path))):
+      out = np.full((spec.size,), 7, spec.dtype)
+      s.read_into(spec.path, out)
+      np.testing.assert_array_equal(out.view(np.uint8), np.asarray(want).view(np.uint8), err_msg=spec.path)
+  with pytest.raises(ValueError, match="read_into"):
+    src.read_into(t.path, np.empty((t.size + 1,), t.dtype))
+
+
+def test_staging_buffers_reuse_only_memory_nothing_refers_to():
+  """A slab comes back only when no array carved from it, and no jax.Array aliasing one, is left."""
+  pool = xla_cpu.StagingBuffers(1 << 16)
+  a = pool.take(4096)
+  assert a.ctypes.data % xla_cpu.ALIGN == 0
+  leaf = a[64:64 + 1024].view(np.float32)
+  del a
+  b = pool.take(4096)  # the first slab is still referred to by `leaf`
+  assert not np.shares_memory(b, leaf)
+  on_device = jax.device_put(leaf)  # aligned: aliases the slab
+  del leaf
+  c = pool.take(4096)
+  assert not np.shares_memory(c, np.asarray(on_device)) and not np.shares_memory(c, b)
+  del on_device, b
+  d = pool.take(100)
+  assert len(pool.slabs) == 3  # a released slab was reused, no fourth one
+  assert not np.shares_memory(d, c)
+  big = pool.take(1 << 17)  # beyond the capacity: a one-off buffer
+  assert big.size == 1 << 17 and len(pool.slabs) == 3

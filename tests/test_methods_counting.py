@@ -72,6 +72,24 @@ def test_count_primitives_are_exact(shape, fold):
   np.testing.assert_array_equal(hist, [[np.sum(v == b) for b in range(4)] for v in lv])
 
 
+@pytest.mark.parametrize("fold", [True, False])
+def test_counts_of_a_padded_chunk_cover_only_its_valid_entries(fold):
+  """count_indicators(valid=v) on a chunk whose entries from v on are padding (here: values that every
+  indicator would count) equals the count over the first v entries, for every v."""
+  rng = np.random.default_rng(3)
+  base = rng.normal(size=(64,)).astype(np.float32)
+  experts = tuple((base + np.round(rng.normal(size=(64,)) * 8) / 256).astype(np.float32) for _ in range(3))
+  thr = np.asarray([0.0, 0.01, 0.02], np.float32)
+  ctx = methods.ties().context(3, 0, "w")
+  for v in (0, 1, 37, 63, 64):
+    pad = lambda x, v=v: np.concatenate([x[:v], np.full((64 - v,), -1e3, np.float32)])  # noqa: E731
+    got = counting.count_indicators(pad(base), tuple(pad(e) for e in experts), ctx, thr, indicators=_above, n=4,
+                                    fold=fold, valid=np.int32(v))
+    want = counting.count_indicators(base[:v], tuple(e[:v] for e in experts), ctx, thr, indicators=_above, n=4,
+                                     fold=fold) if v else np.zeros((4, 1), np.int32)
+    np.testing.assert_array_equal(np.asarray(got).sum(-1), np.asarray(want).sum(-1), err_msg=str(v))
+
+
 class ArrayPass:
   """A LeafPass over in-memory leaves (whole leaves), counting with the engine's counters."""
 

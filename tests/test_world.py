@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from mergejax import models, world
 from mergejax.training import recipes
@@ -55,6 +56,12 @@ def test_tiny_world_builds_loadable_checkpoints_and_skips_complete_ones(tmp_path
   st = world.status(tmp_path, ("xs",), categories=CATS)
   assert len(st) == 2 * (len(CATS) + 2) and all(st.values())
   assert json.loads((tmp_path / "world.json").read_text())["runs"][0]["recipe"] == "pretrain"
+  listed = yaml.safe_load((tmp_path / "models.yaml").read_text())  # the study's manifest of this world
+  assert set(listed) == {"pretrained", "instruction_tuned"} and set(listed["pretrained"]) == {"xs"}
+  entry = listed["instruction_tuned"]["xs"]
+  assert set(entry["experts"]) == set(CATS)
+  assert all(models.is_complete(tmp_path / p) for p in [entry["base"], entry["multitask"], *entry["experts"].values()])
+  assert tmp_path / entry["experts"]["copy"] == world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "expert", "copy")
   pt_cfg, pt = models.load_checkpoint(world.checkpoint_path(tmp_path, "xs", "pretrained", "base"))
   _, it = models.load_checkpoint(world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "base"))
   ex_path = world.checkpoint_path(tmp_path, "xs", "instruction_tuned", "expert", "copy")
@@ -85,6 +92,12 @@ def test_tiny_world_builds_loadable_checkpoints_and_skips_complete_ones(tmp_path
       "xs/pretrained/expert/copy", "xs/pretrained/expert/reverse"}
   assert all(world.status(tmp_path, ("xs",), categories=CATS).values())
   models.load_checkpoint(half)
+
+  # A models.yaml mergejax did not write is refused by name before any work, and left alone.
+  (tmp_path / "models.yaml").write_text("pretrained: {}\n")
+  with pytest.raises(FileExistsError, match="models.yaml: exists and was not written by mergejax"):
+    world.build_world(tmp_path, ("xs",), **KW)
+  assert (tmp_path / "models.yaml").read_text() == "pretrained: {}\n"
 
 
 def test_concurrent_build_is_deterministic_whatever_the_devices(tmp_path):

@@ -4,6 +4,7 @@ stored; the output dtype stays the configured one, else the base's."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,7 +38,12 @@ def upcast(src: Any, paths: Sequence[str]) -> Any:
   if not todo:
     return src
   return MappedSource(src, {p: (LeafSpec(p, specs[p].shape, F32),
-                               lambda p=p: np.asarray(host_leaf(src, p), F32)) for p in todo})
+                               lambda p=p: np.asarray(host_leaf(src, p), F32)) for p in todo},
+                      fills={p: functools.partial(_fill, src, p) for p in todo})
+
+
+def _fill(src: Any, path: str, out: np.ndarray) -> None:
+  out[...] = host_leaf(src, path)  # converted as np.asarray(x, out.dtype) converts
 
 
 def align_dtypes(sources: Sequence[Any], dtype: Any = None) -> tuple[list[Any], Any]:

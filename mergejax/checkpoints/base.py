@@ -74,6 +74,11 @@ class HostViews(abc.ABC):
     aligned in memory, holding the leaf's entries at ``map[lead:lead + n]`` followed by whatever lies
     after them (up to ``align`` bytes); None where no such view exists."""
 
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    """Copies leaf ``path`` (row-major) into the 1-D array ``out`` of its dtype and size. Formats that
+    can read straight from their files (no memory map, no page faults) override this."""
+    np.copyto(out, self.flat_view(path))
+
 
 class TreeKeys(abc.ABC):
   """Source capability: the tree keys of each leaf path (an orbax output keeps the input's structure)."""

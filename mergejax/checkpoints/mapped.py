@@ -15,6 +15,7 @@ import numpy as np
 from mergejax.checkpoints.base import HostViews, LeafSpec, TreeKeys, array_from_host
 
 Transform = Callable[[], np.ndarray]
+Fill = Callable[[np.ndarray], None]  # writes a transformed leaf into a given array of its shape and dtype
 _CAPABILITIES = (HostViews, TreeKeys)
 
 
@@ -34,7 +35,7 @@ class _Wrapper:
     return super().__new__(_with(cls, tuple(c for c in _CAPABILITIES if isinstance(inner, c))))
 
   def __getattr__(self, attr: str) -> Any:
-    if attr in ("inner", "_fns", "_specs", "_by_path"):
+    if attr in ("inner", "_fns", "_fills", "_specs", "_by_path"):
       raise AttributeError(attr)
     return getattr(self.inner, attr)
 
@@ -56,14 +57,17 @@ def host_leaf(src: Any, path: str) -> np.ndarray:
 class MappedSource(_Wrapper):
   """``inner``'s leaves, with some replaced: ``transforms[path] = (spec, fn)`` gives the new leaf's spec and
   a function computing it (a host array of that shape and dtype); ``drop`` hides leaves and ``add``
-  appends new ones (same form as ``transforms``). Attributes other than the Source protocol's (``dir``,
-  ``format``, ``key_leaves``) are the inner source's."""
+  appends new ones (same form as ``transforms``); ``fills[path]``, where given, writes the transformed
+  leaf into a caller's array instead (:meth:`read_into`: no leaf-sized temporary). Attributes other than
+  the Source protocol's (``dir``, ``format``, ``key_leaves``) are the inner source's."""
 
   def __init__(self, inner: Any, transforms: Mapping[str, tuple[LeafSpec, Transform]], *, name: str | None = None,
-               drop: Sequence[str] = (), add: Mapping[str, tuple[LeafSpec, Transform]] | None = None):
+               drop: Sequence[str] = (), add: Mapping[str, tuple[LeafSpec, Transform]] | None = None,
+               fills: Mapping[str, Fill] | None = None):
     self.inner = inner
     self.name = name or inner.name
     self._fns = {**dict(transforms), **dict(add or {})}
+    self._fills = dict(fills or {})
     inner_specs = [s for s in inner.specs() if s.path not in set(drop)]
     self._specs = [self._fns[s.path][0] if s.path in self._fns else s for s in inner_specs]
     have = {s.path for s in self._specs}
@@ -95,6 +99,14 @@ class MappedSource(_Wrapper):
       return None
     return self.inner.aligned_view(path, align)
 
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    if path in self._fills:
+      self._fills[path](out.reshape(self._by_path[path].shape))
+    elif path in self._fns or not isinstance(self.inner, HostViews):
+      np.copyto(out, self.flat_view(path))
+    else:
+      self.inner.read_into(path, out)
+
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     plain = [p for p in paths if p not in self._fns]
     out = self.inner.read(plain, {p: shardings[p] for p in plain if p in shardings} if shardings else None) \
@@ -124,6 +136,9 @@ class SubsetSource(_Wrapper):
 
   def aligned_view(self, path: str, align: int = 64):
     return self.inner.aligned_view(path, align)
+
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    self.inner.read_into(path, out)
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return self.inner.read(paths, shardings)

@@ -222,7 +222,7 @@ class SafetensorsSource(HostViews):
     multiple of its itemsize, or it is empty.
 
     Safetensors data is only 8-byte aligned in its file; XLA:CPU copies a host buffer that is not
-    64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the lead
+    64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the offset
     (the engine's flat-chunk executor) read the page cache directly.
     """
     e = self._entries[t]
@@ -235,6 +235,24 @@ class SafetensorsSource(HostViews):
     tail = min(align, os.path.getsize(e["file"]) - (e["offset"] + n * dt.itemsize)) // dt.itemsize
     lead = lead_bytes // dt.itemsize
     return np.memmap(e["file"], dtype=dt, mode="r", offset=start, shape=(lead + n + tail,)), lead
+
+  def read_into(self, t: str, out: np.ndarray) -> None:
+    """Reads tensor ``t`` into the 1-D array ``out`` with ``preadv`` from the file: one copy from the
+    page cache, no memory map and so no page faults (see :meth:`HostViews.read_into`)."""
+    e = self._entries[t]
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    if len(view) != math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize:
+      raise ValueError(f"read_into: {len(view)} bytes for tensor '{t}' of shape {e['shape']} {e['dtype']}")
+    offset = e["offset"]
+    fd = os.open(e["file"], os.O_RDONLY)
+    try:
+      while view:
+        n = os.preadv(fd, [view], offset)
+        if n <= 0:
+          raise CheckpointError(f"{e['file']}: truncated while reading tensor '{t}'")
+        view, offset = view[n:], offset + n
+    finally:
+      os.close(fd)
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     out = {}

@@ -361,13 +361,14 @@ class VocabAlignment:
     self._cache = {path: out}  # one leaf at a time
     return out
 
-  def mapped(self, srcs: Sequence[Any], m: int, path: str) -> np.ndarray:
-    """Input ``m``'s leaf ``path`` with rows for the output vocabulary (float32, padded)."""
+  def mapped(self, srcs: Sequence[Any], m: int, path: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Input ``m``'s leaf ``path`` with rows for the output vocabulary (float32, padded), written into
+    ``out`` when given (every row is written)."""
     x = host_leaf(srcs[m], path)
     row_shape = x.shape[1:]
     defaults = self._defaults(srcs, path)
     n = len(self.vocab)
-    out = np.empty((self.size, *row_shape), F32)
+    out = np.empty((self.size, *row_shape), F32) if out is None else out
     p = self.perm[m]
     own = p >= 0
     for j in self.sources:
@@ -408,7 +409,8 @@ class VocabAlignment:
     for m, src in enumerate(srcs):
       specs = {s.path: s for s in src.specs()}
       out.append(MappedSource(src, {p: (LeafSpec(p, (self.size, *specs[p].shape[1:]), F32),
-                                        lambda p=p, m=m: self.mapped(srcs, m, p)) for p in names}))
+                                        lambda p=p, m=m: self.mapped(srcs, m, p)) for p in names},
+                              fills={p: lambda o, p=p, m=m: self.mapped(srcs, m, p, o) for p in names}))
     self.leaves = names
     return out
 

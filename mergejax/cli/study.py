@@ -1,6 +1,8 @@
 """mergejax-study: the paper's study as one command (resumable).
 
   mergejax-study --config=configs/study_tiny.py --workdir=runs/tiny
+  mergejax-study --config=configs/study_tiny.py --workdir=runs/mine --config.models=models.yaml
+  mergejax-study --config=configs/study_tiny.py --workdir=runs/tiny --config.dry_run=True
 
 Builds the embedded world if it is not cached, runs every (cell, method) that has no row yet, and
 writes DIR/report.md, CSVs and plots. Kill it at any moment and run it again to continue.
@@ -46,6 +48,8 @@ def main(argv):
   except runner.StudyConfigError as e:
     print(f"mergejax-study: bad configuration: {e}", file=sys.stderr)
     sys.exit(2)
+  if path is None:  # a dry run printed its plan
+    return
   if jax.process_index() == 0:
     print(f"\nReport: {path}\n")
     print(report_lib.summary_table(path))

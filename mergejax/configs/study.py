@@ -16,9 +16,13 @@ from ml_collections import config_dict
 
 def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
+  # The checkpoints: a manifest (docs/STUDY.md, "The manifest"): per base kind and size label the base, the
+  # experts by category and the multitask model, each a directory mergejax.models.from_pretrained reads.
+  # None: the embedded world in world_dir, which its builder describes in <world_dir>/models.yaml.
+  c.models = config_dict.placeholder(str)
   c.kinds = ("pretrained", "instruction_tuned")  # base kinds
-  c.sizes = ("xs", "s")  # rows of mergejax.models.SIZES, smallest first
-  c.categories = ()  # held-in categories whose experts are merged; empty: all 8
+  c.sizes = ()  # size labels (empty: the manifest's, or the world's xs and s); ordered by parameter count
+  c.categories = ()  # held-in categories whose experts are merged; empty: all of the manifest's (world: 8)
   c.num_experts = (2, 4, 6, 8)  # N: experts merged per cell
   c.subset_seeds = 3  # expert subsets per N (balanced design: rounded up to a balanced count, docs/STUDY.md)
   c.design = "balanced"  # "balanced": every category equally often per N; "random": the paper's random draws
@@ -36,14 +40,20 @@ def get_config() -> config_dict.ConfigDict:
       dare_linear=dict(drop_rate=(0.05, 0.2, 0.4, 0.6), lam=(0.25, 0.5, 1.0)),
   )
   c.world_dir = config_dict.placeholder(str)  # default: <workdir>/world
-  # Training seeds of the world: one world per seed (seed 0 in world_dir, seed k in <world_dir>_seed<k>),
-  # the same study on each; several seeds add training-seed variance as the verdicts' top bootstrap level.
-  c.world_seeds = (0,)
   c.build_world = True  # train missing world models; False: fail at start-up if any is missing
   c.multitask = True  # train and evaluate the multitask baselines
   # Training steps per world recipe (None: the recipe's default; small values for quick looks and tests).
   c.world_steps = dict(pretrain=config_dict.placeholder(int), instruction_tune=config_dict.placeholder(int),
                        expert=config_dict.placeholder(int), multitask=config_dict.placeholder(int))
+  # The suites: a category's held-in suite ("{category}" replaced), the held-out suite (names of
+  # mergejax.evaluation.suites, or seqio mixtures / tasks), tokenized with the checkpoints' own vocabulary.
+  # The synthetic suite: "heldin_{category}", "heldout"; the real T0 tasks over TFDS:
+  # heldin_suite="t0_heldin_{category}", heldout_suite="t0".
+  c.heldin_suite = "heldin_{category}"
+  c.heldout_suite = "heldout"
+  c.validation_split = "validation"  # hyperparameters are selected here
+  c.test_split = "test"  # the chosen merges are scored here, once
+  c.dry_run = False  # print the plan (cells, candidates, examples, bytes per device) and stop
   c.eval_batch_size = 64  # rows per step for decoding and for adapters without packed scoring
   c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
   c.progress = True

@@ -305,20 +305,26 @@ def _fold_map(fn, x: Array, local: list[int]) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("indicators", "axis"))
-def _indicator_words(base, experts, ctx, args, *, indicators, axis):
-  return pack_fields(list(indicators(base, experts, ctx, *args)), axis)
+def _indicator_words(base, experts, ctx, args, valid, *, indicators, axis):
+  inds = list(indicators(base, experts, ctx, *args))
+  if valid is not None:  # a padded 1-D chunk: entries from ``valid`` on are padding and never counted
+    keep = jax.lax.iota(jnp.int32, experts[0].shape[0]) < valid
+    inds = [jnp.logical_and(ind, keep) for ind in inds]
+  return pack_fields(inds, axis)
 
 
-def count_indicators(base, experts, ctx, *args, indicators, n: int, fold: bool) -> Array:
+def count_indicators(base, experts, ctx, *args, indicators, n: int, fold: bool, valid: Array | None = None) -> Array:
   """int32[n, P] partial counts of the ``n`` boolean arrays ``indicators(base, experts, ctx, *args)``.
 
   The indicators are computed, packed and folded in one jitted pass (:func:`pack_fields`; ``fold``
   False leaves them unfolded, for indicator functions that XLA:CPU stops vectorizing when a fold is
-  fused in, such as DARE's hashes), then counted by :func:`count_fields`.
+  fused in, such as DARE's hashes), then counted by :func:`count_fields`. ``valid`` (an int32 scalar,
+  for 1-D inputs): only the first ``valid`` entries are counted, so that every chunk of a leaf, its
+  zero-padded tail included, runs the same compiled programs.
   """
   local = local_shape(experts[0])
   axis = field_fold_axis(local) if fold else None
-  words = _indicator_words(base, experts, ctx, args, indicators=indicators, axis=axis)
+  words = _indicator_words(base, experts, ctx, args, valid, indicators=indicators, axis=axis)
   return count_fields(words, n_fields=n, total_size=math.prod(tuple(experts[0].shape)),
                       local=packed_local_shape(local, axis))
 

@@ -3,20 +3,24 @@ them and merges each leaf. One is chosen per merge (:func:`choose_executor`):
 
 * :class:`FlatChunk` when the method is elementwise (:attr:`~mergejax.methods.Traits.elementwise`) and
   the mesh is one CPU device: every leaf as flat 1-D chunks of one size, so ONE compiled kernel per
-  (method, dtype) serves every leaf shape. Inputs that offer host views
-  (:class:`~mergejax.checkpoints.base.HostViews`, e.g. safetensors memory maps) are never copied into
-  arrays, and without statistics passes kernels read 64-byte-aligned windows of them in place;
-  position-keyed kernels (DARE) are told where each chunk lies in its leaf, or get row blocks when a
+  (method, dtype) serves every leaf shape (statistics counts too: padded chunks, each told how many
+  entries count). Inputs that offer host views (:class:`~mergejax.checkpoints.base.HostViews`, e.g.
+  safetensors memory maps) are never copied into fresh arrays: without statistics passes kernels read
+  64-byte-aligned windows of the maps in place (pages mapped a leaf ahead on a thread of their own);
+  with them, and for computed leaves, each leaf is read once into recycled aligned memory (staged).
+  Position-keyed kernels (DARE) are told where each chunk lies in its leaf, or get row blocks when a
   leaf's rows are too long for that; a sink that takes spans
-  (:class:`~mergejax.checkpoints.base.SpanSink`) gets each chunk straight from the kernel's buffer.
+  (:class:`~mergejax.checkpoints.base.SpanSink`) gets each chunk straight from the kernel's buffer, on
+  a draining thread while the next chunks run.
 * :class:`WholeLeaf` otherwise: whole leaves as (sharded) jax.Arrays on any mesh, one compiled kernel
-  per leaf shape, dtype and sharding.
+  per leaf shape, dtype and sharding (on one CPU device, leaves of files staged as above).
 
 Both give bit-identical results (tests/test_engine.py).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -28,9 +32,9 @@ import jax
 import numpy as np
 
 from mergejax.checkpoints.base import HostViews, LeafSpec, Sink, SpanSink
-from mergejax.engine import xla_cpu
+from mergejax.engine import counting, xla_cpu
 from mergejax.engine.compile import Precompiler
-from mergejax.engine.host import host_flat, to_host
+from mergejax.engine.host import host_flat, populate, to_host
 from mergejax.engine.nonfinite import Check, all_finite, finite_flags, finite_host, kernel_checked
 from mergejax.engine.output import run_kernel
 from mergejax.engine.plan import Job
@@ -71,6 +75,11 @@ class LeafExecutor(Protocol):
     """``fn(base, experts, ctx, *args)`` of each float leaf of ``grp`` as host results, pieces of a
     leaf concatenated along the last axis (see :class:`~mergejax.methods.base.LeafPass`)."""
 
+  def run_counts(self, indicators: Callable[..., Any], n: int, grp: Group,
+                 args_for: Callable[[str], tuple | None] | None, fold: bool) -> dict[str, Any]:
+    """:func:`~mergejax.engine.counting.count_indicators` of each float leaf of ``grp`` (as
+    :meth:`run_stats`): int32[n, P] partial counts whose sum over the last axis is the leaf's."""
+
   def merge_leaf(self, grp: Group, spec: LeafSpec, stats: Any, check: Check) -> tuple[Any, Any]:
     """(merged leaf, or None if it went to the sink in spans; finite flag, or None if unchecked)."""
 
@@ -99,6 +108,55 @@ def _precompiler(job: Job) -> Precompiler:
   return Precompiler(enabled=job.mesh is not None and jax.process_count() == 1 and len(job.float_specs) > 1)
 
 
+class _Stager:
+  """Reads float leaves from their files into recycled aligned slabs (one per leaf group in flight:
+  :class:`~mergejax.engine.xla_cpu.StagingBuffers`), which kernels read in place, and finds each input's
+  NaN/Inf flags while the data is fresh (:meth:`flags`). Each staged leaf is followed by ``ALIGN``
+  bytes, so that it can also serve as an aligned window (:func:`xla_cpu.kernel_aligned`)."""
+
+  def __init__(self, job: Job):
+    self.job = job
+    need = lambda g: len(job.sources) * sum(self.size(s) for s in g if job.is_float[s.path])  # noqa: E731
+    self.buffers = xla_cpu.StagingBuffers(max((need(g) for g in job.groups), default=0))
+    self.found: dict[str, np.ndarray] = {}
+
+  @staticmethod
+  def size(spec: LeafSpec) -> int:
+    return xla_cpu.padded(spec.nbytes) + xla_cpu.ALIGN
+
+  def read(self, todo: Sequence[tuple[LeafSpec, int]], check: bool) -> dict[tuple[str, int], np.ndarray]:
+    """{(path, input index): 1-D buffer of the leaf's entries plus ``ALIGN`` bytes} for each (spec, input
+    index) of ``todo``; with ``check``, every input of a leaf must be in ``todo`` (its flags are kept)."""
+    if not todo:
+      return {}
+    sources = self.job.sources
+    slab = self.buffers.take(sum(self.size(s) for s, _ in todo))
+    out, off, flags = {}, 0, collections.defaultdict(dict)
+    for s, i in todo:
+      buf = slab[off:off + s.nbytes + xla_cpu.ALIGN].view(s.dtype)
+      off += self.size(s)
+      sources[i].read_into(s.path, buf[:s.size])
+      if check:
+        flags[s.path][i] = finite_host(buf[:s.size])
+      out[s.path, i] = buf
+    for p, f in flags.items():
+      self.found[p] = np.asarray([f[i] for i in range(len(sources))])
+    return out
+
+  def flags(self, path: str) -> np.ndarray | None:
+    """bool[n_inputs] (base first): each input's staged leaf ``path`` is all finite; None if not staged."""
+    return self.found.get(path)
+
+  def close(self) -> None:
+    self.found.clear()
+    self.buffers.clear()
+
+
+def _stages(job: Job) -> bool:
+  """Whether float leaves can be staged: every input offers host views and one process reads them."""
+  return all(isinstance(s, HostViews) for s in job.sources) and jax.process_count() == 1
+
+
 class WholeLeaf:
   """Whole leaves as jax.Arrays on any mesh (placed with the planned shardings); one compiled kernel
   per leaf shape, dtype and sharding, compiled up front in parallel threads."""
@@ -110,9 +168,12 @@ class WholeLeaf:
     self.job = job
     self.compiler = _precompiler(job)
     self.compiled = False
+    # On one CPU device, leaves of files are staged (read once into recycled aligned memory, which the
+    # placed jax.Arrays alias) instead of copied from a memory map into fresh arrays.
+    self.stager = _Stager(job) if one_cpu_device(job.mesh) and _stages(job) else None
 
   def describe(self) -> dict[str, Any]:
-    return {"name": self.name}
+    return {"name": self.name, **({"inputs": "staged"} if self.stager is not None else {})}
 
   def stat_shapes(self) -> dict[str, tuple[int, ...]]:
     return {s.path: s.shape for s in self.job.float_specs}
@@ -120,6 +181,11 @@ class WholeLeaf:
   def read(self, specs: Sequence[LeafSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     paths = [s.path for s in specs]
     sh = {p: self.job.shardings[p] for p in paths} if self.job.shardings else None
+    if self.stager is not None:
+      bufs = self.stager.read([(s, i) for s in specs for i in range(len(self.job.sources))], check=True)
+      leaves = [{s.path: jax.device_put(bufs[s.path, i][:s.size].reshape(s.shape), sh[s.path] if sh else None)
+                 for s in specs} for i in range(len(self.job.sources))]
+      return (leaves[0], leaves[1:]) if self.job.base is not None else ({}, leaves)
     base = self.job.base.read(paths, sh) if self.job.base is not None and paths else {}
     return base, [e.read(paths, sh) if paths else {} for e in self.job.experts]
 
@@ -132,6 +198,10 @@ class WholeLeaf:
         r = fn(grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), *args)
         out[p] = jax.tree.map(to_host, r)
     return out
+
+  def run_counts(self, indicators, n, grp, args_for, fold):
+    fn = functools.partial(counting.count_indicators, indicators=indicators, n=n, fold=fold)
+    return self.run_stats(fn, grp, args_for, None)
 
   def _signature(self, spec: LeafSpec) -> tuple[Any, ...]:
     return (spec.shape, np.dtype(spec.dtype).str, self.job.out_dtype[spec.path].str,
@@ -157,10 +227,13 @@ class WholeLeaf:
     return (out, None) if check is Check.NONE else out
 
   def exact_flags(self, grp, path):
-    return finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
+    found = self.stager.flags(path) if self.stager is not None else None
+    return found if found is not None else finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
 
   def close(self) -> None:
     self.compiler.close()
+    if self.stager is not None:
+      self.stager.close()
 
 
 def _kernel_fn(method: MergeMethod, check: Check) -> Callable[..., Any]:
@@ -199,18 +272,28 @@ class FlatChunk:
     self.positional = traits.position_keyed  # each chunk is told where it lies in its leaf
     short_rows = all(self.block_rows(s.shape)[1] < self.max_flat_row for s in job.float_specs)
     self.pieces = "chunks" if not self.positional or short_rows else "row_blocks"
-    # Float leaves of sources that can map them are not read into arrays: kernels and statistics
-    # passes get read-only maps of the files (jit aliases them, no copy).
+    # Float leaves of sources that can map them are not read into jax.Arrays: without statistics
+    # passes, kernels read 64-byte-aligned windows of read-only maps of the files in place (their pages
+    # mapped a leaf ahead on a thread of its own); statistics passes read each leaf several times, so
+    # each leaf is read once from its file into a recycled aligned buffer (``staged``), read in place.
     self.views = all(isinstance(s, HostViews) for s in job.sources)
-    # Without statistics passes (which place each leaf once), kernels read 64-byte-aligned windows of
-    # the maps in place.
-    self.aligned = self.pieces == "chunks" and self.views and job.method.compute_stats is None
+    self.staged = self.views and job.method.compute_stats is not None
+    self.aligned = self.pieces == "chunks" and self.views and not self.staged
+    self.stager = _Stager(job)
+    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, map ahead) by leaf
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
     self.compiler = _precompiler(job)
     self.compiled = False
-    if job.method.compute_stats is not None:  # the exact NaN/Inf check before statistics: one size
+    # Merged chunks are waited for, checked and written on a thread of their own, so that the next
+    # chunks are dispatched meanwhile (the 2-core development VM keeps both cores busy).
+    self.drainer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
+    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map_ahead`).
+    self.mapper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-map")
+    order = [s.path for s in job.float_specs]
+    self._next = dict(zip(order, order[1:]))
+    if job.method.compute_stats is not None and not self.staged:  # the exact NaN/Inf check: one size
       for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in job.float_specs
                               for *_, size in self.chunks(sp.size)}, key=str):
         x = jax.ShapeDtypeStruct((size,), dt)
@@ -218,7 +301,8 @@ class FlatChunk:
                              (x,) * job.n_experts)
 
   def describe(self) -> dict[str, Any]:
-    inputs = "aligned_windows" if self.aligned else "host_views" if self.views else "arrays"
+    inputs = ("aligned_windows" if self.aligned else "staged" if self.staged else "host_views" if self.views
+              else "arrays")
     return {"name": self.name, "pieces": self.pieces, "chunk": self.chunk, "inputs": inputs,
             "output": "spans" if self.spans else "leaves"}
 
@@ -267,16 +351,36 @@ class FlatChunk:
       sh = {p: job.shardings[p] for p in paths} if job.shardings else None
       base = job.base.read(paths, sh) if job.base is not None and paths else {}
       return base, [e.read(paths, sh) if paths else {} for e in job.experts]
-    shapes = {s.path: s.shape for s in specs}
+    leaves = self._read_staged(specs) if self.staged else self._read_windows(specs)
+    return (leaves[0], leaves[1:]) if job.base is not None else ({}, leaves)
 
-    def view(src, p):
-      v = src.flat_view(p).reshape(shapes[p])
-      # Statistics passes read a leaf several times: place it once (an alias when the map is aligned,
-      # else one copy, here on the prefetch thread) rather than once per pass.
-      return jax.device_put(v) if job.method.compute_stats is not None else v
+  def _read_windows(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
+    """Each input's leaves as views of its maps, and with aligned windows, the windows (kept for
+    :meth:`merge_leaf`: ``(map, lead, map_ahead)``). A leaf with no window in its file (a computed leaf:
+    LoRA, vocabulary mapping) is staged here, on the prefetch thread, and its buffer serves as its window."""
+    sources = self.job.sources
+    windows = {s.path: [src.aligned_view(s.path, xla_cpu.ALIGN) if self.aligned else None for src in sources]
+               for s in specs}
+    todo = [(s, i) for s in specs for i in range(len(sources)) if self.aligned and windows[s.path][i] is None]
+    for (p, i), buf in self.stager.read(todo, check=False).items():
+      windows[p][i] = (buf, 0)
+    staged = {(s.path, i) for s, i in todo}
+    out: list[dict[str, np.ndarray]] = [{} for _ in sources]
+    for s in specs:
+      for i, src in enumerate(sources):
+        w = windows[s.path][i]
+        # The group keeps maps of its own (mapped page by page only if read: NaN/Inf tracing); the
+        # windows go when their leaf is merged, so mapped pages stay bounded by a leaf or two.
+        out[i][s.path] = (w[0][:s.size] if (s.path, i) in staged else src.flat_view(s.path)).reshape(s.shape)
+      if self.aligned:
+        self._windows[s.path] = [None if w is None else (*w, (s.path, i) not in staged)
+                                 for i, w in enumerate(windows[s.path])]
+    return out
 
-    base = {p: view(job.base, p) for p in paths} if job.base is not None else {}
-    return base, [{p: view(e, p) for p in paths} for e in job.experts]
+  def _read_staged(self, specs: Sequence[LeafSpec]) -> list[dict[str, np.ndarray]]:
+    """Each input's leaves staged (read once from their files, checked for NaN/Inf: :meth:`exact_flags`)."""
+    bufs = self.stager.read([(s, i) for s in specs for i in range(len(self.job.sources))], check=True)
+    return [{s.path: bufs[s.path, i][:s.size].reshape(s.shape) for s in specs} for i in range(len(self.job.sources))]
 
   def run_stats(self, fn, grp, args_for, host):
     if self.pieces != "chunks":  # row blocks are for the merge pass only: statistics see whole leaves
@@ -300,9 +404,38 @@ class FlatChunk:
       res.setdefault(p, []).append(r)
     return {p: jax.tree.map(lambda *xs: np.concatenate([to_host(x) for x in xs], axis=-1), *r) for p, r in res.items()}
 
+  def run_counts(self, indicators, n, grp, args_for, fold):
+    """Counts over the same zero-padded chunks as the merge (each told how many of its entries to
+    count): one compiled count program per pass, whatever the leaf sizes."""
+    fn = functools.partial(counting.count_indicators, indicators=indicators, n=n, fold=fold)
+    if self.pieces != "chunks":
+      return WholeLeaf.run_stats(self, fn, grp, args_for, None)
+    calls, out = [], {}
+    for p in grp.float_paths:
+      args = args_for(p) if args_for is not None else ()
+      if args is None:
+        continue
+      b = host_flat(grp.base[p]) if p in grp.base else None
+      es = [host_flat(e[p]) for e in grp.experts]
+      if not es[0].size:
+        out[p] = np.zeros((n, 1), np.int32)
+      for a, z, size in self.chunks(len(es[0])):
+        ctx = self._chunk_context(self.job.context(p), self.shapes[p], a)
+        calls.append((p, _piece(b, a, z, size), tuple(_piece(e, a, z, size) for e in es),
+                      (*args, np.int32(z - a)), ctx))
+    res: dict[str, list[Any]] = {}
+    for (p, *_), r in zip(calls, _run_calls(_count_valid(fn), calls)):
+      res.setdefault(p, []).append(r)
+    out.update({p: np.concatenate([to_host(x) for x in r], axis=-1) for p, r in res.items()})
+    return out
+
   def exact_flags(self, grp, path):
-    """Per-input all-finite flags from flat host arrays, chunk by chunk (one compiled size): one cheap
-    flag for all inputs, and per-input flags only if that is False."""
+    """Per-input all-finite flags: those found when a staged leaf was read, else from flat host arrays,
+    chunk by chunk (one compiled size): one cheap flag for all inputs, per-input flags only if that is
+    False."""
+    found = self.stager.flags(path)
+    if found is not None:
+      return found
     self.compiler.wait_all("finite")
     base = host_flat(grp.base[path]) if path in grp.base else None
     experts = [host_flat(e[path]) for e in grp.experts]
@@ -320,7 +453,10 @@ class FlatChunk:
     p, job = spec.path, self.job
     write = functools.partial(self.sink.write_span, p) if self.spans else None
     ctx, out_dtype = job.context(p), job.out_dtype[p]
-    windows = [s.aligned_view(p, xla_cpu.ALIGN) for s in job.sources] if self.aligned else None
+    windows = self._windows.pop(p, None)
+    self._map_ahead(p)
+    if windows is not None:
+      windows = [None if w is None else w[:2] for w in windows]
     if windows is not None and all(w is not None for w in windows):
       res, flag = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
     else:
@@ -331,6 +467,14 @@ class FlatChunk:
       else:
         res, flag = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
     return (None if self.spans else res.reshape(spec.shape)), flag
+
+  def _map_ahead(self, path: str) -> None:
+    """Maps the pages of the windows of the leaf after ``path`` (if read already) on the mapper thread,
+    while ``path`` is merged: its kernels then find every page mapped (:func:`populate`)."""
+    nxt = self._next.get(path)
+    windows = self._windows.get(nxt) if nxt is not None else None
+    if windows:
+      self.mapper.submit(lambda: [populate(w[0]) for w in windows if w is not None and w[2]])
 
   def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
     """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
@@ -350,7 +494,7 @@ class FlatChunk:
                      self._chunk_context(ctx, spec.shape, a), stats)
 
     return _merge_pieces(fn, pieces(), spec.size, out_dtype, write, flagged=check is Check.INPUTS,
-                         host_check=check is Check.OUTPUT)
+                         host_check=check is Check.OUTPUT, drainer=self.drainer)
 
   def _merge_chunks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Chunk by chunk from flat host arrays. Kernels are dispatched asynchronously: chunk i+1's inputs
@@ -360,7 +504,7 @@ class FlatChunk:
                       self._chunk_context(ctx, spec.shape, a), stats))
               for a, b, size in self.chunks(len(experts[0])))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, len(experts[0]), out_dtype, write,
-                         flagged=check is not Check.NONE)
+                         flagged=check is not Check.NONE, drainer=self.drainer)
 
   def _merge_blocks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Row blocks (:meth:`block_rows`), each kernel told its first row: bit-identical to the whole-leaf
@@ -383,7 +527,7 @@ class FlatChunk:
                 ctx.in_window(r0), stats))
               for r0 in range(0, rows if n else 0, r))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, n, out_dtype, write,
-                         flagged=check is not Check.NONE)
+                         flagged=check is not Check.NONE, drainer=self.drainer)
 
   def _precompile(self, first: LeafSpec, stats: Any, check: Check) -> None:
     """Compiles the one or few programs the merge pass runs (every chunk size, dtype pair, block
@@ -417,6 +561,10 @@ class FlatChunk:
 
   def close(self) -> None:
     self.compiler.close()
+    self.drainer.shutdown(wait=True)
+    self.mapper.shutdown(wait=True)
+    self._windows.clear()
+    self.stager.close()
 
 
 def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
@@ -428,42 +576,76 @@ def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None
   return buf
 
 
+DRAIN_DEPTH = 4  # merged pieces in flight between the dispatching thread and the draining one
+
+
 def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtype, write, *, flagged: bool,
-                  host_check: bool = False) -> tuple[np.ndarray | None, Any]:
+                  host_check: bool = False,
+                  drainer: concurrent.futures.Executor | None = None) -> tuple[np.ndarray | None, Any]:
   """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece; entries [0, stop - start) of
   its flattened result are the leaf's entries [start, stop). Returns (the flat leaf, or None when
   each piece went to ``write(start, values)``; the finite flag, or None when unchecked).
 
   ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
-  checked on the host as it is drained (:func:`finite_host`).
+  checked on the host as it is drained (:func:`finite_host`). ``drainer`` (one thread): pieces are
+  drained there (waited for, checked, written) while this thread dispatches the next ones, at most
+  :data:`DRAIN_DEPTH` ahead; without it, each piece is drained while the next one runs.
   """
   out = np.empty((n,), out_dtype) if write is None else None
-  flags, pending = [], None
+  flags, pending, failed = [], collections.deque(), []
 
   def drain(item):
+    if failed:  # a piece before this one failed (e.g. the disk is full): write nothing more
+      return
     a, b, r = item
-    r = np.asarray(r).reshape(-1)[:b - a]
-    if host_check:
-      flags.append(finite_host(r))
-    if write is not None:
-      write(a, r)
-    else:
-      out[a:b] = r
+    try:
+      r = np.asarray(r).reshape(-1)[:b - a]
+      if host_check:
+        flags.append(finite_host(r))
+      if write is not None:
+        write(a, r)
+      else:
+        out[a:b] = r
+    except BaseException:
+      failed.append(True)
+      raise
 
-  for a, b, args in pieces:
-    if flagged:
-      r, f = fn(*args, out_dtype=out_dtype)
-      flags.append(f)
-    else:
-      r = fn(*args, out_dtype=out_dtype)
-    if pending is not None:
-      drain(pending)
-    pending = (a, b, r)
-  if pending is not None:
-    drain(pending)
+  try:
+    for a, b, args in pieces:
+      if flagged:
+        r, f = fn(*args, out_dtype=out_dtype)
+        flags.append(f)
+      else:
+        r = fn(*args, out_dtype=out_dtype)
+      if drainer is None:
+        if pending:
+          drain(pending.popleft())
+        pending.append((a, b, r))
+        continue
+      pending.append(drainer.submit(drain, (a, b, r)))
+      if len(pending) > DRAIN_DEPTH:
+        pending.popleft().result()
+    while pending:
+      item = pending.popleft()
+      if drainer is not None:
+        item.result()
+      else:
+        drain(item)
+  finally:
+    for f in pending:  # after a failure: drains still queued are dropped, a running one finishes first
+      if isinstance(f, concurrent.futures.Future) and not f.cancel():
+        concurrent.futures.wait([f])
   if not (flagged or host_check):
     return out, None
   return out, np.asarray([bool(np.logical_and.reduce([np.asarray(f).all() for f in flags]))] if flags else [True])
+
+
+def _count_valid(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn(base, experts, ctx, *args, valid=...)`` called as ``(base, experts, ctx, *args, valid)``."""
+  def call(base, experts, ctx, *args_valid):
+    *args, valid = args_valid
+    return fn(base, experts, ctx, *args, valid=valid)
+  return call
 
 
 def _call_signature(x: Any) -> Any:

@@ -117,6 +117,7 @@ def merge_sources(
         sink.write(out)
         for p in spans:
           sink.mark_written(p)
+        del grp, out  # before the next group is read: its memory can be reused for the one after it
     finally:
       executor.close()
     manifest = {"method": method.name, "hparams": dict(method.hparams), "seed": seed, "leaves": len(job.specs),
@@ -192,16 +193,20 @@ class _LeafPass:
   def groups(self) -> Iterator[Group]:
     raise NotImplementedError
 
-  def __call__(self, fn, args_for=None, *, host=None) -> dict[str, Any]:
+  def _each_group(self, run: Callable[[Group], dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for grp in self.groups():
-      self.guard.check(grp.float_paths, functools.partial(self.executor.exact_flags, grp))  # before fn reads it
-      out.update(self.executor.run_stats(fn, grp, args_for, host))
+      self.guard.check(grp.float_paths, functools.partial(self.executor.exact_flags, grp))  # before run reads it
+      out.update(run(grp))
+      del grp  # before the next group is read (as in the merge loop)
     return out
 
+  def __call__(self, fn, args_for=None, *, host=None) -> dict[str, Any]:
+    return self._each_group(lambda grp: self.executor.run_stats(fn, grp, args_for, host))
+
   def count(self, indicators, n, args_for=None) -> dict[str, np.ndarray]:
-    fn = functools.partial(counting.count_indicators, indicators=indicators, n=n, fold=self.fold)
-    return {p: np.asarray(r).astype(np.int64).sum(axis=-1) for p, r in self(fn, args_for).items()}
+    counts = self._each_group(lambda grp: self.executor.run_counts(indicators, n, grp, args_for, fold=self.fold))
+    return {p: np.asarray(r).astype(np.int64).sum(axis=-1) for p, r in counts.items()}
 
   def histogram(self, levels, n_groups, n_levels, args_for=None) -> dict[str, np.ndarray]:
     fn = functools.partial(counting.histogram_levels, levels=levels, n_groups=n_groups, n_levels=n_levels)

@@ -89,15 +89,26 @@ def _exponent_mask(dtype: np.dtype) -> tuple[np.dtype, int] | None:
   return np.dtype(f"uint{8 * dtype.itemsize}"), ((1 << int(fi.nexp)) - 1) << int(fi.nmant)
 
 
+HOST_PIECE = 1 << 18  # entries per step of finite_host: its scratch stays in cache, never a leaf-sized temporary
+
+
 def finite_host(x: np.ndarray) -> bool:
   """True when no entry of the host array ``x`` is NaN or Inf: no entry's exponent bits are all ones
-  (one masked integer max over the bit pattern, numpy's vectorized integer max: several times cheaper
-  than a reduction compiled by XLA:CPU)."""
+  (a masked integer max over the bit pattern, numpy's vectorized integer max: several times cheaper
+  than a reduction compiled by XLA:CPU), in pieces of :data:`HOST_PIECE` entries through one scratch
+  buffer."""
   em = _exponent_mask(x.dtype)
   if em is None or x.size == 0:
     return True
   view, mask = em
-  return int(np.bitwise_and(x.reshape(-1).view(view), mask).max()) < mask
+  flat = x.reshape(-1).view(view)
+  scratch = np.empty((min(flat.size, HOST_PIECE),), view)
+  for a in range(0, flat.size, HOST_PIECE):
+    piece = flat[a:a + HOST_PIECE]
+    masked = np.bitwise_and(piece, mask, out=scratch[:piece.size])
+    if int(masked.max()) >= mask:
+      return False
+  return True
 
 
 class Guard:

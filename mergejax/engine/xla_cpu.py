@@ -4,7 +4,10 @@ executor), XLA:CPU's float32 semantics for NumPy twins of statistics functions, 
 from __future__ import annotations
 
 import functools
+import mmap
 import os
+import sys
+import time
 from typing import Iterator
 
 import jax
@@ -58,6 +61,55 @@ def aligned_pieces(amap: np.ndarray, lead: int, spans: list[tuple[int, int, int]
       buf = raw[off:off + (size + extra) * amap.dtype.itemsize].view(amap.dtype)
       buf[:b - a] = amap[lead + a:lead + b]
       yield buf, 0
+
+
+class StagingBuffers:
+  """Recycled page-aligned host slabs for leaves read into memory (one slab per leaf group in flight),
+  so that kernels read them in place (XLA:CPU aliases an ``ALIGN``-byte-aligned host array and copies
+  any other).
+
+  Fresh memory costs a page fault and a page of zeros per 4 KiB on first touch (on the 2-core
+  development VM, more than reading the data itself); a recycled slab costs nothing. A slab is reused
+  only when nothing refers to it any more: each array carved from it holds a reference, and so does
+  every jax.Array aliasing one until the computations reading it are done. Slabs are anonymous maps
+  of ``capacity`` bytes (the largest group's need), returned to the system by :meth:`clear`; beyond
+  ``keep`` of them, :meth:`take` first waits up to ``wait_s`` for one to come free.
+  """
+
+  def __init__(self, capacity: int, keep: int = 2, wait_s: float = 0.25):
+    self.capacity, self.keep, self.wait_s = capacity, keep, wait_s
+    self.slabs: list[mmap.mmap] = []
+
+  def _free(self, i: int) -> bool:
+    # Every array carved from a slab refers to its map (NumPy points views at the object that owns
+    # the memory); with none left, only the list and the call's argument do.
+    return sys.getrefcount(self.slabs[i]) <= 2
+
+  def take(self, nbytes: int) -> np.ndarray:
+    """A page-aligned uint8 array of ``nbytes`` (carve pieces at multiples of ``ALIGN``): from a free
+    slab, else from a new one (from a one-off map if ``nbytes`` exceeds the capacity)."""
+    if nbytes > self.capacity:
+      return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.uint8, count=nbytes)
+    deadline = time.monotonic() + self.wait_s
+    while True:
+      for i in range(len(self.slabs)):
+        if self._free(i):
+          return np.frombuffer(self.slabs[i], np.uint8, count=nbytes)
+      # Two slabs cover the group being used and the one being read; the group before them is
+      # usually let go a moment after this read starts (its last computations finish): wait for it.
+      if len(self.slabs) < self.keep or time.monotonic() > deadline:
+        break
+      time.sleep(0.002)
+    self.slabs.append(mmap.mmap(-1, max(self.capacity, 1)))
+    return np.frombuffer(self.slabs[-1], np.uint8, count=nbytes)
+
+  def clear(self) -> None:
+    self.slabs = []
+
+
+def padded(nbytes: int) -> int:
+  """``nbytes`` rounded up to a multiple of ``ALIGN``."""
+  return -(-nbytes // ALIGN) * ALIGN
 
 
 def prefer_wide_vectors() -> None:

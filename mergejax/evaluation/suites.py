@@ -14,6 +14,7 @@ name                     seqio mixture
 ``heldout_<category>``   ``mj_heldout_<category>_eval``
 ``all``                  ``mj_all_eval`` (held-in and held-out: a study's test evaluations)
 ``t0``                   ``t0_heldout_rank`` (the real T0 held-out tasks over TFDS)
+``t0_heldin_<category>``  ``t0_heldin_<category>_eval`` (a category's real T0 held-in tasks)
 anything else            used as a seqio mixture or task name as is
 =======================  =====================================================================
 """
@@ -76,7 +77,7 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
   """The seqio mixture for a suite name (registering what it needs)."""
   name = name.strip()
   if name in ("t0", "t0_heldout"):
-    t0.register(tfds_data_dir=tfds_data_dir)
+    t0.ensure_registered(tfds_data_dir)
     return "t0_heldout_rank"
   if name in ("heldin", "heldout", "all") or name.startswith(("heldin_", "heldout_")):
     register_synthetic_suites()
@@ -85,5 +86,7 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
       raise ValueError(f"unknown evaluation suite {name!r} (no mixture {mixture})")
     return mixture
   if name.startswith("t0_"):
-    t0.register(tfds_data_dir=tfds_data_dir)
+    t0.ensure_registered(tfds_data_dir)
+    if name.startswith("t0_heldin") and not name.endswith("_eval"):
+      return f"{name}_eval"  # the evaluation variant (rank classification, ROUGE), not the training mixture
   return name

@@ -3,8 +3,11 @@ the chosen merge once on the test splits, and append one row to the results stor
 
     run_study(config, workdir)   # builds (or finds) the world, runs what is missing, writes the report
 
-Merges happen on device (``mergejax.merge`` over resident params) and are evaluated without writing
-a checkpoint. Every process of a multi-host run executes the same program; only process 0 writes.
+The checkpoints come from a manifest (:mod:`mergejax.study.manifest`: ``config.models``, or the one the
+embedded world's builder writes) and are loaded with :func:`mergejax.models.from_pretrained`; the suites
+and split names come from the config. Merges happen on device (``mergejax.merge`` over resident params)
+and are evaluated without writing a checkpoint. Every process of a multi-host run executes the same
+program; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import pathlib
 import threading
 import time
@@ -20,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+import seqio
 from absl import logging
 from tqdm.auto import tqdm
 
@@ -29,22 +32,23 @@ from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
 from mergejax.evaluation.aggregate import EvalResults
-from mergejax.models.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.evaluator import Evaluator
-from mergejax.evaluation.leak_guard import SELECTION_SPLIT, SplitGuard
-from mergejax.models import io as models_io
+from mergejax.evaluation.leak_guard import SplitGuard
 from mergejax.study import grid as grid_lib
+from mergejax.study import manifest as manifest_lib
+from mergejax.study import plan as plan_lib
 from mergejax.study import report as report_lib
 from mergejax.study import store as store_lib
 from mergejax.study import verdicts as verdicts_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
 from mergejax.study.store import ResultsStore
+from mergejax.tasks import per_vocabulary
+from mergejax.tasks import vocab as suite_vocab
 from mergejax.training import recipes
 
-TEST_SPLIT = "test"
 # What a row holds; part of every row's fingerprint, so rows of an older layout are recomputed.
-ROW_FORMAT = 2
+ROW_FORMAT = 3
 
 
 class StudyConfigError(ValueError):
@@ -67,29 +71,25 @@ class StudySpec:
   world_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # recipe -> training steps
   design: str = "balanced"  # expert subsets: grid.DESIGNS
   verdicts: verdicts_lib.Settings = verdicts_lib.Settings()
-  world_seeds: tuple[int, ...] = (0,)  # training seeds: one world each (world_dir_for)
-  world: str = ""  # the world this spec's rows belong to: "" with one world seed, else world_id(seed)
+  models: pathlib.Path | None = None  # the manifest file (None: the embedded world's)
+  manifest: manifest_lib.Manifest | None = None  # the checkpoints, once read (see with_manifest)
+  heldin_suite: str = "heldin_{category}"  # a category's held-in suite
+  heldout_suite: str = "heldout"
+  validation_split: str = "validation"  # where hyperparameters are selected
+  test_split: str = "test"  # where the chosen merges are scored once
+  dry_run: bool = False
 
-  def for_world(self, seed: int) -> "StudySpec":
-    """This spec for the world trained with ``seed``: its directory, and its rows' world id and key prefix."""
-    return dataclasses.replace(self, world_dir=world_dir_for(self.world_dir, seed),
-                               world=world_id(seed) if len(self.world_seeds) > 1 else "")
+  def heldin(self, category: str) -> str:
+    """The held-in suite of ``category``."""
+    return self.heldin_suite.format(category=category)
 
-  def key(self, key: str) -> str:
-    """A row's key in the store: prefixed by the world id when the study has several worlds."""
-    return f"{self.world}/{key}" if self.world else key
+  def suites(self, categories: Sequence[str], heldout: bool = False) -> list[str]:
+    """The held-in suites of ``categories`` (and the held-out suite): scored in one evaluation pass."""
+    return [self.heldin(c) for c in categories] + ([self.heldout_suite] if heldout else [])
 
-
-def world_dir_for(world_dir: str | pathlib.Path, seed: int) -> pathlib.Path:
-  """Where the world of training seed ``seed`` lives: ``world_dir`` for seed 0, ``<world_dir>_seed<k>``
-  for seed k (so a directory never holds models of two seeds)."""
-  world_dir = pathlib.Path(world_dir)
-  return world_dir if seed == 0 else world_dir.with_name(f"{world_dir.name}_seed{seed}")
-
-
-def world_id(seed: int) -> str:
-  """The id of a world in rows (``world``) and the verdicts' bootstrap (its top level)."""
-  return f"seed{seed}"
+  def path(self, kind: str, size: str, role: str, category: str | None = None) -> pathlib.Path:
+    """A checkpoint's directory, from the manifest."""
+    return self.manifest.entry(kind, size).path(role, category)
 
 
 def _values(cfg: Any, field: str, kind: type) -> tuple:
@@ -102,23 +102,59 @@ def _values(cfg: Any, field: str, kind: type) -> tuple:
   return items
 
 
+def _suite_exists(name: str) -> bool:
+  try:
+    resolved = suites_lib.resolve(name)
+  except ValueError:
+    return False
+  return resolved in seqio.MixtureRegistry.names() or resolved in seqio.TaskRegistry.names()
+
+
+def _split_name(cfg: Any, field: str, default: str) -> str:
+  value = cfg.get(field, default)
+  if not isinstance(value, str) or not value:
+    raise StudyConfigError(f"{field}={value!r}: expected a split name")
+  return value
+
+
 def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
-  """Checks the whole configuration up front; StudyConfigError names the first problem."""
+  """Checks the whole configuration up front; StudyConfigError names the first problem. With a manifest
+  (``models``) or an existing world (``build_world=False``) it also reads every checkpoint's headers
+  (:func:`with_manifest`)."""
   kinds = _values(cfg, "kinds", str)
   for k in kinds:
     if k not in world_lib.KINDS:
       raise StudyConfigError(f"unknown base kind {k!r}: choose from {list(world_lib.KINDS)}")
+  models_file = cfg.get("models")
+  if models_file is not None and (not isinstance(models_file, str) or not models_file):
+    raise StudyConfigError(f"models={models_file!r}: expected the path of a manifest (models.yaml)")
   sizes = _values(cfg, "sizes", str)
-  for s in sizes:
-    if s not in models.SIZES:
-      raise StudyConfigError(f"unknown model size {s!r}: choose from {sorted(models.SIZES)}")
-  categories = _values(cfg, "categories", str) or tuple(tasks.HELDIN_CATEGORIES)
+  if not models_file:
+    sizes = sizes or world_lib.DEFAULT_SIZES
+    for s in sizes:
+      if s not in models.SIZES:
+        raise StudyConfigError(f"unknown model size {s!r}: choose from {sorted(models.SIZES)}")
+  heldin_suite, heldout_suite = cfg.get("heldin_suite", "heldin_{category}"), cfg.get("heldout_suite", "heldout")
+  if not isinstance(heldin_suite, str) or "{category}" not in heldin_suite:
+    raise StudyConfigError(f"heldin_suite={heldin_suite!r}: expected a suite name with '{{category}}' in it")
+  if not isinstance(heldout_suite, str) or not _suite_exists(heldout_suite):
+    raise StudyConfigError(f"heldout_suite={heldout_suite!r}: no such suite, seqio mixture or task")
+  validation_split = _split_name(cfg, "validation_split", "validation")
+  test_split = _split_name(cfg, "test_split", "test")
+  if validation_split == test_split:
+    raise StudyConfigError(f"validation_split and test_split are both {test_split!r}: selection needs its own split")
+  categories = _values(cfg, "categories", str)
+  if not models_file:
+    categories = categories or world_lib.heldin_categories()
+    for c in categories:  # the embedded world trains on the synthetic suite's categories
+      if c not in tasks.HELDIN_CATEGORIES:
+        raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(tasks.HELDIN_CATEGORIES)}")
   for c in categories:
-    if c not in tasks.HELDIN_CATEGORIES:
-      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(tasks.HELDIN_CATEGORIES)}")
+    if not _suite_exists(heldin_suite.format(category=c)):
+      raise StudyConfigError(f"unknown held-in category {c!r}: no suite {heldin_suite.format(category=c)!r}")
   ns = _values(cfg, "num_experts", int)
   for n in ns:
-    if not 1 <= n <= len(categories):
+    if categories and not 1 <= n <= len(categories):
       raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
   if int(cfg.subset_seeds) < 1:
     raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
@@ -148,95 +184,123 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise StudyConfigError(f"world_steps.{recipe}={steps!r} must be a positive integer")
       world_steps[recipe] = steps
-  world_seeds = _values(cfg, "world_seeds", int) or (0,)
-  if len(set(world_seeds)) != len(world_seeds) or min(world_seeds) < 0:
-    raise StudyConfigError(f"world_seeds={tuple(world_seeds)!r}: expected distinct seeds >= 0")
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
-  build = bool(cfg.build_world)
+  build = bool(cfg.build_world) and not models_file
   multitask = bool(cfg.get("multitask", True))
-  if not build:
-    for wdir in (world_dir_for(world_dir, s) for s in world_seeds):
-      for size in sizes:
-        for kind in kinds:
-          needed = [world_lib.checkpoint_path(wdir, size, kind, "base")]
-          needed += [world_lib.checkpoint_path(wdir, size, kind, "expert", c) for c in categories]
-          if multitask:
-            needed.append(world_lib.checkpoint_path(wdir, size, kind, "multitask"))
-          for p in needed:
-            if not models.is_complete(p):
-              raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
-  return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
-                   int(cfg.eval_batch_size), multitask, world_steps, design, settings, tuple(world_seeds))
+  spec = StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
+                   int(cfg.eval_batch_size), multitask, world_steps, design, settings,
+                   models=pathlib.Path(models_file).absolute() if models_file else None,
+                   heldin_suite=heldin_suite, heldout_suite=heldout_suite, validation_split=validation_split,
+                   test_split=test_split, dry_run=bool(cfg.get("dry_run", False)))
+  return spec if build else with_manifest(spec)
+
+
+def with_manifest(spec: StudySpec) -> StudySpec:
+  """``spec`` with its checkpoints read and checked (:mod:`mergejax.study.manifest`): the manifest file
+  ``spec.models``, else the embedded world's ``<world_dir>/models.yaml`` once built, else (an existing
+  world, ``build_world=False``) the manifest of the world's layout. Kinds, size labels (ordered by the
+  bases' parameter counts) and categories then come from the manifest. StudyConfigError: one line."""
+  def known(c: str) -> str | None:
+    return None if _suite_exists(spec.heldin(c)) else f"no held-in suite {spec.heldin(c)!r}"
+
+  kw = dict(kinds=spec.kinds, known_category=known, categories=spec.categories, multitask=spec.multitask,
+            sizes=spec.sizes)
+  world_file = spec.world_dir / world_lib.MANIFEST
+  try:
+    if spec.models is not None:
+      m = manifest_lib.load(spec.models, **kw)
+    elif spec.build_world and world_file.is_file():
+      m = manifest_lib.load(world_file, **kw)
+    else:
+      raw = world_lib.manifest(spec.sizes, kinds=spec.kinds, categories=spec.categories, multitask=spec.multitask)
+      m = manifest_lib.validate(manifest_lib.parse(raw, str(spec.world_dir), spec.world_dir.absolute()),
+                                str(spec.world_dir), **kw)
+  except manifest_lib.ManifestError as e:
+    hint = "" if spec.models is not None or spec.build_world else " (set build_world=True to train it)"
+    raise StudyConfigError(f"{e}{hint}") from None
+  categories = tuple(next(iter(m.entries.values())).experts)
+  for n in spec.ns:
+    if not 1 <= n <= len(categories):
+      raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
+  return dataclasses.replace(spec, manifest=m, kinds=m.kinds, sizes=m.sizes, categories=categories)
 
 
 class Scorer:
   """Per-task scores of params on one or more suites of one split, in one evaluation pass.
 
-  One :class:`~mergejax.evaluation.Evaluator` per (size, split) holds every task the study reads on
-  that split (validation: the held-in tasks of the study's categories; test: those and the held-out
-  tasks), sharing its data between sizes; a call scores only the requested suites' tasks. Every
-  evaluator is bound to the split guard, so none of them reads a test split while a selection is open.
+  One :class:`~mergejax.evaluation.Evaluator` per (model, vocabulary, split) holds every task the study
+  reads on that split (validation: the held-in suites of the study's categories; test: those and the
+  held-out suite), tokenized with the checkpoints' own vocabulary
+  (:func:`mergejax.tasks.per_vocabulary.with_vocabulary`); models with the same vocabulary share the
+  data. A call scores only the requested suites' tasks. Every evaluator is bound to the split guard, so
+  none of them reads a test split while a selection is open.
   """
 
-  SPLITS = (SELECTION_SPLIT, TEST_SPLIT)
-
-  def __init__(self, guard: SplitGuard, batch_size: int, categories: Sequence[str] | None = None):
+  def __init__(self, guard: SplitGuard, batch_size: int, split_suites: Mapping[str, Sequence[str]]):
     self.guard, self.batch_size = guard, batch_size
-    if categories is None:  # every held-in category
-      self._split_suites = {SELECTION_SPLIT: ["heldin"], TEST_SPLIT: ["all"]}
-    else:
-      heldin = [f"heldin_{c}" for c in categories]
-      self._split_suites = {SELECTION_SPLIT: heldin, TEST_SPLIT: heldin + ["heldout"]}
+    self._split_suites = {split: list(s) for split, s in split_suites.items()}
     self._evaluators: dict[tuple, Evaluator] = {}
-    self._building: dict[str, concurrent.futures.Future] = {}
-    self._suite_tasks: dict[str, list[str]] = {}
+    self._building: dict[tuple, concurrent.futures.Future] = {}
+    self._suite_tasks: dict[tuple, list[str]] = {}
     self.seconds = 0.0
     self.calls = 0
 
-  def _new_evaluator(self, adapter, split: str) -> Evaluator:
-    return Evaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
-                     batch_size=self.batch_size, guard=self.guard)
+  @property
+  def splits(self) -> list[str]:
+    return list(self._split_suites)
 
-  def prepare(self, adapter) -> None:
+  def _mixture(self, split: str, vocabulary) -> str:
+    return per_vocabulary.with_vocabulary(suites_lib.union(self._split_suites[split]), vocabulary)
+
+  def _new_evaluator(self, adapter, vocabulary, split: str) -> Evaluator:
+    return Evaluator(adapter, self._mixture(split, vocabulary), split, batch_size=self.batch_size, guard=self.guard)
+
+  def prepare(self, adapter, vocabulary) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
     threads, one per split, so that they overlap each other and the models' loading. One process only
     (a multi-host run places batches on global meshes in lockstep)."""
     if jax.process_count() > 1:
       return
-    for split in self.SPLITS:
-      if split not in self._building:
+    tag = per_vocabulary.vocabulary_tag(vocabulary)
+    for split in self.splits:
+      if (tag, split) not in self._building:
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"evaluator-{split}")
-        self._building[split] = pool.submit(lambda sp=split: self._new_evaluator(adapter, sp).prepare())
+        self._building[(tag, split)] = pool.submit(
+            lambda sp=split: self._new_evaluator(adapter, vocabulary, sp).prepare())
         pool.shutdown(wait=False)
 
-  def warm_up(self, adapter, params) -> None:
-    """Compiles the evaluation programs of one model size (see :meth:`Evaluator.warm_up`), the
-    validation split's first (it is ready first). Safe on a background thread after :meth:`prepare`."""
-    for split in self.SPLITS:
-      if split in self._building:
-        self._building[split].result().with_adapter(adapter).warm_up(params)
+  def warm_up(self, ms: "ModelSet", params) -> None:
+    """Compiles the evaluation programs of one model set (see :meth:`Evaluator.warm_up`), the validation
+    split's first (it is ready first). Safe on a background thread after :meth:`prepare`."""
+    tag = per_vocabulary.vocabulary_tag(ms.vocabulary)
+    for split in self.splits:
+      if (tag, split) in self._building:
+        self._building[(tag, split)].result().with_adapter(ms.adapter).warm_up(params)
 
-  def evaluator(self, size: str, adapter, split: str) -> Evaluator:
-    key = (size, split)
+  def evaluator(self, ms: "ModelSet", split: str) -> Evaluator:
+    tag = per_vocabulary.vocabulary_tag(ms.vocabulary)
+    key = (id(ms.adapter), tag, split)
     ev = self._evaluators.get(key)
     if ev is None:
-      other = next((e for (_, sp), e in self._evaluators.items() if sp == split), None)
-      if other is None and split in self._building:
-        other = self._building[split].result()
-      ev = (other.with_adapter(adapter) if other is not None  # same data, another model size
-            else self._new_evaluator(adapter, split))
+      other = next((e for (_, t, sp), e in self._evaluators.items() if (t, sp) == (tag, split)), None)
+      if other is None and (tag, split) in self._building:
+        other = self._building[(tag, split)].result()
+      ev = (other.with_adapter(ms.adapter) if other is not None  # same data, another model
+            else self._new_evaluator(ms.adapter, ms.vocabulary, split))
       self._evaluators[key] = ev
     return ev
 
-  def __call__(self, size: str, adapter, params, suites: str | Sequence[str], split: str, *,
+  def __call__(self, ms: "ModelSet", params, suites: str | Sequence[str], split: str, *,
                per_example: bool = False) -> EvalResults:
     suites = [suites] if isinstance(suites, str) else list(suites)
-    ev = self.evaluator(size, adapter, split)
+    ev = self.evaluator(ms, split)
+    tag = per_vocabulary.vocabulary_tag(ms.vocabulary)
     tasks = []
     for suite in suites:
-      if suite not in self._suite_tasks:
-        self._suite_tasks[suite] = suites_lib.task_names(suite)
-      tasks += [t for t in self._suite_tasks[suite] if t not in tasks]
+      if (suite, tag) not in self._suite_tasks:
+        self._suite_tasks[(suite, tag)] = suites_lib.task_names(
+            per_vocabulary.with_vocabulary(suites_lib.resolve(suite), ms.vocabulary))
+      tasks += [t for t in self._suite_tasks[(suite, tag)] if t not in tasks]
     t0 = time.perf_counter()
     res = ev.evaluate(params, tasks, per_example=per_example)
     self.seconds += time.perf_counter() - t0
@@ -251,8 +315,10 @@ class ModelSet:
   one device it merges on.
   """
 
-  config: Any
-  adapter: Any
+  config: Any  # the decoder's DecoderConfig
+  adapter: Any  # the checkpoints' ModelAdapter (mergejax.models.from_pretrained)
+  vocabulary: Any  # their tokenizer, as a seqio vocabulary
+  params_count: int  # parameters of the base, read from its checkpoint
   base: Any
   experts: dict[str, Any]
   multitask: Any | None
@@ -260,78 +326,80 @@ class ModelSet:
   experts_host: dict[str, Any] | None = None
   taus_host: dict[str, Any] | None = None  # float32 task vectors expert - base (candidates.task_vectors)
 
-  @property
-  def param_count(self) -> int:
-    """Parameters of the base checkpoint as loaded (the report's model sizes)."""
-    return sum(int(np.size(x)) for x in jax.tree.leaves(self.base))
+
+_VOCABULARIES: dict[str, Any] = {}  # tokenizer files' hash -> one vocabulary object (one tokenization each)
+_VOCABULARIES_LOCK = threading.Lock()
 
 
-def _load(path: pathlib.Path):
-  sharding = jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), jax.sharding.PartitionSpec())
-  return models.load_checkpoint(path, sharding=sharding)
+def _vocabulary(checkpoint: manifest_lib.Checkpoint, vocabulary):
+  """One vocabulary object per tokenizer content, the synthetic suite's own for its SentencePiece model,
+  so that checkpoints with equal tokenizers share their evaluators' data and a built-in world's models
+  read the suite's tasks as registered."""
+  with _VOCABULARIES_LOCK:
+    if not _VOCABULARIES:
+      own = suite_vocab.get_vocabulary()
+      _VOCABULARIES[manifest_lib.tokenizer_hash({"tokenizer.model": own.sentencepiece_model_file})] = own
+    return _VOCABULARIES.setdefault(checkpoint.vocabulary or per_vocabulary.vocabulary_tag(vocabulary), vocabulary)
+
+
+def _replicated(x: jax.Array, sharding: jax.sharding.Sharding) -> tuple[np.ndarray, jax.Array]:
+  host = np.asarray(x)
+  x.delete()
+  return host, jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = True) -> ModelSet:
-  config, base = _load(world_lib.checkpoint_path(spec.world_dir, size, kind, "base"))
-  experts = {c: _load(world_lib.checkpoint_path(spec.world_dir, size, kind, "expert", c))[1]
-             for c in spec.categories}
-  mt_path = world_lib.checkpoint_path(spec.world_dir, size, kind, "multitask")
-  multitask = _load(mt_path)[1] if with_multitask and models.is_complete(mt_path) else None
-  host = lambda t: jax.tree.map(np.asarray, t)
-  base_host = host(base)
-  experts_host = {c: host(p) for c, p in experts.items()}
-  return ModelSet(config, adapter_for(config), base, experts, multitask, base_host=base_host,
-                  experts_host=experts_host, taus_host=task_vectors(base_host, experts_host))
+  """Loads the (kind, size) models of the manifest with :func:`mergejax.models.from_pretrained`,
+  replicated on the mesh of every device, with host copies for the merges."""
+  entry = spec.manifest.entry(kind, size)
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)),
+                                        jax.sharding.PartitionSpec())
+
+  def load(ck: manifest_lib.Checkpoint):
+    lm = models.from_pretrained(ck.path, vocabulary=suite_vocab.get_vocabulary())
+    pairs = jax.tree.map(lambda x: _replicated(x, sharding), lm.params)
+    is_pair = lambda t: isinstance(t, tuple)
+    return (lm, jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair),
+            jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair))
+
+  base_lm, base_host, base = load(entry.base)
+  experts, experts_host = {}, {}
+  for c in spec.categories:
+    _, experts_host[c], experts[c] = load(entry.experts[c])
+  multitask = load(entry.multitask)[2] if with_multitask and entry.multitask is not None else None
+  return ModelSet(base_lm.config, base_lm.adapter, _vocabulary(entry.base, base_lm.vocabulary), entry.base.params,
+                  base, experts, multitask, base_host=base_host, experts_host=experts_host,
+                  taus_host=task_vectors(base_host, experts_host))
 
 
-_ADAPTERS: dict[Any, Any] = {}
-
-
-def adapter_for(config: Any):
-  """One adapter per model config, so both base kinds of a size share compiled programs."""
-  if config not in _ADAPTERS:
-    _ADAPTERS[config] = builtin_adapter(config)
-  return _ADAPTERS[config]
-
-
-def _suites(categories: Sequence[str], heldout: bool = False) -> list[str]:
-  """The held-in suites of ``categories`` (and the held-out suite): scored in one evaluation pass."""
-  return [f"heldin_{c}" for c in categories] + (["heldout"] if heldout else [])
-
-
-@functools.lru_cache(maxsize=None)
-def checkpoint_id(path: pathlib.Path) -> str:
-  """Identity of a checkpoint as written: a hash of its config, training record and metadata files and
-  of every file's name and size. A checkpoint written again (even with equal contents) gets a new one."""
-  h = hashlib.sha256()
-  for f in sorted(p for p in pathlib.Path(path).rglob("*") if p.is_file()):
-    h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
-    if f.name in (models_io.CONFIG_FILE, models_io.INFO_FILE, "manifest.ocdbt", "_METADATA", "_CHECKPOINT_METADATA"):
-      h.update(f.read_bytes())
-  return h.hexdigest()[:16]
+_checkpoint_id = functools.lru_cache(maxsize=None)(manifest_lib.checkpoint_id)
 
 
 def _model_id(spec: StudySpec, size: str, kind: str, role: str, category: str | None = None) -> str:
-  return checkpoint_id(world_lib.checkpoint_path(spec.world_dir, size, kind, role, category))
+  return _checkpoint_id(spec.path(kind, size, role, category))
+
+
+def _suites_id(spec: StudySpec) -> dict[str, Any]:
+  return {"heldin_suite": spec.heldin_suite, "heldout_suite": spec.heldout_suite,
+          "splits": (spec.validation_split, spec.test_split)}
 
 
 def reference_fingerprint(spec: StudySpec, kind: str, size: str, role: str, category: str | None = None) -> str:
-  """What a reference row depends on: the model's checkpoint and the tasks it is scored on."""
+  """What a reference row depends on: the model's checkpoint and the suites and splits it is scored on."""
   return store_lib.fingerprint({"format": ROW_FORMAT, "model": _model_id(spec, size, kind, role, category),
-                                "categories": category or spec.categories,
-                                "splits": (SELECTION_SPLIT, TEST_SPLIT)})
+                                "categories": category or spec.categories, **_suites_id(spec)})
 
 
 def merge_fingerprint(spec: StudySpec, cell: grid_lib.Cell, method_name: str) -> str:
   """What a merge row depends on: method and grid, the design and its subset, the seed, the base's and
-  the merged experts' checkpoints (whose validation scores select and whose test scores normalize)."""
+  the merged experts' checkpoints (whose validation scores select and whose test scores normalize), the
+  suites and splits."""
   return store_lib.fingerprint({
       "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name], "design": spec.design,
       "study_categories": spec.categories, "categories": cell.categories, "seed": cell.seed,
       "base": _model_id(spec, cell.size, cell.kind, "base"),
       "experts": [_model_id(spec, cell.size, cell.kind, "expert", c) for c in cell.categories],
-      "splits": (SELECTION_SPLIT, TEST_SPLIT)})
+      **_suites_id(spec)})
 
 
 def _split_heldout(scores: Mapping[str, float], cats: Mapping[str, str], heldin_cats: Sequence[str]):
@@ -353,44 +421,38 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
 
   def full_reference(role: str, params) -> dict[str, Any]:
     """Held-in (every category) and held-out scores of a base or multitask model, cached."""
-    key = spec.key(f"ref/{kind}/{size}/{role}")
+    key = f"ref/{kind}/{size}/{role}"
     fp = reference_fingerprint(spec, kind, size, role)
     row = store.get(key, fp)
     if row is None:
-      res = scorer(size, ms.adapter, params, _suites(spec.categories, heldout=True), TEST_SPLIT, per_example=True)
+      res = scorer(ms, params, spec.suites(spec.categories, heldout=True), spec.test_split, per_example=True)
       hi, ho = _split_heldout(res.task_scores, res.task_categories, spec.categories)
       row = {"type": "reference", "role": role, "kind": kind, "size": size, "heldin_test": hi, "heldout_test": ho,
-             "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance,
-             **_world_field(spec)}
+             "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance}
       if role == "base":
-        val = scorer(size, ms.adapter, params, _suites(spec.categories), SELECTION_SPLIT, per_example=True)
+        val = scorer(ms, params, spec.suites(spec.categories), spec.validation_split, per_example=True)
         row.update(heldin_validation=val.task_scores, validation_correct=val.correct,
-                   validation_chance=val.chance, params=ms.param_count)
+                   validation_chance=val.chance, params=ms.params_count)
       row = store.put(key, row, fp)
     return row
 
   refs["base"] = full_reference("base", ms.base)
   for c, params in ms.experts.items():
-    key = spec.key(f"ref/{kind}/{size}/expert/{c}")
+    key = f"ref/{kind}/{size}/expert/{c}"
     fp = reference_fingerprint(spec, kind, size, "expert", c)
     row = store.get(key, fp)
     if row is None:
-      test = scorer(size, ms.adapter, params, f"heldin_{c}", TEST_SPLIT, per_example=True)
-      val = scorer(size, ms.adapter, params, f"heldin_{c}", SELECTION_SPLIT, per_example=True)
+      test = scorer(ms, params, spec.heldin(c), spec.test_split, per_example=True)
+      val = scorer(ms, params, spec.heldin(c), spec.validation_split, per_example=True)
       row = store.put(key, {"type": "reference", "role": "expert", "kind": kind, "size": size, "category": c,
                             "heldin_test": test.task_scores, "heldin_validation": val.task_scores,
                             "task_categories": test.task_categories, "test_correct": test.correct,
                             "validation_correct": val.correct, "task_chance": test.chance,
-                            "validation_chance": val.chance, **_world_field(spec)}, fp)
+                            "validation_chance": val.chance}, fp)
     refs[f"expert/{c}"] = row
   if ms.multitask is not None:
     refs["multitask"] = full_reference("multitask", ms.multitask)
   return refs
-
-
-def _world_field(spec: StudySpec) -> dict[str, str]:
-  """``{"world": id}`` for rows of a study with several worlds (the bootstrap's top level), else nothing."""
-  return {"world": spec.world} if spec.world else {}
 
 
 def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, Any]], float]) -> tuple[dict, list]:
@@ -406,7 +468,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   validation split of the merged experts' held-in tasks (normalized by the experts' validation scores);
   the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
   normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
-  key = spec.key(f"merge/{cell.key}/{method_name}")
+  key = f"merge/{cell.key}/{method_name}"
   fp = merge_fingerprint(spec, cell, method_name)
   row = store.get(key, fp)
   if row is not None:
@@ -426,7 +488,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   def validation_objective(hp) -> float:
     params = merged(hp)
     t0 = time.perf_counter()
-    res = scorer(cell.size, ms.adapter, params, _suites(cell.categories), SELECTION_SPLIT)
+    res = scorer(ms, params, spec.suites(cell.categories), spec.validation_split)
     timings["select_eval_s"] += time.perf_counter() - t0
     return normalize.held_in(res.task_scores, expert_val, {**val_cats, **res.task_categories}, cell.categories).score
 
@@ -438,7 +500,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       chosen, tried = select(candidates, validation_objective)
   params = merged(chosen)
   t0 = time.perf_counter()
-  res = scorer(cell.size, ms.adapter, params, _suites(cell.categories, heldout=True), TEST_SPLIT, per_example=True)
+  res = scorer(ms, params, spec.suites(cell.categories, heldout=True), spec.test_split, per_example=True)
   timings["test_eval_s"] = time.perf_counter() - t0
   cats = res.task_categories
   hi, ho = _split_heldout(res.task_scores, cats, cell.categories)
@@ -453,7 +515,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}, "test_correct": res.correct,
       "heldin_norm": n_hi.score, "heldout_norm": n_ho.score,
       "heldin_norm_by_category": n_hi.per_category, "heldout_norm_by_category": n_ho.per_category,
-      **_world_field(spec), **timings}, fp)
+      **timings}, fp)
 
 
 class MergeWarmup:
@@ -479,7 +541,7 @@ class MergeWarmup:
     try:
       for size, ms in model_sets.items():
         if scorer is not None:  # the evaluation programs of this size too (waits for the evaluator's data)
-          scorer.warm_up(ms.adapter, ms.base)
+          scorer.warm_up(ms, ms.base)
         for n in spec.ns:
           cats = spec.categories[:n]
           for name in spec.methods:
@@ -502,67 +564,92 @@ class MergeWarmup:
 
 
 def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
-              guard: SplitGuard | None = None) -> pathlib.Path:
-  """Runs (or resumes) the whole study and writes the report; returns the report's path. Selection runs
+              guard: SplitGuard | None = None) -> pathlib.Path | None:
+  """Runs (or resumes) the whole study and writes the report; returns the report's path (None after a dry run,
+  which prints the plan and stops). Selection runs
   under ``guard`` (default: a new :class:`~mergejax.evaluation.leak_guard.SplitGuard`), which every
   evaluator of the study consults before it reads a split."""
   workdir = pathlib.Path(workdir).absolute()
   spec = validate(cfg, workdir)
+  if spec.dry_run:
+    print(dry_run(spec))
+    return None
   is_main = jax.process_index() == 0
   t_start = time.perf_counter()
   store = ResultsStore(workdir / "results")
-  worlds = [spec.for_world(seed) for seed in spec.world_seeds]
   world_s = None  # not built here
   if spec.build_world:
-    trained = False
-    for seed, w in zip(spec.world_seeds, worlds):
-      summary = world_lib.build_world(w.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                                      multitask=spec.multitask, progress=progress and is_main, seed=seed,
-                                      recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
-      trained = trained or any(not r.get("skipped") for r in summary["runs"])
-    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start, trained=trained)
+    summary = world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
+                                    multitask=spec.multitask, progress=progress and is_main,
+                                    recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
+    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start,
+                                  trained=any(not r.get("skipped") for r in summary["runs"]))
+    spec = with_manifest(spec)  # the manifest the world builder wrote
   study_t0 = time.perf_counter()
-  checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
-  guard = guard if guard is not None else SplitGuard()
-  all_categories = tuple(spec.categories) == tuple(world_lib.heldin_categories())
-  scorer = Scorer(guard, spec.batch_size, None if all_categories else spec.categories)
+  _checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
+  guard = guard if guard is not None else SplitGuard(spec.validation_split)
+  scorer = Scorer(guard, spec.batch_size, {spec.validation_split: spec.suites(spec.categories),
+                                           spec.test_split: spec.suites(spec.categories, heldout=True)})
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
-  missing = {w.world: any(store.get(w.key(f"merge/{c.key}/{m}"), merge_fingerprint(w, c, m)) is None
-                          for c, m in units) for w in worlds}
-  if any(missing.values()) or any(
-      store.get(w.key(f"ref/{k}/{s}/base"), reference_fingerprint(w, k, s, "base")) is None
-      for w in worlds for k in spec.kinds for s in spec.sizes):
-    scorer.prepare(adapter_for(models.load_config(
-        world_lib.checkpoint_path(worlds[0].world_dir, spec.sizes[0], spec.kinds[0], "base"))))
-  bar = tqdm(total=len(units) * len(worlds), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
-  warmed = False  # the merge and evaluation programs are compiled once, with the first world's models
-  for w in worlds:
-    loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
-    warmup = None
-    if jax.process_count() == 1 and missing[w.world] and not warmed:
-      loaded = {(spec.kinds[0], size): load_models(w, spec.kinds[0], size) for size in spec.sizes}
-      warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer)
-      warmed = True
-    for kind in spec.kinds:
-      for size in spec.sizes:
-        todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
-        ms = loaded.pop((kind, size), None) or load_models(w, kind, size)
-        refs = reference_rows(store, scorer, w, kind, size, ms)
-        if warmup is not None:
-          warmup.wait(size)
-        for cell, method_name in todo:
-          bar.set_postfix_str(f"{w.world + ' ' if w.world else ''}{cell.key} {method_name}")
-          run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs)
-          bar.update()
-        del ms
+  merges_missing = any(store.get(f"merge/{c.key}/{m}", merge_fingerprint(spec, c, m)) is None for c, m in units)
+  refs_missing = any(store.get(f"ref/{k}/{s}/base", reference_fingerprint(spec, k, s, "base")) is None
+                     for k in spec.kinds for s in spec.sizes)
+  bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
+  loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
+  warmup = None
+  if jax.process_count() == 1 and merges_missing:
+    first = load_models(spec, spec.kinds[0], spec.sizes[0])
+    scorer.prepare(first.adapter, first.vocabulary)  # reads and packs the data while the other sizes load
+    loaded = {(spec.kinds[0], spec.sizes[0]): first}
+    loaded.update({(spec.kinds[0], size): load_models(spec, spec.kinds[0], size) for size in spec.sizes[1:]})
+    warmup = MergeWarmup(spec, {size: ms for (_, size), ms in loaded.items()}, scorer)
+  elif refs_missing:
+    loaded = {(spec.kinds[0], spec.sizes[0]): load_models(spec, spec.kinds[0], spec.sizes[0])}
+    first = loaded[(spec.kinds[0], spec.sizes[0])]
+    scorer.prepare(first.adapter, first.vocabulary)
+  for kind in spec.kinds:
+    for size in spec.sizes:
+      todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
+      ms = loaded.pop((kind, size), None) or load_models(spec, kind, size)
+      refs = reference_rows(store, scorer, spec, kind, size, ms)
+      if warmup is not None:
+        warmup.wait(size)
+      for cell, method_name in todo:
+        bar.set_postfix_str(f"{cell.key} {method_name}")
+        run_cell_method(store, scorer, guard, spec, cell, method_name, ms, refs)
+        bar.update()
+      del ms
   bar.close()
   if store.outdated:
-    logging.warning("%d stored rows were computed from other inputs (grid, categories, design or world) and "
-                    "were recomputed", len(store.outdated))
+    logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
+                    "checkpoints) and were recomputed", len(store.outdated))
   study_s = time.perf_counter() - study_t0
   return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})
+
+
+def dry_run(spec: StudySpec) -> str:
+  """The plan of the study (:mod:`mergejax.study.plan`) as text; trains, loads and merges nothing. A world
+  not built yet is sized from the size table."""
+  if spec.manifest is None:  # build_world: use the world's checkpoints if they are all there
+    try:
+      spec = with_manifest(dataclasses.replace(spec, build_world=False))
+    except StudyConfigError:
+      pass
+  if spec.manifest is not None:
+    sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories)
+  else:
+    sizes = plan_lib.model_bytes_from_sizes(  # the configs the world's recipes would train
+        spec.kinds, spec.sizes, spec.categories, spec.multitask,
+        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model))
+  suites = list(dict.fromkeys(spec.suites(spec.categories, heldout=True)))
+  examples = {split: plan_lib.suite_examples(suites, split, suites_lib.task_names)
+              for split in (spec.validation_split, spec.test_split)}
+  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, len(jax.devices())))
+  if spec.manifest is None:
+    text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
+  return text
 
 
 def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, trained: bool) -> float | None:
@@ -571,8 +658,7 @@ def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, tr
   was built outside this work directory's records)."""
   key = "meta/world"
   fp = store_lib.fingerprint({"world_dir": str(spec.world_dir), "sizes": spec.sizes, "kinds": spec.kinds,
-                              "categories": spec.categories, "multitask": spec.multitask,
-                              **({"world_seeds": spec.world_seeds} if spec.world_seeds != (0,) else {})})
+                              "categories": spec.categories, "multitask": spec.multitask})
   row = store.get(key, fp) or {"type": "meta", "build_s": 0.0}
   if trained:
     row = store.put(key, {"type": "meta", "build_s": row["build_s"] + seconds}, fp)

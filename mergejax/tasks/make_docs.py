@@ -13,6 +13,8 @@ from absl import app, flags
 from mergejax import files
 from mergejax.tasks import generators
 from mergejax.tasks import splits
+from mergejax.tasks import t0
+from mergejax.tasks import t0_templates
 
 _HEADER = """# The synthetic T0-like task suite (`mergejax.tasks`)
 
@@ -20,7 +22,8 @@ mergejax ships a miniature replica of the T0 world of "What Matters for Model Me
 (Yadav et al. 2024) so the whole study runs offline: a generated world of people, cities, animals and
 objects; a pretraining corpus about it; 8 held-in categories x 2 datasets, 4 held-out categories
 (7 datasets), and an instruction-tuning mixture (the Flan analog). Everything is a seqio Task or
-Mixture over `seqio.FunctionDataSource`, generated in memory, deterministic given a seed.
+Mixture over `seqio.FunctionDataSource`, generated in memory, deterministic given a seed. The real
+T0 tasks over TFDS (`mergejax.tasks.t0`) are the last section of this page.
 
 ```python
 import seqio
@@ -166,6 +169,119 @@ def render(cfg: splits.SuiteConfig | None = None) -> str:
       if ex.choices:
         out.append(f"- choices: {', '.join(f'`{_cell(c)}`' for c in ex.choices)} (label {ex.label})")
       out.append("")
+  out.append(render_t0())
+  return "\n".join(out) + "\n"
+
+
+_T0_HEADER = """
+## The real T0 suite (`mergejax.tasks.t0`)
+
+The datasets of T0 (Sanh et al., 2022) over TFDS, for training experts and evaluating merges as the
+paper does. Held-in: the paper's 8 categories, two datasets each from T0's training mixtures
+(`datasets.csv` of bigscience-workshop/t-zero: `BASE` is T0's, `GPT_EVAL` T0+'s, `SGLUE` T0++'s; T0's
+`BASE` extractive and closed-book QA datasets have no TFDS copy, so those categories take T0+ and T0++
+datasets). Held-out: T0's held-out evaluation datasets; StoryCloze only with `story_cloze=True`, since
+TFDS needs a manual download for it.
+
+```python
+from mergejax.tasks import t0
+t0.register()                       # tasks and mixtures below, tokenized with the synthetic suite's vocabulary
+t0.register(my_vocab, validation_examples=512, story_cloze=True, overwrite=True)   # other settings
+```
+
+Registration is lazy (nothing is read until a dataset is iterated), takes `registry.LOCK` like every
+registration in mergejax, and refuses to change settings silently (`overwrite=True` re-registers).
+Nothing is downloaded. A checkpoint with its own tokenizer evaluates them through
+`mergejax.tasks.per_vocabulary.with_vocabulary("t0_all_eval", vocab)`.
+
+Tasks (`<d>` a dataset of the table):
+
+* `t0_<d>` (held-in): inputs -> target under every template; splits `train` (what an expert trains on),
+  `validation`, `test`. Metrics: ROUGE-1/2/L (summarization, structure-to-text; Google's `rouge_score` with
+  Porter stemming, best over references), SQuAD F1 and exact match (extractive and closed-book QA, best over
+  every acceptable answer), exact match of the generated answer (choice datasets).
+* `t0_<d>_rank` (choice datasets): rank classification as T0 evaluates: every answer choice of every
+  (example, template) is scored by its summed log-likelihood; the highest wins.
+
+Every metric is computed per template and summarized as T0 reports it: the median over templates under
+the metric's own name (`accuracy`, `rougeL`, `f1`: the task's score), the mean as `<metric>_mean`, each
+template's value as `<metric>/<template name>`, and `templates` (how many had examples). Per-example
+correctness (`EvalResults.correct`) counts each (example, template) row as one example.
+
+Mixtures: `t0_heldin_<category>` and `t0_heldin` (expert and multitask training: the `t0_<d>` tasks at
+equal rates, where T0 mixes in proportion to dataset size up to 500,000 examples; every template of an
+example is a training example),
+`t0_heldin_<category>_eval` and `t0_heldin_eval` (evaluation: `_rank` for choice datasets, generation
+otherwise), `t0_heldout_<category>_rank` and `t0_heldout_rank` (`--config.mixtures=t0`), `t0_all_eval`.
+
+**Splits.** `test` is the labelled split T0 reports on (`register(test_examples=N)` reads its first N).
+Held-in `validation` is carved from TFDS `train`: an example is *reserved* when
+`FarmHash64("<dataset>" + key) mod 10000 < reserve_bp`, where `key` is the example's grouping fields
+(all questions about one passage fall on the same side) and `reserve_bp` reserves about 2,000 examples
+(at most 10%); `validation` is the first `validation_examples` (default 256) reserved examples and
+`train` is every unreserved one, so no expert ever trains on a validation example. Held-out `validation`
+is the first `validation_examples` of a labelled split T0 does not report (nothing trains on held-out
+datasets). Model selection reads `validation`, never `test`.
+"""
+
+_T0_DATA = """
+**Real data.** Prepare the datasets once where the internet is reachable, then point `TFDS_DATA_DIR`
+(or `--config.tfds_data_dir`, or `t0.register(tfds_data_dir=...)`) at the directory, e.g. a bucket:
+
+```bash
+for d in {names}; do
+  tfds build $d --data_dir=gs://my-bucket/tensorflow_datasets
+done
+# StoryCloze: request the 2016 files from the dataset's authors, then
+tfds build story_cloze/2016 --manual_dir=DIR --data_dir=gs://my-bucket/tensorflow_datasets
+TFDS_DATA_DIR=gs://my-bucket/tensorflow_datasets mergejax-eval --checkpoint=PATH \\
+  --config=configs/eval.py --config.mixtures=t0_all_eval --config.split=validation \\
+  --config.inputs_length=512 --config.targets_length=128
+```
+
+A dataset that is not prepared fails on first use with one line naming it and the `tfds build` command.
+The tests run this whole path (TFDS source, carve, templates, tokenization, rank classification,
+generation, metrics, the evaluator) on `tfds.testing.mock_data` with fake examples built from each
+builder's feature spec (`tests/test_t0.py`, `tests/t0_fakes.py`).
+
+### Templates
+
+Each template follows one of promptsource's original-task templates for the dataset (named by its
+promptsource name and id in the table below; same fields, question, answer choices and target) in
+mergejax's own words (`mergejax/tasks/t0_templates.py`; the template language is the Jinja subset of
+`mergejax/tasks/t0_prompts.py`, checked against Jinja by `tests/test_t0_prompts.py`). `|||` separates the
+inputs from the target; answer choices are listed after the prompt.
+"""
+
+
+def _code(text: str) -> str:
+  """Template text on one line of markdown: newlines shown as ``\\n``."""
+  return text.replace("\n", "\\n")
+
+
+def _splits(d: t0.T0Dataset) -> str:
+  if d.heldin:
+    return f"train: `train` unreserved; validation: `train` reserved; test: `{d.test_split}`"
+  return f"validation: `{d.validation_split}[:N]`; test: `{d.test_split}`"
+
+
+def render_t0() -> str:
+  """The real T0 suite's section: datasets, TFDS names, splits, templates."""
+  out = [_T0_HEADER, "| category | dataset | evaluated as | TFDS name | splits | scoring | templates | T0 mixture |",
+         "|---|---|---|---|---|---|---|---|"]
+  for d in t0.DATASETS:
+    group = "held-in" if d.heldin else "held-out"
+    out.append(f"| {d.category} ({group}) | {d.name} | `{d.eval_task_name}` | `{d.tfds_name}` | {_splits(d)} | "
+               f"{d.scoring} | {len(d.templates)} | {_cell(d.t0)} |")
+  names = " ".join(n.split(":")[0] for n in t0.tfds_names().values())
+  out.append(_T0_DATA.format(names=names))
+  for key, templates in t0_templates.TEMPLATES.items():
+    out.append(f"**{key}** (`promptsource/templates/{t0_templates.SOURCES[key]}`)\n")
+    for t in templates:
+      choices = f" Choices: `{_code(t.answer_choices)}`." if t.answer_choices else ""
+      note = f" ({t.note})" if t.note else ""
+      out.append(f"- {t.name.strip()} (`{t.id}`): `{_code(t.jinja)}`{choices}{note}")
+    out.append("")
   return "\n".join(out) + "\n"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -101,11 +101,21 @@ def rank_classification_postprocessor(output: Any, example: Mapping[str, Any] | 
   return output
 
 
+def _is_rank_target(t: Any) -> bool:
+  return (isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], tuple) and len(t[0]) == 2
+          and isinstance(t[1], (bool, np.bool_)))
+
+
+def _untemplated(targets: Sequence[Any]) -> list[Any]:
+  """:func:`template_rank_postprocessor`'s ``(template, idx, is_correct)`` targets as ``(idx, is_correct)``
+  (each (example, template) row is one example); other targets as they are."""
+  return [t[1:] if isinstance(t, tuple) and len(t) == 3 else t for t in targets]
+
+
 def is_rank_targets(targets: Sequence[Any]) -> bool:
   """Whether postprocessed targets are :func:`rank_classification_postprocessor`'s
-  ``((example_idx, choice_idx), is_correct)`` pairs."""
-  return bool(targets) and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], tuple) and len(t[0]) == 2
-                               and isinstance(t[1], (bool, np.bool_)) for t in targets[:1])
+  ``((example_idx, choice_idx), is_correct)`` pairs (or :func:`template_rank_postprocessor`'s triples)."""
+  return bool(targets) and all(_is_rank_target(t) for t in _untemplated(targets[:1]))
 
 
 def rank_outcomes(targets: Sequence[tuple[tuple[int, int], bool]], scores: Sequence[float]
@@ -113,9 +123,13 @@ def rank_outcomes(targets: Sequence[tuple[tuple[int, int], bool]], scores: Seque
   """Per example, in example-index order: (picked a correct choice, number of choices, number of
   correct choices). The highest-scoring choice is picked; ties go to the lowest choice index.
 
+  Targets of a task with several templates (:func:`template_rank_postprocessor`) count each (example,
+  template) row as one example.
+
   Raises:
     ValueError: an example has no correct choice.
   """
+  targets = _untemplated(targets)
   _check(targets, scores)
   best: dict[int, tuple[float, int, bool]] = {}
   choices: dict[int, int] = collections.defaultdict(int)
@@ -145,3 +159,108 @@ def rank_accuracy(targets: Sequence[tuple[tuple[int, int], bool]], scores: Seque
   if not correct.size:
     return {"accuracy": 0.0}
   return {"accuracy": 100.0 * float(np.mean(correct))}
+
+
+# -- several prompt templates per dataset (T0) ------------------------------------------------------------
+# A task whose examples are a dataset rendered with several prompt templates carries each example's
+# template index (``template``); its metrics are computed per template and summarized as T0 reports
+# them: the median over templates under the metric's own name, the mean as ``<metric>_mean``, and each
+# template's value as ``<metric>/<template name>``.
+
+
+def over_templates(per_template: Mapping[int, Mapping[str, float]], template_names: Sequence[str] = ()
+                   ) -> dict[str, float]:
+  """{template index: {metric: value}} -> median and mean over templates, and every template's value.
+
+  Templates without examples (e.g. a template that applies to none of the split's examples) are absent
+  from ``per_template`` and do not count.
+  """
+  out: dict[str, float] = {}
+  names = sorted({k for m in per_template.values() for k in m})
+  for name in names:
+    values = [float(m[name]) for _, m in sorted(per_template.items()) if name in m]
+    out[name] = float(np.median(values))
+    out[f"{name}_mean"] = float(np.mean(values))
+    for t, m in sorted(per_template.items()):
+      if name in m:
+        label = template_names[t] if t < len(template_names) else str(t)
+        out[f"{name}/{label}"] = float(m[name])
+  out["templates"] = float(len(per_template))
+  return out
+
+
+def template_rank_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
+                                is_target: bool = False) -> Any:
+  """For targets, ``(template, (example_idx, choice_idx), is_correct)``; model outputs pass through."""
+  if is_target:
+    idx = np.asarray(example["idx"]).tolist()
+    return (int(example["template"]), (int(idx[0]), int(idx[1])), bool(example["is_correct"]))
+  return output
+
+
+def template_rank_accuracy(targets: Sequence[tuple[int, tuple[int, int], bool]], scores: Sequence[float], *,
+                           template_names: Sequence[str] = ()) -> Mapping[str, float]:
+  """:func:`rank_accuracy` per template, summarized by :func:`over_templates` (``accuracy`` is the median)."""
+  _check(targets, scores)
+  groups: dict[int, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
+  for (template, idx, correct), score in zip(targets, scores):
+    groups[template][0].append((idx, correct))
+    groups[template][1].append(score)
+  return over_templates({t: rank_accuracy(tg, sc) for t, (tg, sc) in groups.items()}, template_names)
+
+
+def _text(x: Any) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def template_references_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
+                                      is_target: bool = False) -> Any:
+  """For targets, ``(template, (reference, ...))``: every acceptable answer; predictions pass through."""
+  if is_target:
+    refs = tuple(_text(r) for r in np.asarray(example["references"]).reshape(-1))
+    return (int(example["template"]), refs or (_text(output),))
+  return _text(output)
+
+
+def _per_template(targets, predictions, score: Callable[[Sequence[str], str], Mapping[str, float]],
+                  template_names: Sequence[str]) -> dict[str, float]:
+  _check(targets, predictions)
+  groups: dict[int, list[Mapping[str, float]]] = collections.defaultdict(list)
+  for (template, refs), pred in zip(targets, predictions):
+    groups[template].append(score(refs, _text(pred)))
+  per = {t: {k: 100.0 * float(np.mean([s[k] for s in rows])) for k in rows[0]} for t, rows in groups.items()}
+  return over_templates(per, template_names)
+
+
+def template_squad(targets: Sequence[tuple[int, Sequence[str]]], predictions: Sequence[str], *,
+                   template_names: Sequence[str] = ()) -> Mapping[str, float]:
+  """SQuAD ``exact_match`` and ``f1`` (each the best over the example's references), per template."""
+  def score(refs, pred):
+    return {"exact_match": max(float(normalize(r) == normalize(pred)) for r in refs),
+            "f1": max(_f1(r, pred) for r in refs)}
+  return _per_template(targets, predictions, score, template_names)
+
+
+def template_exact_match(targets: Sequence[tuple[int, Sequence[str]]], predictions: Sequence[str], *,
+                         template_names: Sequence[str] = ()) -> Mapping[str, float]:
+  """Generated answer equal to a reference after SQuAD normalization (T0's accuracy of a generated
+  answer choice), per template."""
+  def score(refs, pred):
+    return {"exact_match": max(float(normalize(r) == normalize(pred)) for r in refs)}
+  return _per_template(targets, predictions, score, template_names)
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def template_rouge(targets: Sequence[tuple[int, Sequence[str]]], predictions: Sequence[str], *,
+                   template_names: Sequence[str] = ()) -> Mapping[str, float]:
+  """ROUGE-1, ROUGE-2 and ROUGE-L F-measures in percent (Google's ``rouge_score``, Porter stemming, the
+  best over the example's references), per template; ``rougeL`` (the median) is the primary score."""
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top  # nltk: only when scoring ROUGE
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+  def score(refs, pred):
+    s = scorer.score_multi(list(refs), pred)
+    return {k: s[k].fmeasure for k in ROUGE_TYPES}
+  return _per_template(targets, predictions, score, template_names)

@@ -11,13 +11,11 @@ tokenizer. Categories follow the original tasks. Thread-safe.
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import seqio
 
 from mergejax.tasks import categories
-
-_LOCK = threading.Lock()
+from mergejax.tasks import registry
 
 
 def vocabulary_tag(vocabulary: seqio.Vocabulary) -> str:
@@ -37,24 +35,27 @@ def with_vocabulary(mixture_or_task: str, vocabulary: seqio.Vocabulary | None) -
   name itself when the tasks already use that vocabulary or ``vocabulary`` is None."""
   if vocabulary is None:
     return mixture_or_task
+  with registry.LOCK:  # the copies and a re-registration of the originals (e.g. t0.register) never interleave
+    return _with_vocabulary(mixture_or_task, vocabulary)
+
+
+def _with_vocabulary(mixture_or_task: str, vocabulary: seqio.Vocabulary) -> str:
   mt = seqio.get_mixture_or_task(mixture_or_task)
   tasks = list(mt.tasks) if isinstance(mt, seqio.Mixture) else [mt]
   if all(_same(f.vocabulary, vocabulary) for t in tasks for f in t.output_features.values()):
     return mixture_or_task
   tag = vocabulary_tag(vocabulary)
-  with _LOCK:
-    names = []
-    for t in tasks:
-      name = f"{t.name}_{tag}"
-      if name not in seqio.TaskRegistry.names():
-        feats = {k: seqio.Feature(vocabulary, add_eos=f.add_eos, required=f.required, dtype=f.dtype, rank=f.rank)
-                 for k, f in t.output_features.items()}
-        seqio.TaskRegistry.add_provider(name, t.replace(name=name, output_features=feats))
-        categories.register_category(name, categories.task_category(t.name))
-      names.append(name)
-    if not isinstance(mt, seqio.Mixture):
-      return names[0]
-    mixture = f"{mt.name}_{tag}"
-    if mixture not in seqio.MixtureRegistry.names():
-      seqio.MixtureRegistry.add(mixture, names, default_rate=1.0)
-    return mixture
+  names = []
+  for t in tasks:
+    name = f"{t.name}_{tag}"
+    if name not in seqio.TaskRegistry.names():
+      feats = {k: seqio.Feature(vocabulary, add_eos=f.add_eos, required=f.required, dtype=f.dtype, rank=f.rank)
+               for k, f in t.output_features.items()}
+      seqio.TaskRegistry.add_provider(name, t.replace(name=name, output_features=feats))
+      categories.register_category(name, categories.task_category(t.name))
+    names.append(name)
+  if not isinstance(mt, seqio.Mixture):
+    return names[0]
+  mixture = f"{mt.name}_{tag}"
+  registry.add_mixture(mixture, names)
+  return mixture

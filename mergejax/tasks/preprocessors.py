@@ -8,13 +8,16 @@ scores every (inputs, choice) pair and the metric picks the highest-scoring choi
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import tensorflow as tf
 
 
-def rank_classification(dataset: tf.data.Dataset, mode: str = "eval") -> tf.data.Dataset:
+def rank_classification(dataset: tf.data.Dataset, mode: str = "eval", keep: Sequence[str] = ()) -> tf.data.Dataset:
   """Expands `{"inputs", "choices", "label"}` examples into one example per choice.
 
   mode "eval": all choices, for ranking. mode "train": only the correct choice (plain seq2seq).
+  keep: scalar fields copied onto every choice's example (e.g. the prompt template's index).
   """
   if mode not in ("eval", "train"):
     raise ValueError(f"rank_classification: mode must be 'eval' or 'train', got {mode!r}")
@@ -27,6 +30,7 @@ def rank_classification(dataset: tf.data.Dataset, mode: str = "eval") -> tf.data
         "inputs": tf.fill([n], ex["inputs"]),
         "targets": ex["choices"],
         "is_correct": is_correct,
+        **{k: tf.fill([n], ex[k]) for k in keep},
     }
 
   ds = dataset.enumerate().map(expand, num_parallel_calls=tf.data.AUTOTUNE)
