@@ -40,6 +40,10 @@ def get_config() -> config_dict.ConfigDict:
       dare_linear=dict(drop_rate=(0.05, 0.2, 0.4, 0.6), lam=(0.25, 0.5, 1.0)),
   )
   c.world_dir = config_dict.placeholder(str)  # default: <workdir>/world
+  # Training seeds of the embedded world, the first 0: one world per seed (seed 0 in world_dir, seed k in
+  # <world_dir>_seed<k>), the same study on each; several add training-seed variance as the verdicts' top
+  # bootstrap level.
+  c.world_seeds = (0,)
   c.build_world = True  # train missing world models; False: fail at start-up if any is missing
   c.multitask = True  # train and evaluate the multitask baselines
   # Training steps per world recipe (None: the recipe's default; small values for quick looks and tests).
