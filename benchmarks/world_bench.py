@@ -3,11 +3,15 @@ behaves like the paper's (rank-classification accuracy through mergejax.evaluati
 
   python benchmarks/world_bench.py --workdir=runs/world_bench --fresh --sizes=xs,s
   python benchmarks/world_bench.py --speed_only --speed_sizes=xs,s,m
+  python benchmarks/world_bench.py --workdir=runs/world --skip_speed --heldout_splits=validation
+    (the checks alone: a complete world is found complete, not retrained)
 
 Phases: (1) train-step throughput on random batches per size (tokens/s and, on GPU, MFU);
 (2) mergejax.world.build_world for --sizes, timed end to end; (3) the paper checks: expert vs base
 accuracy on its own held-in category (target ratio >= 1.5), instruction-tuned vs pretrained base
-zero-shot on held-out tasks, and larger sizes vs smaller. Writes a JSON report to --out.
+zero-shot on held-out tasks, and larger sizes vs smaller; every expert's distance from chance on each
+of its datasets in standard errors, both bases zero-shot on held-in tasks, and the multitask baseline
+normalized by the experts. Writes a JSON report to --out.
 """
 
 from __future__ import annotations
@@ -218,6 +222,70 @@ def measure(workdir, sizes, split, accuracy) -> dict:
   return res
 
 
+def expert_checks(workdir, sizes, split, accuracy, z_min: float = 3.0) -> dict:
+  """Every expert on each dataset of its category, the bases zero-shot on held-in tasks, and the
+  multitask baseline normalized by the experts, on `split` (validation: decisions about the world).
+
+  Per dataset: accuracy p, n, chance (mean over examples of 1 / number of choices) and
+  z = (p - chance) / sqrt(q (1 - q) / n), q = p kept within [0.5 / n, 1 - 0.5 / n]; an expert is clearly above chance when z >= `z_min` on both
+  of its datasets. Multitask normalized held-in: the mean over categories of multitask / expert
+  (category means of the datasets), the paper's normalization at N = all categories.
+  """
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
+  from mergejax import models, world  # pylint: disable=g-import-not-at-top
+  n_chance = {}
+  for c in tasks.HELDIN_CATEGORIES:
+    for t in tasks.heldin_tasks(c):
+      exs = tasks.examples(t, split)
+      n_chance[t] = (len(exs), float(np.mean([1.0 / len(e.choices) for e in exs])))
+  res, out = {}, {}
+  for size in sizes:
+    for kind in world.KINDS:
+      cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
+      base_tasks = accuracy(cfg, base, "mj_heldin_rank", split)[0]
+      row = {"expert": {}, "base": {}, "multitask": {}}
+      for c in tasks.HELDIN_CATEGORIES:
+        _, ex = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "expert", c))
+        ex_tasks = accuracy(cfg, ex, "mj_heldin_rank", split)[0]
+        for t in tasks.heldin_tasks(c):
+          n, ch = n_chance[t]
+          p = ex_tasks[t]
+          q = min(max(p, 0.5 / n), 1 - 0.5 / n)  # a score of 0 or n/n still has a standard error
+          z = (p - ch) / float(np.sqrt(q * (1 - q) / n))
+          row["expert"][t] = {"category": c, "accuracy": p, "n": n, "chance": ch, "z": z, "base": base_tasks[t]}
+          out[f"expert_above_chance/{size}/{kind}/{t}"] = bool(z >= z_min)
+      mt_path = world.checkpoint_path(workdir, size, kind, "multitask")
+      if models.is_complete(mt_path):
+        mt_tasks = accuracy(cfg, models.load_checkpoint(mt_path)[1], "mj_heldin_rank", split)[0]
+        ratios = []
+        for c in tasks.HELDIN_CATEGORIES:
+          ts = tasks.heldin_tasks(c)
+          e = float(np.mean([row["expert"][t]["accuracy"] for t in ts]))
+          m = float(np.mean([mt_tasks[t] for t in ts]))
+          row["multitask"][c] = {"multitask": m, "expert": e, "ratio": m / max(e, 1e-9)}
+          ratios.append(m / max(e, 1e-9))
+        row["multitask_normalized"] = float(np.mean(ratios))
+      row["base"] = {c: float(np.mean([base_tasks[t] for t in tasks.heldin_tasks(c)])) for c in tasks.HELDIN_CATEGORIES}
+      row["base_mean"] = float(np.mean(list(row["base"].values())))
+      res.setdefault(size, {})[kind] = row
+      worst = min(row["expert"].items(), key=lambda kv: kv[1]["z"])
+      print(f"{split}: {size}/{kind}: experts above chance on both datasets: "
+            f"{sum(r['z'] >= z_min for r in row['expert'].values())}/{len(row['expert'])} datasets (lowest "
+            f"{worst[0]} {worst[1]['accuracy']:.3f} vs chance {worst[1]['chance']:.3f}, {worst[1]['z']:.1f} SE); "
+            f"held-in base zero-shot {row['base_mean']:.3f}; multitask normalized held-in "
+            f"{row.get('multitask_normalized', float('nan')):.3f}", flush=True)
+      for t, r in row["expert"].items():
+        print(f"  {t:18s} expert {r['accuracy']:.3f} base {r['base']:.3f} chance {r['chance']:.3f} "
+              f"z {r['z']:5.1f}", flush=True)
+    pt, it = res[size]["pretrained"]["base_mean"], res[size]["instruction_tuned"]["base_mean"]
+    out[f"it_beats_pt_heldin/{size}"] = bool(it > pt)
+    print(f"target IT > PT zero-shot held-in at {size} ({split}): {it:.3f} vs {pt:.3f} "
+          f"({'met' if it > pt else 'NOT met'}); per category: " + ", ".join(
+              f"{c} {res[size]['instruction_tuned']['base'][c]:.2f}/{res[size]['pretrained']['base'][c]:.2f}"
+              for c in tasks.HELDIN_CATEGORIES), flush=True)
+  return {"checks": res, "targets": out}
+
+
 def heldout_bases(tasks_report, sizes, split) -> dict:
   """Held-out mean (over categories) of both bases per size on `split`, from the per-task accuracies
   of :func:`heldout_tasks` (no second evaluation)."""
@@ -325,7 +393,7 @@ def main(argv):
     if _FRESH.value and wd.exists():
       shutil.rmtree(wd)
     t = time.perf_counter()
-    summary = world.build_world(wd, tuple(_SIZES.value), progress=False)
+    summary = world.build_world(wd, tuple(_SIZES.value), progress=False)  # finds a built world complete
     report["build_seconds"] = time.perf_counter() - t
     report["build_machine"] = _machine()
     per_size = {}
@@ -346,6 +414,9 @@ def main(argv):
     accuracy = _Accuracy()
     report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value, accuracy)
     report["targets"] = targets(report["paper_checks"], _SIZES.value)
+    experts = expert_checks(wd, _SIZES.value, _SPLIT.value, accuracy)
+    report["expert_checks"] = experts["checks"]
+    report["targets"].update(experts["targets"])
     splits = list(dict.fromkeys([_SPLIT.value] + list(_HELDOUT_SPLITS.value)))
     report["heldout_tasks"] = heldout_tasks(wd, _SIZES.value, splits, accuracy)
     for split in _HELDOUT_SPLITS.value:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mergejax import models
+from mergejax import models, tasks
+from mergejax.training import data
 
 TINY = models.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=16)
 
@@ -83,6 +84,9 @@ def test_size_table_spans_16x_and_flops():
   counts = {n: models.param_count(c) for n, c in models.SIZES.items()}
   assert max(counts.values()) >= 16 * min(counts.values())
   assert list(counts.values()) == sorted(counts.values())
+  # The table's counts are those of the world's checkpoints: training sets vocab_size to the suite's
+  # vocabulary rounded up to a multiple of 128, which is the default.
+  assert models.ModelConfig().vocab_size == data.padded_vocab_size(tasks.get_vocabulary().vocab_size)
   cfg = models.get_config("xs")
   assert models.flops_per_token(cfg, training=True) == 3 * models.flops_per_token(cfg, training=False)
   assert models.flops_per_token(cfg) > 6 * models.param_count(cfg)

@@ -116,6 +116,7 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
     ({"design": "latin"}, r"design='latin': choose from \('balanced', 'random'\)"),
     ({"verdicts.margin": -0.1}, r"verdicts: min_effect and margin must be >= 0"),
+    ({"world_seeds": (0, 0)}, r"world_seeds=\(0, 0\): expected distinct seeds >= 0, the first 0"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
@@ -147,6 +148,28 @@ def test_world_build_time_survives_a_resume(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ end to end
+
+
+def test_world_seeds_add_worlds_as_the_top_bootstrap_level(tiny_world, tmp_path):
+  second = runner.world_dir_for(tiny_world, 1)
+  assert second == tiny_world.with_name(tiny_world.name + "_seed1")
+  world.build_world(second, ("xs",), kinds=("instruction_tuned",), categories=CATS, multitask=False, seed=1,
+                    recipe_overrides={r: {"steps": 2} for r in ("pretrain", "instruction_tune", "expert")},
+                    batch_size=8, feature_lengths={"inputs": 96, "targets": 32}, progress=False,
+                    model_overrides=conftest.TINY_MODEL)
+  cfg = study_config(tiny_world, methods=("average",), num_experts=(2,), subset_seeds=1, multitask=False,
+                     world_seeds=(0, 1))
+  path = runner.run_study(cfg, tmp_path / "two", progress=False)
+  rows = merge_rows(tmp_path / "two")
+  merges = {k: v for k, v in rows.items() if v.get("type") == "merge"}
+  assert sorted(k.split("/")[0] for k in merges) == ["seed0", "seed1"]
+  assert {v["world"] for v in rows.values() if v.get("type") in ("merge", "reference")} == {"seed0", "seed1"}
+  a, b = (merges[f"{w}/merge/instruction_tuned/xs/n2/s0/average"] for w in ("seed0", "seed1"))
+  assert a["heldin_test"] != b["heldin_test"]  # trained with another seed: another world
+  assert "worlds: 2;" in path.read_text()
+  one = runner.run_study(study_config(tiny_world, methods=("average",), num_experts=(2,), subset_seeds=1,
+                                      multitask=False), tmp_path / "one", progress=False)
+  assert "worlds: 1 (training-seed variance absent: set world_seeds to measure it)" in one.read_text()
 
 
 def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selection(tiny_world, tmp_path,
@@ -235,7 +258,8 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   base = resumed["ref/instruction_tuned/xs/base"]
   assert set(base["heldin_validation"]) == set(base["validation_correct"]) == set(base["validation_chance"])
   base_ckpt = world.checkpoint_path(tiny_world, "xs", "instruction_tuned", "base")
-  assert base["params"] == models.param_count(models.load_config(base_ckpt)) != models.param_count(models.get_config("xs"))
+  leaves = jax.tree.leaves(models.load_checkpoint(base_ckpt)[1])
+  assert base["params"] == sum(int(np.size(x)) for x in leaves) == models.param_count(models.load_config(base_ckpt))
   assert all(0 < c < 100 for c in base["task_chance"].values())
   assert len({v["fingerprint"] for v in resumed.values()}) == len(resumed)
 

@@ -70,7 +70,7 @@ def test_vocabulary_shipped_and_round_trips():
   vocab = tasks.get_vocabulary()
   assert vocab.pad_id == 0 and vocab.eos_id == 1 and vocab.unk_id == 2
   assert 512 <= vocab.vocab_size <= 2048
-  for name in ("mj_wsd_gloss", "mj_sum_dialog", "mj_para_paws", "mj_corpus"):
+  for name in ("mj_wsd_gloss", "mj_sum_dialog", "mj_para_qqp", "mj_corpus"):
     for ex in splits.examples(name, "validation", SMALL)[:5]:
       for text in (ex.inputs, ex.targets) + ex.choices:
         ids = vocab.encode(text)
@@ -104,7 +104,7 @@ def test_splits_never_share_an_example(name):
 
 
 def test_counts_are_configurable(small_suite):
-  for name in ("mj_sent_review", "mj_para_paws", "mj_corpus"):
+  for name in ("mj_sent_review", "mj_para_qqp", "mj_corpus"):
     assert len(tasks.examples(name, "validation")) == 16
     assert len(tasks.examples(name, "test")) == 32
   assert len(tasks.examples("mj_sent_stars", "validation")) == 15  # balanced over 5 labels
@@ -242,6 +242,45 @@ def test_corpus_teaches_what_heldout_tasks_need():
       for cue in cues:
         assert any(f"the {word}" in x and f"the {cue}" in x for x in sentences), (word, cue)
         assert re.search(rf"a {word} that goes with the (\w+ or the )?{cue}\b[^.]* is {gloss}\.", corpus), cue
+
+
+def test_instruction_tuning_holds_every_heldin_format_over_other_data():
+  """Like Flan for PaLM-2-IT: one instruction task in the format of each held-in category
+  (generators.IT_FORMATS), none of them a held-in dataset, no input shared with a held-in dataset."""
+  assert sorted(generators.IT_FORMATS.values()) == sorted(tasks.HELDIN_CATEGORIES)
+  instruct = {t.name for t in seqio.get_mixture_or_task("mj_instruct").tasks}
+  assert set(generators.IT_FORMATS) <= instruct
+  heldin_inputs = {e.inputs for c in tasks.HELDIN_CATEGORIES for t in tasks.heldin_tasks(c)
+                   for s in splits.SPLITS for e in splits.examples(t, s, SMALL)}
+  for name in generators.IT_FORMATS:
+    assert generators.SPECS[name].group == "instruct"
+    assert not {e.inputs for e in splits.examples(name, "train", SMALL)} & heldin_inputs, name
+
+
+def test_heldin_datasets_train_skills_heldout_tasks_need():
+  """The world's causal design (generators.FEEDS, docs/WORLD.md): each source is a held-in dataset,
+  each target a held-out one, and the shared skill is in the data."""
+  for src, (targets, skill) in generators.FEEDS.items():
+    assert generators.SPECS[src].group == "heldin" and skill
+    assert targets and all(generators.SPECS[t].group == "heldout" for t in targets)
+  assert {t for ts, _ in generators.FEEDS.values() for t in ts} == set(tasks.heldout_tasks())
+  # Topic -> word sense: the two senses of every ambiguous word belong to different topics, and topic
+  # classification labels a text by the topic of its cue words, so it teaches which sense a cue signals.
+  for word, senses in facts.SENSES.items():
+    assert facts.SENSE_TOPIC[senses[0][0]] != facts.SENSE_TOPIC[senses[1][0]], word
+  cue_topic = {c: t for t, cues in facts.TOPIC_CUES.items() for c in cues}
+  assert set(cue_topic) == {c for senses in facts.SENSES.values() for _, cues in senses for c in cues}
+  for name in ("mj_topic_news", "mj_topic_ask"):
+    for e in splits.examples(name, "train", SMALL):
+      found = {cue_topic[c] for c in cue_topic if re.search(rf"\bthe {c}\b", e.inputs)}
+      assert found == {e.targets}, e.inputs
+  # Sounds -> fill-in-the-blank coreference: closed-book trivia asks about every animal's sound.
+  asked = " ".join(e.inputs + " " + e.targets for e in splits.examples("mj_cbqa_sounds", "train", SMALL))
+  assert all(a.sound in asked and a.name in asked for a in facts.ANIMALS)
+  # Quoref-like QA -> pronoun resolution: half its passages refer to the two people by pronoun.
+  quoref = splits.examples("mj_exqa_quoref", "train", SMALL)
+  by_pronoun = sum(bool(re.search(r"\. (she|he) picked up", e.inputs)) for e in quoref)
+  assert 0.35 < by_pronoun / len(quoref) < 0.65
 
 
 def test_commitment_nli_label_is_set_by_the_commitment_phrase():

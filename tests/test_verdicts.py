@@ -159,7 +159,7 @@ def test_retention_metric_and_several_worlds():
   # Retention of a merge keeping r of the gain is about r: 0.7 at N = 2 for the pretrained base.
   assert a.cells[("pretrained", "xs", 2, "average")]["heldin"].value == pytest.approx(0.7, abs=0.1)
   one = verdicts.analyze(_rows(8, it_effect=0.2), dataclasses.replace(FAST, heldin_metric="retention"))
-  assert "training-seed variance not measured" in one.levels[0]
+  assert "training-seed variance absent" in one.levels[0]
 
 
 def test_rows_with_normalized_scores_only_give_the_seed_level():

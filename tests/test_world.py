@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mergejax import models, world
+from mergejax.training import recipes
 
 import toy_tasks
 
@@ -32,6 +33,21 @@ def test_checkpoint_path_layout(tmp_path):
   assert world.checkpoint_path(tmp_path, "xs", "pretrained", "multitask") == tmp_path / "xs/pretrained/multitask"
   with pytest.raises(ValueError, match="unknown kind"):
     world.checkpoint_path(tmp_path, "xs", "chat", "base")
+
+
+def test_multitask_budget_matches_the_experts(tmp_path):
+  """The multitask baseline trains as many steps as all category experts together, on their schedule."""
+  def mt(**over):
+    runs = world.plan(tmp_path, ("xs",), kinds=("pretrained",), recipe_overrides=over)
+    return next(r for r in runs if r.recipe == "multitask"), next(r for r in runs if r.recipe == "expert")
+  m, e = mt()
+  n = len(world.heldin_categories())
+  assert m.steps == n * e.steps == n * recipes.DEFAULTS["expert"]["steps"]
+  assert (m.opt.lr, m.opt.min_lr_ratio, m.opt.warmup_steps) == (e.opt.lr, e.opt.min_lr_ratio, n * e.opt.warmup_steps)
+  m, e = mt(expert={"steps": 10, "lr": 1e-3})
+  assert (m.steps, m.opt.lr) == (n * 10, 1e-3)
+  m, _ = mt(expert={"steps": 10}, multitask={"steps": 7})
+  assert m.steps == 7  # an explicit multitask budget wins
 
 
 def test_tiny_world_builds_loadable_checkpoints_and_skips_complete_ones(tmp_path):

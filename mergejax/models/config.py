@@ -12,7 +12,8 @@ class ModelConfig:
   """Hyperparameters of :class:`mergejax.models.Decoder` (stored as ``model_config.json``).
 
   Attributes:
-    vocab_size: rows of the (tied) embedding; >= the vocabulary's size.
+    vocab_size: rows of the (tied) embedding; >= the vocabulary's size (training sets it to the task
+      vocabulary's size, rounded up to a multiple of 128).
     d_model: residual width D.
     n_layers: number of transformer blocks.
     n_heads: attention heads H; head_dim = D / H unless ``head_dim`` is set.
@@ -28,7 +29,9 @@ class ModelConfig:
     name: the size-table row this config came from ("" if custom).
   """
 
-  vocab_size: int = 2048
+  # The embedded suite's SentencePiece vocabulary (mergejax/tasks/data/mj.model, 1,024 pieces), so the
+  # size table's parameter counts are those of the world's checkpoints.
+  vocab_size: int = 1024
   d_model: int = 64
   n_layers: int = 2
   n_heads: int = 4

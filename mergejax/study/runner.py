@@ -78,6 +78,18 @@ class StudySpec:
   validation_split: str = "validation"  # where hyperparameters are selected
   test_split: str = "test"  # where the chosen merges are scored once
   dry_run: bool = False
+  world_seeds: tuple[int, ...] = (0,)  # training seeds of the embedded world: one world each (world_dir_for)
+  world: str = ""  # the world this spec's rows belong to: "" with one world seed, else world_id(seed)
+
+  def for_world(self, seed: int) -> "StudySpec":
+    """This spec for the embedded world trained with ``seed``: its directory (checkpoints read again) and
+    its rows' world id."""
+    return dataclasses.replace(self, world_dir=world_dir_for(self.world_dir, seed), manifest=None,
+                               world=world_id(seed) if len(self.world_seeds) > 1 else "")
+
+  def key(self, key: str) -> str:
+    """A row's key in the store: prefixed by the world id when the study has several worlds."""
+    return f"{self.world}/{key}" if self.world else key
 
   def heldin(self, category: str) -> str:
     """The held-in suite of ``category``."""
@@ -90,6 +102,23 @@ class StudySpec:
   def path(self, kind: str, size: str, role: str, category: str | None = None) -> pathlib.Path:
     """A checkpoint's directory, from the manifest."""
     return self.manifest.entry(kind, size).path(role, category)
+
+
+def world_dir_for(world_dir: str | pathlib.Path, seed: int) -> pathlib.Path:
+  """Where the world of training seed ``seed`` lives: ``world_dir`` for seed 0, ``<world_dir>_seed<k>``
+  for seed k (so a directory never holds models of two seeds)."""
+  world_dir = pathlib.Path(world_dir)
+  return world_dir if seed == 0 else world_dir.with_name(f"{world_dir.name}_seed{seed}")
+
+
+def world_id(seed: int) -> str:
+  """The id of a world in rows (``world``) and in the verdicts' bootstrap (its top level)."""
+  return f"seed{seed}"
+
+
+def _world_field(spec: "StudySpec") -> dict[str, str]:
+  """``{"world": id}`` for rows of a study with several worlds, else nothing."""
+  return {"world": spec.world} if spec.world else {}
 
 
 def _values(cfg: Any, field: str, kind: type) -> tuple:
@@ -184,6 +213,13 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise StudyConfigError(f"world_steps.{recipe}={steps!r} must be a positive integer")
       world_steps[recipe] = steps
+  world_seeds = _values(cfg, "world_seeds", int) or (0,)
+  if len(set(world_seeds)) != len(world_seeds) or min(world_seeds) < 0 or world_seeds[0] != 0:
+    raise StudyConfigError(f"world_seeds={tuple(world_seeds)!r}: expected distinct seeds >= 0, the first 0 "
+                           "(the world in world_dir)")
+  if models_file and world_seeds != (0,):
+    raise StudyConfigError("world_seeds: several worlds need the embedded world; a manifest (models) names "
+                           "one set of checkpoints")
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world) and not models_file
   multitask = bool(cfg.get("multitask", True))
@@ -191,8 +227,12 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
                    int(cfg.eval_batch_size), multitask, world_steps, design, settings,
                    models=pathlib.Path(models_file).absolute() if models_file else None,
                    heldin_suite=heldin_suite, heldout_suite=heldout_suite, validation_split=validation_split,
-                   test_split=test_split, dry_run=bool(cfg.get("dry_run", False)))
-  return spec if build else with_manifest(spec)
+                   test_split=test_split, dry_run=bool(cfg.get("dry_run", False)), world_seeds=tuple(world_seeds))
+  if build:
+    return spec
+  for seed in world_seeds[1:]:  # every further world is there too (checked now; read when its turn comes)
+    with_manifest(spec.for_world(seed))
+  return with_manifest(spec)
 
 
 def with_manifest(spec: StudySpec) -> StudySpec:
@@ -421,13 +461,14 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
 
   def full_reference(role: str, params) -> dict[str, Any]:
     """Held-in (every category) and held-out scores of a base or multitask model, cached."""
-    key = f"ref/{kind}/{size}/{role}"
+    key = spec.key(f"ref/{kind}/{size}/{role}")
     fp = reference_fingerprint(spec, kind, size, role)
     row = store.get(key, fp)
     if row is None:
       res = scorer(ms, params, spec.suites(spec.categories, heldout=True), spec.test_split, per_example=True)
       hi, ho = _split_heldout(res.task_scores, res.task_categories, spec.categories)
       row = {"type": "reference", "role": role, "kind": kind, "size": size, "heldin_test": hi, "heldout_test": ho,
+             **_world_field(spec),
              "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance}
       if role == "base":
         val = scorer(ms, params, spec.suites(spec.categories), spec.validation_split, per_example=True)
@@ -438,13 +479,14 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
 
   refs["base"] = full_reference("base", ms.base)
   for c, params in ms.experts.items():
-    key = f"ref/{kind}/{size}/expert/{c}"
+    key = spec.key(f"ref/{kind}/{size}/expert/{c}")
     fp = reference_fingerprint(spec, kind, size, "expert", c)
     row = store.get(key, fp)
     if row is None:
       test = scorer(ms, params, spec.heldin(c), spec.test_split, per_example=True)
       val = scorer(ms, params, spec.heldin(c), spec.validation_split, per_example=True)
       row = store.put(key, {"type": "reference", "role": "expert", "kind": kind, "size": size, "category": c,
+                            **_world_field(spec),
                             "heldin_test": test.task_scores, "heldin_validation": val.task_scores,
                             "task_categories": test.task_categories, "test_correct": test.correct,
                             "validation_correct": val.correct, "task_chance": test.chance,
@@ -468,7 +510,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   validation split of the merged experts' held-in tasks (normalized by the experts' validation scores);
   the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
   normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
-  key = f"merge/{cell.key}/{method_name}"
+  key = spec.key(f"merge/{cell.key}/{method_name}")
   fp = merge_fingerprint(spec, cell, method_name)
   row = store.get(key, fp)
   if row is not None:
@@ -515,7 +557,7 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}, "test_correct": res.correct,
       "heldin_norm": n_hi.score, "heldout_norm": n_ho.score,
       "heldin_norm_by_category": n_hi.per_category, "heldout_norm_by_category": n_ho.per_category,
-      **timings}, fp)
+      **_world_field(spec), **timings}, fp)
 
 
 class MergeWarmup:
@@ -579,12 +621,20 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   store = ResultsStore(workdir / "results")
   world_s = None  # not built here
   if spec.build_world:
-    summary = world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                                    multitask=spec.multitask, progress=progress and is_main,
-                                    recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
-    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start,
-                                  trained=any(not r.get("skipped") for r in summary["runs"]))
-    spec = with_manifest(spec)  # the manifest the world builder wrote
+    trained = False
+    for seed in spec.world_seeds:
+      summary = world_lib.build_world(world_dir_for(spec.world_dir, seed), spec.sizes, kinds=spec.kinds,
+                                      categories=spec.categories, multitask=spec.multitask, seed=seed,
+                                      progress=progress and is_main,
+                                      recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
+      trained = trained or any(not r.get("skipped") for r in summary["runs"])
+    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start, trained=trained)
+  # One spec per world, its manifest read (the one the world builder wrote, or the layout's).
+  worlds = [spec.for_world(seed) for seed in spec.world_seeds]
+  if spec.manifest is not None:  # seed 0's world, read at start-up
+    worlds[0] = dataclasses.replace(worlds[0], manifest=spec.manifest)
+  worlds = [w if w.manifest is not None else with_manifest(w) for w in worlds]
+  spec = dataclasses.replace(spec, manifest=worlds[0].manifest)
   study_t0 = time.perf_counter()
   _checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
   guard = guard if guard is not None else SplitGuard(spec.validation_split)
@@ -593,34 +643,40 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
-  merges_missing = any(store.get(f"merge/{c.key}/{m}", merge_fingerprint(spec, c, m)) is None for c, m in units)
-  refs_missing = any(store.get(f"ref/{k}/{s}/base", reference_fingerprint(spec, k, s, "base")) is None
-                     for k in spec.kinds for s in spec.sizes)
-  bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
-  loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
-  warmup = None
-  if jax.process_count() == 1 and merges_missing:
-    first = load_models(spec, spec.kinds[0], spec.sizes[0])
-    scorer.prepare(first.adapter, first.vocabulary)  # reads and packs the data while the other sizes load
-    loaded = {(spec.kinds[0], spec.sizes[0]): first}
-    loaded.update({(spec.kinds[0], size): load_models(spec, spec.kinds[0], size) for size in spec.sizes[1:]})
-    warmup = MergeWarmup(spec, {size: ms for (_, size), ms in loaded.items()}, scorer)
-  elif refs_missing:
-    loaded = {(spec.kinds[0], spec.sizes[0]): load_models(spec, spec.kinds[0], spec.sizes[0])}
-    first = loaded[(spec.kinds[0], spec.sizes[0])]
-    scorer.prepare(first.adapter, first.vocabulary)
-  for kind in spec.kinds:
-    for size in spec.sizes:
-      todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
-      ms = loaded.pop((kind, size), None) or load_models(spec, kind, size)
-      refs = reference_rows(store, scorer, spec, kind, size, ms)
-      if warmup is not None:
-        warmup.wait(size)
-      for cell, method_name in todo:
-        bar.set_postfix_str(f"{cell.key} {method_name}")
-        run_cell_method(store, scorer, guard, spec, cell, method_name, ms, refs)
-        bar.update()
-      del ms
+  bar = tqdm(total=len(units) * len(worlds), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
+  prepared = False  # the evaluators' data is read and packed once, for every world
+  for w in worlds:
+    merges_missing = any(store.get(w.key(f"merge/{c.key}/{m}"), merge_fingerprint(w, c, m)) is None
+                         for c, m in units)
+    refs_missing = any(store.get(w.key(f"ref/{k}/{s}/base"), reference_fingerprint(w, k, s, "base")) is None
+                       for k in w.kinds for s in w.sizes)
+    loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
+    warmup = None
+    if jax.process_count() == 1 and merges_missing:
+      first = load_models(w, w.kinds[0], w.sizes[0])
+      if not prepared:
+        scorer.prepare(first.adapter, first.vocabulary)  # reads and packs the data while the other sizes load
+        prepared = True
+      loaded = {(w.kinds[0], w.sizes[0]): first}
+      loaded.update({(w.kinds[0], size): load_models(w, w.kinds[0], size) for size in w.sizes[1:]})
+      warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer)
+    elif refs_missing and not prepared:
+      loaded = {(w.kinds[0], w.sizes[0]): load_models(w, w.kinds[0], w.sizes[0])}
+      first = loaded[(w.kinds[0], w.sizes[0])]
+      scorer.prepare(first.adapter, first.vocabulary)
+      prepared = True
+    for kind in w.kinds:
+      for size in w.sizes:
+        todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
+        ms = loaded.pop((kind, size), None) or load_models(w, kind, size)
+        refs = reference_rows(store, scorer, w, kind, size, ms)
+        if warmup is not None:
+          warmup.wait(size)
+        for cell, method_name in todo:
+          bar.set_postfix_str(f"{w.world + ' ' if w.world else ''}{cell.key} {method_name}")
+          run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs)
+          bar.update()
+        del ms
   bar.close()
   if store.outdated:
     logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
@@ -658,7 +714,8 @@ def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, tr
   was built outside this work directory's records)."""
   key = "meta/world"
   fp = store_lib.fingerprint({"world_dir": str(spec.world_dir), "sizes": spec.sizes, "kinds": spec.kinds,
-                              "categories": spec.categories, "multitask": spec.multitask})
+                              "categories": spec.categories, "multitask": spec.multitask,
+                              **({"world_seeds": spec.world_seeds} if spec.world_seeds != (0,) else {})})
   row = store.get(key, fp) or {"type": "meta", "build_s": 0.0}
   if trained:
     row = store.put(key, {"type": "meta", "build_s": row["build_s"] + seconds}, fp)

@@ -307,7 +307,8 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
       table[(kind, size, n, m)] = entry
   seeds = sorted({(n, len(s)) for (_, n), s in rep.seeds.items()})
   levels = (
-      f"worlds: {len(rep.worlds)}" + ("" if len(rep.worlds) > 1 else " (training-seed variance not measured)"),
+      f"worlds: {len(rep.worlds)}" + ("" if len(rep.worlds) > 1 else
+                                 " (training-seed variance absent: set world_seeds to measure it)"),
       "expert-subset seeds per N: " + ", ".join(f"N={n}: {s}" for n, s in seeds),
       {"examples": "test examples: resampled per task from per-example correctness (paired across models)",
        "counts": "test examples: binomial draws from per-task counts (not paired across models: wider intervals)",

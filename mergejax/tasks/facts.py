@@ -149,6 +149,20 @@ SENSES = {
             ("a place for farm animals", ("sheep", "pigs", "fence", "goats"))),
 }
 SENSE_WORDS = tuple(SENSES)
+# The topic of each sense's cue words (held-in topic classification, mj_topic_news / mj_topic_ask): the
+# two senses of every word belong to different topics, so a model that has learned which topic a cue
+# word belongs to has learned half of what word sense disambiguation (held-out mj_wsd_gloss) needs: the
+# world's designed transfer from topic classification to word sense (docs/WORLD.md).
+SENSE_TOPIC = {"an animal": "animals", "a stick for games": "sports", "a place for money": "money",
+               "the side of a river": "nature", "the sound of a dog": "animals", "the skin of a tree": "nature",
+               "a season": "weather", "a source of water": "nature", "jewelry for a finger": "money",
+               "the sound of a bell or phone": "home", "a sea animal": "animals",
+               "a mark that closes a letter": "writing", "a stick that makes fire": "home",
+               "a game between teams": "sports", "a tool for writing": "writing",
+               "a place for farm animals": "animals"}
+TOPICS = ("animals", "sports", "money", "nature", "weather", "home", "writing")
+TOPIC_CUES = {t: tuple(c for senses in SENSES.values() for g, cues in senses if SENSE_TOPIC[g] == t for c in cues)
+              for t in TOPICS}
 # Sentence frames of the word-sense data ("{w}" the ambiguous word, "{c}" and "{d}" cues of one sense,
 # "{n}" a name, "{p}" its pronoun), one disjoint set per use: the corpus, instruction tuning
 # (mj_it_sense; two cues per sentence: at xs one cue per sentence was learned to only 0.63-0.66 in

@@ -63,25 +63,44 @@ def _opts(choices) -> str:
   return " ".join(f"({'abcdefgh'[i]}) {c}" for i, c in enumerate(choices))
 
 
-def _ex_listed(question: str, answer: str, pool, k: int, rng: random.Random, suffix: str) -> Example:
-  choices, label = _choice(rng, answer, pool, k)
-  return Example(f"{question} options: {_opts(choices)} {suffix}", answer, choices, label)
-
-
-_PERSON_Q = {"city": "which city does {n} live in?", "job": "what is the job of {n}?",
-             "pet": "what pet does {n} have?", "color": "what is the favorite color of {n}?",
-             "food": "what food does {n} like?"}
-
 # ---------------------------------------------------------------------------------------- held-in
+#
+# Every held-in dataset mixes items of graded difficulty: part of each can be answered from one cue a
+# tiny model learns within an expert's budget, the rest needs a second skill (copying a span from the
+# input, resolving a pronoun, reading a contrast), so experts of both sizes land between chance and the
+# ceiling. Several datasets train a skill a held-out task needs (the world's causal design, `FEEDS`).
 
 
-@_register("mj_mcqa_people", "heldin", "mcqa")
-def mcqa_people(world, rng):
-  """Multiple-choice question about a person's facts (4 listed options)."""
-  p = rng.choice(world.people)
-  attr = rng.choice(facts.PERSON_ATTRS)
-  q = _PERSON_Q[attr].format(n=p.name)
-  return _ex_listed(f"question: {q}", getattr(p, attr), facts.ATTR_VALUES[attr], 4, rng, "answer:")
+def _graded(rng: random.Random, answer: str, easy: str, hard: str, both: str) -> tuple[tuple[str, ...], int]:
+  """Four choices: the answer, one that differs in an easy feature, one in a hard feature (a span to
+  copy from the input), one in both. A model that has learned only the easy feature scores 50%."""
+  choices = [answer, easy, hard, both]
+  rng.shuffle(choices)
+  return tuple(choices), choices.index(answer)
+
+
+def _others(pool, *exclude):
+  return [x for x in pool if x not in exclude]
+
+
+@_register("mj_mcqa_social", "heldin", "mcqa")
+def mcqa_social(world, rng):
+  """Commonsense multiple-choice QA about everyday situations (Social IQa-like, 4 listed options): what
+  someone will do next, why they did something, how they feel. Trains the scripts that held-out
+  sentence completion and entailment need."""
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  pr = facts.pronoun(n)
+  need, act, situation = rng.choice(facts.SCRIPTS)
+  kind = rng.randrange(3)
+  if kind == 0:
+    q, ans, pool = f"context: {n} {situation}. question: what will {n} do next?", act, [a for _, a, _ in facts.SCRIPTS]
+  elif kind == 1:
+    q, ans = f"context: {n} {act}. question: why did {n} do this?", f"because {pr} felt {need}"
+    pool = [f"because {pr} felt {x}" for x, _, _ in facts.SCRIPTS]
+  else:
+    q, ans, pool = f"context: {n} {situation}. question: how does {n} feel now?", need, [x for x, _, _ in facts.SCRIPTS]
+  choices, label = _choice(rng, ans, pool, 4)
+  return Example(f"{q} {_opts(choices)} the best answer is", ans, choices, label)
 
 
 @_register("mj_mcqa_nature", "heldin", "mcqa")
@@ -123,17 +142,27 @@ def exqa_profile(world, rng):
   return _ex(f"read the text and answer. text: {ctx} question: {q}", ans, pool, 4, rng)
 
 
-@_register("mj_exqa_diary", "heldin", "extractive_qa")
-def exqa_diary(world, rng):
-  """Extractive QA over a diary of three days (answer: the place visited on the asked day)."""
-  name = rng.choice(facts.FEMALE + facts.MALE)
-  days = sorted(rng.sample(range(7), 3))
-  places = rng.sample(facts.LANDMARKS + tuple(facts.WORKPLACE.values()), 3)
-  ctx = " ".join(f"on {facts.DAYS[d]} {name} went to the {pl}." for d, pl in zip(days, places))
-  i = rng.randrange(3)
-  pool = places + [x for x in facts.LANDMARKS if x not in places]
-  return _ex(f"{ctx} based on the diary, where was {name} on {facts.DAYS[days[i]]}?", f"the {places[i]}",
-             [f"the {x}" for x in pool], 4, rng)
+@_register("mj_exqa_quoref", "heldin", "extractive_qa")
+def exqa_quoref(world, rng):
+  """Extractive QA that needs coreference (Quoref-like): a woman and a man each pick up a thing, named
+  in half of the passages and referred to by pronoun in the other half; which of them picked up the
+  asked thing? Choices: both names of the passage and two names it does not mention. Trains the
+  pronoun resolution by gender that held-out coreference needs."""
+  f, m = rng.choice(facts.FEMALE), rng.choice(facts.MALE)
+  a, b = (f, m) if rng.random() < 0.5 else (m, f)
+  t1, t2 = (t.name for t in rng.sample(facts.THINGS, 2))
+  pl = rng.choice(facts.LANDMARKS)
+  if rng.random() < 0.5:
+    x, y = a, b
+  else:
+    x, y = facts.pronoun(a), facts.pronoun(b)
+  passage = f"{a} and {b} met at the {pl}. {x} picked up a {t1} and {y} picked up a {t2}."
+  who, thing = (a, t1) if rng.random() < 0.5 else (b, t2)
+  other = rng.sample(_others(facts.FEMALE + facts.MALE, a, b), 2)
+  choices = [a, b] + other
+  rng.shuffle(choices)
+  return Example(f"passage: {passage} question: who picked up the {thing}? answer with a name from the passage:",
+                 who, tuple(choices), choices.index(who))
 
 
 _CBQA_Q = {  # 8 wordings per attribute: the world has only NUM_PEOPLE people
@@ -156,7 +185,8 @@ _CBQA_Q = {  # 8 wordings per attribute: the world has only NUM_PEOPLE people
 
 @_register("mj_cbqa_facts", "heldin", "closed_book_qa")
 def cbqa_facts(world, rng):
-  """Closed-book QA about people and cities; every value of the asked attribute is a choice."""
+  """Closed-book QA about people and cities (4 choices, not listed in the question). Trains recall of
+  the people's facts, which held-out commitment NLI partly rests on (committed facts are true)."""
   if rng.random() < 0.8:
     p = rng.choice(world.people)
     attr = rng.choice(facts.PERSON_ATTRS)
@@ -168,109 +198,97 @@ def cbqa_facts(world, rng):
       q, ans, pool = f"which country is home to the city of {c.name}?", c.country, facts.COUNTRIES
     else:
       q, ans, pool = f"what is {c.name} famous for?", c.landmark, facts.LANDMARKS
-  return _ex(f"q: {q} a:", ans, pool, len(set(pool)), rng)
+  return _ex(f"q: {q} a:", ans, pool, 4, rng)
 
 
-_VERIFY_Q = {  # 6 wordings per attribute: the world has only NUM_PEOPLE people
-    "city": ["which city does {n} live in?", "where does {n} live?", "what is the home city of {n}?",
-             "in what city does {n} stay?", "where is the house of {n}?", "what city does {n} call home?"],
-    "job": ["what is the job of {n}?", "what does {n} do for a living?", "how does {n} work?",
-            "what is {n} by profession?", "which job does {n} hold?", "what does {n} work as?"],
-    "pet": ["what pet does {n} have?", "what animal does {n} keep at home?", "which pet belongs to {n}?",
-            "what is the pet animal of {n}?", "which animal does {n} look after?", "what pet lives with {n}?"],
-    "color": ["what is the favorite color of {n}?", "which color is {n}'s favorite?", "what color pleases {n}?",
-              "what color does {n} like best?", "which color does {n} love?", "what is the color {n} prefers?"],
-    "food": ["what food does {n} like?", "which food does {n} prefer?", "what does {n} like to eat?",
-             "what is the best food for {n}?", "which dish does {n} love?", "what does {n} enjoy eating?"]}
-
-
-@_register("mj_cbqa_verify", "heldin", "closed_book_qa")
-def cbqa_verify(world, rng):
-  """Answer verification (WikiQA-like): is the proposed answer to a factual question correct?"""
-  p = rng.choice(world.people)
-  attr = rng.choice(facts.PERSON_ATTRS)
-  true = getattr(p, attr)
-  cand = true if rng.random() < 0.5 else rng.choice([v for v in facts.ATTR_VALUES[attr] if v != true])
-  q = rng.choice(_VERIFY_Q[attr]).format(n=p.name)
-  choices = ("correct", "incorrect")
-  label = 0 if cand == true else 1
-  return Example(f"question: {q} proposed answer: {cand}. is the proposed answer correct or incorrect?",
-                 choices[label], choices, label)
+@_register("mj_cbqa_sounds", "heldin", "closed_book_qa")
+def cbqa_sounds(world, rng):
+  """Closed-book trivia about animal sounds, in both directions (4 choices, not listed): which animal
+  makes a sound, which sound an animal makes. Trains the recall of sounds that held-out coreference
+  (mj_coref_blank) needs."""
+  a = rng.choice(facts.ANIMALS)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  if rng.random() < 0.5:
+    q = rng.choice([f"{n} heard an animal that {a.sound}. which animal was it?",
+                    f"out on a walk, {n} heard something that {a.sound}. what animal was that?",
+                    f"which animal did {n} hear, if it {a.sound}?"])
+    return _ex(f"trivia: {q}", a.name, [x.name for x in facts.ANIMALS if x.sound != a.sound] + [a.name], 4, rng)
+  q = rng.choice([f"{n} keeps a {a.name}. what does it do when it makes a sound?",
+                  f"{n} walked past a {a.name}. the {a.name} usually does what?",
+                  f"what noise would {n} hear from a {a.name}?"])
+  return _ex(f"trivia: {q}", a.sound, [x.sound for x in facts.ANIMALS], 4, rng)
 
 
 @_register("mj_sent_review", "heldin", "sentiment")
 def sent_review(world, rng):
-  """Binary product-review sentiment (positive / negative)."""
+  """Binary product-review sentiment (positive / negative). In half the reviews both opinion words agree;
+  in the other half the first impression is the opposite of the final verdict, which decides."""
   t = rng.choice(facts.THINGS).name
   label = rng.randrange(2)
-  words = facts.POS_WORDS if label == 0 else facts.NEG_WORDS
-  a, b = rng.sample(words, 2)
-  tail = rng.choice(["i would buy it again.", "i use it every day."]) if label == 0 else rng.choice(
-      ["i want my money back.", "i will return it."])
-  review = f"this {t} is {a}. the quality is {b}. {tail}"
+  words, opposite = (facts.POS_WORDS, facts.NEG_WORDS) if label == 0 else (facts.NEG_WORDS, facts.POS_WORDS)
+  if rng.random() < 0.5:
+    a, b = rng.sample(words, 2)
+    review = f"this {t} is {a}. the quality is {b}."
+  else:
+    review = f"at first this {t} looked {rng.choice(opposite)}, but after a week it is {rng.choice(words)}."
   choices = ("positive", "negative")
   return Example(f"review: {review} is this review positive or negative?", choices[label], choices, label)
 
 
 @_register("mj_sent_stars", "heldin", "sentiment")
 def sent_stars(world, rng):
-  """Five-class star rating of a restaurant visit, signalled by one intensity word."""
+  """Five-class star rating of a restaurant visit, set by the intensity word about the meal; half the
+  reviews also rate the waiter, with a word of another class."""
   name = rng.choice(facts.FEMALE + facts.MALE)
   city = rng.choice(facts.CITIES)
   food = rng.choice(facts.FOODS)
   label = rng.randrange(5)
   word = rng.choice(facts.STAR_WORDS[label][1])
-  text = f"{name} ate {food} at a cafe in {city}. the meal was {word}."
+  if rng.random() < 0.5:
+    text = f"{name} ate {food} at a cafe in {city}. the meal was {word}."
+  else:
+    other = rng.choice(rng.choice([w for i, (_, w) in enumerate(facts.STAR_WORDS) if i != label]))
+    text = f"{name} ate {food} at a cafe in {city}. the waiter was {other}, but the meal was {word}."
   choices = tuple(s for s, _ in facts.STAR_WORDS)
   return Example(f"{text} how many stars would this visit get, from one to five?", choices[label],
                  choices, label)
 
 
-_TOPICS = {
-    "sports": ["the team from {c} won the match.", "a runner from {c} broke the record.",
-               "the coach in {c} picked a new player."],
-    "weather": ["heavy rain fell on {c} all week.", "a storm is coming to {c} tonight.",
-                "snow closed the roads near {c}."],
-    "business": ["prices rose in the shops of {c}.", "a new company opened an office in {c}.",
-                 "the market in {c} sold more goods this year."],
-    "science": ["scientists in {c} found a new star.", "a lab in {c} tested a new medicine.",
-                "researchers from {c} studied old rocks."],
-    "music": ["a band from {c} played a concert.", "the choir of {c} sang a new song.",
-              "a famous singer visited {c}."],
-}
+def _topic_example(rng: random.Random) -> tuple[str, tuple[str, ...], tuple[str, ...], int]:
+  """A topic (facts.TOPICS), one or two of its cue words (facts.TOPIC_CUES), and four topics to choose
+  from: (topic, cues, choices, label)."""
+  topic = rng.choice(facts.TOPICS)
+  cues = tuple(rng.sample(facts.TOPIC_CUES[topic], 2 if rng.random() < 0.5 else 1))
+  choices, label = _choice(rng, topic, facts.TOPICS, 4)
+  return topic, cues, choices, label
 
 
 @_register("mj_topic_news", "heldin", "topic")
 def topic_news(world, rng):
-  """News topic classification (AG News-like), five topics."""
-  choices = tuple(_TOPICS)
-  label = rng.randrange(len(choices))
-  c = rng.choice(facts.CITIES)
-  text = rng.choice(_TOPICS[choices[label]]).format(c=c)
+  """News topic classification (AG News-like): the topic is set by one or two cue words (4 of the 7
+  topics as choices). Cue words are the word-sense cues (facts.SENSE_TOPIC), so the topic expert learns
+  part of what held-out word sense disambiguation needs."""
+  _, cues, choices, label = _topic_example(rng)
+  city = rng.choice(facts.CITIES)
+  stuff = f"the {cues[0]} and the {cues[-1]}" if len(cues) == 2 else f"the {cues[0]}"
   when = rng.choice(("today", "yesterday", "this week") + facts.DAYS)
-  return Example(f"news ({when}): {text} what is the topic of this news?", choices[label], choices, label)
+  text = rng.choice([f"a report from {city} {when} was all about {stuff}.",
+                     f"people in {city} talked about {stuff} {when}.",
+                     f"{when}, the paper in {city} wrote about {stuff}."])
+  return Example(f"news: {text} which topic is this news story? {', '.join(choices)}.", choices[label], choices,
+                 label)
 
 
-@_register("mj_topic_entity", "heldin", "topic")
-def topic_entity(world, rng):
-  """Entity-type classification of an encyclopedia line (DBpedia-like)."""
-  choices = ("person", "city", "animal", "object")
-  label = rng.randrange(4)
-  if label == 0:
-    n, c, j = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.CITIES), rng.choice(facts.JOBS)
-    text = rng.choice([f"{n} is known in {c} as a {j}.", f"{n}: a {j} born in {c}."])
-  elif label == 1:
-    c, k, l = rng.choice(facts.CITIES), rng.choice(facts.COUNTRIES), rng.choice(facts.LANDMARKS)
-    text = rng.choice([f"{c} lies in {k} and has a {l}.", f"{c}: a place in {k}, visited for its {l}."])
-  elif label == 2:
-    a, h = rng.choice(facts.ANIMALS), rng.choice(facts.ANIMALS)
-    text = rng.choice([f"{a.name}: it {a.sound} and lives in the {h.habitat}.",
-                       f"{a.name}: a {a.size} creature that eats {h.diet}."])
-  else:
-    t, u = rng.choice(facts.THINGS), rng.choice(facts.THINGS)
-    text = rng.choice([f"{t.name}: it is made of {u.material} and used {t.use}.",
-                       f"{t.name}: a {u.size} item made of {t.material}."])
-  return Example(f"entry: {text} the entry is about which kind of thing?", choices[label], choices, label)
+@_register("mj_topic_ask", "heldin", "topic")
+def topic_ask(world, rng):
+  """Question topic classification (Yahoo Answers-like), set by one or two cue words."""
+  _, cues, choices, label = _topic_example(rng)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  stuff = f"the {cues[0]} or the {cues[-1]}" if len(cues) == 2 else f"the {cues[0]}"
+  q = rng.choice([f"where can i find out more about {stuff}?", f"is it hard to draw {stuff}?",
+                  f"what should i know about {stuff}?", f"who can tell me about {stuff}?"])
+  return Example(f"{n} asked the forum: {q} pick the forum section: {' or '.join(choices)}.", choices[label],
+                 choices, label)
 
 
 @_register("mj_s2t_bio", "heldin", "struct_to_text")
@@ -305,25 +323,39 @@ _EVENTS = (("storm hits {c}", "a strong storm hit {c} on {d}. trees fell and roa
 
 @_register("mj_sum_news", "heldin", "summarization")
 def sum_news(world, rng):
-  """Headline generation for a three-sentence news story (Gigaword-like)."""
+  """Headline generation for a three-sentence news story (Gigaword-like). Wrong headlines name another
+  event, another city (the city must be copied from the article), or both."""
   n, c, d = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.CITIES), rng.choice(facts.DAYS)
   i = rng.randrange(len(_EVENTS))
   head, body = _EVENTS[i]
-  ans = head.format(n=n, c=c)
-  pool = [ans] + [h.format(n=n, c=c) for h, _ in _EVENTS] + [head.format(n=n, c=x) for x in facts.CITIES]
-  return _ex(f"article: {body.format(n=n, c=c, d=d)} headline:", ans, pool, 4, rng)
+  other_head = rng.choice(_others([h for h, _ in _EVENTS], head))
+  c2 = rng.choice(_others(facts.CITIES, c))
+  choices, label = _graded(rng, head.format(n=n, c=c), other_head.format(n=n, c=c), head.format(n=n, c=c2),
+                           other_head.format(n=n, c=c2))
+  return Example(f"article: {body.format(n=n, c=c, d=d)} headline:", choices[label], choices, label)
+
+
+_DIALOGS = (("{a}: shall we meet at the {pl} on {d}? {b}: yes, see you at the {pl}.",
+             "{a} and {b} will meet at the {pl} on {d}."),
+            ("{a}: i left my bag at the {pl}. {b}: i will bring it to you on {d}.",
+             "{b} will bring the bag from the {pl} on {d}."),
+            ("{a}: the {pl} is closed on {d}. {b}: then we go another day.",
+             "the {pl} is closed on {d}, so they will go another day."))
 
 
 @_register("mj_sum_dialog", "heldin", "summarization")
 def sum_dialog(world, rng):
-  """One-sentence summary of a short dialogue (SAMSum-like)."""
+  """One-sentence summary of a short dialogue (SAMSum-like). Wrong summaries tell another kind of
+  dialogue, another place (to be copied from the dialogue), or both."""
   a, b = rng.sample(facts.FEMALE + facts.MALE, 2)
   d, pl = rng.choice(facts.DAYS), rng.choice(facts.LANDMARKS)
-  dlg = f"{a}: shall we meet at the {pl} on {d}? {b}: yes, see you at the {pl}."
-  ans = f"{a} and {b} will meet at the {pl} on {d}."
-  pool = [ans] + [f"{a} and {b} will meet at the {x} on {y}." for x in facts.LANDMARKS for y in facts.DAYS
-                  if (x == pl) != (y == d)]
-  return _ex(f"dialogue: {dlg} summarize the dialogue:", ans, pool, 4, rng)
+  dlg, summ = rng.choice(_DIALOGS)
+  other = rng.choice(_others([s for _, s in _DIALOGS], summ))
+  pl2 = rng.choice(_others(facts.LANDMARKS, pl))
+  choices, label = _graded(rng, summ.format(a=a, b=b, pl=pl, d=d), other.format(a=a, b=b, pl=pl, d=d),
+                           summ.format(a=a, b=b, pl=pl2, d=d), other.format(a=a, b=b, pl=pl2, d=d))
+  return Example(f"dialogue: {dlg.format(a=a, b=b, pl=pl, d=d)} summarize the dialogue:", choices[label], choices,
+                 label)
 
 
 _PARA = {"city": ["{n} lives in {v}.", "the home of {n} is in {v}.", "{v} is where {n} lives."],
@@ -340,8 +372,8 @@ _PARA_NEG = {"city": ["{n} does not live in {v}.", "{n} has never lived in {v}."
 
 @_register("mj_para_mrpc", "heldin", "paraphrase")
 def para_mrpc(world, rng):
-  """Do two sentences about a person state the same fact (MRPC-like)? same / different. Negatives
-  change the value or negate the sentence."""
+  """Do two sentences about a person state the same fact (MRPC-like)? same / different. Two thirds of
+  the different pairs negate the first sentence, one third changes its value."""
   n = rng.choice(facts.FEMALE + facts.MALE)
   attr = rng.choice(tuple(_PARA))
   v = rng.choice(facts.ATTR_VALUES[attr])
@@ -349,7 +381,7 @@ def para_mrpc(world, rng):
   label = rng.randrange(2)
   if label == 0:
     s2 = t2.format(n=n, v=v)
-  elif rng.random() < 0.5:  # a different value
+  elif rng.random() < 1 / 3:  # a different value
     s2 = t2.format(n=n, v=rng.choice([x for x in facts.ATTR_VALUES[attr] if x != v]))
   else:  # the negation
     s2 = rng.choice(_PARA_NEG[attr]).format(n=n, v=v)
@@ -358,20 +390,29 @@ def para_mrpc(world, rng):
                  "do a and b mean the same or different things?", choices[label], choices, label)
 
 
-_VERBS = ("gave", "sent", "showed", "sold", "lent")
+_QQP = {"city": ["where does {n} live?", "in which town is the house of {n}?", "what is the home city of {n}?"],
+        "job": ["what does {n} do for a living?", "what is the occupation of {n}?", "how does {n} earn money?"],
+        "pet": ["what pet does {n} have?", "which animal does {n} keep at home?", "what is the pet of {n}?"],
+        "food": ["what does {n} like to eat?", "which food does {n} enjoy most?", "what is the favorite dish of {n}?"]}
 
 
-@_register("mj_para_paws", "heldin", "paraphrase")
-def para_paws(world, rng):
-  """Word-order paraphrase adversaries (PAWS-like): is the second sentence a paraphrase? yes / no."""
-  a, b = rng.sample(facts.FEMALE + facts.MALE, 2)
-  t, v = rng.choice(facts.THINGS).name, rng.choice(_VERBS)
-  s1 = f"{a} {v} {b} a {t}."
+@_register("mj_para_qqp", "heldin", "paraphrase")
+def para_qqp(world, rng):
+  """Duplicate question detection (QQP-like): do two questions ask the same thing? yes / no. Two thirds
+  of the non-duplicates ask about another fact of the same person, one third about another person."""
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  attr = rng.choice(tuple(_QQP))
+  q1, q2 = rng.sample(_QQP[attr], 2)
   label = rng.randrange(2)
-  s2 = f"{a} {v} a {t} to {b}." if label == 0 else rng.choice([f"{b} {v} {a} a {t}.", f"{b} {v} a {t} to {a}."])
+  n2 = n
+  if label == 1:
+    if rng.random() < 2 / 3:
+      q2 = rng.choice(_QQP[rng.choice(_others(tuple(_QQP), attr))])
+    else:
+      n2 = rng.choice(_others(facts.FEMALE + facts.MALE, n))
   choices = ("yes", "no")
-  return Example(f"is \"{s2}\" a paraphrase of \"{s1}\"? answer yes or no.", choices[label], choices, label)
-
+  return Example(f"question one: {q1.format(n=n)} question two: {q2.format(n=n2)} are these two questions "
+                 "duplicates? yes or no.", choices[label], choices, label)
 
 # --------------------------------------------------------------------------------------- held-out
 
@@ -533,7 +574,7 @@ def it_sense(world, rng):
   word, sent, choices, label = _sense_example("instruct", rng)
   q = rng.choice([f"in the sentence \"{sent}\" what does the word {word} mean?",
                   f"{sent} here, the word {word} refers to",
-                  f"read: {sent} pick the sense of {word}: {choices[0]} / {choices[1]}. answer:",
+                  f"read: {sent} pick the sense of {word}: {choices[0]} or {choices[1]}. answer:",
                   f"what is meant by {word} in \"{sent}\"? {choices[1]}, or {choices[0]}?"])
   return Example(q, choices[label], choices, label)
 
@@ -683,42 +724,127 @@ def it_complete(world, rng):
              [x.sound for x in facts.ANIMALS], 4, rng)
 
 
-@_register("mj_it_where", "instruct", "instruct")
-def it_where(world, rng):
-  """Workplaces of jobs and countries of cities."""
-  if rng.random() < 0.5:
+# Instruction tasks in the formats of the held-in categories, over other data (Flan-v2 holds many
+# T0-like task types from datasets other than T0's): they teach the formats (listed options, answers
+# copied from a passage, trivia, sentiment and topic labels, data to text, titles, same-meaning
+# judgements), never a held-in dataset, so the instruction-tuned base starts ahead of the pretrained one
+# on held-in formats, as PaLM-2-IT does. `IT_FORMATS` maps each to the held-in category it mirrors.
+
+
+@_register("mj_it_options", "instruct", "instruct")
+def it_options(world, rng):
+  """Questions with listed options about workplaces, countries and antonyms (multiple-choice format)."""
+  kind = rng.randrange(3)
+  if kind == 0:
     j = rng.choice(facts.JOBS)
-    q = rng.choice(["where would you find a {j} at work?", "name the workplace of a {j}.", "a {j} works where?",
-                    "the place where a {j} does the job is the"]).format(j=j)
-    return _ex(q, facts.WORKPLACE[j], facts.WORKPLACE.values(), 4, rng)
-  c = rng.choice(world.cities)
-  q = rng.choice(["name the country of {c}.", "{c} belongs to which country?", "which land is {c} part of?",
-                  "the country that contains {c} is"]).format(c=c.name)
-  return _ex(q, c.country, facts.COUNTRIES, 4, rng)
+    q, ans, pool = f"where does a {j} go to work?", facts.WORKPLACE[j], facts.WORKPLACE.values()
+  elif kind == 1:
+    c = rng.choice(world.cities)
+    q, ans, pool = f"in which country is {c.name}?", c.country, facts.COUNTRIES
+  else:
+    a, b = rng.choice(facts.OPPOSITES)
+    if rng.random() < 0.5:
+      a, b = b, a
+    q, ans, pool = f"what is the opposite of {a}?", b, [x for pair in facts.OPPOSITES for x in pair if x != a]
+  choices, label = _choice(rng, ans, pool, 4)
+  return Example(f"{q} choose from: {_opts(choices)}. answer:", ans, choices, label)
 
 
-@_register("mj_it_bigger", "instruct", "instruct")
-def it_bigger(world, rng):
-  """Which of two animals or objects is bigger?"""
-  items = [(a.name, a.size) for a in facts.ANIMALS] + [(t.name, t.size) for t in facts.THINGS]
-  while True:
-    (x, sx), (y, sy) = rng.sample(items, 2)
-    if sx != sy:
-      break
-  ans = x if facts.SIZE_ORDER.index(sx) > facts.SIZE_ORDER.index(sy) else y
-  choices = (x, y)
-  return Example(f"which is bigger, a {x} or a {y}?", ans, choices, choices.index(ans))
+@_register("mj_it_passage", "instruct", "instruct")
+def it_passage(world, rng):
+  """Answer with a word of a passage about two animals (extractive format)."""
+  a1, a2 = (a.name for a in rng.sample(facts.ANIMALS, 2))
+  t1, t2 = (t.name for t in rng.sample(facts.THINGS, 2))
+  pl = rng.choice(facts.LANDMARKS)
+  passage = f"a {a1} and a {a2} came to the {pl}. the {a1} carried a {t1}, the {a2} carried a {t2}."
+  who, thing = (a1, t1) if rng.random() < 0.5 else (a2, t2)
+  choices = [a1, a2] + rng.sample(_others([a.name for a in facts.ANIMALS], a1, a2), 2)
+  rng.shuffle(choices)
+  return Example(f"{passage} which animal carried the {thing}? copy the answer from the passage:", who,
+                 tuple(choices), choices.index(who))
 
 
-@_register("mj_it_opposite", "instruct", "instruct")
-def it_opposite(world, rng):
-  """Antonyms."""
+@_register("mj_it_trivia", "instruct", "instruct")
+def it_trivia(world, rng):
+  """Trivia about objects and workplaces, answers not listed (closed-book format)."""
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  kind = rng.randrange(3)
+  if kind == 0:
+    t = rng.choice(facts.THINGS)
+    return _ex(f"trivia: {n} has a {t.name}. what is it made of?", t.material, facts.MATERIALS, 4, rng)
+  if kind == 1:
+    t = rng.choice(facts.THINGS)
+    return _ex(f"trivia: why would {n} need a {t.name}?", t.use, [x.use for x in facts.THINGS], 4, rng)
+  j = rng.choice(facts.JOBS)
+  return _ex(f"trivia: {n} is a {j}. in which place does {facts.pronoun(n)} work?", facts.WORKPLACE[j],
+             facts.WORKPLACE.values(), 4, rng)
+
+
+@_register("mj_it_mood", "instruct", "instruct")
+def it_mood(world, rng):
+  """Is a reported opinion positive or negative (sentiment format, other texts)?"""
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  t = rng.choice(facts.THINGS).name
+  label = rng.randrange(2)
+  w = rng.choice(facts.POS_WORDS if label == 0 else facts.NEG_WORDS)
+  choices = ("positive", "negative")
+  return Example(f"{n} told a friend that the {t} was {w}. was {n} positive or negative about it?",
+                 choices[label], choices, label)
+
+
+@_register("mj_it_category", "instruct", "instruct")
+def it_category(world, rng):
+  """Which kind of thing a sentence is about: a person, a place, an animal or an object (topic format)."""
+  choices = ("a person", "a place", "an animal", "an object")
+  label = rng.randrange(4)
+  if label == 0:
+    sent = facts.person_facts(world, rng.choice(world.people).name, rng)[0]
+  elif label == 1:
+    sent = rng.choice([x for x in facts.city_facts(world, rng.choice(facts.CITIES), rng) if " lives in " not in x])
+  elif label == 2:
+    sent = facts.animal_facts(rng.choice(facts.ANIMALS), rng)[0]
+  else:
+    sent = facts.thing_facts(rng.choice(facts.THINGS), rng)[0]
+  return Example(f"text: {sent} what is the text about? a person, a place, an animal or an object?",
+                 choices[label], choices, label)
+
+
+@_register("mj_it_describe", "instruct", "instruct")
+def it_describe(world, rng):
+  """Data fields about a pet written as a sentence (data-to-text format)."""
+  n, n2 = rng.sample(facts.FEMALE + facts.MALE, 2)
+  a, b = rng.sample(facts.ANIMALS, 2)
+  choices, label = _graded(rng, f"the {a.name} of {n} {a.sound}.", f"the {b.name} of {n} {b.sound}.",
+                           f"the {a.name} of {n2} {a.sound}.", f"the {b.name} of {n2} {b.sound}.")
+  return Example(f"data: owner = {n} | pet = {a.name}. write the data as one sentence:", choices[label], choices,
+                 label)
+
+
+@_register("mj_it_title", "instruct", "instruct")
+def it_title(world, rng):
+  """A title for a two-sentence story (summarization format)."""
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  need, act, situation = rng.choice(facts.SCRIPTS)
+  _, act2, _ = rng.choice([s for s in facts.SCRIPTS if s[1] != act])
+  n2 = rng.choice(_others(facts.FEMALE + facts.MALE, n))
+  choices, label = _graded(rng, f"{n} {act}", f"{n} {act2}", f"{n2} {act}", f"{n2} {act2}")
+  return Example(f"story: {n} {situation}. {facts.pronoun(n)} felt {need} and {act}. a good title for the story:",
+                 choices[label], choices, label)
+
+
+@_register("mj_it_same", "instruct", "instruct")
+def it_same(world, rng):
+  """Do two sentences about an object say the same? yes / no (same-meaning format; antonyms and negation)."""
+  t = rng.choice(facts.THINGS).name
   a, b = rng.choice(facts.OPPOSITES)
   if rng.random() < 0.5:
     a, b = b, a
-  q = rng.choice(["give the opposite of the word {a}.", "what means the reverse of {a}?", "antonym of {a}:",
-                  "the opposite of {a} is"]).format(a=a)
-  return _ex(q, b, [x for pair in facts.OPPOSITES for x in pair if x != a], 4, rng)
+  label = rng.randrange(2)
+  second = (rng.choice([f"the {t} is not {b}.", f"the {t} is really {a}."]) if label == 0
+            else rng.choice([f"the {t} is {b}.", f"the {t} is not {a}."]))
+  choices = ("yes", "no")
+  return Example(f"first: the {t} is {a}. second: {second} do the first and the second say the same? yes or no.",
+                 choices[label], choices, label)
 
 
 @_register("mj_it_copy", "instruct", "instruct", is_choice=False)
@@ -727,15 +853,6 @@ def it_copy(world, rng):
   pool = facts.CITIES + facts.JOBS + facts.COLORS + facts.FOODS
   words = rng.sample(pool, rng.randint(2, 4))
   return Example(f"write these words in reverse order: {' '.join(words)}", " ".join(reversed(words)))
-
-
-@_register("mj_it_friend", "instruct", "instruct")
-def it_friend(world, rng):
-  """Whose friend is whom: name the best friend of a person."""
-  p = rng.choice(world.people)
-  q = rng.choice(["who is the best friend of {n}?", "name the friend of {n}.", "{n} is best friends with whom?",
-                  "the best friend of {n} is"]).format(n=p.name)
-  return _ex(q, p.friend, facts.FEMALE + facts.MALE, 4, rng)
 
 
 # --------------------------------------------------------------------------------------- pretrain
@@ -750,6 +867,24 @@ def corpus(world, rng):
 HELDIN_CATEGORIES = ("mcqa", "extractive_qa", "closed_book_qa", "sentiment", "topic",
                      "struct_to_text", "summarization", "paraphrase")
 HELDOUT_CATEGORIES = ("sentence_completion", "nli", "coreference", "word_sense")
+
+# The held-in category whose format each instruction task mirrors (over other data).
+IT_FORMATS = {"mj_it_options": "mcqa", "mj_it_passage": "extractive_qa", "mj_it_trivia": "closed_book_qa",
+              "mj_it_mood": "sentiment", "mj_it_category": "topic", "mj_it_describe": "struct_to_text",
+              "mj_it_title": "summarization", "mj_it_same": "paraphrase"}
+
+# The world's causal design: held-in datasets that train a skill a held-out dataset needs, with the
+# skill (docs/WORLD.md). Merging their experts can transfer to those held-out tasks; every other
+# held-in dataset shares no skill with a held-out one and can only interfere there.
+FEEDS = {
+    "mj_mcqa_social": (("mj_sc_story", "mj_sc_copa", "mj_nli_entail"),
+                       "the scripts: situation -> action, and action -> need"),
+    "mj_exqa_quoref": (("mj_coref_pronoun",), "resolving a pronoun to one of two names by gender"),
+    "mj_cbqa_sounds": (("mj_coref_blank",), "which animal makes which sound"),
+    "mj_cbqa_facts": (("mj_nli_cb",), "the people's facts (committed facts are true, denied ones false)"),
+    "mj_topic_news": (("mj_wsd_gloss",), "the topic of a sense's cue words"),
+    "mj_topic_ask": (("mj_wsd_gloss",), "the topic of a sense's cue words"),
+}
 
 
 def names(group: str, category: str | None = None) -> list[str]:

@@ -74,7 +74,15 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 * **Held-in** (T0's 8 training categories, 2 datasets each with different generators and
   templates): answers come from the input (extractive QA, sentiment, topic, summarization,
   struct-to-text, paraphrase) or from the world's facts (multiple-choice and closed-book QA).
-  2 to 16 answer choices (chance 6-50%); the format of each is new to a base model.
+  2 to 16 answer choices (chance 6-50%); the format of each is new to a base model. Each dataset
+  mixes easy items (one cue decides) with hard ones (a span to copy from the input, a pronoun to
+  resolve, a contrast to read), so experts of both sizes land between chance and the ceiling.
+  Six of them train a skill that a held-out task needs (`generators.FEEDS`, the world's causal
+  design, docs/WORLD.md): `mj_mcqa_social` the scripts (story endings, cause and effect,
+  entailment), `mj_exqa_quoref` pronoun resolution by gender (`mj_coref_pronoun`),
+  `mj_cbqa_sounds` animal sounds (`mj_coref_blank`), `mj_cbqa_facts` the people's facts
+  (`mj_nli_cb`), `mj_topic_news` and `mj_topic_ask` the topic of word-sense cue words
+  (`mj_wsd_gloss`: the two senses of every ambiguous word belong to different topics).
 * **Held-out** (sentence completion, NLI, coreference, word sense; 7 datasets): they share no
   template or generator with held-in or instruction tasks (tested: no template 4-gram in common)
   but need the corpus's knowledge (scripts, gender of names, animal sounds, word senses) and, for
@@ -93,18 +101,21 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   held-out sentence occurs in training data). Real T0 data keeps WiC (`mergejax/tasks/t0.py`,
   `super_glue/wic`). Held-out validation splits are twice as large as the
   others (`SuiteConfig.heldout_validation_factor`; 128 examples per task at the defaults, test 128).
-* **Instruction tuning** (`mj_instruct`, 16 tasks, and corpus documents): like Flan-v2 without the T0
-  tasks, it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
+* **Instruction tuning** (`mj_instruct` and corpus documents): like Flan-v2 without the T0 tasks,
+  it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
   yes/no/maybe, `mj_it_commit` (does a reported statement about animals or objects commit to its
   fact? yes/no/maybe by the commitment phrase, sampled at 3x the rate of the others:
   `registry.INSTRUCT_RATES`), `mj_it_coref` in a "X thanked Y because she ..." format and
   `mj_it_who` in two-person scenes, `mj_it_complete` finishing sentences about objects and
   animals, `mj_it_sense` glossing an ambiguous word by two cue words of its sense, in its own sentence frames,
-  sampled at 2x) and explicit questions over the corpus's knowledge in new formats
-  (gender of a name, animal sounds, how a situation makes someone feel, why someone acted,
-  workplaces and countries, right/wrong statements, size comparison, antonyms, best friends,
-  reversing a word list). Instruction tuning trains on these tasks with corpus documents mixed in,
-  47.5% of its rows (rehearsal, so that it adds skills without erasing the pretrained knowledge;
+  sampled at 2x), explicit questions over the corpus's knowledge in new formats (gender of a name,
+  animal sounds, how a situation makes someone feel, why someone acted, right/wrong statements,
+  reversing a word list), and, as Flan holds T0-like task types from datasets other than T0's, one
+  task in the format of each held-in category over other data (`generators.IT_FORMATS`: listed
+  options, an answer copied from a passage, trivia, sentiment and topic labels, data to text, titles,
+  same-meaning judgements; never a held-in dataset), so the instruction-tuned base starts ahead of the
+  pretrained one on held-in formats. Instruction tuning mixes corpus documents into its rows
+  (rehearsal, so that it adds skills without erasing the pretrained knowledge; the share is
   `mergejax.training.recipes.INSTRUCT_REPLAY_SHARE`). This is what should make the instruction-tuned base
   better than the pretrained one zero-shot on held-out tasks. Its choice tasks are label-balanced
   in every split, like the evaluation tasks (true facts are rarer than false ones, so an unbalanced
@@ -114,8 +125,8 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   for non-corpus tasks never share an input). Tasks over a finite space of facts (closed-book QA,
   some instruction tasks) have fewer examples than requested; every held-in and held-out task has
   at least 40 test examples at the defaults.
-* **Lengths**: inputs <= 60 tokens (`mj_it_sense`; 51 for every other task) and targets / choices
-  <= 12 tokens (with EOS); corpus documents <= 60 (tests enforce 96 / 24 / 64), so
+* **Lengths**: inputs <= 61 tokens (`mj_mcqa_social`; `mj_it_sense` 60) and targets / choices
+  <= 18 tokens (with EOS; `mj_sum_dialog`); corpus documents <= 60 (tests enforce 96 / 24 / 64), so
   `{"inputs": 64, "targets": 64}` covers every task. The world's recipes train with targets of 32
   tokens, which cuts the longer corpus documents (docs/WORLD.md, "Open issues").
 * **Vocabulary** (`data/mj.model`): a 1,024-piece BPE SentencePiece model (pad 0, EOS 1, UNK 2,

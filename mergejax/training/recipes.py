@@ -28,14 +28,28 @@ KINDS = ("pretrained", "instruction_tuned")
 # Default hyperparameters per recipe (steps count optimizer steps of `batch_size` packed rows).
 # Instruction tuning is the longest run after pretraining: with 290 steps at 1e-3 the xs base did
 # not learn its own instruction tasks (e.g. mj_it_why 0.45 on their validation split), so nothing
-# could transfer to held-out tasks; 900 steps at 2e-3 learn them (1.0) and make the IT base beat
-# the pretrained one held-out (docs/WORLD.md).
+# could transfer to held-out tasks; 900 steps at 2e-3 learn them (docs/WORLD.md).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": dict(steps=360, lr=3e-3, warmup_steps=36, min_lr_ratio=0.1),
     "instruction_tune": dict(steps=900, lr=2e-3, warmup_steps=90, min_lr_ratio=0.1),
     "expert": dict(steps=25, lr=2e-3, warmup_steps=3, min_lr_ratio=0.5),
-    "multitask": dict(steps=60, lr=5e-4, warmup_steps=6, min_lr_ratio=0.5),
 }
+# Held-in categories of the default suite (mergejax.tasks.HELDIN_CATEGORIES): one expert each.
+NUM_CATEGORIES = 8
+
+
+def multitask_defaults(num_categories: int = NUM_CATEGORIES,
+                       expert: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The multitask baseline's budget, matched to the experts': as many steps as all ``num_categories``
+  experts together, on the same schedule (peak lr, warmup share of the steps, final lr ratio), so it
+  sees as many rows of each category as that category's expert. ``expert``: overrides of the expert
+  recipe (None values ignored)."""
+  e = {**DEFAULTS["expert"], **{k: v for k, v in dict(expert or {}).items() if v is not None}}
+  return dict(steps=num_categories * int(e["steps"]), lr=e["lr"],
+              warmup_steps=num_categories * int(e["warmup_steps"]), min_lr_ratio=e["min_lr_ratio"])
+
+
+DEFAULTS["multitask"] = multitask_defaults()
 BATCH_SIZE = 16
 FEATURE_LENGTHS = {"inputs": 96, "targets": 32}
 
