@@ -13,7 +13,7 @@ PyTree = Any
 
 
 def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | str, *, seed: int = 0,
-          dtype: Any = None, mesh: Any = None) -> PyTree:
+          dtype: Any = None, mesh: Any = None, allow_nonfinite: bool = True) -> PyTree:
   """Merges expert pytrees (plain dicts, Flax linen params, flax.nnx.State) into one.
 
   Args:
@@ -24,6 +24,8 @@ def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | 
     dtype: output dtype for float leaves (default: the base's dtype). Math is always float32.
     mesh: devices to merge on (default: where the leaves are). A one-device CPU mesh with host (NumPy)
       leaves runs elementwise methods on flat chunks: a few compiles serve every leaf shape.
+    allow_nonfinite: merge inputs holding NaN/Inf; if False, such an input raises NonFiniteError
+      naming the input and the leaf.
 
   Returns:
     A pytree with the base's structure. Non-float leaves are the base's, unchanged.
@@ -38,4 +40,4 @@ def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | 
   reference = base_src if base_src is not None else expert_srcs[0]
   sink = PytreeSink(reference.paths, reference.treedef)
   return merge_sources(base_src, expert_srcs, sink, method, seed=seed, dtype=dtype, passthrough=reference.raw,
-                       mesh=mesh)
+                       mesh=mesh, allow_nonfinite=allow_nonfinite)

@@ -235,16 +235,10 @@ def _merge_flat_aligned(kernel, base_al, experts_al, n: int, ctx, stats, out_dty
 
 
 def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
-  r"""True when a NaN/Inf in any input leaf makes the merged leaf non-finite at that entry.
-
-  Task arithmetic :math:`\theta_0 + \lambda \sum_t w_t (\theta_t - \theta_0)` and the average
-  :math:`\sum_t w_t \theta_t / \sum_t w_t` (no base) feed every input through finite factors
-  (IEEE: 0 x inf = NaN, inf - inf = NaN), so an all-finite output proves all-finite inputs. Methods that
-  drop, trim or vote can discard a NaN, and average ignores a given base: they check the inputs.
-  """
-  if float(method.drop_rate) != 0.0:
-    return False
-  return method.name == "task_arithmetic" or (method.name == "average" and not has_base)
+  r"""True when a NaN/Inf in any input leaf makes the merged leaf non-finite at that entry: the
+  method propagates NaN/Inf (:attr:`Traits.propagates_nonfinite`) and reads every input given (a
+  method that ignores the base cannot vouch for it)."""
+  return method.traits.propagates_nonfinite and (method.traits.uses_base or not has_base)
 
 
 # Flat-chunk execution (one CPU device, elementwise kernels): every float leaf is merged as 1-D chunks
@@ -252,10 +246,6 @@ def propagates_nonfinite(method: MergeMethod, has_base: bool) -> bool:
 # serves every leaf shape. A padded tail costs at most one chunk's work per leaf (~1 ms), far less
 # than compiling a program for a second size (0.2-0.5 s on 2 cores).
 CHUNK = 1 << 18
-# Registered methods whose kernel is elementwise (no dependence on an entry's position) when no DARE
-# mask is drawn: the merged value of an entry depends only on the inputs' values at that entry and on
-# per-leaf scalars (ctx, stats), so flat chunks give bit-identical results.
-ELEMENTWISE_METHODS = frozenset({"average", "task_arithmetic", "ties", "dare_linear", "dare_ties"})
 
 
 def chunks(n: int) -> list[tuple[int, int, int]]:
@@ -299,9 +289,9 @@ def flat_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None,
   DARE methods (masks keyed by (row, position in row)) qualify when every leaf of ``specs`` has rows
   shorter than :data:`MAX_FLAT_ROW`: each chunk is then told where it starts (:func:`chunk_context`).
   """
-  if method.name not in ELEMENTWISE_METHODS or not one_cpu_device(mesh):
+  if not method.traits.elementwise or not one_cpu_device(mesh):
     return False
-  if float(method.drop_rate) == 0.0:
+  if not method.traits.position_keyed:
     return True
   return specs is not None and all(block_rows(s.shape)[1] < MAX_FLAT_ROW for s in specs)
 
@@ -310,7 +300,7 @@ def blocks_eligible(method: MergeMethod, mesh: jax.sharding.Mesh | None,
                     specs: Sequence[LeafSpec] | None = None) -> bool:
   """True when the merge kernel must run on row blocks instead (DARE methods with rows of
   :data:`MAX_FLAT_ROW` or more entries)."""
-  return (method.name in ELEMENTWISE_METHODS and float(method.drop_rate) != 0.0 and one_cpu_device(mesh)
+  return (method.traits.elementwise and method.traits.position_keyed and one_cpu_device(mesh)
           and not flat_eligible(method, mesh, specs))
 
 
@@ -560,7 +550,7 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
            allow_nonfinite, progress, prefetch, metadata, t0):
   experts = list(experts)
   method.check_experts(len(experts))
-  if method.uses_base and base is None:
+  if method.traits.uses_base and base is None:
     raise ValueError(f"{method.name} needs a base model")
   reference = base if base is not None else experts[0]
   others = experts if base is not None else experts[1:]
@@ -578,7 +568,7 @@ def _merge(base, experts, sink, method, *, seed, dtype, passthrough, mesh, rules
                if mesh is not None else None)
   primary = jax.process_index() == 0
   flat = flat_eligible(method, mesh, float_specs)
-  positional = flat and float(method.drop_rate) != 0.0  # flat DARE chunks: each told where it starts
+  positional = flat and method.traits.position_keyed  # flat DARE chunks: each told where it starts
   # With flat chunks, statistics functions see every leaf as 1-D (size,) and run on its flat spans.
   stat_shapes = {s.path: (s.size,) for s in float_specs} if flat else shapes
   blocks = blocks_eligible(method, mesh, float_specs)  # the merge pass only: statistics see whole leaves

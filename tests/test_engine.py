@@ -52,7 +52,7 @@ def _read_all(path):
 def test_streamed_sharded_merge_equals_in_memory_merge(world, tmp_path, name, hp):
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
-  uses_base = method.uses_base
+  uses_base = method.traits.uses_base
   ref = mergejax.merge(trees[0] if uses_base else None, trees[1:], method, seed=7)
   out = engine.merge_sources(
       SafetensorsSource(base_p) if uses_base else None, [SafetensorsSource(p) for p in expert_ps],
@@ -101,7 +101,7 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   sink chunk by chunk."""
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
-  ref = mergejax.merge(trees[0] if method.uses_base else None, trees[1:], method, seed=7)
+  ref = mergejax.merge(trees[0] if method.traits.uses_base else None, trees[1:], method, seed=7)
   monkeypatch.setattr(engine, "MAX_FLAT_ROW", max_flat_row)
   monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks, chunks across row ends, padded tails
   calls, blocks = [], []
@@ -110,7 +110,7 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   monkeypatch.setattr(engine, "_merge_flat_aligned", lambda *a, **k: calls.append(a[3]) or real_aligned(*a, **k))
   monkeypatch.setattr(engine, "_merge_blocks", lambda *a, **k: blocks.append(tuple(a[3])) or real_blocks(*a, **k))
   out = engine.merge_sources(
-      SafetensorsSource(base_p) if method.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
+      SafetensorsSource(base_p) if method.traits.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
       SafetensorsSink(tmp_path / "out"), method, seed=7, mesh=sharding.make_mesh(jax.devices()[:1]),
       memory_budget_bytes=40_000, allow_nonfinite=False)
   got = _read_all(out)

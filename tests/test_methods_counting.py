@@ -63,7 +63,7 @@ def test_speculative_sign_balance_matches_reference(monkeypatch, sample):
   orig_pin, orig_count = threshold._pinpoint_fn, threshold._count_fn  # pylint: disable=protected-access
 
   def spy_pin(*args, **kwargs):
-    passes.append(("pin", kwargs.get("vote")))
+    passes.append(("pin", kwargs.get("sign")))
     return orig_pin(*args, **kwargs)
 
   def spy_count(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_pinpoint_fn_counts_two_thresholds_and_the_vote_exactly():
     for weights in (None, (0.5, 2.0, 0.0, 1.0)):
       m = methods.ties(weights=weights)
       ctx = m.context(4, 0, 0)
-      counts, vote = threshold._pinpoint_fn(base, experts, ctx, thr.view(np.int32), guess, dare=False, vote="sum",  # pylint: disable=protected-access
+      counts, vote = threshold._pinpoint_fn(base, experts, ctx, thr.view(np.int32), guess, dare=False, sign="sum",  # pylint: disable=protected-access
                                             weighted=weights is not None)
       want = np.asarray([[np.sum(x >= t) for t in row] for x, row in zip(a, thr)])
       np.testing.assert_array_equal(np.asarray(counts).sum(-1), want)
@@ -119,7 +119,7 @@ def test_speculative_balance_is_exact_or_withheld():
   for sample, density in [(32, 0.25), (512, 0.25), (2048, 0.15), (2048, 0.3), (2048, 0.45)]:
     threshold.SAMPLE_GLOBAL, old = sample, threshold.SAMPLE_GLOBAL
     try:
-      thr, bal = threshold.find_thresholds(leaf_pass, shapes, 4, density, "global", False, vote="sum")
+      thr, bal = threshold.find_thresholds(leaf_pass, shapes, 4, density, "global", False, sign="sum")
     finally:
       threshold.SAMPLE_GLOBAL = old
     seen.add(bal is None)

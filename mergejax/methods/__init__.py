@@ -1,60 +1,29 @@
 """Merge methods: factories that validate hyperparameters and return a :class:`MergeMethod`.
 
 >>> m = mergejax.methods.get("ties", density=0.2)
+>>> m.traits.lam_scales_task_vector, m.traits.stochastic
+(True, False)
 >>> mergejax.methods.names()
 ['average', 'dare_linear', 'dare_ties', 'task_arithmetic', 'ties']
+
+A user's method: a factory declared with :func:`method_factory` that returns a :class:`MergeMethod`
+with its :class:`Traits`, added with :func:`register`; ``mergejax.merge``, ``mergejax-merge`` (flags
+from its schema) and the study then run it on every path its traits allow.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
-
 from mergejax.methods.average import average
-from mergejax.methods.base import LeafContext, LeafPass, MergeMethod, leaf_key
+from mergejax.methods.base import (HParam, LeafContext, LeafPass, MergeMethod, Traits, choice, expert_weights, flag,
+                                   integer, leaf_key, method_factory, number)
 from mergejax.methods.dare import dare_keep_masks, dare_linear
+from mergejax.methods.registry import formula, get, hparam_names, names, register, schema
 from mergejax.methods.task_arithmetic import task_arithmetic
 from mergejax.methods.ties import dare_ties, ties
-
-_REGISTRY: dict[str, Callable[..., MergeMethod]] = {}
-
-
-def register(name: str, factory: Callable[..., MergeMethod]) -> None:
-  """Adds a method factory under ``name`` (for user-defined methods)."""
-  if name in _REGISTRY and _REGISTRY[name] is not factory:
-    raise ValueError(f"merge method {name!r} is already registered")
-  _REGISTRY[name] = factory
-
 
 for _f in (average, task_arithmetic, ties, dare_linear, dare_ties):
   register(_f.__name__, _f)
 
-
-def names() -> list[str]:
-  """Registered method names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def hparam_names(name: str) -> list[str]:
-  """The hyperparameters a method accepts."""
-  return list(inspect.signature(_factory(name)).parameters)
-
-
-def _factory(name: str) -> Callable[..., MergeMethod]:
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown merge method {name!r}: choose one of {names()}")
-  return _REGISTRY[name]
-
-
-def get(name: str, **hparams: Any) -> MergeMethod:
-  """The method ``name`` with the given hyperparameters; ValueError names an unknown one."""
-  factory = _factory(name)
-  allowed = hparam_names(name)
-  for k in hparams:
-    if k not in allowed:
-      raise ValueError(f"unknown hyperparameter {k!r} for merge method {name!r}: allowed {allowed}")
-  return factory(**hparams)
-
-
-__all__ = ["LeafContext", "LeafPass", "MergeMethod", "average", "dare_keep_masks", "dare_linear", "dare_ties", "get", "hparam_names",
-           "leaf_key", "names", "register", "task_arithmetic", "ties"]
+__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "average", "choice", "dare_keep_masks",
+           "dare_linear", "dare_ties", "expert_weights", "flag", "formula", "get", "hparam_names", "integer", "leaf_key",
+           "method_factory", "names", "number", "register", "schema", "task_arithmetic", "ties"]

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import jax
 
-from mergejax.methods.base import Array, LeafContext, MergeMethod, check_weights, f32
+from mergejax.methods.base import Array, LeafContext, MergeMethod, Traits, expert_weights, f32, method_factory
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype",))
@@ -18,6 +18,7 @@ def average_kernel(base: Array | None, experts: tuple[Array, ...], ctx: LeafCont
   return (sum(w[t] * f32(e) for t, e in enumerate(experts)) / sum(w[t] for t in range(len(experts)))).astype(out_dtype)
 
 
+@method_factory(formula="sum_t w_t theta_t / sum_t w_t (the base is not used)", weights=expert_weights())
 def average(weights: Sequence[float] | None = None) -> MergeMethod:
   r"""The (weighted) mean of the experts; the base is not part of it.
 
@@ -29,6 +30,6 @@ def average(weights: Sequence[float] | None = None) -> MergeMethod:
   Args:
     weights: per-expert weights (>= 0, not all zero); None for equal weights.
   """
-  w = check_weights(weights)
-  return MergeMethod(name="average", hparams={"weights": w}, uses_base=False, kernel=average_kernel,
-                     weights=w, reference="Wortsman et al., ICML 2022, arXiv 2203.05482")
+  traits = Traits(uses_base=False, elementwise=True, propagates_nonfinite=True)
+  return MergeMethod(name="average", hparams={"weights": weights}, traits=traits, kernel=average_kernel,
+                     weights=weights, reference="Wortsman et al., ICML 2022, arXiv 2203.05482")

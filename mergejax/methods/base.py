@@ -1,22 +1,29 @@
-"""The merge-method value type and hyperparameter validation.
+"""The merge-method value type: traits, hyperparameter schema and validation.
 
 A method is a small immutable value in the spirit of optax: a factory closes over validated
-hyperparameters and returns a :class:`MergeMethod` holding pure, jittable per-leaf functions.
+hyperparameters and returns a :class:`MergeMethod` holding pure, jittable per-leaf functions and the
+:class:`Traits` that say what kind of method it is. Nothing outside :mod:`mergejax.methods` asks a
+method its name: engines, the CLI and the study read its traits and its hyperparameter schema.
 
-* ``kernel(base, experts, ctx, leaf_stats) -> float32 merged leaf`` where ``experts`` is a *tuple* of
-  arrays (not a stacked array: a reduction over a stacked expert axis is ~50x slower on XLA:CPU) and
-  ``ctx`` is a :class:`LeafContext` of traced scalars (seed, leaf-path hash, hyperparameters), so one
-  compiled kernel serves every leaf of the same shape and every hyperparameter value.
+* ``kernel(base, experts, ctx, leaf_stats, *, out_dtype) -> merged leaf`` where ``experts`` is a
+  *tuple* of arrays (a reduction over a stacked expert axis vectorizes badly on XLA:CPU) and ``ctx``
+  is a :class:`LeafContext` of traced scalars (seed, leaf-path hash, hyperparameters), so one compiled
+  kernel serves every leaf of the same shape and every hyperparameter value.
 * ``compute_stats(leaf_pass, n_experts, shapes) -> {path: leaf_stats}`` (optional) for methods that need
   statistics over many leaves, e.g. TIES' model-wide top-k threshold. It only sees data through
   ``leaf_pass`` (see :class:`LeafPass`), which the engine implements by streaming leaf groups.
+* Hyperparameters are declared once, with the factory (:func:`method_factory`): the factory's
+  signature gives names and defaults, the declaration gives types, ranges and a one-line doc. The
+  declaration validates every call and is the schema ``mergejax.methods.schema(name)`` returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -112,16 +119,58 @@ class LeafPass(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Traits:
+  r"""What a merge method is, declared by its factory: engines, the CLI and the study read these
+  instead of the method's name, so a method added with ``methods.register`` gets every execution
+  path and shortcut its traits allow.
+
+  Attributes:
+    uses_base: needs the base model :math:`\theta_0` (task-vector methods).
+    elementwise: the merged entry depends only on the inputs at that entry, per-leaf scalars in
+      ``ctx`` and per-leaf statistics, so merging a leaf in flat chunks (or leaves concatenated, see
+      ``position_keyed``) gives the whole-leaf result bit for bit.
+    position_keyed: randomness keyed by (leaf path, row, column): an engine that splits a leaf must
+      tell the kernel where each piece lies in the leaf, and concatenating leaves changes results.
+    lam_scales_task_vector: :math:`\theta = \theta_0 + \lambda\, g(\tau_1, \dots, \tau_N)` with
+      :math:`g` independent of :math:`\lambda` (``lam``), so candidates differing only in ``lam`` can
+      share :math:`g`.
+    stochastic: the result depends on the merge seed.
+    propagates_nonfinite: a NaN/Inf in any input the method reads always gives a NaN/Inf at that entry
+      of the output, so an all-finite output proves all-finite inputs.
+    min_experts, max_experts: how many experts the method merges (``max_experts`` None: no limit).
+  """
+
+  uses_base: bool = True
+  elementwise: bool = False
+  position_keyed: bool = False
+  lam_scales_task_vector: bool = False
+  stochastic: bool = False
+  propagates_nonfinite: bool = False
+  min_experts: int = 1
+  max_experts: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class MergeMethod:
-  """A merge method with its hyperparameters closed over."""
+  """A merge method with its hyperparameters closed over.
+
+  Attributes:
+    name: the registered name (for manifests and messages; nothing dispatches on it).
+    hparams: the validated hyperparameters, in the factory's signature order.
+    traits: see :class:`Traits`.
+    kernel: ``kernel(base, experts, ctx, stats, *, out_dtype)``, pure and jittable, one leaf.
+    compute_stats: optional statistics passes over all leaves (see the module docstring).
+    local_stats: each leaf's statistics depend on that leaf alone (e.g. ties with scope="tensor"):
+      an engine may compute them group by group while the group is resident, in one read.
+    lam, drop_rate, weights: the per-leaf scalars of :class:`LeafContext` (defaults for every leaf).
+    reference: the paper(s) the method follows.
+  """
 
   name: str
   hparams: Mapping[str, Any]
-  uses_base: bool
+  traits: Traits
   kernel: Callable[..., Array]
   compute_stats: Callable[[LeafPass, int, dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
-  # True when each leaf's statistics depend on that leaf alone (e.g. ties with scope="tensor"): an
-  # engine may then compute them group by group while the group is resident, in one read.
   local_stats: bool = False
   lam: float = 1.0
   drop_rate: float = 0.0
@@ -141,14 +190,149 @@ class MergeMethod:
 
   def check_experts(self, n_experts: int) -> None:
     """Raises ValueError if the method cannot merge ``n_experts`` models."""
-    if n_experts < 1:
-      raise ValueError(f"{self.name}: need at least one expert, got {n_experts}")
+    lo, hi = max(1, self.traits.min_experts), self.traits.max_experts
+    if n_experts < lo:
+      raise ValueError(f"{self.name}: need at least {'one expert' if lo == 1 else f'{lo} experts'}, got {n_experts}")
+    if hi is not None and n_experts > hi:
+      raise ValueError(f"{self.name}: merges at most {hi} experts, got {n_experts}")
     if self.weights is not None and len(self.weights) != n_experts:
       raise ValueError(f"{self.name}: weights has {len(self.weights)} entries but there are {n_experts} experts")
 
   def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
     return f"{self.name}({args})"
+
+
+# --------------------------------------------------------------------------- hyperparameter schema
+
+
+@dataclasses.dataclass(frozen=True)
+class HParam:
+  """One hyperparameter of a merge method, as :func:`mergejax.methods.schema` lists it.
+
+  Attributes:
+    name: the factory's argument name (one name in every layer: config, CLI, study grids).
+    type: float, int, bool, str, or tuple (a sequence of numbers, e.g. per-expert weights).
+    default: the factory's default (None: unset, e.g. equal weights).
+    doc: one line.
+    range: (low, high, low_open, high_open) for numbers; None with type float: any finite number.
+    choices: the allowed values of a str hyperparameter.
+  """
+
+  name: str
+  type: type
+  default: Any
+  doc: str = ""
+  range: tuple[float, float, bool, bool] | None = None
+  choices: tuple[Any, ...] | None = None
+
+  def allowed(self) -> str:
+    """The allowed values in words, e.g. "(0.0, 1.0]" or "one of ['global', 'tensor']"."""
+    if self.choices is not None:
+      return f"one of {list(self.choices)}"
+    if self.type is bool:
+      return "True or False"
+    if self.type is tuple:
+      return "finite numbers >= 0, not all zero, one per expert"
+    if self.range is not None:
+      low, high, low_open, high_open = self.range
+      return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return "any finite number"
+
+  def check(self, value: Any) -> Any:
+    """``value`` validated and converted to :attr:`type`; ValueError names the hyperparameter and the
+    allowed values. None is accepted when the default is None."""
+    if value is None and self.default is None:
+      return None
+    if self.choices is not None:
+      return check_choice(self.name, value, self.choices)
+    if self.type is bool:
+      return check_bool(self.name, value)
+    if self.type is tuple:
+      return check_weights(value)
+    if self.type is int:
+      return check_int(self.name, value, self.range)
+    if self.type is not float:
+      if not isinstance(value, self.type):
+        raise ValueError(f"hyperparameter {self.name}={value!r} must be a {self.type.__name__}")
+      return value
+    if self.range is None:
+      return check_finite(self.name, value)
+    low, high, low_open, high_open = self.range
+    return check_fraction(self.name, value, low=low, high=high, low_open=low_open, high_open=high_open)
+
+  def describe(self) -> str:
+    """One line for ``--help``: name, type, allowed values, default, doc."""
+    return f"{self.name}: {self.type.__name__}, {self.allowed()}, default {self.default!r}. {self.doc}".rstrip()
+
+
+def number(doc: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> HParam:
+  """A float hyperparameter in [low, high] (open ends as given); no bounds: any finite number."""
+  rng = None if low is None and high is None else (
+      -math.inf if low is None else low, math.inf if high is None else high, low_open, high_open)
+  return HParam("", float, None, doc, range=rng)
+
+
+def integer(doc: str, low: int | None = None, high: int | None = None) -> HParam:
+  """An int hyperparameter in [low, high]."""
+  rng = None if low is None and high is None else (
+      -math.inf if low is None else low, math.inf if high is None else high, False, False)
+  return HParam("", int, None, doc, range=rng)
+
+
+def choice(doc: str, choices: Sequence[str]) -> HParam:
+  """A str hyperparameter, one of ``choices``."""
+  return HParam("", str, None, doc, choices=tuple(choices))
+
+
+def flag(doc: str) -> HParam:
+  """A bool hyperparameter."""
+  return HParam("", bool, None, doc)
+
+
+def expert_weights(doc: str = "per-expert weights (>= 0, not all zero); None for all ones") -> HParam:
+  """Per-expert weights: None, or one finite number >= 0 per expert, not all zero."""
+  return HParam("", tuple, None, doc)
+
+
+F = TypeVar("F", bound=Callable[..., MergeMethod])
+
+
+def method_factory(*, formula: str, **specs: HParam) -> Callable[[F], F]:
+  """Declares a method factory's hyperparameters; the factory then validates every call.
+
+  ``specs`` maps each argument of the factory to :func:`number`, :func:`integer`, :func:`choice`,
+  :func:`flag` or :func:`expert_weights`; names and defaults come from the factory's signature (one place
+  for each default). The decorated factory receives validated, converted values, and carries
+  ``schema`` (a tuple of :class:`HParam`) and ``formula`` (one line for ``--help``)::
+
+      @method_factory(formula="theta_0 + lam * sum_t tau_t", lam=number("scale of the sum"))
+      def my_method(lam: float = 1.0) -> MergeMethod: ...
+  """
+
+  def wrap(fn: F) -> F:
+    sig = inspect.signature(fn)
+    names = list(sig.parameters)
+    missing = [n for n in names if n not in specs]
+    extra = [n for n in specs if n not in sig.parameters]
+    no_default = [n for n, p in sig.parameters.items() if p.default is inspect.Parameter.empty]
+    if missing or extra or no_default:
+      raise TypeError(f"method_factory({fn.__name__}): every argument needs a spec and a default "
+                      f"(no spec: {missing}, no argument: {extra}, no default: {no_default})")
+    schema = tuple(dataclasses.replace(specs[n], name=n, default=sig.parameters[n].default) for n in names)
+
+    @functools.wraps(fn)
+    def factory(*args: Any, **kwargs: Any) -> MergeMethod:
+      bound = sig.bind(*args, **kwargs)
+      bound.apply_defaults()
+      return fn(**{hp.name: hp.check(bound.arguments[hp.name]) for hp in schema})
+
+    factory.schema = schema
+    factory.formula = formula
+    return factory  # type: ignore[return-value]
+
+  return wrap
 
 
 # --------------------------------------------------------------------------- hyperparameter checks
@@ -195,6 +379,14 @@ def check_weights(value: Any) -> tuple[float, ...] | None:
   if not w or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
     raise ValueError(f"hyperparameter weights={value!r} is out of range: allowed finite numbers >= 0, not all zero")
   return w
+
+
+def check_int(name: str, value: Any, rng: tuple[float, float, bool, bool] | None = None) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"hyperparameter {name}={value!r} must be an integer")
+  if rng is not None and not rng[0] <= value <= rng[1]:
+    raise ValueError(f"hyperparameter {name}={value!r} is out of range: allowed [{rng[0]}, {rng[1]}]")
+  return int(value)
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from mergejax.methods import gta
-from mergejax.methods.base import MergeMethod, check_bool, check_finite, check_fraction, check_weights
+from mergejax.methods.base import MergeMethod, Traits, expert_weights, flag, method_factory, number
 
 
+@method_factory(formula="theta_0 + lam * sum_t w_t keep_t * tau_t / (1 - drop_rate),  keep_t ~ Bernoulli(1 - drop_rate)",
+                drop_rate=number("the fraction of task-vector entries DROPPED (mergekit's density = 1 - p)", 0.0, 1.0,
+                                 high_open=True),
+                lam=number("scale of the summed task vectors"),
+                rescale=flag("divide the kept entries by 1 - drop_rate (the paper)"), weights=expert_weights())
 def dare_linear(drop_rate: float = 0.9, lam: float = 1.0, rescale: bool = True,
                 weights: Sequence[float] | None = None) -> MergeMethod:
   r"""Drop each task-vector entry with probability p, rescale survivors, then task arithmetic.
@@ -25,16 +30,15 @@ def dare_linear(drop_rate: float = 0.9, lam: float = 1.0, rescale: bool = True,
     rescale: divide survivors by 1 - p.
     weights: per-expert weights (>= 0); None for all ones.
   """
-  drop_rate = check_fraction("drop_rate", drop_rate, low=0.0, high=1.0, low_open=False, high_open=True)
-  lam = check_finite("lam", lam)
-  rescale = check_bool("rescale", rescale)
-  w = check_weights(weights)
+  random = drop_rate != 0.0  # p = 0 keeps every entry: task arithmetic (times 1 / (1 - 0))
+  traits = Traits(uses_base=True, elementwise=True, position_keyed=random, lam_scales_task_vector=True,
+                  stochastic=random, propagates_nonfinite=not random)
   return MergeMethod(
-      name="dare_linear", hparams={"drop_rate": drop_rate, "lam": lam, "rescale": rescale, "weights": w},
-      uses_base=True,
-      kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, consensus=None, aggregate="sum",
-                                   weighted=w is not None),
-      lam=lam, drop_rate=drop_rate, weights=w, reference="Yu et al., ICML 2024, arXiv 2311.03099")
+      name="dare_linear", hparams={"drop_rate": drop_rate, "lam": lam, "rescale": rescale, "weights": weights},
+      traits=traits,
+      kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, sign=None, aggregate="sum",
+                                   weighted=weights is not None),
+      lam=lam, drop_rate=drop_rate, weights=weights, reference="Yu et al., ICML 2024, arXiv 2311.03099")
 
 
 def dare_keep_masks(seed: int, path: str, shape: tuple[int, ...], n_experts: int, drop_rate: float) -> list:

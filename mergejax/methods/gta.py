@@ -32,9 +32,9 @@ def _trimmed_task_vectors(base, experts, ctx, thresholds, *, dare, trim):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("dare", "rescale", "trim", "consensus", "aggregate", "out_dtype", "weighted"))
+    jax.jit, static_argnames=("dare", "rescale", "trim", "sign", "aggregate", "out_dtype", "weighted"))
 def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats: dict[str, Array], *,
-               dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str,
+               dare: bool, rescale: bool, trim: bool, sign: str | None, aggregate: str,
                out_dtype: Any, weighted: bool = True) -> Array:
   """One leaf: base + lam * aggregate(trim(dare(tau))). ``stats``: thresholds f32[N], majority f32.
 
@@ -44,48 +44,48 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
   """
   taus = _trimmed_task_vectors(base, experts, ctx, stats.get("thresholds"), dare=dare, trim=trim)
   w = ctx.weights
-  if consensus is None:
+  if sign is None:
     agg = sum(w[t] * tau if weighted else tau for t, tau in enumerate(taus))
   else:
-    vote = steps.sign_vote(taus, w, consensus, weighted)
+    vote = steps.sign_vote(taus, w, sign, weighted)
     positive = steps.elect_positive(vote, stats.get("majority", np.float32(1.0)))  # default: scope="tensor"
     agg = steps.disjoint_aggregate(taus, w, vote, positive, aggregate, weighted)
   scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
   return steps.cast_output(f32(base) + scale * agg, out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "trim", "consensus", "weighted", "axis"))
-def _balance_words(base, experts, ctx, thresholds, *, dare, trim, consensus, weighted, axis):
+@functools.partial(jax.jit, static_argnames=("dare", "trim", "sign", "weighted", "axis"))
+def _balance_words(base, experts, ctx, thresholds, *, dare, trim, sign, weighted, axis):
   taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, trim=trim)
-  vote = steps.sign_vote(taus, ctx.weights, consensus, weighted)
+  vote = steps.sign_vote(taus, ctx.weights, sign, weighted)
   return counting.pack_fields([vote < 0, vote > 0], axis)
 
 
-def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, consensus, weighted=True):
+def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, sign, weighted=True):
   """int32[2, P] partial counts of [#(vote < 0), #(vote > 0)], counted inside the pass that computes
   the vote (:func:`counting.pack_fields`)."""
   local = counting.local_shape(experts[0])
   axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
-  words = _balance_words(base, experts, ctx, thresholds, dare=dare, trim=trim, consensus=consensus,
+  words = _balance_words(base, experts, ctx, thresholds, dare=dare, trim=trim, sign=sign,
                          weighted=weighted, axis=axis)
   return counting.count_fields(words, n_fields=2, total_size=math.prod(tuple(experts[0].shape)),
                                local=counting.packed_local_shape(local, axis))
 
 
-def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | None, weighted: bool = True):
+def make_stats_fn(*, density: float, scope: str, dare: bool, sign: str | None, weighted: bool = True):
   """compute_stats(leaf_pass, n_experts, seed) for a TIES-style method, or None if none is needed."""
   trim = density < 1.0
-  if not trim and (consensus is None or scope == "tensor"):
+  if not trim and (sign is None or scope == "tensor"):
     # Nothing to measure: no trim thresholds, and per-tensor scope elects +1 on a zero vote (mergekit),
     # a constant the kernel defaults to. Without statistics the engine reads each leaf once, with the
     # NaN/Inf check fused into the kernel.
     return None
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    speculate = consensus is not None and scope == "global"
+    speculate = sign is not None and scope == "global"
     balance = None
     if trim and speculate:
-      thr, balance = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, vote=consensus,
+      thr, balance = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare, sign=sign,
                                                weighted=weighted)
     elif trim:
       thr = threshold.find_thresholds(leaf_pass, sizes, n_experts, density, scope, dare)
@@ -94,7 +94,7 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
     majority = {p: np.float32(1.0) for p in sizes}
     if speculate:
       if balance is None:  # no count pass, or a threshold differed from its guess: one more pass
-        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, consensus=consensus, weighted=weighted)
+        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, sign=sign, weighted=weighted)
         bal = leaf_pass(fn, lambda p: (thr[p],))
         balance = (sum(int(np.asarray(v)[0].astype(np.int64).sum()) for v in bal.values()),
                    sum(int(np.asarray(v)[1].astype(np.int64).sum()) for v in bal.values()))
@@ -107,12 +107,12 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, consensus: str | No
 
 
 @functools.lru_cache(maxsize=None)
-def gta_method_kernel(*, dare: bool, rescale: bool, trim: bool, consensus: str | None, aggregate: str,
+def gta_method_kernel(*, dare: bool, rescale: bool, trim: bool, sign: str | None, aggregate: str,
                       weighted: bool = True):
   """The kernel of a method configuration; one object per configuration, so that wrappers keyed on the
   kernel (e.g. the engine's jitted bf16 rounding, with the kernel as a static argument) hit their
   compile caches across method instances (different lam, weights or seeds)."""
-  return functools.partial(gta_kernel, dare=dare, rescale=rescale, trim=trim, consensus=consensus,
+  return functools.partial(gta_kernel, dare=dare, rescale=rescale, trim=trim, sign=sign,
                            aggregate=aggregate, weighted=weighted)
 
 

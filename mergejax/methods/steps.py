@@ -142,7 +142,7 @@ def magnitude_trim(tau: Array, threshold: Array) -> Array:
   return jnp.where(jnp.abs(tau) >= threshold, tau, 0.0)
 
 
-def sign_vote(taus: Sequence[Array], weights: Array, rule: str, weighted: bool = True) -> Array:
+def sign_vote(taus: Sequence[Array], weights: Array, sign: str, weighted: bool = True) -> Array:
   r"""TIES' vote before its sign is taken (the same float ops in every kernel and statistics pass).
 
   * ``"sum"`` (the paper's "mass"): :math:`v = \sum_t w_t \hat\tau_t`.
@@ -151,11 +151,11 @@ def sign_vote(taus: Sequence[Array], weights: Array, rule: str, weighted: bool =
   ``weighted=False`` (all weights 1, known statically) skips the multiplies (bit-identical: x * 1 = x).
   """
   scaled = [weights[t] * tau for t, tau in enumerate(taus)] if weighted else list(taus)
-  if rule == "sum":
+  if sign == "sum":
     return sum(scaled)
-  if rule == "count":
+  if sign == "count":
     return sum(jnp.sign(x) for x in scaled)
-  raise ValueError(f"unknown sign rule {rule!r}")
+  raise ValueError(f"unknown sign rule {sign!r}")
 
 
 def elect_positive(vote: Array, majority: Array) -> Array:

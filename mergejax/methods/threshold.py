@@ -121,26 +121,26 @@ def _at_least(hist):
   return jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "vote", "weighted", "axis"))
-def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None, weighted: bool,
+@functools.partial(jax.jit, static_argnames=("dare", "sign", "weighted", "axis"))
+def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None, weighted: bool,
                     axis: int | None):
-  """One fused pass: [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with ``vote``, the
+  """One fused pass: [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with ``sign`` (a TIES sign rule), the
   TIES vote's [v < 0], [v > 0] with trim thresholds ``guess``, as packed folded counters."""
   taus = _task_vectors(base, experts, ctx, dare)
   bits = _abs_bits(taus)
   inds = []
   for t, b in enumerate(bits):
     inds += [b >= thr_bits[t, 0], b >= thr_bits[t, 1]]
-  if vote is not None:
+  if sign is not None:
     trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
-    v = steps.sign_vote(trimmed, ctx.weights, vote, weighted)
+    v = steps.sign_vote(trimmed, ctx.weights, sign, weighted)
     inds += [v < 0, v > 0]
   return counting.pack_fields(inds, axis)
 
 
-def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str | None = None,
+def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None = None,
                  weighted: bool = True):
-  """thr_bits: int32[N, 2] -> int32[N, 2, P] partial counts #(|tau_t| >= threshold), and with ``vote``
+  """thr_bits: int32[N, 2] -> int32[N, 2, P] partial counts #(|tau_t| >= threshold), and with ``sign``
   also int32[2, P] [#(vote < 0), #(vote > 0)] at trim thresholds ``guess`` (f32[N]).
 
   The first count pass: two thresholds per expert (the sample's guess g and the next float up, which
@@ -151,17 +151,17 @@ def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, vote: str |
   n = len(experts)
   local = counting.local_shape(experts[0])
   axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
-  words = _pinpoint_words(base, experts, ctx, thr_bits, guess, dare=dare, vote=vote, weighted=weighted, axis=axis)
-  n_fields = 2 * n + (2 if vote is not None else 0)
+  words = _pinpoint_words(base, experts, ctx, thr_bits, guess, dare=dare, sign=sign, weighted=weighted, axis=axis)
+  n_fields = 2 * n + (2 if sign is not None else 0)
   counts = counting.count_fields(words, n_fields=n_fields, total_size=math.prod(tuple(experts[0].shape)),
                                  local=counting.packed_local_shape(local, axis))
-  return _split_pinpoint(counts, n=n, vote=vote is not None)
+  return _split_pinpoint(counts, n=n, with_vote=sign is not None)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "vote"))
-def _split_pinpoint(counts, *, n: int, vote: bool):
+@functools.partial(jax.jit, static_argnames=("n", "with_vote"))
+def _split_pinpoint(counts, *, n: int, with_vote: bool):
   """int32[2N (+2), P] -> int32[N, 2, P] (and the vote's int32[2, P]) in one jitted program."""
-  if not vote:
+  if not with_vote:
     return counts.reshape((n, 2, -1))
   return counts[:2 * n].reshape((n, 2, -1)), counts[2 * n:]
 
@@ -337,7 +337,7 @@ def find_thresholds(
     dare: bool,
     thresholds_per_pass: int = 7,
     max_passes: int = 48,
-    vote: str | None = None,
+    sign: str | None = None,
     weighted: bool = True,
 ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], tuple[int, int] | None]:
   """Exact per-expert trim thresholds: {leaf path: float32[N]}.
@@ -345,7 +345,7 @@ def find_thresholds(
   For each expert t and each group g (the whole model for ``scope="global"``, each leaf for
   ``"tensor"``), the threshold is the k-th largest :math:`|\\tau_t|` over g, k = max(1, floor(density n_g)).
 
-  With ``vote`` (a TIES sign rule), the first count pass also counts the model-wide signs of the TIES
+  With ``sign`` (a TIES sign rule), the first count pass also counts the model-wide signs of the TIES
   vote, trimming each expert at the sample's guess of its threshold, and the result is
   ``(thresholds, (#negative, #positive))``; the counts are exact and returned only if every final
   threshold equals its guess (else None: the caller needs a separate pass). ``weighted=False`` says
@@ -390,7 +390,7 @@ def find_thresholds(
       break
     # Per-tensor brackets the first count pass left open (a few) are narrowed by the same compiled
     # program, two thresholds at a time, for up to PAIR_PASSES passes; then 3 or 7 at a time.
-    pair_pass = vote is None and 0 < pass_index <= PAIR_PASSES
+    pair_pass = sign is None and 0 < pass_index <= PAIR_PASSES
     if pass_index == 0:
       # Two thresholds per expert (and the speculative vote), counted inside one fused pass.
       props = {gt: b.pin_pair() for gt, b in todo.items()}
@@ -412,15 +412,15 @@ def find_thresholds(
         rows.append(v + [v[-1]] * (width - len(v)))
       table[g] = np.asarray(rows, np.int32)
     if pass_index == 0 or pair_pass:
-      count_fn = functools.partial(_pinpoint_fn, dare=dare, vote=vote, weighted=weighted)
-      if vote is None:  # leaves whose groups are all exact already (sampled whole) are not read
+      count_fn = functools.partial(_pinpoint_fn, dare=dare, sign=sign, weighted=weighted)
+      if sign is None:  # leaves whose groups are all exact already (sampled whole) are not read
         busy = {g for g, _ in todo}
         count_fn = functools.partial(_pinpoint_if, fn=count_fn)
         counts = leaf_pass(count_fn, lambda p: (table[group_of[p]] if group_of[p] in busy else None,
                                                 guess[group_of[p]]))
       else:
         counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
-      if vote is not None:
+      if sign is not None:
         balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
                    sum(int(np.asarray(c[1])[1].astype(np.int64).sum()) for c in counts.values()))
         counts = {p: c[0] for p, c in counts.items()}
@@ -446,7 +446,7 @@ def find_thresholds(
   for p in paths:
     g = group_of[p]
     out[p] = np.asarray([brackets[g, t].value() for t in range(n_experts)], np.float32)
-  if vote is None:
+  if sign is None:
     return out
   if not all(b.lo == b.guess for b in brackets.values()):
     balance = None

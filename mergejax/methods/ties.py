@@ -5,14 +5,22 @@ from __future__ import annotations
 from typing import Sequence
 
 from mergejax.methods import gta
-from mergejax.methods.base import (MergeMethod, check_bool, check_choice, check_finite, check_fraction,
-                                   check_weights)
+from mergejax.methods.base import MergeMethod, Traits, choice, expert_weights, method_factory, number
 
 SCOPES = ("global", "tensor")
 SIGN_RULES = ("sum", "count")
 AGGREGATES = ("mean", "sum")
 
 
+_DENSITY = number("fraction of each task vector's entries KEPT by the magnitude trim", 0.0, 1.0, low_open=True)
+_LAM = number("scale of the merged task vector")
+_SCOPE = choice("where the top-k trim is taken: the whole model (paper) or each tensor (mergekit)", SCOPES)
+_SIGN = choice("the sign election: magnitude-weighted vote (paper's 'mass') or one vote per expert", SIGN_RULES)
+_AGGREGATE = choice("disjoint mean of the agreeing entries, or their sum", AGGREGATES)
+
+
+@method_factory(formula="theta_0 + lam * disjoint_mean{t: sgn trim(tau_t) = elected sign}(trim_density(tau_t))",
+                density=_DENSITY, lam=_LAM, scope=_SCOPE, sign=_SIGN, aggregate=_AGGREGATE, weights=expert_weights())
 def ties(density: float = 0.2, lam: float = 1.0, scope: str = "global", sign: str = "sum",
          aggregate: str = "mean", weights: Sequence[float] | None = None) -> MergeMethod:
   r"""Trim, elect sign, disjoint merge, as the official TIES code.
@@ -38,9 +46,12 @@ def ties(density: float = 0.2, lam: float = 1.0, scope: str = "global", sign: st
     weights: per-expert weights (>= 0; applied before the vote, as mergekit); None for all ones.
   """
   return _ties_family("ties", density=density, lam=lam, scope=scope, sign=sign, aggregate=aggregate,
-                      weights=weights, drop_rate=None, rescale=True)
+                      weights=weights, drop_rate=None)
 
 
+@method_factory(formula="TIES (density 1: no trim) of the DARE-dropped task vectors, rescaled by 1 / (1 - drop_rate)",
+                drop_rate=number("DARE's drop probability p", 0.0, 1.0, high_open=True), density=_DENSITY, lam=_LAM,
+                scope=_SCOPE, sign=_SIGN, aggregate=_AGGREGATE, weights=expert_weights())
 def dare_ties(drop_rate: float = 0.9, density: float = 1.0, lam: float = 1.0, scope: str = "global",
               sign: str = "sum", aggregate: str = "mean", weights: Sequence[float] | None = None) -> MergeMethod:
   r"""DARE on each task vector (drop with probability ``drop_rate``, rescale by 1/(1-p)), then TIES.
@@ -54,29 +65,25 @@ def dare_ties(drop_rate: float = 0.9, density: float = 1.0, lam: float = 1.0, sc
     lam, scope, sign, aggregate, weights: as :func:`ties`.
   """
   return _ties_family("dare_ties", density=density, lam=lam, scope=scope, sign=sign, aggregate=aggregate,
-                      weights=weights, drop_rate=drop_rate, rescale=True)
+                      weights=weights, drop_rate=drop_rate)
 
 
-def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_rate, rescale) -> MergeMethod:
-  density = check_fraction("density", density, low=0.0, high=1.0, low_open=True, high_open=False)
-  lam = check_finite("lam", lam)
-  scope = check_choice("scope", scope, SCOPES)
-  sign = check_choice("sign", sign, SIGN_RULES)
-  aggregate = check_choice("aggregate", aggregate, AGGREGATES)
-  w = check_weights(weights)
-  rescale = check_bool("rescale", rescale)
-  hparams = {"density": density, "lam": lam, "scope": scope, "sign": sign, "aggregate": aggregate, "weights": w}
+def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_rate) -> MergeMethod:
+  """TIES (``drop_rate`` None) or DARE-TIES, from validated hyperparameters."""
+  hparams = {"density": density, "lam": lam, "scope": scope, "sign": sign, "aggregate": aggregate, "weights": weights}
   dare = drop_rate is not None
   if dare:
-    drop_rate = check_fraction("drop_rate", drop_rate, low=0.0, high=1.0, low_open=False, high_open=True)
     hparams = {"drop_rate": drop_rate, **hparams}
+  random = bool(drop_rate)  # p = 0 keeps every entry: no mask is drawn
+  traits = Traits(uses_base=True, elementwise=True, position_keyed=random, lam_scales_task_vector=True,
+                  stochastic=random)
   trim = density < 1.0
   return MergeMethod(
-      name=name, hparams=hparams, uses_base=True,
-      kernel=gta.gta_method_kernel(dare=dare, rescale=rescale, trim=trim, consensus=sign, aggregate=aggregate,
-                                   weighted=w is not None),
-      compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, consensus=sign,
-                                      weighted=w is not None),
-      local_stats=scope == "tensor", lam=lam, drop_rate=drop_rate or 0.0, weights=w,
+      name=name, hparams=hparams, traits=traits,
+      kernel=gta.gta_method_kernel(dare=dare, rescale=True, trim=trim, sign=sign, aggregate=aggregate,
+                                   weighted=weights is not None),
+      compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, sign=sign,
+                                      weighted=weights is not None),
+      local_stats=scope == "tensor", lam=lam, drop_rate=drop_rate or 0.0, weights=weights,
       reference=("Yu et al., ICML 2024, arXiv 2311.03099 + " if dare else "")
       + "Yadav et al., NeurIPS 2023, arXiv 2306.01708")
