@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from mergejax.methods.average import average
 from mergejax.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
+from mergejax.methods.data_aware import adamerging, fisher, regmean
 from mergejax.methods.della import della, della_linear
 from mergejax.methods.lines import lines
 from mergejax.methods.model_stock import model_stock, nearswap
@@ -29,11 +30,12 @@ from mergejax.methods.task_arithmetic import task_arithmetic
 from mergejax.methods.ties import dare_ties, ties
 
 for _f in (average, task_arithmetic, ties, dare_linear, dare_ties, slerp, nuslerp, multislerp, karcher, breadcrumbs,
-           breadcrumbs_ties, della, della_linear, model_stock, sce, nearswap, tsv_m, iso_c, iso_cts, cart, lines):
+           breadcrumbs_ties, della, della_linear, model_stock, sce, nearswap, tsv_m, iso_c, iso_cts, cart, lines,
+           regmean, fisher, adamerging):
   register(_f.__name__, _f)
 
-__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "average", "breadcrumbs", "breadcrumbs_ties",
-           "cart", "choice", "dare_keep_masks", "dare_linear", "dare_ties", "della", "della_linear", "expert_weights",
-           "flag", "formula", "get", "hparam_names", "integer", "iso_c", "iso_cts", "karcher", "leaf_key", "lines",
-           "method_factory", "model_stock", "multislerp", "names", "nearswap", "number", "nuslerp", "register",
+__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "adamerging", "average", "breadcrumbs",
+           "breadcrumbs_ties", "cart", "choice", "dare_keep_masks", "dare_linear", "dare_ties", "della", "della_linear", "expert_weights",
+           "fisher", "flag", "formula", "get", "hparam_names", "integer", "iso_c", "iso_cts", "karcher", "leaf_key", "lines",
+           "method_factory", "model_stock", "multislerp", "names", "nearswap", "number", "nuslerp", "regmean", "register",
            "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]
