@@ -74,8 +74,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype o
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Runs per tool for the mean over seeds of the random methods.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per tool and method (the summary gives medians).")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
-_KEEP = flags.DEFINE_string("keep", None, "Keep the workload and the last outputs in this directory (default: a temporary "
-                            "directory, deleted).")
+_KEEP = flags.DEFINE_string("keep", None, "Keep the workload and the last outputs in this directory (default: a "
+                            "temporary directory, deleted).")
 _SPEC = flags.DEFINE_string("mergejax_spec", None, "Internal: run one mergejax merge described by this JSON.")
 
 
@@ -253,8 +253,8 @@ def della_agreement(method, root, base, experts, env) -> dict:
   (m1, v1), (m2, v2) = means["mergejax"], means["mergekit"]
   se = np.sqrt((v1 + v2) / _SEEDS.value)
   z = np.abs(m1 - m2)[se > 0] / se[se > 0]
-  res["mean_over_seeds"] = {"seeds": _SEEDS.value, "median_z": float(np.median(z)), "p99_z": float(np.quantile(z, 0.99)),
-                            "ok": bool(np.quantile(z, 0.99) < 5.0)}
+  res["mean_over_seeds"] = {"seeds": _SEEDS.value, "median_z": float(np.median(z)),
+                            "p99_z": float(np.quantile(z, 0.99)), "ok": bool(np.quantile(z, 0.99) < 5.0)}
   return res
 
 

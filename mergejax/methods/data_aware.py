@@ -196,6 +196,6 @@ def adamerging(granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, 
                                               "clamp": clamp},
                   traits=Traits(uses_base=True, elementwise=True), kernel=kernels.bind(_jit_adamerging),
                   reference="Yang et al., ICLR 2024, arXiv 2310.02575")
+  prepare = _prepare("adamerging", granularity=granularity, init=init, lr=lr, steps=steps, clamp=clamp)
   return dataclasses.replace(m, compute_stats=NeedsData("adamerging", "unlabeled inputs to learn the coefficients on",
-                                                        _prepare("adamerging", granularity=granularity, init=init, lr=lr,
-                                                                 steps=steps, clamp=clamp)))
+                                                        prepare))
