@@ -13,7 +13,7 @@ PyTree = Any
 
 
 def merge(base: PyTree | None, experts: Sequence[PyTree], method: MergeMethod | str, *, seed: int = 0,
-          dtype: Any = None, mesh: Any = None, allow_nonfinite: bool = True) -> PyTree:
+          dtype: Any = None, mesh: Any = None, allow_nonfinite: bool = False) -> PyTree:
   """Merges expert pytrees (plain dicts, Flax linen params, flax.nnx.State) into one.
 
   Args:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mergejax.cli import merge as merge_cli
+from mergejax.configs import merge as merge_config
 from mergejax.checkpoints import SafetensorsSource
 from test_checkpoints_fixtures import bits, random_tree, write_hf, write_orbax, write_world
 
@@ -119,12 +120,7 @@ def test_bad_input_exits_nonzero_with_one_line(world, tmp_path, case):
 
 
 def _cfg(**kw):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("merge_config", CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
+  cfg = merge_config.get_config()
   cfg.progress = False
   for k, v in kw.items():
     node = cfg
@@ -187,8 +183,11 @@ def test_bad_config_values(world, tmp_path):
   base, experts, _ = world
   for kw, msg in [({"dtype": "int8"}, "must be a floating dtype"), ({"memory_budget_gb": -1.0}, "must be > 0"),
                   ({"method__name": "nope"}, "unknown merge method 'nope'"),
-                  ({"method__name": "average", "method__density": 0.5}, "unknown hyperparameter 'density'"),
-                  ({"method__weights": "1,2,3"}, "weights has 3 entries but there are 2 experts")]:
+                  ({"method__name": "average", "method__density": 0.5},
+                   "unknown hyperparameter 'density' for merge method 'average' \\(allowed: weights\\)"),
+                  ({"method__densty": 0.5}, "unknown hyperparameter 'densty' for merge method 'ties': did you mean 'density'"),
+                  ({"memory_budet_gb": 1.0}, "unknown config field 'memory_budet_gb': did you mean 'memory_budget_gb'"),
+                  ({"method__weights": (1, 2, 3)}, "weights has 3 entries but there are 2 experts")]:
     with pytest.raises(ValueError, match=msg):
       merge_cli.merge_checkpoints(str(base), [str(x) for x in experts], str(tmp_path / "o"), _cfg(**kw))
   assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """The streaming engine: identical results to the in-memory path on 8 devices, any grouping and
 memory budget; group planning; stats passes; NaN/Inf checks; failures leave no output."""
 
+import dataclasses
 import errno
+import json
 import pathlib
 
 import jax
@@ -86,59 +88,103 @@ def test_result_independent_of_devices_budget_and_rules(tmp_path):
 
 
 _DARE = ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})
-# (method, hyperparameters, engine.MAX_FLAT_ROW): 16 sends DARE (rows of 16 and 40 entries) to row blocks.
-FLAT_METHODS = [(n, h, engine.MAX_FLAT_ROW) for n, h in METHODS[:4]] + [
-    ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, engine.MAX_FLAT_ROW),
-    (*_DARE, engine.MAX_FLAT_ROW), (*_DARE, 16)]
+# (method, hyperparameters, max_flat_row): 16 sends DARE (rows of 16 and 40 entries) to row blocks.
+FLAT_METHODS = [(n, h, None) for n, h in METHODS[:4]] + [
+    ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, None),
+    ("dare_linear", {"drop_rate": 0.5}, None),
+    (*_DARE, None), (*_DARE, 16)]
+
+
+def _manifest(out):
+  return json.loads((pathlib.Path(out) / "mergejax_manifest.json").read_text())
 
 
 @pytest.mark.parametrize("name,hp,max_flat_row", FLAT_METHODS,
                          ids=[f"{n}-{h.get('scope', '')}-{h.get('drop_rate', '')}-{r}" for n, h, r in FLAT_METHODS])
-def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, monkeypatch, name, hp, max_flat_row):
+def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, name, hp, max_flat_row):
   """On one CPU device elementwise kernels (and their statistics passes) run on flat chunks (one compile
   for all shapes; DARE chunks told where they start in the leaf), DARE kernels on row blocks that know
   their first row when a row is too long for that: bit-identical to whole-leaf kernels, written to the
-  sink chunk by chunk."""
+  sink chunk by chunk. Chunks of 256 entries: full chunks, chunks across row ends, padded tails."""
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
   ref = mergejax.merge(trees[0] if method.traits.uses_base else None, trees[1:], method, seed=7)
-  monkeypatch.setattr(engine, "MAX_FLAT_ROW", max_flat_row)
-  monkeypatch.setattr(engine, "CHUNK", 256)  # full chunks, chunks across row ends, padded tails
-  calls, blocks = [], []
-  real, real_blocks, real_aligned = engine._merge_flat, engine._merge_blocks, engine._merge_flat_aligned
-  monkeypatch.setattr(engine, "_merge_flat", lambda *a, **k: calls.append(len(a[2][0])) or real(*a, **k))
-  monkeypatch.setattr(engine, "_merge_flat_aligned", lambda *a, **k: calls.append(a[3]) or real_aligned(*a, **k))
-  monkeypatch.setattr(engine, "_merge_blocks", lambda *a, **k: blocks.append(tuple(a[3])) or real_blocks(*a, **k))
+  executor = engine.FlatChunk(chunk=256, **({"max_flat_row": max_flat_row} if max_flat_row else {}))
   out = engine.merge_sources(
       SafetensorsSource(base_p) if method.traits.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
       SafetensorsSink(tmp_path / "out"), method, seed=7, mesh=sharding.make_mesh(jax.devices()[:1]),
-      memory_budget_bytes=40_000, allow_nonfinite=False)
+      memory_budget_bytes=40_000, executor=executor)
   got = _read_all(out)
   for k in SHAPES:
     np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
-  floats = [k for k in SHAPES if not k.endswith("_count")]
-  if method.drop_rate and max_flat_row == 16:  # rows of 16 and 40 entries: all too long for flat chunks
-    assert calls == [] and sorted(blocks) == sorted(SHAPES[k] for k in floats)
+  ran = _manifest(out)["executor"]
+  assert ran["name"] == "flat_chunk" and ran["chunk"] == 256 and ran["output"] == "spans"
+  assert ran["pieces"] == ("row_blocks" if max_flat_row == 16 else "chunks")
+  assert ran["inputs"] == ("aligned_windows" if method.compute_stats is None and ran["pieces"] == "chunks"
+                           else "host_views")
+
+
+@pytest.mark.parametrize("devices,uses_files,expect", [(1, True, "flat_chunk"), (8, True, "whole_leaf"),
+                                                      (1, False, "flat_chunk"), (None, False, "whole_leaf")])
+def test_executor_is_chosen_from_traits_and_mesh(world, tmp_path, devices, uses_files, expect):
+  """Elementwise methods on one CPU device: flat chunks; any other mesh (or none): whole leaves. The
+  manifest says which ran; mergejax.merge takes the same rule."""
+  base_p, expert_ps, trees = world
+  mesh = sharding.make_mesh(jax.devices()[:devices]) if devices else None
+  method = mergejax.methods.task_arithmetic(lam=0.5)
+  if uses_files:
+    out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
+                               SafetensorsSink(tmp_path / "out"), method, mesh=mesh)
+    assert _manifest(out)["executor"]["name"] == expect
   else:
-    assert sorted(calls) == sorted(int(np.prod(SHAPES[k])) for k in floats) and blocks == []
+    from mergejax.checkpoints import PytreeSink, PytreeSource  # pylint: disable=g-import-not-at-top
+    src = PytreeSource(trees[0], name="base")
+
+    class ManifestSink(PytreeSink):
+      def finalize(self, metadata):
+        self.manifest = dict(metadata)
+        return super().finalize(metadata)
+
+    sink = ManifestSink(src.paths, src.treedef)
+    engine.merge_sources(src, [PytreeSource(t, name=f"e{i}") for i, t in enumerate(trees[1:])], sink, method,
+                         mesh=mesh)
+    assert sink.manifest["executor"]["name"] == expect
+    if expect == "flat_chunk":
+      assert sink.manifest["executor"]["inputs"] == "arrays"  # no host views: read() arrays, chunked
 
 
-def test_chunks_cover_every_entry_with_few_sizes():
-  for n in (0, 1, 1023, engine.CHUNK, engine.CHUNK + 1, 3 * engine.CHUNK + 5000):
-    cs = engine.chunks(n)
-    assert [(a, b) for a, b, _ in cs] == [(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)]
-    assert all(b - a <= size for a, b, size in cs)
-    assert {size for *_, size in cs} <= {engine.CHUNK}  # one compiled size
+def test_a_method_that_is_not_elementwise_runs_whole_leaves_on_one_device(world, tmp_path):
+  base_p, expert_ps, trees = world
+  ta = mergejax.methods.task_arithmetic(lam=0.5)
+  opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
+  out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps],
+                             SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
+  assert _manifest(out)["executor"]["name"] == "whole_leaf"
+  ref = mergejax.merge(trees[0], trees[1:], ta)
+  got = _read_all(out)
+  for k in SHAPES:
+    np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
 
 
-def test_stat_spans_and_row_blocks_cover_every_entry():
-  for n in (0, 1, 1023, engine.CHUNK, 3 * engine.CHUNK + 5000):
-    spans = engine.stat_spans(n)
-    assert spans == ([(a, min(a + engine.CHUNK, n)) for a in range(0, n, engine.CHUNK)] or [(0, 0)])  # unpadded
-  for shape in ((), (7,), (3, engine.CHUNK + 1), (1000, 24, 4), (5, 0)):
-    rows, d, r = engine.block_rows(shape)
-    assert rows * d == int(np.prod(shape)) and r * max(d, 1) <= max(engine.CHUNK, d)
-  assert engine.block_rows((32000, 1024))[2] == engine.block_rows((4096, 1024))[2]  # one compile per row length
+def _covers(spans, n):
+  """Consecutive, disjoint spans whose union is [0, n)."""
+  if not spans:
+    return n == 0
+  return [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == n
+
+
+def test_chunks_spans_and_row_blocks_cover_every_entry_with_few_sizes():
+  ex = engine.FlatChunk(chunk=1024)
+  for n in (0, 1, 1023, 1024, 1025, 3 * 1024 + 500):
+    cs = ex.chunks(n)
+    assert _covers([(a, b) for a, b, _ in cs], n) and all(0 < b - a <= size for a, b, size in cs)
+    assert {size for *_, size in cs} <= {1024}  # one compiled size
+    spans = ex.stat_spans(n)
+    assert spans == [(0, 0)] if n == 0 else (_covers(spans, n) and all(0 < b - a <= 1024 for a, b in spans))
+  for shape in ((), (7,), (3, 1025), (1000, 24, 4), (5, 0)):
+    rows, d, r = ex.block_rows(shape)
+    assert rows * d == int(np.prod(shape)) and r * max(d, 1) <= max(1024, d)
+  assert ex.block_rows((32000, 64))[2] == ex.block_rows((4096, 64))[2]  # one compile per row length
 
 
 @pytest.mark.parametrize("name,hp,devices", [
@@ -176,7 +222,7 @@ def test_nonfinite_found_from_the_output(tmp_path, devices, bad):
   bp = write_hf(tmp_path / "basedir", base)
   eps = [write_hf(tmp_path / f"expert{i}", e) for i, e in enumerate(experts)]
   method = mergejax.methods.get("task_arithmetic", lam=0.5)
-  assert engine.propagates_nonfinite(method, True)
+  assert method.traits.propagates_nonfinite
   run = lambda: engine.merge_sources(  # noqa: E731
       SafetensorsSource(bp), [SafetensorsSource(p) for p in eps], SafetensorsSink(tmp_path / "out"), method,
       mesh=sharding.make_mesh(jax.devices()[:devices]), allow_nonfinite=False)
@@ -210,11 +256,20 @@ def test_finite_host_matches_isfinite(dtype):
   assert engine.finite_host(np.arange(10, dtype=np.int32))  # not a float: nothing to check
 
 
-def test_nonfinite_propagation_rule():
-  assert engine.propagates_nonfinite(mergejax.methods.get("average"), has_base=False)
-  assert not engine.propagates_nonfinite(mergejax.methods.get("average"), has_base=True)  # base unread
-  assert not engine.propagates_nonfinite(mergejax.methods.get("ties", density=0.5), has_base=True)
-  assert not engine.propagates_nonfinite(mergejax.methods.get("dare_linear", drop_rate=0.5), has_base=True)
+def test_nonfinite_in_an_unused_base_is_refused_too(tmp_path):
+  """average ignores a given base, so its output cannot vouch for it: the base is checked as an input."""
+  base = random_tree(0)
+  experts = [random_tree(i, base=base) for i in (1, 2)]
+  base["model.norm.weight"][2] = np.nan
+  bp = write_hf(tmp_path / "b", base)
+  eps = [write_hf(tmp_path / f"e{i}", e) for i, e in enumerate(experts)]
+  for devices in (1, 8):
+    with pytest.raises(engine.NonFiniteError, match=r"b: leaf 'model.norm.weight' contains NaN or Inf"):
+      engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(p) for p in eps], SafetensorsSink(tmp_path / "o"),
+                           mergejax.methods.average(), mesh=sharding.make_mesh(jax.devices()[:devices]))
+  out = engine.merge_sources(None, [SafetensorsSource(p) for p in eps], SafetensorsSink(tmp_path / "o"),
+                             mergejax.methods.average(), mesh=sharding.make_mesh(jax.devices()[:1]))
+  assert _read_all(out)["model.norm.weight"].shape == base["model.norm.weight"].shape
 
 
 def test_plan_groups_respects_budget():
@@ -324,7 +379,7 @@ def test_aligned_views_hold_the_tensor_at_an_aligned_address(world):
     assert got is not None
     amap, lead = got
     n = int(np.prod(spec.shape))
-    assert amap.ctypes.data % engine.ALIGN == 0 and 0 <= lead < engine.ALIGN // amap.dtype.itemsize
+    assert amap.ctypes.data % 64 == 0 and 0 <= lead < 64 // amap.dtype.itemsize
     np.testing.assert_array_equal(amap[lead:lead + n].view(np.uint8), src.flat_view(spec.path).view(np.uint8))
     leads.add(lead)
   assert leads != {0}  # the fixture's tensors are not all aligned in their files: the lead matters

@@ -1,4 +1,5 @@
-"""Packed fold counting (mergejax/methods/counting.py) and the speculative TIES sign balance."""
+"""Exact counting (the engine's packed fold counters, mergejax/engine/counting.py), the TIES threshold
+search over them, and the speculative TIES sign balance."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import mergejax
-from mergejax import methods
-from mergejax.methods import counting, threshold
+from mergejax import engine, methods, sharding
+from mergejax.checkpoints import PytreeSink, PytreeSource
+from mergejax.engine import counting
+from mergejax.methods import threshold
 from tests import numpy_reference as ref
 from tests.test_methods import assert_close, flat, make_models
 
@@ -39,106 +42,118 @@ def test_histograms_on_sharded_codes_equal_unsharded():
     np.testing.assert_array_equal(np.asarray(counting.histograms(sharded, 4, 2, 4)).sum(-1), want)
 
 
-def test_count_fn_counts_every_threshold_exactly():
+def _above(base, experts, ctx, thr):
+  """|tau_t| >= thr_t and tau_0 + tau_1 < 0, as indicators."""
+  del ctx
+  taus = [e - base for e in experts]
+  return [jnp.abs(t) >= thr[i] for i, t in enumerate(taus)] + [taus[0] + taus[1] < 0]
+
+
+def _level(base, experts, ctx, thr):
+  """Per expert: #{j : |tau_t| >= thr_j} (thresholds sorted)."""
+  del ctx
+  return [sum((jnp.abs(e - base) >= thr[j]).astype(jnp.uint8) for j in range(thr.shape[0])) for e in experts]
+
+
+@pytest.mark.parametrize("shape", [(), (13,), (7, 5), (48, 40), (8, 3, 40)])
+@pytest.mark.parametrize("fold", [True, False])
+def test_count_primitives_are_exact(shape, fold):
   rng = np.random.default_rng(2)
-  base = rng.normal(size=(48, 40)).astype(np.float32)
-  experts = tuple(base + rng.normal(size=base.shape).astype(np.float32) * 0.1 for _ in range(3))
-  ctx = methods.ties().context(3, 0, 0)
-  a = [np.abs(e - base) for e in experts]
-  thr = np.sort(np.stack([np.quantile(x, [0.1, 0.5, 0.5, 0.9, 0.99, 1.0, 1.0]) for x in a]), axis=1)
-  thr = thr.astype(np.float32)
-  thr[:, 2] = np.asarray([x.reshape(-1)[7] for x in a])  # thresholds equal to an entry count it
-  thr = np.sort(thr, axis=1)
-  got = np.asarray(threshold._count_fn(base, experts, ctx, thr.view(np.int32), dare=False)).sum(-1)  # pylint: disable=protected-access
-  want = np.asarray([[np.sum(x >= t) for t in row] for x, row in zip(a, thr)])
+  base = rng.normal(size=shape).astype(np.float32)
+  experts = tuple((base + np.round(rng.normal(size=shape) * 8) / 256).astype(np.float32) for _ in range(3))
+  taus = [e - base for e in experts]
+  thr = np.asarray([0.0, 0.01, np.median(np.abs(taus[2]))], np.float32)
+  ctx = methods.ties().context(3, 0, "w")
+  got = np.asarray(counting.count_indicators(base, experts, ctx, thr, indicators=_above, n=4, fold=fold)).sum(-1)
+  want = [np.sum(np.abs(t) >= thr[i]) for i, t in enumerate(taus)] + [np.sum(taus[0] + taus[1] < 0)]
   np.testing.assert_array_equal(got, want)
+  hist = np.asarray(counting.histogram_levels(base, experts, ctx, thr, levels=_level, n_groups=3, n_levels=4)).sum(-1)
+  lv = [sum((np.abs(t) >= x).astype(int) for x in thr) for t in taus]
+  np.testing.assert_array_equal(hist, [[np.sum(v == b) for b in range(4)] for v in lv])
 
 
-@pytest.mark.parametrize("sample", [16, 64, 600])
-def test_speculative_sign_balance_matches_reference(monkeypatch, sample):
-  """The first count pass counts the vote's signs at the sample's guessed thresholds; when a final
-  threshold differs from its guess, a separate balance pass must give the same (exact) result."""
-  monkeypatch.setattr(threshold, "SAMPLE_GLOBAL", sample)
-  passes = []
-  orig_pin, orig_count = threshold._pinpoint_fn, threshold._count_fn  # pylint: disable=protected-access
+class ArrayPass:
+  """A LeafPass over in-memory leaves (whole leaves), counting with the engine's counters."""
 
-  def spy_pin(*args, **kwargs):
-    passes.append(("pin", kwargs.get("sign")))
-    return orig_pin(*args, **kwargs)
+  def __init__(self, base, experts, ctx):
+    self.base, self.experts, self.ctx = base, experts, ctx
 
-  def spy_count(*args, **kwargs):
-    passes.append(("count", None))
-    return orig_count(*args, **kwargs)
+  def __call__(self, fn, args_for=None, *, host=None):
+    del host
+    out = {}
+    for p in self.base:
+      args = args_for(p) if args_for else ()
+      if args is not None:
+        out[p] = jax.tree.map(np.asarray, fn(self.base[p], tuple(e[p] for e in self.experts), self.ctx, *args))
+    return out
 
-  monkeypatch.setattr(threshold, "_pinpoint_fn", spy_pin)
-  monkeypatch.setattr(threshold, "_count_fn", spy_count)
-  base, experts = make_models(seed=9, n_experts=4, dtype=np.float32)
-  hp = {"density": 0.3, "scope": "global"}
-  out = mergejax.merge(base, experts, methods.get("ties", **hp), seed=0)
-  expect = ref.ties(flat(base), [flat(e) for e in experts], **hp)
-  assert_close(flat(out), expect, np.float32)
-  n_leaves = len(flat(base))
-  assert passes[:n_leaves] == [("pin", "sum")] * n_leaves  # the first count pass (one call per leaf) carried the vote
-  assert all(p == ("count", None) for p in passes[n_leaves:])
+  def count(self, indicators, n, args_for=None):
+    return {p: np.asarray(c).astype(np.int64).sum(-1) for p, c in self(
+        lambda *a: counting.count_indicators(*a, indicators=indicators, n=n, fold=True), args_for).items()}
+
+  def histogram(self, levels, n_groups, n_levels, args_for=None):
+    return {p: np.asarray(c).astype(np.int64).sum(-1) for p, c in self(
+        lambda *a: counting.histogram_levels(*a, levels=levels, n_groups=n_groups, n_levels=n_levels),
+        args_for).items()}
 
 
-def test_pinpoint_fn_counts_two_thresholds_and_the_vote_exactly():
-  rng = np.random.default_rng(5)
-  for shape in [(48, 40), (7, 5), (13,), ()]:
-    base = rng.normal(size=shape).astype(np.float32)
-    experts = tuple((base + np.round(rng.normal(size=shape) * 8) / 256).astype(np.float32) for _ in range(4))
-    a = [np.abs(e - base) for e in experts]
-    thr = np.stack([np.sort([x.reshape(-1)[0], x.reshape(-1)[-1]]) for x in a]).astype(np.float32)
-    guess = np.asarray([np.median(x) for x in a], np.float32)
-    for weights in (None, (0.5, 2.0, 0.0, 1.0)):
-      m = methods.ties(weights=weights)
-      ctx = m.context(4, 0, 0)
-      counts, vote = threshold._pinpoint_fn(base, experts, ctx, thr.view(np.int32), guess, dare=False, sign="sum",  # pylint: disable=protected-access
-                                            weighted=weights is not None)
-      want = np.asarray([[np.sum(x >= t) for t in row] for x, row in zip(a, thr)])
-      np.testing.assert_array_equal(np.asarray(counts).sum(-1), want)
-      w = np.ones(4, np.float32) if weights is None else np.asarray(weights, np.float32)
-      v = sum(w[t] * np.where(np.abs(e - base) >= guess[t], e - base, 0).astype(np.float32) for t, e in enumerate(experts))
-      np.testing.assert_array_equal(np.asarray(vote).sum(-1), [np.sum(v < 0), np.sum(v > 0)])
-
-
-def test_speculative_balance_is_exact_or_withheld():
-  """find_thresholds returns sign counts only when they are the counts at the final thresholds."""
+@pytest.mark.parametrize("weights", [None, (0.5, 2.0, 0.0, 1.0)])
+def test_speculative_balance_is_exact_or_withheld(weights):
+  """find_thresholds returns exact k-th largest thresholds, and sign counts only when they are the
+  counts at the final thresholds (some guesses right, some wrong over these sample sizes)."""
   rng = np.random.default_rng(4)
   shapes = {"a": (64, 40), "b": (24,), "c": (16, 8)}
   base = {p: (np.round(rng.normal(size=s) * 256) / 256).astype(np.float32) for p, s in shapes.items()}
   experts = [{p: v + np.round(rng.normal(size=v.shape) * 4) / 256 for p, v in base.items()} for _ in range(4)]
   experts = [{p: v.astype(np.float32) for p, v in e.items()} for e in experts]
-  ctx = methods.ties().context(4, 0, 0)
-
-  def leaf_pass(fn, args_for=None):
-    return {p: jax.tree.map(np.asarray, fn(base[p], tuple(e[p] for e in experts), ctx,
-                                            *(args_for(p) if args_for else ()))) for p in shapes}
-
+  leaf_pass = ArrayPass(base, experts, methods.ties(weights=weights).context(4, 0, "x"))
+  w = np.ones(4, np.float32) if weights is None else np.asarray(weights, np.float32)
   seen = set()
   for sample, density in [(32, 0.25), (512, 0.25), (2048, 0.15), (2048, 0.3), (2048, 0.45)]:
     threshold.SAMPLE_GLOBAL, old = sample, threshold.SAMPLE_GLOBAL
     try:
-      thr, bal = threshold.find_thresholds(leaf_pass, shapes, 4, density, "global", False, sign="sum")
+      thr, bal = threshold.find_thresholds(leaf_pass, shapes, 4, density, "global", False, sign="sum",
+                                           weighted=weights is not None)
     finally:
       threshold.SAMPLE_GLOBAL = old
+    for t in range(4):
+      a = np.concatenate([np.abs(e[p] - base[p]).ravel() for p, e in ((p, experts[t]) for p in shapes)])
+      assert thr["a"][t] == ref.kth_largest(a, max(1, int(density * a.size)))
     seen.add(bal is None)
     if bal is not None:
-      vote = {p: sum(np.where(np.abs(e[p] - base[p]) >= thr[p][t], e[p] - base[p], 0) for t, e in enumerate(experts))
-              for p in shapes}
+      vote = {p: sum(w[t] * np.where(np.abs(e[p] - base[p]) >= thr[p][t], e[p] - base[p], 0)
+                     for t, e in enumerate(experts)) for p in shapes}
       assert bal == (sum(int(np.sum(v < 0)) for v in vote.values()), sum(int(np.sum(v > 0)) for v in vote.values()))
-  assert seen == {False, True}  # some guesses were right, and some wrong
+  assert seen == {False, True}
 
 
-def test_host_sample_equals_the_jitted_sample_bitwise():
-  """The engine samples host arrays with NumPy (threshold._sample_host, no compile per stride): the
-  same float32 values as the jitted sample, subnormals included (XLA:CPU flushes them to zero)."""
+@pytest.mark.parametrize("sample", [16, 64, 600])
+def test_ties_with_few_samples_matches_reference(monkeypatch, sample):
+  """Small samples make the guessed thresholds wrong (more count passes, a separate sign-balance pass):
+  the merge is still the exact TIES merge."""
+  monkeypatch.setattr(threshold, "SAMPLE_GLOBAL", sample)
+  base, experts = make_models(seed=9, n_experts=4, dtype=np.float32)
+  hp = {"density": 0.3, "scope": "global"}
+  out = mergejax.merge(base, experts, methods.get("ties", **hp), seed=0)
+  assert_close(flat(out), ref.ties(flat(base), [flat(e) for e in experts], **hp), np.float32)
+
+
+@pytest.mark.parametrize("scale", [0.02, 1e-38])
+def test_flat_statistics_with_host_samples_equal_whole_leaf_statistics(scale):
+  """On one CPU device the flat-chunk executor samples host arrays with NumPy (the threshold search's
+  host twin: no compile per stride) with XLA:CPU's float32 semantics, subnormals included: the TIES
+  merge equals the whole-leaf one bit for bit."""
   rng = np.random.default_rng(3)
-  for scale in (0.02, 1e-38):
-    base = (rng.standard_normal((64, 40)) * scale).astype(np.float32)
-    experts = tuple((base + rng.standard_normal((64, 40)) * scale).astype(np.float32) for _ in range(3))
-    ctx = methods.ties().context(3, 0, 0)
-    for strides in ((1, 1), (3, 1), (7, 5)):
-      want = np.asarray(threshold._sample_fn(base, experts, ctx, strides, dare=False))  # pylint: disable=protected-access
-      got = threshold._sample_host(base, experts, ctx, strides)  # pylint: disable=protected-access
-      np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+  base = {"w": (rng.standard_normal((64, 40)) * scale).astype(np.float32),
+          "v": (rng.standard_normal((300,)) * scale).astype(np.float32)}
+  experts = [{k: (v + rng.standard_normal(v.shape) * scale).astype(np.float32) for k, v in base.items()}
+             for _ in range(3)]
+  method = methods.ties(density=0.3, scope="global")
+  whole = flat(mergejax.merge(base, experts, method))
+  src = PytreeSource(base, name="base")
+  sink = PytreeSink(src.paths, src.treedef)
+  chunked = flat(engine.merge_sources(src, [PytreeSource(e, name=f"e{i}") for i, e in enumerate(experts)], sink,
+                                      method, mesh=sharding.make_mesh(jax.devices()[:1]),
+                                      executor=engine.FlatChunk(chunk=512)))
+  for k in whole:
+    np.testing.assert_array_equal(whole[k].view(np.int32), chunked[k].view(np.int32), err_msg=k)

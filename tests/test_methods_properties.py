@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -209,12 +206,12 @@ def test_weights_length_and_missing_base_are_checked():
 
 
 def test_registry_names_and_hparams():
-  assert {"average", "dare_linear", "dare_ties", "task_arithmetic", "ties"} <= set(methods.names())
-  assert methods.hparam_names("ties") == ["density", "lam", "scope", "sign", "aggregate", "weights"]
-  assert methods.hparam_names("dare_ties") == ["drop_rate", "density", "lam", "scope", "sign", "aggregate",
-                                                "weights"]
-  assert methods.get("ties", density=0.2).hparams["density"] == 0.2
-  assert repr(methods.task_arithmetic(lam=0.5)) == "task_arithmetic(lam=0.5, weights=None)"
+  assert {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties"} <= set(methods.names())
+  for name in methods.names():
+    assert methods.hparam_names(name) == [hp.name for hp in methods.schema(name)]
+  m = methods.get("ties", density=0.2)
+  assert m.hparams["density"] == 0.2 and m.hparams["scope"] == "global"  # unset: the factory's default
+  assert "lam=0.5" in repr(methods.task_arithmetic(lam=0.5))
 
 
 def test_host_key_words_equal_jax_threefry_fold_in():
@@ -231,22 +228,37 @@ def test_host_key_words_equal_jax_threefry_fold_in():
 @pytest.mark.parametrize("shape", [(7, 13), (1000,), (3, 4, 5), (40, 300)])
 def test_flat_chunk_hashes_equal_the_leaf_hash(shape):
   """A flat chunk told its (row, column) and row length D hashes exactly as the leaf does at those
-  entries (chunks that start mid-row, span several rows, run past the leaf's end), with or without
-  host-derived key words."""
-  from mergejax.methods import base as base_lib, steps  # pylint: disable=g-import-not-at-top
+  entries (chunks that start mid-row, span several rows, run past the leaf's end); row blocks told
+  their first row likewise."""
+  from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
   n_exp = 2
-  ctx = base_lib.LeafContext(seed=np.uint32(5), path_hash=np.uint32(77), lam=np.float32(1),
-                             weights=np.ones(n_exp, np.float32), drop_rate=np.float32(0.5))
-  host = dataclasses.replace(ctx, dare_words=base_lib.dare_key_words(5, 77, n_exp))
+  ctx = methods.dare_linear(drop_rate=0.5).context(n_exp, 5, "layer/w")
   leaf = [np.asarray(h).reshape(-1) for h in steps.dare_hashes(ctx, shape, n_exp)]
-  for a, b in zip(leaf, steps.dare_hashes(host, shape, n_exp)):
-    np.testing.assert_array_equal(a, np.asarray(b).reshape(-1))
   n = int(np.prod(shape))
   d = n if len(shape) == 1 else n // shape[0]
   hashes = jax.jit(steps.dare_hashes, static_argnums=(1, 2))
   for start, size in [(0, 64), (5, 64), (n - 10, 64), (n // 3, 4096)]:
-    c = dataclasses.replace(host, row_offset=np.uint32(start // d), col_offset=np.uint32(start % d),
-                            row_len=np.uint32(d))
     m = min(size, n - start)
-    for t, h in enumerate(hashes(c, (size,), n_exp)):
+    for t, h in enumerate(hashes(ctx.in_window(start // d, start % d, d), (size,), n_exp)):
       np.testing.assert_array_equal(np.asarray(h)[:m], leaf[t][start:start + m])
+  if len(shape) > 1:
+    r0 = shape[0] // 2
+    for t, h in enumerate(hashes(ctx.in_window(r0), (shape[0] - r0, *shape[1:]), n_exp)):
+      np.testing.assert_array_equal(np.asarray(h).reshape(-1), leaf[t][r0 * d:])
+
+
+def test_per_leaf_lam_reaches_each_leaf():
+  """Per-leaf hyperparameters (the hook for per-layer gradients, tensor-name filters, depth scaling):
+  task arithmetic with lam by leaf path equals the per-leaf formula, on whole leaves and flat chunks."""
+  base, experts = make_models(seed=12, n_experts=2, dtype=np.float32)
+  lam_of = lambda path: {"lam": 0.25} if "mlp" in path else {"lam": 1.5} if path == "embed" else {}  # noqa: E731
+  method = methods.task_arithmetic(lam=0.5).with_leaf_hparams(lam_of)
+  b, es = flat(base), [flat(e) for e in experts]
+  for mesh in (None, mergejax.sharding.make_mesh(jax.devices()[:1])):
+    out = flat(mergejax.merge(base, experts, method, mesh=mesh))
+    for k in b:
+      lam = lam_of(k).get("lam", 0.5)
+      want = ref.task_arithmetic({k: b[k]}, [{k: e[k]} for e in es], lam=lam)[k]
+      np.testing.assert_allclose(out[k], want, rtol=1e-6, atol=1e-7, err_msg=k)
+  with pytest.raises(ValueError, match="hyperparameter 'density' cannot vary by leaf"):
+    mergejax.merge(base, experts, methods.task_arithmetic().with_leaf_hparams(lambda p: {"density": 0.1}))

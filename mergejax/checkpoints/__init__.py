@@ -6,7 +6,8 @@ safetensors-only merge never loads it.
 
 from typing import Any
 
-from mergejax.checkpoints.base import CheckpointError, LeafSpec, Sink, Source
+from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, Sink, Source, SpanSink, StagedSink,
+                                       TreeKeys)
 from mergejax.checkpoints.detect import FORMATS, detect_format, open_source
 from mergejax.checkpoints.memory import PytreeSink, PytreeSource
 from mergejax.checkpoints.safetensors import SafetensorsSink, SafetensorsSource
@@ -21,5 +22,6 @@ def __getattr__(name: str) -> Any:
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CheckpointError", "FORMATS", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink", "PytreeSource",
-           "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "detect_format", "open_source"]
+__all__ = ["CheckpointError", "FORMATS", "HostViews", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink",
+           "PytreeSource", "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "SpanSink", "StagedSink",
+           "TreeKeys", "detect_format", "open_source"]

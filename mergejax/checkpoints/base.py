@@ -1,8 +1,15 @@
 """The interface every checkpoint format implements: list leaves without loading, read a group of
-leaves (optionally onto a mesh with given shardings), write leaves progressively."""
+leaves (optionally onto a mesh with given shardings), write leaves progressively.
+
+Optional capabilities are declared, not discovered: a Source or Sink that has one inherits its class
+(:class:`HostViews`, :class:`TreeKeys`, :class:`StagedSink`, :class:`SpanSink`), and the engine and
+CLI test ``isinstance(x, Capability)``. A format without them still works everywhere, on the general
+path.
+"""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -44,14 +51,60 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-  """Where merged leaves go. Optional methods: ``begin(specs)`` (called once with the output leaves
-  before any write) and ``abort()`` (removes partial output after a failure)."""
+  """Where merged leaves go."""
 
   def write(self, leaves: Mapping[str, Any]) -> None:
     """Writes (or buffers) a group of finished leaves; they may be freed afterwards."""
 
   def finalize(self, metadata: Mapping[str, Any]) -> Any:
     """Completes the output (e.g. an atomic rename); returns what the caller gets back."""
+
+
+class HostViews(abc.ABC):
+  """Source capability: float leaves as read-only 1-D host views (memory maps: no copy, data read on
+  first touch). On one CPU device the engine merges from these instead of :meth:`Source.read`."""
+
+  @abc.abstractmethod
+  def flat_view(self, path: str) -> np.ndarray:
+    """Leaf ``path`` as a read-only 1-D array in row-major order."""
+
+  @abc.abstractmethod
+  def aligned_view(self, path: str, align: int = 64) -> tuple[np.ndarray, int] | None:
+    """(map, lead): a read-only 1-D array of the leaf's dtype whose first byte is ``align``-byte
+    aligned in memory, holding the leaf's entries at ``map[lead:lead + n]`` followed by whatever lies
+    after them (up to ``align`` bytes); None where no such view exists."""
+
+
+class TreeKeys(abc.ABC):
+  """Source capability: the tree keys of each leaf path (an orbax output keeps the input's structure)."""
+
+  @abc.abstractmethod
+  def keys(self, path: str) -> tuple[str, ...]:
+    """The keys from the root to leaf ``path``."""
+
+
+class StagedSink(abc.ABC):
+  """Sink capability: told the output leaves before any write, and able to remove partial output."""
+
+  @abc.abstractmethod
+  def begin(self, specs: Sequence[LeafSpec]) -> None:
+    """Called once with every output leaf (path, shape, dtype) before the first write."""
+
+  @abc.abstractmethod
+  def abort(self) -> None:
+    """Removes everything written so far (called when the merge fails)."""
+
+
+class SpanSink(abc.ABC):
+  """Sink capability (one process): leaves written piece by piece as they are merged, no leaf buffer."""
+
+  @abc.abstractmethod
+  def write_span(self, path: str, start: int, data: np.ndarray) -> None:
+    """Writes entries [start, start + data.size) of leaf ``path`` (row-major flat order) in place."""
+
+  @abc.abstractmethod
+  def mark_written(self, path: str) -> None:
+    """Records leaf ``path`` as complete (every span written)."""
 
 
 def array_from_host(shape: tuple[int, ...], dtype: Any, sharding: Any,

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mergejax.checkpoints import output as output_lib
-from mergejax.checkpoints.base import CheckpointError, LeafSpec
+from mergejax.checkpoints.base import CheckpointError, LeafSpec, StagedSink, TreeKeys
 from mergejax.checkpoints.detect import is_orbax  # noqa: F401  (re-exported)
 
 # Files orbax itself writes at the top of a checkpoint directory.
@@ -39,7 +39,7 @@ def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
   return out
 
 
-class OrbaxSource:
+class OrbaxSource(TreeKeys):
   """A StandardCheckpointer / PyTreeCheckpointer directory."""
 
   format = "orbax"
@@ -103,7 +103,7 @@ class OrbaxSource:
     return out
 
 
-class OrbaxSink:
+class OrbaxSink(StagedSink):
   """Writes the merged tree as an orbax checkpoint (OCDBT) into an atomic output directory.
 
   In one process the output is written progressively, group by group, with orbax's partial-save

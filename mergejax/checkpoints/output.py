@@ -8,7 +8,6 @@ hidden ``*.mergejax-partial`` folder, removed by the next run to the same destin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import shutil
@@ -16,6 +15,8 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
+
+from mergejax import files as files_lib
 
 MANIFEST = "mergejax_manifest.json"
 PARTIAL_SUFFIX = ".mergejax-partial"
@@ -149,18 +150,7 @@ def write_manifest(directory: str | os.PathLike, metadata: Mapping[str, Any]) ->
   data = dict(metadata)
   data.setdefault("versions", versions())
   data.setdefault("created_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-  path = pathlib.Path(directory) / MANIFEST
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-  os.rename(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  return str(x)
+  files_lib.atomic_write_json(pathlib.Path(directory) / MANIFEST, data)
 
 
 # Files in a model directory that are weights (never copied as sidecars).

@@ -23,8 +23,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from mergejax import files as files_lib
 from mergejax.checkpoints import output as output_lib
-from mergejax.checkpoints.base import CheckpointError, LeafSpec, array_from_host, normalize_index
+from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, SpanSink, StagedSink, array_from_host,
+                                       normalize_index)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -93,7 +95,7 @@ def read_header(file: pathlib.Path) -> tuple[int, dict[str, dict[str, Any]]]:
   return start, out
 
 
-class SafetensorsSource:
+class SafetensorsSource(HostViews):
   """A safetensors file or HF model directory. Leaf paths are tensor names, sorted."""
 
   format = "safetensors"
@@ -178,7 +180,7 @@ class SafetensorsSource:
 
     Safetensors data is only 8-byte aligned in its file; XLA:CPU copies a host buffer that is not
     64-byte aligned before a kernel reads it. Kernels given aligned windows of this map and the lead
-    (``engine._kernel_aligned``) read the page cache directly.
+    (the engine's flat-chunk executor) read the page cache directly.
     """
     e = self._entries[t]
     dt = np.dtype(e["dtype"])
@@ -202,7 +204,7 @@ class SafetensorsSource:
     return out
 
 
-class SafetensorsSink:
+class SafetensorsSink(StagedSink, SpanSink):
   """Writes an HF-style directory: ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` shards of
   about ``shard_bytes`` plus the index, sidecar files copied from ``sidecar_dir``, and the manifest.
 
@@ -259,7 +261,7 @@ class SafetensorsSink:
     if n > 1 and output_lib.is_primary():
       total = sum(s.nbytes for s in specs)
       index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-      (self.atomic.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+      files_lib.atomic_write_json(self.atomic.tmp / INDEX_NAME, index, sort_keys=False)
     output_lib.sync("mergejax-safetensors-begin")
 
   def write(self, leaves: Mapping[str, Any]) -> None:

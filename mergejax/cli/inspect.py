@@ -12,9 +12,11 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+import numpy as np
 from absl import app, flags, logging
 
 from mergejax import cli
+from mergejax.checkpoints import open_source
 
 _VALUES = flags.DEFINE_bool("values", False, "Also compare leaf values (reads every leaf, one at a time).")
 
@@ -28,7 +30,6 @@ def _fmt_bytes(n: int) -> str:
 
 
 def describe(path: str) -> list[str]:
-  from mergejax.checkpoints import open_source  # pylint: disable=g-import-not-at-top
   src = open_source(path)
   specs = src.specs()
   width = max((len(s.path) for s in specs), default=4)
@@ -43,8 +44,6 @@ def describe(path: str) -> list[str]:
 
 def differences(paths: Sequence[str], values: bool = False) -> list[str]:
   """Every difference between the first checkpoint and each other one."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mergejax.checkpoints import open_source  # pylint: disable=g-import-not-at-top
   srcs = [open_source(p) for p in paths]
   ref = {s.path: s for s in srcs[0].specs()}
   out = []

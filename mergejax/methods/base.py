@@ -29,26 +29,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mergejax.tree import stable_path_hash
+
 Array = jax.Array
+
+
+# Engines give position-keyed kernels 1-D flat windows (``row_len``) only for rows shorter than this and
+# chunks of at most 2^22 entries; leaves with longer rows are split into row blocks instead.
+MAX_WINDOW_ROW = 1 << 22
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """Where the arrays a kernel sees lie in their leaf, seen as a (rows, D) matrix (set by engines that
+  split a position-keyed leaf; see :meth:`LeafContext.in_window`)."""
+
+  row_offset: Array
+  col_offset: Array | None = None
+  row_len: Array | None = None
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LeafContext:
-  """Traced per-leaf inputs of a kernel.
+  """Traced per-leaf inputs of a kernel, built by :meth:`MergeMethod.context` from the leaf path.
 
   Attributes:
     seed: uint32 scalar, the merge seed.
     path_hash: uint32 scalar, :func:`mergejax.tree.stable_path_hash` of the leaf path.
-    lam: float32 scalar, the task-vector scale (1 where unused).
-    weights: float32[N], per-expert weights.
+    lam: float32 scalar, the task-vector scale of this leaf (1 where unused).
+    weights: float32[N], per-expert weights of this leaf.
     drop_rate: float32 scalar, DARE drop probability (0 where unused).
-    row_offset: uint32 scalar, the leaf row at which the arrays a kernel sees start (0 for whole
-      leaves; an engine merging row blocks sets it so that DARE masks stay keyed by global rows).
-    row_len: None for arrays shaped like the leaf (or row blocks of it); for 1-D flat chunks of the
-      leaf seen as a (rows, D) matrix, uint32 D. The chunk's first entry is then at (row_offset,
-      col_offset) (see :func:`mergejax.methods.steps.dare_hashes`).
-    col_offset: uint32 scalar (with ``row_len``), the column of a flat chunk's first entry.
     dare_words: None, or uint32[2 + N]: the words (a0, a1) of fold_in(key(seed), path_hash) and the
       first word of fold_in(that key, t) for each expert t, computed on the host
       (:func:`dare_key_words`) so that kernels need no threefry.
@@ -59,10 +71,17 @@ class LeafContext:
   lam: Array
   weights: Array
   drop_rate: Array
-  row_offset: Array = np.uint32(0)
-  row_len: Array | None = None
-  col_offset: Array | None = None
   dare_words: Array | None = None
+  _window: Window | None = None
+
+  def in_window(self, row_offset: int, col_offset: int | None = None, row_len: int | None = None) -> LeafContext:
+    """This context for a piece of the leaf: row blocks starting at row ``row_offset``, or (with
+    ``row_len`` D) the 1-D flat chunk whose first entry is at (``row_offset``, ``col_offset``) of the
+    leaf seen as a (rows, D) matrix. Position-keyed kernels (:attr:`Traits.position_keyed`) then
+    draw exactly what they draw at those entries of the whole leaf."""
+    window = Window(np.uint32(row_offset), None if col_offset is None else np.uint32(col_offset),
+                    None if row_len is None else np.uint32(row_len))
+    return dataclasses.replace(self, _window=window)
 
 
 _M32 = 0xFFFFFFFF
@@ -107,14 +126,38 @@ def leaf_key(ctx: LeafContext, expert_index: int) -> Array:
 
 
 class LeafPass(Protocol):
-  """Runs a jittable per-leaf function over every float leaf and returns host results by path.
+  """Runs per-leaf functions over every float leaf and returns host results by path: the engine
+  streams leaf groups (sharded, or in flat pieces on one CPU device); methods never see files,
+  meshes or how a leaf is split.
 
-  ``fn(base, experts, ctx, *args)`` must return a pytree of small arrays. ``args_for(path)`` gives
-  the extra (array) arguments of each leaf, e.g. its current threshold bracket. Implemented by the
-  engine (streaming, sharded) and by the in-memory path; methods never see files or meshes.
+  Every function takes ``(base, experts, ctx, *args)`` with ``args = args_for(path)``, the extra array
+  arguments of each leaf (e.g. its current threshold bracket); ``args_for`` returning None skips the
+  leaf (no result for it). The arrays a function sees may be a piece of the leaf (a flat chunk whose
+  ``ctx`` says where it lies), so results must not depend on the leaf's shape.
   """
 
-  def __call__(self, fn: Callable[..., Any], args_for: Callable[[str], tuple] | None = None) -> dict[str, Any]:
+  def __call__(self, fn: Callable[..., Any], args_for: Callable[[str], tuple | None] | None = None, *,
+               host: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """``fn`` (jittable) returns a pytree of small arrays whose last axis indexes disjoint parts of the
+    leaf (samples to pool): results of a leaf's pieces are concatenated along it.
+
+    ``host``: optionally a NumPy twin of ``fn`` with the extra keyword argument ``f32`` (a function
+    converting a host array to float32 as the engine's backend does it; XLA:CPU flushes subnormals to
+    zero), which must compute ``fn``'s values bitwise from host arrays, applying ``f32`` to every
+    float32 value it forms. An engine holding host arrays may call it instead of ``fn`` (no compile).
+    """
+    ...
+
+  def count(self, indicators: Callable[..., Sequence[Array]], n: int,
+            args_for: Callable[[str], tuple | None] | None = None) -> dict[str, np.ndarray]:
+    """Exact counts of per-entry predicates: ``indicators`` (jittable, hashable: the same object
+    for every pass) returns ``n`` boolean arrays shaped like the leaf; the result is int64[n] per leaf."""
+    ...
+
+  def histogram(self, levels: Callable[..., Sequence[Array]], n_groups: int, n_levels: int,
+                args_for: Callable[[str], tuple | None] | None = None) -> dict[str, np.ndarray]:
+    """Exact histograms: ``levels`` (jittable, hashable) returns ``n_groups`` arrays of integers in
+    [0, ``n_levels``) shaped like the leaf; the result is int64[n_groups, n_levels] per leaf."""
     ...
 
 
@@ -164,6 +207,9 @@ class MergeMethod:
       an engine may compute them group by group while the group is resident, in one read.
     lam, drop_rate, weights: the per-leaf scalars of :class:`LeafContext` (defaults for every leaf).
     reference: the paper(s) the method follows.
+    leaf_hparams: None, or ``leaf_hparams(path) -> {name: value}``: per-leaf values of the
+      hyperparameters that reach kernels through ``ctx`` (``lam``, ``weights``), e.g. per-layer
+      gradients or tensor-name filters; see :meth:`with_leaf_hparams`.
   """
 
   name: str
@@ -176,17 +222,40 @@ class MergeMethod:
   drop_rate: float = 0.0
   weights: tuple[float, ...] | None = None
   reference: str = ""
+  leaf_hparams: Callable[[str], Mapping[str, Any]] | None = None
 
-  def context(self, n_experts: int, seed: int, path_hash: int) -> LeafContext:
-    weights = self.weights if self.weights is not None else (1.0,) * n_experts
+  def context(self, n_experts: int, seed: int, path: str) -> LeafContext:
+    """The kernel's :class:`LeafContext` for leaf ``path``: seed, path hash (DARE's keys) and this
+    leaf's hyperparameter values (:attr:`leaf_hparams` where given, else the method's)."""
+    path_hash = stable_path_hash(path)
+    lam, weights = self.lam, self.weights
+    if self.leaf_hparams is not None:
+      for k, v in self.leaf_hparams(path).items():
+        if k == "lam":
+          lam = check_finite("lam", v)
+        elif k == "weights":
+          weights = check_weights(v)
+        else:
+          raise ValueError(f"{self.name}: hyperparameter {k!r} cannot vary by leaf (leaf '{path}'): "
+                           f"only {list(LEAF_HPARAMS)} reach kernels per leaf")
+      if weights is not None and len(weights) != n_experts:
+        raise ValueError(f"{self.name}: weights of leaf '{path}' have {len(weights)} entries but there are "
+                         f"{n_experts} experts")
     return LeafContext(
         seed=np.uint32(seed),
         path_hash=np.uint32(path_hash),
-        lam=np.float32(self.lam),
-        weights=np.asarray(weights, np.float32),
+        lam=np.float32(lam),
+        weights=np.asarray(weights if weights is not None else (1.0,) * n_experts, np.float32),
         drop_rate=np.float32(self.drop_rate),
         dare_words=dare_key_words(seed, path_hash, n_experts) if self.drop_rate else None,
     )
+
+  def with_leaf_hparams(self, leaf_hparams: Callable[[str], Mapping[str, Any]]) -> MergeMethod:
+    """This method with per-leaf values of ``lam`` / ``weights``: ``leaf_hparams(path)`` returns the
+    values for leaf ``path`` (an empty dict: the method's own), e.g. ``lambda p: {"lam": 0.5} if "mlp"
+    in p else {}``. Traits are unchanged, except that :attr:`Traits.lam_scales_task_vector` then
+    holds leaf by leaf."""
+    return dataclasses.replace(self, leaf_hparams=leaf_hparams)
 
   def check_experts(self, n_experts: int) -> None:
     """Raises ValueError if the method cannot merge ``n_experts`` models."""
@@ -201,6 +270,10 @@ class MergeMethod:
   def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
     return f"{self.name}({args})"
+
+
+# Hyperparameters whose values may differ by leaf (they reach kernels as ctx scalars).
+LEAF_HPARAMS = ("lam", "weights")
 
 
 # --------------------------------------------------------------------------- hyperparameter schema

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mergejax.methods import gta
+import numpy as np
+
+from mergejax.methods import gta, steps
 from mergejax.methods.base import MergeMethod, Traits, expert_weights, flag, method_factory, number
 
 
-@method_factory(formula="theta_0 + lam * sum_t w_t keep_t * tau_t / (1 - drop_rate),  keep_t ~ Bernoulli(1 - drop_rate)",
+@method_factory(formula="theta_0 + lam * sum_t w_t keep_t tau_t / (1 - drop_rate),  keep_t ~ Bernoulli(1 - drop_rate)",
                 drop_rate=number("the fraction of task-vector entries DROPPED (mergekit's density = 1 - p)", 0.0, 1.0,
                                  high_open=True),
                 lam=number("scale of the summed task vectors"),
@@ -36,7 +38,7 @@ def dare_linear(drop_rate: float = 0.9, lam: float = 1.0, rescale: bool = True,
   return MergeMethod(
       name="dare_linear", hparams={"drop_rate": drop_rate, "lam": lam, "rescale": rescale, "weights": weights},
       traits=traits,
-      kernel=gta.gta_method_kernel(dare=True, rescale=rescale, trim=False, sign=None, aggregate="sum",
+      kernel=gta.gta_method_kernel(dare=random, rescale=rescale, trim=False, sign=None, aggregate="sum",
                                    weighted=weights is not None),
       lam=lam, drop_rate=drop_rate, weights=weights, reference="Yu et al., ICML 2024, arXiv 2311.03099")
 
@@ -46,15 +48,6 @@ def dare_keep_masks(seed: int, path: str, shape: tuple[int, ...], n_experts: int
 
   Identical to what the merge kernels draw (:func:`mergejax.methods.steps.dare_hashes`).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from mergejax.methods import steps  # pylint: disable=g-import-not-at-top
-  from mergejax.methods.base import LeafContext, dare_key_words  # pylint: disable=g-import-not-at-top
-  from mergejax.tree import stable_path_hash  # pylint: disable=g-import-not-at-top
-
-  h = stable_path_hash(path)
-  ctx = LeafContext(seed=np.uint32(seed), path_hash=np.uint32(h), lam=np.float32(1),
-                    weights=np.ones((n_experts,), np.float32), drop_rate=np.float32(drop_rate),
-                    dare_words=dare_key_words(seed, h, n_experts))
+  ctx = dare_linear(drop_rate=drop_rate).context(n_experts, seed, path)
   keep = steps.dare_keep(steps.dare_hashes(ctx, tuple(shape), n_experts), ctx.drop_rate)
   return [np.asarray(k) for k in keep]

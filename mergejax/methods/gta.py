@@ -11,13 +11,12 @@ that the official TIES code gives to entries whose vote is exactly zero).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import numpy as np
 
-from mergejax.methods import counting, steps, threshold
+from mergejax.methods import steps, threshold
 from mergejax.methods.base import Array, LeafContext, LeafPass, f32
 
 
@@ -51,25 +50,20 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
     positive = steps.elect_positive(vote, stats.get("majority", np.float32(1.0)))  # default: scope="tensor"
     agg = steps.disjoint_aggregate(taus, w, vote, positive, aggregate, weighted)
   scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
-  return steps.cast_output(f32(base) + scale * agg, out_dtype)
+  return (f32(base) + scale * agg).astype(out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dare", "trim", "sign", "weighted", "axis"))
-def _balance_words(base, experts, ctx, thresholds, *, dare, trim, sign, weighted, axis):
+def _sign_indicators(base, experts, ctx, thresholds, *, dare, trim, sign, weighted):
+  """[vote < 0, vote > 0]: the signs of the TIES vote at trim ``thresholds`` (f32[N])."""
   taus = _trimmed_task_vectors(base, experts, ctx, thresholds, dare=dare, trim=trim)
   vote = steps.sign_vote(taus, ctx.weights, sign, weighted)
-  return counting.pack_fields([vote < 0, vote > 0], axis)
+  return [vote < 0, vote > 0]
 
 
-def _sign_balance_fn(base, experts, ctx, thresholds, *, dare, trim, sign, weighted=True):
-  """int32[2, P] partial counts of [#(vote < 0), #(vote > 0)], counted inside the pass that computes
-  the vote (:func:`counting.pack_fields`)."""
-  local = counting.local_shape(experts[0])
-  axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
-  words = _balance_words(base, experts, ctx, thresholds, dare=dare, trim=trim, sign=sign,
-                         weighted=weighted, axis=axis)
-  return counting.count_fields(words, n_fields=2, total_size=math.prod(tuple(experts[0].shape)),
-                               local=counting.packed_local_shape(local, axis))
+@functools.lru_cache(maxsize=None)
+def _sign_balance(*, dare: bool, trim: bool, sign: str, weighted: bool):
+  """The indicator function of one configuration (one object: engines key their compiles on it)."""
+  return functools.partial(_sign_indicators, dare=dare, trim=trim, sign=sign, weighted=weighted)
 
 
 def make_stats_fn(*, density: float, scope: str, dare: bool, sign: str | None, weighted: bool = True):
@@ -94,10 +88,9 @@ def make_stats_fn(*, density: float, scope: str, dare: bool, sign: str | None, w
     majority = {p: np.float32(1.0) for p in sizes}
     if speculate:
       if balance is None:  # no count pass, or a threshold differed from its guess: one more pass
-        fn = functools.partial(_sign_balance_fn, dare=dare, trim=trim, sign=sign, weighted=weighted)
-        bal = leaf_pass(fn, lambda p: (thr[p],))
-        balance = (sum(int(np.asarray(v)[0].astype(np.int64).sum()) for v in bal.values()),
-                   sum(int(np.asarray(v)[1].astype(np.int64).sum()) for v in bal.values()))
+        bal = leaf_pass.count(_sign_balance(dare=dare, trim=trim, sign=sign, weighted=weighted), 2,
+                              lambda p: (thr[p],))
+        balance = (sum(int(v[0]) for v in bal.values()), sum(int(v[1]) for v in bal.values()))
       neg, pos = balance
       m = np.float32(1.0 if pos >= neg else -1.0)
       majority = {p: m for p in sizes}
@@ -114,8 +107,3 @@ def gta_method_kernel(*, dare: bool, rescale: bool, trim: bool, sign: str | None
   compile caches across method instances (different lam, weights or seeds)."""
   return functools.partial(gta_kernel, dare=dare, rescale=rescale, trim=trim, sign=sign,
                            aggregate=aggregate, weighted=weighted)
-
-
-def trim_count(n: int, density: float) -> int:
-  """How many entries a trim with ``density`` keeps out of ``n`` (before ties): max(1, floor(density n))."""
-  return max(1, math.floor(density * n))

@@ -7,7 +7,7 @@ w_t >= 0 the expert weights. All math is float32.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,8 @@ def _fmix32(h: Array) -> Array:
 def _position_hash(k0: Array, k1: Array, shape: tuple[int, ...], row_offset: Array | int = 0) -> Array:
   """uint32 counter-based hash of (key words k0, k1, global row, position in row) for every element.
 
-  ``row_offset`` is the global row of the array's first row (an engine merging a leaf in row blocks
-  passes each block's first row; the hash of a block is then the hash of those rows of the leaf).
+  ``row_offset`` is the global row of the array's first row (a row block of a leaf hashes as those
+  rows of the leaf).
 
   A function of the key's words and each element's global index only, computed with iotas:
   independent of sharding, device count and leaf order, and ~13x faster on XLA:CPU than threefry
@@ -78,36 +78,25 @@ def _flat_position_hash(k0: Array, k1: Array, n: int, row_offset: Array, col_off
   return _fmix32(_fmix32(rows + k0) ^ (c.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + k1))
 
 
-def _key_words(key: Array) -> tuple[Array, Array]:
-  words = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
-  return words[0], words[-1]
-
-
 def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> list[Array]:
-  r"""Each expert's uint32 DARE hash of every element of a leaf.
+  r"""Each expert's uint32 DARE hash of every element of a leaf (or of the piece of it ``ctx`` says).
 
   :math:`h_t = \mathrm{fmix32}(p + k_t)` with :math:`p` = :func:`_position_hash` keyed by the leaf's
   key fold_in(key(seed), path_hash) (one hash of (row, position in row) shared by all experts) and
-  :math:`k_t` the first word of :func:`mergejax.methods.base.leaf_key` (seed, leaf path, expert t).
+  :math:`k_t` the first word of :func:`mergejax.methods.base.leaf_key` (seed, leaf path, expert t);
+  the key words come from the host (``ctx.dare_words``, :func:`mergejax.methods.base.dare_key_words`).
   Each :math:`h_t` has gone through two MurmurHash3 finalizer rounds, as a per-expert position hash
   would, at N + 1 instead of 2N rounds per element. A pure function of (seed, leaf path, expert
-  index, global row, position in row): identical across runs, leaf orders, devices and row blocks.
+  index, global row, position in row): identical across runs, leaf orders, devices and leaf pieces.
   """
-  if ctx.dare_words is not None:  # derived on the host (MergeMethod.context): no threefry to compile
-    p0, p1, ks = ctx.dare_words[0], ctx.dare_words[1], [ctx.dare_words[2 + t] for t in range(n_experts)]
-  else:
-    path_key = jax.random.fold_in(jax.random.key(ctx.seed), ctx.path_hash)
-    p0, p1 = _key_words(path_key)
-    # All experts' keys in one batched threefry (XLA:CPU runs each as a small sequential loop, ~30 us):
-    # bitwise the keys of leaf_key(ctx, t).
-    expert_words = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(path_key, t))(
-        jnp.arange(n_experts, dtype=jnp.uint32))).astype(jnp.uint32).reshape(n_experts, -1)
-    ks = [expert_words[t, 0] for t in range(n_experts)]
-  if ctx.row_len is not None:  # a 1-D flat chunk of the leaf (the engine's single-device path)
-    p = _flat_position_hash(p0, p1, math.prod(shape), ctx.row_offset, ctx.col_offset, ctx.row_len)
+  words = ctx.dare_words
+  p0, p1, ks = words[0], words[1], [words[2 + t] for t in range(n_experts)]
+  window = ctx._window  # pylint: disable=protected-access
+  if window is not None and window.row_len is not None:  # a 1-D flat chunk of the leaf
+    p = _flat_position_hash(p0, p1, math.prod(shape), window.row_offset, window.col_offset, window.row_len)
     p = p.reshape(shape)
   else:
-    p = _position_hash(p0, p1, shape, ctx.row_offset)
+    p = _position_hash(p0, p1, shape, 0 if window is None else window.row_offset)
   return [_fmix32(p + k) for k in ks]
 
 
@@ -189,18 +178,3 @@ def disjoint_aggregate(taus: Sequence[Array], weights: Array, vote: Array, posit
   else:
     raise ValueError(f"unknown aggregate {aggregate!r}")
   return jnp.where(jnp.isnan(vote), 0.0, out)
-
-
-def cast_output(x: Array, dtype: Any) -> Array:
-  """float32 -> ``dtype``; to bfloat16 by round-to-nearest-even on the bit pattern in integer ops.
-
-  Bit-identical to ``x.astype(bfloat16)`` (NaN -> quiet NaN with its sign kept; tests/test_methods.py),
-  but XLA:CPU keeps integer ops vectorized inside the large TIES/DARE fusions, where it sometimes
-  emits its own convert one lane at a time (measured: ~0.4x a task-arithmetic pass).
-  """
-  if jnp.dtype(dtype) != jnp.bfloat16 or x.dtype != jnp.float32:
-    return x.astype(dtype)
-  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  rne = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) >> 16
-  nan = ((bits & jnp.uint32(0xFF800000)) | jnp.uint32(0x400000)) >> 16
-  return jax.lax.bitcast_convert_type(jnp.where(jnp.isnan(x), nan, rne).astype(jnp.uint16), jnp.bfloat16)

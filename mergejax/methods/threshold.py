@@ -9,17 +9,16 @@ reductions (a local sum plus a scalar all-reduce; never an all-gather or sort):
 1. a strided sample of :math:`|\tau|` proposes a guess g of the k-th largest value (if the sample is
    the whole group, the threshold is read off it exactly and no count pass is needed);
 2. the first count pass evaluates :math:`c(g)` and :math:`c(g + 1\,\mathrm{ulp})` (or, for continuous
-   data, two sample quantiles around the target rank) in one fused loop (:func:`_pinpoint_fn`); for
+   data, two sample quantiles around the target rank) in one pass (:func:`_pinpoint_indicators`); for
    discrete (bf16) data :math:`c(g) \ge k > c(g^+)` usually holds, which proves g exact;
 3. further count passes evaluate :math:`c` at 3 or 7 thresholds inside the current bracket
    :math:`[lo, hi)` with :math:`c(lo) \ge k > c(hi)`, narrowing it until :math:`hi = lo + 1` in bit space;
    then ``lo`` is exactly the k-th largest value. They skip leaves whose brackets are all done.
 
-Counts come back per leaf as int32 partials and are summed on the host in Python integers, so
-totals never overflow (models above :math:`2^{31}` parameters). All thresholds of a pass are counted
-in one elementwise pass with packed, folded counters (:mod:`mergejax.methods.counting`): on XLA:CPU a
-count costs about as much as reading the data once, not once per threshold. The sample
-takes every s-th row (outer axes first), so it reads only about 1/s of the data.
+Counts are the engine's (:meth:`LeafPass.count`, :meth:`LeafPass.histogram`: exact int64 per leaf,
+summed on the host, so totals never overflow for models above :math:`2^{31}` parameters): a pass
+states its predicates (every threshold of every expert at once) and the engine counts them in one
+read of the data. The sample takes every s-th row (outer axes first), so it reads about 1/s of the data.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import counting, steps
+from mergejax.methods import steps
 from mergejax.methods.base import Array, LeafContext, LeafPass
 
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
@@ -67,65 +66,31 @@ def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
 
 
-def _sample_host(base, experts, ctx, strides):
-  """:func:`_sample_fn` (without DARE) in NumPy on host arrays: bitwise the same values (float32
-  conversion and subtraction are exact IEEE operations in both), no compile per stride.
-
-  An engine whose leaves are host arrays calls this instead of the jitted function (``fn.host``).
-  """
+def _sample_host(base, experts, ctx, strides, *, f32):
+  """:func:`_sample_fn` (without DARE) in NumPy on host arrays: the same values (float32 conversion
+  and subtraction are exact IEEE operations in both; ``f32`` applies the backend's float32 semantics),
+  no compile per stride. A :class:`LeafPass` host twin."""
   del ctx
   idx = tuple(slice(None, None, s) for s in strides)
-  b = _daz(np.asarray(base[idx], np.float32))
-  return np.stack([_daz(np.abs(_daz(np.asarray(e[idx], np.float32)) - b)) for e in experts])
+  b = f32(base[idx])
+  return np.stack([f32(np.abs(f32(f32(e[idx]) - b))) for e in experts])
 
 
-_TINY = np.finfo(np.float32).tiny
-
-
-def _daz(x: np.ndarray) -> np.ndarray:
-  """Subnormal float32 values as zero, as XLA:CPU treats inputs and results (denormals-are-zero and
-  flush-to-zero); the sign of a zero is irrelevant here (absolute values)."""
-  return np.where(np.abs(x) < _TINY, np.float32(0), x)
-
-
-def _bucket_bits(n_thresholds: int) -> int:
-  return max(1, n_thresholds.bit_length())  # buckets 0..T
-
-
-@functools.partial(jax.jit, static_argnames=("dare",))
-def _bucket_fn(base, experts, ctx, thr_bits, *, dare: bool):
-  """thr_bits: int32[N, T] -> each expert's bucket #{j : |tau_t| >= threshold_j} as packed codes."""
+def _bucket_levels(base, experts, ctx, thr_bits, *, dare: bool):
+  """thr_bits: int32[N, T] sorted per expert -> each expert's bucket #{j : |tau_t| >= threshold_j}
+  (uint8 in [0, T]): #(|tau_t| >= t_j) is then #(bucket >= j + 1), T thresholds from one histogram."""
   bits = _abs_bits(_task_vectors(base, experts, ctx, dare))
-  buckets = [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1]))
-             for t, b in enumerate(bits)]
-  return counting.pack_codes(buckets, _bucket_bits(thr_bits.shape[1]))
+  return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
 
 
-def _count_fn(base, experts, ctx, thr_bits, *, dare: bool):
-  """thr_bits: int32[N, T] -> int32[N, T, P] partial counts #(|tau_t| >= threshold).
+def _pinpoint_indicators(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None, weighted: bool):
+  """thr_bits: int32[N, 2] -> [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with
+  ``sign`` (a TIES sign rule), the TIES vote's [v < 0], [v > 0] with trim thresholds ``guess`` (f32[N]).
 
-  For the later passes of the search (T = 3 or 7 thresholds per expert). One vectorized elementwise
-  pass writes every expert's bucket index into one packed code array; counting.histograms then counts
-  every bucket at once from those bytes (#(|tau| >= t_j) = #(bucket >= j + 1) for sorted thresholds;
-  the search's proposals are sorted).
+  The first count pass: two thresholds per expert (the sample's guess g and the next float up, which
+  pin the k-th largest value exactly when c(g) >= k > c(g + 1 ulp), as they usually do for bf16
+  models, whose task vectors have many ties), and the vote counted in the same pass.
   """
-  n_thr = int(thr_bits.shape[1])
-  codes = _bucket_fn(base, experts, ctx, thr_bits, dare=dare)
-  return _at_least(counting.histograms(codes, len(experts), _bucket_bits(n_thr), n_thr + 1))
-
-
-@jax.jit
-def _at_least(hist):
-  """int32[N, T + 1, P] bucket histograms -> int32[N, T, P] #(bucket >= j + 1), j < T (one jitted
-  program rather than three eagerly compiled ops)."""
-  return jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
-
-
-@functools.partial(jax.jit, static_argnames=("dare", "sign", "weighted", "axis"))
-def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None, weighted: bool,
-                    axis: int | None):
-  """One fused pass: [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with ``sign`` (a TIES sign rule), the
-  TIES vote's [v < 0], [v > 0] with trim thresholds ``guess``, as packed folded counters."""
   taus = _task_vectors(base, experts, ctx, dare)
   bits = _abs_bits(taus)
   inds = []
@@ -135,49 +100,18 @@ def _pinpoint_words(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: st
     trimmed = [steps.magnitude_trim(tau, guess[t]) for t, tau in enumerate(taus)]
     v = steps.sign_vote(trimmed, ctx.weights, sign, weighted)
     inds += [v < 0, v > 0]
-  return counting.pack_fields(inds, axis)
+  return inds
 
 
-def _pinpoint_fn(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None = None,
-                 weighted: bool = True):
-  """thr_bits: int32[N, 2] -> int32[N, 2, P] partial counts #(|tau_t| >= threshold), and with ``sign``
-  also int32[2, P] [#(vote < 0), #(vote > 0)] at trim thresholds ``guess`` (f32[N]).
-
-  The first count pass: two thresholds per expert (the sample's guess g and the next float up, which
-  pin the k-th largest value exactly when c(g) >= k > c(g + 1 ulp), as they usually do for bf16
-  models, whose task vectors have many ties), counted inside the pass itself with packed 3-bit
-  counters (:func:`counting.pack_fields`): for N <= 4 experts with the vote, one loop over the data.
-  """
-  n = len(experts)
-  local = counting.local_shape(experts[0])
-  axis = None if dare else counting.field_fold_axis(local)  # a fused fold de-vectorizes DARE's hash
-  words = _pinpoint_words(base, experts, ctx, thr_bits, guess, dare=dare, sign=sign, weighted=weighted, axis=axis)
-  n_fields = 2 * n + (2 if sign is not None else 0)
-  counts = counting.count_fields(words, n_fields=n_fields, total_size=math.prod(tuple(experts[0].shape)),
-                                 local=counting.packed_local_shape(local, axis))
-  return _split_pinpoint(counts, n=n, with_vote=sign is not None)
+@functools.lru_cache(maxsize=None)
+def _pinpoint(*, dare: bool, sign: str | None, weighted: bool):
+  """The indicator function of one configuration (one object: engines key their compiles on it)."""
+  return functools.partial(_pinpoint_indicators, dare=dare, sign=sign, weighted=weighted)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "with_vote"))
-def _split_pinpoint(counts, *, n: int, with_vote: bool):
-  """int32[2N (+2), P] -> int32[N, 2, P] (and the vote's int32[2, P]) in one jitted program."""
-  if not with_vote:
-    return counts.reshape((n, 2, -1))
-  return counts[:2 * n].reshape((n, 2, -1)), counts[2 * n:]
-
-
-def _pinpoint_if(base, experts, ctx, thr_bits, guess, *, fn):
-  """``fn(base, experts, ctx, thr_bits, guess)``, or None without reading anything when ``thr_bits`` is None."""
-  if thr_bits is None:
-    return None
-  return fn(base, experts, ctx, thr_bits, guess)
-
-
-def _count_if(base, experts, ctx, thr_bits, *, fn):
-  """``fn(base, experts, ctx, thr_bits)``, or None without reading anything when ``thr_bits`` is None."""
-  if thr_bits is None:
-    return None
-  return fn(base, experts, ctx, thr_bits)
+@functools.lru_cache(maxsize=None)
+def _buckets(*, dare: bool):
+  return functools.partial(_bucket_levels, dare=dare)
 
 
 def _axis_strides(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
@@ -370,10 +304,8 @@ def find_thresholds(
     return max(1, math.ceil(n / target))
 
   strides = {p: _axis_strides(shapes[p], stride_of(p)) for p in paths}
-  fn = functools.partial(_sample_fn, dare=dare)
-  if not dare:  # host arrays are sampled on the host (see _sample_host)
-    fn.host = _sample_host
-  samples = leaf_pass(fn, lambda p: (strides[p],))
+  samples = leaf_pass(functools.partial(_sample_fn, dare=dare), lambda p: (strides[p],),
+                      host=None if dare else _sample_host)
   brackets: dict[tuple[str, int], _Bracket] = {}
   for g, ps in groups.items():
     k = max(1, math.floor(density * group_n[g]))
@@ -411,29 +343,23 @@ def find_thresholds(
         v = props.get((g, t), [brackets[g, t].lo])
         rows.append(v + [v[-1]] * (width - len(v)))
       table[g] = np.asarray(rows, np.int32)
+    busy = {g for g, _ in todo}  # leaves whose groups are all exact already are not read
     if pass_index == 0 or pair_pass:
-      count_fn = functools.partial(_pinpoint_fn, dare=dare, sign=sign, weighted=weighted)
-      if sign is None:  # leaves whose groups are all exact already (sampled whole) are not read
-        busy = {g for g, _ in todo}
-        count_fn = functools.partial(_pinpoint_if, fn=count_fn)
-        counts = leaf_pass(count_fn, lambda p: (table[group_of[p]] if group_of[p] in busy else None,
-                                                guess[group_of[p]]))
-      else:
-        counts = leaf_pass(count_fn, lambda p: (table[group_of[p]], guess[group_of[p]]))
+      n_ind = 2 * n_experts + (2 if sign is not None else 0)
+      counts = leaf_pass.count(
+          _pinpoint(dare=dare, sign=sign, weighted=weighted), n_ind,
+          lambda p: (table[group_of[p]], guess[group_of[p]]) if sign is not None or group_of[p] in busy else None)
       if sign is not None:
-        balance = (sum(int(np.asarray(c[1])[0].astype(np.int64).sum()) for c in counts.values()),
-                   sum(int(np.asarray(c[1])[1].astype(np.int64).sum()) for c in counts.values()))
-        counts = {p: c[0] for p, c in counts.items()}
+        balance = (sum(int(c[2 * n_experts]) for c in counts.values()),
+                   sum(int(c[2 * n_experts + 1]) for c in counts.values()))
+      counts = {p: c[:2 * n_experts].reshape(n_experts, 2) for p, c in counts.items()}
     else:
-      # Leaves whose groups are all done (per-tensor scope) are skipped: the pass reads only the rest.
-      busy = {g for g, _ in todo}
-      counts = leaf_pass(functools.partial(_count_if, fn=functools.partial(_count_fn, dare=dare)),
-                         lambda p: (table[group_of[p]] if group_of[p] in busy else None,))
+      hist = leaf_pass.histogram(_buckets(dare=dare), n_experts, width + 1,
+                                 lambda p: (table[group_of[p]],) if group_of[p] in busy else None)
+      # #(|tau| >= t_j) = #(bucket >= j + 1): reversed cumulative sums of the histogram.
+      counts = {p: np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:] for p, h in hist.items()}
     totals: dict[str, np.ndarray] = {}
-    for p in paths:
-      if counts[p] is None:
-        continue
-      c = np.asarray(counts[p]).astype(np.int64).sum(axis=-1)  # [N, T] exact in int64
+    for p, c in counts.items():  # [N, T] exact in int64
       g = group_of[p]
       totals[g] = totals[g] + c if g in totals else c
     for (g, t), b in todo.items():

@@ -71,10 +71,9 @@ def dare_ties(drop_rate: float = 0.9, density: float = 1.0, lam: float = 1.0, sc
 def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_rate) -> MergeMethod:
   """TIES (``drop_rate`` None) or DARE-TIES, from validated hyperparameters."""
   hparams = {"density": density, "lam": lam, "scope": scope, "sign": sign, "aggregate": aggregate, "weights": weights}
-  dare = drop_rate is not None
-  if dare:
+  if drop_rate is not None:
     hparams = {"drop_rate": drop_rate, **hparams}
-  random = bool(drop_rate)  # p = 0 keeps every entry: no mask is drawn
+  dare = random = bool(drop_rate)  # p = 0 keeps every entry: no mask is drawn (TIES, times 1 / (1 - 0))
   traits = Traits(uses_base=True, elementwise=True, position_keyed=random, lam_scales_task_vector=True,
                   stochastic=random)
   trim = density < 1.0
@@ -85,5 +84,5 @@ def _ties_family(name, *, density, lam, scope, sign, aggregate, weights, drop_ra
       compute_stats=gta.make_stats_fn(density=density, scope=scope, dare=dare, sign=sign,
                                       weighted=weights is not None),
       local_stats=scope == "tensor", lam=lam, drop_rate=drop_rate or 0.0, weights=weights,
-      reference=("Yu et al., ICML 2024, arXiv 2311.03099 + " if dare else "")
+      reference=("Yu et al., ICML 2024, arXiv 2311.03099 + " if drop_rate is not None else "")
       + "Yadav et al., NeurIPS 2023, arXiv 2306.01708")

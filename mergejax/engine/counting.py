@@ -1,6 +1,8 @@
-r"""Exact, fast counts of per-element predicates over large leaves on XLA:CPU (packed fold counting).
+r"""Exact counts of per-entry predicates over large leaves, fast on XLA:CPU (packed fold counting).
 
-The statistics passes of TIES-style methods need many counts :math:`\#\{x : P_j(x)\}` per leaf (the
+The engine's :meth:`~mergejax.methods.base.LeafPass.count` and ``histogram`` (statistics passes state
+predicates; this module counts them). The statistics passes of TIES-style methods need many counts
+:math:`\#\{x : P_j(x)\}` per leaf (the
 threshold search counts :math:`|\tau_t| \ge t_j` for several candidate thresholds, the sign balance
 counts positive and negative elected signs). On XLA:CPU a reduction that is fused with its
 elementwise producer runs as a scalar loop, ~10-50x slower than an elementwise pass over the same
@@ -30,7 +32,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from mergejax.methods.base import Array
+Array = jax.Array
 
 FOLD = 8  # entries summed per fold: 8 strided slices still fuse into one XLA:CPU loop, 16 do not
 FIELDS_PER_WORD = 4  # 8-bit counters per int32 word; each holds at most FOLD**2 = 64 after two folds
@@ -80,15 +82,6 @@ def fold8(x: Array, axis: int) -> Array:
   sizes divisible by 8) every run stays on its device.
   """
   return fold_by(x, axis, FOLD)
-
-
-def pack(indicators: Sequence[Array]) -> list[Array]:
-  """int32 words holding the 0/1 ``indicators`` as byte counters, 4 to a word."""
-  words = []
-  for w in range(0, len(indicators), FIELDS_PER_WORD):
-    group = indicators[w:w + FIELDS_PER_WORD]
-    words.append(sum(ind.astype(jnp.int32) << (8 * i) for i, ind in enumerate(group)))
-  return words
 
 
 def _fold_all(x: Array, local: list[int], times: int) -> Array:
@@ -306,3 +299,39 @@ def _fold_map(fn, x: Array, local: list[int]) -> Array:
   y = x.reshape(x.shape[:axis] + (n // FOLD, FOLD) + x.shape[axis + 1:])
   local[axis] //= FOLD
   return sum(fn(jax.lax.index_in_dim(y, s, axis + 1, keepdims=False)) for s in range(FOLD))
+
+
+# --------------------------------------------------------------------------- the engine's count primitives
+
+
+@functools.partial(jax.jit, static_argnames=("indicators", "axis"))
+def _indicator_words(base, experts, ctx, args, *, indicators, axis):
+  return pack_fields(list(indicators(base, experts, ctx, *args)), axis)
+
+
+def count_indicators(base, experts, ctx, *args, indicators, n: int, fold: bool) -> Array:
+  """int32[n, P] partial counts of the ``n`` boolean arrays ``indicators(base, experts, ctx, *args)``.
+
+  The indicators are computed, packed and folded in one jitted pass (:func:`pack_fields`; ``fold``
+  False leaves them unfolded, for indicator functions that XLA:CPU stops vectorizing when a fold is
+  fused in, such as DARE's hashes), then counted by :func:`count_fields`.
+  """
+  local = local_shape(experts[0])
+  axis = field_fold_axis(local) if fold else None
+  words = _indicator_words(base, experts, ctx, args, indicators=indicators, axis=axis)
+  return count_fields(words, n_fields=n, total_size=math.prod(tuple(experts[0].shape)),
+                      local=packed_local_shape(local, axis))
+
+
+@functools.partial(jax.jit, static_argnames=("levels", "bits"))
+def _level_codes(base, experts, ctx, args, *, levels, bits):
+  return pack_codes(list(levels(base, experts, ctx, *args)), bits)
+
+
+def histogram_levels(base, experts, ctx, *args, levels, n_groups: int, n_levels: int) -> Array:
+  """int32[n_groups, n_levels, P] partial histograms of the small integers ``levels(base, experts, ctx,
+  *args)`` (one array per group, values in [0, n_levels)): one pass writes them as packed codes
+  (:func:`pack_codes`), :func:`histograms` counts every level from those bytes."""
+  bits = max(1, (n_levels - 1).bit_length())
+  codes = _level_codes(base, experts, ctx, args, levels=levels, bits=bits)
+  return histograms(codes, n_groups, bits, n_levels)

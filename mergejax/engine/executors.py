@@ -1,0 +1,498 @@
+"""Leaf executors: how the engine's loop reads a group's float leaves, runs statistics functions on
+them and merges each leaf. One is chosen per merge (:func:`choose_executor`):
+
+* :class:`FlatChunk` when the method is elementwise (:attr:`~mergejax.methods.Traits.elementwise`) and
+  the mesh is one CPU device: every leaf as flat 1-D chunks of one size, so ONE compiled kernel per
+  (method, dtype) serves every leaf shape. Inputs that offer host views
+  (:class:`~mergejax.checkpoints.base.HostViews`, e.g. safetensors memory maps) are never copied into
+  arrays, and without statistics passes kernels read 64-byte-aligned windows of them in place;
+  position-keyed kernels (DARE) are told where each chunk lies in its leaf, or get row blocks when a
+  leaf's rows are too long for that; a sink that takes spans
+  (:class:`~mergejax.checkpoints.base.SpanSink`) gets each chunk straight from the kernel's buffer.
+* :class:`WholeLeaf` otherwise: whole leaves as (sharded) jax.Arrays on any mesh, one compiled kernel
+  per leaf shape, dtype and sharding.
+
+Both give bit-identical results (tests/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import jax
+import numpy as np
+
+from mergejax.checkpoints.base import HostViews, LeafSpec, Sink, SpanSink
+from mergejax.engine import xla_cpu
+from mergejax.engine.compile import Precompiler
+from mergejax.engine.host import host_flat, to_host
+from mergejax.engine.nonfinite import Check, all_finite, finite_flags, finite_host, kernel_checked
+from mergejax.engine.output import run_kernel
+from mergejax.engine.plan import Job
+from mergejax.methods.base import MAX_WINDOW_ROW, LeafContext, MergeMethod
+
+
+@dataclasses.dataclass
+class Group:
+  """One leaf group as read: float leaves of the base (if any) and of each expert, by path, and the
+  non-float leaves (passed through)."""
+
+  specs: list[LeafSpec]
+  float_paths: list[str]
+  base: dict[str, Any]
+  experts: list[dict[str, Any]]
+  other: dict[str, Any]
+
+
+class LeafExecutor(Protocol):
+  """How a merge's float leaves are held, read by statistics functions, merged and checked."""
+
+  name: str
+
+  def start(self, job: Job, sink: Sink) -> None:
+    """Prepares one merge (called once, before anything is read)."""
+
+  def describe(self) -> dict[str, Any]:
+    """What runs, for the manifest: {"name": ..., and the executor's choices}."""
+
+  def stat_shapes(self) -> dict[str, tuple[int, ...]]:
+    """The leaf shapes statistics functions see, by path."""
+
+  def read(self, specs: Sequence[LeafSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The float leaves ``specs`` of the base ({} without one) and of each expert."""
+
+  def run_stats(self, fn: Callable[..., Any], grp: Group, args_for: Callable[[str], tuple | None] | None,
+                host: Callable[..., Any] | None) -> dict[str, Any]:
+    """``fn(base, experts, ctx, *args)`` of each float leaf of ``grp`` as host results, pieces of a
+    leaf concatenated along the last axis (see :class:`~mergejax.methods.base.LeafPass`)."""
+
+  def merge_leaf(self, grp: Group, spec: LeafSpec, stats: Any, check: Check) -> tuple[Any, Any]:
+    """(merged leaf, or None if it went to the sink in spans; finite flag, or None if unchecked)."""
+
+  def exact_flags(self, grp: Group, path: str) -> np.ndarray:
+    """bool[n_inputs]: each input's leaf ``path`` (base first) is all finite."""
+
+  def close(self) -> None:
+    """Releases what :meth:`start` set up."""
+
+
+def one_cpu_device(mesh: jax.sharding.Mesh | None) -> bool:
+  """A one-process, one-CPU-device mesh: host arrays are device arrays (no transfers)."""
+  return (mesh is not None and mesh.devices.size == 1 and jax.process_count() == 1
+          and next(iter(mesh.devices.flat)).platform == "cpu")
+
+
+def choose_executor(method: MergeMethod, mesh: jax.sharding.Mesh | None) -> LeafExecutor:
+  """:class:`FlatChunk` for elementwise methods on one CPU device, else :class:`WholeLeaf`."""
+  if method.traits.elementwise and one_cpu_device(mesh):
+    return FlatChunk()
+  return WholeLeaf()
+
+
+def _precompiler(job: Job) -> Precompiler:
+  # Files only (in-memory leaves may live anywhere); one process (compiles stay in lockstep otherwise).
+  return Precompiler(enabled=job.mesh is not None and jax.process_count() == 1 and len(job.float_specs) > 1)
+
+
+class WholeLeaf:
+  """Whole leaves as jax.Arrays on any mesh (placed with the planned shardings); one compiled kernel
+  per leaf shape, dtype and sharding, compiled up front in parallel threads."""
+
+  name = "whole_leaf"
+
+  def start(self, job: Job, sink: Sink) -> None:
+    del sink
+    self.job = job
+    self.compiler = _precompiler(job)
+    self.compiled = False
+
+  def describe(self) -> dict[str, Any]:
+    return {"name": self.name}
+
+  def stat_shapes(self) -> dict[str, tuple[int, ...]]:
+    return {s.path: s.shape for s in self.job.float_specs}
+
+  def read(self, specs: Sequence[LeafSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    paths = [s.path for s in specs]
+    sh = {p: self.job.shardings[p] for p in paths} if self.job.shardings else None
+    base = self.job.base.read(paths, sh) if self.job.base is not None and paths else {}
+    return base, [e.read(paths, sh) if paths else {} for e in self.job.experts]
+
+  def run_stats(self, fn, grp, args_for, host):
+    del host
+    out = {}
+    for p in grp.float_paths:
+      args = args_for(p) if args_for is not None else ()
+      if args is not None:
+        r = fn(grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), *args)
+        out[p] = jax.tree.map(to_host, r)
+    return out
+
+  def _signature(self, spec: LeafSpec) -> tuple[Any, ...]:
+    return (spec.shape, np.dtype(spec.dtype).str, self.job.out_dtype[spec.path].str,
+            self.job.shardings[spec.path] if self.job.shardings else None)
+
+  def _precompile(self, first: LeafSpec, stats: Any, check: Check) -> None:
+    """One compile per distinct kernel signature, with the first leaf's ctx/stats structure."""
+    self.compiled = True
+    fn = _kernel_fn(self.job.method, check)
+    job = self.job
+    for sp in job.float_specs:
+      x = jax.ShapeDtypeStruct(sp.shape, sp.dtype, sharding=job.shardings[sp.path] if job.shardings else None)
+      self.compiler.submit(self._signature(sp), fn, x if job.base is not None else None, (x,) * job.n_experts,
+                           job.context(first.path), stats, out_dtype=job.out_dtype[sp.path])
+
+  def merge_leaf(self, grp, spec, stats, check):
+    if not self.compiled:
+      self._precompile(spec, stats, check)
+    p = spec.path
+    args = (grp.base.get(p), tuple(e[p] for e in grp.experts), self.job.context(p), stats)
+    self.compiler.wait(self._signature(spec))
+    out = _kernel_fn(self.job.method, check)(*args, out_dtype=self.job.out_dtype[p])
+    return (out, None) if check is Check.NONE else out
+
+  def exact_flags(self, grp, path):
+    return finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
+
+  def close(self) -> None:
+    self.compiler.close()
+
+
+def _kernel_fn(method: MergeMethod, check: Check) -> Callable[..., Any]:
+  """The jitted program that merges one leaf (or piece): the kernel alone, or with a fused flag."""
+  if check is Check.NONE:
+    return functools.partial(run_kernel, kernel=method.kernel)
+  return functools.partial(kernel_checked, kernel=method.kernel, by_output=check is Check.OUTPUT)
+
+
+# Flat chunks of CHUNK entries (the last one zero-padded to CHUNK): ONE compiled kernel per (method,
+# dtype) serves every leaf shape. A padded tail costs at most one chunk's work per leaf (~1 ms), far less
+# than compiling a program for a second size (0.2-0.5 s on 2 cores).
+CHUNK = 1 << 18
+
+
+class FlatChunk:
+  """Elementwise methods on one CPU device: leaves as flat 1-D chunks of ``chunk`` entries.
+
+  Args:
+    chunk: entries per chunk (and per statistics span).
+    max_flat_row: position-keyed kernels get flat chunks only when every leaf's rows (the leaf seen as
+      a (rows, D) matrix) are shorter than this, else row blocks of max(1, chunk // D) rows.
+  """
+
+  name = "flat_chunk"
+
+  def __init__(self, chunk: int = CHUNK, max_flat_row: int = MAX_WINDOW_ROW):
+    self.chunk = chunk
+    self.max_flat_row = min(max_flat_row, MAX_WINDOW_ROW)
+
+  def start(self, job: Job, sink: Sink) -> None:
+    self.job = job
+    traits = job.method.traits
+    if not traits.elementwise:
+      raise ValueError(f"{job.method.name} is not elementwise: it cannot be merged in flat chunks")
+    self.positional = traits.position_keyed  # each chunk is told where it lies in its leaf
+    short_rows = all(self.block_rows(s.shape)[1] < self.max_flat_row for s in job.float_specs)
+    self.pieces = "chunks" if not self.positional or short_rows else "row_blocks"
+    # Float leaves of sources that can map them are not read into arrays: kernels and statistics
+    # passes get read-only maps of the files (jit aliases them, no copy).
+    self.views = all(isinstance(s, HostViews) for s in job.sources)
+    # Without statistics passes (which place each leaf once), kernels read 64-byte-aligned windows of
+    # the maps in place.
+    self.aligned = self.pieces == "chunks" and self.views and job.method.compute_stats is None
+    self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
+    self.sink = sink
+    self.shapes = {s.path: s.shape for s in job.float_specs}
+    self.compiler = _precompiler(job)
+    self.compiled = False
+    if job.method.compute_stats is not None:  # the exact NaN/Inf check before statistics: one size
+      for size, dt in sorted({(size, np.dtype(sp.dtype)) for sp in job.float_specs
+                              for *_, size in self.chunks(sp.size)}, key=str):
+        x = jax.ShapeDtypeStruct((size,), dt)
+        self.compiler.submit(("finite", size, dt), all_finite, x if job.base is not None else None,
+                             (x,) * job.n_experts)
+
+  def describe(self) -> dict[str, Any]:
+    inputs = "aligned_windows" if self.aligned else "host_views" if self.views else "arrays"
+    return {"name": self.name, "pieces": self.pieces, "chunk": self.chunk, "inputs": inputs,
+            "output": "spans" if self.spans else "leaves"}
+
+  # ------------------------------------------------------------------------------------- geometry
+
+  def chunks(self, n: int) -> list[tuple[int, int, int]]:
+    """(start, stop, padded size) of the flat chunks of an ``n``-entry leaf."""
+    return [(a, min(a + self.chunk, n), self.chunk) for a in range(0, n, self.chunk)]
+
+  def stat_spans(self, n: int) -> list[tuple[int, int]]:
+    """(start, stop) of the flat spans statistics functions run on: ``chunk`` entries each and an
+    unpadded tail (a sample of a small leaf is all of it, and padding never enters a count). Results of
+    the spans concatenated along the last axis are results for the whole leaf."""
+    return [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)] or [(0, 0)]
+
+  def block_rows(self, shape: Sequence[int]) -> tuple[int, int, int]:
+    """(rows, row length D, rows per block R) of a leaf seen as a (rows, D) matrix in row blocks.
+
+    A leaf of shape (d0, d1, ...) is the matrix (d0, d1 * ...), a 1-D leaf (1, d0): DARE's masks hash
+    (row, position in row) exactly so. A block holds R = max(1, chunk // D) rows (the last one
+    zero-padded to R), so one compiled kernel serves every leaf with the same D.
+    """
+    shape = tuple(shape)
+    rows, d = (1, math.prod(shape)) if len(shape) <= 1 else (shape[0], math.prod(shape[1:]))
+    return rows, d, max(1, self.chunk // max(d, 1))
+
+  def _chunk_context(self, ctx: LeafContext, shape: Sequence[int], start: int) -> LeafContext:
+    """``ctx`` of the flat chunk of a leaf of ``shape`` starting at flat entry ``start``."""
+    if not self.positional:
+      return ctx
+    _, d, _ = self.block_rows(shape)
+    d = max(d, 1)
+    return ctx.in_window(start // d, start % d, d)
+
+  # ----------------------------------------------------------------------------- reading, statistics
+
+  def stat_shapes(self) -> dict[str, tuple[int, ...]]:
+    if self.pieces == "chunks":  # statistics functions see every leaf as 1-D and run on its flat spans
+      return {s.path: (s.size,) for s in self.job.float_specs}
+    return {s.path: s.shape for s in self.job.float_specs}
+
+  def read(self, specs: Sequence[LeafSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    paths = [s.path for s in specs]
+    job = self.job
+    if not self.views:
+      sh = {p: job.shardings[p] for p in paths} if job.shardings else None
+      base = job.base.read(paths, sh) if job.base is not None and paths else {}
+      return base, [e.read(paths, sh) if paths else {} for e in job.experts]
+    shapes = {s.path: s.shape for s in specs}
+
+    def view(src, p):
+      v = src.flat_view(p).reshape(shapes[p])
+      # Statistics passes read a leaf several times: place it once (an alias when the map is aligned,
+      # else one copy, here on the prefetch thread) rather than once per pass.
+      return jax.device_put(v) if job.method.compute_stats is not None else v
+
+    base = {p: view(job.base, p) for p in paths} if job.base is not None else {}
+    return base, [{p: view(e, p) for p in paths} for e in job.experts]
+
+  def run_stats(self, fn, grp, args_for, host):
+    if self.pieces != "chunks":  # row blocks are for the merge pass only: statistics see whole leaves
+      return WholeLeaf.run_stats(self, fn, grp, args_for, None)
+    calls = []
+    for p in grp.float_paths:
+      args = args_for(p) if args_for is not None else ()
+      if args is None:
+        continue
+      b = host_flat(grp.base[p]) if p in grp.base else None
+      es = [host_flat(e[p]) for e in grp.experts]
+      for a, z in self.stat_spans(len(es[0])):
+        ctx = self._chunk_context(self.job.context(p), self.shapes[p], a)
+        calls.append((p, None if b is None else b[a:z], tuple(e[a:z] for e in es), args, ctx))
+    if host is not None:  # a NumPy twin of fn: no compile, same values
+      out = [host(b, es, ctx, *args, f32=xla_cpu.as_f32) for _, b, es, args, ctx in calls]
+    else:
+      out = _run_calls(fn, calls)
+    res: dict[str, list[Any]] = {}
+    for (p, *_), r in zip(calls, out):
+      res.setdefault(p, []).append(r)
+    return {p: jax.tree.map(lambda *xs: np.concatenate([to_host(x) for x in xs], axis=-1), *r) for p, r in res.items()}
+
+  def exact_flags(self, grp, path):
+    """Per-input all-finite flags from flat host arrays, chunk by chunk (one compiled size): one cheap
+    flag for all inputs, and per-input flags only if that is False."""
+    self.compiler.wait_all("finite")
+    base = host_flat(grp.base[path]) if path in grp.base else None
+    experts = [host_flat(e[path]) for e in grp.experts]
+    pieces = [(_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts))
+              for a, b, size in self.chunks(len(experts[0]))]
+    if all(np.asarray(f).all() for f in [all_finite(*pc) for pc in pieces]):
+      return np.ones((len(experts) + (base is not None),), bool)
+    return np.logical_and.reduce([np.asarray(finite_flags(*pc)) for pc in pieces])
+
+  # ------------------------------------------------------------------------------------------ merging
+
+  def merge_leaf(self, grp, spec, stats, check):
+    if not self.compiled:
+      self._precompile(spec, stats, check)
+    p, job = spec.path, self.job
+    write = functools.partial(self.sink.write_span, p) if self.spans else None
+    ctx, out_dtype = job.context(p), job.out_dtype[p]
+    windows = [s.aligned_view(p, xla_cpu.ALIGN) for s in job.sources] if self.aligned else None
+    if windows is not None and all(w is not None for w in windows):
+      res, flag = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
+    else:
+      base = host_flat(grp.base[p]) if p in grp.base else None
+      experts = [host_flat(e[p]) for e in grp.experts]
+      if self.pieces == "chunks":
+        res, flag = self._merge_chunks(base, experts, spec, ctx, stats, out_dtype, check, write)
+      else:
+        res, flag = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
+    return (None if self.spans else res.reshape(spec.shape)), flag
+
+  def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
+    """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
+    NaN/Inf check fused into the kernel, or (output checks) run on each merged chunk on the host."""
+    spans = self.chunks(spec.size)
+    gens = [xla_cpu.aligned_pieces(m, lead, spans) for m, lead in windows]
+    has_base = self.job.base is not None
+    fn = functools.partial(xla_cpu.kernel_aligned, kernel=self.job.method.kernel, fused=check is Check.INPUTS,
+                           size=self.chunk)
+
+    def pieces():
+      for a, b, _ in spans:
+        got = [next(g) for g in gens]
+        leads = np.asarray([lead for _, lead in got], np.int32)
+        ws = [w for w, _ in got]
+        yield a, b, (ws[0] if has_base else None, tuple(ws[1:] if has_base else ws), leads,
+                     self._chunk_context(ctx, spec.shape, a), stats)
+
+    return _merge_pieces(fn, pieces(), spec.size, out_dtype, write, flagged=check is Check.INPUTS,
+                         host_check=check is Check.OUTPUT)
+
+  def _merge_chunks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
+    """Chunk by chunk from flat host arrays. Kernels are dispatched asynchronously: chunk i+1's inputs
+    are handed over (``jax.device_put`` copies a slice that is not 64-byte aligned) while chunk i
+    runs, and chunk i-1's result is copied out (or written as a span) meanwhile."""
+    pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts),
+                      self._chunk_context(ctx, spec.shape, a), stats))
+              for a, b, size in self.chunks(len(experts[0])))
+    return _merge_pieces(_kernel_fn(self.job.method, check), pieces, len(experts[0]), out_dtype, write,
+                         flagged=check is not Check.NONE)
+
+  def _merge_blocks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
+    """Row blocks (:meth:`block_rows`), each kernel told its first row: bit-identical to the whole-leaf
+    kernel for methods whose only position dependence is by (row, column)."""
+    rows, d, r = self.block_rows(spec.shape)
+    n = rows * d
+
+    def block(x, r0, r1):
+      if x is None:
+        return None
+      v = x.reshape(rows, d)[r0:r1]
+      if r1 - r0 == r:
+        return v
+      buf = np.zeros((r, d), x.dtype)
+      buf[:r1 - r0] = v
+      return buf
+
+    pieces = ((r0 * d, min(r0 + r, rows) * d,
+               (block(base, r0, min(r0 + r, rows)), tuple(block(e, r0, min(r0 + r, rows)) for e in experts),
+                ctx.in_window(r0), stats))
+              for r0 in range(0, rows if n else 0, r))
+    return _merge_pieces(_kernel_fn(self.job.method, check), pieces, n, out_dtype, write,
+                         flagged=check is not Check.NONE)
+
+  def _precompile(self, first: LeafSpec, stats: Any, check: Check) -> None:
+    """Compiles the one or few programs the merge pass runs (every chunk size, dtype pair, block
+    shape), with the first leaf's ctx/stats structure, and waits for them."""
+    self.compiled = True
+    job, kernel = self.job, self.job.method.kernel
+    ctx = self._chunk_context(job.context(first.path), first.shape, 0)
+    with_base = job.base is not None
+    pairs = {(np.dtype(sp.dtype), job.out_dtype[sp.path]) for sp in job.float_specs}
+    if self.aligned:
+      for dt, odt in sorted(pairs, key=str):
+        x = jax.ShapeDtypeStruct((self.chunk + xla_cpu.ALIGN // dt.itemsize,), dt)
+        self.compiler.submit(("aligned", dt, odt), xla_cpu.kernel_aligned, x if with_base else None,
+                             (x,) * job.n_experts, jax.ShapeDtypeStruct((len(job.sources),), np.int32), ctx, stats,
+                             kernel=kernel, out_dtype=odt, fused=check is Check.INPUTS, size=self.chunk)
+      self.compiler.wait_all("aligned")
+      return
+    fn = _kernel_fn(job.method, check)
+    if self.pieces == "chunks":
+      todo = {((size,), np.dtype(sp.dtype), job.out_dtype[sp.path])
+              for sp in job.float_specs for *_, size in self.chunks(sp.size)}
+    else:
+      todo = {((self.block_rows(sp.shape)[2], self.block_rows(sp.shape)[1]), np.dtype(sp.dtype), job.out_dtype[sp.path])
+              for sp in job.float_specs}
+      ctx = ctx.in_window(0)
+    for shape, dt, odt in sorted(todo, key=str):
+      x = jax.ShapeDtypeStruct(shape, dt)
+      self.compiler.submit(("pieces", shape, dt, odt), fn, x if with_base else None, (x,) * job.n_experts, ctx,
+                           stats, out_dtype=odt)
+    self.compiler.wait_all("pieces")
+
+  def close(self) -> None:
+    self.compiler.close()
+
+
+def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None:
+  """Entries [a, b) of a flat array, zero-padded to ``size`` (a view when no padding is needed)."""
+  if v is None or b - a == size:
+    return None if v is None else v[a:b]
+  buf = np.zeros((size,), v.dtype)
+  buf[:b - a] = v[a:b]
+  return buf
+
+
+def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtype, write, *, flagged: bool,
+                  host_check: bool = False) -> tuple[np.ndarray | None, Any]:
+  """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece; entries [0, stop - start) of
+  its flattened result are the leaf's entries [start, stop). Returns (the flat leaf, or None when
+  each piece went to ``write(start, values)``; the finite flag, or None when unchecked).
+
+  ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
+  checked on the host as it is drained (:func:`finite_host`).
+  """
+  out = np.empty((n,), out_dtype) if write is None else None
+  flags, pending = [], None
+
+  def drain(item):
+    a, b, r = item
+    r = np.asarray(r).reshape(-1)[:b - a]
+    if host_check:
+      flags.append(finite_host(r))
+    if write is not None:
+      write(a, r)
+    else:
+      out[a:b] = r
+
+  for a, b, args in pieces:
+    if flagged:
+      r, f = fn(*args, out_dtype=out_dtype)
+      flags.append(f)
+    else:
+      r = fn(*args, out_dtype=out_dtype)
+    if pending is not None:
+      drain(pending)
+    pending = (a, b, r)
+  if pending is not None:
+    drain(pending)
+  if not (flagged or host_check):
+    return out, None
+  return out, np.asarray([bool(np.logical_and.reduce([np.asarray(f).all() for f in flags]))] if flags else [True])
+
+
+def _call_signature(x: Any) -> Any:
+  if isinstance(x, (np.ndarray, jax.Array, np.generic)):
+    return (tuple(x.shape), np.dtype(x.dtype).str)
+  return x
+
+
+def _run_calls(fn, calls: Sequence[tuple[str, Any, tuple[Any, ...], tuple[Any, ...], Any]]) -> list[Any]:
+  """``fn(base, experts, ctx, *args)`` for each (path, base, experts, args, ctx) call, in order (results
+  not waited for). The first call of every distinct signature runs on its own thread, so that the
+  compiles of a pass's few kernel variants overlap instead of queueing on one core."""
+  firsts: dict[str, int] = {}
+  for i, (_, b, es, args, _) in enumerate(calls):
+    firsts.setdefault(repr(jax.tree.map(_call_signature, (b, es, args))), i)
+
+  def one(i):
+    _, b, es, args, ctx = calls[i]
+    return fn(b, es, ctx, *args)
+
+  out: list[Any] = [None] * len(calls)
+  if len(firsts) > 1:
+    with concurrent.futures.ThreadPoolExecutor(min(len(firsts), max(2, os.cpu_count() or 1))) as pool:
+      for i, r in zip(firsts.values(), pool.map(one, firsts.values())):
+        out[i] = r
+  else:
+    firsts = {}
+  done = set(firsts.values())
+  for i in range(len(calls)):
+    if i not in done:
+      out[i] = one(i)
+  return out
