@@ -72,14 +72,14 @@ def _regmean_kernel(base, experts, ctx, stats, *, out_dtype, alpha):
   xs = [f32(e) for e in experts]
   grams = stats.get("grams")
   if grams is None:  # not a linear layer (or no statistics): the mean, as the paper
-    return steps.cast_output(sum(xs) / len(xs), out_dtype)
+    return (sum(xs) / len(xs)).astype(out_dtype)
   trailing = grams.ndim == 4  # [N, 1, D, D]: the input axes trail the leaf (a PyTorch-layout (out, in) weight)
   g = grams.reshape(grams.shape[0], grams.shape[-1], grams.shape[-1])
   d = g.shape[-1]
   shape = xs[0].shape
   ws = [x.reshape(-1, d).T if trailing else x.reshape(d, -1) for x in xs]
   w = regmean_solve(ws, g, alpha)
-  return steps.cast_output((w.T if trailing else w).reshape(shape), out_dtype)
+  return (w.T if trailing else w).reshape(shape).astype(out_dtype)
 
 
 _jit_regmean = jax.jit(kernels.on_whole_leaves(_regmean_kernel), static_argnames=("out_dtype", "alpha"))
@@ -127,7 +127,7 @@ def _fisher_kernel(base, experts, ctx, stats, *, out_dtype, min_fisher):
   fisher = stats["fisher"].astype(jnp.float32) + min_fisher
   num = sum(ctx.weights[t] * fisher[t] * x for t, x in enumerate(xs))
   den = sum(ctx.weights[t] * fisher[t] for t in range(len(xs)))
-  return steps.cast_output(num / den, out_dtype)
+  return (num / den).astype(out_dtype)
 
 
 _jit_fisher = jax.jit(_fisher_kernel, static_argnames=("out_dtype", "min_fisher"))
@@ -165,7 +165,7 @@ def _adamerging_kernel(base, experts, ctx, stats, *, out_dtype):
   del ctx
   c = stats["coefficients"].astype(jnp.float32)
   b = f32(base)
-  return steps.cast_output(b + sum(c[t] * tau for t, tau in enumerate(steps.task_vectors(base, experts))), out_dtype)
+  return (b + sum(c[t] * tau for t, tau in enumerate(steps.task_vectors(base, experts)))).astype(out_dtype)
 
 
 _jit_adamerging = jax.jit(_adamerging_kernel, static_argnames=("out_dtype",))

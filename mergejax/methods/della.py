@@ -3,12 +3,24 @@ then TIES' sign election and fusion (``della``) or plain task arithmetic (``dell
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
 
 from mergejax.methods import kernels, sparsify, steps
-from mergejax.methods.base import MergeMethod, Traits, choice, expert_weights, f32, method_factory, number
+from mergejax.methods.base import (LeafContext, MergeMethod, Traits, choice, dare_key_words, expert_weights, f32,
+                                   method_factory, number)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeyedMethod(MergeMethod):
+  """A method whose kernels draw DARE's counter-based uniforms: every leaf's context carries the host-
+  derived key words (a MergeMethod context has them only where ``drop_rate`` is set)."""
+
+  def context(self, n_experts: int, seed: int, path: str) -> LeafContext:
+    ctx = super().context(n_experts, seed, path)
+    return dataclasses.replace(ctx, dare_words=dare_key_words(seed, int(ctx.path_hash), n_experts))
 
 _DENSITY = number("mean fraction of each task vector's entries KEPT (1: no pruning)", 0.0, 1.0, low_open=True)
 _EPSILON = number("keep probabilities span density - epsilon (smallest) to density + epsilon (largest)", 0.0, 0.5,
@@ -26,7 +38,7 @@ def _kernel(base, experts, ctx, stats, *, out_dtype, density, epsilon, rescale, 
     hashes = steps.dare_hashes(ctx, tuple(taus[0].shape), len(taus))
     taus = [sparsify.magprune(tau, h, density, epsilon, rescale) for tau, h in zip(taus, hashes)]
   merged = sparsify.aggregate(taus, ctx.weights, consensus=sign, aggregate_=aggregate)
-  return steps.cast_output(f32(base) + ctx.lam * merged, out_dtype)
+  return (f32(base) + ctx.lam * merged).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel),
@@ -47,7 +59,7 @@ def _make(name, *, density, epsilon, lam, weights, rescale, sign, aggregate) -> 
     hparams["sign"] = sign
   hparams["aggregate"] = aggregate
   random = density < 1.0
-  return MergeMethod(
+  return _KeyedMethod(
       name=name, hparams=hparams,
       traits=Traits(uses_base=True, lam_scales_task_vector=True, position_keyed=random, stochastic=random),
       kernel=kernels.bind(_jit_kernel, density=density, epsilon=epsilon, rescale=rescale, sign=sign,

@@ -41,7 +41,7 @@ def _kernel(base, experts, ctx, stats, *, out_dtype):
   scale = jnp.asarray(stats["scale"], jnp.float32)
   if scale.ndim:
     scale = scale.reshape(scale.shape + (1,) * (b.ndim - 1))
-  return steps.cast_output(b + scale * tv, out_dtype)
+  return (b + scale * tv).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(_kernel, static_argnames=("out_dtype",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mergejax.methods import kernels, steps
+from mergejax.methods import kernels
 from mergejax.methods.base import Array, MergeMethod, Traits, f32, flag, method_factory, number
 
 
@@ -62,7 +62,7 @@ def nearswap_leaf(base: Array, expert: Array, t: Array) -> Array:
 
 def _stock_kernel(base, experts, ctx, stats, *, out_dtype, filter_wise):
   del ctx, stats
-  return steps.cast_output(model_stock_leaf(base, experts, filter_wise=filter_wise), out_dtype)
+  return model_stock_leaf(base, experts, filter_wise=filter_wise).astype(out_dtype)
 
 
 _jit_stock = jax.jit(kernels.on_whole_leaves(_stock_kernel), static_argnames=("out_dtype", "filter_wise"))
@@ -83,7 +83,7 @@ def model_stock(filter_wise: bool = False) -> MergeMethod:
 
 def _nearswap_kernel(base, experts, ctx, stats, *, out_dtype, t):
   del ctx, stats
-  return steps.cast_output(nearswap_leaf(base, experts[0], t), out_dtype)
+  return nearswap_leaf(base, experts[0], t).astype(out_dtype)
 
 
 _jit_nearswap = jax.jit(_nearswap_kernel, static_argnames=("out_dtype", "t"))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from mergejax.methods import kernels, steps
+from mergejax.methods import kernels
 from mergejax.methods.base import (Array, MergeMethod, Traits, expert_weights, f32, flag, integer, method_factory,
                                    number)
 
@@ -163,7 +163,7 @@ def karcher_mean(xs: tuple[Array, ...], alphas: Array, *, max_iter: int, tol: fl
 @kernels.on_whole_leaves
 def _slerp_kernel(base, experts, ctx, stats, *, out_dtype, t):
   del ctx, stats
-  return steps.cast_output(slerp_vectors(t, base, experts[0]), out_dtype)
+  return slerp_vectors(t, base, experts[0]).astype(out_dtype)
 
 
 @method_factory(formula="slerp(t; theta_0, theta_1) of each leaf as one vector (lerp when nearly collinear)",
@@ -191,10 +191,10 @@ def _nuslerp_kernel(base, experts, ctx, stats, *, out_dtype, flatten, row_wise):
   total = w[0] + w[1]
   t = jnp.where(jnp.abs(total) < 1e-6, 0.5, w[1] / jnp.where(total == 0, 1.0, total))
   if base is None:
-    return steps.cast_output(nuslerp_vectors(t, experts[0], experts[1], flatten=flatten, row_wise=row_wise), out_dtype)
+    return nuslerp_vectors(t, experts[0], experts[1], flatten=flatten, row_wise=row_wise).astype(out_dtype)
   b = f32(base)
   out = b + nuslerp_vectors(t, f32(experts[0]) - b, f32(experts[1]) - b, flatten=flatten, row_wise=row_wise)
-  return steps.cast_output(out, out_dtype)
+  return out.astype(out_dtype)
 
 
 @method_factory(formula="slerp(w_1 / (w_0 + w_1); x_0, x_1), x_t = theta_t - theta_0 (+ theta_0) with a base, "
@@ -223,11 +223,11 @@ def nuslerp(weights: Sequence[float] | None = None, nuslerp_flatten: bool = True
 def _multislerp_kernel(base, experts, ctx, stats, *, out_dtype, normalize_weights, eps):
   del stats
   if len(experts) == 1:
-    return steps.cast_output(f32(experts[0]), out_dtype)
+    return f32(experts[0]).astype(out_dtype)
   b = None if base is None else f32(base)
   xs = tuple(f32(e) if b is None else f32(e) - b for e in experts)
   out = multislerp_vectors(xs, ctx.weights, normalize_weights=normalize_weights, eps=eps)
-  return steps.cast_output(out if b is None else b + out, out_dtype)
+  return (out if b is None else b + out).astype(out_dtype)
 
 
 @method_factory(formula="barycentric interpolation on the sphere of the task vectors (or the models, without a "
@@ -251,9 +251,9 @@ def _karcher_kernel(base, experts, ctx, stats, *, out_dtype, max_iter, tol):
   del stats
   xs = tuple(experts) if base is None else (base,) + tuple(experts)
   if len(xs) == 1:
-    return steps.cast_output(f32(xs[0]), out_dtype)
+    return f32(xs[0]).astype(out_dtype)
   w = ctx.weights if base is None else jnp.concatenate([jnp.ones((1,), jnp.float32), ctx.weights])
-  return steps.cast_output(karcher_mean(xs, w / jnp.sum(w), max_iter=max_iter, tol=tol), out_dtype)
+  return karcher_mean(xs, w / jnp.sum(w), max_iter=max_iter, tol=tol).astype(out_dtype)
 
 
 @method_factory(formula="Riemannian (Karcher) mean of the unit-normalized models on the sphere, rescaled by the "

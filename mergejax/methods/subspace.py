@@ -151,7 +151,7 @@ def _tsv_kernel(base, experts, ctx, stats, *, out_dtype):
     delta = tsv_m_matrix(taus)
   else:
     delta = sum(taus) / len(taus)
-  return steps.cast_output(f32(base) + ctx.lam * delta, out_dtype)
+  return (f32(base) + ctx.lam * delta).astype(out_dtype)
 
 
 def _iso_kernel(base, experts, ctx, stats, *, out_dtype, common_space_fraction):
@@ -163,16 +163,16 @@ def _iso_kernel(base, experts, ctx, stats, *, out_dtype, common_space_fraction):
     delta = iso_c_matrix(taus)
   else:
     delta = iso_cts_matrix(taus, common_space_fraction)
-  return steps.cast_output(f32(base) + ctx.lam * delta, out_dtype)
+  return (f32(base) + ctx.lam * delta).astype(out_dtype)
 
 
 def _cart_kernel(base, experts, ctx, stats, *, out_dtype, rank_ratio):
   del base, stats
   xs = [f32(e) for e in experts]
   if not _is_matrix(xs[0]):
-    return steps.cast_output(sum(xs) / len(xs), out_dtype)
+    return (sum(xs) / len(xs)).astype(out_dtype)
   mean, lowrank = cart_matrix(xs, rank_ratio)
-  return steps.cast_output(mean + ctx.lam * lowrank, out_dtype)
+  return (mean + ctx.lam * lowrank).astype(out_dtype)
 
 
 _jit_tsv = jax.jit(kernels.on_whole_leaves(_tsv_kernel), static_argnames=("out_dtype",))
