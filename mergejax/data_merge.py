@@ -20,6 +20,7 @@ multiply, a weight tied to two layers) makes it a leaf RegMean averages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Protocol, Sequence
 
 import jax
@@ -170,24 +171,19 @@ def _interpret(jaxpr, consts, args, tags, uses, row_weight):
   return outs, out_tags
 
 
-def linear_input_grams(model: DataModel, params: PyTree, batch: Batch) -> dict[str, tuple[jax.Array, tuple[int, ...]]]:
-  """{leaf path: (Gram f32[D, D] of the layer's inputs over the batch's counted positions, the leaf's input
-  axes)} for every parameter that is a linear layer (used exactly once, as one side of a contraction).
-
-  Inputs whose leading axes are the mask's (a token's activations) count only at counted positions."""
-  paths, leaves, treedef = tree_lib.flatten(params)
-  mask = jnp.asarray(model.mask(batch)).astype(jnp.float32)
+@functools.lru_cache(maxsize=32)
+def _grams_fn(model: DataModel, treedef: Any, paths: tuple[str, ...]):
+  """A jitted ``run(leaves, batch, mask) -> {path: Gram}`` and the dict of input axes it fills when traced
+  (one compile per model, tree and shapes)."""
+  in_axes: dict[str, tuple[int, ...]] = {}
 
   def fn(flat_leaves, b):
     return model.logits(jax.tree.unflatten(treedef, flat_leaves), b)
 
-  closed = jax.make_jaxpr(fn)(leaves, batch)
-  tags = {i: (i, tuple(range(np.ndim(x)))) for i, x in enumerate(leaves)}
-
-  in_axes: dict[str, tuple[int, ...]] = {}  # filled while tracing (static)
-
   @jax.jit
   def run(flat_leaves, b, m):
+    closed = jax.make_jaxpr(fn)(flat_leaves, b)
+    tags = {i: (i, tuple(range(np.ndim(x)))) for i, x in enumerate(flat_leaves)}
     uses: dict[int, _Use] = {}
     args = list(flat_leaves) + jax.tree.leaves(b)
     _interpret(closed.jaxpr, closed.consts, args, tags, uses,
@@ -196,7 +192,17 @@ def linear_input_grams(model: DataModel, params: PyTree, batch: Batch) -> dict[s
     in_axes.update({p: tuple(int(a) for a in axes) for p, (_, axes) in linear.items()})
     return {p: g for p, (g, _) in linear.items()}
 
-  grams = run(leaves, batch, mask)
+  return run, in_axes
+
+
+def linear_input_grams(model: DataModel, params: PyTree, batch: Batch) -> dict[str, tuple[jax.Array, tuple[int, ...]]]:
+  """{leaf path: (Gram f32[D, D] of the layer's inputs over the batch's counted positions, the leaf's input
+  axes)} for every parameter that is a linear layer (used exactly once, as one side of a contraction).
+
+  Inputs whose leading axes are the mask's (a token's activations) count only at counted positions."""
+  paths, leaves, treedef = tree_lib.flatten(params)
+  run, in_axes = _grams_fn(model, treedef, tuple(paths))
+  grams = run(leaves, batch, jnp.asarray(model.mask(batch)).astype(jnp.float32))
   return {p: (g, in_axes[p]) for p, g in grams.items()}
 
 
@@ -229,9 +235,10 @@ def regmean_statistics(model: DataModel, base: PyTree, experts: Sequence[PyTree]
 # ------------------------------------------------------------------------------------- diagonal Fisher
 
 
-def diagonal_fisher(model: DataModel, params: PyTree, batches: Sequence[Batch]) -> PyTree:
-  r"""The empirical diagonal Fisher :math:`\frac1n\sum_i (\nabla_\theta \log p_\theta(y_i \mid x_i))^2` over
-  the examples (rows) of ``batches``, each example's log-likelihood summed over its counted positions."""
+@functools.lru_cache(maxsize=32)
+def _fisher_fn(model: DataModel):
+  """A jitted ``batch_sum(params, batch)``: the sum over the batch's rows of each example's squared
+  gradient of its log-likelihood (one compile per model and shapes)."""
 
   def example_loglik(p, b):
     logits = model.logits(p, b).astype(jnp.float32)
@@ -251,6 +258,13 @@ def diagonal_fisher(model: DataModel, params: PyTree, batches: Sequence[Batch]) 
     zero = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p)
     return jax.lax.scan(one, zero, jnp.arange(rows))[0]
 
+  return batch_sum
+
+
+def diagonal_fisher(model: DataModel, params: PyTree, batches: Sequence[Batch]) -> PyTree:
+  r"""The empirical diagonal Fisher :math:`\frac1n\sum_i (\nabla_\theta \log p_\theta(y_i \mid x_i))^2` over
+  the examples (rows) of ``batches``, each example's log-likelihood summed over its counted positions."""
+  batch_sum = _fisher_fn(model)
   total, count = None, 0
   for b in batches:
     s = batch_sum(params, b)

@@ -166,14 +166,17 @@ def test_decoder_linear_inputs_are_the_layers_inputs():
   assert not any("norm" in p for p in grams)
 
 
-@pytest.mark.parametrize("method", [methods.regmean(), methods.fisher(), methods.adamerging(steps=3)])
-def test_decoder_end_to_end_and_8_devices(method):
+@pytest.mark.parametrize("method,devices", [(methods.regmean(), 8), (methods.fisher(), 1),
+                                            (methods.adamerging(steps=3), 1)])
+def test_decoder_end_to_end(method, devices):
+  """Each method on the built-in decoder; RegMean (whose kernel solves per leaf) also on 8 devices. (The
+  Fisher and AdaMerging kernels are per entry.)"""
   cfg, base, experts, batches = _decoder(2, seed=4)
   model = data_merge.decoder_model(cfg)
   bound = data_merge.with_data(method, model, base, experts, batches)
   one = mergejax.merge(base, experts, bound)
-  eight = mergejax.merge(*sharded_on_8(base, experts), bound)
-  equal_trees(one, eight)
+  if devices == 8:
+    equal_trees(one, mergejax.merge(*sharded_on_8(base, experts), bound))
   avg = flat(mergejax.merge(None, experts, methods.average()))
   assert any(not np.allclose(v, avg[k]) for k, v in flat(one).items() if np.ndim(v) == 2)
 

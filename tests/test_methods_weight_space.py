@@ -220,7 +220,7 @@ def test_della_keeps_density_on_average_prefers_large_entries_and_is_unbiased():
   assert abs(keep.mean() - 0.4) < 0.02
   big = np.abs(tau) >= np.median(np.abs(tau), axis=1, keepdims=True)
   assert keep[big].mean() > keep[~big].mean() + 0.1  # p grows with the magnitude rank (0.5 vs 0.3 on average)
-  runs = 150
+  runs = 60
   mean = sum(np.asarray(mergejax.merge(base, experts, m, seed=s)["w"], np.float64) for s in range(runs)) / runs
   ta = np.asarray(mergejax.merge(base, experts, methods.task_arithmetic())["w"], np.float64)
   p = rsp.magprune_prob(tau.astype(np.float64), 0.4, 0.2)
