@@ -3,51 +3,78 @@
 Every rank is *stable*: entries of equal value are ordered by their flat (row-major) position, the
 lower position first. Selections therefore keep exactly the requested number of entries, and depend
 only on the leaf's values and shape (not on sharding, device count or sort implementation).
+
+Order statistics of non-negative values are found without sorting: the k-th smallest is built bit by
+bit from its float32 bit pattern (whose unsigned order is the value order for values >= 0) with one
+counting pass per bit, 32 in all; XLA:CPU sorts ~50x slower than it counts.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from mergejax.methods.base import Array
 
 
-def _stable_rank_at(a_n: Array, sorted_n: Array, v: Array) -> Array:
-  """For every entry equal to ``v``: its stable ascending rank (entries of a different value: junk).
+def _bits(a: Array) -> Array:
+  """uint32 patterns of non-negative float32 values (ordered as the values; NaN above +inf)."""
+  return jax.lax.bitcast_convert_type(a.astype(jnp.float32), jnp.uint32)
 
-  rank = #(a < v) + #(earlier entries equal to v).
-  """
-  less = jnp.searchsorted(sorted_n, v, side="left")
-  eq = (a_n == v).astype(jnp.int32)
-  return less.astype(jnp.int32) + jnp.cumsum(eq) - eq
+
+def _kth_smallest(bits_n: Array, k: Array) -> Array:
+  """The pattern of the k-th smallest entry (0-based): the largest p with #(bits < p) <= k."""
+
+  def step(i, prefix):
+    cand = prefix | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
+    return jnp.where(jnp.sum(bits_n < cand, dtype=jnp.int32) <= k, cand, prefix)
+
+  return jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+
+
+def _before_among_equals(eq_n: Array) -> Array:
+  """For each entry, how many entries before it (flat order) are flagged."""
+  e = eq_n.astype(jnp.int32)
+  return jnp.cumsum(e) - e
 
 
 def rank_band(a: Array, lo: Array, hi: Array) -> Array:
-  """Boolean mask of the entries whose stable ascending rank r satisfies ``lo <= r < hi``.
+  """Boolean mask of the entries of ``a`` (>= 0) whose stable ascending rank r satisfies ``lo <= r < hi``.
 
-  One sort of the leaf plus two prefix sums (only the entries equal to the values at ranks ``lo``
-  and ``hi - 1`` need their position among equals). ``lo``/``hi`` may be traced; ``a`` must be free
-  of NaN.
+  The values at ranks ``lo`` and ``hi - 1`` come from :func:`_kth_smallest`; only entries equal to them
+  need their position among equals (a prefix sum). ``lo``/``hi`` may be traced.
   """
   shape = a.shape
-  a_n = a.reshape(-1)
-  n = a_n.shape[0]
+  bits = _bits(a).reshape(-1)
+  n = bits.shape[0]
   if n == 0:
     return jnp.zeros(shape, bool)
-  s_n = jnp.sort(a_n)
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
-  v_lo = s_n[jnp.clip(lo, 0, n - 1)]
-  v_hi = s_n[jnp.clip(hi - 1, 0, n - 1)]
-  above = (a_n > v_lo) | ((a_n == v_lo) & (_stable_rank_at(a_n, s_n, v_lo) >= lo))
-  below = (a_n < v_hi) | ((a_n == v_hi) & (_stable_rank_at(a_n, s_n, v_hi) < hi))
+  v_lo = _kth_smallest(bits, jnp.clip(lo, 0, n - 1))
+  v_hi = _kth_smallest(bits, jnp.clip(hi - 1, 0, n - 1))
+  eq_lo, eq_hi = bits == v_lo, bits == v_hi
+  rank_lo = jnp.sum(bits < v_lo, dtype=jnp.int32) + _before_among_equals(eq_lo)
+  rank_hi = jnp.sum(bits < v_hi, dtype=jnp.int32) + _before_among_equals(eq_hi)
+  above = (bits > v_lo) | (eq_lo & (rank_lo >= lo))
+  below = (bits < v_hi) | (eq_hi & (rank_hi < hi))
   keep = above & below & (lo < n) & (hi > 0)
   return keep.reshape(shape)
 
 
 def top_k(a: Array, k: Array) -> Array:
-  """Mask of the ``k`` largest entries (among equal values the lower flat positions first)."""
-  return rank_band(-a, 0, k)
+  """Mask of the ``k`` largest entries of ``a`` (>= 0); among equal values the lower flat positions first."""
+  shape = a.shape
+  bits = _bits(a).reshape(-1)
+  n = bits.shape[0]
+  if n == 0:
+    return jnp.zeros(shape, bool)
+  k = jnp.asarray(k, jnp.int32)
+  v = _kth_smallest(bits, jnp.clip(n - k, 0, n - 1))
+  greater = jnp.sum(bits > v, dtype=jnp.int32)
+  eq = bits == v
+  keep = (bits > v) | (eq & (_before_among_equals(eq) < k - greater))
+  return (keep & (k > 0)).reshape(shape)
 
 
 def row_ranks(a: Array) -> Array:
@@ -57,8 +84,11 @@ def row_ranks(a: Array) -> Array:
   (``argsort(dim=1).argsort(dim=1)``), with ties ordered by position.
   """
   x = a.reshape(1, -1) if a.ndim < 2 else a
-  perm = jnp.argsort(x, axis=1, stable=True)
-  ranks = jnp.argsort(perm, axis=1, stable=True).astype(jnp.int32)
+  perm = jnp.argsort(x, axis=1, stable=True)  # one sort; its inverse permutation by a scatter
+  at = [jax.lax.broadcasted_iota(jnp.int32, x.shape, d) for d in range(x.ndim)]
+  at[1] = perm
+  ranks = jnp.zeros(x.shape, jnp.int32).at[tuple(at)].set(jax.lax.broadcasted_iota(jnp.int32, x.shape, 1),
+                                                         unique_indices=True)
   return ranks.reshape(a.shape)
 
 
@@ -69,5 +99,3 @@ def l1_rescale(masked: Array, original: Array, eps: float = 1e-7) -> Array:
   after = jnp.sum(jnp.abs(masked))
   ok = (before >= eps) & (after >= eps)
   return jnp.where(ok, masked * (before / jnp.where(ok, after, 1.0)), masked)
-
-
