@@ -4,9 +4,9 @@ Every rank is *stable*: entries of equal value are ordered by their flat (row-ma
 lower position first. Selections therefore keep exactly the requested number of entries, and depend
 only on the leaf's values and shape (not on sharding, device count or sort implementation).
 
-Order statistics of non-negative values are found without sorting: the k-th smallest is built bit by
-bit from its float32 bit pattern (whose unsigned order is the value order for values >= 0) with one
-counting pass per bit, 32 in all; XLA:CPU sorts ~50x slower than it counts.
+Order statistics of non-negative values are found without sorting, by a radix select over their
+float32 bit patterns (whose unsigned order is the value order for values >= 0): two histograms of
+16-bit digits; XLA:CPU sorts ~50x slower.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ def _bits(a: Array) -> Array:
 
 
 def _kth_smallest(bits_n: Array, k: Array) -> Array:
-  """The pattern of the k-th smallest entry (0-based): the largest p with #(bits < p) <= k."""
-
-  def step(i, prefix):
-    cand = prefix | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
-    return jnp.where(jnp.sum(bits_n < cand, dtype=jnp.int32) <= k, cand, prefix)
-
-  return jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+  """The pattern of the k-th smallest entry (0-based): a two-level radix select, the top 16 bits from a
+  histogram of all entries, the low 16 from a histogram of the entries that share them."""
+  counts_hi = jnp.bincount((bits_n >> 16).astype(jnp.int32), length=1 << 16)
+  cum_hi = jnp.cumsum(counts_hi)
+  hi = jnp.sum(cum_hi <= k, dtype=jnp.int32)  # the bin holding rank k
+  below = cum_hi[hi] - counts_hi[hi]  # entries in lower bins
+  inside = ((bits_n >> 16).astype(jnp.int32) == hi).astype(jnp.int32)
+  cum_lo = jnp.cumsum(jnp.bincount((bits_n & jnp.uint32(0xFFFF)).astype(jnp.int32), weights=inside, length=1 << 16))
+  lo = jnp.sum(below + cum_lo <= k, dtype=jnp.int32)
+  return (hi.astype(jnp.uint32) << 16) | lo.astype(jnp.uint32)
 
 
 def _before_among_equals(eq_n: Array) -> Array:
