@@ -316,3 +316,21 @@ def test_declared_traits_hold(name, hp, n):
     halves = [mergejax.merge({"w": w[:, s]}, [{"w": flat(e)["embed"][:, s]} for e in experts], m, seed=0)["w"]
               for s in (slice(0, 8), slice(8, 16))]
     assert not np.array_equal(np.concatenate(halves, 1), a["embed"])
+
+
+def test_rank_selections_are_exact_and_stable_under_heavy_ties():
+  """selection.rank_band / top_k / row_ranks keep exactly the stated ranks, equal values ordered by position
+  (a radix select over float32 bit patterns, no sort), including empty and full bands."""
+  from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(9)
+  for n in (1, 2, 7, 300, 5000):
+    for scale in (1, 8, 4096):
+      a = (np.abs(np.round(rng.normal(size=n) * scale)) / 8).astype(np.float32)
+      asc, desc = rsp.stable_ranks(a.astype(np.float64)), rsp.stable_ranks(-a.astype(np.float64))
+      for lo, hi in ((0, n), (0, 0), (n, n), tuple(sorted(rng.integers(0, n + 1, 2)))):
+        np.testing.assert_array_equal(selection.rank_band(jax.numpy.asarray(a), lo, hi), (asc >= lo) & (asc < hi))
+      for k in (0, n, int(rng.integers(0, n + 1))):
+        np.testing.assert_array_equal(selection.top_k(jax.numpy.asarray(a), k), desc < k)
+  m = (np.abs(np.round(rng.normal(size=(4, 9, 3)) * 2))).astype(np.float32)
+  want = np.stack([np.stack([rsp.stable_ranks(m[i, :, j].astype(np.float64)) for j in range(3)], 1) for i in range(4)])
+  np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m)), want)
