@@ -23,30 +23,46 @@ def _bits(a: Array) -> Array:
   return jax.lax.bitcast_convert_type(a.astype(jnp.float32), jnp.uint32)
 
 
-def _kth_smallest(bits_n: Array, k: Array) -> Array:
-  """The pattern of the k-th smallest entry (0-based): a two-level radix select, the top 16 bits from a
-  histogram of all entries, the low 16 from a histogram of the entries that share them."""
-  counts_hi = jnp.bincount((bits_n >> 16).astype(jnp.int32), length=1 << 16)
+def _kth_smallest(bits_n: Array, ks: tuple[Array, ...]) -> list[Array]:
+  """The patterns of the k-th smallest entries (0-based), for each k of ``ks``: a two-level radix select,
+  the top 16 bits from one histogram of all entries (shared by every k), the low 16 from a histogram of
+  the entries that share them."""
+  top = (bits_n >> 16).astype(jnp.int32)
+  counts_hi = jnp.bincount(top, length=1 << 16)
   cum_hi = jnp.cumsum(counts_hi)
-  hi = jnp.sum(cum_hi <= k, dtype=jnp.int32)  # the bin holding rank k
-  below = cum_hi[hi] - counts_hi[hi]  # entries in lower bins
-  inside = ((bits_n >> 16).astype(jnp.int32) == hi).astype(jnp.int32)
-  cum_lo = jnp.cumsum(jnp.bincount((bits_n & jnp.uint32(0xFFFF)).astype(jnp.int32), weights=inside, length=1 << 16))
-  lo = jnp.sum(below + cum_lo <= k, dtype=jnp.int32)
-  return (hi.astype(jnp.uint32) << 16) | lo.astype(jnp.uint32)
+  out = []
+  for k in ks:
+    hi = jnp.sum(cum_hi <= k, dtype=jnp.int32)  # the bin holding rank k
+    below = cum_hi[hi] - counts_hi[hi]  # entries in lower bins
+    low = jnp.bincount((bits_n & jnp.uint32(0xFFFF)).astype(jnp.int32), weights=(top == hi).astype(jnp.int32),
+                       length=1 << 16)
+    lo = jnp.sum(below + jnp.cumsum(low) <= k, dtype=jnp.int32)
+    out.append((hi.astype(jnp.uint32) << 16) | lo.astype(jnp.uint32))
+  return out
 
 
-def _before_among_equals(eq_n: Array) -> Array:
-  """For each entry, how many entries before it (flat order) are flagged."""
-  e = eq_n.astype(jnp.int32)
-  return jnp.cumsum(e) - e
+def _position_of(eq_n: Array, m: Array) -> Array:
+  """The flat position of the m-th (0-based) flagged entry, by the same radix select over positions
+  (weighted histograms of their high and low 16 bits: no prefix sum over the leaf, which XLA:CPU runs
+  ~4x slower); m >= the number flagged gives a position past the end."""
+  n = eq_n.shape[0]
+  pos = jax.lax.iota(jnp.int32, n)
+  w = eq_n.astype(jnp.int32)
+  counts_hi = jnp.bincount(pos >> 16, weights=w, length=(n >> 16) + 1)
+  cum_hi = jnp.cumsum(counts_hi)
+  hi = jnp.sum(cum_hi <= m, dtype=jnp.int32)
+  below = jnp.where(hi < counts_hi.shape[0], cum_hi[jnp.minimum(hi, counts_hi.shape[0] - 1)]
+                    - counts_hi[jnp.minimum(hi, counts_hi.shape[0] - 1)], 0)
+  low = jnp.bincount(pos & 0xFFFF, weights=w * ((pos >> 16) == hi), length=1 << 16)
+  lo = jnp.sum(below + jnp.cumsum(low) <= m, dtype=jnp.int32)
+  return jnp.where(m < jnp.sum(w), (hi << 16) | lo, n)
 
 
 def rank_band(a: Array, lo: Array, hi: Array) -> Array:
   """Boolean mask of the entries of ``a`` (>= 0) whose stable ascending rank r satisfies ``lo <= r < hi``.
 
   The values at ranks ``lo`` and ``hi - 1`` come from :func:`_kth_smallest`; only entries equal to them
-  need their position among equals (a prefix sum). ``lo``/``hi`` may be traced.
+  need their position among equals (:func:`_position_of`). ``lo``/``hi`` may be traced.
   """
   shape = a.shape
   bits = _bits(a).reshape(-1)
@@ -55,13 +71,15 @@ def rank_band(a: Array, lo: Array, hi: Array) -> Array:
     return jnp.zeros(shape, bool)
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
-  v_lo = _kth_smallest(bits, jnp.clip(lo, 0, n - 1))
-  v_hi = _kth_smallest(bits, jnp.clip(hi - 1, 0, n - 1))
+  v_lo, v_hi = _kth_smallest(bits, (jnp.clip(lo, 0, n - 1), jnp.clip(hi - 1, 0, n - 1)))
   eq_lo, eq_hi = bits == v_lo, bits == v_hi
-  rank_lo = jnp.sum(bits < v_lo, dtype=jnp.int32) + _before_among_equals(eq_lo)
-  rank_hi = jnp.sum(bits < v_hi, dtype=jnp.int32) + _before_among_equals(eq_hi)
-  above = (bits > v_lo) | (eq_lo & (rank_lo >= lo))
-  below = (bits < v_hi) | (eq_hi & (rank_hi < hi))
+  # Entries equal to an edge value straddling the band: those at ranks below lo (the first lo - #(< v_lo)
+  # of them by position) are out, as are those at ranks hi and above (past the first hi - #(< v_hi)).
+  first_in = _position_of(eq_lo, lo - jnp.sum(bits < v_lo, dtype=jnp.int32))
+  first_out = _position_of(eq_hi, hi - jnp.sum(bits < v_hi, dtype=jnp.int32))
+  pos = jax.lax.iota(jnp.int32, n)
+  above = (bits > v_lo) | (eq_lo & (pos >= first_in))
+  below = (bits < v_hi) | (eq_hi & (pos < first_out))
   keep = above & below & (lo < n) & (hi > 0)
   return keep.reshape(shape)
 
@@ -74,10 +92,10 @@ def top_k(a: Array, k: Array) -> Array:
   if n == 0:
     return jnp.zeros(shape, bool)
   k = jnp.asarray(k, jnp.int32)
-  v = _kth_smallest(bits, jnp.clip(n - k, 0, n - 1))
+  v, = _kth_smallest(bits, (jnp.clip(n - k, 0, n - 1),))
   greater = jnp.sum(bits > v, dtype=jnp.int32)
   eq = bits == v
-  keep = (bits > v) | (eq & (_before_among_equals(eq) < k - greater))
+  keep = (bits > v) | (eq & (jax.lax.iota(jnp.int32, n) < _position_of(eq, k - greater)))
   return (keep & (k > 0)).reshape(shape)
 
 
