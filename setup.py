@@ -26,10 +26,18 @@ _INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "psutil>=5.9",
+    "pyyaml>=6.0",  # mergekit YAML recipes (mergejax-yaml)
+    # The checkpoints' own tokenizers: tokenizer.json (Llama 3, Qwen, Gemma 3) and SentencePiece models.
+    "tokenizers>=0.20,<1",
+    "sentencepiece>=0.2",
 ]
 
 _EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0", "transformers==5.23.0",
+             "peft==0.21.2",
+             "lm-eval==0.4.13"],
+    # lm-evaluation-harness bridge (mergejax-lm-eval); lm-eval's core needs no torch.
+    "lmeval": ["lm-eval==0.4.13"],
     "bench": ["psutil>=5.9"],
 }
 
@@ -48,11 +56,13 @@ setup(
         "console_scripts": [
             "mergejax-demo=mergejax.cli.demo:run",
             "mergejax-merge=mergejax.cli.merge:run",
+            "mergejax-yaml=mergejax.cli.recipe:run",
             "mergejax-inspect=mergejax.cli.inspect:run",
             "mergejax-train=mergejax.cli.train:run",
             "mergejax-build-world=mergejax.cli.build_world:run",
             "mergejax-eval=mergejax.cli.eval:run",
             "mergejax-study=mergejax.cli.study:run",
+            "mergejax-lm-eval=mergejax.evaluation.lm_harness:main",
         ],
     },
     classifiers=["Programming Language :: Python :: 3.11"],

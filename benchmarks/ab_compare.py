@@ -10,11 +10,14 @@ default: this checkout), alternating A and B in every round so that both see the
   their restored arrays, bit for bit;
 * timing: per method, the median over ``--repeats`` rounds of whole-process wall time with a cold and
   a warm persistent compilation cache, and of the merge phase (manifest ``elapsed_s``); the ratio B/A;
-* ``--methods_bench``: ``benchmarks/methods_bench.py`` of each checkout, alternated, medians per method.
+* ``--methods_bench``: ``benchmarks/methods_bench.py`` of each checkout, alternated, medians per method;
+  ``--methods_cpu_layers``: the same library merges timed by CPU time, which varies far less than wall
+  time on a loaded machine.
 
     git worktree add /tmp/old <commit>
     .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --layers=2 --vocab=4000 --repeats=1   # quick
     .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --repeats=3 --methods_bench            # full
+    .venv/bin/python benchmarks/ab_compare.py --old=/tmp/old --nocmp --ab_methods= --methods_cpu_layers=3
 """
 
 from __future__ import annotations
@@ -47,6 +50,29 @@ _METHODS = flags.DEFINE_list("ab_methods", ["linear", "task_arithmetic", "ties",
 _FORMATS = flags.DEFINE_list("formats", ["safetensors", "orbax"], "Output formats compared byte for byte.")
 _METHODS_BENCH = flags.DEFINE_bool("methods_bench", False, "Also run methods_bench.py of A and B, alternated.")
 _CMP = flags.DEFINE_bool("cmp", True, "Compare outputs (False: timing only).")
+_METHODS_CPU = flags.DEFINE_integer("methods_cpu_layers", 0, "If > 0: mergejax.merge of methods_bench's model with "
+                                    "this many layers, CPU time per method in-process, A and B alternated.")
+
+# methods_bench's model and methods, timed in one process by CPU time (best of 5 after a compile).
+_METHODS_CPU_CODE = """
+import inspect, json, sys, time
+import jax, mergejax
+sys.path.insert(0, "benchmarks")
+import methods_bench as mb
+base, experts = mb.make_models(mb.transformer_like(1024, int(sys.argv[1]), 16384), 4)
+kw = {"allow_nonfinite": True} if "allow_nonfinite" in inspect.signature(mergejax.merge).parameters else {}
+out = {}
+for name, hp in mb.METHODS:
+  m = mergejax.methods.get(name, **hp)
+  jax.block_until_ready(mergejax.merge(base, experts, m, seed=0, **kw))
+  cpu = []
+  for r in range(5):
+    c = time.process_time()
+    jax.block_until_ready(mergejax.merge(base, experts, m, seed=r, **kw))
+    cpu.append(time.process_time() - c)
+  out[name + str(hp)] = min(cpu)
+print(json.dumps(out))
+"""
 
 # merge_bench's timer, plus the child's CPU time (user + system): on a loaded machine CPU time varies much
 # less than wall time.
@@ -142,7 +168,7 @@ def main(argv):
   try:
     base = root / "base"
     experts = [root / f"expert{i}" for i in range(_EXPERTS.value)]
-    if not base.exists():
+    if _METHODS.value and not base.exists():
       merge_bench.write_model(base, shapes, 0, None, 200 * 10**6, config)
       for i, e in enumerate(experts):
         merge_bench.write_model(e, shapes, i + 1, 0, 200 * 10**6, config)
@@ -193,6 +219,14 @@ def main(argv):
         for side in (("A", "B") if k % 2 == 0 else ("B", "A")):
           results["methods_bench"][side].append(run_methods_bench(sides[side]))
           print(side, json.dumps(results["methods_bench"][side][-1]), flush=True)
+    if _METHODS_CPU.value:
+      results["methods_cpu"] = {"A": [], "B": []}
+      for k in range(_REPEATS.value):
+        for side in (("A", "B") if k % 2 == 0 else ("B", "A")):
+          r = run([sys.executable, "-c", _METHODS_CPU_CODE, str(_METHODS_CPU.value)], sides[side], capture_output=True,
+                  text=True)
+          results["methods_cpu"][side].append(json.loads(r.stdout.strip().splitlines()[-1]))
+          print(side, "cpu", r.stdout.strip().splitlines()[-1], flush=True)
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)
@@ -219,6 +253,12 @@ def summary(results):
     print("\nmethods_bench (in-memory, best of 3 per run; medians over runs) | A s | B s | B/A")
     for key in mb["A"][0]:
       a, b = np.median([r[key] for r in mb["A"]]), np.median([r[key] for r in mb["B"]])
+      print(f"{key} | {a:.3f} | {b:.3f} | {b / a:.3f}")
+  mc = results.get("methods_cpu")
+  if mc:
+    print("\nmergejax.merge CPU s (best of 5 per process; medians over processes) | A | B | B/A")
+    for key in mc["A"][0]:
+      a, b = np.median([r[key] for r in mc["A"]]), np.median([r[key] for r in mc["B"]])
       print(f"{key} | {a:.3f} | {b:.3f} | {b / a:.3f}")
   if not results["cmp"]:
     return

@@ -1,4 +1,4 @@
-r"""Evaluator throughput vs a plain jitted forward pass over the same tokens (issue 5).
+r"""Evaluator throughput vs a plain jitted forward pass over the same tokens.
 
     .venv/bin/python benchmarks/eval_bench.py --size=s --mixture=mj_heldout_rank --repeats=5
 
@@ -7,9 +7,11 @@ Measures, for the built-in decoder with random params on one seqio mixture and s
 * setup: building the ``seqio.Evaluator`` (reading, tokenizing and caching the examples);
 * first ``evaluate`` (compiles, and moves the batches to the device once);
 * steady ``evaluate(params)`` with *new* params each time (what the study runner does per merge):
-  rows/s and tokens/s (rows x padded length), including seqio's bookkeeping and metrics;
-* the same padded batches through a plain ``jax.jit(model.apply)`` (logits only, nothing else):
-  the floor the evaluator's overhead is measured against (goal: evaluator <= 1.5x of it);
+  rows/s and tokens/s (rows x padded length), including the metrics; rank classification runs packed
+  (each prompt scored once for all its answer choices);
+* ``model_outputs(params)``: the same without the metrics;
+* every (prompt, choice) row padded to its task's length through a plain ``jax.jit(model.apply)``
+  (logits only, nothing else): the floor of scoring rows one by one;
 * on an accelerator, model FLOP utilization of scoring,
   :math:`\mathrm{MFU} = \mathrm{tokens/s} \cdot \mathrm{FLOPs/token} / \mathrm{peak}`, with the
   forward FLOPs of :func:`mergejax.models.flops_per_token` and ``--peak_tflops``.
@@ -80,9 +82,8 @@ def main(argv):
   for p in preps:  # compile every shape first
     jax.block_until_ready(fwd(params[0], p.batches[0]["i"]))
 
-  def run_score():  # the scoring kernels alone, on the cached device batches (no seqio bookkeeping)
-    jax.block_until_ready([inf._score_jit(params[0], b["i"], b["t"], b["w"])  # pylint: disable=protected-access
-                           for p in preps for b in p.batches])
+  def run_score():  # the model outputs alone (no metrics)
+    ev.model_outputs(params[0])
 
   def run_plain():  # a plain forward pass (logits) over the same padded batches
     jax.block_until_ready([fwd(params[0], b["i"]) for p in preps for b in p.batches])
@@ -121,7 +122,7 @@ def main(argv):
   print(f"| setup (seqio.Evaluator: read, tokenize, cache) | {setup_s:.2f} | | | |")
   print(f"| first evaluate (compile + device transfer) | {first_s:.2f} | | | |")
   for name, s in (("evaluate(params), steady, new params each call", eval_s),
-                  ("score kernels only (cached device batches)", score_s),
+                  ("model_outputs(params): no metrics", score_s),
                   ("plain jitted forward, same batches", plain_s)):
     print(f"| {name} | {s:.3f} | {rows / s:,.0f} | {tokens / s:,.0f} | {s / plain_s:.2f}x |")
   if mfu:

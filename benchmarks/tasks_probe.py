@@ -1,4 +1,4 @@
-"""Learnability probe of the synthetic suite (issue 4B): pretrain -> instruction-tune -> experts.
+"""Learnability probe of the synthetic suite: pretrain -> instruction-tune -> experts.
 
 Trains one size of the built-in decoder briefly and prints rank-classification accuracy
 (validation) of the pretrained base, the instruction-tuned base and per-category experts, so a
@@ -28,7 +28,7 @@ def main(argv):
   import mergejax.tasks  # pylint: disable=g-import-not-at-top,unused-import
   from mergejax import models  # pylint: disable=g-import-not-at-top
   from mergejax.evaluation import adapter as adapter_lib, evaluator  # pylint: disable=g-import-not-at-top
-  from mergejax.training import data, trainer  # pylint: disable=g-import-not-at-top
+  from mergejax.training import data, recipes, trainer  # pylint: disable=g-import-not-at-top
 
   vocab = data.padded_vocab_size(data.vocab_size("mj_pretrain"))
   cfg = models.get_config(FLAGS.size, vocab_size=vocab, max_len=128)
@@ -53,13 +53,13 @@ def main(argv):
           + ", ".join(f"{k.removesuffix('_rank')} {v:.1f}" for k, v in sorted(res.task_scores.items())), flush=True)
 
   pt = train("pretrained", "mj_pretrain", FLAGS.pretrain_steps, 3e-3)
-  it = train("instruction_tuned", "mj_instruct", FLAGS.instruct_steps, 2e-3, pt)
+  it = train("instruction_tuned", recipes.mixture_name("instruction_tune"), FLAGS.instruct_steps, 2e-3, pt)
   score("pretrained", pt, "mj_heldout_rank")
   score("instr_tuned", it, "mj_heldout_rank")
   for cat in FLAGS.categories:
     ex = train(f"expert_{cat}", f"mj_heldin_{cat}", FLAGS.expert_steps, 1e-3, pt)
     score("pretrained", pt, f"mj_heldin_{cat}_rank")
-    score(f"expert", ex, f"mj_heldin_{cat}_rank")
+    score("expert", ex, f"mj_heldin_{cat}_rank")
   print(json.dumps(results, indent=1))
 
 

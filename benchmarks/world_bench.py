@@ -1,5 +1,5 @@
 """Building the embedded world: wall time, training tokens/s per size, and whether the world
-behaves like the paper's (rank-classification probe, mergejax.training.probe).
+behaves like the paper's (rank-classification accuracy through mergejax.evaluation.Evaluator).
 
   python benchmarks/world_bench.py --workdir=runs/world_bench --fresh --sizes=xs,s
   python benchmarks/world_bench.py --speed_only --speed_sizes=xs,s,m
@@ -29,7 +29,7 @@ _FRESH = flags.DEFINE_bool("fresh", False, "Delete --workdir first (time a full 
 _SPEED_ONLY = flags.DEFINE_bool("speed_only", False, "Only the throughput phase.")
 _SKIP_SPEED = flags.DEFINE_bool("skip_speed", False, "Skip the throughput phase.")
 _OUT = flags.DEFINE_string("out", "runs/world_bench.json", "JSON report.")
-_SPLIT = flags.DEFINE_string("split", "validation", "Split for the probe.")
+_SPLIT = flags.DEFINE_string("split", "validation", "Split for the paper checks.")
 _HELDOUT_SPLITS = flags.DEFINE_list("heldout_splits", ["test"],
                                     "More splits on which to report the bases' held-out means "
                                     "(the study evaluates held-out tasks on test).")
@@ -81,12 +81,12 @@ def speed(sizes, batch_size=16, length=128, steps=5) -> dict:
   return out
 
 
-# How the world's runs can share a 2-core CPU host (issue 4, fourth session). Each mode is timed in a
-# fresh subprocess (the CPU device count and XLA flags are fixed when the backend starts) on the same
-# work: `--mode_steps` train steps of every listed run (16 x 128-token rows, random tokens).
+# How the world's runs can share a 2-core CPU host. Each mode is timed in a fresh subprocess (the CPU
+# device count and XLA flags are fixed when the backend starts) on the same work: `--mode_steps` train
+# steps of every listed run (16 x 128-token rows, random tokens).
 _MODES = {
     # (CPU devices, XLA_FLAGS, runs, concurrent?)
-    "a_mesh2_sequential": (2, "", ("xs", "s"), False),     # mergejax-study today: 2-device data mesh
+    "a_mesh2_sequential": (2, "", ("xs", "s"), False),     # one run after another on a 2-device data mesh
     "one_device_sequential": (1, "", ("xs", "s"), False),  # 1 device, XLA's thread pool over both cores
     "b_sizes_concurrent": (2, "", ("xs", "s"), True),      # xs on device 0 beside s on device 1
     "b_sizes_concurrent_1thread": (2, "--xla_cpu_multi_thread_eigen=false", ("xs", "s"), True),
@@ -94,7 +94,7 @@ _MODES = {
     "c_same_size_concurrent": (2, "", ("s", "s"), True),   # two runs of one size side by side
 }
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "CPU devices for the build (0: one per core, "
-                                    "as mergejax-build-world; 1: the old one-run-at-a-time build).")
+                                    "as mergejax-build-world; 1: one run at a time over one device).")
 _MODE = flags.DEFINE_string("_mode", "", "Internal: time one training mode (see _MODES) and print JSON.")
 _TRAIN_MODES = flags.DEFINE_list("train_modes", [], "Time these training modes side by side "
                                  f"(any of {sorted(_MODES)}; 'all' for every one).")
@@ -170,29 +170,43 @@ def train_modes(names, steps, repeats) -> dict:
   return {"runs": res, "median_model_gflops": summary}
 
 
-def measure(workdir, sizes, split) -> dict:
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+class _Accuracy:
+  """Rank-classification accuracy (a fraction) per task and per category, through the study's evaluator
+  (mj_heldin_rank / mj_heldout_rank: the choice tasks), its data read once per (mixture, split)."""
+
+  def __init__(self):
+    self._evaluators = {}
+
+  def __call__(self, cfg, params, mixture: str, split: str):
+    from mergejax import evaluation  # pylint: disable=g-import-not-at-top
+    adapter = evaluation.builtin_adapter(cfg)
+    ev = self._evaluators.get((mixture, split))
+    if ev is None:
+      ev = self._evaluators[(mixture, split)] = evaluation.Evaluator(adapter, mixture, split)
+    res = ev.with_adapter(adapter).evaluate(params)
+    return ({t.removesuffix("_rank"): v / 100 for t, v in res.task_scores.items()},
+            {c: v / 100 for c, v in res.categories.items()})
+
+
+def measure(workdir, sizes, split, accuracy) -> dict:
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import models, world  # pylint: disable=g-import-not-at-top
-  from mergejax.training import probe  # pylint: disable=g-import-not-at-top
   res = {}
   for size in sizes:
     res[size] = {}
     for kind in world.KINDS:
       cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
-      r = {"heldout_base": {c: probe.category_accuracy(cfg, base, T.heldout_tasks(c), split)
-                            for c in T.HELDOUT_CATEGORIES},
-           "heldin_base": {}, "heldin_expert": {}, "heldin_multitask": {}}
+      r = {"heldout_base": accuracy(cfg, base, "mj_heldout_rank", split)[1],
+           "heldin_base": accuracy(cfg, base, "mj_heldin_rank", split)[1], "heldin_expert": {},
+           "heldin_multitask": {}}
       mt_path = world.checkpoint_path(workdir, size, kind, "multitask")
-      mt = models.load_checkpoint(mt_path)[1] if models.is_complete(mt_path) else None
-      for c in T.HELDIN_CATEGORIES:
-        tasks = T.heldin_tasks(c)
-        r["heldin_base"][c] = probe.category_accuracy(cfg, base, tasks, split)
+      if models.is_complete(mt_path):
+        r["heldin_multitask"] = accuracy(cfg, models.load_checkpoint(mt_path)[1], "mj_heldin_rank", split)[1]
+      for c in tasks.HELDIN_CATEGORIES:
         _, ex = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "expert", c))
-        r["heldin_expert"][c] = probe.category_accuracy(cfg, ex, tasks, split)
-        if mt is not None:
-          r["heldin_multitask"][c] = probe.category_accuracy(cfg, mt, tasks, split)
+        r["heldin_expert"][c] = accuracy(cfg, ex, "mj_heldin_rank", split)[1][c]
       r["expert_over_base"] = float(np.mean([r["heldin_expert"][c] / max(r["heldin_base"][c], 1e-9)
-                                             for c in T.HELDIN_CATEGORIES]))
+                                             for c in tasks.HELDIN_CATEGORIES]))
       for k in ("heldout_base", "heldin_base", "heldin_expert", "heldin_multitask"):
         if r[k]:
           r[k + "_mean"] = float(np.mean(list(r[k].values())))
@@ -206,40 +220,40 @@ def measure(workdir, sizes, split) -> dict:
 
 def heldout_bases(tasks_report, sizes, split) -> dict:
   """Held-out mean (over categories) of both bases per size on `split`, from the per-task accuracies
-  of :func:`heldout_tasks` (no second probe)."""
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  of :func:`heldout_tasks` (no second evaluation)."""
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import world  # pylint: disable=g-import-not-at-top
   res = {}
   for size in sizes:
     for kind in world.KINDS:
       row = tasks_report[split][size][kind]
-      cats = {c: float(np.mean([row[t]["accuracy"] for t in T.heldout_tasks(c)])) for c in T.HELDOUT_CATEGORIES}
+      cats = {c: float(np.mean([row[t]["accuracy"] for t in tasks.heldout_tasks(c)])) for c in tasks.HELDOUT_CATEGORIES}
       res.setdefault(size, {})[kind] = {"heldout_base": cats, "heldout_base_mean": float(np.mean(list(cats.values())))}
       print(f"{split}: {size}/{kind}: held-out base {res[size][kind]['heldout_base_mean']:.3f} ("
             + ", ".join(f"{c} {v:.3f}" for c, v in cats.items()) + ")", flush=True)
   return res
 
 
-# Held-out tasks that must be answerable (issue 4, fifth and sixth sessions): the instruction-tuned
-# base of the largest default size more than 2 standard errors above chance on every reported split.
+# Held-out tasks that must be answerable: the instruction-tuned base of every size more than 2 standard
+# errors above chance on every reported split.
 _ANSWERABLE = ("mj_nli_cb", "mj_wsd_gloss")
 
 
-def heldout_tasks(workdir, sizes, splits) -> dict:
+def heldout_tasks(workdir, sizes, splits, accuracy) -> dict:
   """Per-task held-out accuracy of both bases with its standard error sqrt(p (1 - p) / n) and chance
   (1 / number of choices), per split; prints one line per (split, size, kind)."""
-  import mergejax.tasks as T  # pylint: disable=g-import-not-at-top
+  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   from mergejax import models, world  # pylint: disable=g-import-not-at-top
-  from mergejax.training import probe  # pylint: disable=g-import-not-at-top
   res = {}
   for size in sizes:
     for kind in world.KINDS:
       cfg, base = models.load_checkpoint(world.checkpoint_path(workdir, size, kind, "base"))
       for split in splits:
         row = {}
-        for t in T.heldout_tasks():
-          exs = T.examples(t, split)
-          p = probe.rank_accuracy(cfg, base, t, split)
+        per_task = accuracy(cfg, base, "mj_heldout_rank", split)[0]
+        for t in tasks.heldout_tasks():
+          exs = tasks.examples(t, split)
+          p = per_task[t]
           row[t] = {"accuracy": p, "se": float(np.sqrt(p * (1 - p) / len(exs))), "n": len(exs),
                     "chance": 1.0 / len(exs[0].choices)}
         res.setdefault(split, {}).setdefault(size, {})[kind] = row
@@ -264,7 +278,7 @@ def answerable_targets(tasks_report, sizes) -> dict:
 
 
 def targets(checks, sizes) -> dict:
-  """The issue's three targets, each printed as one line with its numbers and met / NOT met."""
+  """The world's targets (docs/WORLD.md), each printed as one line with its numbers and met / NOT met."""
   out = {}
   for size in sizes:
     for kind, r in checks[size].items():
@@ -296,11 +310,8 @@ def main(argv):
     print(json.dumps(_time_mode(_MODE.value, _MODE_STEPS.value)))
     return
   if not _TRAIN_MODES.value:  # build like mergejax-build-world: one CPU device per core
-    import jax  # pylint: disable=g-import-not-at-top
-    from mergejax import world  # pylint: disable=g-import-not-at-top
-    n = world.host_cpu_devices(_CPU_DEVICES.value)
-    if n > 1:
-      jax.config.update("jax_num_cpu_devices", n)
+    from mergejax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.split_host_cpu(_CPU_DEVICES.value)
   report = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
   if _TRAIN_MODES.value:
     report["train_modes"] = train_modes(_TRAIN_MODES.value, _MODE_STEPS.value, _MODE_REPEATS.value)
@@ -332,10 +343,11 @@ def main(argv):
     print(f"train compute: {summary['train_flops']:.3e} FLOPs "
           "(sum over runs of steps x tokens/step x FLOPs/token)", flush=True)
     t = time.perf_counter()
-    report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value)
+    accuracy = _Accuracy()
+    report["paper_checks"] = measure(wd, _SIZES.value, _SPLIT.value, accuracy)
     report["targets"] = targets(report["paper_checks"], _SIZES.value)
     splits = list(dict.fromkeys([_SPLIT.value] + list(_HELDOUT_SPLITS.value)))
-    report["heldout_tasks"] = heldout_tasks(wd, _SIZES.value, splits)
+    report["heldout_tasks"] = heldout_tasks(wd, _SIZES.value, splits, accuracy)
     for split in _HELDOUT_SPLITS.value:
       if split != _SPLIT.value:
         report[f"heldout_bases_{split}"] = heldout_bases(report["heldout_tasks"], _SIZES.value, split)

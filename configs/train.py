@@ -1,45 +1,11 @@
-"""mergejax-train: one training run of the embedded world.
+r"""Configuration of ``mergejax-train``: the package's default (:mod:`mergejax.configs.train`).
 
   mergejax-train --config=configs/train.py --workdir=runs/world --config.size=xs \
       --config.recipe=expert --config.category=sentiment --config.kind=instruction_tuned
 
-Paths follow the world layout under --workdir unless --config.output / --config.init are given.
-Unset (placeholder) hyperparameters take the recipe's defaults (mergejax/training/recipes.py).
+Copy this file to start a config of your own: change the returned values (plain Python values).
 """
 
-from ml_collections import config_dict
+from mergejax.configs.train import get_config
 
-
-def get_config() -> config_dict.ConfigDict:
-  c = config_dict.ConfigDict()
-  c.recipe = "pretrain"  # pretrain | instruction_tune | expert | multitask
-  c.size = "xs"  # a row of mergejax.models.SIZES
-  c.category = config_dict.placeholder(str)  # held-in category (recipe=expert)
-  c.kind = "pretrained"  # base kind an expert / multitask run starts from: pretrained | instruction_tuned
-  c.output = config_dict.placeholder(str)  # default: the world layout under --workdir
-  c.init = config_dict.placeholder(str)  # default: the base this recipe starts from
-  c.mixture = config_dict.placeholder(str)  # default: the recipe's mj_* mixture
-  c.mixture_prefix = "mj"
-  c.task_module = config_dict.placeholder(str)  # a module to import that registers custom seqio tasks
-  c.seed = 0
-  c.batch_size = 16  # packed rows per step (global)
-  c.inputs_length = 96
-  c.targets_length = 32
-  # Optimizer (placeholders: the recipe's defaults).
-  c.steps = config_dict.placeholder(int)
-  c.lr = config_dict.placeholder(float)
-  c.warmup_steps = config_dict.placeholder(int)
-  c.min_lr_ratio = config_dict.placeholder(float)
-  c.weight_decay = 0.01
-  c.b1 = 0.9
-  c.b2 = 0.98
-  c.clip_norm = 1.0
-  # Model overrides.
-  c.scan_layers = config_dict.placeholder(bool)
-  c.remat = config_dict.placeholder(bool)
-  c.dtype = config_dict.placeholder(str)
-  # Loop.
-  c.checkpoint_every = 50  # resumable train-state checkpoints (0: off)
-  c.log_every = 10
-  c.progress = True
-  return c
+__all__ = ["get_config"]

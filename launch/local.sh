@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the study on this machine (CPU or one GPU), installing into .venv first.
 #   launch/local.sh [CONFIG] [WORKDIR] [extra flags...]
-#   launch/local.sh configs/study_tiny.py runs/tiny --config.methods=ties,task_arithmetic
+#   launch/local.sh configs/study_tiny.py runs/tiny --config.methods='("ties", "task_arithmetic")'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG="${1:-configs/study_tiny.py}"

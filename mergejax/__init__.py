@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 
 from mergejax import methods  # noqa: E402
 from mergejax.api import merge  # noqa: E402
+from mergejax.engine import NonFiniteError  # noqa: E402
 
-__all__ = ["merge", "methods", "__version__"]
+__all__ = ["NonFiniteError", "merge", "methods", "__version__"]

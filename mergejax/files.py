@@ -23,12 +23,25 @@ def json_default(x: Any) -> Any:
   return str(x)
 
 
+def _new_file_mode() -> int:
+  """The permissions ``open()`` gives a new file: 0o666 less the process umask (read once, at import:
+  ``os.umask`` can only be read by setting it)."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` atomically (temp file, fsync, rename); creates parent directories."""
+  """Writes ``data`` to ``path`` atomically (temp file, fsync, rename); creates parent directories. The
+  file gets the permissions of a file created with ``open()`` (``mkstemp``'s own are owner-only)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
   try:
+    os.fchmod(fd, _NEW_FILE_MODE)
     with os.fdopen(fd, "wb") as f:
       f.write(data.encode() if isinstance(data, str) else data)
       f.flush()

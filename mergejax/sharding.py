@@ -9,6 +9,8 @@ simulated devices, a GPU or a multi-host slice.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any, Sequence
 
@@ -97,3 +99,39 @@ def sharding_for(path: str, shape: Sequence[int], mesh: Mesh, rules: Sequence[Ru
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def cpu_device_count(requested: int = 0) -> int:
+  """How many devices to split a CPU host into: ``requested``, or for 0 one per core (at most 8).
+
+  XLA:CPU runs one program at a time per device; the embedded world's training runs and the study's
+  evaluation batches are small, so one device per core runs them side by side (measured ~1.3-1.4x
+  faster than one device using every core: docs/BENCHMARKS.md). A count already forced through
+  XLA_FLAGS (as in the tests) is left alone: 1.
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 1
+  if requested:
+    return max(1, int(requested))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  return max(1, min(8, cores))
+
+
+def split_host_cpu(requested: int = 0) -> int:
+  """Sets ``jax_num_cpu_devices`` to :func:`cpu_device_count` (call before JAX starts its backends; the
+  CPU backend is only the default where there is no accelerator). Returns the count."""
+  n = cpu_device_count(requested)
+  if n > 1:
+    jax.config.update("jax_num_cpu_devices", n)
+  return n
+
+
+def broadcast_json(obj: Any) -> Any:
+  """Sends a JSON-able object from process 0 to every process (e.g. metrics, a results-store row)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-process runs only
+  payload = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(payload.size)))
+  buf = np.zeros(n, np.uint8)
+  buf[:payload.size] = payload
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return json.loads(buf.tobytes().decode())

@@ -1,4 +1,4 @@
-"""Pytree helpers shared by the merge library and the checkpoint layer: canonical leaf paths,
+"""Pytree utilities shared by the merge library and the checkpoint layer: canonical leaf paths,
 stable path hashes (for PRNG keys) and structural validation of base vs experts."""
 
 from __future__ import annotations
@@ -41,7 +41,16 @@ def is_float_dtype(dtype: Any) -> bool:
   return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
 
 
+def is_prng_key(x: Any) -> bool:
+  """True for a typed PRNG key array (``jax.random.key``; e.g. an ``nnx.Rngs`` stream's key)."""
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def shape_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of a leaf; a typed PRNG key is described by its key data (e.g. (..., 2) uint32)."""
+  if is_prng_key(x):
+    data = jax.eval_shape(jax.random.key_data, x)
+    return tuple(data.shape), np.dtype(data.dtype)
   if hasattr(x, "shape") and hasattr(x, "dtype"):
     return tuple(x.shape), np.dtype(x.dtype)
   a = np.asarray(x)

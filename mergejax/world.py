@@ -8,22 +8,29 @@ Layout under a workdir::
     <workdir>/<size>/<kind>/multitask                    multitask (all held-in categories, per kind)
     <workdir>/world.json                                 what the last build did (timings, losses)
 
-Each leaf directory is a model checkpoint (:mod:`mergejax.models.checkpoint`): it appears only once
+Each leaf directory is a model checkpoint (:mod:`mergejax.models.io`): it appears only once
 complete (written under a temporary name and renamed), so :func:`build_world` skips exactly the
 finished ones, and resumes a half-trained run from its training checkpoints.
 """
 
 from __future__ import annotations
 
-import json
+import concurrent.futures
 import os
 import pathlib
+import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
+import jax
+from tqdm.auto import tqdm
+
+from mergejax import files
 from mergejax import models
+from mergejax import tasks
 from mergejax.training import data as data_lib
 from mergejax.training import recipes
+from mergejax.training import trainer as trainer_lib
 
 KINDS = recipes.KINDS
 ROLES = ("base", "expert", "multitask")
@@ -49,8 +56,33 @@ def checkpoint_path(workdir: str | os.PathLike, size: str, kind: str, role: str,
 
 def heldin_categories() -> tuple[str, ...]:
   """The 8 held-in categories of the synthetic suite."""
-  import mergejax.tasks  # pylint: disable=g-import-not-at-top
-  return tuple(mergejax.tasks.HELDIN_CATEGORIES)
+  return tuple(tasks.HELDIN_CATEGORIES)
+
+
+_ROLE = {"pretrain": "base", "instruction_tune": "base", "expert": "expert", "multitask": "multitask"}
+
+
+def run_spec(recipe: str, size: str | models.ModelConfig, workdir: str | os.PathLike | None = None, *,
+             kind: str = "pretrained", category: str | None = None, out: str | os.PathLike | None = None,
+             init: str | os.PathLike | None = None, **resolve_kw: Any) -> recipes.RunSpec:
+  """A recipe's :class:`~mergejax.training.recipes.RunSpec` with its output and starting checkpoint in
+  the world layout under ``workdir`` (unless ``out`` / ``init`` are given); ``resolve_kw`` goes to
+  :func:`mergejax.training.recipes.resolve`."""
+  kind = recipes.run_kind(recipe, kind)
+  if recipe == "expert" and not category:
+    raise ValueError("recipe 'expert' needs a category")
+  size_name = size if isinstance(size, str) else (size.name or "custom")
+
+  def path(*args) -> pathlib.Path:
+    if workdir is None:
+      raise ValueError(f"recipe {recipe!r}: give a workdir or explicit output / init paths")
+    return checkpoint_path(workdir, size_name, *args)
+
+  if out is None:
+    out = path(kind, _ROLE[recipe], category if recipe == "expert" else None)
+  if init is None and recipe != "pretrain":
+    init = path("pretrained" if recipe == "instruction_tune" else kind, "base")
+  return recipes.resolve(recipe, size, out=out, init=init, category=category, kind=kind, **resolve_kw)
 
 
 def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
@@ -60,8 +92,6 @@ def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
          seed: int = 0, mixture_prefix: str = "mj",
          model_overrides: Mapping[str, Any] | None = None) -> list[recipes.RunSpec]:
   """All runs of a world build, in dependency order (bases before what starts from them)."""
-  if mixture_prefix == "mj":
-    import mergejax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   categories = tuple(categories) if categories is not None else heldin_categories()
   for k in kinds:
     if k not in KINDS:
@@ -74,9 +104,9 @@ def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
   def spec(recipe, size, **kw):
     o = dict(over.get(recipe, {}))
     steps = o.pop("steps", None)
-    return recipes.resolve(recipe, size, workdir, steps=steps, opt_overrides=o,
-                           batch_size=batch_size, feature_lengths=feature_lengths, seed=seed,
-                           mixture_prefix=mixture_prefix, model_overrides=model_overrides, **kw)
+    return run_spec(recipe, size, workdir, steps=steps, opt_overrides=o, batch_size=batch_size,
+                    feature_lengths=feature_lengths, seed=seed, mixture_prefix=mixture_prefix,
+                    model_overrides=model_overrides, **kw)
 
   runs = []
   for size in sizes:
@@ -123,9 +153,6 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   ``devices`` overrides the device list: several -> concurrent runs, one per device; one ->
   every run on that device, one after another.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mergejax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   runs = plan(workdir, sizes, **plan_kw)
@@ -147,7 +174,8 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
     summary["devices"] = 1
   summary["runs"] = rows
   summary["seconds"] = time.perf_counter() - t0
-  _write_json_atomic(workdir / "world.json", summary)
+  if jax.process_index() == 0:
+    files.atomic_write_json(workdir / "world.json", summary, sort_keys=False)
   return summary
 
 
@@ -175,7 +203,6 @@ def _finish_row(row: dict[str, Any], res) -> None:
 
 def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None) -> list[dict[str, Any]]:
   """One run after another, each over ``mesh`` (default: the data-parallel mesh of all devices)."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   cache: dict[tuple, list] = {}
   out = []
   bar = tqdm(runs, desc="world", disable=not progress, dynamic_ncols=True)
@@ -214,11 +241,6 @@ def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -
   XLA releases the GIL while a step runs, so one Python thread per device keeps every device busy;
   batches are generated by one more thread in the order the runs will need them.
   """
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  from mergejax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-
   rows = [_row(spec) for spec in runs]
   todo = []
   for i, spec in enumerate(runs):
@@ -303,27 +325,6 @@ def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -
   if errors:
     raise errors[0]
   return rows
-
-
-def host_cpu_devices(requested: int = 0) -> int:
-  """How many CPU devices a CPU-only world build should split the host into: ``requested``, or for
-  0 one per core (at most 8), so that independent runs train side by side (see :func:`build_world`).
-  A count already forced through XLA_FLAGS (as in the tests) is left alone (returns 1)."""
-  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-    return 1
-  if requested:
-    return max(1, int(requested))
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-  return max(1, min(8, cores))
-
-
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return
-  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-  os.replace(tmp, path)
 
 
 def status(workdir: str | os.PathLike, sizes: Iterable[str] = DEFAULT_SIZES,

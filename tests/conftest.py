@@ -1,4 +1,4 @@
-"""Test-session setup: 8 simulated CPU devices (must precede any jax import) and quiet TensorFlow."""
+"""Test setup: 8 simulated CPU devices (must precede any jax import) and quiet TensorFlow."""
 
 import os
 

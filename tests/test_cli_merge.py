@@ -46,7 +46,7 @@ def test_merge_end_to_end_with_manifest_progress_and_overwrite(world, tmp_path):
   assert r.returncode == 0, r.stderr
   assert "merge:" in r.stderr and "leaves" in r.stderr  # tqdm bar with leaf counts and bytes
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["config.json", "generation_config.json", "mergejax_manifest.json", "model.safetensors",
+  assert names == ["README.md", "config.json", "generation_config.json", "mergejax_manifest.json", "model.safetensors",
                    "tokenizer_config.json"]
   man = json.loads((out / "mergejax_manifest.json").read_text())
   assert man["method"] == "ties" and man["hparams"]["density"] == 0.3 and man["seed"] == 4
@@ -144,9 +144,9 @@ def _bad_world(tmp_path, case):
   if case == "shape":
     e["lm_head.weight"] = e["lm_head.weight"][:32]
     return b, write_hf(tmp_path / "e", e), "e: leaf 'lm_head.weight' has shape (32, 16)"
-  if case == "dtype":
-    e["lm_head.weight"] = e["lm_head.weight"].astype(np.float32)
-    return b, write_hf(tmp_path / "e", e), "e: leaf 'lm_head.weight' has dtype float32"
+  if case == "dtype":  # float leaves of mixed dtypes merge (float32 math); integer ones must agree
+    e["model.rotary.inv_freq_count"] = e["model.rotary.inv_freq_count"].astype(np.int64)
+    return b, write_hf(tmp_path / "e", e), "e: leaf 'model.rotary.inv_freq_count' has dtype int64"
   if case == "truncated":
     p = write_hf(tmp_path / "e", e)
     f = p / "model.safetensors"
@@ -159,15 +159,20 @@ def _bad_world(tmp_path, case):
   if case == "unknown_format":
     p = tmp_path / "e"
     p.mkdir()
-    (p / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    (p / "model.gguf").write_bytes(b"\0" * 16)
     return b, p, "e: unknown checkpoint format"
+  if case == "not_torch":
+    p = tmp_path / "e"
+    p.mkdir()
+    (p / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    return b, p, "pytorch_model.bin: not a torch checkpoint (not a zip archive)"
   if case == "inside_input":
     return b, write_hf(tmp_path / "e", e), "is inside input"
   raise ValueError(case)
 
 
 @pytest.mark.parametrize("case", ["missing_leaf", "extra_leaf", "shape", "dtype", "truncated", "corrupt_index",
-                                  "unknown_format", "inside_input"])
+                                  "unknown_format", "not_torch", "inside_input"])
 def test_bad_inputs_named_and_nothing_written(tmp_path, case):
   b, e, msg = _bad_world(tmp_path, case)
   out = (b / "merged") if case == "inside_input" else tmp_path / "out"

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mergejax import models, tasks
+from mergejax import files, models, tasks
 from mergejax.cli import eval as eval_cli
 
 _spec = importlib.util.spec_from_file_location(
@@ -31,10 +31,10 @@ def checkpoint(tmp_path_factory):
 
 def test_evaluate_checkpoint_writes_per_task_and_per_category_results(checkpoint, tmp_path):
   cfg = eval_config.get_config()
-  cfg.mixtures = "heldout_nli,heldout_word_sense"
+  cfg.mixtures = ("heldout_nli", "heldout_word_sense")
   cfg.batch_size = 8
   results, table = eval_cli.evaluate_checkpoint(checkpoint, cfg)
-  path = eval_cli.write_json_atomic(tmp_path / "out.json", results)
+  path = files.atomic_write_json(tmp_path / "out.json", results)
   saved = json.loads(path.read_text())
   assert set(saved["mixtures"]) == {"heldout_nli", "heldout_word_sense"}
   nli = saved["mixtures"]["heldout_nli"]

@@ -57,7 +57,7 @@ def test_two_processes_match_one(tmp_path):
   two = json.loads(out.read_text())
 
   c = eval_config.get_config()
-  c.mixtures, c.batch_size = mixtures, 8
+  c.mixtures, c.batch_size = (mixtures,), 8
   one, _ = eval_cli.evaluate_checkpoint(ckpt, c)
   assert jax.device_count() == 8
   m = "heldout_nli"

@@ -1,14 +1,18 @@
-"""The study's fast evaluator: prefix-shared packed scoring and SuiteEvaluator, checked against plain
-per-row scoring and plain seqio.Evaluator runs."""
+"""The evaluator's packed path: prefix-shared packed scoring checked against per-row scoring and
+against seqio.Evaluator's own metric computation."""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 
 from mergejax import evaluation
 from mergejax.evaluation import packed as packed_lib
-from mergejax.evaluation.suite_evaluator import SuiteEvaluator
+from mergejax.evaluation.aggregate import to_float
 
 import test_eval  # the toy tasks (evtest_rank, evtest_gen, evtest_mix) and the tiny decoder
 from test_eval import Bigram, forced_table, registered  # noqa: F401  pylint: disable=unused-import
@@ -68,66 +72,70 @@ def test_a_row_too_long_for_the_packed_sequence_fails_clearly():
     packed_lib.pack(inp, tgt, w, np.arange(len(inp)), seq_len=4)
 
 
-def test_suite_evaluator_matches_seqio_evaluator(registered):  # noqa: F811
+def _seqio_reference(mixture, adapter, params, *, score_fn=None):
+  """Metrics computed by seqio.Evaluator itself, every (prompt, choice) row scored on its own."""
+  ev = seqio.Evaluator(mixture, feature_converter=seqio.DecoderFeatureConverter(pack=False), eval_split="validation",
+                       use_memory_cache=True, async_compute_metrics=False)
+  inf = evaluation.Inference(adapter, batch_size=8)
+  metrics, _ = ev.evaluate(compute_metrics=True, score_fn=score_fn or functools.partial(inf.score, params),
+                           predict_fn=functools.partial(inf.predict, params))
+  return {t: {k: to_float(v) for k, v in m.items()} for t, m in metrics.result().items()}
+
+
+def test_packed_evaluator_matches_seqio_evaluator(registered):  # noqa: F811
   cfg, params, adapter = test_eval._tiny_decoder()  # pylint: disable=protected-access
-  assert adapter.apply_packed is not None
-  plain = evaluation.Evaluator(adapter, "evtest_mix", "validation", batch_size=8)
-  fast = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_len=32)
+  ev = evaluation.Evaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_len=32)
+  assert ev.packed
   for p in (params, jax.tree.map(lambda x: x * 0.7, params)):
-    want, got = plain.evaluate(p), fast.evaluate(p)
-    assert got.tasks == want.tasks and got.categories == want.categories and got.score == want.score
+    assert ev.evaluate(p).tasks == _seqio_reference("evtest_mix", adapter, p)
   # A subset of tasks: only those are evaluated and aggregated.
-  sub = fast.evaluate(params, tasks=fast.tasks_of(["cat_rank"]))
-  assert set(sub.tasks) == {"evtest_rank"}
-  assert sub.tasks["evtest_rank"] == plain.evaluate(params).tasks["evtest_rank"]
-  # Raw per-row scores equal the per-row path's.
-  ds = plain.seqio_evaluator.cached_model_datasets["evtest_rank"]
-  rows = [s for _, s in sorted(plain.inference.score(params, ds))]
-  packed = fast._packed_scores(fast.inference.place_params(params), ["evtest_rank"])["evtest_rank"]  # pylint: disable=protected-access
-  np.testing.assert_allclose(packed, rows, rtol=1e-5, atol=1e-4)
-  # New params of the same shapes reuse the one compiled program.
-  jitted = fast._packed  # pylint: disable=protected-access
-  n = jitted._cache_size()  # pylint: disable=protected-access
-  fast.evaluate(jax.tree.map(lambda x: x * 1.1, params))
-  assert jitted._cache_size() == n  # pylint: disable=protected-access
+  sub = ev.evaluate(params, tasks=ev.tasks_of(["cat_rank"]))
+  assert set(sub.tasks) == {"evtest_rank"} and set(sub.categories) == {"cat_rank"}
+  assert sub.tasks["evtest_rank"] == ev.evaluate(params).tasks["evtest_rank"]
+  # Raw per-row scores equal the per-row path's (an adapter without apply_packed).
+  rows = evaluation.Evaluator(dataclasses.replace(adapter, apply_packed=None), "evtest_rank", "validation",
+                              batch_size=8)
+  assert not rows.packed
+  got = ev.model_outputs(params, ["evtest_rank"])["evtest_rank"][seqio_score()]
+  want = rows.model_outputs(params)["evtest_rank"][seqio_score()]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  # New params of the same shapes reuse the compiled programs.
+  assert test_eval.compiles(lambda: ev.evaluate(jax.tree.map(lambda x: x * 1.1, params))) == 0
   with pytest.raises(ValueError, match="task 'nope' is not in 'evtest_mix'"):
-    fast.evaluate(params, tasks=["nope"])
+    ev.evaluate(params, tasks=["nope"])
 
 
-def test_legacy_score_metrics_equal_seqios_metric_objects(registered):  # noqa: F811
+def test_score_function_metrics_equal_seqios_metric_objects(registered):  # noqa: F811
+  """After a task's first evaluation the evaluator calls its score functions directly; the metrics
+  must equal what seqio computes from the same scores, ties included."""
   _, params, adapter = test_eval._tiny_decoder()  # pylint: disable=protected-access
-  ev = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_len=32)
-  ev.evaluate(params)  # the first evaluation goes through seqio's metric objects and keeps the targets
-  assert ev._legacy_score_metrics("evtest_gen", {}) is None  # a generation task keeps seqio's path  # pylint: disable=protected-access
-  n = len(ev._score_targets["evtest_rank"])  # pylint: disable=protected-access
+  ev = evaluation.Evaluator(adapter, "evtest_rank", "validation", batch_size=8, pack_len=32)
+  ev.evaluate(params)
+  n = len(ev.model_outputs(params)["evtest_rank"][seqio_score()])
   rng = np.random.default_rng(0)
-  for scores in (rng.standard_normal(n), np.zeros(n), np.round(rng.standard_normal(n))):  # ties included
-    out = {seqio_score(): list(scores)}
-    fast = ev._legacy_score_metrics("evtest_rank", out)  # pylint: disable=protected-access
-    targets = ev._score_targets.pop("evtest_rank")  # pylint: disable=protected-access
-    slow = ev._task_metrics("evtest_rank", out)  # pylint: disable=protected-access
-    assert fast is not None and fast == slow and ev._score_targets["evtest_rank"] == targets  # pylint: disable=protected-access
+  for scores in (rng.standard_normal(n), np.zeros(n), np.round(rng.standard_normal(n))):
+    got = ev.task_metrics("evtest_rank", {seqio_score(): list(scores)})
+    want = _seqio_reference("evtest_rank", adapter, params,
+                            score_fn=lambda ds, s=scores: [(i, float(s[i])) for i, _ in ds])["evtest_rank"]
+    assert {k: to_float(v) for k, v in got.items()} == want
 
 
 def seqio_score():
-  import seqio  # pylint: disable=g-import-not-at-top
   return seqio.metrics.ModelOutputType.SCORE
 
 
-def test_suite_evaluator_without_packing_and_on_one_or_eight_devices(registered):  # noqa: F811
+def test_evaluator_without_packing_and_on_one_or_eight_devices(registered):  # noqa: F811
   # A user model without apply_packed is scored row by row, with the same metrics.
-  ev = SuiteEvaluator(evaluation.from_flax_lm(Bigram()), "evtest_mix", "validation", batch_size=8)
+  ev = evaluation.Evaluator(evaluation.from_flax_lm(Bigram()), "evtest_mix", "validation", batch_size=8)
   res = ev.evaluate(forced_table())
   assert res.tasks["evtest_rank"]["accuracy"] == pytest.approx(75.0)
   assert res.tasks["evtest_gen"]["exact_match"] == pytest.approx(75.0)
   _, params, adapter = test_eval._tiny_decoder()  # pylint: disable=protected-access
   assert jax.device_count() == 8
   one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-  ev1 = SuiteEvaluator(adapter, "evtest_mix", "validation", mesh=one, batch_size=8, pack_rows=1, pack_len=16)
-  ev8 = SuiteEvaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_rows=1, pack_len=16)
-  assert ev8._round_robin and not ev1._round_robin  # pylint: disable=protected-access
+  ev1 = evaluation.Evaluator(adapter, "evtest_mix", "validation", mesh=one, batch_size=8, pack_rows=1, pack_len=16)
+  ev8 = evaluation.Evaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_rows=1, pack_len=16)
   assert ev1.evaluate(params).tasks == ev8.evaluate(params).tasks
-  # Whole batches on alternating devices: the raw scores are bitwise the one-device ones.
-  raw = lambda ev: ev._packed_scores(ev.inference.place_params(params), ["evtest_rank"])  # pylint: disable=protected-access
+  # The packed batches spread over 8 devices give bitwise the one-device scores.
+  raw = lambda ev: ev.model_outputs(params, ["evtest_rank"])["evtest_rank"][seqio_score()]
   assert raw(ev1) == raw(ev8)
-  assert len({next(iter(b["tokens"].devices())) for g in ev8._groups.values() for b in g.batches}) > 1  # pylint: disable=protected-access

@@ -24,3 +24,10 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path):
     files.atomic_write(path, 12345)  # not str or bytes: fails inside the write
   assert json.loads(path.read_text()) == {"v": 1}
   assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_written_files_get_the_permissions_open_gives(tmp_path):
+  files.atomic_write(tmp_path / "atomic.txt", "x")
+  (tmp_path / "plain.txt").write_text("x")
+  mode = lambda name: (tmp_path / name).stat().st_mode & 0o777
+  assert mode("atomic.txt") == mode("plain.txt")

@@ -117,3 +117,18 @@ def test_method_factory_requires_a_spec_and_default_for_every_argument():
     @methods.method_factory(formula="x", a=methods.number("a"))
     def f(a: float = 1.0, b: float = 2.0):  # pylint: disable=unused-variable
       del a, b
+
+
+@pytest.mark.parametrize("name,hp", [("average", {}), ("task_arithmetic", {}), ("ties", {"density": 0.3}),
+                                     ("ties", {"scope": "tensor"}), ("dare_linear", {"drop_rate": 0.5}),
+                                     ("dare_ties", {"drop_rate": 0.5})])
+def test_library_refuses_nonfinite_inputs_by_default_naming_input_and_leaf(name, hp):
+  """mergejax.merge shares mergejax-merge's default: a NaN/Inf input is refused (TIES and DARE-TIES
+  would otherwise drop it silently), and the message names no command-line flag."""
+  base, experts = make_models(seed=8, n_experts=2, dtype=np.float32)
+  experts[1]["layer_1"]["mlp"]["w"] = experts[1]["layer_1"]["mlp"]["w"].copy()
+  experts[1]["layer_1"]["mlp"]["w"][2, 3] = np.nan
+  m = methods.get(name, **hp)
+  with pytest.raises(mergejax.NonFiniteError) as e:
+    mergejax.merge(base if m.traits.uses_base else None, experts, m)
+  assert str(e.value) == "expert 1: leaf 'layer_1/mlp/w' contains NaN or Inf"

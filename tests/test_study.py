@@ -10,12 +10,19 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
+import jax
+import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from mergejax import world
+from mergejax import evaluation, world
+from mergejax.configs import study as study_config_lib
 from mergejax.study import grid, report, runner
-from mergejax.study.splits import SplitGuard, SplitLeakError
+from mergejax.study.candidates import CandidateMerger
+from mergejax.study.leak_guard import SplitGuard, SplitLeakError
+
+import test_eval  # compiles(): XLA compilations while a function runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CATS = ("sentiment", "topic")
@@ -24,14 +31,12 @@ TIMING_KEYS = {"merge_s", "select_eval_s", "test_eval_s"}
 
 
 def study_config(world_dir, **over):
-  sys.path.insert(0, str(REPO / "configs"))
-  import study_tiny  # pylint: disable=g-import-not-at-top
-  cfg = study_tiny.get_config()
-  cfg.kinds, cfg.sizes, cfg.categories = "instruction_tuned", "xs", ",".join(CATS)
-  cfg.num_experts, cfg.subset_seeds = "1,2", 2
-  cfg.methods = "average,ties,dare_ties"
-  cfg.grids.ties = "density=0.5;lam=0.5|1.0"
-  cfg.grids.dare_ties = "drop_rate=0.5;lam=1.0"
+  cfg = study_config_lib.get_config()
+  cfg.kinds, cfg.sizes, cfg.categories = ("instruction_tuned",), ("xs",), CATS
+  cfg.num_experts, cfg.subset_seeds = (1, 2), 2
+  cfg.methods = ("average", "ties", "dare_ties")
+  cfg.grids.ties = dict(density=(0.5,), lam=(0.5, 1.0))
+  cfg.grids.dare_ties = dict(drop_rate=(0.5,), lam=(1.0,))
   cfg.world_dir, cfg.build_world, cfg.progress, cfg.eval_batch_size = str(world_dir), False, False, 32
   for k, v in over.items():
     cfg[k] = v
@@ -71,27 +76,46 @@ def test_cells_subsets_and_full_set_seeds():
   assert grid.runs_in_cell(cells[4], methods, 8) == ["dare_ties"]  # N=8, seed 1: only random methods
 
 
-def test_grid_parsing_and_validation():
-  assert grid.parse_grid("lam=0.3|0.5;density=0.2") == {"lam": [0.3, 0.5], "density": [0.2]}
-  assert grid.candidates("ties", grid.parse_grid("density=0.2;lam=1|2")) == [
+def test_grid_candidates_and_validation():
+  assert grid.candidates("ties", {"lam": (1, 2), "density": (0.2,)}) == [
       {"density": 0.2, "lam": 1}, {"density": 0.2, "lam": 2}]
+  assert grid.candidates("ties", {"density": 0.3}) == [{"density": 0.3}]  # a single value stands for itself
+  assert grid.candidates("average", {}) == [{}]
   with pytest.raises(ValueError, match="density=1.5 is out of range"):
-    grid.candidates("ties", {"density": [1.5]})
+    grid.candidates("ties", {"density": (1.5,)})
+
+
+def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
+  argv = ["mergejax-study", f"--config={REPO / 'configs' / 'study_tiny.py'}", "--config.grids.ties.lam=(0.7,1.0)",
+          "--config.methods=ties", "--config.sizes=(\"s\",)", "--config.num_experts=(2,8)",
+          "--config.world_steps.expert=5"]
+  monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True)
+  fv(argv)
+  spec = runner.validate(fv.config, tmp_path)
+  assert spec.methods == ("ties",) and spec.sizes == ("s",) and spec.ns == (2, 8)
+  assert spec.grids["ties"] == [{"density": 0.2, "lam": 0.7}, {"density": 0.2, "lam": 1.0}]
+  assert spec.world_steps == {"expert": 5}
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"methods": "average,frankenmerge"}, "unknown merge method 'frankenmerge'"),
-    ({"sizes": "xs,huge"}, "unknown model size 'huge'"),
-    ({"num_experts": "2,9"}, "num_experts 9 is out of range: there are 2 experts per base"),
-    ({"grids.ties": "density=0.0"}, r"grids.ties: hyperparameter density=0.0 is out of range"),
-    ({"kinds": "chat"}, "unknown base kind 'chat'"),
+    ({"methods": ("average", "frankenmerge")}, "unknown merge method 'frankenmerge'"),
+    ({"methods": ("average,ties",)}, "unknown merge method 'average,ties'"),
+    ({"sizes": ("xs", "huge")}, "unknown model size 'huge'"),
+    ({"num_experts": (2, 9)}, "num_experts 9 is out of range: there are 2 experts per base"),
+    ({"num_experts": ("2",)}, r"num_experts=\('2',\): expected a tuple of int values"),
+    ({"grids.ties": dict(density=(0.0,))}, r"grids.ties: hyperparameter density=0.0 is out of range"),
+    ({"kinds": ("chat",)}, "unknown base kind 'chat'"),
     ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
+    ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
   for k, v in override.items():
-    if k.startswith("grids."):
-      cfg.grids[k.split(".", 1)[1]] = v
+    if "." in k:
+      group, field = k.split(".", 1)
+      cfg[group][field] = v
     else:
       cfg[k] = v
   with pytest.raises(runner.StudyConfigError, match=message):
@@ -134,25 +158,26 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   partial = merge_rows(tmp_path / "resumed")
   assert sum(k.startswith("merge/") for k in partial) == 2
 
-  # ...then continues without recomputing finished rows, recording every evaluation's split.
+  # ...then continues without recomputing finished rows, recording the split of every evaluation the
+  # evaluators run and whether selection was open at the time.
   monkeypatch.setattr(runner, "run_cell_method", original)
-  seen = []
-  original_check = SplitGuard.check
+  guard, seen = SplitGuard(), []
+  original_evaluate = evaluation.Evaluator.evaluate
 
-  def spy(self, suite, split):
-    seen.append((self.phase, split))
-    return original_check(self, suite, split)
+  def recording(self, params, tasks=None):
+    seen.append((guard.phase, self.split))
+    return original_evaluate(self, params, tasks)
 
-  monkeypatch.setattr(SplitGuard, "check", spy)
-  path = runner.run_study(cfg, tmp_path / "resumed", progress=False)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", recording)
+  path = runner.run_study(cfg, tmp_path / "resumed", progress=False, guard=guard)
   resumed = merge_rows(tmp_path / "resumed")
   for k, v in partial.items():
     assert resumed[k] == v
-  assert ("selection", "validation") in seen
+  assert ("selection", "validation") in seen and ("final", "test") in seen
   assert all(split == "validation" for phase, split in seen if phase == "selection")
 
   # An uninterrupted run gives identical rows.
-  monkeypatch.setattr(SplitGuard, "check", original_check)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", original_evaluate)
   runner.run_study(cfg, tmp_path / "straight", progress=False)
   assert merge_rows(tmp_path / "straight") == resumed
 
@@ -164,7 +189,19 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   assert ties["hparams"] in [c["hparams"] for c in ties["candidates"]]
   best = max(ties["candidates"], key=lambda c: c["validation"])
   assert ties["hparams"] == best["hparams"]
-  assert all(0 < v["heldin_norm"] < 10 and 0 < v["heldout_norm"] < 10 for v in merges)
+  # The normalized scores are the paper's: per category, the mean over its tasks of merged / expert
+  # (held-in: the merged experts' categories) or merged / base (held-out); then the mean over categories.
+  refs = {k: v for k, v in resumed.items() if k.startswith("ref/")}
+  for v in merges:
+    ref = lambda role: refs[f"ref/{v['kind']}/{v['size']}/{role}"]
+    ratio = lambda scores, den: {t: s / den[t] for t, s in scores.items()}
+    hi = ratio(v["heldin_test"], {t: s for c in v["categories"] for t, s in ref(f"expert/{c}")["heldin_test"].items()})
+    ho = ratio(v["heldout_test"], ref("base")["heldout_test"])
+    by_cat = lambda r: [np.mean([x for t, x in r.items() if v["task_categories"][t] == c])
+                        for c in sorted({v["task_categories"][t] for t in r})]
+    assert sorted({v["task_categories"][t] for t in hi}) == sorted(v["categories"])
+    assert v["heldin_norm"] == pytest.approx(np.mean(by_cat(hi)), rel=1e-12)
+    assert v["heldout_norm"] == pytest.approx(np.mean(by_cat(ho)), rel=1e-12)
 
   text = path.read_text()
   for fig in ("heldin_vs_n.png", "heldout_vs_n.png", "vs_size.png", "methods_at_largest.png",
@@ -177,22 +214,13 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
 
 
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):
-  import jax  # pylint: disable=g-import-not-at-top
-  from mergejax.study.candidates import CandidateMerger  # pylint: disable=g-import-not-at-top
   spec = runner.validate(study_config(tiny_world), tmp_path)
   jax.clear_caches()  # earlier tests in this process compiled the same programs
   warmup = runner.MergeWarmup(spec, {"xs": runner.load_models(spec, spec.kinds[0], "xs")})
   warmup.wait("xs")
   assert warmup.error is None
-  compiles = []
 
-  def listener(name, secs, **kw):
-    del secs, kw
-    if name == "/jax/core/compile/backend_compile_duration":
-      compiles.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  def merge_everything():
     ms = runner.load_models(spec, "instruction_tuned", "xs")
     for n in spec.ns:
       cats = spec.categories[-n:]  # the warm-up merged the first n: another subset needs no new program
@@ -201,13 +229,12 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
                                  [ms.taus_host[c] for c in cats], seed=7)
         for hp in spec.grids[name]:
           jax.block_until_ready(merger(hp))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert not compiles  # every (method, N) program of this size was compiled by the warm-up
+
+  assert test_eval.compiles(merge_everything) == 0  # the warm-up compiled every (method, N) program of this size
 
 
 def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
-  cfg_over = {"num_experts": "2", "subset_seeds": 1, "methods": "ties,dare_ties"}
+  cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties")}
   runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)
   script = tmp_path / "main.py"
   script.write_text(textwrap.dedent(f"""

@@ -1,5 +1,7 @@
 """CandidateMerger: one merged task vector per non-lam candidate group, the same params as direct merges."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -42,17 +44,28 @@ def test_candidates_equal_direct_merges(name, grid, exact):
         np.testing.assert_allclose(g, w, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(w).max())
 
 
-def test_one_merge_per_group_of_lams(monkeypatch):
-  base, experts = _models()
-  taus = candidates_lib.task_vectors(base, dict(enumerate(experts)))
+@pytest.fixture
+def merges(monkeypatch):
+  """The methods mergejax.merge is called with (the study's one entry into the merge engine)."""
   calls = []
   real = mergejax.merge
-  monkeypatch.setattr(candidates_lib.mergejax, "merge", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+
+  def spy(base, experts, method, **kwargs):
+    calls.append(method)
+    return real(base, experts, method, **kwargs)
+
+  monkeypatch.setattr(mergejax, "merge", spy)
+  return calls
+
+
+def test_one_merge_per_group_of_lams(merges):
+  base, experts = _models()
+  taus = candidates_lib.task_vectors(base, dict(enumerate(experts)))
   merger = candidates_lib.CandidateMerger("ties", base, experts, list(taus.values()), seed=0)
   for hp in [{"density": 0.2, "lam": lam} for lam in (0.7, 1.0, 1.5)] + [{"density": 0.5, "lam": 1.0}]:
     merger(hp)
-  assert [m.hparams["density"] for m in calls] == [0.2, 0.5]
-  assert all(m.hparams["lam"] == 1.0 for m in calls)
+  assert [m.hparams["density"] for m in merges] == [0.2, 0.5]
+  assert all(m.hparams["lam"] == 1.0 for m in merges)
 
 
 def test_non_float32_trees_merge_directly():
@@ -60,7 +73,31 @@ def test_non_float32_trees_merge_directly():
   base16 = jax.tree.map(lambda x: x.astype(np.float16), base)
   assert candidates_lib.task_vectors(base16, {0: base16}) is None
   merger = candidates_lib.CandidateMerger("ties", base, experts, None, seed=0)
-  assert not merger.factored
+  assert not merger.factored(methods_lib.ties(density=0.2, lam=0.7))
   want = mergejax.merge(base, experts, methods_lib.ties(density=0.2, lam=0.7))
   for g, w in zip(jax.tree.leaves(merger({"density": 0.2, "lam": 0.7})), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+_direct = mergejax.merge  # mergejax.merge itself, not the fixture's spy
+
+
+def _scaled_sum(lam: float = 1.0):
+  """A user's method: Task Arithmetic under its own name, declaring the same traits."""
+  return dataclasses.replace(methods_lib.task_arithmetic(lam=lam), name="scaled_sum_test")
+
+
+def test_a_registered_method_gets_the_shortcuts_its_traits_allow(merges):
+  """A method registered under a new name that declares lam_scales_task_vector shares g across lams
+  like the built-ins (the study never looks at a method's name)."""
+  methods_lib.register("scaled_sum_test", _scaled_sum)
+  base, experts = _models()
+  taus = candidates_lib.task_vectors(base, dict(enumerate(experts)))
+  merger = candidates_lib.CandidateMerger("scaled_sum_test", base, experts, list(taus.values()), seed=0)
+  assert merger.factored(methods_lib.get("scaled_sum_test", lam=0.5))
+  for lam in (0.3, 1.0):
+    got = merger({"lam": lam})
+    want = _direct(base, experts, methods_lib.task_arithmetic(lam=lam))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  assert len(merges) == 1  # one merge of g for both lams

@@ -8,68 +8,70 @@ import numpy as np
 import pytest
 import seqio
 
-import mergejax.tasks as T
-from mergejax.tasks import generators as G
-from mergejax.tasks import metrics as M
+from mergejax import tasks
+from mergejax.tasks import generators
+from mergejax.tasks import metrics
 from mergejax.tasks import registry
-from mergejax.tasks import splits as S
-from mergejax.tasks import world as W
+from mergejax.tasks import splits
+from mergejax.tasks import facts
+from mergejax.training import recipes
 
-SMALL = S.SuiteConfig(num_train=300, num_validation=16, num_test=32, num_pretrain=300)
-EVAL_TASKS = [n for n, s in G.SPECS.items() if s.group in ("heldin", "heldout")]
+SMALL = splits.SuiteConfig(num_train=300, num_validation=16, num_test=32, num_pretrain=300)
+EVAL_TASKS = [n for n, s in generators.SPECS.items() if s.group in ("heldin", "heldout")]
 
 
 @pytest.fixture
 def small_suite():
-  old = S.get_config()
-  S.configure(**{f: getattr(SMALL, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
-  yield S.get_config()
-  S.configure(**{f: getattr(old, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
+  old = splits.get_config()
+  splits.configure(**{f: getattr(SMALL, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
+  yield splits.get_config()
+  splits.configure(**{f: getattr(old, f) for f in ("num_train", "num_validation", "num_test", "num_pretrain")})
 
 
 def test_contract_names_and_categories():
-  assert T.HELDIN_CATEGORIES == ("mcqa", "extractive_qa", "closed_book_qa", "sentiment", "topic",
+  assert tasks.HELDIN_CATEGORIES == ("mcqa", "extractive_qa", "closed_book_qa", "sentiment", "topic",
                                  "struct_to_text", "summarization", "paraphrase")
-  assert T.HELDOUT_CATEGORIES == ("sentence_completion", "nli", "coreference", "word_sense")
-  for c in T.HELDIN_CATEGORIES:
-    assert len(T.heldin_tasks(c)) == 2
-  assert len(T.heldout_tasks()) == 7
-  assert sum(len(T.heldout_tasks(c)) for c in T.HELDOUT_CATEGORIES) == 7
+  assert tasks.HELDOUT_CATEGORIES == ("sentence_completion", "nli", "coreference", "word_sense")
+  for c in tasks.HELDIN_CATEGORIES:
+    assert len(tasks.heldin_tasks(c)) == 2
+  assert len(tasks.heldout_tasks()) == 7
+  assert sum(len(tasks.heldout_tasks(c)) for c in tasks.HELDOUT_CATEGORIES) == 7
   mixtures = set(seqio.MixtureRegistry.names())
   expected = {"mj_pretrain", "mj_instruct", "mj_heldin", "mj_heldout", "mj_heldin_rank", "mj_heldout_rank"}
-  expected |= {f"mj_heldin_{c}" for c in T.HELDIN_CATEGORIES} | {f"mj_heldin_{c}_rank" for c in T.HELDIN_CATEGORIES}
-  expected |= {f"mj_heldout_{c}" for c in T.HELDOUT_CATEGORIES} | {f"mj_heldout_{c}_rank" for c in T.HELDOUT_CATEGORIES}
+  for group, cats in (("heldin", tasks.HELDIN_CATEGORIES), ("heldout", tasks.HELDOUT_CATEGORIES)):
+    expected |= {f"mj_{group}_{c}" for c in cats} | {f"mj_{group}_{c}_rank" for c in cats}
   assert expected <= mixtures
   heldin = {t.name for t in seqio.get_mixture_or_task("mj_heldin").tasks}
   heldout = {t.name for t in seqio.get_mixture_or_task("mj_heldout").tasks}
   instruct = {t.name for t in seqio.get_mixture_or_task("mj_instruct").tasks}
   assert len(heldin) == 16 and len(heldout) == 7 and len(instruct) >= 8
   assert not (heldin & heldout) and not (instruct & (heldin | heldout))
-  assert "mj_corpus" in instruct  # rehearsal of the corpus during instruction tuning
+  trained = {t.name for t in seqio.get_mixture_or_task(recipes.mixture_name("instruction_tune")).tasks}
+  assert trained == instruct | {"mj_corpus"}  # instruction tuning rehearses the corpus
   assert {t.name for t in seqio.get_mixture_or_task("mj_heldout_rank").tasks} == {t + "_rank" for t in heldout}
   for t in heldin | heldout:
-    assert T.is_choice_task(t) and T.is_choice_task(t + "_rank")
-  assert not T.is_choice_task("mj_it_copy")
+    assert tasks.is_choice_task(t) and tasks.is_choice_task(t + "_rank")
+  assert not tasks.is_choice_task("mj_it_copy")
   with pytest.raises(ValueError, match="unknown category"):
-    T.heldin_tasks("nli")
+    tasks.heldin_tasks("nli")
   with pytest.raises(KeyError, match="unknown synthetic task"):
-    T.is_choice_task("nope")
+    tasks.is_choice_task("nope")
 
 
 def test_registration_is_idempotent():
   n_tasks, n_mix = len(seqio.TaskRegistry.names()), len(seqio.MixtureRegistry.names())
   registry.register_all()
   import importlib
-  importlib.reload(T)
+  importlib.reload(tasks)
   assert (len(seqio.TaskRegistry.names()), len(seqio.MixtureRegistry.names())) == (n_tasks, n_mix)
 
 
 def test_vocabulary_shipped_and_round_trips():
-  vocab = T.get_vocabulary()
+  vocab = tasks.get_vocabulary()
   assert vocab.pad_id == 0 and vocab.eos_id == 1 and vocab.unk_id == 2
   assert 512 <= vocab.vocab_size <= 2048
   for name in ("mj_wsd_gloss", "mj_sum_dialog", "mj_para_paws", "mj_corpus"):
-    for ex in S.examples(name, "validation", SMALL)[:5]:
+    for ex in splits.examples(name, "validation", SMALL)[:5]:
       for text in (ex.inputs, ex.targets) + ex.choices:
         ids = vocab.encode(text)
         assert 2 not in ids, text  # no unknown pieces
@@ -77,52 +79,52 @@ def test_vocabulary_shipped_and_round_trips():
 
 
 def test_generation_is_deterministic_and_seeded():
-  a = {n: S.examples(n, "test", SMALL) for n in G.SPECS}
-  S._build.cache_clear()
-  W.make_world.cache_clear()
-  b = {n: S.examples(n, "test", SMALL) for n in G.SPECS}
+  a = {n: splits.examples(n, "test", SMALL) for n in generators.SPECS}
+  splits.clear_cache()
+  facts.make_world.cache_clear()
+  b = {n: splits.examples(n, "test", SMALL) for n in generators.SPECS}
   assert a == b
-  other = S.SuiteConfig(**{**SMALL.__dict__, "seed": 1})
-  assert W.make_world(0) != W.make_world(1)
-  assert S.examples("mj_cbqa_facts", "test", other) != a["mj_cbqa_facts"]
+  other = splits.SuiteConfig(**{**SMALL.__dict__, "seed": 1})
+  assert facts.make_world(0) != facts.make_world(1)
+  assert splits.examples("mj_cbqa_facts", "test", other) != a["mj_cbqa_facts"]
 
 
-@pytest.mark.parametrize("name", list(G.SPECS))
+@pytest.mark.parametrize("name", list(generators.SPECS))
 def test_splits_never_share_an_example(name):
-  d = {s: S.examples(name, s, SMALL) for s in S.SPLITS}
-  keys = {s: {(e.inputs, e.targets) for e in d[s]} for s in S.SPLITS}
-  for s in S.SPLITS:
+  d = {s: splits.examples(name, s, SMALL) for s in splits.SPLITS}
+  keys = {s: {(e.inputs, e.targets) for e in d[s]} for s in splits.SPLITS}
+  for s in splits.SPLITS:
     assert len(keys[s]) == len(d[s]), f"{name}/{s} has duplicates"
   assert not keys["train"] & keys["validation"]
   assert not keys["train"] & keys["test"]
   assert not keys["validation"] & keys["test"]
-  if G.SPECS[name].group != "pretrain":  # the same question never appears in two splits
-    inputs = {s: {e.inputs for e in d[s]} for s in S.SPLITS}
+  if generators.SPECS[name].group != "pretrain":  # the same question never appears in two splits
+    inputs = {s: {e.inputs for e in d[s]} for s in splits.SPLITS}
     assert not (inputs["train"] & inputs["test"]) and not (inputs["train"] & inputs["validation"])
 
 
 def test_counts_are_configurable(small_suite):
   for name in ("mj_sent_review", "mj_para_paws", "mj_corpus"):
-    assert len(T.examples(name, "validation")) == 16
-    assert len(T.examples(name, "test")) == 32
-  assert len(T.examples("mj_sent_stars", "validation")) == 15  # balanced over 5 labels
+    assert len(tasks.examples(name, "validation")) == 16
+    assert len(tasks.examples(name, "test")) == 32
+  assert len(tasks.examples("mj_sent_stars", "validation")) == 15  # balanced over 5 labels
   # Held-out tasks get heldout_validation_factor (2) times the validation examples, the same test.
-  assert len(T.examples("mj_sc_story", "validation")) == 32
-  assert len(T.examples("mj_sc_story", "test")) == 32
-  assert len(T.examples("mj_corpus", "train")) == 300
-  assert len(T.examples("mj_sent_review", "train")) == 300
+  assert len(tasks.examples("mj_sc_story", "validation")) == 32
+  assert len(tasks.examples("mj_sc_story", "test")) == 32
+  assert len(tasks.examples("mj_corpus", "train")) == 300
+  assert len(tasks.examples("mj_sent_review", "train")) == 300
   # Default sizes: every held-in/held-out task has substantial eval splits.
   for name in EVAL_TASKS:
-    assert len(S.examples(name, "test", S.SuiteConfig())) >= 40, name
+    assert len(splits.examples(name, "test", splits.SuiteConfig())) >= 40, name
   with pytest.raises(ValueError, match="unknown split"):
-    T.examples("mj_sent_review", "dev")
+    tasks.examples("mj_sent_review", "dev")
 
 
-@pytest.mark.parametrize("name", list(G.SPECS))
+@pytest.mark.parametrize("name", list(generators.SPECS))
 def test_examples_are_well_formed_and_short(name):
-  vocab = T.get_vocabulary()
-  spec = G.SPECS[name]
-  exs = S.examples(name, "validation", SMALL) + S.examples(name, "train", SMALL)[:100]
+  vocab = tasks.get_vocabulary()
+  spec = generators.SPECS[name]
+  exs = splits.examples(name, "validation", SMALL) + splits.examples(name, "train", SMALL)[:100]
   assert exs
   answers = collections.Counter()
   for ex in exs:
@@ -144,7 +146,7 @@ def test_eval_tasks_are_label_balanced():
   """A constant answer scores chance: every label is equally frequent in each eval split."""
   for name in EVAL_TASKS:
     for split in ("validation", "test"):
-      exs = S.examples(name, split, S.SuiteConfig())
+      exs = splits.examples(name, split, splits.SuiteConfig())
       if len({len(e.choices) for e in exs}) == 1:
         counts = collections.Counter(e.label for e in exs)
         assert len(counts) == len(exs[0].choices) and len(set(counts.values())) == 1, (name, split, counts)
@@ -154,29 +156,29 @@ def test_instruction_tasks_are_label_balanced_in_training():
   """Instruction tuning teaches skills, not a constant answer: in every IT choice task with a fixed
   number of choices, each label is equally frequent in train (true facts are rarer than false ones,
   so an unbalanced yes / no task would teach "no")."""
-  for name in T.instruct_tasks():
-    exs = S.examples(name, "train", SMALL)
-    if T.is_choice_task(name) and len({len(e.choices) for e in exs}) == 1:
+  for name in tasks.instruct_tasks():
+    exs = splits.examples(name, "train", SMALL)
+    if tasks.is_choice_task(name) and len({len(e.choices) for e in exs}) == 1:
       counts = collections.Counter(e.label for e in exs)
       assert len(counts) == len(exs[0].choices) and len(set(counts.values())) == 1, (name, counts)
 
 
 def test_world_has_few_gender_balanced_people():
   """Few enough people that tiny models can memorize their facts; friends are among them."""
-  w = W.make_world(0)
+  w = facts.make_world(0)
   names = [p.name for p in w.people]
-  assert len(set(names)) == len(names) == W.NUM_PEOPLE < len(W.FEMALE + W.MALE)
-  assert sum(n in W.FEMALE for n in names) == W.NUM_PEOPLE // 2
+  assert len(set(names)) == len(names) == facts.NUM_PEOPLE < len(facts.FEMALE + facts.MALE)
+  assert sum(n in facts.FEMALE for n in names) == facts.NUM_PEOPLE // 2
   assert {p.friend for p in w.people} == set(names) and all(p.friend != p.name for p in w.people)
-  assert {p.name for p in W.make_world(1).people} != set(names)
+  assert {p.name for p in facts.make_world(1).people} != set(names)
 
 
 def test_labels_are_a_function_of_the_input():
   """No input has two different answers (the tasks are learnable, not noisy)."""
   for name in EVAL_TASKS:
     seen = {}
-    for s in S.SPLITS:
-      for ex in S.examples(name, s, SMALL):
+    for s in splits.SPLITS:
+      for ex in splits.examples(name, s, SMALL):
         assert seen.setdefault(ex.inputs, ex.targets) == ex.targets, (name, ex.inputs)
 
 
@@ -184,10 +186,11 @@ def _template_ngrams(name, n=4, min_frac=0.2):
   """The fixed wording of a task: word n-grams (entities masked) found in >= min_frac of its inputs.
   The commitment phrases (world.COMMIT_CUES) are masked like entities: they are the content the NLI
   tasks are about (as "lives in" is for closed-book QA), shared on purpose, not a template."""
-  lex = set(W.FEMALE + W.MALE + W.CITIES + W.COUNTRIES + W.JOBS + W.COLORS + W.FOODS + W.LANDMARKS + W.DAYS)
-  lex |= {a.name for a in W.ANIMALS} | {t.name for t in W.THINGS} | {"commitcue"}
-  cues = sorted((c for cs in W.COMMIT_CUES for c in cs), key=len, reverse=True)
-  exs = S.examples(name, "train", SMALL)
+  lex = set(facts.FEMALE + facts.MALE + facts.CITIES + facts.COUNTRIES + facts.JOBS + facts.COLORS + facts.FOODS
+            + facts.LANDMARKS + facts.DAYS)
+  lex |= {a.name for a in facts.ANIMALS} | {t.name for t in facts.THINGS} | {"commitcue"}
+  cues = sorted((c for cs in facts.COMMIT_CUES for c in cs), key=len, reverse=True)
+  exs = splits.examples(name, "train", SMALL)
   counts = collections.Counter()
   for ex in exs:
     text = ex.inputs
@@ -202,28 +205,28 @@ def test_heldout_templates_are_not_shared_with_training_tasks():
   """No template 4-gram of a held-out task occurs in the templates of held-in or instruction tasks:
   held-out formats are new to every trained model."""
   train_templates = set()
-  for name, spec in G.SPECS.items():
+  for name, spec in generators.SPECS.items():
     if spec.group in ("heldin", "instruct"):
       train_templates |= _template_ngrams(name)
-  for name in T.heldout_tasks():
+  for name in tasks.heldout_tasks():
     mine = _template_ngrams(name)
     assert mine, name
     assert not mine & train_templates, (name, sorted(mine & train_templates)[:5])
 
 
 def test_corpus_teaches_what_heldout_tasks_need():
-  world = W.make_world(0)
-  corpus = " ".join(e.targets for e in S.examples("mj_corpus", "train", S.SuiteConfig()))
+  world = facts.make_world(0)
+  corpus = " ".join(e.targets for e in splits.examples("mj_corpus", "train", splits.SuiteConfig()))
   for c in world.cities:
     assert f"{c.name} is a city in {c.country}." in corpus
-  for a in W.ANIMALS:
+  for a in facts.ANIMALS:
     assert f"the {a.name} {a.sound}." in corpus
-  for job, place in W.WORKPLACE.items():
+  for job, place in facts.WORKPLACE.items():
     assert f"a {job} works in a {place}." in corpus or f"every {job} goes to the {place}" in corpus
-  for name in W.FEMALE + W.MALE:  # each name is used with its pronoun
-    pr = W.pronoun(name)
+  for name in facts.FEMALE + facts.MALE:  # each name is used with its pronoun
+    pr = facts.pronoun(name)
     assert re.search(rf"\b{name}\b[^.]*\. {pr} ", corpus), name
-  for need, act, situation in W.SCRIPTS:
+  for need, act, situation in facts.SCRIPTS:
     assert f"{need}, so" in corpus and act in corpus and f"{situation}, and" in corpus
     assert f"{situation}, so " in corpus  # situation -> action (held-out story endings)
     # action -> need (mj_nli_entail, the cause half of mj_sc_copa) is never stated: only
@@ -233,7 +236,7 @@ def test_corpus_teaches_what_heldout_tasks_need():
   for p in world.people:  # every person's facts
     assert re.search(rf"{p.name} lives in (the city of )?{p.city}\.", corpus), p.name
   sentences = re.split(r"(?<=\.) ", corpus)
-  for word, senses in W.SENSES.items():
+  for word, senses in facts.SENSES.items():
     for gloss, cues in senses:  # every cue occurs beside its word, and the corpus names the sense
       assert f"{word} means {gloss}." in corpus, (word, gloss)
       for cue in cues:
@@ -245,20 +248,20 @@ def test_commitment_nli_label_is_set_by_the_commitment_phrase():
   """mj_nli_cb (held-out) and mj_it_commit (instruction tuning): the answer is the class of the phrase
   that embeds the fact (CommitmentBank's speaker commitment); the hypothesis is the embedded fact,
   true of the world when committed to, false when denied."""
-  world = W.make_world(0)
-  facts = {"lives in": "city", "is employed as a": "job", "has a": "pet", "likes": "color", "eats": "food"}
+  world = facts.make_world(0)
+  fields = {"lives in": "city", "is employed as a": "job", "has a": "pet", "likes": "color", "eats": "food"}
   for name in ("mj_nli_cb", "mj_it_commit"):
-    for ex in S.examples(name, "train", SMALL):
-      classes = {k for k, cues in enumerate(W.COMMIT_CUES) for c in cues if f" {c} " in f" {ex.inputs} "}
+    for ex in splits.examples(name, "train", SMALL):
+      classes = {k for k, cues in enumerate(facts.COMMIT_CUES) for c in cues if f" {c} " in f" {ex.inputs} "}
       assert classes == {ex.label}, (name, ex)
       assert ex.choices == ("yes", "no", "maybe") and ex.targets == ex.choices[ex.label]
   seen = collections.Counter()
-  for ex in S.examples("mj_nli_cb", "train", SMALL):
+  for ex in splits.examples("mj_nli_cb", "train", SMALL):
     m = re.match(r"(\w+) (.+?) (\w+) (lives in|is employed as a|has a|likes|eats) (\w+)[ .]", ex.inputs)
-    assert m and m.group(2) in W.COMMIT_CUES[ex.label], ex.inputs
+    assert m and m.group(2) in facts.COMMIT_CUES[ex.label], ex.inputs
     hyp = ex.inputs.split(". based on that, can we say that ")[1].split("?")[0]
     assert ex.inputs.startswith(f"{m.group(1)} {m.group(2)} {hyp}.")
-    true = getattr(world.person[m.group(3)], facts[m.group(4)]) == m.group(5)
+    true = getattr(world.person[m.group(3)], fields[m.group(4)]) == m.group(5)
     if ex.label < 2:
       assert true == (ex.label == 0), ex.inputs
     seen[(ex.label, true)] += 1
@@ -268,22 +271,22 @@ def test_commitment_nli_label_is_set_by_the_commitment_phrase():
 def _sense_of_sentence(word, sentence):
   """The senses (indices) of `word` whose cues occur in `sentence`."""
   toks = set(re.findall(r"[a-z]+", sentence))
-  return {k for k, (_, cues) in enumerate(W.SENSES[word]) if toks & set(cues)}
+  return {k for k, (_, cues) in enumerate(facts.SENSES[word]) if toks & set(cues)}
 
 
 def test_word_sense_label_is_set_by_the_cue_word():
   """mj_wsd_gloss (held-out) and mj_it_sense: the sentence holds the ambiguous word and one cue of one
   of its senses; the answer is that sense's gloss, the choices the word's two glosses."""
-  cues = [c for senses in W.SENSES.values() for _, cs in senses for c in cs]
-  assert len(cues) == len(set(cues)) == 4 * 2 * len(W.SENSES)  # unique across the table
-  glosses = " ".join(g for senses in W.SENSES.values() for g, _ in senses)
+  cues = [c for senses in facts.SENSES.values() for _, cs in senses for c in cs]
+  assert len(cues) == len(set(cues)) == 4 * 2 * len(facts.SENSES)  # unique across the table
+  glosses = " ".join(g for senses in facts.SENSES.values() for g, _ in senses)
   assert not set(re.findall(r"[a-z]+", glosses)) & set(cues)  # no answer by copying a cue
   for name in ("mj_wsd_gloss", "mj_it_sense"):
     labels = collections.Counter()
-    for ex in S.examples(name, "train", SMALL):
-      words = [w for w in W.SENSE_WORDS if re.search(rf"\b{w}\b", ex.inputs)]
+    for ex in splits.examples(name, "train", SMALL):
+      words = [w for w in facts.SENSE_WORDS if re.search(rf"\b{w}\b", ex.inputs)]
       assert len(words) == 1, ex.inputs
-      senses = W.SENSES[words[0]]
+      senses = facts.SENSES[words[0]]
       assert set(ex.choices) == {g for g, _ in senses}, ex
       sentence = ex.inputs
       for g, _ in senses:  # the glosses listed as options
@@ -296,37 +299,52 @@ def test_word_sense_label_is_set_by_the_cue_word():
 
 def test_heldout_word_sense_inputs_never_occur_in_training_data():
   """No held-out word-sense sentence (any split) occurs in an instruction example or a corpus document:
-  they share the cue words, not the sentences (disjoint frames, world.SENSE_FRAMES)."""
-  frames = {use: set(f) for use, f in W.SENSE_FRAMES.items()}
+  they share the cue words, not the sentences (disjoint frames, facts.SENSE_FRAMES)."""
+  frames = {use: set(f) for use, f in facts.SENSE_FRAMES.items()}
   assert not (frames["heldout"] & frames["instruct"]) and not (frames["heldout"] & frames["corpus"])
-  cfg = S.SuiteConfig()  # the defaults: what the world trains and evaluates on
-  heldout = [ex.inputs.split(" which meaning of ")[0] for s in S.SPLITS for ex in S.examples("mj_wsd_gloss", s, cfg)]
+  cfg = splits.SuiteConfig()  # the defaults: what the world trains and evaluates on
+  heldout = [ex.inputs.split(" which meaning of ")[0]
+             for s in splits.SPLITS for ex in splits.examples("mj_wsd_gloss", s, cfg)]
   assert len(heldout) == cfg.num_train + 2 * cfg.num_validation + cfg.num_test
   assert all(h.endswith(".") for h in heldout)
-  training = " | ".join([ex.inputs for name in T.instruct_tasks() for s in S.SPLITS for ex in S.examples(name, s, cfg)]
-                        + [ex.targets for ex in S.examples("mj_corpus", "train", cfg)])
+  training = " | ".join([ex.inputs for name in tasks.instruct_tasks() for s in splits.SPLITS
+                         for ex in splits.examples(name, s, cfg)]
+                        + [ex.targets for ex in splits.examples("mj_corpus", "train", cfg)])
   assert not [h for h in heldout if h in training][:3]
-  for f in W.SENSE_FRAMES["heldout"]:  # nor any other sentence of a held-out frame
+  for f in facts.SENSE_FRAMES["heldout"]:  # nor any other sentence of a held-out frame
     pat = re.escape(f).replace(r"\{n\}", r"[a-z]+").replace(r"\{p\}", r"[a-z]+")
-    pat = pat.replace(r"\{w\}", "(" + "|".join(W.SENSE_WORDS) + ")").replace(r"\{c\}", r"[a-z]+")
+    pat = pat.replace(r"\{w\}", "(" + "|".join(facts.SENSE_WORDS) + ")").replace(r"\{c\}", r"[a-z]+")
     assert not re.search(rf"\b{pat}", training), f
 
 
 def test_instruction_mixture_rates():
-  """mj_it_commit is sampled at 3x and mj_it_sense at 2x the other instruction tasks (rates summing to
-  19: each other task keeps a 1/19 share); the corpus stays a quarter."""
+  """mj_it_commit is sampled at 3x and mj_it_sense at 2x the other instruction tasks."""
   mix = seqio.get_mixture_or_task("mj_instruct")
   rates = {t.name: mix.get_rate(t) for t in mix.tasks}
+  assert "mj_corpus" not in rates  # the instruction tasks alone; instruction tuning adds the corpus
   assert rates["mj_it_commit"] == pytest.approx(3 * rates["mj_it_why"])
   assert rates["mj_it_sense"] == pytest.approx(2 * rates["mj_it_why"])
-  assert sum(r for t, r in rates.items() if t != "mj_corpus") == pytest.approx(19 * rates["mj_it_why"])
-  assert rates["mj_corpus"] / sum(rates.values()) == pytest.approx(registry.INSTRUCT_CORPUS_FRACTION)
+  assert {r for t, r in rates.items() if t not in ("mj_it_commit", "mj_it_sense")} == {rates["mj_it_why"]}
+
+
+def test_instruction_tuning_data_replays_the_corpus_at_the_stated_share():
+  """The rows the instruction-tuned base actually trains on: INSTRUCT_REPLAY_SHARE of them are corpus
+  documents (empty inputs), the rest instruction examples at their own relative rates."""
+  mixture = recipes.mixture_name("instruction_tune")
+  ds = seqio.get_mixture_or_task(mixture).get_dataset(
+      dict(recipes.FEATURE_LENGTHS), split="train", shuffle=True, seed=recipes.data_seed(0, "instruction_tune"))
+  n = 4000
+  corpus = sum(int(len(ex["inputs"]) == 0) for ex in ds.take(n).as_numpy_iterator())
+  share = corpus / n
+  se = (recipes.INSTRUCT_REPLAY_SHARE * (1 - recipes.INSTRUCT_REPLAY_SHARE) / n) ** 0.5
+  assert abs(share - recipes.INSTRUCT_REPLAY_SHARE) < 4 * se, (share, recipes.INSTRUCT_REPLAY_SHARE)
+  assert all(ex.inputs for t in tasks.instruct_tasks() for ex in splits.examples(t, "validation"))
 
 
 def test_seqio_plain_task_tokenizes_with_eos():
   task = seqio.get_mixture_or_task("mj_sent_stars")
   ex = next(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
-  vocab = T.get_vocabulary()
+  vocab = tasks.get_vocabulary()
   assert ex["targets"][-1] == 1 and vocab.decode(ex["targets"].tolist()) == ex["targets_pretokenized"].decode()
   assert 1 not in ex["inputs"].tolist()
   assert ex["label"] >= 0 and ex["choices"].tolist()[ex["label"]] == ex["targets_pretokenized"]
@@ -346,7 +364,7 @@ def test_pretrain_and_training_mixtures_feed_a_decoder_converter(small_suite):
 def test_rank_variant_expands_choices():
   task = seqio.get_mixture_or_task("mj_sent_stars_rank")
   rows = list(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
-  raw = S.examples("mj_sent_stars", "validation")
+  raw = splits.examples("mj_sent_stars", "validation")
   assert len(rows) == sum(len(e.choices) for e in raw)
   by_ex = collections.defaultdict(list)
   for r in rows:
@@ -360,23 +378,23 @@ def test_rank_variant_expands_choices():
 
 
 def test_metrics_values():
-  assert M.exact_match(["The cat.", "a dog"], ["cat", "dog!"]) == {"exact_match": 100.0}
-  assert M.exact_match(["cat"], ["dog"]) == {"exact_match": 0.0}
-  assert M.token_f1(["red blue green"], ["red blue"])["f1"] == pytest.approx(100 * 0.8)
+  assert metrics.exact_match(["The cat.", "a dog"], ["cat", "dog!"]) == {"exact_match": 100.0}
+  assert metrics.exact_match(["cat"], ["dog"]) == {"exact_match": 0.0}
+  assert metrics.token_f1(["red blue green"], ["red blue"])["f1"] == pytest.approx(100 * 0.8)
   # LCS("a b c d", "a c d e") = 3 (articles removed: use non-article tokens)
-  assert M.rouge_l(["x y z w"], ["x z w v"])["rouge_l"] == pytest.approx(75.0)
+  assert metrics.rouge_l(["x y z w"], ["x z w v"])["rouge_l"] == pytest.approx(75.0)
   targets = [((0, 0), False), ((0, 1), True), ((1, 0), True), ((1, 1), False), ((2, 0), False), ((2, 1), True)]
-  assert M.rank_accuracy(targets, [0.1, 0.5, -1.0, -2.0, 3.0, 1.0]) == {"accuracy": pytest.approx(200 / 3)}
+  assert metrics.rank_accuracy(targets, [0.1, 0.5, -1.0, -2.0, 3.0, 1.0]) == {"accuracy": pytest.approx(200 / 3)}
   with pytest.raises(ValueError, match="no correct choice"):
-    M.rank_accuracy([((0, 0), False), ((0, 1), False)], [1.0, 2.0])
+    metrics.rank_accuracy([((0, 0), False), ((0, 1), False)], [1.0, 2.0])
   with pytest.raises(ValueError, match="targets"):
-    M.exact_match(["a"], [])
+    metrics.exact_match(["a"], [])
 
 
 def _oracle_evaluation(task_name, oracle_sign):
   """Runs seqio.Evaluator on a _rank task with a score_fn that knows the answers."""
-  raw = S.examples(task_name.removesuffix("_rank"), "validation")
-  vocab = T.get_vocabulary()
+  raw = splits.examples(task_name.removesuffix("_rank"), "validation")
+  vocab = tasks.get_vocabulary()
   correct = {(tuple(vocab.encode(e.inputs)), tuple(vocab.encode(c))): j == e.label
              for e in raw for j, c in enumerate(e.choices)}
   evaluator = seqio.Evaluator(task_name, feature_converter=seqio.DecoderFeatureConverter(pack=False),
@@ -392,8 +410,8 @@ def _oracle_evaluation(task_name, oracle_sign):
       out.append((i, oracle_sign * (1.0 if correct[(inputs, target)] else 0.0)))
     return out
 
-  metrics, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn, predict_fn=lambda ds: [])
-  return metrics.result()[task_name]["accuracy"]
+  results, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn, predict_fn=lambda ds: [])
+  return results.result()[task_name]["accuracy"]
 
 
 def test_rank_accuracy_through_seqio_evaluator():
@@ -403,8 +421,8 @@ def test_rank_accuracy_through_seqio_evaluator():
 
 def test_generation_metrics_through_seqio_evaluator():
   task = "mj_s2t_bio"
-  raw = S.examples(task, "validation")
-  vocab = T.get_vocabulary()
+  raw = splits.examples(task, "validation")
+  vocab = tasks.get_vocabulary()
   evaluator = seqio.Evaluator(task, feature_converter=seqio.DecoderFeatureConverter(pack=False),
                               eval_split="validation", use_memory_cache=True, async_compute_metrics=False)
   half = len(raw) // 2
@@ -417,7 +435,7 @@ def test_generation_metrics_through_seqio_evaluator():
       out.append((i, np.pad(ids, (0, 24 - len(ids))).tolist()))
     return out
 
-  metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=lambda ds: [])
-  m = metrics.result()[task]
+  results, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=lambda ds: [])
+  m = results.result()[task]
   assert m["exact_match"] == pytest.approx(100.0 * half / len(raw))
   assert half / len(raw) * 100 <= m["rouge_l"] < 100

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mergejax import models, training
+from mergejax import models, training, world
 from mergejax.training import data as data_lib
 from mergejax.training import recipes
 
@@ -90,20 +90,22 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, toy_batches):
 
 def test_recipe_paths_and_errors(tmp_path):
   toy_tasks.register("mjtoy")
-  spec = recipes.resolve("expert", "xs", tmp_path, category="copy", kind="instruction_tuned",
-                         mixture_prefix="mjtoy", steps=3)
+  spec = world.run_spec("expert", "xs", tmp_path, category="copy", kind="instruction_tuned",
+                        mixture_prefix="mjtoy", steps=3)
   assert spec.mixture == "mjtoy_heldin_copy" and spec.steps == 3
   assert spec.out == tmp_path / "xs" / "instruction_tuned" / "experts" / "copy"
   assert spec.init == tmp_path / "xs" / "instruction_tuned" / "base"
   assert spec.model.vocab_size == 384  # ByteVocabulary's 259 ids, padded to a multiple of 128
-  it = recipes.resolve("instruction_tune", "xs", tmp_path, mixture_prefix="mjtoy")
+  it = world.run_spec("instruction_tune", "xs", tmp_path, mixture_prefix="mjtoy")
   assert it.init == tmp_path / "xs" / "pretrained" / "base"
   with pytest.raises(FileNotFoundError, match="train it first"):
     recipes.run(spec, progress=False)
   with pytest.raises(ValueError, match="needs a category"):
-    recipes.resolve("expert", "xs", tmp_path, mixture_prefix="mjtoy")
+    world.run_spec("expert", "xs", tmp_path, mixture_prefix="mjtoy")
   with pytest.raises(ValueError, match="unknown recipe"):
-    recipes.resolve("finetune", "xs", tmp_path)
+    world.run_spec("finetune", "xs", tmp_path)
+  with pytest.raises(ValueError, match="starts from a checkpoint"):
+    recipes.resolve("expert", "xs", out=tmp_path / "e", category="copy", mixture_prefix="mjtoy")
 
 
 def test_one_device_run_is_bit_identical_on_any_device_and_beside_another_run(tmp_path, toy_batches):

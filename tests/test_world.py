@@ -98,7 +98,7 @@ def test_cli_train_then_build_world(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert models.is_complete(tmp_path / "xs" / "pretrained" / "base")
   assert "checkpoint" not in r.stderr, r.stderr[-2000:]  # orbax's INFO lines stay below the default verbosity
-  steps = ",".join(f"--config.{k}.steps=1" for k in FAST).split(",")
+  steps = [f"--config.recipes.{k}.steps=1" for k in FAST]
   r = _cli("build_world", "--config=configs/world.py", f"--workdir={tmp_path}", "--config.sizes=xs",
            "--config.categories=copy", *steps, *common)
   assert r.returncode == 0, r.stderr[-2000:]

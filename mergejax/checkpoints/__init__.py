@@ -1,4 +1,5 @@
-"""Sources and sinks of leaves: in-memory pytrees, orbax and HF safetensors checkpoints.
+"""Sources and sinks of leaves: in-memory pytrees, orbax, HF safetensors and pytorch_model.bin
+checkpoints, PEFT LoRA adapters applied to a base.
 
 The orbax classes are imported on first use (orbax-checkpoint costs ~0.4 s to import), so a
 safetensors-only merge never loads it.
@@ -11,6 +12,7 @@ from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, Sin
 from mergejax.checkpoints.detect import FORMATS, detect_format, open_source
 from mergejax.checkpoints.memory import PytreeSink, PytreeSource
 from mergejax.checkpoints.safetensors import SafetensorsSink, SafetensorsSource
+from mergejax.checkpoints.torch_bin import TorchBinSource, UnsafePickleError
 
 _LAZY = {"OrbaxSink": "mergejax.checkpoints.orbax", "OrbaxSource": "mergejax.checkpoints.orbax"}
 
@@ -24,4 +26,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["CheckpointError", "FORMATS", "HostViews", "LeafSpec", "OrbaxSink", "OrbaxSource", "PytreeSink",
            "PytreeSource", "SafetensorsSink", "SafetensorsSource", "Sink", "Source", "SpanSink", "StagedSink",
-           "TreeKeys", "detect_format", "open_source"]
+           "TorchBinSource", "TreeKeys", "UnsafePickleError", "detect_format", "open_source"]

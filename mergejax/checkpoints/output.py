@@ -1,16 +1,26 @@
-"""Atomic output directories and the merge manifest.
+"""Atomic output directories, the merge manifest and the files written beside the weights.
 
 An output is assembled under ``<parent>/.<name>.mergejax-partial`` and renamed onto ``<name>`` only
 when complete, so a crash or SIGKILL at any point leaves nothing at the destination (at worst a
-hidden ``*.mergejax-partial`` folder, removed by the next run to the same destination).
+hidden ``*.mergejax-partial`` folder, removed by the next run to the same destination). An existing
+output is replaced (``overwrite``) only when mergejax wrote it: a directory holding
+``mergejax_manifest.json``; anything else is refused, never deleted.
+
+Beside the weights: the base's non-weight files (config, tokenizer, generation config...), with
+``config.json``'s dtype set to the dtype the weights were written in, a generated model card
+(``README.md``: method, hyperparameters, inputs, versions and the command; the base's card is not
+copied, since the merge is not the base) and the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
+import shlex
 import shutil
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -33,8 +43,27 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def written_by_mergejax(path: str | os.PathLike) -> bool:
+  """True for a directory mergejax wrote (it holds the manifest)."""
+  p = pathlib.Path(path)
+  return p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file()
+
+
+def check_replaceable(output: str | os.PathLike, overwrite: bool) -> None:
+  """ValueError unless ``output`` is absent, or ``overwrite`` is set and mergejax wrote it."""
+  out = pathlib.Path(output)
+  if not (out.exists() or out.is_symlink()):
+    return
+  if not overwrite:
+    raise ValueError(f"output path {output} exists (pass --overwrite to replace it)")
+  if not written_by_mergejax(out):
+    raise ValueError(f"output path {output} exists and is not a mergejax output (no {MANIFEST}): refusing to "
+                     "replace it; remove it yourself or choose another output path")
+
+
 def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool) -> None:
-  """ValueError when ``output`` is (inside) an input, contains one, or exists without ``overwrite``."""
+  """ValueError when ``output`` is (inside) an input, contains one, or exists and may not be replaced
+  (without ``overwrite``, or not written by mergejax)."""
   out = pathlib.Path(output).resolve()
   for i in inputs:
     p = pathlib.Path(i).resolve()
@@ -42,8 +71,7 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
       raise ValueError(f"output path {output} is inside input {i}")
     if out in p.parents:
       raise ValueError(f"input {i} is inside output path {output}")
-  if out.exists() and not overwrite:
-    raise ValueError(f"output path {output} exists (pass --overwrite to replace it)")
+  check_replaceable(output, overwrite)
   if not out.parent.is_dir():
     raise ValueError(f"output parent directory {out.parent} does not exist")
 
@@ -66,15 +94,14 @@ class AtomicDir:
     sync("mergejax-atomic-commit")
     if is_primary():
       _fsync_tree(self.tmp)
-      if self.dest.exists():
-        if not self.overwrite:
-          raise ValueError(f"output path {self.dest} exists (pass --overwrite to replace it)")
+      if self.dest.exists() or self.dest.is_symlink():
+        check_replaceable(self.dest, self.overwrite)
         trash = self.dest.parent / f".{self.dest.name}.mergejax-old"
         if trash.exists():
           shutil.rmtree(trash)
         os.rename(self.dest, trash)
         os.rename(self.tmp, self.dest)
-        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash)
       else:
         os.rename(self.tmp, self.dest)
       _fsync_dir(self.dest.parent)
@@ -153,9 +180,10 @@ def write_manifest(directory: str | os.PathLike, metadata: Mapping[str, Any]) ->
   files_lib.atomic_write_json(pathlib.Path(directory) / MANIFEST, data)
 
 
-# Files in a model directory that are weights (never copied as sidecars).
+# Files in a model directory that are weights (never copied as sidecars), and the model card (generated).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
-_WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json", MANIFEST)
+_WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json", MANIFEST, "README.md",
+                 "adapter_config.json")
 
 
 def copy_sidecars(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, skip: Sequence[str] = ()) -> list[str]:
@@ -173,3 +201,96 @@ def copy_sidecars(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, skip: 
     shutil.copy2(f, pathlib.Path(dst_dir) / f.name)
     copied.append(f.name)
   return copied
+
+
+def dtype_name(dtype: Any) -> str:
+  """'bfloat16', 'float16', 'float32', ... (the name transformers uses in config.json)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.dtype(dtype).name
+
+
+def set_config_dtype(directory: str | os.PathLike, dtypes: Sequence[Any]) -> str | None:
+  """Sets ``config.json``'s dtype (``dtype`` and/or ``torch_dtype``, whichever it has; ``dtype``
+  if neither) to the dtype of the float weights written, when they share one; returns it (else None)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mergejax import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  cfg_file = pathlib.Path(directory) / "config.json"
+  floats = {np.dtype(d) for d in dtypes if tree_lib.is_float_dtype(d)}
+  if not is_primary() or not cfg_file.is_file() or len(floats) != 1:
+    return None
+  name = dtype_name(floats.pop())
+  try:
+    cfg = json.loads(cfg_file.read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(cfg, dict):
+    return None
+  keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
+  if all(cfg.get(k) == name for k in keys):
+    return name
+  for k in keys:
+    cfg[k] = name
+  files_lib.atomic_write_json(cfg_file, cfg)
+  return name
+
+
+def command_line() -> str:
+  """The command that is running, as a shell line (program name without its directory)."""
+  argv = list(sys.argv) or ["python"]
+  argv[0] = os.path.basename(argv[0])
+  return shlex.join(argv)
+
+
+def model_card(metadata: Mapping[str, Any], name: str) -> str:
+  """A model card (README.md) for a merged model: what was merged, how, with which versions and command."""
+  versions_ = metadata.get("versions") or versions()
+  inputs = metadata.get("inputs") or []
+  hparams = {k: v for k, v in dict(metadata.get("hparams") or {}).items() if v is not None}
+  lines = ["---", "tags:", "- merge", "- mergejax", "---", "", f"# {name}", "",
+           f"This model is a merge of {len(inputs)} checkpoints made with mergejax {versions_.get('mergejax', '?')}.",
+           "", "## Method", "", f"- method: `{metadata.get('method', '?')}`"]
+  lines += [f"- {k}: `{v}`" for k, v in sorted(hparams.items())]
+  if metadata.get("seed") is not None:
+    lines.append(f"- seed: `{metadata['seed']}`")
+  if metadata.get("dtype"):
+    lines.append(f"- output dtype: `{metadata['dtype']}`")
+  lines += ["", "## Models merged", ""]
+  for i in inputs:
+    lines.append(f"- {i.get('role', 'input')}: `{i.get('name') or i.get('path')}`"
+                 + (f" (sha256 of sampled blocks `{i['sha256_sampled'][:16]}`)" if i.get("sha256_sampled") else ""))
+  if metadata.get("recipe"):
+    lines += ["", "## Recipe", "", "```yaml", str(metadata["recipe"]).rstrip(), "```"]
+  lines += ["", "## Command", "", "```bash", str(metadata.get("command") or command_line()), "```", "",
+            "## Versions", ""]
+  lines += [f"- {k} {v}" for k, v in sorted(versions_.items())]
+  return "\n".join(lines) + "\n"
+
+
+def write_card(directory: str | os.PathLike, metadata: Mapping[str, Any], name: str) -> None:
+  """Writes the model card ``README.md`` (process 0 only)."""
+  if is_primary():
+    files_lib.atomic_write(pathlib.Path(directory) / "README.md", model_card(metadata, name))
+
+
+def open_sink(output: str | os.PathLike, reference: Any, *, output_format: str | None = None,
+              sidecar_dir: str | None = None, shard_bytes: int = 4 << 30, overwrite: bool = False) -> Any:
+  """The Sink writing ``output`` in ``output_format`` ('safetensors' or 'orbax'; default: the reference
+  input's format when it is one of those, else safetensors), shaped after ``reference`` (an orbax tree's
+  structure; PRNG key leaves are refused for safetensors, naming the leaf, before anything is written)."""
+  fmt = output_format or (reference.format if reference.format in ("orbax", "safetensors") else "safetensors")
+  if fmt not in ("orbax", "safetensors"):
+    raise ValueError(f"output format {fmt!r}: choose 'safetensors' or 'orbax'")
+  key_leaves = getattr(reference, "key_leaves", None)
+  if fmt == "safetensors" and key_leaves:
+    raise ValueError(f"{reference.name}: leaf '{sorted(key_leaves)[0]}' is a PRNG key, which safetensors cannot "
+                     "store: write an orbax checkpoint (--output_format=orbax)")
+  # The sinks import this module: imported here, not at the top, to keep the import graph acyclic.
+  if fmt == "safetensors":
+    from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
+    return SafetensorsSink(output, shard_bytes=shard_bytes, sidecar_dir=sidecar_dir, overwrite=overwrite)
+  from mergejax.checkpoints.base import TreeKeys  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
+  tree = isinstance(reference, TreeKeys)
+  keys = {s.path: reference.keys(s.path) for s in reference.specs()} if tree else None
+  return OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys,
+                   template=reference.template() if tree and hasattr(reference, "template") else None)

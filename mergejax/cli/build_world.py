@@ -9,15 +9,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mergejax import cli
+from mergejax import sharding
 from mergejax.cli import common
 
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "World config (configs/world.py).",
-                                          lock_config=True)
+                        lock_config=True)
 _WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "Where the world is built (resumable).")
-
-
-def _csv(s):
-  return tuple(x.strip() for x in str(s).split(",") if x.strip())
 
 
 def main(argv) -> int:
@@ -28,28 +25,23 @@ def main(argv) -> int:
   cfg = _CONFIG.value
   if cfg is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
-  from mergejax import world  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  if not common.COORDINATOR.value:
-    n = world.host_cpu_devices(cfg.cpu_devices)
-    if n > 1:  # before the backend starts; only the default backend where there is no accelerator
-      jax.config.update("jax_num_cpu_devices", n)
+  if not common.distributed():
+    sharding.split_host_cpu(cfg.cpu_devices)  # before JAX starts its CPU backend
   common.maybe_initialize_distributed()
-  over = {}
-  for r in ("pretrain", "instruction_tune", "expert", "multitask"):
-    over[r] = {k: v for k, v in cfg[r].items() if v is not None}
+  # TensorFlow and seqio load only once the command runs (a fast --help, quick flag errors).
+  from mergejax import world  # pylint: disable=g-import-not-at-top
+  from mergejax.training import recipes  # pylint: disable=g-import-not-at-top
   try:
     if cfg.task_module:
       importlib.import_module(cfg.task_module)
     summary = world.build_world(
-        _WORKDIR.value, _csv(cfg.sizes), kinds=_csv(cfg.kinds),
-        categories=_csv(cfg.categories) if cfg.categories else None, multitask=cfg.build_multitask,
-        recipe_overrides=over, batch_size=cfg.batch_size,
-        feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length}, seed=cfg.seed,
-        mixture_prefix=cfg.mixture_prefix, checkpoint_every=cfg.checkpoint_every,
+        _WORKDIR.value, tuple(cfg.sizes), kinds=tuple(cfg.kinds), categories=tuple(cfg.categories) or None,
+        multitask=cfg.multitask, recipe_overrides={r: dict(cfg.recipes[r]) for r in recipes.RECIPES},
+        batch_size=cfg.batch_size, feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length},
+        seed=cfg.seed, mixture_prefix=cfg.mixture_prefix, checkpoint_every=cfg.checkpoint_every,
         progress=cfg.progress)
   except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-    print(f"mergejax-build-world: error: {e}", file=sys.stderr)
+    print(f"mergejax-build-world: error: {cli.message(e)}", file=sys.stderr)
     return 1
   trained = [r for r in summary["runs"] if not r.get("skipped")]
   print(f"{_WORKDIR.value}: {len(trained)} trained, {len(summary['runs']) - len(trained)} already "

@@ -24,10 +24,20 @@ COORDINATOR = define(flags.DEFINE_string, "coordinator_address", None,
                      "host:port for jax.distributed.initialize (multi-host).")
 NUM_PROCESSES = define(flags.DEFINE_integer, "num_processes", None, "Processes for jax.distributed.initialize.")
 PROCESS_ID = define(flags.DEFINE_integer, "process_id", None, "This process's id for jax.distributed.initialize.")
+DISTRIBUTED = define(flags.DEFINE_bool, "distributed", False,
+                     "Call jax.distributed.initialize() with the cluster's own settings (TPU pods, multi-host GPUs).")
+
+
+def distributed() -> bool:
+  """Whether this run is multi-process (``--coordinator_address`` or ``--distributed``)."""
+  return bool(COORDINATOR.value or DISTRIBUTED.value)
 
 
 def maybe_initialize_distributed() -> None:
-  """jax.distributed.initialize with the flags above, when a coordinator address is given."""
+  """jax.distributed.initialize with the flags above: explicit (``--coordinator_address``, ...) or
+  detected from the cluster (``--distributed``)."""
   if COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
                                process_id=PROCESS_ID.value)
+  elif DISTRIBUTED.value:
+    jax.distributed.initialize()

@@ -1,9 +1,12 @@
 r"""``mergejax-eval``: evaluate a checkpoint on seqio mixtures; write JSON and print a table.
 
-    mergejax-eval --checkpoint=PATH --config=configs/eval.py --config.mixtures=heldin,heldout \
+    mergejax-eval --checkpoint=PATH --config=configs/eval.py --config.mixtures='("heldin", "heldout")' \
       [--config.split=test] [--config.output=results.json]
 
-The checkpoint is a built-in decoder checkpoint (``mergejax.models.save_checkpoint``). The JSON holds,
+The checkpoint is anything ``mergejax.models.from_pretrained`` reads: a Hugging Face directory (Llama,
+Mistral, Qwen2/3, Gemma 2/3 text), a ``mergejax-merge`` output (safetensors or orbax) or a built-in decoder
+checkpoint of the embedded world. The suites are tokenized with the checkpoint's own tokenizer
+(``mergejax.tasks.per_vocabulary``), its BOS in seqio's BOS slot. The JSON holds,
 per mixture, every task's metrics, its primary score, per-category means and the mixture mean
 (:class:`mergejax.evaluation.EvalResults`). It is written atomically by process 0. Any bad input
 gives one line naming the file or mixture, exit status 1, and no output.
@@ -11,71 +14,60 @@ gives one line naming the file or mixture, exit status 1, and no output.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import sys
-import tempfile
 from typing import Any, Sequence
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from mergejax import cli
+from mergejax import configs
+from mergejax import files
 from mergejax.cli import common
 
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "eval.py"
-
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (orbax + model_config.json).")
-_CONFIG = common.define(config_flags.DEFINE_config_file,
-    "config", str(_DEFAULT_CONFIG) if _DEFAULT_CONFIG.exists() else None, "Eval config (configs/eval.py).")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> pathlib.Path:
-  """Writes JSON under a temporary name in the destination's folder, then renames it into place."""
-  path = pathlib.Path(path).absolute()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Model checkpoint directory: Hugging Face (config.json + safetensors), a mergejax-merge "
+    "output, or a built-in decoder checkpoint (orbax + model_config.json).")
+_CONFIG = common.define(config_flags.DEFINE_config_file, "config",
+                        str(pathlib.Path(configs.__file__).with_name("eval.py")),
+                        "Eval config (default: the package's, mergejax/configs/eval.py).")
 
 
 def evaluate_checkpoint(checkpoint: str, cfg: config_dict.ConfigDict) -> tuple[dict[str, Any], str]:
   """Evaluates ``checkpoint`` on every mixture of ``cfg``; returns (JSON-able results, table text)."""
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-
+  # TensorFlow and seqio load only once the command runs (a fast --help, quick flag errors).
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from mergejax import evaluation, models  # pylint: disable=g-import-not-at-top
   from mergejax.evaluation import suites  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import per_vocabulary, vocab as suite_vocab  # pylint: disable=g-import-not-at-top
 
-  mixtures = [m for m in (x.strip() for x in str(cfg.mixtures).split(",")) if m]
-  if not mixtures:
-    raise ValueError("config.mixtures is empty")
-  resolved = [suites.resolve(m, tfds_data_dir=cfg.tfds_data_dir) for m in mixtures]
+  mixtures = [cfg.mixtures] if isinstance(cfg.mixtures, str) else list(cfg.mixtures)
+  if not mixtures or not all(isinstance(m, str) and m for m in mixtures):
+    raise ValueError(f"config.mixtures={cfg.mixtures!r}: expected a tuple of suite or mixture names")
   seq_len = None
   if cfg.inputs_length is not None or cfg.targets_length is not None:
     if cfg.inputs_length is None or cfg.targets_length is None:
       raise ValueError("set both config.inputs_length and config.targets_length, or neither")
     seq_len = {"inputs": int(cfg.inputs_length), "targets": int(cfg.targets_length)}
   mesh = evaluation.default_mesh()
-  model_cfg, params = models.load_checkpoint(checkpoint, sharding=NamedSharding(mesh, P()))
-  adapter = evaluation.builtin_adapter(model_cfg)
-  out = {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "split": cfg.split,
-         "model_config": model_cfg.to_dict(), "mixtures": {}}
+  # A built-in decoder checkpoint without its own tokenizer.model is taken to use the synthetic suite's.
+  lm = models.from_pretrained(checkpoint, mesh=mesh, vocabulary=suite_vocab.get_vocabulary())
+  if lm.vocabulary is None:
+    raise ValueError(f"{checkpoint}: no tokenizer (tokenizer.json or tokenizer.model) to tokenize the suites with")
+  resolved = [per_vocabulary.with_vocabulary(suites.resolve(m, tfds_data_dir=cfg.tfds_data_dir), lm.vocabulary)
+              for m in mixtures]
+  adapter = lm.adapter
+  model_cfg = models.load_config(checkpoint).to_dict() if lm.family == "builtin" else dataclasses.asdict(lm.config)
+  out = {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "split": cfg.split, "family": lm.family,
+         "model_config": model_cfg, "mixtures": {}}
   tables = []
   for name, mixture in zip(mixtures, resolved):
     logging.info("evaluating %s (%s) on %s", name, mixture, cfg.split)
     ev = evaluation.Evaluator(adapter, mixture, cfg.split, batch_size=cfg.batch_size, mesh=mesh,
-                              sequence_length=seq_len,
-                              length_bucket=cfg.length_bucket, seed=cfg.seed)
-    res = ev.evaluate(params)
+                              sequence_length=seq_len, length_bucket=cfg.length_bucket, seed=cfg.seed)
+    res = ev.evaluate(lm.params)
     out["mixtures"][name] = res.to_dict()
     tables.append(evaluation.format_table(res))
   return out, "\n\n".join(tables)
@@ -98,17 +90,15 @@ def main(argv: Sequence[str]) -> None:
       raise FileNotFoundError(f"{ckpt}: checkpoint directory not found")
     output = cfg.output or f"{str(ckpt.absolute()).rstrip('/')}.eval_{cfg.split}.json"
     results, table = evaluate_checkpoint(str(ckpt), cfg)
-    import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
-      path = write_json_atomic(output, results)
+      path = files.atomic_write_json(pathlib.Path(output).absolute(), results)
       print(table)
       print(f"mergejax-eval: wrote {path}")
   except KeyboardInterrupt:
     print("mergejax-eval: interrupted; no output written", file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"mergejax-eval: error: {type(e).__name__}: {msg}", file=sys.stderr)
+    print(f"mergejax-eval: error: {type(e).__name__}: {cli.message(e)}", file=sys.stderr)
     sys.exit(1)
 
 

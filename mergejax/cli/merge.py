@@ -29,17 +29,27 @@ from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from mergejax import cli, engine, methods, sharding, tree
-from mergejax.checkpoints import SafetensorsSink, TreeKeys, open_source
 from mergejax.checkpoints import output as output_lib
 from mergejax.cli import common
 from mergejax.configs import merge as default_config
 from mergejax.engine import xla_cpu
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
-_EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints.")
+_EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints (for paths with commas use "
+                             "--expert or --experts_file).")
+_EXPERT = flags.DEFINE_multi_string("expert", None, "An expert checkpoint, taken whole (repeat the flag for several; "
+                                    "after those of --experts).")
+_EXPERTS_FILE = flags.DEFINE_string("experts_file", None, "A text file of expert checkpoints, one path per line (blank "
+                                    "lines and lines starting with # are skipped; after --experts and --expert).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not exist unless --overwrite).")
-_FORMAT = flags.DEFINE_enum("output_format", None, ["orbax", "safetensors"], "Output format (default: base's).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+_FORMAT = common.define(flags.DEFINE_enum, "output_format", None, ["orbax", "safetensors"],
+                        "Output format (default: the base's when orbax or safetensors, else safetensors).")
+_OVERWRITE = common.define(flags.DEFINE_bool, "overwrite", False, "Replace an existing output that mergejax wrote (a "
+                           "directory holding mergejax_manifest.json; anything else is refused).")
+_TOKENIZER_SOURCE = flags.DEFINE_string(
+    "tokenizer_source", None, "Inputs with different vocabularies: map embedding/LM-head rows by token to the "
+    "vocabulary of 'base', 'union' (base + every input's extra tokens), or an input path (its tokenizer); "
+    "the merged tokenizer is written. As mergekit's tokenizer_source.")
 # Unknown fields are accepted while flags are parsed and refused by check_config with one line (and a
 # "did you mean"): which hyperparameters exist depends on the method named in the same command line.
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config", default_config.__file__,
@@ -97,10 +107,21 @@ def build_method(cfg: config_dict.ConfigDict) -> methods.MergeMethod:
 
 
 def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
-                      output_format: str | None = None, overwrite: bool = False, mesh=None) -> pathlib.Path:
-  """Merges checkpoint files into ``output``; raises (and leaves no output) on any bad input."""
+                      output_format: str | None = None, overwrite: bool = False, mesh=None,
+                      tokenizer_source: str | None = None) -> pathlib.Path:
+  """Merges checkpoint files into ``output``; raises (and leaves no output) on any bad input.
+
+  ``tokenizer_source`` ("base", "union", or an input path) maps embedding and LM-head rows of inputs
+  with different vocabularies to one vocabulary by token string (:mod:`mergejax.checkpoints.vocab`).
+  """
+  from mergejax.checkpoints import detect, inputs as inputs_lib  # pylint: disable=g-import-not-at-top
   import_modules(cfg)
   method = build_method(cfg)
+  if tokenizer_source not in (None, "base", "union"):  # an input's path: its index among the inputs
+    names = ([base] if base else []) + list(experts)
+    if tokenizer_source not in names:
+      raise ValueError(f"tokenizer source {tokenizer_source!r} is not 'base', 'union' or one of the inputs")
+    tokenizer_source = names.index(tokenizer_source)
   if cfg.dtype is not None:
     try:
       dt = np.dtype(jax.numpy.dtype(cfg.dtype))
@@ -114,32 +135,41 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
     raise ValueError("--experts is empty: give at least one expert checkpoint")
   method.check_experts(len(experts))
   inputs = ([base] if base else []) + list(experts)
-  for p in inputs:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f"{p}: no such file or directory")
-  base_src = open_source(base, name=base) if base else None
-  expert_srcs = [open_source(e, name=e) for e in experts]
-  reference = base_src or expert_srcs[0]
-  engine.validate_sources(reference, (expert_srcs if base_src else expert_srcs[1:]))
-  fmt = output_format or reference.format
-  output_lib.check_output_path(output, inputs, overwrite)
+  opened = inputs_lib.open_inputs(inputs_lib.ModelRef(base) if base else None,
+                                  [inputs_lib.ModelRef(e) for e in experts], dtype=cfg.dtype,
+                                  tokenizer_source=tokenizer_source)
+  reference = opened.reference
+  try:
+    engine.validate_sources(reference, opened.experts if opened.base is not None else opened.experts[1:])
+  except ValueError as e:
+    raise ValueError(inputs_lib.vocab_mismatch_hint(str(e))) from None
+  output_lib.check_output_path(output, [detect.input_path(p) for p in inputs], overwrite)
   rules = sharding.parse_rules(cfg.partition_rules)
   mesh = mesh if mesh is not None else sharding.make_mesh()
-  sidecar_dir = str(reference.dir) if reference.dir is not None else None
-  if fmt == "safetensors":
-    sink = SafetensorsSink(output, shard_bytes=int(cfg.shard_size_mb * (1 << 20)), sidecar_dir=sidecar_dir,
-                           overwrite=overwrite)
-  else:
-    from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top  (orbax: ~0.4 s to import)
-    keys = {s.path: reference.keys(s.path) for s in reference.specs()} if isinstance(reference, TreeKeys) else None
-    sink = OrbaxSink(output, sidecar_dir=sidecar_dir, overwrite=overwrite, keys=keys)
-  fingerprints = [{"role": "base" if base and i == 0 else "expert", **output_lib.fingerprint(p)}
+  fingerprints = [{"role": "base" if base and i == 0 else "expert", "name": p,
+                   **output_lib.fingerprint(detect.input_path(p))}
                   for i, p in enumerate(inputs)] if output_lib.is_primary() else []
-  return engine.merge_sources(
-      base_src, expert_srcs, sink, method, seed=int(cfg.seed), dtype=cfg.dtype, mesh=mesh, rules=rules,
-      memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
-      allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
-      metadata={"inputs": fingerprints, "input_format": reference.format})
+  with inputs_lib.staged_sidecars(opened.donor_dir, vocab=opened.vocab) as sidecar_dir:
+    sink = output_lib.open_sink(output, reference, output_format=output_format, sidecar_dir=sidecar_dir,
+                                shard_bytes=int(cfg.shard_size_mb * (1 << 20)), overwrite=overwrite)
+    return engine.merge_sources(
+        opened.base, opened.experts, sink, method, seed=int(cfg.seed), dtype=opened.dtype, mesh=mesh, rules=rules,
+        memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
+        allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
+        metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
+                  "tokenizer_source": tokenizer_source})
+
+
+def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:
+  """Expert paths from ``--experts`` (comma list), ``--expert`` (one path per flag) and ``--experts_file``."""
+  out = [p for p in (comma_list or []) if p] + list(repeated or [])
+  if listing:
+    try:
+      text = pathlib.Path(listing).read_text()
+    except OSError as e:
+      raise ValueError(f"--experts_file {listing}: {e.strerror or e}") from None
+    out += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+  return out
 
 
 def compilation_cache_dir(cfg: config_dict.ConfigDict) -> str | None:
@@ -185,15 +215,17 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
   try:
-    if not _EXPERTS.value:
-      raise ValueError("--experts is required (comma-separated checkpoint paths)")
+    experts = expert_paths(_EXPERTS.value, _EXPERT.value, _EXPERTS_FILE.value)
+    if not experts:
+      raise ValueError("no experts: give --experts (comma-separated), --expert (repeatable) or --experts_file")
     if not _OUTPUT.value:
       raise ValueError("--output is required")
     xla_cpu.prefer_wide_vectors()
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
-    out = merge_checkpoints(_BASE.value, _EXPERTS.value, _OUTPUT.value, _CONFIG.value,
-                            output_format=_FORMAT.value, overwrite=_OVERWRITE.value)
+    out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,
+                            output_format=_FORMAT.value, overwrite=_OVERWRITE.value,
+                            tokenizer_source=_TOKENIZER_SOURCE.value)
   except KeyboardInterrupt:
     print("mergejax-merge: interrupted; no output written", file=sys.stderr)
     sys.exit(130)

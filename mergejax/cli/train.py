@@ -12,8 +12,9 @@ from mergejax import cli
 from mergejax.cli import common
 
 _CONFIG = common.define(config_flags.DEFINE_config_file, "config", None, "Training config (configs/train.py).",
-                                          lock_config=True)
-_WORKDIR = common.define(flags.DEFINE_string, "workdir", None, "World directory (models laid out as in mergejax.world).")
+                        lock_config=True)
+_WORKDIR = common.define(flags.DEFINE_string, "workdir", None,
+                         "World directory (models laid out as in mergejax.world).")
 
 
 def main(argv) -> int:
@@ -24,25 +25,24 @@ def main(argv) -> int:
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config is required (e.g. --config=configs/train.py)")
+  # TensorFlow and seqio load only once the command runs (a fast --help, quick flag errors).
+  from mergejax import world  # pylint: disable=g-import-not-at-top
   from mergejax.training import recipes  # pylint: disable=g-import-not-at-top
   try:
     if cfg.task_module:
       importlib.import_module(cfg.task_module)
-    elif cfg.mixture_prefix == "mj":
-      import mergejax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    spec = recipes.resolve(
+    spec = world.run_spec(
         cfg.recipe, cfg.size, _WORKDIR.value, category=cfg.category, kind=cfg.kind, out=cfg.output,
         init=cfg.init, mixture=cfg.mixture, mixture_prefix=cfg.mixture_prefix, steps=cfg.steps,
         opt_overrides=dict(lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
-                           weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2,
-                           clip_norm=cfg.clip_norm),
+                           weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2, clip_norm=cfg.clip_norm),
         batch_size=cfg.batch_size,
         feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length}, seed=cfg.seed,
         model_overrides={k: cfg[k] for k in ("scan_layers", "remat", "dtype") if cfg[k] is not None})
     res = recipes.run(spec, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
                       log_every=cfg.log_every)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
-    print(f"mergejax-train: error: {e}", file=sys.stderr)
+    print(f"mergejax-train: error: {cli.message(e)}", file=sys.stderr)
     return 1
   if res.skipped:
     print(f"{spec.out}: already complete, skipped")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from mergejax.evaluation.adapter import ModelAdapter
+from mergejax.models.adapter import ModelAdapter
 
 Params = Any
 
@@ -41,8 +40,9 @@ def default_mesh(data_axis: str = "data") -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), (data_axis,), axis_types=(AxisType.Auto,))
 
 
-def _round_up(x: int, m: int) -> int:
-  return int(m * math.ceil(max(x, 1) / m))
+def round_up(x: int, m: int) -> int:
+  """``x`` (at least 1) rounded up to a multiple of ``m``."""
+  return -(-max(int(x), 1) // m) * m
 
 
 def token_scores(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
@@ -138,7 +138,7 @@ class Inference:
   """Score and predict functions for seqio.Evaluator, for one model adapter on one mesh.
 
   Args:
-    adapter: the model (see :mod:`mergejax.evaluation.adapter`).
+    adapter: the model (see :mod:`mergejax.models.adapter`).
     mesh: devices to run on; batches are split along ``data_axes``. Default: all devices, 1-D.
     batch_size: global batch (rows per step); must be a multiple of the data-parallel size.
     data_axes: mesh axes that split the batch.
@@ -162,6 +162,15 @@ class Inference:
     self._prepared: dict[int, _Prepared] = {}
     self._score, self._predict = _jitted(self.replicated)
 
+  @property
+  def adapter(self) -> ModelAdapter:
+    """The model over seqio's token ids (:meth:`ModelAdapter.for_seqio`)."""
+    return self._adapter
+
+  @adapter.setter
+  def adapter(self, adapter: ModelAdapter) -> None:
+    self._adapter = adapter.for_seqio()
+
   # -- jitted kernels -------------------------------------------------------------------------------
   def _score_jit(self, params, inputs_BxL, targets_BxL, weights_BxL) -> jax.Array:
     return self._score(self.adapter, params, inputs_BxL, targets_BxL, weights_BxL)
@@ -175,14 +184,14 @@ class Inference:
 
   def score_arrays(self, params: Params, inputs_BxL, targets_BxL, weights_BxL) -> np.ndarray:
     """Scores one already-batched set of rows (B must be a multiple of the data-parallel size)."""
-    b = self._to_global({"i": np.asarray(inputs_BxL), "t": np.asarray(targets_BxL),
+    b = self.to_global({"i": np.asarray(inputs_BxL), "t": np.asarray(targets_BxL),
                          "w": np.asarray(weights_BxL)})
-    return _host(self._score_jit(self.place_params(params), b["i"], b["t"], b["w"]))
+    return to_host(self._score_jit(self.place_params(params), b["i"], b["t"], b["w"]))
 
   def predict_arrays(self, params: Params, inputs_BxL, prompt_len_B, decode_len: int) -> np.ndarray:
     """Greedy-decodes one already-batched set of prompts."""
-    b = self._to_global({"i": np.asarray(inputs_BxL), "n": np.asarray(prompt_len_B)})
-    return _host(self._predict_jit(self.place_params(params), b["i"], b["n"], decode_len=int(decode_len)))
+    b = self.to_global({"i": np.asarray(inputs_BxL), "n": np.asarray(prompt_len_B)})
+    return to_host(self._predict_jit(self.place_params(params), b["i"], b["n"], decode_len=int(decode_len)))
 
   # -- params and data ------------------------------------------------------------------------------
   def place_params(self, params: Params) -> Params:
@@ -198,9 +207,9 @@ class Inference:
       return jax.device_put(x, self.replicated)
     return jax.tree.map(put, params)
 
-  def _to_global(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    # Every process holds the full host batch (seqio caches the whole eval set on each host), so each
-    # builds its own shards of the same global array.
+  def to_global(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host batches (the same full batch on every process: seqio caches the whole evaluation set on each
+    host) as global arrays split along the data axes; each process builds its own shards."""
     return {k: jax.make_array_from_callback(v.shape, self.batch_sharding, lambda idx, v=v: v[idx])
             for k, v in arrays.items()}
 
@@ -228,11 +237,11 @@ class Inference:
       prompt_len = np.ones((len(rows),), np.int32)
     used = np.nonzero((inp != 0).any(axis=0) | (tgt != 0).any(axis=0) | (w != 0).any(axis=0))[0]
     full_len = inp.shape[1]
-    length = min(full_len, _round_up(int(used.max()) + 1 if used.size else 1, self.length_bucket))
+    length = min(full_len, round_up(int(used.max()) + 1 if used.size else 1, self.length_bucket))
     decode_len = max(1, int((w > 0).sum(axis=1).max()))
-    decode_len = _round_up(decode_len, 8)
+    decode_len = round_up(decode_len, 8)
     n = len(rows)
-    n_pad = _round_up(n, self.batch_size) - n
+    n_pad = round_up(n, self.batch_size) - n
     def pad(a):
       a = a[:, :length] if a.ndim == 2 else a
       return np.concatenate([a, np.repeat(a[:1], n_pad, axis=0)]) if n_pad else a
@@ -240,7 +249,7 @@ class Inference:
             "n": pad(prompt_len).astype(np.int32)}
     batches = []
     for s in range(0, n + n_pad, self.batch_size):
-      batches.append(self._to_global({k: v[s:s + self.batch_size] for k, v in host.items()}))
+      batches.append(self.to_global({k: v[s:s + self.batch_size] for k, v in host.items()}))
     prep = _Prepared(ds, indices, batches, decode_len, length)
     self._prepared[key] = prep
     return prep
@@ -259,7 +268,7 @@ class Inference:
     prep = self.prepare(ds)
     params = self.place_params(params)
     outs = [self._wait_if_sharded(self._score_jit(params, b["i"], b["t"], b["w"])) for b in prep.batches]
-    scores = np.concatenate([_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0,))
+    scores = np.concatenate([to_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0,))
     return [(int(i), float(s)) for i, s in zip(prep.indices, scores)]
 
   def predict(self, params: Params, ds) -> list[tuple[int, list[int]]]:
@@ -268,10 +277,10 @@ class Inference:
     params = self.place_params(params)
     outs = [self._wait_if_sharded(self._predict_jit(params, b["i"], b["n"], decode_len=prep.decode_len))
             for b in prep.batches]
-    toks = np.concatenate([_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0, 1), np.int32)
+    toks = np.concatenate([to_host(o) for o in outs])[:len(prep.indices)] if outs else np.zeros((0, 1), np.int32)
     return [(int(i), t.tolist()) for i, t in zip(prep.indices, toks)]
 
 
-def _host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
   """A replicated global array as numpy (works in multi-process runs, where it is not addressable)."""
   return np.asarray(x.addressable_data(0))

@@ -110,6 +110,13 @@ def expert_scores(per_expert: Mapping[str, Mapping[str, float]], task_categories
   return out
 
 
+def expert_table(per_expert: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], dict[str, str]]:
+  """(task -> expert score, task -> category) when each expert reports exactly its own category's tasks
+  (as the study's expert reference rows do): the denominators and categories of :func:`held_in`."""
+  task_categories = {t: c for c, scores in per_expert.items() for t in scores}
+  return expert_scores(per_expert, task_categories), task_categories
+
+
 def mean_over_seeds(values: Sequence[float | Normalized]) -> float:
   """The reported number: the mean over expert-subset seeds."""
   vals = [v.score if isinstance(v, Normalized) else float(v) for v in values]

@@ -26,11 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.evaluation.adapter import ModelAdapter
-
-
-def _round_up(x: int, m: int) -> int:
-  return -(-max(int(x), 1) // m) * m
+from mergejax.models.adapter import ModelAdapter
+from mergejax.evaluation.inference import round_up
 
 
 @dataclasses.dataclass
@@ -145,7 +142,7 @@ def pack(inp_BxL: np.ndarray, tgt_BxL: np.ndarray, w_BxL: np.ndarray, row_ids: n
     free_g[placed] -= need_g[i]
     by_free[free_tok[placed]].append(placed)
 
-  n_seq = _round_up(len(contents), rows_multiple) if contents else 0
+  n_seq = round_up(len(contents), rows_multiple) if contents else 0
   out = PackedHost(tokens=np.zeros((n_seq, seq_len), np.int32), positions=np.zeros((n_seq, seq_len), np.int32),
                    example=np.full((n_seq, seq_len), -1, np.int32), branch=np.full((n_seq, seq_len), -1, np.int32),
                    gather=np.zeros((n_seq, g), np.int32), target=np.zeros((n_seq, g), np.int32),

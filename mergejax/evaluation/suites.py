@@ -25,9 +25,11 @@ from typing import Sequence
 
 import seqio
 
+from mergejax import tasks
+from mergejax.tasks import t0
+
 
 def _eval_tasks(names: list[str]) -> list[str]:
-  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   return [n + tasks.RANK_SUFFIX if tasks.is_choice_task(n) else n for n in names]
 
 
@@ -56,7 +58,6 @@ def union(suites: Sequence[str]) -> str:
 
 def register_synthetic_suites() -> None:
   """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent)."""
-  from mergejax import tasks  # pylint: disable=g-import-not-at-top
   everything = []
   for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
                           ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
@@ -74,7 +75,6 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
   """The seqio mixture for a suite name (registering what it needs)."""
   name = name.strip()
   if name in ("t0", "t0_heldout"):
-    from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
     t0.register(tfds_data_dir=tfds_data_dir)
     return "t0_heldout_rank"
   if name in ("heldin", "heldout", "all") or name.startswith(("heldin_", "heldout_")):
@@ -84,11 +84,5 @@ def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:
       raise ValueError(f"unknown evaluation suite {name!r} (no mixture {mixture})")
     return mixture
   if name.startswith("t0_"):
-    from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
     t0.register(tfds_data_dir=tfds_data_dir)
-  else:
-    try:
-      import mergejax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      pass
   return name

@@ -6,7 +6,9 @@ import functools
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 
+from mergejax.methods import steps
 from mergejax.methods.base import Array, LeafContext, MergeMethod, Traits, expert_weights, f32, method_factory
 
 
@@ -15,7 +17,15 @@ def average_kernel(base: Array | None, experts: tuple[Array, ...], ctx: LeafCont
                    out_dtype: Any) -> Array:
   del base, stats
   w = ctx.weights
-  return (sum(w[t] * f32(e) for t, e in enumerate(experts)) / sum(w[t] for t in range(len(experts)))).astype(out_dtype)
+  # acc = w_0 x_0, then acc = fma(w_t, x_t, acc) in order: torch's addcmul chain (mergekit's linear). The
+  # first product is rounded alone so that XLA fuses each later one into the running sum, never the first.
+  num = steps.rounded(w[0] * f32(experts[0]), f32(experts[0]))
+  for t in range(1, len(experts)):
+    num = num + w[t] * f32(experts[t])
+  # A true division by the weights' sum (steps.rounded keeps XLA from multiplying by its reciprocal), as
+  # mergekit's linear and the official code.
+  den = steps.rounded(jnp.broadcast_to(sum(w[t] for t in range(len(experts))), num.shape), num)
+  return (num / den).astype(out_dtype)
 
 
 @method_factory(formula="sum_t w_t theta_t / sum_t w_t (the base is not used)", weights=expert_weights())

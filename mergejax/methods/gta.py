@@ -43,14 +43,14 @@ def gta_kernel(base: Array, experts: tuple[Array, ...], ctx: LeafContext, stats:
   """
   taus = _trimmed_task_vectors(base, experts, ctx, stats.get("thresholds"), dare=dare, trim=trim)
   w = ctx.weights
-  if sign is None:
-    agg = sum(w[t] * tau if weighted else tau for t, tau in enumerate(taus))
+  if sign is None:  # products rounded before the sum, as the references (steps.rounded)
+    agg = sum(steps.rounded(w[t] * tau, tau) if weighted else tau for t, tau in enumerate(taus))
   else:
     vote = steps.sign_vote(taus, w, sign, weighted)
     positive = steps.elect_positive(vote, stats.get("majority", np.float32(1.0)))  # default: scope="tensor"
     agg = steps.disjoint_aggregate(taus, w, vote, positive, aggregate, weighted)
   scale = ctx.lam * steps.dare_rescale(ctx.drop_rate) if dare and rescale else ctx.lam
-  return (f32(base) + scale * agg).astype(out_dtype)
+  return (f32(base) + steps.rounded(scale * agg, agg)).astype(out_dtype)
 
 
 def _sign_indicators(base, experts, ctx, thresholds, *, dare, trim, sign, weighted):

@@ -11,10 +11,12 @@ base with ``lam=1``, which gives :math:`g` itself: TIES' thresholds, sign votes 
 the :math:`\\tau_t`, computed here in float32 exactly as the kernels do), and each candidate is then one
 fused :math:`\\theta_0 + \\lambda g` on device. A TIES grid of 3 lams costs one TIES merge instead of 3.
 
-The result equals ``mergejax.merge(base, experts, method(lam=...))`` for Task Arithmetic and TIES (the
-kernels compute the same float32 expression), and within one float32 rounding of the product for the
-DARE methods (:math:`(\\lambda r) g'` vs :math:`\\lambda (r g')` with DARE's rescale :math:`r`); a test
-checks both. Other methods (and any user-registered one) are merged directly for every candidate.
+Which methods take this path is read from their traits (``lam_scales_task_vector``), never their names,
+so a user-registered method that declares it gets it too; others are merged directly for every
+candidate. The result equals ``mergejax.merge(base, experts, method(lam=...))`` for Task Arithmetic and
+TIES (the kernels compute the same float32 expression), and within one float32 rounding of the product
+for the DARE methods (:math:`(\\lambda r) g'` vs :math:`\\lambda (r g')` with DARE's rescale
+:math:`r`); a test checks both.
 """
 
 from __future__ import annotations
@@ -26,12 +28,9 @@ import numpy as np
 
 import mergejax
 from mergejax import methods as methods_lib
+from mergejax.methods import steps
 
 PyTree = Any
-
-# Registered methods of the form theta_0 + lam * g(tau_1..tau_N) (see the module docstring).
-LAM_SCALES_TASK_VECTOR = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear"})
-
 
 def task_vectors(base: PyTree, experts: Mapping[str, PyTree]) -> dict[str, PyTree] | None:
   """Float32 host task vectors :math:`\\tau_t = \\theta_t - \\theta_0` per expert, or None if a leaf
@@ -43,8 +42,9 @@ def task_vectors(base: PyTree, experts: Mapping[str, PyTree]) -> dict[str, PyTre
 
 @jax.jit
 def scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
-  r""":math:`\theta_0 + \lambda g`, leaf by leaf, in one program."""
-  return jax.tree.map(lambda b, x: b + lam * x, base, g)
+  r""":math:`\theta_0 + \lambda g`, leaf by leaf, in one program (the product rounded on its own, as the
+  merge kernels: :func:`mergejax.methods.steps.rounded`)."""
+  return jax.tree.map(lambda b, x: b + steps.rounded(lam * x, x), base, g)
 
 
 @jax.jit
@@ -53,16 +53,20 @@ def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
   leaves, treedef = jax.tree.flatten(base)
   out, start = [], 0
   for x in leaves:
-    out.append(x + lam * g_flat[start:start + x.size].reshape(x.shape))
+    g = g_flat[start:start + x.size].reshape(x.shape)
+    out.append(x + steps.rounded(lam * g, g))
     start += x.size
   return jax.tree.unflatten(treedef, out)
 
 
-def _flat_exact(method_name: str, hparams: Mapping[str, Any]) -> bool:
-  """Whether merging the task vectors concatenated into one leaf gives the per-leaf merge exactly:
-  elementwise kernels whose statistics, if any, are model-wide (Task Arithmetic; TIES with the paper's
-  global trim). Not DARE (its masks are keyed by leaf path and row) nor per-tensor TIES."""
-  return method_name == "task_arithmetic" or (method_name == "ties" and hparams.get("scope", "global") == "global")
+def flat_exact(method: methods_lib.MergeMethod) -> bool:
+  """Whether merging the task vectors concatenated into one leaf gives the per-leaf merge exactly: an
+  elementwise kernel whose randomness is not keyed by position (concatenation moves entries) and whose
+  statistics, if any, are model-wide (Task Arithmetic; TIES with the paper's global trim). Not DARE
+  (masks keyed by leaf path and row) nor per-tensor TIES (per-leaf statistics)."""
+  t = method.traits
+  per_leaf_stats = method.compute_stats is not None and method.local_stats
+  return t.elementwise and not t.position_keyed and not t.stochastic and not per_leaf_stats
 
 
 class CandidateMerger:
@@ -84,43 +88,53 @@ class CandidateMerger:
   def __init__(self, method_name: str, base: PyTree, experts: Sequence[PyTree], taus: Sequence[PyTree] | None,
                *, seed: int, device: jax.Device | None = None):
     self.method_name, self.seed = method_name, seed
-    self.factored = taus is not None and method_name in LAM_SCALES_TASK_VECTOR
     self._device = device or jax.local_devices()[0]
-    self._base_host = base
-    self._models_host = list(taus) if self.factored else list(experts)  # what gets merged
-    self._base = jax.device_put(base, self._device) if self.factored else None  # theta_0 of theta_0 + lam g
-    self._placed: dict[bool, tuple] = {}  # flat? -> (base or zero base, models) on the device
+    self._base_host, self._experts_host = base, list(experts)
+    self._taus_host = list(taus) if taus is not None else None
+    self._placed: dict[tuple, Any] = {}  # ("direct",) | ("taus", flat?) | ("base",) -> arrays on the device
     self._g: dict[tuple, PyTree] = {}
+
+  def factored(self, method: methods_lib.MergeMethod) -> bool:
+    """Whether ``method`` is merged as theta_0 + lam * g with g shared across lams."""
+    return self._taus_host is not None and method.traits.lam_scales_task_vector
 
   def __call__(self, hparams: Mapping[str, Any]) -> PyTree:
     """The merged params of one candidate (on the merge device)."""
-    if not self.factored:
-      base, experts = self._inputs(flat=False)
-      return mergejax.merge(base, experts, methods_lib.get(self.method_name, **hparams), seed=self.seed)
-    lam = np.float32(hparams.get("lam", 1.0))  # without lam the method's default (1) applies
-    g_hparams = {**hparams, "lam": 1.0}
-    if _flat_exact(self.method_name, g_hparams):
-      return scale_add_flat(self._base, self._merge(g_hparams, flat=True)["flat"], lam)
-    return scale_add(self._base, self._merge(g_hparams, flat=False), lam)
+    method = methods_lib.get(self.method_name, **hparams)
+    if not self.factored(method):
+      base, experts = self._inputs(("direct",))
+      return mergejax.merge(base, experts, method, seed=self.seed)
+    g_method = methods_lib.get(self.method_name, **{**hparams, "lam": 1.0})
+    lam = np.float32(method.lam)
+    base = self._inputs(("base",))
+    if flat_exact(g_method):
+      return scale_add_flat(base, self._merge(g_method, flat=True)["flat"], lam)
+    return scale_add(base, self._merge(g_method, flat=False), lam)
 
-  def _inputs(self, flat: bool) -> tuple:
-    """(base, models) placed on the merge device once, in tree form or (factored only) flat: every leaf
-    concatenated into one ``{"flat": [P]}``. Factored merges use a zero base and the task vectors."""
-    if flat not in self._placed:
-      base = jax.tree.map(np.zeros_like, self._base_host) if self.factored else self._base_host
-      models = self._models_host
-      if flat:
-        cat = lambda t: {"flat": np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])}
-        base, models = cat(base), [cat(m) for m in models]
-      self._placed[flat] = jax.device_put((base, models), self._device)
-    return self._placed[flat]
+  def _inputs(self, key: tuple) -> Any:
+    """Inputs placed on the merge device once: ``("direct",)`` the base and the experts; ``("base",)``
+    theta_0 of theta_0 + lam g; ``("taus", flat)`` a zero base and the task vectors, in tree form or
+    flat (every leaf concatenated into one ``{"flat": [P]}``)."""
+    if key not in self._placed:
+      if key[0] == "direct":
+        value = (self._base_host, self._experts_host)
+      elif key[0] == "base":
+        value = self._base_host
+      else:
+        base, models = jax.tree.map(np.zeros_like, self._base_host), self._taus_host
+        if key[1]:
+          cat = lambda t: {"flat": np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])}
+          base, models = cat(base), [cat(m) for m in models]
+        value = (base, models)
+      self._placed[key] = jax.device_put(value, self._device)
+    return self._placed[key]
 
-  def _merge(self, hparams: Mapping[str, Any], flat: bool) -> PyTree:
-    """g: the task vectors merged onto a zero base (cached per hyperparameters). ``flat``: one leaf, so
-    the merge (and TIES' threshold search) compiles for one shape per model instead of one per leaf
-    shape, and runs one kernel per pass instead of one per leaf."""
-    key = (flat,) + tuple(sorted((k, repr(v)) for k, v in hparams.items()))
+  def _merge(self, method: methods_lib.MergeMethod, flat: bool) -> PyTree:
+    """g: the task vectors merged onto a zero base with ``lam = 1`` (cached per hyperparameters). ``flat``:
+    one leaf, so the merge (and TIES' threshold search) compiles for one shape per model instead of one
+    per leaf shape, and runs one kernel per pass instead of one per leaf."""
+    key = (flat,) + tuple(sorted((k, repr(v)) for k, v in method.hparams.items()))
     if key not in self._g:
-      zeros, taus = self._inputs(flat)
-      self._g[key] = mergejax.merge(zeros, taus, methods_lib.get(self.method_name, **hparams), seed=self.seed)
+      zeros, taus = self._inputs(("taus", flat))
+      self._g[key] = mergejax.merge(zeros, taus, method, seed=self.seed)
     return self._g[key]

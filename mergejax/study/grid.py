@@ -15,20 +15,6 @@ import numpy as np
 
 from mergejax import methods as methods_lib
 
-RANDOM_METHODS = ("dare_linear", "dare_ties")
-
-
-def csv_list(value: Any) -> list[str]:
-  """'a,b' or ('a', 'b') -> ['a', 'b'] (configs use comma-separated strings, as configs/world.py)."""
-  if isinstance(value, str):
-    return [v.strip() for v in value.split(",") if v.strip()]
-  return [str(v) for v in value]
-
-
-def int_list(value: Any) -> list[int]:
-  return [int(v) for v in csv_list(value)]
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
   kind: str
@@ -60,39 +46,25 @@ def cells(kinds: Sequence[str], sizes: Sequence[str], ns: Sequence[int], seeds: 
   return out
 
 
-def runs_in_cell(cell: Cell, method_names: Sequence[str], n_categories: int) -> list[str]:
-  """Methods to run in a cell: all of them, except repeated deterministic merges of the full set."""
+def runs_in_cell(cell: Cell, method_names: Sequence[str], n_categories: int,
+                 grids: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[str]:
+  """Methods to run in a cell: all of them, except repeated deterministic merges of the full set (a
+  method runs there again only if one of its candidates, ``grids[name]``, is stochastic)."""
   if cell.n == n_categories and cell.seed > 0:
-    return [m for m in method_names if m in RANDOM_METHODS]
+    return [m for m in method_names
+            if any(methods_lib.get(m, **hp).traits.stochastic for hp in (grids or {}).get(m, [{}]))]
   return list(method_names)
 
 
-def candidates(method_name: str, grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-  """Every combination of the method's hyperparameter grid (validated), in grid order."""
+def candidates(method_name: str, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Every combination of the method's hyperparameter grid ``{name: (v1, v2, ...)}`` (validated): names in
+  sorted order, each name's values in the given order; a single value stands for itself."""
   keys = sorted(grid)
-  combos = [dict(zip(keys, vals)) for vals in itertools.product(*(list(grid[k]) for k in keys))] or [{}]
+  values = [list(grid[k]) if isinstance(grid[k], (tuple, list)) else [grid[k]] for k in keys]
+  for k, vals in zip(keys, values):
+    if not vals:
+      raise ValueError(f"hyperparameter {k!r} has no values")
+  combos = [dict(zip(keys, vals)) for vals in itertools.product(*values)] or [{}]
   for hp in combos:
     methods_lib.get(method_name, **hp)  # raises ValueError naming the bad hyperparameter
   return combos
-
-
-def parse_grid(text: str) -> dict[str, list[Any]]:
-  """'lam=0.3|0.5;density=0.2' -> {'lam': [0.3, 0.5], 'density': [0.2]} ('' -> {})."""
-  out: dict[str, list[Any]] = {}
-  for part in filter(None, (p.strip() for p in text.split(";"))):
-    if "=" not in part:
-      raise ValueError(f"bad grid entry {part!r}: expected name=v1|v2")
-    name, vals = part.split("=", 1)
-    out[name.strip()] = [_parse_value(v.strip()) for v in vals.split("|") if v.strip()]
-  return out
-
-
-def _parse_value(v: str) -> Any:
-  for cast in (int, float):
-    try:
-      return cast(v)
-    except ValueError:
-      pass
-  if v in ("True", "False"):
-    return v == "True"
-  return v

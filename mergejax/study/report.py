@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
+from mergejax import files
 from mergejax import models
 from mergejax.evaluation import normalize
 
@@ -31,12 +32,8 @@ def multitask_norm(refs: Mapping[str, Any], kind: str, size: str, cats: Sequence
   mt = refs.get((kind, size, "multitask"))
   if mt is None:
     return float("nan"), float("nan")
-  expert_scores, task_cats = {}, {}
-  for c in cats:
-    e = refs[(kind, size, "expert", c)]
-    expert_scores.update(e["heldin_test"])
-    task_cats.update({t: c for t in e["heldin_test"]})
-  hi = normalize.held_in(mt["heldin_test"], expert_scores, task_cats, cats).score
+  expert, task_cats = normalize.expert_table({c: refs[(kind, size, "expert", c)]["heldin_test"] for c in cats})
+  hi = normalize.held_in(mt["heldin_test"], expert, task_cats, cats).score
   base = refs[(kind, size, "base")]
   ho_cats = {t: base["task_categories"][t] for t in base["heldout_test"]}
   ho = normalize.held_out(mt["heldout_test"], base["heldout_test"], ho_cats).score
@@ -92,13 +89,7 @@ def _write_csv(path: pathlib.Path, rows: Sequence[dict], cols: Sequence[str]) ->
   w.writeheader()
   for r in rows:
     w.writerow({c: (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in cols})
-  _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  files.atomic_write(path, buf.getvalue())
 
 
 def conclusions(merges: Sequence[dict], refs: Mapping, kinds, sizes, ns, methods) -> list[tuple[str, bool | None, str]]:
@@ -156,8 +147,14 @@ def conclusions(merges: Sequence[dict], refs: Mapping, kinds, sizes, ns, methods
   return out
 
 
+def _save_png(fig, path: pathlib.Path) -> None:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  files.atomic_write(path, buf.getvalue())
+
+
 def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes, ns, methods) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  # ~0.5 s, only when a report is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -182,7 +179,7 @@ def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes,
       axes[i][0].set_ylabel(title)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / fname, dpi=110)
+    _save_png(fig, out_dir / fname)
     plt.close(fig)
     files.append(fname)
 
@@ -203,7 +200,7 @@ def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes,
     ax.set_ylabel(label + " (mean over N)")
   axes[1].legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(out_dir / "vs_size.png", dpi=110)
+  _save_png(fig, out_dir / "vs_size.png")
   plt.close(fig)
   files.append("vs_size.png")
 
@@ -220,7 +217,7 @@ def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes,
     ax.set_title(f"{key} at {large} ({KIND_LABEL.get(kind, kind)})", fontsize=9)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(out_dir / "methods_at_largest.png", dpi=110)
+  _save_png(fig, out_dir / "methods_at_largest.png")
   plt.close(fig)
   files.append("methods_at_largest.png")
 
@@ -236,7 +233,7 @@ def plots(out_dir: pathlib.Path, tables: Mapping[str, list[dict]], kinds, sizes,
     ax.set_ylabel(f"normalized {key} (mean of methods)")
   axes[1].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(out_dir / "it_vs_pretrained.png", dpi=110)
+  _save_png(fig, out_dir / "it_vs_pretrained.png")
   plt.close(fig)
   files.append("it_vs_pretrained.png")
   return files
@@ -285,7 +282,7 @@ def write_report(store, spec, workdir: str | os.PathLike, timings: Mapping[str, 
                  f"{_fmt(_mean(row.get('heldout_test', {}).values())) if row.get('heldout_test') else '-'} |")
   lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in figs]
   lines += ["", "Files: results.csv (one row per merge), table_heldin.csv, table_heldout.csv, results/rows/*.json."]
-  _atomic_write(report_path, "\n".join(lines) + "\n")
+  files.atomic_write(report_path, "\n".join(lines) + "\n")
   return report_path
 
 

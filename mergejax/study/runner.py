@@ -19,18 +19,22 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
+from tqdm.auto import tqdm
 
 from mergejax import methods as methods_lib
 from mergejax import models
+from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
-from mergejax.evaluation.adapter import builtin_adapter
+from mergejax.models.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
-from mergejax.evaluation.suite_evaluator import SuiteEvaluator
+from mergejax.evaluation.evaluator import Evaluator
 from mergejax.study import grid as grid_lib
+from mergejax.study import report as report_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
-from mergejax.study.splits import SELECTION_SPLIT, SplitGuard
+from mergejax.study.leak_guard import SELECTION_SPLIT, SplitGuard
 from mergejax.study.store import ResultsStore
+from mergejax.training import recipes
 
 TEST_SPLIT = "test"
 
@@ -51,29 +55,35 @@ class StudySpec:
   world_dir: pathlib.Path
   build_world: bool
   batch_size: int
+  multitask: bool = True
+  world_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # recipe -> training steps
+
+
+def _values(cfg: Any, field: str, kind: type) -> tuple:
+  """A tuple-valued config field (a single value stands for itself), each item of type ``kind``."""
+  value = cfg.get(field)
+  items = tuple(value) if isinstance(value, (tuple, list)) else (() if value is None else (value,))
+  for v in items:
+    if not isinstance(v, kind) or isinstance(v, bool):
+      raise StudyConfigError(f"{field}={value!r}: expected a tuple of {kind.__name__} values")
+  return items
 
 
 def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
   """Checks the whole configuration up front; StudyConfigError names the first problem."""
-  import mergejax.tasks  # pylint: disable=g-import-not-at-top
-
-  kinds = tuple(grid_lib.csv_list(cfg.kinds))
+  kinds = _values(cfg, "kinds", str)
   for k in kinds:
     if k not in world_lib.KINDS:
       raise StudyConfigError(f"unknown base kind {k!r}: choose from {list(world_lib.KINDS)}")
-  sizes = tuple(grid_lib.csv_list(cfg.sizes))
+  sizes = _values(cfg, "sizes", str)
   for s in sizes:
     if s not in models.SIZES:
       raise StudyConfigError(f"unknown model size {s!r}: choose from {sorted(models.SIZES)}")
-  categories = tuple(grid_lib.csv_list(cfg.categories)) if cfg.get("categories") else tuple(
-      mergejax.tasks.HELDIN_CATEGORIES)
+  categories = _values(cfg, "categories", str) or tuple(tasks.HELDIN_CATEGORIES)
   for c in categories:
-    if c not in mergejax.tasks.HELDIN_CATEGORIES:
-      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(mergejax.tasks.HELDIN_CATEGORIES)}")
-  try:
-    ns = tuple(grid_lib.int_list(cfg.num_experts))
-  except ValueError as e:
-    raise StudyConfigError(f"num_experts={cfg.num_experts!r}: {e}") from None
+    if c not in tasks.HELDIN_CATEGORIES:
+      raise StudyConfigError(f"unknown held-in category {c!r}: choose from {list(tasks.HELDIN_CATEGORIES)}")
+  ns = _values(cfg, "num_experts", int)
   for n in ns:
     if not 1 <= n <= len(categories):
       raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
@@ -81,39 +91,47 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
     raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
   if int(cfg.get("cpu_devices", 0)) < 0:
     raise StudyConfigError(f"cpu_devices={cfg.cpu_devices} must be >= 0 (0: one per core)")
-  names = tuple(grid_lib.csv_list(cfg.methods))
+  names = _values(cfg, "methods", str)
   grids = {}
   for m in names:
     if m not in methods_lib.names():
       raise StudyConfigError(f"unknown merge method {m!r}: choose from {methods_lib.names()}")
-    text = cfg.grids.get(m, "") if "grids" in cfg else ""
     try:
-      grids[m] = grid_lib.candidates(m, grid_lib.parse_grid(text))
-    except ValueError as e:
+      grids[m] = grid_lib.candidates(m, dict(cfg.grids.get(m) or {}) if "grids" in cfg else {})
+    except (ValueError, TypeError) as e:
       raise StudyConfigError(f"grids.{m}: {e}") from None
+  world_steps = {}
+  for recipe, steps in dict(cfg.get("world_steps") or {}).items():
+    if recipe not in recipes.RECIPES:
+      raise StudyConfigError(f"world_steps: unknown recipe {recipe!r}: choose from {list(recipes.RECIPES)}")
+    if steps is not None:
+      if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise StudyConfigError(f"world_steps.{recipe}={steps!r} must be a positive integer")
+      world_steps[recipe] = steps
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world)
+  multitask = bool(cfg.get("multitask", True))
   if not build:
     for size in sizes:
       for kind in kinds:
         needed = [world_lib.checkpoint_path(world_dir, size, kind, "base")]
         needed += [world_lib.checkpoint_path(world_dir, size, kind, "expert", c) for c in categories]
-        if cfg.get("multitask", True):
+        if multitask:
           needed.append(world_lib.checkpoint_path(world_dir, size, kind, "multitask"))
         for p in needed:
           if not models.is_complete(p):
             raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
   return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
-                   int(cfg.eval_batch_size))
+                   int(cfg.eval_batch_size), multitask, world_steps)
 
 
 class Scorer:
   """Per-task scores of params on one or more suites of one split, in one evaluation pass.
 
-  One :class:`SuiteEvaluator` per (size, split) holds every task the study reads on that split
-  (validation: the held-in tasks of the study's categories; test: those and the held-out tasks),
-  shared between sizes; a call scores only the requested suites' tasks. Every requested suite passes
-  the split guard first.
+  One :class:`~mergejax.evaluation.Evaluator` per (size, split) holds every task the study reads on
+  that split (validation: the held-in tasks of the study's categories; test: those and the held-out
+  tasks), sharing its data between sizes; a call scores only the requested suites' tasks. Every
+  requested suite passes the split guard first.
   """
 
   SPLITS = (SELECTION_SPLIT, TEST_SPLIT)
@@ -125,15 +143,15 @@ class Scorer:
     else:
       heldin = [f"heldin_{c}" for c in categories]
       self._split_suites = {SELECTION_SPLIT: heldin, TEST_SPLIT: heldin + ["heldout"]}
-    self._evaluators: dict[tuple, SuiteEvaluator] = {}
+    self._evaluators: dict[tuple, Evaluator] = {}
     self._building: dict[str, concurrent.futures.Future] = {}
     self._suite_tasks: dict[str, list[str]] = {}
     self.seconds = 0.0
     self.calls = 0
 
-  def _new_evaluator(self, adapter, split: str) -> SuiteEvaluator:
-    return SuiteEvaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
-                          batch_size=self.batch_size)
+  def _new_evaluator(self, adapter, split: str) -> Evaluator:
+    return Evaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
+                     batch_size=self.batch_size)
 
   def prepare(self, adapter) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
@@ -148,13 +166,13 @@ class Scorer:
         pool.shutdown(wait=False)
 
   def warm_up(self, adapter, params) -> None:
-    """Compiles the evaluation programs of one model size (see :meth:`SuiteEvaluator.warm_up`), the
+    """Compiles the evaluation programs of one model size (see :meth:`Evaluator.warm_up`), the
     validation split's first (it is ready first). Safe on a background thread after :meth:`prepare`."""
     for split in self.SPLITS:
       if split in self._building:
         self._building[split].result().with_adapter(adapter).warm_up(params)
 
-  def evaluator(self, size: str, adapter, split: str) -> SuiteEvaluator:
+  def evaluator(self, size: str, adapter, split: str) -> Evaluator:
     key = (size, split)
     ev = self._evaluators.get(key)
     if ev is None:
@@ -230,10 +248,9 @@ def adapter_for(config: Any):
   return _ADAPTERS[config]
 
 
-def _heldin(scorer: Scorer, size: str, ms: ModelSet, params, cats: Sequence[str], split: str,
-            heldout: bool = False):
-  """Scores on the held-in tasks of ``cats`` (and the held-out tasks), in one evaluation pass."""
-  return scorer(size, ms.adapter, params, [f"heldin_{c}" for c in cats] + (["heldout"] if heldout else []), split)
+def _suites(categories: Sequence[str], heldout: bool = False) -> list[str]:
+  """The held-in suites of ``categories`` (and the held-out suite): scored in one evaluation pass."""
+  return [f"heldin_{c}" for c in categories] + (["heldout"] if heldout else [])
 
 
 def _split_heldout(scores: Mapping[str, float], cats: Mapping[str, str], heldin_cats: Sequence[str]):
@@ -253,7 +270,7 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
     key = f"ref/{kind}/{size}/{role}"
     row = store.get(key)
     if row is None:
-      scores, cats = _heldin(scorer, size, ms, params, spec.categories, TEST_SPLIT, heldout=True)
+      scores, cats = scorer(size, ms.adapter, params, _suites(spec.categories, heldout=True), TEST_SPLIT)
       hi, ho = _split_heldout(scores, cats, spec.categories)
       row = store.put(key, {"type": "reference", "role": role, "kind": kind, "size": size,
                             "heldin_test": hi, "heldout_test": ho, "task_categories": cats})
@@ -274,15 +291,6 @@ def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: s
   return refs
 
 
-def _expert_table(refs: Mapping[str, Any], split_key: str) -> tuple[dict[str, float], dict[str, str]]:
-  scores, cats = {}, {}
-  for k, row in refs.items():
-    if k.startswith("expert/"):
-      scores.update(row[split_key])
-      cats.update({t: row["category"] for t in row[split_key]})
-  return scores, cats
-
-
 def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, Any]], float]) -> tuple[dict, list]:
   """The candidate with the highest validation objective (the first one on ties)."""
   scored = [(score_fn(hp), i, hp) for i, hp in enumerate(candidates)]
@@ -292,33 +300,32 @@ def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, A
 
 def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec: StudySpec,
                     cell: grid_lib.Cell, method_name: str, ms: ModelSet, refs: Mapping[str, Any]) -> dict:
-  """Selection on validation, then one test evaluation; appends and returns the row."""
+  """One (cell, method) of the paper's protocol: every candidate of the grid is merged and scored on the
+  validation split of the merged experts' held-in tasks (normalized by the experts' validation scores);
+  the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
+  normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
   key = f"merge/{cell.key}/{method_name}"
   row = store.get(key)
   if row is not None:
     return row
   merger = CandidateMerger(method_name, ms.base_host, [ms.experts_host[c] for c in cell.categories],
                            [ms.taus_host[c] for c in cell.categories] if ms.taus_host else None, seed=cell.seed)
-  expert_val, val_cats = _expert_table(refs, "heldin_validation")
+  experts = [r for k, r in refs.items() if k.startswith("expert/")]
+  expert_val, val_cats = normalize.expert_table({r["category"]: r["heldin_validation"] for r in experts})
   timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
 
-  def merged(hp):
+  def merged(hp):  # deterministic: merging the chosen candidate again gives the same params
     t0 = time.perf_counter()
     out = jax.block_until_ready(merger(hp))
     timings["merge_s"] += time.perf_counter() - t0
     return out
 
-  best: dict[str, Any] = {}  # the best candidate's merged params so far (not merged again for test)
-
   def validation_objective(hp) -> float:
     params = merged(hp)
     t0 = time.perf_counter()
-    scores, cats = _heldin(scorer, cell.size, ms, params, cell.categories, SELECTION_SPLIT)
+    scores, cats = scorer(cell.size, ms.adapter, params, _suites(cell.categories), SELECTION_SPLIT)
     timings["select_eval_s"] += time.perf_counter() - t0
-    value = normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
-    if "value" not in best or value > best["value"]:  # select() keeps the first of equal maxima
-      best.update(value=value, hparams=hp, params=params)
-    return value
+    return normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
 
   candidates = spec.grids[method_name]
   with guard.selecting():
@@ -326,15 +333,14 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       chosen, tried = candidates[0], [{"hparams": candidates[0], "validation": None}]
     else:
       chosen, tried = select(candidates, validation_objective)
-  params = best["params"] if best.get("hparams") is chosen else merged(chosen)
-  best.clear()
+  params = merged(chosen)
   t0 = time.perf_counter()
-  scores, cats = _heldin(scorer, cell.size, ms, params, cell.categories, TEST_SPLIT, heldout=True)
+  scores, cats = scorer(cell.size, ms.adapter, params, _suites(cell.categories, heldout=True), TEST_SPLIT)
+  timings["test_eval_s"] = time.perf_counter() - t0
   hi, ho = _split_heldout(scores, cats, cell.categories)
   hi_cats = {t: cats[t] for t in hi}
   ho_cats = {t: cats[t] for t in ho}
-  timings["test_eval_s"] = time.perf_counter() - t0
-  expert_test, exp_cats = _expert_table(refs, "heldin_test")
+  expert_test, exp_cats = normalize.expert_table({r["category"]: r["heldin_test"] for r in experts})
   n_hi = normalize.held_in(hi, expert_test, {**exp_cats, **hi_cats}, cell.categories)
   n_ho = normalize.held_out(ho, refs["base"]["heldout_test"], ho_cats)
   return store.put(key, {
@@ -391,29 +397,26 @@ class MergeWarmup:
       self.error = None
 
 
-def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> pathlib.Path:
-  """Runs (or resumes) the whole study and writes the report; returns the report's path."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  from mergejax.study import report as report_lib  # pylint: disable=g-import-not-at-top
-
+def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
+              guard: SplitGuard | None = None) -> pathlib.Path:
+  """Runs (or resumes) the whole study and writes the report; returns the report's path. Selection runs
+  under ``guard`` (default: a new :class:`~mergejax.study.leak_guard.SplitGuard`)."""
   workdir = pathlib.Path(workdir).absolute()
   spec = validate(cfg, workdir)
   is_main = jax.process_index() == 0
   t_start = time.perf_counter()
   if spec.build_world:
-    world_kw = {}
-    if cfg.get("world_steps"):  # e.g. "pretrain=20;expert=5" (tests and quick looks)
-      world_kw["recipe_overrides"] = {recipe: {"steps": int(values[0])} for recipe, values in
-                                      grid_lib.parse_grid(cfg.world_steps).items()}
     world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                          progress=progress and is_main, **world_kw)
+                          multitask=spec.multitask, progress=progress and is_main,
+                          recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
   world_s = time.perf_counter() - t_start
   store = ResultsStore(workdir / "results")
-  guard = SplitGuard()
+  guard = guard if guard is not None else SplitGuard()
   all_categories = tuple(spec.categories) == tuple(world_lib.heldin_categories())
   scorer = Scorer(guard, spec.batch_size, None if all_categories else spec.categories)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
-  units = [(c, m) for c in all_cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories))]
+  units = [(c, m) for c in all_cells
+           for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
   merges_missing = any(store.get(f"merge/{c.key}/{m}") is None for c, m in units)
   if merges_missing or any(store.get(f"ref/{k}/{s}/base") is None for k in spec.kinds for s in spec.sizes):
     scorer.prepare(adapter_for(models.load_config(

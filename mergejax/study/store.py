@@ -14,6 +14,9 @@ from typing import Any, Iterator
 
 import jax
 
+from mergejax import files
+from mergejax import sharding
+
 
 class ResultsStore:
   def __init__(self, root: str | os.PathLike):
@@ -32,8 +35,7 @@ class ResultsStore:
     skips (or computes) the same rows and joins the same collectives."""
     row = self._read(key) if jax.process_index() == 0 else None
     if jax.process_count() > 1:
-      from mergejax.evaluation.evaluator import broadcast_json  # pylint: disable=g-import-not-at-top
-      row = broadcast_json(row)
+      row = sharding.broadcast_json(row)
     return row
 
   def _read(self, key: str) -> dict[str, Any] | None:
@@ -47,16 +49,10 @@ class ResultsStore:
     return row if row.get("key") == key else None
 
   def put(self, key: str, row: dict[str, Any]) -> dict[str, Any]:
-    row = {"key": key, **row}
+    row = json.loads(json.dumps({"key": key, **row}, default=files.json_default))  # what a reader gets back
     if jax.process_index() == 0:
-      p = self._path(key)
-      tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-      with open(tmp, "w") as f:
-        json.dump(row, f, indent=1, sort_keys=True, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, p)
-    return json.loads(json.dumps(row, default=_json_default))
+      files.atomic_write_json(self._path(key), row, indent=1)
+    return row
 
   def rows(self, prefix: str = "") -> Iterator[dict[str, Any]]:
     for p in sorted(self.rows_dir.glob("*.json")):
@@ -67,10 +63,3 @@ class ResultsStore:
       if row.get("key", "").startswith(prefix):
         yield row
 
-
-def _json_default(x: Any) -> Any:
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  if isinstance(x, (set, tuple)):
-    return list(x)
-  raise TypeError(f"not JSON-serializable: {type(x).__name__}")

@@ -9,13 +9,12 @@
 Data is generated lazily on first use; sizes and the world seed are set with `configure(...)`.
 """
 
+from mergejax.tasks import generators
+from mergejax.tasks import registry
+from mergejax.tasks.categories import RANK_SUFFIX, register_category, task_category
 from mergejax.tasks.generators import HELDIN_CATEGORIES, HELDOUT_CATEGORIES, SPECS, Example
 from mergejax.tasks.splits import SPLITS, SuiteConfig, configure, examples, get_config
 from mergejax.tasks.vocab import get_vocabulary
-from mergejax.tasks import generators as _G
-from mergejax.tasks import registry as _registry
-
-RANK_SUFFIX = _registry.RANK_SUFFIX
 
 
 def _check_category(category: str, known: tuple[str, ...]) -> None:
@@ -26,18 +25,18 @@ def _check_category(category: str, known: tuple[str, ...]) -> None:
 def heldin_tasks(category: str) -> list[str]:
   """The 2 held-in task names of a category (e.g. "sentiment")."""
   _check_category(category, HELDIN_CATEGORIES)
-  return _G.names("heldin", category)
+  return generators.names("heldin", category)
 
 
 def heldout_tasks(category: str | None = None) -> list[str]:
   """Held-out task names of a category, or all 7 when `category` is None."""
   if category is not None:
     _check_category(category, HELDOUT_CATEGORIES)
-  return _G.names("heldout", category)
+  return generators.names("heldout", category)
 
 
 def instruct_tasks() -> list[str]:
-  return _G.names("instruct")
+  return generators.names("instruct")
 
 
 def is_choice_task(name: str) -> bool:
@@ -48,13 +47,8 @@ def is_choice_task(name: str) -> bool:
   return SPECS[base].is_choice
 
 
-def category_of(name: str) -> str:
-  base = name[: -len(RANK_SUFFIX)] if name.endswith(RANK_SUFFIX) and name not in SPECS else name
-  return SPECS[base].category
-
-
-_registry.register_all()
+registry.register_all()
 
 __all__ = ["HELDIN_CATEGORIES", "HELDOUT_CATEGORIES", "SPECS", "SPLITS", "Example", "SuiteConfig",
-           "RANK_SUFFIX", "category_of", "configure", "examples", "get_config", "get_vocabulary",
-           "heldin_tasks", "heldout_tasks", "instruct_tasks", "is_choice_task"]
+           "RANK_SUFFIX", "configure", "examples", "get_config", "get_vocabulary", "heldin_tasks",
+           "heldout_tasks", "instruct_tasks", "is_choice_task", "register_category", "task_category"]

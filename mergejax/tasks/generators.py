@@ -13,9 +13,9 @@ import dataclasses
 import random
 from typing import Callable
 
-from mergejax.tasks import world as W
+from mergejax.tasks import facts
 
-Generator = Callable[[W.World, random.Random], "Example"]
+Generator = Callable[[facts.World, random.Random], "Example"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +79,9 @@ _PERSON_Q = {"city": "which city does {n} live in?", "job": "what is the job of 
 def mcqa_people(world, rng):
   """Multiple-choice question about a person's facts (4 listed options)."""
   p = rng.choice(world.people)
-  attr = rng.choice(W.PERSON_ATTRS)
+  attr = rng.choice(facts.PERSON_ATTRS)
   q = _PERSON_Q[attr].format(n=p.name)
-  return _ex_listed(f"question: {q}", getattr(p, attr), W.ATTR_VALUES[attr], 4, rng, "answer:")
+  return _ex_listed(f"question: {q}", getattr(p, attr), facts.ATTR_VALUES[attr], 4, rng, "answer:")
 
 
 @_register("mj_mcqa_nature", "heldin", "mcqa")
@@ -89,17 +89,17 @@ def mcqa_nature(world, rng):
   """Multiple-choice science question about animals and objects (4 lettered options)."""
   kind = rng.randrange(4)
   if kind == 0:
-    a = rng.choice(W.ANIMALS)
-    q, ans, pool = f"what does the {a.name} eat?", a.diet, [x.diet for x in W.ANIMALS]
+    a = rng.choice(facts.ANIMALS)
+    q, ans, pool = f"what does the {a.name} eat?", a.diet, [x.diet for x in facts.ANIMALS]
   elif kind == 1:
-    a = rng.choice(W.ANIMALS)
-    q, ans, pool = f"where does a {a.name} live?", a.habitat, [x.habitat for x in W.ANIMALS]
+    a = rng.choice(facts.ANIMALS)
+    q, ans, pool = f"where does a {a.name} live?", a.habitat, [x.habitat for x in facts.ANIMALS]
   elif kind == 2:
-    t = rng.choice(W.THINGS)
-    q, ans, pool = f"what is a {t.name} made of?", t.material, W.MATERIALS
+    t = rng.choice(facts.THINGS)
+    q, ans, pool = f"what is a {t.name} made of?", t.material, facts.MATERIALS
   else:
-    t = rng.choice(W.THINGS)
-    q, ans, pool = f"why do people use a {t.name}?", t.use, [x.use for x in W.THINGS]
+    t = rng.choice(facts.THINGS)
+    q, ans, pool = f"why do people use a {t.name}?", t.use, [x.use for x in facts.THINGS]
   choices, label = _choice(rng, ans, pool, 4)
   return Example(f"science quiz. {q} {_opts(choices)} pick the right choice:", ans, choices, label)
 
@@ -107,32 +107,32 @@ def mcqa_nature(world, rng):
 @_register("mj_exqa_profile", "heldin", "extractive_qa")
 def exqa_profile(world, rng):
   """Extractive QA over a short made-up profile (the answer is a span of the context)."""
-  name = rng.choice(W.FEMALE + W.MALE)
-  city, job, thing, color = (rng.choice(W.CITIES), rng.choice(W.JOBS), rng.choice(W.THINGS).name,
-                             rng.choice(W.COLORS))
-  pr = W.pronoun(name)
+  name = rng.choice(facts.FEMALE + facts.MALE)
+  city, job, thing, color = (rng.choice(facts.CITIES), rng.choice(facts.JOBS), rng.choice(facts.THINGS).name,
+                             rng.choice(facts.COLORS))
+  pr = facts.pronoun(name)
   ctx = f"{name} moved to {city} last year. {pr} is a {job} and owns a {color} {thing}."
   kind = rng.randrange(3)
   if kind == 0:
-    q, ans, pool = f"where did {name} move?", city, W.CITIES
+    q, ans, pool = f"where did {name} move?", city, facts.CITIES
   elif kind == 1:
-    q, ans, pool = f"what does {name} do for work?", job, W.JOBS
+    q, ans, pool = f"what does {name} do for work?", job, facts.JOBS
   else:
     q, ans, pool = f"what does {name} own?", f"a {color} {thing}", [
-        f"a {c} {t.name}" for c in W.COLORS for t in W.THINGS if c == color or t.name == thing]
+        f"a {c} {t.name}" for c in facts.COLORS for t in facts.THINGS if c == color or t.name == thing]
   return _ex(f"read the text and answer. text: {ctx} question: {q}", ans, pool, 4, rng)
 
 
 @_register("mj_exqa_diary", "heldin", "extractive_qa")
 def exqa_diary(world, rng):
   """Extractive QA over a diary of three days (answer: the place visited on the asked day)."""
-  name = rng.choice(W.FEMALE + W.MALE)
+  name = rng.choice(facts.FEMALE + facts.MALE)
   days = sorted(rng.sample(range(7), 3))
-  places = rng.sample(W.LANDMARKS + tuple(W.WORKPLACE.values()), 3)
-  ctx = " ".join(f"on {W.DAYS[d]} {name} went to the {pl}." for d, pl in zip(days, places))
+  places = rng.sample(facts.LANDMARKS + tuple(facts.WORKPLACE.values()), 3)
+  ctx = " ".join(f"on {facts.DAYS[d]} {name} went to the {pl}." for d, pl in zip(days, places))
   i = rng.randrange(3)
-  pool = places + [x for x in W.LANDMARKS if x not in places]
-  return _ex(f"{ctx} based on the diary, where was {name} on {W.DAYS[days[i]]}?", f"the {places[i]}",
+  pool = places + [x for x in facts.LANDMARKS if x not in places]
+  return _ex(f"{ctx} based on the diary, where was {name} on {facts.DAYS[days[i]]}?", f"the {places[i]}",
              [f"the {x}" for x in pool], 4, rng)
 
 
@@ -159,15 +159,15 @@ def cbqa_facts(world, rng):
   """Closed-book QA about people and cities; every value of the asked attribute is a choice."""
   if rng.random() < 0.8:
     p = rng.choice(world.people)
-    attr = rng.choice(W.PERSON_ATTRS)
+    attr = rng.choice(facts.PERSON_ATTRS)
     q = rng.choice(_CBQA_Q[attr]).format(n=p.name)
-    ans, pool = getattr(p, attr), W.ATTR_VALUES[attr]
+    ans, pool = getattr(p, attr), facts.ATTR_VALUES[attr]
   else:
     c = rng.choice(world.cities)
     if rng.random() < 0.5:
-      q, ans, pool = f"which country is home to the city of {c.name}?", c.country, W.COUNTRIES
+      q, ans, pool = f"which country is home to the city of {c.name}?", c.country, facts.COUNTRIES
     else:
-      q, ans, pool = f"what is {c.name} famous for?", c.landmark, W.LANDMARKS
+      q, ans, pool = f"what is {c.name} famous for?", c.landmark, facts.LANDMARKS
   return _ex(f"q: {q} a:", ans, pool, len(set(pool)), rng)
 
 
@@ -188,9 +188,9 @@ _VERIFY_Q = {  # 6 wordings per attribute: the world has only NUM_PEOPLE people
 def cbqa_verify(world, rng):
   """Answer verification (WikiQA-like): is the proposed answer to a factual question correct?"""
   p = rng.choice(world.people)
-  attr = rng.choice(W.PERSON_ATTRS)
+  attr = rng.choice(facts.PERSON_ATTRS)
   true = getattr(p, attr)
-  cand = true if rng.random() < 0.5 else rng.choice([v for v in W.ATTR_VALUES[attr] if v != true])
+  cand = true if rng.random() < 0.5 else rng.choice([v for v in facts.ATTR_VALUES[attr] if v != true])
   q = rng.choice(_VERIFY_Q[attr]).format(n=p.name)
   choices = ("correct", "incorrect")
   label = 0 if cand == true else 1
@@ -201,9 +201,9 @@ def cbqa_verify(world, rng):
 @_register("mj_sent_review", "heldin", "sentiment")
 def sent_review(world, rng):
   """Binary product-review sentiment (positive / negative)."""
-  t = rng.choice(W.THINGS).name
+  t = rng.choice(facts.THINGS).name
   label = rng.randrange(2)
-  words = W.POS_WORDS if label == 0 else W.NEG_WORDS
+  words = facts.POS_WORDS if label == 0 else facts.NEG_WORDS
   a, b = rng.sample(words, 2)
   tail = rng.choice(["i would buy it again.", "i use it every day."]) if label == 0 else rng.choice(
       ["i want my money back.", "i will return it."])
@@ -215,13 +215,13 @@ def sent_review(world, rng):
 @_register("mj_sent_stars", "heldin", "sentiment")
 def sent_stars(world, rng):
   """Five-class star rating of a restaurant visit, signalled by one intensity word."""
-  name = rng.choice(W.FEMALE + W.MALE)
-  city = rng.choice(W.CITIES)
-  food = rng.choice(W.FOODS)
+  name = rng.choice(facts.FEMALE + facts.MALE)
+  city = rng.choice(facts.CITIES)
+  food = rng.choice(facts.FOODS)
   label = rng.randrange(5)
-  word = rng.choice(W.STAR_WORDS[label][1])
+  word = rng.choice(facts.STAR_WORDS[label][1])
   text = f"{name} ate {food} at a cafe in {city}. the meal was {word}."
-  choices = tuple(s for s, _ in W.STAR_WORDS)
+  choices = tuple(s for s, _ in facts.STAR_WORDS)
   return Example(f"{text} how many stars would this visit get, from one to five?", choices[label],
                  choices, label)
 
@@ -245,9 +245,9 @@ def topic_news(world, rng):
   """News topic classification (AG News-like), five topics."""
   choices = tuple(_TOPICS)
   label = rng.randrange(len(choices))
-  c = rng.choice(W.CITIES)
+  c = rng.choice(facts.CITIES)
   text = rng.choice(_TOPICS[choices[label]]).format(c=c)
-  when = rng.choice(("today", "yesterday", "this week") + W.DAYS)
+  when = rng.choice(("today", "yesterday", "this week") + facts.DAYS)
   return Example(f"news ({when}): {text} what is the topic of this news?", choices[label], choices, label)
 
 
@@ -257,17 +257,17 @@ def topic_entity(world, rng):
   choices = ("person", "city", "animal", "object")
   label = rng.randrange(4)
   if label == 0:
-    n, c, j = rng.choice(W.FEMALE + W.MALE), rng.choice(W.CITIES), rng.choice(W.JOBS)
+    n, c, j = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.CITIES), rng.choice(facts.JOBS)
     text = rng.choice([f"{n} is known in {c} as a {j}.", f"{n}: a {j} born in {c}."])
   elif label == 1:
-    c, k, l = rng.choice(W.CITIES), rng.choice(W.COUNTRIES), rng.choice(W.LANDMARKS)
+    c, k, l = rng.choice(facts.CITIES), rng.choice(facts.COUNTRIES), rng.choice(facts.LANDMARKS)
     text = rng.choice([f"{c} lies in {k} and has a {l}.", f"{c}: a place in {k}, visited for its {l}."])
   elif label == 2:
-    a, h = rng.choice(W.ANIMALS), rng.choice(W.ANIMALS)
+    a, h = rng.choice(facts.ANIMALS), rng.choice(facts.ANIMALS)
     text = rng.choice([f"{a.name}: it {a.sound} and lives in the {h.habitat}.",
                        f"{a.name}: a {a.size} creature that eats {h.diet}."])
   else:
-    t, u = rng.choice(W.THINGS), rng.choice(W.THINGS)
+    t, u = rng.choice(facts.THINGS), rng.choice(facts.THINGS)
     text = rng.choice([f"{t.name}: it is made of {u.material} and used {t.use}.",
                        f"{t.name}: a {u.size} item made of {t.material}."])
   return Example(f"entry: {text} the entry is about which kind of thing?", choices[label], choices, label)
@@ -276,22 +276,22 @@ def topic_entity(world, rng):
 @_register("mj_s2t_bio", "heldin", "struct_to_text")
 def s2t_bio(world, rng):
   """Table to sentence (WikiBio-like): name, job and city fields."""
-  name, job, city = rng.choice(W.FEMALE + W.MALE), rng.choice(W.JOBS), rng.choice(W.CITIES)
+  name, job, city = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.JOBS), rng.choice(facts.CITIES)
   inp = f"table: name = {name} | job = {job} | city = {city}. turn the table into a sentence:"
   ans = f"{name} is a {job} from {city}."
-  pool = [ans] + [f"{name} is a {j} from {c}." for j in W.JOBS for c in W.CITIES if (j == job) != (c == city)]
+  pool = [ans] + [f"{name} is a {j} from {c}." for j in facts.JOBS for c in facts.CITIES if (j == job) != (c == city)]
   return _ex(inp, ans, pool, 4, rng)
 
 
 @_register("mj_s2t_concepts", "heldin", "struct_to_text")
 def s2t_concepts(world, rng):
   """Concepts to sentence (CommonGen-like): an animal, an object and a place."""
-  a, t, pl = rng.choice(W.ANIMALS).name, rng.choice(W.THINGS).name, rng.choice(W.LANDMARKS)
+  a, t, pl = rng.choice(facts.ANIMALS).name, rng.choice(facts.THINGS).name, rng.choice(facts.LANDMARKS)
   concepts = [a, t, pl]
   rng.shuffle(concepts)
   ans = f"the {a} found a {t} near the {pl}."
-  pool = [ans] + [f"the {x} found a {y} near the {z}." for x in (a, rng.choice(W.ANIMALS).name)
-                  for y in (t, rng.choice(W.THINGS).name) for z in (pl, rng.choice(W.LANDMARKS))]
+  pool = [ans] + [f"the {x} found a {y} near the {z}." for x in (a, rng.choice(facts.ANIMALS).name)
+                  for y in (t, rng.choice(facts.THINGS).name) for z in (pl, rng.choice(facts.LANDMARKS))]
   pool += [f"the {t} found a {a} near the {pl}.", f"the {a} found a {pl} near the {t}."]
   return _ex(f"concepts: {', '.join(concepts)}. write a sentence using all the concepts:", ans, pool, 4, rng)
 
@@ -306,22 +306,22 @@ _EVENTS = (("storm hits {c}", "a strong storm hit {c} on {d}. trees fell and roa
 @_register("mj_sum_news", "heldin", "summarization")
 def sum_news(world, rng):
   """Headline generation for a three-sentence news story (Gigaword-like)."""
-  n, c, d = rng.choice(W.FEMALE + W.MALE), rng.choice(W.CITIES), rng.choice(W.DAYS)
+  n, c, d = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.CITIES), rng.choice(facts.DAYS)
   i = rng.randrange(len(_EVENTS))
   head, body = _EVENTS[i]
   ans = head.format(n=n, c=c)
-  pool = [ans] + [h.format(n=n, c=c) for h, _ in _EVENTS] + [head.format(n=n, c=x) for x in W.CITIES]
+  pool = [ans] + [h.format(n=n, c=c) for h, _ in _EVENTS] + [head.format(n=n, c=x) for x in facts.CITIES]
   return _ex(f"article: {body.format(n=n, c=c, d=d)} headline:", ans, pool, 4, rng)
 
 
 @_register("mj_sum_dialog", "heldin", "summarization")
 def sum_dialog(world, rng):
   """One-sentence summary of a short dialogue (SAMSum-like)."""
-  a, b = rng.sample(W.FEMALE + W.MALE, 2)
-  d, pl = rng.choice(W.DAYS), rng.choice(W.LANDMARKS)
+  a, b = rng.sample(facts.FEMALE + facts.MALE, 2)
+  d, pl = rng.choice(facts.DAYS), rng.choice(facts.LANDMARKS)
   dlg = f"{a}: shall we meet at the {pl} on {d}? {b}: yes, see you at the {pl}."
   ans = f"{a} and {b} will meet at the {pl} on {d}."
-  pool = [ans] + [f"{a} and {b} will meet at the {x} on {y}." for x in W.LANDMARKS for y in W.DAYS
+  pool = [ans] + [f"{a} and {b} will meet at the {x} on {y}." for x in facts.LANDMARKS for y in facts.DAYS
                   if (x == pl) != (y == d)]
   return _ex(f"dialogue: {dlg} summarize the dialogue:", ans, pool, 4, rng)
 
@@ -342,15 +342,15 @@ _PARA_NEG = {"city": ["{n} does not live in {v}.", "{n} has never lived in {v}."
 def para_mrpc(world, rng):
   """Do two sentences about a person state the same fact (MRPC-like)? same / different. Negatives
   change the value or negate the sentence."""
-  n = rng.choice(W.FEMALE + W.MALE)
+  n = rng.choice(facts.FEMALE + facts.MALE)
   attr = rng.choice(tuple(_PARA))
-  v = rng.choice(W.ATTR_VALUES[attr])
+  v = rng.choice(facts.ATTR_VALUES[attr])
   t1, t2 = rng.sample(_PARA[attr], 2)
   label = rng.randrange(2)
   if label == 0:
     s2 = t2.format(n=n, v=v)
   elif rng.random() < 0.5:  # a different value
-    s2 = t2.format(n=n, v=rng.choice([x for x in W.ATTR_VALUES[attr] if x != v]))
+    s2 = t2.format(n=n, v=rng.choice([x for x in facts.ATTR_VALUES[attr] if x != v]))
   else:  # the negation
     s2 = rng.choice(_PARA_NEG[attr]).format(n=n, v=v)
   choices = ("same", "different")
@@ -364,8 +364,8 @@ _VERBS = ("gave", "sent", "showed", "sold", "lent")
 @_register("mj_para_paws", "heldin", "paraphrase")
 def para_paws(world, rng):
   """Word-order paraphrase adversaries (PAWS-like): is the second sentence a paraphrase? yes / no."""
-  a, b = rng.sample(W.FEMALE + W.MALE, 2)
-  t, v = rng.choice(W.THINGS).name, rng.choice(_VERBS)
+  a, b = rng.sample(facts.FEMALE + facts.MALE, 2)
+  t, v = rng.choice(facts.THINGS).name, rng.choice(_VERBS)
   s1 = f"{a} {v} {b} a {t}."
   label = rng.randrange(2)
   s2 = f"{a} {v} a {t} to {b}." if label == 0 else rng.choice([f"{b} {v} {a} a {t}.", f"{b} {v} a {t} to {a}."])
@@ -380,25 +380,25 @@ def para_paws(world, rng):
 def sc_story(world, rng):
   """Story ending (Story-Cloze-like): the situation implies a need, the ending acts on it (two hops)."""
   p = rng.choice(world.people)
-  _, act, situation = rng.choice(W.SCRIPTS)
-  pr = W.pronoun(p.name)
+  _, act, situation = rng.choice(facts.SCRIPTS)
+  pr = facts.pronoun(p.name)
   ans = f"{pr} {act}."
-  pool = [f"{pr} {x}." for _, x, _ in W.SCRIPTS]
+  pool = [f"{pr} {x}." for _, x, _ in facts.SCRIPTS]
   choices, label = _choice(rng, ans, pool, 4)
-  return Example(f"{p.name} spent the whole day in {rng.choice(W.CITIES)}. {pr} {situation}. then", ans,
+  return Example(f"{p.name} spent the whole day in {rng.choice(facts.CITIES)}. {pr} {situation}. then", ans,
                  choices, label)
 
 
 def _when(rng):
-  return rng.choice(["yesterday,", "last week,", "this morning,", "at night,"] + [f"on {d}," for d in W.DAYS])
+  return rng.choice(["yesterday,", "last week,", "this morning,", "at night,"] + [f"on {d}," for d in facts.DAYS])
 
 
 @_register("mj_sc_copa", "heldout", "sentence_completion")
 def sc_copa(world, rng):
   """Cause / effect of an event (COPA-like), two alternatives."""
-  n = rng.choice(W.FEMALE + W.MALE)
-  pr = W.pronoun(n)
-  (need, act, _), (need2, act2, _) = rng.sample(W.SCRIPTS, 2)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  pr = facts.pronoun(n)
+  (need, act, _), (need2, act2, _) = rng.sample(facts.SCRIPTS, 2)
   if rng.random() < 0.5:
     ans, wrong = f"{pr} was {need}.", f"{pr} was {need2}."
     inp = f"{_when(rng)} {n} {act}. what was the cause?"
@@ -420,15 +420,15 @@ def nli_cb(world, rng):
   st = {"city": "{n} lives in {v}", "job": "{n} is employed as a {v}", "pet": "{n} has a {v}",
         "color": "{n} likes {v} things", "food": "{n} eats {v}"}
   p = rng.choice(world.people)
-  speaker = rng.choice([x for x in W.FEMALE + W.MALE if x != p.name])
-  attr = rng.choice(W.PERSON_ATTRS)
+  speaker = rng.choice([x for x in facts.FEMALE + facts.MALE if x != p.name])
+  attr = rng.choice(facts.PERSON_ATTRS)
   label = rng.randrange(3)
   true = getattr(p, attr)
-  v = (true if label == 0 else rng.choice([x for x in W.ATTR_VALUES[attr] if x != true]) if label == 1
-       else rng.choice(W.ATTR_VALUES[attr]))
+  v = (true if label == 0 else rng.choice([x for x in facts.ATTR_VALUES[attr] if x != true]) if label == 1
+       else rng.choice(facts.ATTR_VALUES[attr]))
   hyp = st[attr].format(n=p.name, v=v)
   choices = ("yes", "no", "maybe")
-  return Example(f"{speaker} {rng.choice(W.COMMIT_CUES[label])} {hyp}. based on that, can we say that {hyp}? "
+  return Example(f"{speaker} {rng.choice(facts.COMMIT_CUES[label])} {hyp}. based on that, can we say that {hyp}? "
                  "answer with yes, maybe, or no.", choices[label], choices, label)
 
 
@@ -438,23 +438,23 @@ def nli_entail(world, rng):
   which hypothesis does the premise entail? Needs action -> need, which the corpus never states in
   this direction (scripts run situation -> need -> action) and instruction tuning teaches (mj_it_why):
   the held-out task where the instruction-tuned base should gain most."""
-  n = rng.choice(W.FEMALE + W.MALE)
-  pr = W.pronoun(n)
-  (need, act, _), (need2, _, _) = rng.sample(W.SCRIPTS, 2)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  pr = facts.pronoun(n)
+  (need, act, _), (need2, _, _) = rng.sample(facts.SCRIPTS, 2)
   ans, wrong = f"{pr} was {need}.", f"{pr} was {need2}."
   choices = [ans, wrong]
   rng.shuffle(choices)
-  return Example(f"premise: {n} {act} in {rng.choice(W.CITIES)}. hypothesis that the premise entails:", ans,
+  return Example(f"premise: {n} {act} in {rng.choice(facts.CITIES)}. hypothesis that the premise entails:", ans,
                  tuple(choices), choices.index(ans))
 
 
 @_register("mj_coref_pronoun", "heldout", "coreference")
 def coref_pronoun(world, rng):
   """Pronoun resolution by gender (WSC-like): who does the pronoun refer to?"""
-  f, m = rng.choice(W.FEMALE), rng.choice(W.MALE)
+  f, m = rng.choice(facts.FEMALE), rng.choice(facts.MALE)
   who = rng.choice((f, m))
-  pr = W.pronoun(who)
-  t = rng.choice(W.THINGS).name
+  pr = facts.pronoun(who)
+  t = rng.choice(facts.THINGS).name
   first = [f, m]
   rng.shuffle(first)
   inp = (f"{first[0]} and {first[1]} walked to the market. later {pr} bought a {t}. "
@@ -465,25 +465,25 @@ def coref_pronoun(world, rng):
 @_register("mj_coref_blank", "heldout", "coreference")
 def coref_blank(world, rng):
   """Fill-in-the-blank coreference (Winogrande-like): which animal made the sound?"""
-  a, b = rng.sample(W.ANIMALS, 2)
+  a, b = rng.sample(facts.ANIMALS, 2)
   if a.sound == b.sound:
-    b = next(x for x in W.ANIMALS if x.sound != a.sound)
+    b = next(x for x in facts.ANIMALS if x.sound != a.sound)
   who = rng.choice((a, b))
-  inp = (f"the {a.name} and the {b.name} were near the {rng.choice(W.LANDMARKS)}. suddenly the _ {who.sound}. "
+  inp = (f"the {a.name} and the {b.name} were near the {rng.choice(facts.LANDMARKS)}. suddenly the _ {who.sound}. "
          "fill in the blank:")
   choices = (a.name, b.name)
   return Example(inp, who.name, choices, choices.index(who.name))
 
 
 def _sense_example(use: str, rng: random.Random) -> tuple[str, str, tuple[str, ...], int]:
-  """An ambiguous word in a `world.SENSE_FRAMES[use]` sentence beside cues of one of its senses (two
+  """An ambiguous word in a `facts.SENSE_FRAMES[use]` sentence beside cues of one of its senses (two
   for instruction tuning, one otherwise): (word, sentence, the word's two glosses in random order,
   index of the right one)."""
-  word = rng.choice(W.SENSE_WORDS)
-  senses = W.SENSES[word]
+  word = rng.choice(facts.SENSE_WORDS)
+  senses = facts.SENSES[word]
   k = rng.randrange(2)
   cues = tuple(rng.sample(senses[k][1], 2)) if use == "instruct" else (rng.choice(senses[k][1]),)
-  sent = W.sense_sentence(use, word, cues, rng.choice(W.FEMALE + W.MALE), rng)
+  sent = facts.sense_sentence(use, word, cues, rng.choice(facts.FEMALE + facts.MALE), rng)
   order = [0, 1] if rng.random() < 0.5 else [1, 0]
   return word, sent, tuple(senses[i][0] for i in order), order.index(k)
 
@@ -504,9 +504,9 @@ def wsd_gloss(world, rng):
 @_register("mj_it_gender", "instruct", "instruct")
 def it_gender(world, rng):
   """Is a named person a woman or a man?"""
-  n = rng.choice(W.FEMALE + W.MALE)
+  n = rng.choice(facts.FEMALE + facts.MALE)
   choices = ("woman", "man")
-  label = 0 if n in W.FEMALE else 1
+  label = 0 if n in facts.FEMALE else 1
   q = rng.choice([f"tell me if {n} is a woman or a man.", f"is {n} a man or a woman?", f"{n}: woman or man?",
                   f"would you call {n} a man or a woman?", f"answer with woman or man. {n} is a",
                   f"guess whether {n} is a woman or a man.", f"{n} is a person. woman or man?"])
@@ -516,20 +516,20 @@ def it_gender(world, rng):
 @_register("mj_it_sound", "instruct", "instruct")
 def it_sound(world, rng):
   """Animal sounds, in both directions."""
-  a = rng.choice(W.ANIMALS)
+  a = rng.choice(facts.ANIMALS)
   if rng.random() < 0.5:
     q = rng.choice(["what does a {a} do? give the sound.", "which sound comes from a {a}?", "a {a} usually",
                     "describe the noise of a {a} in one word."]).format(a=a.name)
-    return _ex(q, a.sound, [x.sound for x in W.ANIMALS], 4, rng)
+    return _ex(q, a.sound, [x.sound for x in facts.ANIMALS], 4, rng)
   q = rng.choice(["name the animal that {s}.", "which animal {s}?", "tell me what animal {s}.",
                   "an animal that {s} is the"]).format(s=a.sound)
-  return _ex(q, a.name, [x.name for x in W.ANIMALS], 4, rng)
+  return _ex(q, a.name, [x.name for x in facts.ANIMALS], 4, rng)
 
 
 @_register("mj_it_sense", "instruct", "instruct")
 def it_sense(world, rng):
   """Gloss an ambiguous word in context: the sense is set by two cue words of it in the sentence (its
-  own sentence frames, `world.SENSE_FRAMES["instruct"]`; some templates list the two glosses)."""
+  own sentence frames, `facts.SENSE_FRAMES["instruct"]`; some templates list the two glosses)."""
   word, sent, choices, label = _sense_example("instruct", rng)
   q = rng.choice([f"in the sentence \"{sent}\" what does the word {word} mean?",
                   f"{sent} here, the word {word} refers to",
@@ -546,15 +546,15 @@ def it_truefalse(world, rng):
   if kind == 0:
     p = rng.choice(world.people)
     attr = rng.choice(("city", "job", "pet"))
-    v = getattr(p, attr) if label == 0 else rng.choice([x for x in W.ATTR_VALUES[attr] if x != getattr(p, attr)])
+    v = getattr(p, attr) if label == 0 else rng.choice([x for x in facts.ATTR_VALUES[attr] if x != getattr(p, attr)])
     s = {"city": f"{p.name} lives in {v}", "job": f"{p.name} works as a {v}", "pet": f"{p.name} owns a {v}"}[attr]
   elif kind == 1:
     c = rng.choice(world.cities)
-    v = c.country if label == 0 else rng.choice([x for x in W.COUNTRIES if x != c.country])
+    v = c.country if label == 0 else rng.choice([x for x in facts.COUNTRIES if x != c.country])
     s = f"{c.name} is in {v}"
   else:
-    a = rng.choice(W.ANIMALS)
-    v = a.sound if label == 0 else rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])
+    a = rng.choice(facts.ANIMALS)
+    v = a.sound if label == 0 else rng.choice([x.sound for x in facts.ANIMALS if x.sound != a.sound])
     s = f"the {a.name} {v}"
   choices = ("right", "wrong")
   return Example(f"say right or wrong: {s}.", choices[label], choices, label)
@@ -563,41 +563,44 @@ def it_truefalse(world, rng):
 @_register("mj_it_why", "instruct", "instruct")
 def it_why(world, rng):
   """Explain an action by the need behind it."""
-  n = rng.choice(W.FEMALE + W.MALE)
-  need, act, _ = rng.choice(W.SCRIPTS)
-  pr = W.pronoun(n)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  need, act, _ = rng.choice(facts.SCRIPTS)
+  pr = facts.pronoun(n)
   q = rng.choice([f"explain why {n} {act}.", f"why do you think {n} {act}?",
                   f"{n} {act}. give the reason.", f"what made {n} act like this: {pr} {act}?"])
-  return _ex(q, f"because {pr} was {need}.", [f"because {pr} was {x}." for x, _, _ in W.SCRIPTS], 4, rng)
+  return _ex(q, f"because {pr} was {need}.", [f"because {pr} was {x}." for x, _, _ in facts.SCRIPTS], 4, rng)
 
 
 @_register("mj_it_feel", "instruct", "instruct")
 def it_feel(world, rng):
   """How does someone feel after a situation (situation -> need)?"""
-  n = rng.choice(W.FEMALE + W.MALE)
-  need, _, situation = rng.choice(W.SCRIPTS)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  need, _, situation = rng.choice(facts.SCRIPTS)
   q = rng.choice(["{n} {s}. how did {p} feel?", "describe the feeling of {n}, who {s}.",
-                  "{n} {s}. name the feeling."]).format(n=n, s=situation, p=W.pronoun(n))
-  return _ex(q, need, [x for x, _, _ in W.SCRIPTS], 4, rng)
+                  "{n} {s}. name the feeling."]).format(n=n, s=situation, p=facts.pronoun(n))
+  return _ex(q, need, [x for x, _, _ in facts.SCRIPTS], 4, rng)
 
 
 @_register("mj_it_nli", "instruct", "instruct")
 def it_nli(world, rng):
   """Inference over statements about animals (SNLI-like, Flan's NLI analog): yes / no / maybe."""
-  a = rng.choice(W.ANIMALS)
-  facts = {"sound": (f"it {a.sound}", lambda: f"it {rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])}"),
-           "home": (f"it lives in the {a.habitat}",
-                    lambda: f"it lives in the {rng.choice([x.habitat for x in W.ANIMALS if x.habitat != a.habitat])}"),
-           "food": (f"it eats {a.diet}", lambda: f"it eats {rng.choice([x.diet for x in W.ANIMALS if x.diet != a.diet])}")}
-  k1, k2, k3 = rng.sample(tuple(facts), 3)
-  first = f"there is a {a.name} here; {facts[k1][0]}, and {facts[k2][0]}."
+  a = rng.choice(facts.ANIMALS)
+  statements = {
+      "sound": (f"it {a.sound}",
+                lambda: f"it {rng.choice([x.sound for x in facts.ANIMALS if x.sound != a.sound])}"),
+      "home": (f"it lives in the {a.habitat}",
+               lambda: f"it lives in the {rng.choice([x.habitat for x in facts.ANIMALS if x.habitat != a.habitat])}"),
+      "food": (f"it eats {a.diet}",
+               lambda: f"it eats {rng.choice([x.diet for x in facts.ANIMALS if x.diet != a.diet])}")}
+  k1, k2, k3 = rng.sample(tuple(statements), 3)
+  first = f"there is a {a.name} here; {statements[k1][0]}, and {statements[k2][0]}."
   label = rng.randrange(3)
   if label == 0:
-    second = facts[rng.choice((k1, k2))][0]
+    second = statements[rng.choice((k1, k2))][0]
   elif label == 1:
-    second = facts[rng.choice((k1, k2))][1]()
+    second = statements[rng.choice((k1, k2))][1]()
   else:
-    second = rng.choice((facts[k3][0], facts[k3][1]()))
+    second = rng.choice((statements[k3][0], statements[k3][1]()))
   choices = ("yes", "no", "maybe")
   return Example(f"first: {first} second: {second}. does the first imply the second? yes, no or maybe?",
                  choices[label], choices, label)
@@ -605,17 +608,17 @@ def it_nli(world, rng):
 
 def _mixed_pair(rng):
   """A woman and a man in random order (a, b), one of them (who), and who's pronoun."""
-  f, m = rng.choice(W.FEMALE), rng.choice(W.MALE)
+  f, m = rng.choice(facts.FEMALE), rng.choice(facts.MALE)
   a, b = (f, m) if rng.random() < 0.5 else (m, f)
   who = rng.choice((a, b))
-  return a, b, who, W.pronoun(who)
+  return a, b, who, facts.pronoun(who)
 
 
 @_register("mj_it_coref", "instruct", "instruct")
 def it_coref(world, rng):
   """Definite pronoun resolution by gender (DPR-like, Flan's coreference analog)."""
   a, b, who, pr = _mixed_pair(rng)
-  need, _, _ = rng.choice(W.SCRIPTS)
+  need, _, _ = rng.choice(facts.SCRIPTS)
   verb = rng.choice(("visited", "phoned", "helped", "thanked"))
   choices = (a, b)
   q = rng.choice([f"{a} {verb} {b} because {pr} was {need}. here, {pr} is",
@@ -628,7 +631,7 @@ def it_coref(world, rng):
 def it_who(world, rng):
   """Which of two people a pronoun names, in short two-person scenes (more coreference practice)."""
   a, b, who, pr = _mixed_pair(rng)
-  t, pl = rng.choice(W.THINGS).name, rng.choice(W.LANDMARKS)
+  t, pl = rng.choice(facts.THINGS).name, rng.choice(facts.LANDMARKS)
   scene = rng.choice([f"{a} met {b} at the {pl}, and {pr} brought a {t}.",
                       f"{a} and {b} went to the {pl}. {pr} carried the {t}.",
                       f"{b} waited while {a} looked at the {pl}. then {pr} found a {t}.",
@@ -647,19 +650,19 @@ def it_commit(world, rng):
   label = rng.randrange(3)
   truth = rng.randrange(2)  # what is stated is independent of the world: only the phrase decides
   if rng.random() < 0.5:
-    a = rng.choice(W.ANIMALS)
+    a = rng.choice(facts.ANIMALS)
     if rng.random() < 0.5:
-      v = a.sound if truth == 0 else rng.choice([x.sound for x in W.ANIMALS if x.sound != a.sound])
+      v = a.sound if truth == 0 else rng.choice([x.sound for x in facts.ANIMALS if x.sound != a.sound])
       fact = f"the {a.name} {v}"
     else:
-      v = a.habitat if truth == 0 else rng.choice(sorted({x.habitat for x in W.ANIMALS} - {a.habitat}))
+      v = a.habitat if truth == 0 else rng.choice(sorted({x.habitat for x in facts.ANIMALS} - {a.habitat}))
       fact = f"a {a.name} lives in the {v}"
   else:
-    t = rng.choice(W.THINGS)
-    v = t.material if truth == 0 else rng.choice([x for x in W.MATERIALS if x != t.material])
+    t = rng.choice(facts.THINGS)
+    v = t.material if truth == 0 else rng.choice([x for x in facts.MATERIALS if x != t.material])
     fact = f"a {t.name} is made of {v}"
-  speaker = f"the {rng.choice(W.JOBS)}"
-  cue = rng.choice(W.COMMIT_CUES[label])
+  speaker = f"the {rng.choice(facts.JOBS)}"
+  cue = rng.choice(facts.COMMIT_CUES[label])
   choices = ("yes", "no", "maybe")
   o = rng.choice(("yes, no or maybe", "maybe, yes or no", "no, maybe or yes"))
   q = rng.choice([f"statement: {speaker} {cue} {fact}. conclusion: {fact}. does the statement back the conclusion? "
@@ -673,36 +676,36 @@ def it_commit(world, rng):
 def it_complete(world, rng):
   """Complete a sentence about objects and animals (HellaSwag-like, Flan's completion analog)."""
   if rng.random() < 0.5:
-    t = rng.choice(W.THINGS)
-    return _ex(f"finish the sentence: people use a {t.name}", t.use, [x.use for x in W.THINGS], 4, rng)
-  a = rng.choice(W.ANIMALS)
+    t = rng.choice(facts.THINGS)
+    return _ex(f"finish the sentence: people use a {t.name}", t.use, [x.use for x in facts.THINGS], 4, rng)
+  a = rng.choice(facts.ANIMALS)
   return _ex(f"finish the sentence: out in the {a.habitat}, the {a.name}", a.sound,
-             [x.sound for x in W.ANIMALS], 4, rng)
+             [x.sound for x in facts.ANIMALS], 4, rng)
 
 
 @_register("mj_it_where", "instruct", "instruct")
 def it_where(world, rng):
   """Workplaces of jobs and countries of cities."""
   if rng.random() < 0.5:
-    j = rng.choice(W.JOBS)
+    j = rng.choice(facts.JOBS)
     q = rng.choice(["where would you find a {j} at work?", "name the workplace of a {j}.", "a {j} works where?",
                     "the place where a {j} does the job is the"]).format(j=j)
-    return _ex(q, W.WORKPLACE[j], W.WORKPLACE.values(), 4, rng)
+    return _ex(q, facts.WORKPLACE[j], facts.WORKPLACE.values(), 4, rng)
   c = rng.choice(world.cities)
   q = rng.choice(["name the country of {c}.", "{c} belongs to which country?", "which land is {c} part of?",
                   "the country that contains {c} is"]).format(c=c.name)
-  return _ex(q, c.country, W.COUNTRIES, 4, rng)
+  return _ex(q, c.country, facts.COUNTRIES, 4, rng)
 
 
 @_register("mj_it_bigger", "instruct", "instruct")
 def it_bigger(world, rng):
   """Which of two animals or objects is bigger?"""
-  items = [(a.name, a.size) for a in W.ANIMALS] + [(t.name, t.size) for t in W.THINGS]
+  items = [(a.name, a.size) for a in facts.ANIMALS] + [(t.name, t.size) for t in facts.THINGS]
   while True:
     (x, sx), (y, sy) = rng.sample(items, 2)
     if sx != sy:
       break
-  ans = x if W.SIZE_ORDER.index(sx) > W.SIZE_ORDER.index(sy) else y
+  ans = x if facts.SIZE_ORDER.index(sx) > facts.SIZE_ORDER.index(sy) else y
   choices = (x, y)
   return Example(f"which is bigger, a {x} or a {y}?", ans, choices, choices.index(ans))
 
@@ -710,18 +713,18 @@ def it_bigger(world, rng):
 @_register("mj_it_opposite", "instruct", "instruct")
 def it_opposite(world, rng):
   """Antonyms."""
-  a, b = rng.choice(W.OPPOSITES)
+  a, b = rng.choice(facts.OPPOSITES)
   if rng.random() < 0.5:
     a, b = b, a
   q = rng.choice(["give the opposite of the word {a}.", "what means the reverse of {a}?", "antonym of {a}:",
                   "the opposite of {a} is"]).format(a=a)
-  return _ex(q, b, [x for pair in W.OPPOSITES for x in pair if x != a], 4, rng)
+  return _ex(q, b, [x for pair in facts.OPPOSITES for x in pair if x != a], 4, rng)
 
 
 @_register("mj_it_copy", "instruct", "instruct", is_choice=False)
 def it_copy(world, rng):
   """Repeat a list of words in reverse order (generation only)."""
-  pool = W.CITIES + W.JOBS + W.COLORS + W.FOODS
+  pool = facts.CITIES + facts.JOBS + facts.COLORS + facts.FOODS
   words = rng.sample(pool, rng.randint(2, 4))
   return Example(f"write these words in reverse order: {' '.join(words)}", " ".join(reversed(words)))
 
@@ -732,7 +735,7 @@ def it_friend(world, rng):
   p = rng.choice(world.people)
   q = rng.choice(["who is the best friend of {n}?", "name the friend of {n}.", "{n} is best friends with whom?",
                   "the best friend of {n} is"]).format(n=p.name)
-  return _ex(q, p.friend, W.FEMALE + W.MALE, 4, rng)
+  return _ex(q, p.friend, facts.FEMALE + facts.MALE, 4, rng)
 
 
 # --------------------------------------------------------------------------------------- pretrain
@@ -741,7 +744,7 @@ def it_friend(world, rng):
 @_register("mj_corpus", "pretrain", "pretrain", is_choice=False)
 def corpus(world, rng):
   """Plain sentences about the world (inputs empty)."""
-  return Example("", W.corpus_document(world, rng))
+  return Example("", facts.corpus_document(world, rng))
 
 
 HELDIN_CATEGORIES = ("mcqa", "extractive_qa", "closed_book_qa", "sentiment", "topic",

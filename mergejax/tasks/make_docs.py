@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
-from mergejax.tasks import generators as G
-from mergejax.tasks import splits as S
+from absl import app, flags
+
+from mergejax import files
+from mergejax.tasks import generators
+from mergejax.tasks import splits
 
 _HEADER = """# The synthetic T0-like task suite (`mergejax.tasks`)
 
@@ -22,7 +24,7 @@ Mixture over `seqio.FunctionDataSource`, generated in memory, deterministic give
 
 ```python
 import seqio
-import mergejax.tasks as tasks             # registers every Task and Mixture (idempotent)
+from mergejax import tasks                  # registers every Task and Mixture (idempotent)
 
 tasks.configure(seed=0, num_train=2000, num_validation=64, num_test=128)   # optional; these are the defaults
                                            # (held-out tasks: 2 x num_validation)
@@ -37,7 +39,7 @@ ds = seqio.get_mixture_or_task("mj_heldin_sentiment").get_dataset(
 | Name | What |
 |---|---|
 | `mj_pretrain` | the pretraining corpus (task `mj_corpus`): `inputs` = "", `targets` = a document |
-| `mj_instruct` | instruction tuning (the Flan analog), disjoint from held-in and held-out |
+| `mj_instruct` | the instruction tasks (the Flan analog), disjoint from held-in and held-out; instruction tuning mixes in the corpus |
 | `mj_heldin_<category>`, `mj_heldin` | held-in tasks of one category (2) / all 16: expert and multitask training, generation metrics |
 | `mj_heldout_<category>`, `mj_heldout` | held-out tasks of one category / all 7 |
 | `<task>_rank`, `mj_heldin[_<category>]_rank`, `mj_heldout[_<category>]_rank` | T0 rank classification: one example per answer choice, scored with `score_fn`, metric `accuracy` |
@@ -52,13 +54,13 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 
 ## Design
 
-* **World** (`world.py`): 20 people (`world.NUM_PEOPLE`; 10 female and 10 male names drawn by the
+* **World** (`facts.py`): 20 people (`facts.NUM_PEOPLE`; 10 female and 10 male names drawn by the
   seed from 40) each with a city, job, pet, favorite color, favorite food and best friend, few
   enough that the tiny default models can memorize their facts; 16 cities in 4 countries, each with a landmark and
   weather; 16 animals (sound, size, habitat, diet); 16 objects (material, size, use); 12
   situation -> need -> action scripts (had skipped lunch -> hungry -> ate a big meal); 8 ambiguous words with two senses each,
   each sense with a gloss and 6 cue words (bat: "an animal" with cave, wings, insects, ...; "a stick
-  for games" with ball, coach, glove, ...; `world.SENSES`).
+  for games" with ball, coach, glove, ...; `facts.SENSES`).
   The seed decides the relations; the lexicon is fixed, so one vocabulary serves every seed.
 * **Corpus** (`mj_corpus`): short documents of plain sentences stating the facts above, pronouns
   by gender (stories and opinions about all 40 names), scripts as short stories (situation -> need,
@@ -77,18 +79,18 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   entails), the action -> need direction of the scripts, which the corpus never states and
   instruction tuning teaches (`mj_it_why`). `mj_nli_cb` is CommitmentBank-like: the answer
   (yes / no / maybe) is the speaker's commitment to an embedded fact about a person, set by the
-  phrase that embeds it (`world.COMMIT_CUES`: "found that" -> yes, "said it is wrong that" -> no,
+  phrase that embeds it (`facts.COMMIT_CUES`: "found that" -> yes, "said it is wrong that" -> no,
   "wonders whether" -> maybe), which instruction tuning teaches over animals and objects in other
   templates (`mj_it_commit`). `mj_wsd_gloss` is word sense disambiguation in its classic
   gloss-selection form ("the cave reminded ella of the bat. which meaning of bat fits this sentence,
   a stick for games or an animal?") instead of T0's WiC (two sentences, same meaning? yes / no):
-  the two-span "same or different" judgement was never learned by these models, not even in
-  distribution (docs/WORLD.md, sixth session); the sense is set by a cue word that the corpus and
+  the two-span "same or different" judgement is not learned by models of these sizes, not even in
+  distribution (docs/WORLD.md); the sense is set by a cue word that the corpus and
   `mj_it_sense` associate with it, in sentence frames and a question that neither uses (tested: no
   held-out sentence occurs in training data). Real T0 data keeps WiC (`mergejax/tasks/t0.py`,
   `super_glue/wic`). Held-out validation splits are twice as large as the
   others (`SuiteConfig.heldout_validation_factor`; 128 examples per task at the defaults, test 128).
-* **Instruction tuning** (`mj_instruct`, 16 tasks plus the corpus): like Flan-v2 without the T0
+* **Instruction tuning** (`mj_instruct`, 16 tasks, and corpus documents): like Flan-v2 without the T0
   tasks, it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
   yes/no/maybe, `mj_it_commit` (does a reported statement about animals or objects commit to its
   fact? yes/no/maybe by the commitment phrase, sampled at 3x the rate of the others:
@@ -98,9 +100,9 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   sampled at 2x) and explicit questions over the corpus's knowledge in new formats
   (gender of a name, animal sounds, how a situation makes someone feel, why someone acted,
   workplaces and countries, right/wrong statements, size comparison, antonyms, best friends,
-  reversing a word list). A quarter of its examples are corpus documents (rehearsal, so that
-  instruction tuning adds skills without erasing the pretrained knowledge;
-  `registry.INSTRUCT_CORPUS_FRACTION`). This is what should make the instruction-tuned base
+  reversing a word list). Instruction tuning trains on these tasks with corpus documents mixed in,
+  47.5% of its rows (rehearsal, so that it adds skills without erasing the pretrained knowledge;
+  `mergejax.training.recipes.INSTRUCT_REPLAY_SHARE`). This is what should make the instruction-tuned base
   better than the pretrained one zero-shot on held-out tasks. Its choice tasks are label-balanced
   in every split, like the evaluation tasks (true facts are rarer than false ones, so an unbalanced
   yes/no task would teach a constant "no").
@@ -121,72 +123,27 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 
 Regenerate this page with `python -m mergejax.tasks.make_docs --out=docs/TASKS.md`.
 
-## Measured learnability (probe, size xs)
-
-`benchmarks/tasks_probe.py` (2026-11-21, the shared 2-core development machine under load ~8,
-4.4-5.5k tokens/s): size `xs` (d_model 64, 2 layers), pretraining 400 steps x 32 rows x 128
-tokens (lr 3e-3), instruction tuning 300 steps and experts 150 steps (lr 1e-3), each from the
-pretrained base. Rank-classification accuracy (%) on the validation split (60-64 examples per task,
-so +-6 points of noise); chance in parentheses. These are short probe schedules, not the world
-builder's; the world's numbers are recorded by issue 4's world benchmark.
-
-| Category: task (chance) | pretrained base | expert |
-|---|---|---|
-| sentiment: sent_review (50) / sent_stars (20) | 48.4 / 9.4 | 100.0 / 100.0 |
-| mcqa: mcqa_nature (25) / mcqa_people (25) | 29.7 / 29.7 | 100.0 / 64.1 |
-| closed_book_qa: cbqa_facts (~8) / cbqa_verify (50) | 5.8 / 50.0 | 48.1 / 46.6 |
-| paraphrase: para_mrpc (50) / para_paws (50) | 50.0 / 48.4 | 76.6 / 68.8 |
-
-(The sentiment and mcqa rows come from an earlier suite version, before label balancing and the
-final vocabulary rebuild; their generators are unchanged. The other two rows use the final suite.)
-
-Expert / base on the category mean: sentiment 3.5x, mcqa 2.8x, closed-book QA 1.7x, paraphrase
-1.5x (mean 2.4x; the other four categories were not probed). Answer verification (cbqa_verify) and,
-before negated negatives were added, para_mrpc were not learned at xs in 150-300 steps: tasks that
-need an equality check between two spans are the hardest for the smallest size.
-
-Fifth session (the world builder's schedules, full xs + s build, validation / test): the
-CommitmentBank-like `mj_nli_cb` goes from chance for the pretrained bases (0.33 / 0.33 at xs,
-0.33 / 0.30 at s) to 0.54 / 0.55 (xs) and 0.99 / 0.93 (s) for the instruction-tuned bases, which
-learn the commitment phrases from `mj_it_commit`; the WiC-format `mj_wsd_wic` stayed at chance for
-every base (0.48-0.55), and so did `mj_it_samesense` in distribution (details in docs/WORLD.md).
-
-Sixth session (same schedules, full xs + s build, validation / test): the gloss-selection
-`mj_wsd_gloss` that replaced WiC goes from chance for the pretrained bases (0.46 / 0.55 at xs,
-0.48 / 0.52 at s) to 0.58 / 0.59 (xs) and 0.73 / 0.73 (s) for the instruction-tuned bases, which
-learn the cue -> sense association from `mj_it_sense` (in distribution 0.80 at xs, 0.98-1.00 at s).
-
-Held-out, pretrained -> instruction-tuned base (zero-shot, the suite of the second session, with
-`mj_nli_rte` (yes/no entailment by city -> country or job -> workplace; at chance for every model,
-replaced by `mj_nli_entail` in the third session), fresh xs run: pretraining
-400 steps, instruction tuning 300 steps): sc_copa 54.7 -> 64.1, sc_story 31.2 -> 29.7,
-nli_cb (the old three-way task over stated facts) 34.9 -> 38.1, nli_rte 45.3 -> 46.9, coref_blank 56.2 -> 51.6, coref_pronoun 46.9 -> 42.2,
-wsd_wic (WiC-format, since replaced) 46.9 -> 50.0; category means 45.4 -> 46.6, chance 44.8. Sentence completion, NLI and
-word sense improve, coreference drops; at `xs` with these probe schedules both bases are near
-chance on held-out tasks and the IT gain (+1.2) is within noise, so the paper's "IT base is
-stronger zero-shot" premise is **not** demonstrated at this size and budget. An earlier suite
-version (before the NLI answer words became yes/no/maybe) gave 48.0 -> 45.5, with sc_copa
-67.2 -> 75.0 and coref_pronoun 51.6 -> 57.8.
+How learnable each task is, measured: docs/BENCHMARKS.md ("Is every task learnable?").
 """
 
-_GROUPS = (("heldin", "Held-in tasks"), ("heldout", "Held-out tasks"), ("instruct", "Instruction-tuning tasks (`mj_instruct`)"),
-           ("pretrain", "Pretraining corpus (`mj_pretrain`)"))
+_GROUPS = (("heldin", "Held-in tasks"), ("heldout", "Held-out tasks"),
+           ("instruct", "Instruction-tuning tasks (`mj_instruct`)"), ("pretrain", "Pretraining corpus (`mj_pretrain`)"))
 
 
 def _cell(text: str) -> str:
   return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(cfg: S.SuiteConfig | None = None) -> str:
-  cfg = cfg or S.SuiteConfig()
+def render(cfg: splits.SuiteConfig | None = None) -> str:
+  cfg = cfg or splits.SuiteConfig()
   out = [_HEADER]
   for group, title in _GROUPS:
     out.append(f"\n## {title}\n")
-    for spec in G.SPECS.values():
+    for spec in generators.SPECS.values():
       if spec.group != group:
         continue
-      n = {s: len(S.examples(spec.name, s, cfg)) for s in S.SPLITS}
-      ex = S.examples(spec.name, "validation", cfg)[0]
+      n = {s: len(splits.examples(spec.name, s, cfg)) for s in splits.SPLITS}
+      ex = splits.examples(spec.name, "validation", cfg)[0]
       kind = f"{len(ex.choices)} choices" if spec.is_choice else "generation"
       rank = f", `{spec.name}_rank`" if spec.is_choice else ""
       cat = "" if spec.category in ("instruct", "pretrain") else f" ({spec.category})"
@@ -202,23 +159,14 @@ def render(cfg: S.SuiteConfig | None = None) -> str:
 
 
 def write(path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
-  text = render()
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
-  return path
+  return files.atomic_write(path, render())
 
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
   print(f"wrote {write(flags.FLAGS.out)}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", "docs/TASKS.md", "Output markdown file.")
   app.run(main)

@@ -10,16 +10,17 @@ import functools
 import seqio
 import tensorflow as tf
 
-from mergejax.tasks import generators as G
-from mergejax.tasks import metrics as M
-from mergejax.tasks import preprocessors as P
-from mergejax.tasks import splits as S
-from mergejax.tasks import vocab as V
+from mergejax.tasks import generators
+from mergejax.tasks.categories import RANK_SUFFIX
+from mergejax.tasks import metrics
+from mergejax.tasks import preprocessors
+from mergejax.tasks import splits
+from mergejax.tasks import vocab
 
 
 def output_features() -> dict[str, seqio.Feature]:
-  vocab = V.get_vocabulary()
-  return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
+  vocabulary = vocab.get_vocabulary()
+  return {"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
 def to_tf_dataset(examples) -> tf.data.Dataset:
@@ -35,11 +36,11 @@ def to_tf_dataset(examples) -> tf.data.Dataset:
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, task: str) -> tf.data.Dataset:
   del shuffle_files, seed  # One in-memory "file"; seqio shuffles examples when asked.
-  return to_tf_dataset(S.examples(task, split))
+  return to_tf_dataset(splits.examples(task, split))
 
 
 def _source(task: str) -> seqio.FunctionDataSource:
-  return seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=S.SPLITS)
+  return seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=splits.SPLITS)
 
 
 def _add_task(name: str, **kwargs) -> None:
@@ -52,12 +53,9 @@ def _add_mixture(name: str, tasks) -> None:
     seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
 
 
-RANK_SUFFIX = "_rank"
-INSTRUCT_CORPUS_FRACTION = 0.25
-# Instruction tasks sampled more often than the others (rate 1). mj_it_commit at rate 1 reached only
-# 55% in distribution at xs after 900 steps (at 3: 92-94%); it replaces mj_it_follow and mj_it_implies.
-# mj_it_sense (cue -> gloss) takes the share of the dropped mj_it_samesense. The rates still sum to
-# 19, so every other task keeps its share.
+# Instruction tasks sampled more often than the others (rate 1): mj_it_commit at rate 1 reached only 55%
+# in distribution at xs after 900 steps of instruction tuning (at rate 3: 92-94%); mj_it_sense (cue ->
+# gloss) has twice the others' share.
 INSTRUCT_RATES = {"mj_it_commit": 3.0, "mj_it_sense": 2.0}
 
 
@@ -65,25 +63,21 @@ def register_all() -> None:
   """Registers every synthetic Task and Mixture (safe to call more than once)."""
   feats = output_features()
   tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
-  for spec in G.SPECS.values():
+  for spec in generators.SPECS.values():
     _add_task(spec.name, source=_source(spec.name), output_features=feats, preprocessors=tokenize,
-              metric_fns=list(M.GENERATION_METRICS))
+              metric_fns=list(metrics.GENERATION_METRICS))
     if spec.is_choice:
       _add_task(spec.name + RANK_SUFFIX, source=_source(spec.name), output_features=feats,
-                preprocessors=[P.rank_classification] + tokenize,
-                postprocess_fn=M.rank_classification_postprocessor, metric_fns=[M.rank_accuracy])
-  _add_mixture("mj_pretrain", G.names("pretrain"))
-  # Instruction tuning rehearses the corpus (INSTRUCT_CORPUS_FRACTION of examples) so that it adds
-  # skills without erasing the pretrained knowledge (PaLM-2-IT keeps PaLM-2's knowledge).
-  it_tasks = G.names("instruct")
-  rates = [(t, INSTRUCT_RATES.get(t, 1.0)) for t in it_tasks]
-  corpus_rate = INSTRUCT_CORPUS_FRACTION / (1 - INSTRUCT_CORPUS_FRACTION) * sum(r for _, r in rates)
-  _add_mixture("mj_instruct", rates + [(n, corpus_rate) for n in G.names("pretrain")])
-  for group, cats in (("heldin", G.HELDIN_CATEGORIES), ("heldout", G.HELDOUT_CATEGORIES)):
+                preprocessors=[preprocessors.rank_classification] + tokenize,
+                postprocess_fn=metrics.rank_classification_postprocessor, metric_fns=[metrics.rank_accuracy])
+  _add_mixture("mj_pretrain", generators.names("pretrain"))
+  # The instruction tasks alone; instruction tuning mixes corpus rows in (mergejax.training.recipes).
+  _add_mixture("mj_instruct", [(t, INSTRUCT_RATES.get(t, 1.0)) for t in generators.names("instruct")])
+  for group, cats in (("heldin", generators.HELDIN_CATEGORIES), ("heldout", generators.HELDOUT_CATEGORIES)):
     for cat in cats:
-      tasks = G.names(group, cat)
+      tasks = generators.names(group, cat)
       _add_mixture(f"mj_{group}_{cat}", tasks)
-      _add_mixture(f"mj_{group}_{cat}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if G.SPECS[t].is_choice])
-    tasks = G.names(group)
+      _add_mixture(f"mj_{group}_{cat}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])
+    tasks = generators.names(group)
     _add_mixture(f"mj_{group}", tasks)
-    _add_mixture(f"mj_{group}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if G.SPECS[t].is_choice])
+    _add_mixture(f"mj_{group}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])

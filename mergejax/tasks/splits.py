@@ -19,8 +19,8 @@ import functools
 import random
 import zlib
 
-from mergejax.tasks import generators as G
-from mergejax.tasks import world as W
+from mergejax.tasks import generators
+from mergejax.tasks import facts
 
 SPLITS = ("train", "validation", "test")
 
@@ -58,25 +58,25 @@ def get_config() -> SuiteConfig:
   return _CONFIG
 
 
-def split_of(ex: G.Example) -> str:
+def split_of(ex: generators.Example) -> str:
   h = zlib.crc32(f"{ex.inputs}\x00{ex.targets}".encode()) % 16
   return "test" if h == 0 else "validation" if h == 1 else "train"
 
 
 def _wanted(name: str, cfg: SuiteConfig) -> dict[str, int]:
-  group = G.SPECS[name].group
+  group = generators.SPECS[name].group
   n_train = cfg.num_pretrain if group == "pretrain" else cfg.num_train
   n_val = cfg.num_validation * (cfg.heldout_validation_factor if group == "heldout" else 1)
   return {"train": n_train, "validation": n_val, "test": cfg.num_test}
 
 
 @functools.lru_cache(maxsize=256)
-def _build(name: str, cfg: SuiteConfig) -> dict[str, tuple[G.Example, ...]]:
-  spec = G.SPECS[name]
-  world = W.make_world(cfg.seed)
-  rng = random.Random(W.sub_seed(cfg.seed, "task", name))
+def _build(name: str, cfg: SuiteConfig) -> dict[str, tuple[generators.Example, ...]]:
+  spec = generators.SPECS[name]
+  world = facts.make_world(cfg.seed)
+  rng = random.Random(facts.sub_seed(cfg.seed, "task", name))
   want = _wanted(name, cfg)
-  out: dict[str, dict[str, G.Example]] = {s: {} for s in SPLITS}
+  out: dict[str, dict[str, generators.Example]] = {s: {} for s in SPLITS}
   budget = cfg.max_draws_per_example * sum(want.values())
   # Evaluation tasks, and instruction tasks too: an unbalanced yes / no task (true statements are
   # rarer than false ones) would teach the IT base a constant answer instead of the skill.
@@ -103,7 +103,7 @@ def _build(name: str, cfg: SuiteConfig) -> dict[str, tuple[G.Example, ...]]:
   return {s: _balance(tuple(out[s].values())) if balance else tuple(out[s].values()) for s in SPLITS}
 
 
-def _balance(exs: tuple[G.Example, ...]) -> tuple[G.Example, ...]:
+def _balance(exs: tuple[generators.Example, ...]) -> tuple[generators.Example, ...]:
   """Keeps the same number of examples of every label when all examples have the same number of
   choices (so a constant answer scores chance), preserving generation order."""
   n = {len(e.choices) for e in exs}
@@ -121,10 +121,16 @@ def _balance(exs: tuple[G.Example, ...]) -> tuple[G.Example, ...]:
   return tuple(out)
 
 
-def examples(name: str, split: str, cfg: SuiteConfig | None = None) -> tuple[G.Example, ...]:
+def examples(name: str, split: str, cfg: SuiteConfig | None = None) -> tuple[generators.Example, ...]:
   """The examples of task `name` in `split` (deterministic given the config; cached)."""
-  if name not in G.SPECS:
+  if name not in generators.SPECS:
     raise KeyError(f"unknown synthetic task {name!r}")
   if split not in SPLITS:
     raise ValueError(f"task {name}: unknown split {split!r}; expected one of {SPLITS}")
   return _build(name, cfg or _CONFIG)[split]
+
+
+def clear_cache() -> None:
+  """Drops every generated split (they are cached per task and suite config): frees memory; the next
+  :func:`examples` call generates them again, identically."""
+  _build.cache_clear()

@@ -37,9 +37,14 @@ from typing import Callable
 import seqio
 import tensorflow as tf
 
+from mergejax.tasks import categories
+from mergejax.tasks import metrics
+from mergejax.tasks import preprocessors
+from mergejax.tasks import vocab
+from mergejax.tasks.categories import RANK_SUFFIX
+
 CATEGORIES = ("sentence_completion", "nli", "coreference", "word_sense")
 PREFIX = "t0_"
-RANK_SUFFIX = "_rank"
 
 
 def _s(x) -> tf.Tensor:
@@ -161,8 +166,7 @@ class TfdsSource(seqio.TfdsDataSource):
 
 
 def default_vocabulary() -> seqio.Vocabulary:
-  from mergejax import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.get_vocabulary()
+  return vocab.get_vocabulary()
 
 
 def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples: int = 256,
@@ -177,12 +181,9 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
     tfds_data_dir: where prepared TFDS data lives (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
     overwrite: re-register (e.g. with another vocabulary).
   """
-  from mergejax.evaluation import metrics as eval_metrics  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import metrics as M  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import preprocessors as P  # pylint: disable=g-import-not-at-top
 
-  vocab = vocabulary if vocabulary is not None else default_vocabulary()
-  feats = {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
+  vocabulary = vocabulary if vocabulary is not None else default_vocabulary()
+  feats = {"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": seqio.Feature(vocabulary, add_eos=True)}
   mixtures = ["t0_heldout_rank"] + [f"t0_heldout_{c}_rank" for c in CATEGORIES]
   if overwrite:
     for m in mixtures:
@@ -190,7 +191,7 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
   names = []
   for d in datasets(validation_examples):
     names.append(d.task_name)
-    eval_metrics.register_category(d.task_name, d.category)
+    categories.register_category(d.task_name, d.category)
     if d.task_name in seqio.TaskRegistry.names():
       if not overwrite:
         continue
@@ -199,9 +200,9 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
                         splits={"validation": d.validation_split, "test": d.test_split})
     seqio.TaskRegistry.add(
         d.task_name, source=source, output_features=feats,
-        preprocessors=[functools.partial(apply_template, template=d.template), P.rank_classification,
+        preprocessors=[functools.partial(apply_template, template=d.template), preprocessors.rank_classification,
                        seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        postprocess_fn=M.rank_classification_postprocessor, metric_fns=[M.rank_accuracy])
+        postprocess_fn=metrics.rank_classification_postprocessor, metric_fns=[metrics.rank_accuracy])
   by_cat: dict[str, list[str]] = {}
   for d in datasets(validation_examples):
     by_cat.setdefault(d.category, []).append(d.task_name)

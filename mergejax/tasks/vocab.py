@@ -15,7 +15,13 @@ import functools
 import io
 import os
 import pathlib
-import tempfile
+import random
+
+import seqio
+
+from mergejax import files
+from mergejax.tasks import facts
+from mergejax.tasks import generators
 
 DEFAULT_MODEL = pathlib.Path(__file__).parent / "data" / "mj.model"
 DEFAULT_VOCAB_SIZE = 1024
@@ -24,7 +30,6 @@ DEFAULT_VOCAB_SIZE = 1024
 @functools.lru_cache(maxsize=4)
 def get_vocabulary(path: str | None = None):
   """The seqio SentencePieceVocabulary of the suite (loaded lazily by seqio; cached)."""
-  import seqio  # pylint: disable=g-import-not-at-top
   model = pathlib.Path(path) if path else DEFAULT_MODEL
   if not model.is_file():
     raise FileNotFoundError(f"{model}: SentencePiece model missing; rebuild it with "
@@ -34,12 +39,10 @@ def get_vocabulary(path: str | None = None):
 
 def training_text(seed: int = 0, num_docs: int = 30000, num_per_task: int = 600) -> list[str]:
   """Sentences the vocabulary is trained on: corpus documents and all task texts."""
-  import random  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import generators as G, world as W  # pylint: disable=g-import-not-at-top
-  world = W.make_world(seed)
-  rng = random.Random(W.sub_seed(seed, "vocab"))
-  lines = [W.corpus_document(world, rng) for _ in range(num_docs)]
-  for spec in G.SPECS.values():
+  world = facts.make_world(seed)
+  rng = random.Random(facts.sub_seed(seed, "vocab"))
+  lines = [facts.corpus_document(world, rng) for _ in range(num_docs)]
+  for spec in generators.SPECS.values():
     if spec.group == "pretrain":
       continue
     for _ in range(num_per_task):
@@ -50,7 +53,7 @@ def training_text(seed: int = 0, num_docs: int = 30000, num_per_task: int = 600)
 
 def build(out: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> pathlib.Path:
   """Trains the SentencePiece model and writes it atomically to `out`."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top  # only to rebuild the vocabulary
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()
@@ -59,9 +62,4 @@ def build(out: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB_SIZE, seed: in
       model_type="bpe", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       num_threads=2, input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True,
       minloglevel=2)
-  fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-  with os.fdopen(fd, "wb") as f:
-    f.write(buf.getvalue())
-  os.chmod(tmp, 0o644)  # mkstemp creates 0600; the model ships in the package
-  os.replace(tmp, out)
-  return out
+  return files.atomic_write(out, buf.getvalue())

@@ -32,7 +32,7 @@ def _tf_cpu_only():
   absl_logger = logging.getLogger("absl")
   if _FILTER not in absl_logger.filters:
     absl_logger.addFilter(_FILTER)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # ~3 s: only when batches come from seqio
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialized
@@ -41,9 +41,16 @@ def _tf_cpu_only():
 
 def vocab_size(mixture: str) -> int:
   """The vocabulary size of a registered seqio task or mixture's ``targets`` feature."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: only when batches come from seqio
   provider = seqio.get_mixture_or_task(mixture)
   return int(provider.output_features["targets"].vocabulary.vocab_size)
+
+
+def sentencepiece_file(mixture: str) -> str | None:
+  """The SentencePiece model file of ``mixture``'s targets vocabulary (None for other vocabularies)."""
+  import seqio  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  vocab = seqio.get_mixture_or_task(mixture).output_features["targets"].vocabulary
+  return getattr(vocab, "sentencepiece_model_file", None)
 
 
 def padded_vocab_size(n: int, multiple: int = 128) -> int:
@@ -65,7 +72,7 @@ def batches(mixture: str, *, batch_size: int, feature_lengths: Mapping[str, int]
     skip: batches to skip first (resuming at step ``skip``).
   """
   _tf_cpu_only()
-  import seqio  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: only when batches come from seqio
   ds = seqio.get_dataset(
       mixture, task_feature_lengths=dict(feature_lengths), dataset_split=split, shuffle=True,
       num_epochs=None, seed=seed, batch_size=batch_size, verbose=False,

@@ -5,8 +5,8 @@ further trained on the Flan-like mixture) -> ``expert`` (one per held-in categor
 of either base with a fixed step count and a small learning rate, as the paper's 2,000 steps at
 3e-5) -> ``multitask`` (all 8 held-in categories at once, from either base).
 
-A :class:`RunSpec` is everything one run needs; :func:`resolve` builds it from a recipe, a size, a
-workdir laid out as in :mod:`mergejax.world`, and overrides; :func:`run` executes it.
+A :class:`RunSpec` is everything one run needs; :func:`resolve` builds it from a recipe, a size, its
+output and starting checkpoints and overrides; :func:`run` executes it.
 """
 
 from __future__ import annotations
@@ -55,18 +55,19 @@ def mixture_name(recipe: str, category: str | None = None, prefix: str = "mj") -
   raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
 
 
-# Share of plain-corpus rows mixed into instruction tuning (replay against forgetting what
-# pretraining taught; Flan-style tuning of a tiny model otherwise erases it).
-INSTRUCT_CORPUS_RATE = 0.3
+# Share of plain-corpus rows in instruction tuning: replay against forgetting what pretraining taught
+# (Flan-style tuning of a tiny model otherwise erases it; PaLM-2-IT keeps PaLM-2's knowledge). The
+# other rows are the instruction tasks of ``<prefix>_instruct`` at their own relative rates.
+INSTRUCT_REPLAY_SHARE = 0.475
 
 
 def instruct_mixture(prefix: str = "mj") -> str:
-  """``<prefix>_instruct`` mixed with ``INSTRUCT_CORPUS_RATE`` of ``<prefix>_pretrain`` (registered once)."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  """``<prefix>_instruct`` with ``INSTRUCT_REPLAY_SHARE`` of ``<prefix>_pretrain`` rows mixed in (registered once)."""
+  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: configs import this module
   name = f"{prefix}_instruct_replay"
   if name not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_CORPUS_RATE),
-                                     (f"{prefix}_pretrain", INSTRUCT_CORPUS_RATE)])
+    seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_REPLAY_SHARE),
+                                     (f"{prefix}_pretrain", INSTRUCT_REPLAY_SHARE)])
   return name
 
 
@@ -102,60 +103,43 @@ class RunSpec:
     return "/".join(p for p in parts if p)
 
 
-def resolve(recipe: str, size: str | models.ModelConfig, workdir: str | pathlib.Path | None = None, *,
-            category: str | None = None, kind: str = "pretrained", out: str | None = None,
-            init: str | None = None, mixture: str | None = None, mixture_prefix: str = "mj",
-            steps: int | None = None, opt_overrides: Mapping[str, Any] | None = None,
-            batch_size: int = BATCH_SIZE, feature_lengths: Mapping[str, int] | None = None,
-            seed: int = 0, model_overrides: Mapping[str, Any] | None = None) -> RunSpec:
-  """Builds a :class:`RunSpec`; paths default to the world layout under ``workdir``.
-
-  ``kind`` is the base kind an expert / multitask model starts from (and is filed under).
-  """
-  from mergejax import world  # pylint: disable=g-import-not-at-top
-
+def run_kind(recipe: str, kind: str = "pretrained") -> str:
+  """The base kind a run is filed under: pretraining makes the pretrained base, instruction tuning the
+  instruction-tuned one; an expert or multitask run takes the kind of the base it starts from."""
   if recipe not in RECIPES:
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
   if kind not in KINDS:
     raise ValueError(f"unknown base kind {kind!r}; known: {KINDS}")
+  return {"pretrain": "pretrained", "instruction_tune": "instruction_tuned"}.get(recipe, kind)
+
+
+def resolve(recipe: str, size: str | models.ModelConfig, *, out: str | pathlib.Path,
+            init: str | pathlib.Path | None = None, category: str | None = None, kind: str = "pretrained",
+            mixture: str | None = None, mixture_prefix: str = "mj", steps: int | None = None,
+            opt_overrides: Mapping[str, Any] | None = None, batch_size: int = BATCH_SIZE,
+            feature_lengths: Mapping[str, int] | None = None, seed: int = 0,
+            model_overrides: Mapping[str, Any] | None = None) -> RunSpec:
+  """Builds a :class:`RunSpec` writing ``out`` and starting from ``init`` (every recipe but pretraining
+  starts from a checkpoint; :func:`mergejax.world.run_spec` fills both from the world layout).
+
+  ``kind`` is the base kind an expert / multitask model starts from (and is filed under).
+  """
+  kind = run_kind(recipe, kind)
   mixture = mixture or mixture_name(recipe, category, mixture_prefix)
+  if recipe != "pretrain" and init is None:
+    raise ValueError(f"recipe {recipe!r} starts from a checkpoint: give its init path")
   cfg = models.get_config(size) if isinstance(size, str) else size
   vocab = data_lib.padded_vocab_size(data_lib.vocab_size(mixture))
   lengths = dict(feature_lengths or FEATURE_LENGTHS)
   cfg = cfg.replace(vocab_size=vocab, max_len=max(cfg.max_len, sum(lengths.values())),
                     **dict(model_overrides or {}))
-  size_name = cfg.name or "custom"
-  if recipe == "pretrain":
-    kind = "pretrained"
-  elif recipe == "instruction_tune":
-    kind = "instruction_tuned"
-
-  def wpath(*a, **k):
-    if workdir is None:
-      raise ValueError(f"recipe {recipe!r}: give a workdir or explicit output / init paths")
-    return world.checkpoint_path(workdir, size_name, *a, **k)
-
-  if out is None:
-    role = {"pretrain": "base", "instruction_tune": "base", "expert": "expert",
-            "multitask": "multitask"}[recipe]
-    out_p = wpath(kind, role, category if recipe == "expert" else None)
-  else:
-    out_p = pathlib.Path(out)
-  if init is not None:
-    init_p = pathlib.Path(init)
-  elif recipe == "pretrain":
-    init_p = None
-  elif recipe == "instruction_tune":
-    init_p = wpath("pretrained", "base")
-  else:
-    init_p = wpath(kind, "base")
   d = dict(DEFAULTS[recipe])
   n_steps = int(steps if steps is not None else d.pop("steps"))
   d.pop("steps", None)
   d.update({k: v for k, v in dict(opt_overrides or {}).items() if v is not None})
-  return RunSpec(recipe=recipe, model=cfg, out=out_p.absolute(),
-                 init=init_p.absolute() if init_p else None, mixture=mixture, steps=n_steps,
-                 opt=trainer_lib.OptimConfig(**d), batch_size=batch_size,
+  init_p = pathlib.Path(init).absolute() if init is not None else None
+  return RunSpec(recipe=recipe, model=cfg, out=pathlib.Path(out).absolute(), init=init_p, mixture=mixture,
+                 steps=n_steps, opt=trainer_lib.OptimConfig(**d), batch_size=batch_size,
                  feature_lengths=tuple(lengths.items()), seed=seed, category=category, kind=kind)
 
 

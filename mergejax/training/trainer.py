@@ -311,7 +311,8 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
           "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
           "mixture": mixture, **dict(info or {})}
   models.save_checkpoint(out, config, state["params"], info=json.loads(json.dumps(meta, default=str)),
-                        overwrite=True)  # anything at `out` is incomplete (checked above)
+                        overwrite=True,  # anything at `out` is incomplete (checked above)
+                        tokenizer_model=data_lib.sentencepiece_file(mixture) if mixture is not None else None)
   if mngr is not None:
     with models.ORBAX_LOCK:
       mngr.close()

@@ -5,9 +5,8 @@ accuracy for choice tasks, ROUGE-L / F1 / exact match for generation tasks). A c
 the mean of its tasks' primary scores; a mixture's score is the mean over its categories (so a
 category with more datasets does not weigh more), following the paper's averaging order.
 
-Task categories come from :func:`register_category` (the T0 tasks register theirs), the synthetic
-suite's ``mergejax.tasks.category_of``, and otherwise the task is its own
-category. A ``_rank`` suffix is ignored when looking a task up.
+Task categories come from :func:`mergejax.tasks.task_category` (registered ones, the synthetic
+suite's, or the task's own name).
 """
 
 from __future__ import annotations
@@ -17,31 +16,10 @@ import json
 import math
 from typing import Any, Mapping
 
+from mergejax.tasks import task_category
+
 PRIMARY_METRICS = ("accuracy", "rank_accuracy", "rank_classification_accuracy", "rougeL", "rouge_l",
                    "rougeLsum", "token_f1", "f1", "exact_match", "sequence_accuracy")
-
-_CATEGORIES: dict[str, str] = {}
-
-
-def register_category(task: str, category: str) -> None:
-  """Declares ``task``'s category for per-category aggregation (idempotent)."""
-  _CATEGORIES[task] = category
-
-
-def _strip(task: str) -> str:
-  return task[:-len("_rank")] if task.endswith("_rank") else task
-
-
-def task_category(task: str) -> str:
-  """The category ``task`` belongs to (its own name, without ``_rank``, when unknown)."""
-  for name in (task, _strip(task)):
-    if name in _CATEGORIES:
-      return _CATEGORIES[name]
-  try:
-    from mergejax import tasks  # pylint: disable=g-import-not-at-top
-    return tasks.category_of(task)
-  except (ImportError, KeyError, AttributeError):
-    return _strip(task)
 
 
 def to_float(v: Any) -> float:

@@ -1,24 +1,26 @@
 """Model checkpoints: an orbax StandardCheckpointer directory of the params pytree, with
-``model_config.json`` inside it. Written under a temporary name in the destination's parent and
-renamed into place, so a directory at the final path is always complete."""
+``model_config.json`` inside it. Assembled in a temporary directory beside the destination and renamed
+into place (:class:`mergejax.checkpoints.output.AtomicDir`), so a directory at the final path is always
+complete."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import shutil
 import threading
-import uuid
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from mergejax import files
+from mergejax.checkpoints.output import AtomicDir
 from mergejax.models.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "train_info.json"
+TOKENIZER_FILE = "tokenizer.model"
 _ORBAX_MARKER = "_CHECKPOINT_METADATA"
 
 ORBAX_LOCK = threading.RLock()
@@ -35,8 +37,10 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
-                    info: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
-  """Atomically writes ``params`` and ``config`` (plus optional training ``info``) to ``path``.
+                    info: dict[str, Any] | None = None, overwrite: bool = False,
+                    tokenizer_model: str | os.PathLike | None = None) -> pathlib.Path:
+  """Atomically writes ``params`` and ``config`` (plus optional training ``info`` and the SentencePiece
+  model the checkpoint's token ids come from, as ``tokenizer.model``) to ``path``.
 
   All processes must call this (orbax writes each process's shards; process 0 the metadata).
   """
@@ -44,25 +48,21 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path}: checkpoint already exists")
   path.parent.mkdir(parents=True, exist_ok=True)
-  token = uuid.uuid4().hex[:8] if jax.process_count() == 1 else "mp"
-  tmp = path.parent / f".{path.name}.tmp-{token}"
-  if tmp.exists() and jax.process_index() == 0:
-    shutil.rmtree(tmp)
-  with ORBAX_LOCK, ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(tmp, params)
-    ckptr.wait_until_finished()
-  if jax.process_index() == 0:
-    (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
-    if info is not None:
-      (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-    if path.exists():
-      old = path.parent / f".{path.name}.old-{token}"
-      os.rename(path, old)
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  return path
+  out = AtomicDir(path, overwrite=overwrite, create=False)  # orbax creates the directory itself
+  try:
+    with ORBAX_LOCK, ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(out.tmp, params)
+      ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+      files.atomic_write_json(out.tmp / CONFIG_FILE, config.to_dict())
+      if info is not None:
+        files.atomic_write_json(out.tmp / INFO_FILE, info)
+      if tokenizer_model is not None:
+        files.atomic_write(out.tmp / TOKENIZER_FILE, pathlib.Path(tokenizer_model).read_bytes())
+    return out.commit()
+  except BaseException:
+    out.abort()
+    raise
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:

@@ -128,8 +128,8 @@ OPPOSITES = (("big", "small"), ("hot", "cold"), ("fast", "slow"), ("happy", "sad
 # word beside one of a sense's cues ("the bat ... the cave") has that sense; the cues are unique
 # across the table and no gloss contains a cue (no answer by copying). Corpus, instruction tuning and
 # the held-out task share the cues but not the sentence frames (SENSE_FRAMES), so a sense is known by
-# association with its cues, not by memorized sentences (the fifth session's fixed context sentences
-# were memorized, never generalized).
+# association with its cues, not by memorized sentences (fixed context sentences are memorized and
+# do not generalize to new ones).
 SENSES = {
     "bat": (("an animal", ("cave", "insects", "wings", "barn")),
             ("a stick for games", ("ball", "score", "coach", "glove"))),
