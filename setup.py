@@ -30,6 +30,7 @@ _INSTALL_REQUIRES = [
     # The checkpoints' own tokenizers: tokenizer.json (Llama 3, Qwen, Gemma 3) and SentencePiece models.
     "tokenizers>=0.20,<1",
     "sentencepiece>=0.2",
+    "scipy>=1.12",  # t and normal quantiles of the study's verdicts (also a dependency of jax)
 ]
 
 _EXTRAS = {

@@ -54,3 +54,53 @@ def test_bad_inputs_name_the_task():
     normalize.held_in({"sum1": 1.0, "sum2": 1.0}, {"sum1": 0.0, "sum2": 1.0}, CATS, ["summ"])
   with pytest.raises(ValueError, match="nope"):
     normalize.held_out({"x": 1.0}, {"x": 1.0}, {"x": "c"}, categories=["nope"])
+
+
+def test_retention_is_the_share_of_the_experts_gain_over_chance():
+  cats = {"a1": "A", "a2": "A", "b1": "B"}
+  chance = {"a1": 25.0, "a2": 50.0, "b1": 0.0}
+  expert = {"a1": 75.0, "a2": 90.0, "b1": 40.0}
+  merged = {"a1": 50.0, "a2": 50.0, "b1": 40.0}
+  r = normalize.held_in_retention(merged, expert, chance, cats, ["A", "B"])
+  # a1: (50-25)/(75-25) = 0.5; a2: (50-50)/(90-50) = 0; A = 0.25; b1 (chance 0): the paper's ratio, 1.0.
+  assert r.per_task == pytest.approx({"a1": 0.5, "a2": 0.0, "b1": 1.0})
+  assert r.score == pytest.approx((0.25 + 1.0) / 2)
+  # The paper's ratio on the same numbers stays near 1 for the guessing-level merge of a2.
+  assert normalize.held_in(merged, expert, cats, ["A"]).per_task["a2"] == pytest.approx(50 / 90)
+  assert normalize.ratio(50.0, 75.0, 25.0) == pytest.approx(0.5)
+
+
+def test_retention_refuses_an_expert_at_or_below_chance():
+  cats = {"a1": "A"}
+  with pytest.raises(ValueError, match=r"expert score for task 'a1' \(25\) is not above chance \(25\)"):
+    normalize.held_in_retention({"a1": 30.0}, {"a1": 25.0}, {"a1": 25.0}, cats, ["A"])
+  with pytest.raises(KeyError, match="no chance level for task 'a1'"):
+    normalize.held_in_retention({"a1": 30.0}, {"a1": 60.0}, {}, cats, ["A"])
+
+
+def test_rank_chance_is_the_mean_of_correct_over_choices():
+  assert normalize.rank_chance([2, 4]) == pytest.approx(100 * (0.5 + 0.25) / 2)
+  assert normalize.rank_chance([4, 4], num_correct=[2, 1], scale=1.0) == pytest.approx((0.5 + 0.25) / 2)
+  with pytest.raises(ValueError, match="at least one choice"):
+    normalize.rank_chance([])
+
+
+def test_check_expert_flags_chance_level_experts_and_those_no_better_than_their_base():
+  chance, counts, tasks = {"t1": 25.0, "t2": 50.0}, {"t1": 100, "t2": 100}, ["t1", "t2"]
+  # Clear: 80% and 90% on 100 examples each, base at chance.
+  ok = normalize.check_expert({"t1": 80.0, "t2": 90.0}, {"t1": 26.0, "t2": 50.0}, chance, counts, tasks)
+  assert ok.clear and ok.z_chance > 10 and ok.z_base > 10
+  assert ok.expert == pytest.approx(85.0) and ok.chance == pytest.approx(37.5)
+  # Two points above chance with ~3.3 points of SE (category mean of two 100-example tasks): flagged.
+  near = normalize.check_expert({"t1": 28.0, "t2": 51.0}, None, chance, counts, tasks)
+  assert not near.clear and 0 < near.z_chance < 1
+  se = 100 * ((0.28 * 0.72 / 100 + 0.51 * 0.49 / 100) ** 0.5) / 2
+  assert near.z_chance == pytest.approx((39.5 - 37.5) / se)
+  # Far above chance but no better than a base that already knows the task: flagged.
+  strong_base = normalize.check_expert({"t1": 80.0, "t2": 90.0}, {"t1": 78.0, "t2": 90.0}, chance, counts, tasks)
+  assert strong_base.z_chance > 10 and not strong_base.clear
+  # A perfect expert has zero binomial SE: infinitely many SE above chance.
+  perfect = normalize.check_expert({"t1": 100.0, "t2": 100.0}, None, chance, counts, tasks)
+  assert perfect.clear and perfect.z_chance == float("inf")
+  with pytest.raises(KeyError, match="'t2'"):
+    normalize.check_expert({"t1": 80.0}, None, chance, counts, tasks)

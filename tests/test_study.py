@@ -13,14 +13,17 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import seqio
 from absl import flags
 from ml_collections import config_flags
 
-from mergejax import evaluation, world
+from mergejax import evaluation, models, world
 from mergejax.configs import study as study_config_lib
 from mergejax.study import grid, report, runner
 from mergejax.study.candidates import CandidateMerger
-from mergejax.study.leak_guard import SplitGuard, SplitLeakError
+from mergejax.evaluation.leak_guard import SplitGuard
+from mergejax.study import store as store_lib
+from mergejax.study import verdicts
 
 import test_eval  # compiles(): XLA compilations while a function runs
 
@@ -38,6 +41,7 @@ def study_config(world_dir, **over):
   cfg.grids.ties = dict(density=(0.5,), lam=(0.5, 1.0))
   cfg.grids.dare_ties = dict(drop_rate=(0.5,), lam=(1.0,))
   cfg.world_dir, cfg.build_world, cfg.progress, cfg.eval_batch_size = str(world_dir), False, False, 32
+  cfg.verdicts.n_boot = 200  # the report's bootstrap, small for speed
   for k, v in over.items():
     cfg[k] = v
   return cfg
@@ -66,14 +70,20 @@ def merge_rows(workdir):
 
 def test_cells_subsets_and_full_set_seeds():
   cats = tuple(f"c{i}" for i in range(8))
-  cells = grid.cells(["pretrained"], ["xs"], [2, 8], 3, cats)
-  assert [c.n for c in cells] == [2, 2, 2, 8, 8, 8]
-  assert len({c.categories for c in cells if c.n == 2}) == 3  # seeds draw different subsets
-  assert grid.expert_subset(cats, 2, 1) == grid.expert_subset(cats, 2, 1)
+  cells = grid.cells(["pretrained"], ["xs"], [2, 8], 3, cats)  # balanced: 3 seeds round up to 4 pairs at N=2
+  assert [c.n for c in cells] == [2, 2, 2, 2, 8, 8, 8]
+  pairs = [c.categories for c in cells if c.n == 2]
+  assert sorted(sum(pairs, ())) == sorted(cats)  # 4 disjoint pairs: every category once
   assert all(c.categories == cats for c in cells if c.n == 8)
   methods = ["average", "ties", "dare_ties"]
-  assert grid.runs_in_cell(cells[3], methods, 8) == methods  # N=8, seed 0: everything
-  assert grid.runs_in_cell(cells[4], methods, 8) == ["dare_ties"]  # N=8, seed 1: only random methods
+  assert grid.runs_in_cell(cells[4], methods, 8) == methods  # N=8, seed 0: everything
+  assert grid.runs_in_cell(cells[5], methods, 8) == ["dare_ties"]  # N=8, seed 1: only random methods
+  random = grid.cells(["pretrained"], ["xs"], [2, 8], 3, cats, design="random")  # the paper's random draws
+  assert [c.n for c in random] == [2, 2, 2, 8, 8, 8]
+  assert len({c.categories for c in random if c.n == 2}) == 3  # seeds draw different subsets
+  assert grid.expert_subset(cats, 2, 1) == grid.expert_subset(cats, 2, 1)
+  with pytest.raises(ValueError, match="unknown design 'latin'"):
+    grid.cells(["pretrained"], ["xs"], [2], 3, cats, design="latin")
 
 
 def test_grid_candidates_and_validation():
@@ -109,6 +119,8 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"kinds": ("chat",)}, "unknown base kind 'chat'"),
     ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
     ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
+    ({"design": "latin"}, r"design='latin': choose from \('balanced', 'random'\)"),
+    ({"verdicts.margin": -0.1}, r"verdicts: min_effect and margin must be >= 0"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
@@ -127,13 +139,16 @@ def test_missing_checkpoint_fails_at_start_up(tmp_path):
     runner.validate(study_config(tmp_path / "empty"), tmp_path)
 
 
-def test_split_guard_refuses_test_during_selection():
-  guard = SplitGuard()
-  guard.check("heldin_topic", "test")  # fine outside selection
-  with guard.selecting():
-    guard.check("heldin_topic", "validation")
-    with pytest.raises(SplitLeakError, match="split 'test' of 'heldin_topic' requested during hyperparameter"):
-      guard.check("heldin_topic", "test")
+def test_world_build_time_survives_a_resume(tmp_path):
+  spec = runner.validate(study_config(tmp_path / "w", build_world=True), tmp_path)
+  store = store_lib.ResultsStore(tmp_path / "results")
+  assert runner.world_build_seconds(store, spec, 0.2, trained=False) is None  # built elsewhere: no record
+  assert runner.world_build_seconds(store, spec, 300.0, trained=True) == 300.0
+  assert runner.world_build_seconds(store, spec, 0.3, trained=False) == 300.0  # a resume keeps the build time
+  assert runner.world_build_seconds(store, spec, 50.0, trained=True) == 350.0  # a killed build finished later
+  other = runner.validate(study_config(tmp_path / "w", build_world=True, categories=("topic",), num_experts=(1,)),
+                          tmp_path)
+  assert runner.world_build_seconds(store, other, 0.1, trained=False) is None  # another world
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -158,32 +173,45 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   partial = merge_rows(tmp_path / "resumed")
   assert sum(k.startswith("merge/") for k in partial) == 2
 
-  # ...then continues without recomputing finished rows, recording the split of every evaluation the
-  # evaluators run and whether selection was open at the time.
+  # ...then continues without recomputing finished rows, recording what the data pipeline reads: every
+  # split seqio loads and every split scored, and whether a selection was open at that moment.
   monkeypatch.setattr(runner, "run_cell_method", original)
-  guard, seen = SplitGuard(), []
-  original_evaluate = evaluation.Evaluator.evaluate
+  guard, loads, scored = SplitGuard(), [], []
+  get_dataset, evaluate = seqio.Task.get_dataset, evaluation.Evaluator.evaluate
 
-  def recording(self, params, tasks=None):
-    seen.append((guard.phase, self.split))
-    return original_evaluate(self, params, tasks)
+  def loading(self, *args, **kwargs):
+    split = kwargs.get("split", args[1] if len(args) > 1 else None)
+    loads.append((self.name, split, guard.selection_open))
+    return get_dataset(self, *args, **kwargs)
 
-  monkeypatch.setattr(evaluation.Evaluator, "evaluate", recording)
+  def scoring(self, *args, **kwargs):
+    scored.append((self.split, guard.selection_open))
+    return evaluate(self, *args, **kwargs)
+
+  monkeypatch.setattr(seqio.Task, "get_dataset", loading)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", scoring)
   path = runner.run_study(cfg, tmp_path / "resumed", progress=False, guard=guard)
   resumed = merge_rows(tmp_path / "resumed")
   for k, v in partial.items():
     assert resumed[k] == v
-  assert ("selection", "validation") in seen and ("final", "test") in seen
-  assert all(split == "validation" for phase, split in seen if phase == "selection")
+  assert {split for _, split, _ in loads} == {"validation", "test"}  # both splits were read...
+  assert all(split == "validation" for _, split, during in loads if during)  # ...test never during a selection
+  assert ("validation", True) in scored and ("test", False) in scored
+  assert all(split == "validation" for split, during in scored if during)
+  assert all(split == "validation" for _, split, during in guard.reads if during)
 
   # An uninterrupted run gives identical rows.
-  monkeypatch.setattr(evaluation.Evaluator, "evaluate", original_evaluate)
+  monkeypatch.setattr(seqio.Task, "get_dataset", get_dataset)
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", evaluate)
   runner.run_study(cfg, tmp_path / "straight", progress=False)
   assert merge_rows(tmp_path / "straight") == resumed
 
-  # Rows: N=1 x 2 seeds x 3 methods + N=2 (all experts): 3 methods for seed 0, dare_ties for seed 1.
+  # Rows: N=1: 2 balanced subsets (one category each) x 3 methods; N=2 (all experts): 3 methods for
+  # seed 0, dare_ties for seed 1.
   merges = [v for k, v in resumed.items() if k.startswith("merge/")]
   assert len(merges) == 6 + 3 + 1
+  assert sorted(tuple(v["categories"]) for v in merges if v["n"] == 1 and v["method"] == "ties") == [
+      ("sentiment",), ("topic",)]
   ties = next(v for v in merges if v["method"] == "ties" and v["n"] == 2)
   assert len(ties["candidates"]) == 2 and all(c["validation"] is not None for c in ties["candidates"])
   assert ties["hparams"] in [c["hparams"] for c in ties["candidates"]]
@@ -203,14 +231,46 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
     assert v["heldin_norm"] == pytest.approx(np.mean(by_cat(hi)), rel=1e-12)
     assert v["heldout_norm"] == pytest.approx(np.mean(by_cat(ho)), rel=1e-12)
 
+  # What the verdicts need: per-example correctness of every test score, chance levels, validation
+  # scores of bases and experts, parameter counts read from the checkpoints; every row's fingerprint.
+  for v in merges:
+    assert set(v["test_correct"]) == set(v["heldin_test"]) | set(v["heldout_test"])
+    assert all(100 * c.count("1") / len(c) == pytest.approx(v["heldin_test"].get(t, v["heldout_test"].get(t)))
+               for t, c in v["test_correct"].items())
+  base = resumed["ref/instruction_tuned/xs/base"]
+  assert set(base["heldin_validation"]) == set(base["validation_correct"]) == set(base["validation_chance"])
+  base_ckpt = world.checkpoint_path(tiny_world, "xs", "instruction_tuned", "base")
+  assert base["params"] == models.param_count(models.load_config(base_ckpt)) != models.param_count(models.get_config("xs"))
+  assert all(0 < c < 100 for c in base["task_chance"].values())
+  assert len({v["fingerprint"] for v in resumed.values()}) == len(resumed)
+
+  # The report: each verdict in bold with its statistic and interval, recomputable from the rows.
   text = path.read_text()
+  spec = runner.validate(cfg, tmp_path / "resumed")
+  analysis = verdicts.analyze(verdicts.load_rows(tmp_path / "resumed"), spec.verdicts, methods=spec.methods)
+  for c in analysis.conclusions:
+    assert verdicts.conclusion_line(c) in text
+  assert "Resampled: worlds: 1" in text and "test examples: resampled per task" in text
+  assert "## Experts" in text and "## Hyperparameter grids: choices on an edge" in text
+  assert analysis.experts_checked == 2  # instruction_tuned xs: sentiment, topic
   for fig in ("heldin_vs_n.png", "heldout_vs_n.png", "vs_size.png", "methods_at_largest.png",
               "it_vs_pretrained.png"):
     assert (path.parent / fig).stat().st_size > 1000
     assert fig in text
   assert "## The paper's conclusions, checked on this run" in text
-  assert (path.parent / "table_heldin.csv").read_text().startswith("base,size,N,average,ties,dare_ties,multitask")
+  assert (path.parent / "table_heldin.csv").read_text().startswith(
+      "base,size,N,average,average_lo,average_hi,ties,ties_lo,ties_hi")
   assert "Larger models are easier to merge" in report.summary_table(path)
+
+  # A new grid for one method recomputes that method's rows and reuses every other row.
+  cfg.grids.ties = dict(density=(0.5,), lam=(0.7,))
+  runner.run_study(cfg, tmp_path / "resumed", progress=False)
+  regridded = merge_rows(tmp_path / "resumed")
+  for k, v in resumed.items():
+    if v.get("method") == "ties":
+      assert regridded[k]["fingerprint"] != v["fingerprint"] and regridded[k]["hparams"]["lam"] == 0.7
+    else:
+      assert regridded[k] == v
 
 
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):

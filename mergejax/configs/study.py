@@ -20,7 +20,8 @@ def get_config() -> config_dict.ConfigDict:
   c.sizes = ("xs", "s")  # rows of mergejax.models.SIZES, smallest first
   c.categories = ()  # held-in categories whose experts are merged; empty: all 8
   c.num_experts = (2, 4, 6, 8)  # N: experts merged per cell
-  c.subset_seeds = 3  # expert subsets drawn per N
+  c.subset_seeds = 3  # expert subsets per N (balanced design: rounded up to a balanced count, docs/STUDY.md)
+  c.design = "balanced"  # "balanced": every category equally often per N; "random": the paper's random draws
   c.methods = ("average", "task_arithmetic", "ties", "dare_ties")
   # Hyperparameter candidates per method (a method without a grid runs with its defaults).
   c.grids = dict(
@@ -39,4 +40,7 @@ def get_config() -> config_dict.ConfigDict:
   c.eval_batch_size = 64  # rows per step for decoding and for adapters without packed scoring
   c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
   c.progress = True
+  # The report's verdicts (mergejax.study.verdicts, docs/STUDY.md): a SUPPORTED / CONTRADICTED verdict needs
+  # an interval that excludes 0 and an effect of at least min_effect; EQUIVALENT an interval inside +-margin.
+  c.verdicts = dict(min_effect=0.02, margin=0.03, confidence=0.95, n_boot=2000, seed=0, z_expert=3.0)
   return c

@@ -55,6 +55,9 @@ class EvalResults:
     task_categories: task -> category.
     categories: category -> mean primary score of its tasks.
     score: mean over categories.
+    correct: task -> per-example correctness ("0110...", in example-index order) of rank-classification
+      tasks, where the evaluator reports it (what a bootstrap over test examples resamples).
+    chance: task -> score of a uniform random choice (same unit as the task's score), where known.
   """
 
   mixture: str
@@ -65,6 +68,8 @@ class EvalResults:
   task_categories: dict[str, str]
   categories: dict[str, float]
   score: float
+  correct: dict[str, str] = dataclasses.field(default_factory=dict)
+  chance: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -78,11 +83,13 @@ class EvalResults:
 
 
 def aggregate(mixture: str, split: str, per_task: Mapping[str, Mapping[str, Any]],
-              categories: Mapping[str, str] | None = None) -> EvalResults:
+              categories: Mapping[str, str] | None = None, *, correct: Mapping[str, str] | None = None,
+              chance: Mapping[str, float] | None = None) -> EvalResults:
   """Builds :class:`EvalResults` from seqio's ``{task: {metric: value}}``.
 
   Args:
     categories: optional task -> category overrides (default: :func:`task_category`).
+    correct, chance: optional per-example correctness and chance level per task (see EvalResults).
   """
   tasks = {t: {k: to_float(v) for k, v in m.items()} for t, m in per_task.items() if m}
   task_scores, primary, task_cats = {}, {}, {}
@@ -94,7 +101,9 @@ def aggregate(mixture: str, split: str, per_task: Mapping[str, Mapping[str, Any]
     by_cat.setdefault(task_cats[t], []).append(s)
   cats = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
   score = sum(cats.values()) / len(cats) if cats else float("nan")
-  return EvalResults(mixture, split, tasks, task_scores, primary, task_cats, cats, score)
+  return EvalResults(mixture, split, tasks, task_scores, primary, task_cats, cats, score,
+                     {t: v for t, v in (correct or {}).items() if t in tasks},
+                     {t: float(v) for t, v in (chance or {}).items() if t in tasks})
 
 
 def format_table(results: EvalResults) -> str:

@@ -21,27 +21,37 @@ How a task is scored depends on its metrics and on what the adapter offers:
 Metrics are computed as ``seqio.Evaluator.evaluate`` computes them, through seqio's public metric
 objects (each task's ``metric_fns`` and postprocessor), over examples read once; on process 0, then
 broadcast, so every process of a multi-host run gets the same :class:`EvalResults` (and picks the same
-best candidate).
+best candidate). With ``per_example=True`` rank-classification tasks also report each example's
+correctness and their chance level (what a bootstrap over test examples resamples).
+
+An evaluator bound to a :class:`~mergejax.evaluation.leak_guard.SplitGuard` asks it before every
+read of its split's data (reading and tokenizing it, packing it, scoring it), so none of its public
+methods reads a test split while a hyperparameter selection is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 
 from mergejax import sharding
+from mergejax.evaluation import normalize
 from mergejax.evaluation import packed as packed_lib
 from mergejax.models.adapter import ModelAdapter
 from mergejax.evaluation.aggregate import EvalResults, aggregate
 from mergejax.evaluation.inference import Inference, to_host
+from mergejax.evaluation.leak_guard import SplitGuard
+from mergejax.tasks import metrics as task_metrics
 from mergejax.tasks import task_category
 
 Params = Any
@@ -154,6 +164,8 @@ class Evaluator:
     pack_rows: packed sequences per step (rounded up to a multiple of the data-parallel size).
     pack_targets: scored targets per packed sequence, i.e. vocabulary projections (default: half of
       ``pack_len``; raised to the most targets of one row if needed).
+    guard: optional :class:`~mergejax.evaluation.leak_guard.SplitGuard` asked before every read of
+      this split's data (copies for other models share it).
 
   On several CPU devices of one process, packed batches are not split across devices: each whole
   batch runs on one device, in turn, with its own replica of the params, so the devices (cores) work
@@ -164,10 +176,12 @@ class Evaluator:
                batch_size: int = BATCH_SIZE, mesh: jax.sharding.Mesh | None = None,
                sequence_length: Mapping[str, int] | None = None, length_bucket: int = LENGTH_BUCKET,
                categories: Mapping[str, str] | None = None, seed: int = SEED, pack_len: int = 64,
-               pack_rows: int = 32, pack_targets: int | None = None):
+               pack_rows: int = 32, pack_targets: int | None = None, guard: SplitGuard | None = None):
     self.mixture, self.split = mixture, split
+    self.guard = guard
     self.category_overrides = dict(categories or {})
-    self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed, sequence_length=sequence_length)
+    with self._reading():
+      self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed, sequence_length=sequence_length)
     self._tasks = {t.name: t for t in self.seqio_evaluator.eval_tasks}
     self.inference = Inference(adapter, mesh, batch_size=batch_size, length_bucket=length_bucket,
                                eos_id=eos_id_of(self.seqio_evaluator))
@@ -185,7 +199,12 @@ class Evaluator:
     self._types: dict[str, set] = {}
     self._targets: dict[str, list] = {}  # task -> postprocessed targets (seqio's CollectingMetric cache)
     self._score_targets: dict[str, list] = {}  # the same, for tasks scored by legacy score functions
+    self._chance: dict[str, float] = {}
     self._packed = _packed_jit(None if self._round_robin else self.inference.replicated)
+
+  def _reading(self):
+    """The guard's permission to read this split's data (a no-op without a guard)."""
+    return self.guard.reading(self.mixture, self.split) if self.guard is not None else contextlib.nullcontext()
 
   # -- tasks ----------------------------------------------------------------------------------------
   @property
@@ -211,9 +230,10 @@ class Evaluator:
 
   def with_adapter(self, adapter: ModelAdapter) -> "Evaluator":
     """The same data (examples, device batches) for another model, e.g. another size in a study: saves
-    re-reading, re-tokenizing and re-packing the data."""
+    re-reading, re-tokenizing and re-packing the data. The copy shares the guard."""
     if self._packed_categories is None:
-      self._packed_categories = self._pack()  # built once, shared by the copies
+      with self._reading():
+        self._packed_categories = self._pack()  # built once, shared by the copies
     other = copy.copy(self)
     other.inference = copy.copy(self.inference)
     other.inference.adapter = adapter
@@ -286,10 +306,11 @@ class Evaluator:
 
   def prepare(self) -> "Evaluator":
     """Reads, tokenizes and packs every task now rather than on first use (e.g. on a background thread)."""
-    if self.packed and self._packed_categories is None:
-      self._packed_categories = self._pack()
-    for t in self._tasks:
-      self._task_examples(t)
+    with self._reading():
+      if self.packed and self._packed_categories is None:
+        self._packed_categories = self._pack()
+      for t in self._tasks:
+        self._task_examples(t)
     return self
 
   # -- scoring --------------------------------------------------------------------------------------
@@ -310,11 +331,13 @@ class Evaluator:
 
   def warm_up(self, params: Params) -> None:
     """Compiles the packed scoring programs ahead of the first evaluation (e.g. on a background
-    thread) by running one batch of each shape on each device. Single process only."""
+    thread) by running zeros of each batch shape on each device: the split's data is not read, so a
+    selection open meanwhile is no obstacle. Single process only."""
     if not self.packed or jax.process_count() > 1:
       return
     if self._packed_categories is None:
-      self._packed_categories = self._pack()
+      with self._reading():
+        self._packed_categories = self._pack()
     run = self._batch_runner(self.inference.place_params(params))
     seen = set()
     for g in self._packed_categories.values():
@@ -322,7 +345,7 @@ class Evaluator:
         key = (b["tokens"].shape, tuple(sorted(d.id for d in b["tokens"].devices())))
         if key not in seen:
           seen.add(key)
-          jax.block_until_ready(run(b))
+          jax.block_until_ready(run({k: jnp.zeros_like(v) for k, v in b.items()}))
 
   def _packed_scores(self, params: Params, tasks: Sequence[str]) -> dict[str, list[float]]:
     """Each task's per-row log-likelihoods (seqio example order), from the packed batches."""
@@ -356,10 +379,18 @@ class Evaluator:
   def model_outputs(self, params: Params, tasks: Sequence[str] | None = None) -> dict[str, dict[Any, list]]:
     """What the tasks' metrics need from the model: ``{task: {ModelOutputType: outputs}}`` in seqio
     example order (rank-classification scores and/or greedy predictions)."""
+    tasks = self._checked(tasks)
+    with self._reading():
+      return self._model_outputs(params, tasks)
+
+  def _checked(self, tasks: Sequence[str] | None) -> list[str]:
     tasks = list(self._tasks) if tasks is None else list(tasks)
     for t in tasks:
       if t not in self._tasks:
         raise ValueError(f"task {t!r} is not in {self.mixture!r} ({self.split})")
+    return tasks
+
+  def _model_outputs(self, params: Params, tasks: list[str]) -> dict[str, dict[Any, list]]:
     params = self.inference.place_params(params)
     outputs: dict[str, dict] = {t: {} for t in tasks}
     score_tasks = [t for t in tasks if _SCORE in self._output_types(t)]
@@ -404,6 +435,10 @@ class Evaluator:
   def task_metrics(self, task_name: str, task_output: Mapping[Any, Any]) -> dict[str, Any]:
     """One task's metrics from its model outputs (:meth:`model_outputs`), as ``seqio.Evaluator``
     computes them: each of the task's metric objects, over the task's examples (read once)."""
+    with self._reading():
+      return self._task_metrics(task_name, task_output)
+
+  def _task_metrics(self, task_name: str, task_output: Mapping[Any, Any]) -> dict[str, Any]:
     fast = self._score_function_metrics(task_name, task_output)
     if fast is not None:
       return fast
@@ -424,14 +459,34 @@ class Evaluator:
       _merge_metrics(task_name, result, value)
     return result
 
-  def evaluate(self, params: Params, tasks: Sequence[str] | None = None) -> EvalResults:
-    """Scores and/or decodes ``tasks`` (default: every task) with ``params``; aggregated results."""
-    tasks = list(self._tasks) if tasks is None else list(tasks)
-    outputs = self.model_outputs(params, tasks)
-    results = None
-    if jax.process_index() == 0:
-      per_task = {t: self.task_metrics(t, outputs[t]) for t in tasks}
-      results = aggregate(self.mixture, self.split, per_task, {t: self.category(t) for t in tasks}).to_dict()
+  def _correct(self, tasks: Sequence[str], outputs: Mapping[str, Mapping[Any, Any]]) -> dict[str, str]:
+    """task -> per-example correctness ("0110...", example-index order) of the rank-classification tasks
+    (their postprocessed targets are known after their first metrics); fills their chance levels."""
+    out = {}
+    for t in tasks:
+      targets = self._score_targets.get(t) or self._targets.get(t)
+      if _SCORE in outputs[t] and targets is not None and task_metrics.is_rank_targets(targets):
+        ok, n_choices, n_right = task_metrics.rank_outcomes(targets, outputs[t][_SCORE])
+        out[t] = (ok.astype(np.uint8) + ord("0")).tobytes().decode()
+        if t not in self._chance:
+          self._chance[t] = normalize.rank_chance(n_choices, n_right)
+    return out
+
+  def evaluate(self, params: Params, tasks: Sequence[str] | None = None, *, per_example: bool = False) -> EvalResults:
+    """Scores and/or decodes ``tasks`` (default: every task) with ``params``; aggregated results.
+
+    With ``per_example``, rank-classification tasks also report each example's correctness and their
+    chance level (``EvalResults.correct``, ``EvalResults.chance``).
+    """
+    tasks = self._checked(tasks)
+    with self._reading():
+      outputs = self._model_outputs(params, tasks)
+      results = None
+      if jax.process_index() == 0:
+        per_task = {t: self._task_metrics(t, outputs[t]) for t in tasks}
+        correct = self._correct(tasks, outputs) if per_example else {}
+        results = aggregate(self.mixture, self.split, per_task, {t: self.category(t) for t in tasks},
+                            correct=correct, chance={t: self._chance[t] for t in correct}).to_dict()
     if jax.process_count() > 1:
       results = sharding.broadcast_json(results)
     return EvalResults.from_dict(results)

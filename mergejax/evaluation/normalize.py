@@ -20,6 +20,19 @@ only within one base type (a weak base inflates them).
 
 Scores are per-task primary metrics (e.g. ``EvalResults.task_scores``); the ratio makes their unit
 (percent or fraction) irrelevant as long as numerator and denominator agree.
+
+**Chance-corrected retention** (:func:`held_in_retention`) replaces each ratio by
+
+.. math::
+
+   R(M, d) = \frac{\mathrm{Perf}(M, d) - \mathrm{chance}(d)}{\mathrm{Perf}(E_c, d) - \mathrm{chance}(d)}
+
+the share of the expert's gain over guessing that the merge keeps (chance: the score of a uniform
+random choice, e.g. the mean of 1 / #choices for rank classification; 0 for generation). Near a
+chance-level expert the paper's ratio is close to 1 whatever the merge does, and retention is
+undefined: such a denominator is refused. :func:`check_expert` tells whether an expert is clearly
+above its base and chance (``z`` standard errors on validation); the study leaves the categories of
+experts that are not out of held-in normalization (``mergejax.study.verdicts``).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Mapping, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +59,14 @@ class Normalized:
   score: float
 
 
+def ratio(model, reference, chance=0.0):
+  """``(model - chance) / (reference - chance)``, elementwise on floats or arrays: the paper's ratio for
+  ``chance = 0``, chance-corrected retention otherwise (one formula for every caller, e.g. the bootstrap)."""
+  return (model - chance) / (reference - chance)
+
+
 def _ratios(model: Mapping[str, float], reference: Mapping[str, float], task_categories: Mapping[str, str],
-            categories: Sequence[str], what: str) -> Normalized:
+            categories: Sequence[str], what: str, chance: Mapping[str, float] | None = None) -> Normalized:
   if not categories:
     raise ValueError("normalize: no categories to average over")
   per_task, per_cat = {}, {}
@@ -62,7 +83,15 @@ def _ratios(model: Mapping[str, float], reference: Mapping[str, float], task_cat
       den = float(reference[t])
       if den == 0.0 or math.isnan(den):
         raise ValueError(f"normalize: {what} score for task {t!r} is {den}; cannot normalize by it")
-      per_task[t] = float(model[t]) / den
+      guess = 0.0
+      if chance is not None:
+        if t not in chance:
+          raise KeyError(f"normalize: no chance level for task {t!r} (category {c!r})")
+        guess = float(chance[t])
+        if not den > guess:
+          raise ValueError(f"normalize: {what} score for task {t!r} ({den:g}) is not above chance ({guess:g}); "
+                           "chance-corrected retention is undefined (check_expert flags such experts)")
+      per_task[t] = ratio(float(model[t]), den, guess)
       ratios.append(per_task[t])
     per_cat[c] = sum(ratios) / len(ratios)
   return Normalized(per_task, per_cat, sum(per_cat.values()) / len(per_cat))
@@ -79,6 +108,92 @@ def held_in(model: Mapping[str, float], expert: Mapping[str, float], task_catego
     merged_categories: the categories whose experts were merged (the only ones that count).
   """
   return _ratios(model, expert, task_categories, list(dict.fromkeys(merged_categories)), "expert")
+
+
+def held_in_retention(model: Mapping[str, float], expert: Mapping[str, float], chance: Mapping[str, float],
+                      task_categories: Mapping[str, str], merged_categories: Sequence[str]) -> Normalized:
+  """Chance-corrected held-in retention: :func:`held_in` with every ratio replaced by
+  ``(model - chance) / (expert - chance)`` (1: the merge keeps all of the expert's gain over guessing;
+  0: none of it). Raises ValueError naming the task when an expert is not above its chance level.
+
+  Args:
+    chance: task -> score of guessing, in the scores' unit (:func:`rank_chance` for rank tasks).
+  """
+  return _ratios(model, expert, task_categories, list(dict.fromkeys(merged_categories)), "expert", chance)
+
+
+def rank_chance(num_choices: Sequence[int], num_correct: Sequence[int] | None = None, scale: float = 100.0) -> float:
+  """Expected rank-classification score of a uniform random choice: the mean over examples of
+  #correct / #choices, times ``scale`` (100 for the suite's percent accuracies)."""
+  choices = np.asarray(num_choices, np.float64)
+  if choices.size == 0 or np.any(choices < 1):
+    raise ValueError("rank_chance: every example needs at least one choice")
+  correct = np.ones_like(choices) if num_correct is None else np.asarray(num_correct, np.float64)
+  return float(scale * np.mean(correct / choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertCheck:
+  """Whether an expert clearly learned its category (see :func:`check_expert`).
+
+  Attributes:
+    expert, base, chance: category means of the tasks' scores (the scores' unit).
+    z_chance: (expert - chance) / SE(expert).
+    z_base: (expert - base) / SE(expert - base) (base and expert taken as independent samples, which
+      overstates the SE of a paired difference: the check errs towards flagging).
+    clear: both z at least the threshold.
+  """
+
+  expert: float
+  base: float
+  chance: float
+  z_chance: float
+  z_base: float
+  clear: bool
+
+
+def _category_se(scores: Mapping[str, float], counts: Mapping[str, int], tasks: Sequence[str], scale: float) -> float:
+  var = 0.0
+  for t in tasks:
+    p = min(max(float(scores[t]) / scale, 0.0), 1.0)
+    var += p * (1 - p) / int(counts[t])
+  return scale * math.sqrt(var) / len(tasks)
+
+
+def check_expert(expert: Mapping[str, float], base: Mapping[str, float] | None, chance: Mapping[str, float],
+                 counts: Mapping[str, int], tasks: Sequence[str], *, z: float = 3.0, scale: float = 100.0) -> ExpertCheck:
+  """Is an expert clearly above its base and chance on its category's ``tasks``?
+
+  Compares category means (the mean over ``tasks``) with binomial standard errors from each task's
+  example count: the expert must be at least ``z`` standard errors above chance and above the base
+  (``base=None``: chance only). Use validation scores: the check decides what the study reports.
+
+  Args:
+    expert, base: task -> score (accuracy in ``scale`` units).
+    chance: task -> chance score (same unit).
+    counts: task -> number of examples scored.
+  """
+  if not tasks:
+    raise ValueError("check_expert: no tasks")
+  missing = [t for t in tasks if t not in expert or t not in chance or t not in counts or (base is not None and t not in base)]
+  if missing:
+    raise KeyError(f"check_expert: no score, chance level or example count for task {missing[0]!r}")
+  mean = lambda m: sum(float(m[t]) for t in tasks) / len(tasks)
+  e, c = mean(expert), mean(chance)
+  se_e = _category_se(expert, counts, tasks, scale)
+  z_chance = _z(e - c, se_e)
+  if base is None:
+    b, z_base = float("nan"), float("inf")
+  else:
+    b = mean(base)
+    z_base = _z(e - b, math.hypot(se_e, _category_se(base, counts, tasks, scale)))
+  return ExpertCheck(e, b, c, z_chance, z_base, bool(z_chance >= z and z_base >= z))
+
+
+def _z(diff: float, se: float) -> float:
+  if se > 0:
+    return diff / se
+  return math.copysign(math.inf, diff) if diff else 0.0
 
 
 def held_out(model: Mapping[str, float], base: Mapping[str, float], task_categories: Mapping[str, str],

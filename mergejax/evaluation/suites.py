@@ -26,6 +26,7 @@ from typing import Sequence
 import seqio
 
 from mergejax import tasks
+from mergejax.tasks import registry
 from mergejax.tasks import t0
 
 
@@ -34,8 +35,7 @@ def _eval_tasks(names: list[str]) -> list[str]:
 
 
 def _add(name: str, task_names: list[str]) -> str:
-  if name not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(name, task_names, default_rate=1.0)
+  registry.add_mixture(name, task_names)  # atomic check-then-add: evaluators are built on several threads
   return name
 
 
@@ -57,18 +57,19 @@ def union(suites: Sequence[str]) -> str:
 
 
 def register_synthetic_suites() -> None:
-  """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent)."""
-  everything = []
-  for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
-                          ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
-    all_tasks = []
-    for c in cats:
-      names = _eval_tasks(list(fn(c)))
-      all_tasks += names
-      _add(f"mj_{group}_{c}_eval", names)
-    _add(f"mj_{group}_eval", all_tasks)
-    everything += all_tasks
-  _add("mj_all_eval", everything)
+  """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent; safe from any thread)."""
+  with registry.LOCK:  # the whole set at once: no thread sees half of it
+    everything = []
+    for group, cats, fn in (("heldin", tasks.HELDIN_CATEGORIES, tasks.heldin_tasks),
+                            ("heldout", tasks.HELDOUT_CATEGORIES, tasks.heldout_tasks)):
+      all_tasks = []
+      for c in cats:
+        names = _eval_tasks(list(fn(c)))
+        all_tasks += names
+        _add(f"mj_{group}_{c}_eval", names)
+      _add(f"mj_{group}_eval", all_tasks)
+      everything += all_tasks
+    _add("mj_all_eval", everything)
 
 
 def resolve(name: str, *, tfds_data_dir: str | None = None) -> str:

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mergejax import files
-from mergejax.checkpoints.output import AtomicDir
+from mergejax.checkpoints.output import AtomicDir, write_manifest
 from mergejax.models.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
@@ -59,6 +59,7 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Any,
         files.atomic_write_json(out.tmp / INFO_FILE, info)
       if tokenizer_model is not None:
         files.atomic_write(out.tmp / TOKENIZER_FILE, pathlib.Path(tokenizer_model).read_bytes())
+    write_manifest(out.tmp, {"kind": "model checkpoint"})  # marks it as mergejax's, so it may be replaced
     return out.commit()
   except BaseException:
     out.abort()

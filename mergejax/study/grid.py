@@ -1,8 +1,11 @@
 """The experiment grid: cells (base kind x size x N experts x subset seed) and method candidates.
 
-A cell merges the experts of N held-in categories drawn without replacement by its seed; with N equal
-to the number of categories the subset is all of them, so only methods with randomness of their own
-(DARE) run more than one seed there (the seed then varies DARE's masks).
+A cell merges the experts of N held-in categories. With the ``balanced`` design (the default) each N
+has a balanced set of subsets, every category in the same number of them (:mod:`mergejax.study.design`:
+``subset_seeds`` rounded up to a balanced count, e.g. 4 disjoint pairs at N = 2 of 8); with
+``random`` each seed draws N categories without replacement (the paper's 3 random subsets). With N
+equal to the number of categories the subset is all of them, so only methods with randomness of their
+own (DARE) run more than one seed there (the seed then varies DARE's masks).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mergejax import methods as methods_lib
+from mergejax.study import design as design_lib
+
+DESIGNS = ("balanced", "random")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
@@ -37,12 +43,22 @@ def expert_subset(categories: Sequence[str], n: int, seed: int) -> tuple[str, ..
   return tuple(categories[i] for i in sorted(pick))
 
 
+def subsets(categories: Sequence[str], n: int, seeds: int, design: str = "balanced") -> list[tuple[str, ...]]:
+  """The expert subsets of one N, one per cell seed (module docstring)."""
+  if design not in DESIGNS:
+    raise ValueError(f"unknown design {design!r}: choose from {DESIGNS}")
+  if design == "random":
+    return [expert_subset(categories, n, seed) for seed in range(seeds)]
+  count = seeds if n == len(categories) else design_lib.subset_count(len(categories), n, seeds)
+  return design_lib.balanced_subsets(categories, n, count)
+
+
 def cells(kinds: Sequence[str], sizes: Sequence[str], ns: Sequence[int], seeds: int,
-          categories: Sequence[str]) -> list[Cell]:
+          categories: Sequence[str], design: str = "balanced") -> list[Cell]:
   out = []
   for kind, size, n in itertools.product(kinds, sizes, ns):
-    for seed in range(seeds):
-      out.append(Cell(kind, size, n, seed, expert_subset(categories, n, seed)))
+    for seed, subset in enumerate(subsets(categories, n, seeds, design)):
+      out.append(Cell(kind, size, n, seed, subset))
   return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import hashlib
 import pathlib
 import threading
 import time
@@ -26,17 +28,23 @@ from mergejax import models
 from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
+from mergejax.evaluation.aggregate import EvalResults
 from mergejax.models.adapter import builtin_adapter
 from mergejax.evaluation import suites as suites_lib
 from mergejax.evaluation.evaluator import Evaluator
+from mergejax.evaluation.leak_guard import SELECTION_SPLIT, SplitGuard
+from mergejax.models import io as models_io
 from mergejax.study import grid as grid_lib
 from mergejax.study import report as report_lib
+from mergejax.study import store as store_lib
+from mergejax.study import verdicts as verdicts_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
-from mergejax.study.leak_guard import SELECTION_SPLIT, SplitGuard
 from mergejax.study.store import ResultsStore
 from mergejax.training import recipes
 
 TEST_SPLIT = "test"
+# What a row holds; part of every row's fingerprint, so rows of an older layout are recomputed.
+ROW_FORMAT = 2
 
 
 class StudyConfigError(ValueError):
@@ -57,6 +65,8 @@ class StudySpec:
   batch_size: int
   multitask: bool = True
   world_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # recipe -> training steps
+  design: str = "balanced"  # expert subsets: grid.DESIGNS
+  verdicts: verdicts_lib.Settings = verdicts_lib.Settings()
 
 
 def _values(cfg: Any, field: str, kind: type) -> tuple:
@@ -89,6 +99,13 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       raise StudyConfigError(f"num_experts {n} is out of range: there are {len(categories)} experts per base")
   if int(cfg.subset_seeds) < 1:
     raise StudyConfigError(f"subset_seeds={cfg.subset_seeds} must be >= 1")
+  design = cfg.get("design", "balanced")
+  if design not in grid_lib.DESIGNS:
+    raise StudyConfigError(f"design={design!r}: choose from {grid_lib.DESIGNS}")
+  try:
+    settings = verdicts_lib.Settings(**dict(cfg.get("verdicts") or {}))
+  except (TypeError, ValueError) as e:
+    raise StudyConfigError(f"verdicts: {e}") from None
   if int(cfg.get("cpu_devices", 0)) < 0:
     raise StudyConfigError(f"cpu_devices={cfg.cpu_devices} must be >= 0 (0: one per core)")
   names = _values(cfg, "methods", str)
@@ -122,7 +139,7 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
           if not models.is_complete(p):
             raise StudyConfigError(f"missing checkpoint {p} (set build_world=True to train it)")
   return StudySpec(kinds, sizes, ns, int(cfg.subset_seeds), names, grids, categories, world_dir, build,
-                   int(cfg.eval_batch_size), multitask, world_steps)
+                   int(cfg.eval_batch_size), multitask, world_steps, design, settings)
 
 
 class Scorer:
@@ -131,7 +148,7 @@ class Scorer:
   One :class:`~mergejax.evaluation.Evaluator` per (size, split) holds every task the study reads on
   that split (validation: the held-in tasks of the study's categories; test: those and the held-out
   tasks), sharing its data between sizes; a call scores only the requested suites' tasks. Every
-  requested suite passes the split guard first.
+  evaluator is bound to the split guard, so none of them reads a test split while a selection is open.
   """
 
   SPLITS = (SELECTION_SPLIT, TEST_SPLIT)
@@ -151,7 +168,7 @@ class Scorer:
 
   def _new_evaluator(self, adapter, split: str) -> Evaluator:
     return Evaluator(adapter, suites_lib.union(self._split_suites.get(split, ["all"])), split,
-                     batch_size=self.batch_size)
+                     batch_size=self.batch_size, guard=self.guard)
 
   def prepare(self, adapter) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
@@ -184,11 +201,9 @@ class Scorer:
       self._evaluators[key] = ev
     return ev
 
-  def __call__(self, size: str, adapter, params, suites: str | Sequence[str],
-               split: str) -> tuple[dict[str, float], dict[str, str]]:
+  def __call__(self, size: str, adapter, params, suites: str | Sequence[str], split: str, *,
+               per_example: bool = False) -> EvalResults:
     suites = [suites] if isinstance(suites, str) else list(suites)
-    for suite in suites:
-      self.guard.check(suite, split)
     ev = self.evaluator(size, adapter, split)
     tasks = []
     for suite in suites:
@@ -196,10 +211,10 @@ class Scorer:
         self._suite_tasks[suite] = suites_lib.task_names(suite)
       tasks += [t for t in self._suite_tasks[suite] if t not in tasks]
     t0 = time.perf_counter()
-    res = ev.evaluate(params, tasks)
+    res = ev.evaluate(params, tasks, per_example=per_example)
     self.seconds += time.perf_counter() - t0
     self.calls += 1
-    return dict(res.task_scores), dict(res.task_categories)
+    return res
 
 
 @dataclasses.dataclass
@@ -253,6 +268,40 @@ def _suites(categories: Sequence[str], heldout: bool = False) -> list[str]:
   return [f"heldin_{c}" for c in categories] + (["heldout"] if heldout else [])
 
 
+@functools.lru_cache(maxsize=None)
+def checkpoint_id(path: pathlib.Path) -> str:
+  """Identity of a checkpoint as written: a hash of its config, training record and metadata files and
+  of every file's name and size. A checkpoint written again (even with equal contents) gets a new one."""
+  h = hashlib.sha256()
+  for f in sorted(p for p in pathlib.Path(path).rglob("*") if p.is_file()):
+    h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
+    if f.name in (models_io.CONFIG_FILE, models_io.INFO_FILE, "manifest.ocdbt", "_METADATA", "_CHECKPOINT_METADATA"):
+      h.update(f.read_bytes())
+  return h.hexdigest()[:16]
+
+
+def _model_id(spec: StudySpec, size: str, kind: str, role: str, category: str | None = None) -> str:
+  return checkpoint_id(world_lib.checkpoint_path(spec.world_dir, size, kind, role, category))
+
+
+def reference_fingerprint(spec: StudySpec, kind: str, size: str, role: str, category: str | None = None) -> str:
+  """What a reference row depends on: the model's checkpoint and the tasks it is scored on."""
+  return store_lib.fingerprint({"format": ROW_FORMAT, "model": _model_id(spec, size, kind, role, category),
+                                "categories": category or spec.categories,
+                                "splits": (SELECTION_SPLIT, TEST_SPLIT)})
+
+
+def merge_fingerprint(spec: StudySpec, cell: grid_lib.Cell, method_name: str) -> str:
+  """What a merge row depends on: method and grid, the design and its subset, the seed, the base's and
+  the merged experts' checkpoints (whose validation scores select and whose test scores normalize)."""
+  return store_lib.fingerprint({
+      "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name], "design": spec.design,
+      "study_categories": spec.categories, "categories": cell.categories, "seed": cell.seed,
+      "base": _model_id(spec, cell.size, cell.kind, "base"),
+      "experts": [_model_id(spec, cell.size, cell.kind, "expert", c) for c in cell.categories],
+      "splits": (SELECTION_SPLIT, TEST_SPLIT)})
+
+
 def _split_heldout(scores: Mapping[str, float], cats: Mapping[str, str], heldin_cats: Sequence[str]):
   """(held-in scores, held-out scores) of a combined evaluation, by task category."""
   hi = {t: v for t, v in scores.items() if cats[t] in heldin_cats}
@@ -262,29 +311,44 @@ def _split_heldout(scores: Mapping[str, float], cats: Mapping[str, str], heldin_
 
 def reference_rows(store: ResultsStore, scorer: Scorer, spec: StudySpec, kind: str, size: str,
                    ms: ModelSet) -> dict[str, Any]:
-  """Evaluates (once; cached in the store) the base, each expert and the multitask baseline."""
+  """Evaluates (once; cached in the store) the base, each expert and the multitask baseline.
+
+  Rows keep per-task scores, per-example correctness and chance levels (what the verdicts' bootstrap
+  and expert check read): the base and the multitask model on the test split (held-in over every
+  study category, and held-out), the base and each expert also on validation.
+  """
   refs: dict[str, Any] = {}
 
   def full_reference(role: str, params) -> dict[str, Any]:
-    """Held-in (every category) and held-out test scores of a base or multitask model, cached."""
+    """Held-in (every category) and held-out scores of a base or multitask model, cached."""
     key = f"ref/{kind}/{size}/{role}"
-    row = store.get(key)
+    fp = reference_fingerprint(spec, kind, size, role)
+    row = store.get(key, fp)
     if row is None:
-      scores, cats = scorer(size, ms.adapter, params, _suites(spec.categories, heldout=True), TEST_SPLIT)
-      hi, ho = _split_heldout(scores, cats, spec.categories)
-      row = store.put(key, {"type": "reference", "role": role, "kind": kind, "size": size,
-                            "heldin_test": hi, "heldout_test": ho, "task_categories": cats})
+      res = scorer(size, ms.adapter, params, _suites(spec.categories, heldout=True), TEST_SPLIT, per_example=True)
+      hi, ho = _split_heldout(res.task_scores, res.task_categories, spec.categories)
+      row = {"type": "reference", "role": role, "kind": kind, "size": size, "heldin_test": hi, "heldout_test": ho,
+             "task_categories": res.task_categories, "test_correct": res.correct, "task_chance": res.chance}
+      if role == "base":
+        val = scorer(size, ms.adapter, params, _suites(spec.categories), SELECTION_SPLIT, per_example=True)
+        row.update(heldin_validation=val.task_scores, validation_correct=val.correct,
+                   validation_chance=val.chance, params=models.param_count(ms.config))
+      row = store.put(key, row, fp)
     return row
 
   refs["base"] = full_reference("base", ms.base)
   for c, params in ms.experts.items():
     key = f"ref/{kind}/{size}/expert/{c}"
-    row = store.get(key)
+    fp = reference_fingerprint(spec, kind, size, "expert", c)
+    row = store.get(key, fp)
     if row is None:
-      test, cats = scorer(size, ms.adapter, params, f"heldin_{c}", TEST_SPLIT)
-      val, _ = scorer(size, ms.adapter, params, f"heldin_{c}", SELECTION_SPLIT)
+      test = scorer(size, ms.adapter, params, f"heldin_{c}", TEST_SPLIT, per_example=True)
+      val = scorer(size, ms.adapter, params, f"heldin_{c}", SELECTION_SPLIT, per_example=True)
       row = store.put(key, {"type": "reference", "role": "expert", "kind": kind, "size": size, "category": c,
-                            "heldin_test": test, "heldin_validation": val, "task_categories": cats})
+                            "heldin_test": test.task_scores, "heldin_validation": val.task_scores,
+                            "task_categories": test.task_categories, "test_correct": test.correct,
+                            "validation_correct": val.correct, "task_chance": test.chance,
+                            "validation_chance": val.chance}, fp)
     refs[f"expert/{c}"] = row
   if ms.multitask is not None:
     refs["multitask"] = full_reference("multitask", ms.multitask)
@@ -305,7 +369,8 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
   normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
   key = f"merge/{cell.key}/{method_name}"
-  row = store.get(key)
+  fp = merge_fingerprint(spec, cell, method_name)
+  row = store.get(key, fp)
   if row is not None:
     return row
   merger = CandidateMerger(method_name, ms.base_host, [ms.experts_host[c] for c in cell.categories],
@@ -323,9 +388,9 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   def validation_objective(hp) -> float:
     params = merged(hp)
     t0 = time.perf_counter()
-    scores, cats = scorer(cell.size, ms.adapter, params, _suites(cell.categories), SELECTION_SPLIT)
+    res = scorer(cell.size, ms.adapter, params, _suites(cell.categories), SELECTION_SPLIT)
     timings["select_eval_s"] += time.perf_counter() - t0
-    return normalize.held_in(scores, expert_val, {**val_cats, **cats}, cell.categories).score
+    return normalize.held_in(res.task_scores, expert_val, {**val_cats, **res.task_categories}, cell.categories).score
 
   candidates = spec.grids[method_name]
   with guard.selecting():
@@ -335,9 +400,10 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
       chosen, tried = select(candidates, validation_objective)
   params = merged(chosen)
   t0 = time.perf_counter()
-  scores, cats = scorer(cell.size, ms.adapter, params, _suites(cell.categories, heldout=True), TEST_SPLIT)
+  res = scorer(cell.size, ms.adapter, params, _suites(cell.categories, heldout=True), TEST_SPLIT, per_example=True)
   timings["test_eval_s"] = time.perf_counter() - t0
-  hi, ho = _split_heldout(scores, cats, cell.categories)
+  cats = res.task_categories
+  hi, ho = _split_heldout(res.task_scores, cats, cell.categories)
   hi_cats = {t: cats[t] for t in hi}
   ho_cats = {t: cats[t] for t in ho}
   expert_test, exp_cats = normalize.expert_table({r["category"]: r["heldin_test"] for r in experts})
@@ -346,10 +412,10 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   return store.put(key, {
       "type": "merge", "kind": cell.kind, "size": cell.size, "n": cell.n, "seed": cell.seed,
       "categories": list(cell.categories), "method": method_name, "hparams": chosen, "candidates": tried,
-      "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats},
+      "heldin_test": hi, "heldout_test": ho, "task_categories": {**hi_cats, **ho_cats}, "test_correct": res.correct,
       "heldin_norm": n_hi.score, "heldout_norm": n_ho.score,
       "heldin_norm_by_category": n_hi.per_category, "heldout_norm_by_category": n_ho.per_category,
-      **timings})
+      **timings}, fp)
 
 
 class MergeWarmup:
@@ -400,25 +466,31 @@ class MergeWarmup:
 def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
               guard: SplitGuard | None = None) -> pathlib.Path:
   """Runs (or resumes) the whole study and writes the report; returns the report's path. Selection runs
-  under ``guard`` (default: a new :class:`~mergejax.study.leak_guard.SplitGuard`)."""
+  under ``guard`` (default: a new :class:`~mergejax.evaluation.leak_guard.SplitGuard`), which every
+  evaluator of the study consults before it reads a split."""
   workdir = pathlib.Path(workdir).absolute()
   spec = validate(cfg, workdir)
   is_main = jax.process_index() == 0
   t_start = time.perf_counter()
-  if spec.build_world:
-    world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
-                          multitask=spec.multitask, progress=progress and is_main,
-                          recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
-  world_s = time.perf_counter() - t_start
   store = ResultsStore(workdir / "results")
+  world_s = None  # not built here
+  if spec.build_world:
+    summary = world_lib.build_world(spec.world_dir, spec.sizes, kinds=spec.kinds, categories=spec.categories,
+                                    multitask=spec.multitask, progress=progress and is_main,
+                                    recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
+    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start,
+                                  trained=any(not r.get("skipped") for r in summary["runs"]))
+  study_t0 = time.perf_counter()
+  checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
   guard = guard if guard is not None else SplitGuard()
   all_categories = tuple(spec.categories) == tuple(world_lib.heldin_categories())
   scorer = Scorer(guard, spec.batch_size, None if all_categories else spec.categories)
-  all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories)
+  all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
-  merges_missing = any(store.get(f"merge/{c.key}/{m}") is None for c, m in units)
-  if merges_missing or any(store.get(f"ref/{k}/{s}/base") is None for k in spec.kinds for s in spec.sizes):
+  merges_missing = any(store.get(f"merge/{c.key}/{m}", merge_fingerprint(spec, c, m)) is None for c, m in units)
+  if merges_missing or any(store.get(f"ref/{k}/{s}/base", reference_fingerprint(spec, k, s, "base")) is None
+                           for k in spec.kinds for s in spec.sizes):
     scorer.prepare(adapter_for(models.load_config(
         world_lib.checkpoint_path(spec.world_dir, spec.sizes[0], spec.kinds[0], "base"))))
   bar = tqdm(total=len(units), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
@@ -440,5 +512,21 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
         bar.update()
       del ms
   bar.close()
-  study_s = time.perf_counter() - t_start - world_s
+  if store.outdated:
+    logging.warning("%d stored rows were computed from other inputs (grid, categories, design or world) and "
+                    "were recomputed", len(store.outdated))
+  study_s = time.perf_counter() - study_t0
   return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})
+
+
+def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, trained: bool) -> float | None:
+  """The world's build time across runs: a build that trained models adds its time to the stored total
+  (row ``meta/world``); one that found every model complete reports the total so far (None: the world
+  was built outside this work directory's records)."""
+  key = "meta/world"
+  fp = store_lib.fingerprint({"world_dir": str(spec.world_dir), "sizes": spec.sizes, "kinds": spec.kinds,
+                              "categories": spec.categories, "multitask": spec.multitask})
+  row = store.get(key, fp) or {"type": "meta", "build_s": 0.0}
+  if trained:
+    row = store.put(key, {"type": "meta", "build_s": row["build_s"] + seconds}, fp)
+  return row["build_s"] or None

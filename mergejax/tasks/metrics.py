@@ -101,24 +101,47 @@ def rank_classification_postprocessor(output: Any, example: Mapping[str, Any] | 
   return output
 
 
+def is_rank_targets(targets: Sequence[Any]) -> bool:
+  """Whether postprocessed targets are :func:`rank_classification_postprocessor`'s
+  ``((example_idx, choice_idx), is_correct)`` pairs."""
+  return bool(targets) and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], tuple) and len(t[0]) == 2
+                               and isinstance(t[1], (bool, np.bool_)) for t in targets[:1])
+
+
+def rank_outcomes(targets: Sequence[tuple[tuple[int, int], bool]], scores: Sequence[float]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per example, in example-index order: (picked a correct choice, number of choices, number of
+  correct choices). The highest-scoring choice is picked; ties go to the lowest choice index.
+
+  Raises:
+    ValueError: an example has no correct choice.
+  """
+  _check(targets, scores)
+  best: dict[int, tuple[float, int, bool]] = {}
+  choices: dict[int, int] = collections.defaultdict(int)
+  right: dict[int, int] = collections.defaultdict(int)
+  for ((ex_idx, choice_idx), correct), score in zip(targets, scores):
+    score = float(np.asarray(score).reshape(()))
+    choices[ex_idx] += 1
+    right[ex_idx] += bool(correct)
+    cur = best.get(ex_idx)
+    if cur is None or score > cur[0] or (score == cur[0] and choice_idx < cur[1]):
+      best[ex_idx] = (score, choice_idx, bool(correct))
+  missing = [i for i in sorted(right) if not right[i]]
+  if missing:
+    raise ValueError(f"rank_accuracy: example {missing[0]} has no correct choice")
+  order = sorted(best)
+  return (np.array([best[i][2] for i in order], bool), np.array([choices[i] for i in order], np.int64),
+          np.array([right[i] for i in order], np.int64))
+
+
 def rank_accuracy(targets: Sequence[tuple[tuple[int, int], bool]], scores: Sequence[float]
                   ) -> Mapping[str, float]:
   """Accuracy of picking the highest-scoring choice of each example (T0's rank classification).
 
   Ties go to the lowest choice index. Raises if an example has no correct choice.
   """
-  _check(targets, scores)
-  best: dict[int, tuple[float, int, bool]] = {}
-  has_correct: dict[int, bool] = collections.defaultdict(bool)
-  for ((ex_idx, choice_idx), correct), score in zip(targets, scores):
-    score = float(np.asarray(score).reshape(()))
-    has_correct[ex_idx] |= bool(correct)
-    cur = best.get(ex_idx)
-    if cur is None or score > cur[0] or (score == cur[0] and choice_idx < cur[1]):
-      best[ex_idx] = (score, choice_idx, bool(correct))
-  missing = [i for i, ok in has_correct.items() if not ok]
-  if missing:
-    raise ValueError(f"rank_accuracy: example {missing[0]} has no correct choice")
-  if not best:
+  correct, _, _ = rank_outcomes(targets, scores)
+  if not correct.size:
     return {"accuracy": 0.0}
-  return {"accuracy": 100.0 * float(np.mean([c for _, _, c in best.values()]))}
+  return {"accuracy": 100.0 * float(np.mean(correct))}

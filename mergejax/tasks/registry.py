@@ -1,11 +1,17 @@
 """Registers the synthetic suite with seqio: one Task per dataset, a "_rank" Task per choice dataset,
 and the Mixtures of the shared contract (mj_pretrain, mj_instruct, mj_heldin[_<cat>][_rank],
 mj_heldout[_<cat>][_rank]). Registration is idempotent and cheap: data is generated on first use.
+
+seqio's registries are process-global and its ``add`` raises on a duplicate name, so every
+check-then-add in mergejax (here, in ``evaluation.suites``, the T0 tasks and the training recipes)
+runs under :data:`LOCK` through :func:`add_task` and :func:`add_mixture`: threads that build evaluators
+at the same time register each name once.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import seqio
 import tensorflow as tf
@@ -43,14 +49,22 @@ def _source(task: str) -> seqio.FunctionDataSource:
   return seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=splits.SPLITS)
 
 
-def _add_task(name: str, **kwargs) -> None:
-  if name not in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.add(name, **kwargs)
+LOCK = threading.RLock()  # held around every check-then-add on seqio's registries (re-entrant: see suites)
 
 
-def _add_mixture(name: str, tasks) -> None:
-  if name not in seqio.MixtureRegistry.names() and tasks:
-    seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
+def add_task(name: str, **kwargs) -> None:
+  """Registers a seqio Task unless one of that name exists (atomic under :data:`LOCK`)."""
+  with LOCK:
+    if name not in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.add(name, **kwargs)
+
+
+def add_mixture(name: str, tasks, default_rate: float | None = 1.0) -> None:
+  """Registers a seqio Mixture of ``tasks`` (names or (name, rate) pairs) unless one of that name
+  exists or ``tasks`` is empty (atomic under :data:`LOCK`)."""
+  with LOCK:
+    if name not in seqio.MixtureRegistry.names() and tasks:
+      seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
 
 
 # Instruction tasks sampled more often than the others (rate 1): mj_it_commit at rate 1 reached only 55%
@@ -60,24 +74,29 @@ INSTRUCT_RATES = {"mj_it_commit": 3.0, "mj_it_sense": 2.0}
 
 
 def register_all() -> None:
-  """Registers every synthetic Task and Mixture (safe to call more than once)."""
+  """Registers every synthetic Task and Mixture (safe to call more than once, from any thread)."""
+  with LOCK:
+    _register_all()
+
+
+def _register_all() -> None:
   feats = output_features()
   tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
   for spec in generators.SPECS.values():
-    _add_task(spec.name, source=_source(spec.name), output_features=feats, preprocessors=tokenize,
-              metric_fns=list(metrics.GENERATION_METRICS))
+    add_task(spec.name, source=_source(spec.name), output_features=feats, preprocessors=tokenize,
+             metric_fns=list(metrics.GENERATION_METRICS))
     if spec.is_choice:
-      _add_task(spec.name + RANK_SUFFIX, source=_source(spec.name), output_features=feats,
-                preprocessors=[preprocessors.rank_classification] + tokenize,
-                postprocess_fn=metrics.rank_classification_postprocessor, metric_fns=[metrics.rank_accuracy])
-  _add_mixture("mj_pretrain", generators.names("pretrain"))
+      add_task(spec.name + RANK_SUFFIX, source=_source(spec.name), output_features=feats,
+               preprocessors=[preprocessors.rank_classification] + tokenize,
+               postprocess_fn=metrics.rank_classification_postprocessor, metric_fns=[metrics.rank_accuracy])
+  add_mixture("mj_pretrain", generators.names("pretrain"))
   # The instruction tasks alone; instruction tuning mixes corpus rows in (mergejax.training.recipes).
-  _add_mixture("mj_instruct", [(t, INSTRUCT_RATES.get(t, 1.0)) for t in generators.names("instruct")])
+  add_mixture("mj_instruct", [(t, INSTRUCT_RATES.get(t, 1.0)) for t in generators.names("instruct")])
   for group, cats in (("heldin", generators.HELDIN_CATEGORIES), ("heldout", generators.HELDOUT_CATEGORIES)):
     for cat in cats:
       tasks = generators.names(group, cat)
-      _add_mixture(f"mj_{group}_{cat}", tasks)
-      _add_mixture(f"mj_{group}_{cat}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])
+      add_mixture(f"mj_{group}_{cat}", tasks)
+      add_mixture(f"mj_{group}_{cat}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])
     tasks = generators.names(group)
-    _add_mixture(f"mj_{group}", tasks)
-    _add_mixture(f"mj_{group}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])
+    add_mixture(f"mj_{group}", tasks)
+    add_mixture(f"mj_{group}{RANK_SUFFIX}", [t + RANK_SUFFIX for t in tasks if generators.SPECS[t].is_choice])

@@ -40,6 +40,7 @@ import tensorflow as tf
 from mergejax.tasks import categories
 from mergejax.tasks import metrics
 from mergejax.tasks import preprocessors
+from mergejax.tasks import registry
 from mergejax.tasks import vocab
 from mergejax.tasks.categories import RANK_SUFFIX
 
@@ -181,7 +182,12 @@ def register(vocabulary: seqio.Vocabulary | None = None, *, validation_examples:
     tfds_data_dir: where prepared TFDS data lives (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
     overwrite: re-register (e.g. with another vocabulary).
   """
+  with registry.LOCK:  # every check-then-add and remove-then-add at once (see registry.LOCK)
+    return _register(vocabulary, validation_examples, tfds_data_dir, overwrite)
 
+
+def _register(vocabulary: seqio.Vocabulary | None, validation_examples: int, tfds_data_dir: str | None,
+              overwrite: bool) -> list[str]:
   vocabulary = vocabulary if vocabulary is not None else default_vocabulary()
   feats = {"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": seqio.Feature(vocabulary, add_eos=True)}
   mixtures = ["t0_heldout_rank"] + [f"t0_heldout_{c}_rank" for c in CATEGORIES]

@@ -63,11 +63,10 @@ INSTRUCT_REPLAY_SHARE = 0.475
 
 def instruct_mixture(prefix: str = "mj") -> str:
   """``<prefix>_instruct`` with ``INSTRUCT_REPLAY_SHARE`` of ``<prefix>_pretrain`` rows mixed in (registered once)."""
-  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: configs import this module
+  from mergejax.tasks import registry  # pylint: disable=g-import-not-at-top  # TensorFlow: configs import this module
   name = f"{prefix}_instruct_replay"
-  if name not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_REPLAY_SHARE),
-                                     (f"{prefix}_pretrain", INSTRUCT_REPLAY_SHARE)])
+  registry.add_mixture(name, [(f"{prefix}_instruct", 1.0 - INSTRUCT_REPLAY_SHARE),
+                              (f"{prefix}_pretrain", INSTRUCT_REPLAY_SHARE)], default_rate=None)
   return name
 
 

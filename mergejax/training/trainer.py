@@ -243,6 +243,10 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
   out = pathlib.Path(out_dir).absolute()
   if models.is_complete(out):
     return TrainResult(out, skipped=True)
+  if out.exists() or out.is_symlink():
+    raise ValueError(f"{out}: exists but is not a complete model checkpoint; mergejax did not write it "
+                     "(its checkpoints appear complete or not at all), so it is left alone: remove it to "
+                     "train this run")
   if (mixture is None) == (batches is None):
     raise ValueError("train: pass exactly one of mixture= or batches=")
   if batches is not None and len(batches) < steps:
@@ -311,7 +315,7 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
           "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
           "mixture": mixture, **dict(info or {})}
   models.save_checkpoint(out, config, state["params"], info=json.loads(json.dumps(meta, default=str)),
-                        overwrite=True,  # anything at `out` is incomplete (checked above)
+                        overwrite=False,  # nothing is at `out` (checked above)
                         tokenizer_model=data_lib.sentencepiece_file(mixture) if mixture is not None else None)
   if mngr is not None:
     with models.ORBAX_LOCK:
