@@ -1,25 +1,30 @@
-r"""mergekit's weight-space methods in mergejax vs ``mergekit-yaml``: agreement and speed, side by side.
+r"""Every mergekit merge method in mergejax vs ``mergekit-yaml``: agreement, speed and peak memory, side by side.
 
 Workload: an HF Llama-architecture checkpoint (float32 or ``--dtype=bfloat16`` safetensors; hidden 256, 2 layers,
 intermediate 704, vocab 2048: ~3.7M parameters) as base + 3 experts (base + 0.002 N(0, 1) noise per
 expert), generated in a temporary directory and deleted afterwards. Each method runs as one fresh
-process per tool: ``mergekit-yaml`` with ``dtype: float32`` (math in float32, as mergejax) and
-``out_dtype: bfloat16``, and ``mergejax-merge`` with the same hyperparameters as
-``--config.method.*`` flags (output bfloat16).
+process per tool on the very same recipe, written as a mergekit user writes it (per-model ``weight``,
+``density``...; ``dtype: float32``, math in float32 as mergejax; ``out_dtype: bfloat16``): ``mergekit-yaml``
+and ``mergejax-yaml`` (``--frontend=cli``: ``mergejax-merge`` with the hyperparameters as
+``--config.method.*`` flags where SETTINGS gives them). The methods: linear, task_arithmetic, ties,
+dare_linear, dare_ties (with ``mergejax: {dare: paper}``, a key mergekit ignores), slerp, nuslerp, multislerp,
+karcher, breadcrumbs, breadcrumbs_ties, model_stock, sce, nearswap, della, della_linear, passthrough (slices).
 
 Agreement, per method:
 
 * deterministic methods: entries that differ, more than one bf16 ulp apart, and beyond float32
   arithmetic (see :func:`deterministic_agreement`; the goal: none);
-* ``della`` / ``della_linear`` (random; each tool its own random stream): in distribution, from runs
+* ``della``, ``della_linear``, ``dare_linear``, ``dare_ties`` (random; each tool its own random stream; DARE
+  is DELLA with ``epsilon`` 0): in distribution, from runs
   with one expert and float32 output, where ``merged - base`` is the kept, rescaled task vector: the
-  kept fraction (goal: ``density`` within 4 binomial standard deviations, both tools), the L1 rescale
-  (each tensor's L1 norm kept, and the factor against its expectation); and from ``--seeds`` runs with
+  kept fraction (goal: ``density`` within 4 binomial standard deviations, both tools), the rescale (DELLA
+  and mergekit's DARE keep each tensor's L1 norm; mergejax's DARE multiplies by exactly 1/(1-p)) and its
+  factor against its expectation; and from ``--seeds`` runs with
   three experts, the mean over seeds of each tool: the two means' squared difference, averaged over
   entries, against its expectation from the per-entry variances over seeds (goal: a ratio in [0.8, 1.25]).
 
-Speed: whole-process wall time of each tool per method (one run each; ``--repeats`` for more). On a
-shared machine these are *measured under load*; the lead re-measures on a quiet one.
+Speed and memory: whole-process wall time and peak RSS of each tool per method (one run each; ``--repeats``
+for more). On a shared machine these are *measured under load*.
 
     .venv/bin/python benchmarks/methods_parity.py --mergekit=/work/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/methods_parity.py --hidden=1024 --layers=8 --intermediate=2816 --vocab=32000 \
@@ -46,10 +51,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # mergekit method -> (mergekit global parameters, per-model parameters, mergejax hyperparameters, uses base,
 # number of experts). Settings chosen so both tools compute the same function (docs/MERGING.md).
 SETTINGS = {
+    "linear": ({}, {"weight": [1.0, 2.0, 0.5]}, {"weights": (1.0, 2.0, 0.5)}, False, 3),
+    "task_arithmetic": ({"lambda": 0.8}, {"weight": [1.0, 0.5, 0.7]}, {"lam": 0.8, "weights": (1.0, 0.5, 0.7)},
+                        True, 3),
+    "ties": ({}, {"weight": [1.0, 0.5, 0.7], "density": 0.5},
+             {"density": 0.5, "scope": "tensor", "weights": (1.0, 0.5, 0.7)}, True, 3),
+    "dare_linear": ({}, {"weight": 1.0, "density": 0.6}, {"drop_rate": 0.4}, True, 3),
+    "dare_ties": ({}, {"weight": 1.0, "density": 0.6}, {"drop_rate": 0.4, "scope": "tensor", "aggregate": "sum"},
+                  True, 3),
     "slerp": ({"t": 0.4}, {}, {"t": 0.4}, True, 1),
     "nuslerp": ({}, {"weight": [0.3, 0.7]}, {"weights": (0.3, 0.7)}, True, 2),
     "multislerp": ({}, {"weight": [1.0, 2.0, 1.0]}, {"weights": (1.0, 2.0, 1.0)}, True, 3),
-    "karcher": ({"max_iter": 10, "tol": 1e-5}, {}, {"max_iter": 10, "tol": 1e-5}, False, 3),
+    "karcher": ({}, {}, {}, False, 3),  # both tools default to max_iter 10, tol 1e-5
     "breadcrumbs": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, {"density": 0.9, "gamma": 0.01}, True, 3),
     "breadcrumbs_ties": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, {"density": 0.9, "gamma": 0.01}, True, 3),
     "model_stock": ({}, {}, {}, True, 3),
@@ -57,8 +70,12 @@ SETTINGS = {
     "nearswap": ({"t": 0.001}, {}, {"t": 0.001}, True, 1),
     "della": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"density": 0.5, "epsilon": 0.15}, True, 3),
     "della_linear": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"density": 0.5, "epsilon": 0.15}, True, 3),
+    "passthrough": ({}, {}, None, False, 1),  # slices: layer 0 of the base, layers 1.. of expert 0
 }
-STOCHASTIC = ("della", "della_linear")
+STOCHASTIC = ("della", "della_linear", "dare_linear", "dare_ties")
+# mergekit's DARE draws and rescales its own way (torch's RNG, an L1-norm rescale); mergejax-yaml runs its DARE
+# (hash-keyed masks, survivors times exactly 1/(1-p)) where the recipe says so (mergekit ignores the key).
+OPT_IN = {"dare_linear": "mergejax: {dare: paper}", "dare_ties": "mergejax: {dare: paper}"}
 
 _MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "/work/mk-venv/bin/mergekit-yaml",
                                 "mergekit-yaml executable.")
@@ -70,6 +87,8 @@ _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the generated checkpoints. "
                            "bfloat16 task vectors are quantized: rank selections (breadcrumbs, sce) then meet ties "
                            "at their thresholds, which each tool breaks its own way (mergekit by torch.sort's order).")
+_FRONTEND = flags.DEFINE_enum("frontend", "yaml", ["yaml", "cli"], "mergejax's side: mergejax-yaml on the very recipe "
+                              "mergekit-yaml runs, or mergejax-merge with --config.method.* flags.")
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Runs per tool for the mean over seeds of the random methods.")
 _AGREEMENT = flags.DEFINE_bool("agreement", True, "Check agreement (False: time only; della's distribution checks "
                                 "run extra merges).")
@@ -116,10 +135,16 @@ def load_all(d: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def mergekit_yaml(method, base, experts, out_dtype="bfloat16", n_models=None) -> str:
+  """The recipe both tools run, written as a mergekit user writes it: per-model parameters under each model
+  (a list in SETTINGS gives one value per model), the rest at the top level."""
   glob, per_model, _, uses_base, n_default = SETTINGS[method]
-  models = list(experts)
   n_models = n_models or n_default
   lines = [f"merge_method: {method}", "dtype: float32", f"out_dtype: {out_dtype}"]
+  if method in OPT_IN:
+    lines.append(OPT_IN[method])
+  if method == "passthrough":
+    return "\n".join(lines + ["slices:", f"  - sources: [{{model: {base}, layer_range: [0, 1]}}]",
+                               f"  - sources: [{{model: {experts[0]}, layer_range: [1, {_LAYERS.value}]}}]"]) + "\n"
   if uses_base:
     lines.append(f"base_model: {base}")
   if glob:
@@ -127,24 +152,38 @@ def mergekit_yaml(method, base, experts, out_dtype="bfloat16", n_models=None) ->
   lines.append("models:")
   if method in ("slerp", "nearswap"):  # mergekit: the base is one of the two models
     lines += [f"  - model: {base}"]
-  for i, e in enumerate(models[:n_models]):
+  for i, e in enumerate(list(experts)[:n_models]):
     params = {k: (v[i] if isinstance(v, list) else v) for k, v in per_model.items()}
     lines += [f"  - model: {e}"] + ([f"    parameters: {json.dumps(params)}"] if params else [])
   return "\n".join(lines) + "\n"
 
 
-def timed(cmd: list[str], env=None) -> float:
+def timed(cmd: list[str], env=None) -> tuple[float, float]:
+  """(wall seconds, peak RSS in MiB) of one process running ``cmd``."""
   t = time.perf_counter()
-  r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  if r.returncode:
-    raise RuntimeError(f"{cmd[:3]} failed: {r.stderr[-2000:]}")
-  return time.perf_counter() - t
+  with tempfile.TemporaryFile() as log:
+    p = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t
+    if p.returncode:
+      log.seek(0)
+      raise RuntimeError(f"{cmd[:3]} failed: {log.read().decode(errors='replace')[-2000:]}")
+  return seconds, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def run_mergejax(method, base, experts, out, *, seed=0, dtype="bfloat16", n_experts=None, env=None) -> float:
-  """One ``mergejax-merge`` run (a fresh process), hyperparameters as ``--config.method.*`` flags."""
+def run_mergejax(method, base, experts, out, root, *, seed=0, dtype="bfloat16", n_experts=None,
+                 env=None) -> tuple[float, float]:
+  """One mergejax run (a fresh process): ``mergejax-yaml`` on the recipe mergekit runs (``--frontend=yaml``),
+  or ``mergejax-merge`` with the hyperparameters as ``--config.method.*`` flags (``--frontend=cli``)."""
   _, _, hp, uses_base, n_default = SETTINGS[method]
   n_experts = n_experts or n_default
+  shutil.rmtree(out, ignore_errors=True)
+  if _FRONTEND.value == "yaml" or hp is None:
+    cfg = root / f"{method}_mj.yml"
+    cfg.write_text(mergekit_yaml(method, base, experts, dtype, n_experts))
+    return timed([sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(out), f"--seed={seed}",
+                  "--progress=False"], env=env)
   if n_experts == 1:
     hp = {k: v for k, v in hp.items() if k != "weights"}
   flag = lambda v: "(" + ",".join(map(str, v)) + ")" if isinstance(v, tuple) else str(v)
@@ -152,7 +191,6 @@ def run_mergejax(method, base, experts, out, *, seed=0, dtype="bfloat16", n_expe
          f"--experts={','.join(str(e) for e in experts[:n_experts])}", f"--output={out}",
          f"--config.method.name={method}", *(f"--config.method.{k}={flag(v)}" for k, v in hp.items()),
          f"--config.seed={seed}", f"--config.dtype={dtype}", "--config.progress=False"]
-  shutil.rmtree(out, ignore_errors=True)
   return timed(cmd, env=env)
 
 
@@ -199,7 +237,7 @@ def della_agreement(method, root, base, experts, env) -> dict:
   keep probabilities p); then the mean over seeds with three experts."""
   b = {k: v.astype(np.float64) for k, v in load_all(base).items()}
   e0 = {k: v.astype(np.float64) for k, v in load_all(experts[0]).items()}
-  density, epsilon = SETTINGS[method][1]["density"], SETTINGS[method][1]["epsilon"]
+  density, epsilon = SETTINGS[method][1]["density"], SETTINGS[method][1].get("epsilon", 0.0)  # DARE: epsilon 0
   expect_num = expect_den = 0.0
   for k in b:
     a = np.abs(e0[k] - b[k])
@@ -210,7 +248,7 @@ def della_agreement(method, root, base, experts, env) -> dict:
   for tool in ("mergejax", "mergekit"):
     out = root / f"d_{tool}"
     if tool == "mergejax":
-      run_mergejax(method, base, experts, out, dtype="float32", n_experts=1, env=env)
+      run_mergejax(method, base, experts, out, root, dtype="float32", n_experts=1, env=env)
     else:
       run_mergekit(method, base, experts, out, root, out_dtype="float32", n_experts=1, env=env)
     o = {k: v.astype(np.float64) for k, v in load_all(out).items()}
@@ -233,7 +271,7 @@ def della_agreement(method, root, base, experts, env) -> dict:
     for s in range(_SEEDS.value):
       out = root / f"s_{tool}"
       if tool == "mergejax":
-        run_mergejax(method, base, experts, out, seed=s, dtype="float32", env=env)
+        run_mergejax(method, base, experts, out, root, seed=s, dtype="float32", env=env)
       else:
         run_mergekit(method, base, experts, out, root, seed=s, out_dtype="float32", env=env)
       o = np.concatenate([v.astype(np.float64).ravel() for _, v in sorted(load_all(out).items())])
@@ -272,11 +310,13 @@ def main(argv):
       if not d.exists():
         write_model(d, shapes, config, i or None)
     for method in _METHODS.value:
-      row: dict = {"mergejax_s": [], "mergekit_s": []}
+      row: dict = {"mergejax_s": [], "mergekit_s": [], "mergejax_rss_mib": [], "mergekit_rss_mib": []}
       mj_out, mk_out = root / "out_mj", root / "out_mk"
       for _ in range(max(1, _REPEATS.value)):
-        row["mergejax_s"].append(run_mergejax(method, base, experts, mj_out, env=env))
-        row["mergekit_s"].append(run_mergekit(method, base, experts, mk_out, root, env=env))
+        for tool, run, out in (("mergejax", run_mergejax, mj_out), ("mergekit", run_mergekit, mk_out)):
+          seconds, rss = run(method, base, experts, out, root, env=env)
+          row[f"{tool}_s"].append(seconds)
+          row[f"{tool}_rss_mib"].append(rss)
       row["speedup_median"] = float(np.median(row["mergekit_s"]) / np.median(row["mergejax_s"]))
       if not _AGREEMENT.value:
         row["agreement"] = None
@@ -285,6 +325,7 @@ def main(argv):
       else:
         inputs = [load_all(base)] + [load_all(e) for e in experts[:SETTINGS[method][4]]]
         row["agreement"] = deterministic_agreement(load_all(mj_out), load_all(mk_out), inputs)
+      row["frontend"] = "yaml" if SETTINGS[method][2] is None else _FRONTEND.value
       row["loadavg_1m"] = os.getloadavg()[0]
       results["methods"][method] = row
       print(method, json.dumps(row), flush=True)
@@ -293,7 +334,7 @@ def main(argv):
       shutil.rmtree(root, ignore_errors=True)
   if _OUT.value:
     pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2))
-  print("method | mergejax s | mergekit s | speed-up | agreement")
+  print("method | mergejax s | mergekit s | speed-up | peak RSS MiB mergejax / mergekit | agreement")
   for m, r in results["methods"].items():
     a = r["agreement"]
     if a is None:
@@ -309,7 +350,7 @@ def main(argv):
       text = (f"{a['beyond_rounding']} of {a['entries']} entries beyond rounding ({a['over_1_ulp']} > 1 bf16 ulp, "
               f"{a['differing']} differ, max {a['max_ulps']} ulps)")
     print(f"{m} | {np.median(r['mergejax_s']):.2f} | {np.median(r['mergekit_s']):.2f} | {r['speedup_median']:.2f}x | "
-          f"{text}")
+          f"{max(r['mergejax_rss_mib']):.0f} / {max(r['mergekit_rss_mib']):.0f} | {text}")
 
 
 if __name__ == "__main__":

@@ -361,6 +361,7 @@ def with_data(method: MergeMethod, model: DataModel, base: PyTree | None, expert
   method.check_experts(len(experts))
   if method.traits.uses_base and base is None:
     raise ValueError(f"{method.name} needs a base model")
-  stats = needs.prepare(model, base, experts, batches, len(experts))
+  statistics = {"regmean": regmean_statistics, "fisher": fisher_statistics, "adamerging": adamerging_statistics}
+  stats = statistics[needs.kind](model, base, experts, batches, len(experts), **needs.hparams)
   return data_aware.bound(method, stats)
 

@@ -12,7 +12,7 @@ this package does not); a method value built here without them is refused before
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +25,13 @@ from mergejax.methods.base import (MergeMethod, Traits, choice, expert_weights, 
 @dataclasses.dataclass(frozen=True)
 class NeedsData:
   """The ``compute_stats`` of a data-aware method before its data is bound: merging raises, naming the
-  method; :func:`mergejax.data_merge.with_data` calls ``prepare(model, base, experts, batches, n_experts)``
-  for the per-leaf statistics."""
+  method; :func:`mergejax.data_merge.with_data` computes the per-leaf statistics with
+  ``mergejax.data_merge.<kind>_statistics(model, base, experts, batches, n_experts, **hparams)``."""
 
   name: str
   needs: str
-  prepare: Callable[..., dict[str, Any]]
+  kind: str
+  hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __call__(self, leaf_pass, n_experts, shapes):
     del leaf_pass, n_experts, shapes
@@ -85,17 +86,6 @@ def _regmean_kernel(base, experts, ctx, stats, *, out_dtype, alpha):
 _jit_regmean = jax.jit(kernels.on_whole_leaves(_regmean_kernel), static_argnames=("out_dtype", "alpha"))
 
 
-def _prepare(kind: str, **hparams: Any):
-  """``prepare(model, base, experts, batches, n_experts)``: ``mergejax.data_merge.<kind>_statistics`` with the
-  method's hyperparameters."""
-
-  def prepare(*args):
-    from mergejax import data_merge  # pylint: disable=g-import-not-at-top  (models and optax: only with data)
-    return getattr(data_merge, f"{kind}_statistics")(*args, **hparams)
-
-  return prepare
-
-
 @method_factory(formula="W* = (sum_t G~_t)^-1 sum_t G~_t W_t per linear layer, G_t = X_t^T X_t of its inputs on "
                         "expert t's data, G~ = alpha G + (1 - alpha) diag G; other leaves: the mean",
                 alpha=number("weight of the Grams' off-diagonal entries (1: exact least squares)", 0.0, 1.0))
@@ -115,7 +105,7 @@ def regmean(alpha: float = 0.95) -> MergeMethod:
                   kernel=kernels.bind(_jit_regmean, alpha=alpha),
                   reference="Jin et al., ICLR 2023, arXiv 2212.09849")
   return dataclasses.replace(m, compute_stats=NeedsData("regmean", "Gram matrices of each linear layer's inputs "
-                                                        "on each expert's examples", _prepare("regmean")))
+                                                        "on each expert's examples", "regmean"))
 
 
 # ---------------------------------------------------------------------------------------------- Fisher
@@ -155,7 +145,7 @@ def fisher(min_fisher: float = 1e-6, normalize: bool = True, weights: Sequence[f
                   traits=Traits(uses_base=False), kernel=kernels.bind(_jit_fisher, min_fisher=min_fisher),
                   weights=weights, reference="Matena & Raffel, NeurIPS 2022, arXiv 2111.09832")
   return dataclasses.replace(m, compute_stats=NeedsData("fisher", "squared gradients of the log-likelihood of each "
-                                                        "expert's examples", _prepare("fisher", normalize=normalize)))
+                                                        "expert's examples", "fisher", {"normalize": normalize}))
 
 
 # ------------------------------------------------------------------------------------------ AdaMerging
@@ -196,6 +186,5 @@ def adamerging(granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, 
                                               "clamp": clamp},
                   traits=Traits(uses_base=True, elementwise=True), kernel=kernels.bind(_jit_adamerging),
                   reference="Yang et al., ICLR 2024, arXiv 2310.02575")
-  prepare = _prepare("adamerging", granularity=granularity, init=init, lr=lr, steps=steps, clamp=clamp)
   return dataclasses.replace(m, compute_stats=NeedsData("adamerging", "unlabeled inputs to learn the coefficients on",
-                                                        prepare))
+                                                        "adamerging", dict(m.hparams)))

@@ -213,7 +213,7 @@ def nuslerp(weights: Sequence[float] | None = None, nuslerp_flatten: bool = True
   """
   return MergeMethod(name="nuslerp", hparams={"weights": weights, "nuslerp_flatten": nuslerp_flatten,
                                                "nuslerp_row_wise": nuslerp_row_wise},
-                     traits=Traits(uses_base=False, min_experts=2, max_experts=2),
+                     traits=Traits(uses_base=False, base_is_origin=True, min_experts=2, max_experts=2),
                      kernel=kernels.bind(_nuslerp_kernel, flatten=nuslerp_flatten, row_wise=nuslerp_row_wise),
                      weights=weights, reference="mergekit nuslerp (arXiv 2403.13257)")
 
@@ -240,7 +240,7 @@ def multislerp(weights: Sequence[float] | None = None, normalize_weights: bool =
   vectors when a base is given. One expert is returned as is. mergekit ``multislerp``."""
   return MergeMethod(name="multislerp",
                      hparams={"weights": weights, "normalize_weights": normalize_weights, "eps": eps},
-                     traits=Traits(uses_base=False),
+                     traits=Traits(uses_base=False, base_is_origin=True),
                      kernel=kernels.bind(_multislerp_kernel, normalize_weights=normalize_weights, eps=eps),
                      weights=weights, reference="mergekit multislerp (goddard.blog, 2025)")
 
