@@ -109,8 +109,10 @@ def test_method_mapping():
      "give one of them, not both"),
     ("merge_method: linear\nmodels: [{model: a}]\nmergejax: {scope: global}\n", "mergejax.scope: only for ties"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nmergejax: {seed: x, fast: 1}\n", "mergejax.fast"),
-    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]\n",
-     "slices: mergejax runs slices with merge_method passthrough only"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, "
+     "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices: mergejax merges slices with ties only as one slice"),
+    ("merge_method: slerp\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: b, layer_range: [1, 3]}]}]\n", r"slices\[0\].sources: mergejax merges slices with slerp only when"),
     ("merge_method: ties\n  base_model: [\n", "not valid YAML at line"),
 ])
 def test_unsupported_keys_are_one_line_naming_the_key(text, msg):
@@ -411,3 +413,26 @@ def test_bad_method_recipes_are_one_line_before_any_file_is_read(text, message):
     hp = mk.leaf_hparams(pl, "model.layers.0.mlp.up_proj.weight", 0.0)
     methods.get(pl.method, **hp).check_experts(len(pl.inputs))
   assert "\n" not in str(e.value)
+
+
+def test_a_merge_written_as_one_slice_over_every_layer_is_the_models_form(llamas, tmp_path):
+  """mergekit's usual SLERP recipe (one slice, both sources over every layer, per-layer t by filter) gives
+  what the same merge written with models: and top-level parameters gives; a partial range is one line."""
+  b, e0 = llamas / "base", llamas / "e0"
+  t = "[{filter: self_attn, value: [0, 0.5, 1]}, {filter: mlp, value: [1, 0.5, 0]}, {value: 0.5}]"
+  sliced = _load(_run(f"merge_method: slerp\nbase_model: {b}\nslices:\n  - sources:\n"
+                      f"      - {{model: {b}, layer_range: [0, 3]}}\n      - {{model: {e0}, layer_range: [0, 3]}}\n"
+                      f"    parameters: {{t: {t}}}\ndtype: float32\n", tmp_path / "s"))
+  models = _load(_run(f"merge_method: slerp\nbase_model: {b}\nmodels: [{{model: {b}}}, {{model: {e0}}}]\n"
+                      f"parameters: {{t: {t}}}\ndtype: float32\n", tmp_path / "m"))
+  base, expert = _load(b), _load(e0)
+  for k in models:
+    np.testing.assert_array_equal(bits(sliced[k]), bits(models[k]), err_msg=k)
+  np.testing.assert_array_equal(bits(models["model.layers.0.self_attn.q_proj.weight"]),
+                                bits(base["model.layers.0.self_attn.q_proj.weight"].astype(np.float32)))
+  np.testing.assert_array_equal(bits(models["model.layers.2.self_attn.q_proj.weight"]),
+                                bits(expert["model.layers.2.self_attn.q_proj.weight"].astype(np.float32)))
+  with pytest.raises(mk.RecipeError, match=r"layer_range \[0, 2\) but the models have 3 layers"):
+    _run(f"merge_method: slerp\nbase_model: {b}\nslices: [{{sources: [{{model: {b}, layer_range: [0, 2]}}, "
+         f"{{model: {e0}, layer_range: [0, 2]}}]}}]\n", tmp_path / "p")
+  assert not (tmp_path / "p").exists()

@@ -33,7 +33,9 @@ leaf's name and its layer position, with mergekit's semantics:
     L1-norm rescale), so these need ``mergejax: {dare: paper}``; ``drop_rate`` = 1 - ``density``,
     no magnitude trim.
   - ``passthrough``: a copy of one model, or ``slices`` of layers stacked (frankenmerges), with
-    mergekit's optional per-model ``scale``.
+    mergekit's optional per-model ``scale``. Any other method takes ``slices`` written as one slice whose
+    sources all span every layer (mergekit's usual SLERP recipe): the slice's ``parameters`` sit between the
+    sources' and the top level; other slice layouts are one line.
   - any other name: the registered mergejax method of that name, its hyperparameters given by name
     (``lambda`` is ``lam``; per-model ``weight`` gives ``weights``; ``density``, ``gamma`` and ``epsilon``
     per model or shared, one value per tensor; ``normalize`` true is ``aggregate: mean``). A method whose
@@ -404,6 +406,7 @@ class Plan:
     entries: the recipe entry of each input (parameters), same order; None for a base added implicitly.
     params: mergekit's parameter definitions for this method.
     output_layers: for slices, the output's layer count (config.json num_hidden_layers).
+    slice_index: a merge written as one slice over every layer: 0 (its parameters apply); else None.
   """
 
   recipe: Recipe
@@ -413,6 +416,7 @@ class Plan:
   entries: tuple[ModelEntry | None, ...]
   params: tuple[KitParam, ...]
   output_layers: int | None = None
+  slice_index: int | None = None
 
 
 def _registered() -> list[str]:
@@ -480,13 +484,18 @@ def plan(recipe: Recipe) -> Plan:
                       "global RNG and an L1-norm rescale; add `mergejax: {dare: paper}` to run mergejax's")
   if "dare" in opts and not stochastic:
     raise RecipeError(f"mergejax.dare: {name} draws no DARE masks")
-  if recipe.slices is not None:
+  slice_index = None
+  if recipe.slices is not None and name == "passthrough":
     return _plan_slices(recipe, params)
-  refs = [e.ref for e in recipe.models]
+  if recipe.slices is not None:
+    models, slice_index = _whole_model_slice(recipe), 0
+  else:
+    models = recipe.models
+  refs = [e.ref for e in models]
   if name == "passthrough":
     if len(refs) != 1 or (recipe.base_model is not None and recipe.base_model != refs[0]):
       raise RecipeError("models: passthrough copies exactly one model")
-    return Plan(recipe, "passthrough", None, tuple(refs), tuple(recipe.models), params)
+    return Plan(recipe, "passthrough", None, tuple(refs), tuple(models), params)
   traits = methods.get(jname).traits
   base = recipe.base_model
   if traits.uses_base and base is None:
@@ -495,9 +504,9 @@ def plan(recipe: Recipe) -> Plan:
     raise RecipeError(f"models: {next(str(r) for r in refs if refs.count(r) > 1)} is listed twice")
   uses_base = traits.uses_base or (traits.base_is_origin and base is not None)
   if uses_base:  # the base is the origin of the task vectors, listed among the models or not
-    pairs = [(e.ref, e) for e in recipe.models if e.ref != base]
+    pairs = [(e.ref, e) for e in models if e.ref != base]
   else:  # every input is merged, the base too (mergekit adds it after the listed models)
-    pairs = [(e.ref, e) for e in recipe.models]
+    pairs = [(e.ref, e) for e in models]
     if base is not None and base not in refs:
       pairs.append((base, None))
   if not pairs:
@@ -513,13 +522,26 @@ def plan(recipe: Recipe) -> Plan:
     raise RecipeError(f"merge_method: {name} learns from data ({needs}), which a recipe cannot give: bind it in "
                       "Python with mergejax.data_merge.with_data")
   return Plan(recipe, jname, base if uses_base else None, tuple(r for r, _ in pairs), tuple(e for _, e in pairs),
-              params)
+              params, slice_index=slice_index)
+
+
+def _whole_model_slice(recipe: Recipe) -> tuple[ModelEntry, ...]:
+  """The sources of a merge written as ONE slice whose sources all span layers [0, n): the same merge as
+  ``models:`` with the slice's ``parameters`` between the sources' and the top level (mergekit turns
+  ``models:`` into exactly such a slice). n must be the models' layer count (checked when they are opened)."""
+  name = recipe.merge_method
+  if len(recipe.slices) != 1:
+    raise RecipeError(f"slices: mergejax merges slices with {name} only as one slice over every layer (stacking "
+                      "several merged slices is not supported; passthrough stacks copies)")
+  srcs = recipe.slices[0].sources
+  ranges = {e.layer_range for e in srcs}
+  if len(ranges) != 1 or next(iter(ranges))[0] != 0:
+    raise RecipeError(f"slices[0].sources: mergejax merges slices with {name} only when every source spans the "
+                      f"same layers from 0 (got {sorted(ranges)})")
+  return tuple(srcs)
 
 
 def _plan_slices(recipe: Recipe, params: tuple[KitParam, ...]) -> Plan:
-  if recipe.merge_method != "passthrough":
-    raise RecipeError(f"slices: mergejax runs slices with merge_method passthrough only, not "
-                      f"{recipe.merge_method!r} (use models: for whole-model merges)")
   for i, s in enumerate(recipe.slices):
     if len(s.sources) != 1:
       raise RecipeError(f"slices[{i}].sources: passthrough takes exactly one source per slice")
@@ -579,7 +601,7 @@ def kit_values(pl: Plan, leaf: str, t: float, slice_index: int | None = None) ->
 
 def leaf_hparams(pl: Plan, leaf: str, t: float) -> dict[str, Any]:
   """The mergejax hyperparameters for ``leaf`` (see the module doc for the mapping)."""
-  shared, per = kit_values(pl, leaf, t)
+  shared, per = kit_values(pl, leaf, t, pl.slice_index)
   name = pl.recipe.merge_method
   where = f"tensor '{leaf}'"
   w = [p["weight"] for p in per] if per and "weight" in per[0] else None
