@@ -23,7 +23,7 @@ def _kernel(base, experts, ctx, stats, *, out_dtype, density, gamma, rescale, si
   taus = [sparsify.breadcrumbs(tau, density, gamma, "l1" if rescale else "none")
           for tau in steps.task_vectors(base, experts)]
   merged = sparsify.aggregate(taus, ctx.weights, consensus=sign, aggregate_=aggregate)
-  return (f32(base) + ctx.lam * merged).astype(out_dtype)
+  return (f32(base) + steps.rounded(ctx.lam * merged, merged)).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel),

@@ -38,7 +38,7 @@ def _kernel(base, experts, ctx, stats, *, out_dtype, density, epsilon, rescale, 
     hashes = steps.dare_hashes(ctx, tuple(taus[0].shape), len(taus))
     taus = [sparsify.magprune(tau, h, density, epsilon, rescale) for tau, h in zip(taus, hashes)]
   merged = sparsify.aggregate(taus, ctx.weights, consensus=sign, aggregate_=aggregate)
-  return (f32(base) + ctx.lam * merged).astype(out_dtype)
+  return (f32(base) + steps.rounded(ctx.lam * merged, merged)).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel),

@@ -37,11 +37,11 @@ def layer_scales(shapes: dict[str, tuple[int, ...]], *, alpha: float, beta: floa
 
 def _kernel(base, experts, ctx, stats, *, out_dtype):
   b = f32(base)
-  tv = sum(ctx.weights[t] * tau for t, tau in enumerate(steps.task_vectors(base, experts)))
+  tv = sum(steps.rounded(ctx.weights[t] * tau, tau) for t, tau in enumerate(steps.task_vectors(base, experts)))
   scale = jnp.asarray(stats["scale"], jnp.float32)
   if scale.ndim:
     scale = scale.reshape(scale.shape + (1,) * (b.ndim - 1))
-  return (b + scale * tv).astype(out_dtype)
+  return (b + steps.rounded(scale * tv, tv)).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(_kernel, static_argnames=("out_dtype",))

@@ -43,7 +43,7 @@ def sce_task_vector(taus: list[Array], select_topk: float) -> Array:
 def _kernel(base, experts, ctx, stats, *, out_dtype, select_topk):
   del stats
   merged = sce_task_vector(steps.task_vectors(base, experts), select_topk)
-  return (f32(base) + ctx.lam * merged).astype(out_dtype)
+  return (f32(base) + steps.rounded(ctx.lam * merged, merged)).astype(out_dtype)
 
 
 _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel), static_argnames=("out_dtype", "select_topk"))

@@ -76,10 +76,12 @@ def aggregate(taus: Sequence[Array], weights: Array, *, consensus: str | None, a
   or divided by the sum of their weights.
   """
   if consensus is None:
-    out = sum(weights[t] * tau for t, tau in enumerate(taus))
+    # Products and the division rounded on their own (steps.rounded), as mergekit and task_arithmetic.
+    out = sum(steps.rounded(weights[t] * tau, tau) for t, tau in enumerate(taus))
     if aggregate_ == "mean":
       den = sum(weights[t] for t in range(len(taus)))
-      out = out / jnp.where(jnp.abs(den) < 1e-8, 1.0, den)
+      den = steps.rounded(jnp.broadcast_to(jnp.where(jnp.abs(den) < 1e-8, 1.0, den), out.shape), out)
+      out = out / den
     return out
   vote = steps.sign_vote(taus, weights, consensus)
   positive = steps.elect_positive(vote, jnp.float32(1.0))

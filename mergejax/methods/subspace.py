@@ -151,7 +151,7 @@ def _tsv_kernel(base, experts, ctx, stats, *, out_dtype):
     delta = tsv_m_matrix(taus)
   else:
     delta = sum(taus) / len(taus)
-  return (f32(base) + ctx.lam * delta).astype(out_dtype)
+  return (f32(base) + steps.rounded(ctx.lam * delta, delta)).astype(out_dtype)
 
 
 def _iso_kernel(base, experts, ctx, stats, *, out_dtype, common_space_fraction):
@@ -163,7 +163,7 @@ def _iso_kernel(base, experts, ctx, stats, *, out_dtype, common_space_fraction):
     delta = iso_c_matrix(taus)
   else:
     delta = iso_cts_matrix(taus, common_space_fraction)
-  return (f32(base) + ctx.lam * delta).astype(out_dtype)
+  return (f32(base) + steps.rounded(ctx.lam * delta, delta)).astype(out_dtype)
 
 
 def _cart_kernel(base, experts, ctx, stats, *, out_dtype, rank_ratio):
@@ -172,7 +172,7 @@ def _cart_kernel(base, experts, ctx, stats, *, out_dtype, rank_ratio):
   if not _is_matrix(xs[0]):
     return (sum(xs) / len(xs)).astype(out_dtype)
   mean, lowrank = cart_matrix(xs, rank_ratio)
-  return (mean + ctx.lam * lowrank).astype(out_dtype)
+  return (mean + steps.rounded(ctx.lam * lowrank, lowrank)).astype(out_dtype)
 
 
 _jit_tsv = jax.jit(kernels.on_whole_leaves(_tsv_kernel), static_argnames=("out_dtype",))
