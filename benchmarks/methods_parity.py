@@ -5,8 +5,7 @@ intermediate 704, vocab 2048: ~3.7M parameters) as base + 3 experts (base + 0.00
 expert), generated in a temporary directory and deleted afterwards. Each method runs as one fresh
 process per tool on the very same recipe, written as a mergekit user writes it (per-model ``weight``,
 ``density``...; ``dtype: float32``, math in float32 as mergejax; ``out_dtype: bfloat16``): ``mergekit-yaml``
-and ``mergejax-yaml`` (``--frontend=cli``: ``mergejax-merge`` with the hyperparameters as
-``--config.method.*`` flags where SETTINGS gives them). The methods: linear, task_arithmetic, ties,
+and ``mergejax-yaml``. The methods: linear, task_arithmetic, ties,
 dare_linear, dare_ties (with ``mergejax: {dare: paper}``, a key mergekit ignores), slerp, nuslerp, multislerp,
 karcher, breadcrumbs, breadcrumbs_ties, model_stock, sce, nearswap, della, della_linear, passthrough (slices).
 
@@ -28,7 +27,7 @@ for more). On a shared machine these are *measured under load*.
 
     .venv/bin/python benchmarks/methods_parity.py --mergekit=/work/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/methods_parity.py --hidden=1024 --layers=8 --intermediate=2816 --vocab=32000 \
-      --dtype=bfloat16 --agreement=False --repeats=3          # merge_bench's 168M-parameter workload: speed
+      --dtype=bfloat16 --agreement=False --memory_budget_gb=1 --repeats=3   # merge_bench's 168M workload: speed
 """
 
 from __future__ import annotations
@@ -48,29 +47,26 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# mergekit method -> (mergekit global parameters, per-model parameters, mergejax hyperparameters, uses base,
-# number of experts). Settings chosen so both tools compute the same function (docs/MERGING.md).
+# mergekit method -> (global parameters, per-model parameters (a list: one value per model), uses base_model,
+# number of models besides the base).
 SETTINGS = {
-    "linear": ({}, {"weight": [1.0, 2.0, 0.5]}, {"weights": (1.0, 2.0, 0.5)}, False, 3),
-    "task_arithmetic": ({"lambda": 0.8}, {"weight": [1.0, 0.5, 0.7]}, {"lam": 0.8, "weights": (1.0, 0.5, 0.7)},
-                        True, 3),
-    "ties": ({}, {"weight": [1.0, 0.5, 0.7], "density": 0.5},
-             {"density": 0.5, "scope": "tensor", "weights": (1.0, 0.5, 0.7)}, True, 3),
-    "dare_linear": ({}, {"weight": 1.0, "density": 0.6}, {"drop_rate": 0.4}, True, 3),
-    "dare_ties": ({}, {"weight": 1.0, "density": 0.6}, {"drop_rate": 0.4, "scope": "tensor", "aggregate": "sum"},
-                  True, 3),
-    "slerp": ({"t": 0.4}, {}, {"t": 0.4}, True, 1),
-    "nuslerp": ({}, {"weight": [0.3, 0.7]}, {"weights": (0.3, 0.7)}, True, 2),
-    "multislerp": ({}, {"weight": [1.0, 2.0, 1.0]}, {"weights": (1.0, 2.0, 1.0)}, True, 3),
-    "karcher": ({}, {}, {}, False, 3),  # both tools default to max_iter 10, tol 1e-5
-    "breadcrumbs": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, {"density": 0.9, "gamma": 0.01}, True, 3),
-    "breadcrumbs_ties": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, {"density": 0.9, "gamma": 0.01}, True, 3),
-    "model_stock": ({}, {}, {}, True, 3),
-    "sce": ({"select_topk": 0.5}, {}, {"select_topk": 0.5}, True, 3),
-    "nearswap": ({"t": 0.001}, {}, {"t": 0.001}, True, 1),
-    "della": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"density": 0.5, "epsilon": 0.15}, True, 3),
-    "della_linear": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"density": 0.5, "epsilon": 0.15}, True, 3),
-    "passthrough": ({}, {}, None, False, 1),  # slices: layer 0 of the base, layers 1.. of expert 0
+    "linear": ({}, {"weight": [1.0, 2.0, 0.5]}, False, 3),
+    "task_arithmetic": ({"lambda": 0.8}, {"weight": [1.0, 0.5, 0.7]}, True, 3),
+    "ties": ({}, {"weight": [1.0, 0.5, 0.7], "density": 0.5}, True, 3),
+    "dare_linear": ({}, {"weight": 1.0, "density": 0.6}, True, 3),
+    "dare_ties": ({}, {"weight": 1.0, "density": 0.6}, True, 3),
+    "slerp": ({"t": 0.4}, {}, True, 1),
+    "nuslerp": ({}, {"weight": [0.3, 0.7]}, True, 2),
+    "multislerp": ({}, {"weight": [1.0, 2.0, 1.0]}, True, 3),
+    "karcher": ({}, {}, False, 3),  # both tools default to max_iter 10, tol 1e-5
+    "breadcrumbs": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, True, 3),
+    "breadcrumbs_ties": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, True, 3),
+    "model_stock": ({}, {}, True, 3),
+    "sce": ({"select_topk": 0.5}, {}, True, 3),
+    "nearswap": ({"t": 0.001}, {}, True, 1),
+    "della": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
+    "della_linear": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
+    "passthrough": ({}, {}, False, 1),  # slices: layer 0 of the base, layers 1.. of expert 0
 }
 STOCHASTIC = ("della", "della_linear", "dare_linear", "dare_ties")
 # mergekit's DARE draws and rescales its own way (torch's RNG, an L1-norm rescale); mergejax-yaml runs its DARE
@@ -87,8 +83,8 @@ _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the generated checkpoints. "
                            "bfloat16 task vectors are quantized: rank selections (breadcrumbs, sce) then meet ties "
                            "at their thresholds, which each tool breaks its own way (mergekit by torch.sort's order).")
-_FRONTEND = flags.DEFINE_enum("frontend", "yaml", ["yaml", "cli"], "mergejax's side: mergejax-yaml on the very recipe "
-                              "mergekit-yaml runs, or mergejax-merge with --config.method.* flags.")
+_BUDGET = flags.DEFINE_float("memory_budget_gb", None, "mergejax-yaml --memory_budget_gb (default: its own, 4 GB): "
+                             "the host memory its leaf groups in flight may take; merge_bench uses 1.")
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Runs per tool for the mean over seeds of the random methods.")
 _AGREEMENT = flags.DEFINE_bool("agreement", True, "Check agreement (False: time only; della's distribution checks "
                                 "run extra merges).")
@@ -137,7 +133,7 @@ def load_all(d: pathlib.Path) -> dict[str, np.ndarray]:
 def mergekit_yaml(method, base, experts, out_dtype="bfloat16", n_models=None) -> str:
   """The recipe both tools run, written as a mergekit user writes it: per-model parameters under each model
   (a list in SETTINGS gives one value per model), the rest at the top level."""
-  glob, per_model, _, uses_base, n_default = SETTINGS[method]
+  glob, per_model, uses_base, n_default = SETTINGS[method]
   n_models = n_models or n_default
   lines = [f"merge_method: {method}", "dtype: float32", f"out_dtype: {out_dtype}"]
   if method in OPT_IN:
@@ -174,24 +170,13 @@ def timed(cmd: list[str], env=None) -> tuple[float, float]:
 
 def run_mergejax(method, base, experts, out, root, *, seed=0, dtype="bfloat16", n_experts=None,
                  env=None) -> tuple[float, float]:
-  """One mergejax run (a fresh process): ``mergejax-yaml`` on the recipe mergekit runs (``--frontend=yaml``),
-  or ``mergejax-merge`` with the hyperparameters as ``--config.method.*`` flags (``--frontend=cli``)."""
-  _, _, hp, uses_base, n_default = SETTINGS[method]
-  n_experts = n_experts or n_default
+  """One ``mergejax-yaml`` run (a fresh process) on the recipe mergekit runs."""
+  cfg = root / f"{method}_mj.yml"
+  cfg.write_text(mergekit_yaml(method, base, experts, dtype, n_experts))
   shutil.rmtree(out, ignore_errors=True)
-  if _FRONTEND.value == "yaml" or hp is None:
-    cfg = root / f"{method}_mj.yml"
-    cfg.write_text(mergekit_yaml(method, base, experts, dtype, n_experts))
-    return timed([sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(out), f"--seed={seed}",
-                  "--progress=False"], env=env)
-  if n_experts == 1:
-    hp = {k: v for k, v in hp.items() if k != "weights"}
-  flag = lambda v: "(" + ",".join(map(str, v)) + ")" if isinstance(v, tuple) else str(v)
-  cmd = [sys.executable, "-m", "mergejax.cli.merge", *([f"--base={base}"] if uses_base else []),
-         f"--experts={','.join(str(e) for e in experts[:n_experts])}", f"--output={out}",
-         f"--config.method.name={method}", *(f"--config.method.{k}={flag(v)}" for k, v in hp.items()),
-         f"--config.seed={seed}", f"--config.dtype={dtype}", "--config.progress=False"]
-  return timed(cmd, env=env)
+  budget = [] if _BUDGET.value is None else [f"--memory_budget_gb={_BUDGET.value}"]
+  return timed([sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(out), f"--seed={seed}", "--progress=False",
+                *budget], env=env)
 
 
 def run_mergekit(method, base, experts, out, root, *, seed=0, out_dtype="bfloat16", n_experts=None, env=None):
@@ -323,9 +308,8 @@ def main(argv):
       elif method in STOCHASTIC:
         row["agreement"] = della_agreement(method, root, base, experts, env)
       else:
-        inputs = [load_all(base)] + [load_all(e) for e in experts[:SETTINGS[method][4]]]
+        inputs = [load_all(base)] + [load_all(e) for e in experts[:SETTINGS[method][3]]]
         row["agreement"] = deterministic_agreement(load_all(mj_out), load_all(mk_out), inputs)
-      row["frontend"] = "yaml" if SETTINGS[method][2] is None else _FRONTEND.value
       row["loadavg_1m"] = os.getloadavg()[0]
       results["methods"][method] = row
       print(method, json.dumps(row), flush=True)
