@@ -112,7 +112,8 @@ def test_method_mapping():
     ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, "
      "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices: mergejax merges slices with ties only as one slice"),
     ("merge_method: slerp\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
-     "{model: b, layer_range: [1, 3]}]}]\n", r"slices\[0\].sources: mergejax merges slices with slerp only when"),
+     "{model: b, layer_range: [1, 3]}]}]\n", "slices[0].sources: mergejax merges slices with slerp only when every "
+     "source spans the same layers from 0 (got [(0, 2), (1, 3)])"),
     ("merge_method: ties\n  base_model: [\n", "not valid YAML at line"),
 ])
 def test_unsupported_keys_are_one_line_naming_the_key(text, msg):
