@@ -63,6 +63,21 @@ def test_propagates_nonfinite_trait_holds(name, hp):
     assert not np.isfinite(np.asarray(out["embed"])[3, 2])
 
 
+@pytest.mark.parametrize("name", [n for n in methods.names() if methods.get(n).traits.base_is_origin])
+def test_base_is_origin_trait_holds(name):
+  """A base given to a method that does not need one is the origin of the task vectors: merging with it is
+  the base plus the merge of the experts' task vectors without it (float32 rounding)."""
+  base, experts = make_models(seed=7, n_experts=2, dtype=np.float32)
+  m = methods.get(name)
+  assert not m.traits.uses_base
+  with_base = flat(mergejax.merge(base, experts, m))
+  b = flat(base)
+  taus = [{k: v - b[k] for k, v in flat(e).items()} for e in experts]
+  without = flat(mergejax.merge(None, taus, m))
+  for k in b:
+    np.testing.assert_allclose(with_base[k], b[k] + without[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_schema_ranges_and_choices():
   ties = {hp.name: hp for hp in methods.schema("ties")}
   assert ties["density"].type is float and ties["density"].default == 0.2

@@ -187,7 +187,7 @@ def test_structure_shape_and_dtype_mismatches_name_the_leaf():
     (lambda: methods.ties(aggregate="max"), r"aggregate='max' is not allowed"),
     (lambda: methods.average(weights=[1, -1]), r"weights=\[1, -1\] is out of range"),
     (lambda: methods.dare_linear(rescale="yes"), r"rescale='yes' must be True or False"),
-    (lambda: methods.get("slerp"), r"unknown merge method 'slerp'"),
+    (lambda: methods.get("frankenmerge"), r"unknown merge method 'frankenmerge'"),
     (lambda: methods.get("ties", k=20), r"unknown hyperparameter 'k' for merge method 'ties'"),
 ])
 def test_bad_hyperparameters_raise_value_error_naming_them(call, message):

@@ -1,7 +1,8 @@
 """mergejax-yaml: mergekit recipes parsed with mergekit's semantics (precedence, gradients, filters, method
 mapping), every unsupported key refused in one line, and merges equal to a float32 NumPy transcription of
 mergekit 0.1.5 (generalized_task_arithmetic.py, sparsify.py, linear.py; dtype float32, out bf16), apart
-from entries at a TIES trim threshold (mergekit keeps exactly k by sort order, mergejax every tie)."""
+from entries at a TIES trim threshold (mergekit keeps exactly k by sort order, mergejax every tie); every other
+mergekit method through a recipe gives what mergejax.merge gives with the mapped hyperparameters."""
 
 import json
 import os
@@ -98,8 +99,8 @@ def test_method_mapping():
      "models[0].parameters.densty: ties has no parameter 'densty'"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {lambda: 2}}]\n",
      "models[0].parameters.lambda: lambda applies to the whole merge"),
-    ("merge_method: slerp\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'slerp' is not available in "
-     "mergejax yet"),
+    ("merge_method: arcee_fusion\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'arcee_fusion' is not "
+     "available in mergejax yet"),
     ("merge_method: dare_ties\nbase_model: b\nmodels: [{model: a}]\n", "add `mergejax: {dare: paper}`"),
     ("merge_method: ties\nmodels: [{model: a}]\n", "base_model: required by ties"),
     ("merge_method: ties\nbase_model: b\nmodules: {text: {models: [{model: a}]}}\n", "modules: multi-module merges"),
@@ -108,8 +109,11 @@ def test_method_mapping():
      "give one of them, not both"),
     ("merge_method: linear\nmodels: [{model: a}]\nmergejax: {scope: global}\n", "mergejax.scope: only for ties"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nmergejax: {seed: x, fast: 1}\n", "mergejax.fast"),
-    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]\n",
-     "slices: mergejax runs slices with merge_method passthrough only"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, "
+     "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices: mergejax merges slices with ties only as one slice"),
+    ("merge_method: slerp\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: b, layer_range: [1, 3]}]}]\n", "slices[0].sources: mergejax merges slices with slerp only when every "
+     "source spans the same layers from 0 (got [(0, 2), (1, 3)])"),
     ("merge_method: ties\n  base_model: [\n", "not valid YAML at line"),
 ])
 def test_unsupported_keys_are_one_line_naming_the_key(text, msg):
@@ -339,3 +343,97 @@ def test_bad_recipe_inputs_are_one_line_and_leave_nothing(llamas, tmp_path, case
     _run(text, tmp_path / "o")
   assert msg in str(err.value) and "\n" not in str(err.value), str(err.value)
   assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+
+
+# mergekit recipe (top-level parameters, per-model parameters of e0 and e1) -> the mergejax method it runs, and
+# which models it takes: "base+1" (base_model and one more), "origin" (base_model as the task vectors'
+# origin), "inputs" (the base merged as one more model, after the listed ones), "none" (no base_model).
+YAML_METHODS = [
+    ("slerp", {"t": 0.3}, {}, {"t": 0.3}, "base+1"),
+    ("nearswap", {"t": 0.01}, {}, {"t": 0.01}, "base+1"),
+    ("nuslerp", {"nuslerp_flatten": False}, {"weight": [0.3, 0.7]},
+     {"weights": (0.3, 0.7), "nuslerp_flatten": False}, "origin"),
+    ("nuslerp", {}, {"weight": [1.0, 2.0]}, {"weights": (1.0, 2.0)}, "none"),
+    ("multislerp", {}, {"weight": [1.0, 2.0]}, {"weights": (1.0, 2.0)}, "origin"),
+    ("karcher", {"max_iter": 5}, {}, {"max_iter": 5}, "inputs"),
+    ("breadcrumbs", {"gamma": 0.05}, {"weight": [0.6, 0.8], "density": [0.7, 0.7]},
+     {"weights": (0.6, 0.8), "density": 0.7, "gamma": 0.05}, "origin"),
+    ("breadcrumbs_ties", {"normalize": True, "lambda": 0.9}, {"weight": [1.0, 0.5]},
+     {"weights": (1.0, 0.5), "aggregate": "mean", "lam": 0.9}, "origin"),
+    ("della", {"epsilon": 0.1}, {"weight": [1.0, 1.0], "density": [0.6, 0.6]},
+     {"weights": (1.0, 1.0), "density": 0.6, "epsilon": 0.1}, "origin"),
+    ("della_linear", {"rescale": False}, {"weight": [0.5, 0.5]}, {"weights": (0.5, 0.5), "rescale": False}, "origin"),
+    ("model_stock", {"filter_wise": True}, {}, {"filter_wise": True}, "origin"),
+    ("sce", {"select_topk": 0.5, "int8_mask": True}, {}, {"select_topk": 0.5}, "origin"),
+]
+
+
+@pytest.mark.parametrize("method,top,per_model,hp,models", YAML_METHODS,
+                         ids=[f"{m[0]}-{m[4]}" for m in YAML_METHODS])
+def test_every_mergekit_method_runs_from_a_recipe_as_the_library(llamas, tmp_path, method, top, per_model, hp,
+                                                                 models):
+  import mergejax  # pylint: disable=g-import-not-at-top
+  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  names = ["e0"] if models == "base+1" else ["e0", "e1"]
+  entries = []
+  for i, n in enumerate(names):
+    ps = {k: v[i] for k, v in per_model.items()}
+    entries.append(f"  - model: {llamas / n}" + (f"\n    parameters: {json.dumps(ps)}" if ps else ""))
+  text = (f"merge_method: {method}\n" + (f"base_model: {llamas / 'base'}\n" if models != "none" else "")
+          + (f"parameters: {json.dumps(top)}\n" if top else "") + "models:\n" + "\n".join(entries) + "\n")
+  got = _load(_run(text, tmp_path / "o", seed=3))
+  base, xs = _load(llamas / "base"), [_load(llamas / n) for n in names]
+  if models == "inputs":
+    base, xs = None, xs + [base]
+  elif models == "none":
+    base = None
+  want = mergejax.merge(base, xs, methods.get(method, **hp), seed=3)
+  assert sorted(got) == sorted(want)
+  for k in got:
+    np.testing.assert_array_equal(bits(got[k]), bits(np.asarray(want[k])), err_msg=k)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("merge_method: slerp\nbase_model: b\nmodels: [{model: b}, {model: a}, {model: c}]\nparameters: {t: 0.5}\n",
+     "^models: slerp merges exactly 1 model besides base_model, got 2$"),
+    ("merge_method: model_stock\nbase_model: b\nmodels: [{model: a}]\n",
+     "^models: model_stock merges at least 2 models besides base_model, got 1$"),
+    ("merge_method: nuslerp\nmodels: [{model: a}, {model: b}, {model: c}]\n", "^models: nuslerp merges exactly 2 models"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\n", "^merge_method: regmean learns from data"),
+    ("merge_method: slerp\nbase_model: b\nmodels: [{model: b}, {model: a}]\nparameters: {t: 1.5}\n",
+     r"t=1.5 is out of range: allowed \[0.0, 1.0\]"),
+    ("merge_method: della\nbase_model: b\nmodels: [{model: a, parameters: {weight: 1, density: 0.5}}, "
+     "{model: c, parameters: {weight: 1, density: 0.6}}]\n", "density: the models have different values"),
+    ("merge_method: breadcrumbs\nbase_model: b\nmodels: [{model: a, parameters: {weight: 1}}]\n"
+     "parameters: {gamma: 1.5}\n", "gamma"),
+])
+def test_bad_method_recipes_are_one_line_before_any_file_is_read(text, message):
+  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  with pytest.raises((mk.RecipeError, ValueError), match=message) as e:
+    pl = _plan(text)
+    hp = mk.leaf_hparams(pl, "model.layers.0.mlp.up_proj.weight", 0.0)
+    methods.get(pl.method, **hp).check_experts(len(pl.inputs))
+  assert "\n" not in str(e.value)
+
+
+def test_a_merge_written_as_one_slice_over_every_layer_is_the_models_form(llamas, tmp_path):
+  """mergekit's usual SLERP recipe (one slice, both sources over every layer, per-layer t by filter) gives
+  what the same merge written with models: and top-level parameters gives; a partial range is one line."""
+  b, e0 = llamas / "base", llamas / "e0"
+  t = "[{filter: self_attn, value: [0, 0.5, 1]}, {filter: mlp, value: [1, 0.5, 0]}, {value: 0.5}]"
+  sliced = _load(_run(f"merge_method: slerp\nbase_model: {b}\nslices:\n  - sources:\n"
+                      f"      - {{model: {b}, layer_range: [0, 3]}}\n      - {{model: {e0}, layer_range: [0, 3]}}\n"
+                      f"    parameters: {{t: {t}}}\ndtype: float32\n", tmp_path / "s"))
+  models = _load(_run(f"merge_method: slerp\nbase_model: {b}\nmodels: [{{model: {b}}}, {{model: {e0}}}]\n"
+                      f"parameters: {{t: {t}}}\ndtype: float32\n", tmp_path / "m"))
+  base, expert = _load(b), _load(e0)
+  for k in models:
+    np.testing.assert_array_equal(bits(sliced[k]), bits(models[k]), err_msg=k)
+  np.testing.assert_array_equal(bits(models["model.layers.0.self_attn.q_proj.weight"]),
+                                bits(base["model.layers.0.self_attn.q_proj.weight"].astype(np.float32)))
+  np.testing.assert_array_equal(bits(models["model.layers.2.self_attn.q_proj.weight"]),
+                                bits(expert["model.layers.2.self_attn.q_proj.weight"].astype(np.float32)))
+  with pytest.raises(mk.RecipeError, match=r"layer_range \[0, 2\) but the models have 3 layers"):
+    _run(f"merge_method: slerp\nbase_model: {b}\nslices: [{{sources: [{{model: {b}, layer_range: [0, 2]}}, "
+         f"{{model: {e0}, layer_range: [0, 2]}}]}}]\n", tmp_path / "p")
+  assert not (tmp_path / "p").exists()

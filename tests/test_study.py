@@ -105,7 +105,7 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"methods": ("average", "slerp")}, "unknown merge method 'slerp'"),
+    ({"methods": ("average", "frankenmerge")}, "unknown merge method 'frankenmerge'"),
     ({"methods": ("average,ties",)}, "unknown merge method 'average,ties'"),
     ({"sizes": ("xs", "huge")}, "unknown model size 'huge'"),
     ({"num_experts": (2, 9)}, "num_experts 9 is out of range: there are 2 experts per base"),

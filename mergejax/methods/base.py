@@ -169,6 +169,9 @@ class Traits:
 
   Attributes:
     uses_base: needs the base model :math:`\theta_0` (task-vector methods).
+    base_is_origin: without ``uses_base``, a base given anyway is the origin of the experts' task
+      vectors (merged relative to it), never one more model to merge; without either, a front end that
+      has a base (mergekit's ``linear``, ``karcher``) merges it as one more input.
     elementwise: the merged entry depends only on the inputs at that entry, per-leaf scalars in
       ``ctx`` and per-leaf statistics, so merging a leaf in flat chunks (or leaves concatenated, see
       ``position_keyed``) gives the whole-leaf result bit for bit.
@@ -184,6 +187,7 @@ class Traits:
   """
 
   uses_base: bool = True
+  base_is_origin: bool = False
   elementwise: bool = False
   position_keyed: bool = False
   lam_scales_task_vector: bool = False
@@ -263,7 +267,7 @@ class MergeMethod:
     if n_experts < lo:
       raise ValueError(f"{self.name}: need at least {'one expert' if lo == 1 else f'{lo} experts'}, got {n_experts}")
     if hi is not None and n_experts > hi:
-      raise ValueError(f"{self.name}: merges at most {hi} experts, got {n_experts}")
+      raise ValueError(f"{self.name}: merges at most {hi} expert{'s' if hi > 1 else ''}, got {n_experts}")
     if self.weights is not None and len(self.weights) != n_experts:
       raise ValueError(f"{self.name}: weights has {len(self.weights)} entries but there are {n_experts} experts")
 

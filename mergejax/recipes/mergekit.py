@@ -33,10 +33,15 @@ leaf's name and its layer position, with mergekit's semantics:
     L1-norm rescale), so these need ``mergejax: {dare: paper}``; ``drop_rate`` = 1 - ``density``,
     no magnitude trim.
   - ``passthrough``: a copy of one model, or ``slices`` of layers stacked (frankenmerges), with
-    mergekit's optional per-model ``scale``.
+    mergekit's optional per-model ``scale``. Any other method takes ``slices`` written as one slice whose
+    sources all span every layer (mergekit's usual SLERP recipe): the slice's ``parameters`` sit between the
+    sources' and the top level; other slice layouts are one line.
   - any other name: the registered mergejax method of that name, its hyperparameters given by name
-    (``lambda`` is ``lam``; per-model ``weight`` gives ``weights``); a name mergejax does not have is one
-    line listing what it has.
+    (``lambda`` is ``lam``; per-model ``weight`` gives ``weights``; ``density``, ``gamma`` and ``epsilon``
+    per model or shared, one value per tensor; ``normalize`` true is ``aggregate: mean``). A method whose
+    traits say ``base_is_origin`` (``nuslerp``, ``multislerp``) merges task vectors from ``base_model``
+    when one is given; one that neither uses nor takes a base as origin (``karcher``) merges the base as
+    one more model. A name mergejax does not have is one line listing what it has.
 
 ``dtype`` is mergekit's math dtype; mergejax computes in float32 whatever it says (a documented
 difference), and writes ``out_dtype``, else ``dtype``, else the base's dtype.
@@ -64,7 +69,7 @@ class KitParam:
   """A parameter of a mergekit merge method, as mergekit 0.1.5 declares it."""
 
   name: str
-  type: type  # float or bool
+  type: type  # float, int or bool (a str for a mergejax choice)
   scope: str  # SHARED (one value per tensor), INPUT (per model), NON_BASE (per model except the base)
   default: Any = REQUIRED
 
@@ -85,6 +90,9 @@ MERGEKIT_METHODS: dict[str, tuple[KitParam, ...]] = {
     "dare_linear": _gta(normalize=False, rescale=True),
     "passthrough": (KitParam("scale", float, INPUT, None),),
 }
+# mergekit's per-model parameters besides ``weight`` (its sparsifying methods' tensor parameters): set per
+# model; mergejax applies one value to every model of a tensor, so the models must agree.
+PER_MODEL = ("density", "gamma", "epsilon")
 # mergekit's name for a mergejax method of another name.
 MERGEKIT_NAMES = {"linear": "average"}
 TOP_KEYS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
@@ -143,7 +151,7 @@ def parse_setting(where: str, raw: Any) -> Setting:
 
 def check_value(where: str, typ: type, value: Any) -> Any:
   """``value`` as mergekit's parameter type (pydantic's lax conversions): float from numbers and numeric
-  strings; bool from booleans, 0/1 and true/false/yes/no/on/off; None allowed for optional parameters."""
+  strings; int from integral ones; bool from booleans, 0/1 and true/false/yes/no/on/off; None allowed for optional parameters."""
   if value is None:
     return None
   if typ is bool:
@@ -155,6 +163,11 @@ def check_value(where: str, typ: type, value: Any) -> Any:
                                                             "t", "f", "y", "n"):
       return value.strip().lower() in ("true", "yes", "on", "1", "t", "y")
     raise RecipeError(f"{where}: {value!r} is not a boolean")
+  if typ is int:
+    v = check_value(where, float, value)
+    if not v.is_integer():
+      raise RecipeError(f"{where}: {value!r} is not an integer")
+    return int(v)
   if typ is float:
     if isinstance(value, bool):
       raise RecipeError(f"{where}: {value!r} is not a number")
@@ -393,6 +406,7 @@ class Plan:
     entries: the recipe entry of each input (parameters), same order; None for a base added implicitly.
     params: mergekit's parameter definitions for this method.
     output_layers: for slices, the output's layer count (config.json num_hidden_layers).
+    slice_index: a merge written as one slice over every layer: 0 (its parameters apply); else None.
   """
 
   recipe: Recipe
@@ -402,6 +416,7 @@ class Plan:
   entries: tuple[ModelEntry | None, ...]
   params: tuple[KitParam, ...]
   output_layers: int | None = None
+  slice_index: int | None = None
 
 
 def _registered() -> list[str]:
@@ -410,20 +425,28 @@ def _registered() -> list[str]:
 
 
 def _kit_params(name: str) -> tuple[KitParam, ...]:
-  """mergekit's parameters of ``name``, or for a mergekit name mergejax registers, its schema's
-  (``weights`` as mergekit's per-model ``weight``, ``lam`` as ``lambda``)."""
+  """mergekit's parameters of ``name``, or for a mergekit name mergejax registers, its schema's: ``weights``
+  as mergekit's per-model ``weight``, ``lam`` as ``lambda``, :data:`PER_MODEL` names per model, an
+  ``aggregate`` of ``sum`` / ``mean`` as mergekit's ``normalize`` (true: mean), and for task-vector methods
+  mergekit's ``int8_mask`` (how mergekit stores masks: no effect on the result)."""
   if name in MERGEKIT_METHODS:
     return MERGEKIT_METHODS[name]
   from mergejax import methods  # pylint: disable=g-import-not-at-top
+  traits = methods.get(name).traits
+  per_model = NON_BASE if traits.uses_base or traits.base_is_origin else INPUT
   out = []
   for hp in methods.schema(name):
     if hp.name == "weights":
-      out.append(KitParam("weight", float, NON_BASE if methods.get(name).traits.uses_base else INPUT, 1.0))
+      out.append(KitParam("weight", float, per_model, 1.0))
+    elif hp.name == "aggregate" and set(hp.choices or ()) >= {"sum", "mean"}:
+      out.append(KitParam("normalize", bool, SHARED, hp.default == "mean"))
     elif hp.type in (float, int, bool):
-      out.append(KitParam("lambda" if hp.name == "lam" else hp.name, float if hp.type is int else hp.type, SHARED,
-                          hp.default))
+      out.append(KitParam("lambda" if hp.name == "lam" else hp.name, hp.type,
+                          per_model if hp.name in PER_MODEL else SHARED, hp.default))
     else:
       out.append(KitParam(hp.name, hp.type, SHARED, hp.default))
+  if traits.uses_base:
+    out.append(KitParam("int8_mask", bool, SHARED, False))
   return tuple(out)
 
 
@@ -461,35 +484,64 @@ def plan(recipe: Recipe) -> Plan:
                       "global RNG and an L1-norm rescale; add `mergejax: {dare: paper}` to run mergejax's")
   if "dare" in opts and not stochastic:
     raise RecipeError(f"mergejax.dare: {name} draws no DARE masks")
-  if recipe.slices is not None:
+  slice_index = None
+  if recipe.slices is not None and name == "passthrough":
     return _plan_slices(recipe, params)
-  refs = [e.ref for e in recipe.models]
+  if recipe.slices is not None:
+    models, slice_index = _whole_model_slice(recipe), 0
+  else:
+    models = recipe.models
+  refs = [e.ref for e in models]
   if name == "passthrough":
     if len(refs) != 1 or (recipe.base_model is not None and recipe.base_model != refs[0]):
       raise RecipeError("models: passthrough copies exactly one model")
-    return Plan(recipe, "passthrough", None, tuple(refs), tuple(recipe.models), params)
-  uses_base = methods.get(jname).traits.uses_base
+    return Plan(recipe, "passthrough", None, tuple(refs), tuple(models), params)
+  traits = methods.get(jname).traits
   base = recipe.base_model
-  if uses_base and base is None:
+  if traits.uses_base and base is None:
     raise RecipeError(f"base_model: required by {name}")
   if len(set(refs)) != len(refs):
     raise RecipeError(f"models: {next(str(r) for r in refs if refs.count(r) > 1)} is listed twice")
-  if uses_base:
-    pairs = [(e.ref, e) for e in recipe.models if e.ref != base]
+  uses_base = traits.uses_base or (traits.base_is_origin and base is not None)
+  if uses_base:  # the base is the origin of the task vectors, listed among the models or not
+    pairs = [(e.ref, e) for e in models if e.ref != base]
   else:  # every input is merged, the base too (mergekit adds it after the listed models)
-    pairs = [(e.ref, e) for e in recipe.models]
+    pairs = [(e.ref, e) for e in models]
     if base is not None and base not in refs:
       pairs.append((base, None))
   if not pairs:
     raise RecipeError(f"models: {name} needs at least one model besides the base")
+  lo, hi = max(1, traits.min_experts), traits.max_experts
+  if not lo <= len(pairs) <= (hi or len(pairs)):
+    count = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+    besides = " besides base_model" if uses_base else ""
+    raise RecipeError(f"models: {name} merges {count} model{'s' if (hi or lo) > 1 else ''}{besides}, got "
+                      f"{len(pairs)}")
+  needs = getattr(methods.get(jname).compute_stats, "needs", None)
+  if needs is not None:
+    raise RecipeError(f"merge_method: {name} learns from data ({needs}), which a recipe cannot give: bind it in "
+                      "Python with mergejax.data_merge.with_data")
   return Plan(recipe, jname, base if uses_base else None, tuple(r for r, _ in pairs), tuple(e for _, e in pairs),
-              params)
+              params, slice_index=slice_index)
+
+
+def _whole_model_slice(recipe: Recipe) -> tuple[ModelEntry, ...]:
+  """The sources of a merge written as ONE slice whose sources all span layers [0, n): the same merge as
+  ``models:`` with the slice's ``parameters`` between the sources' and the top level (mergekit turns
+  ``models:`` into exactly such a slice). n must be the models' layer count (checked when they are opened)."""
+  name = recipe.merge_method
+  if len(recipe.slices) != 1:
+    raise RecipeError(f"slices: mergejax merges slices with {name} only as one slice over every layer (stacking "
+                      "several merged slices is not supported; passthrough stacks copies)")
+  srcs = recipe.slices[0].sources
+  ranges = {e.layer_range for e in srcs}
+  if len(ranges) != 1 or next(iter(ranges))[0] != 0:
+    raise RecipeError(f"slices[0].sources: mergejax merges slices with {name} only when every source spans the "
+                      f"same layers from 0 (got {sorted(ranges)})")
+  return tuple(srcs)
 
 
 def _plan_slices(recipe: Recipe, params: tuple[KitParam, ...]) -> Plan:
-  if recipe.merge_method != "passthrough":
-    raise RecipeError(f"slices: mergejax runs slices with merge_method passthrough only, not "
-                      f"{recipe.merge_method!r} (use models: for whole-model merges)")
   for i, s in enumerate(recipe.slices):
     if len(s.sources) != 1:
       raise RecipeError(f"slices[{i}].sources: passthrough takes exactly one source per slice")
@@ -549,7 +601,7 @@ def kit_values(pl: Plan, leaf: str, t: float, slice_index: int | None = None) ->
 
 def leaf_hparams(pl: Plan, leaf: str, t: float) -> dict[str, Any]:
   """The mergejax hyperparameters for ``leaf`` (see the module doc for the mapping)."""
-  shared, per = kit_values(pl, leaf, t)
+  shared, per = kit_values(pl, leaf, t, pl.slice_index)
   name = pl.recipe.merge_method
   where = f"tensor '{leaf}'"
   w = [p["weight"] for p in per] if per and "weight" in per[0] else None
@@ -594,7 +646,17 @@ def leaf_hparams(pl: Plan, leaf: str, t: float) -> dict[str, Any]:
         out["rescale"] = shared["rescale"]
     return out
   # A method mergejax registers under the mergekit name: hyperparameters by name.
-  out = {("lam" if k == "lambda" else k): v for k, v in shared.items()}
+  out = {("lam" if k == "lambda" else k): v for k, v in shared.items() if k != "int8_mask"}
+  if "normalize" in out:
+    out["aggregate"] = "mean" if out.pop("normalize") else "sum"
+  for k in (per[0] if per else {}):
+    if k == "weight":
+      continue
+    values = sorted({p[k] for p in per}, key=repr)
+    if len(values) > 1:
+      raise RecipeError(f"{k}: the models have different values {values} for {where}; mergejax applies one {k} to "
+                        "all models of a tensor")
+    out[k] = values[0]
   if w is not None:
     out["weights"] = w
   return out

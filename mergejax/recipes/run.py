@@ -139,6 +139,11 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
                                                                      "tokenizer_source: union or base")) from None
   specs = reference.specs()
   n_layers = _num_layers(opened.donor_dir, specs)
+  if pl.slice_index is not None:
+    end = next(e for e in pl.entries if e is not None).layer_range[1]
+    if end != n_layers:
+      raise RecipeError(f"slices[0].sources: layer_range [0, {end}) but the models have {n_layers} layers: mergejax "
+                        f"merges slices with {r.merge_method} only over every layer")
   # Leaves whose hyperparameters agree apart from those kernels take per leaf (lam, weights) form one
   # engine pass; lam and weights then vary leaf by leaf inside it (MergeMethod.with_leaf_hparams).
   groups: dict[str, list[str]] = collections.OrderedDict()

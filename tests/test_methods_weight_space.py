@@ -1,0 +1,336 @@
+"""mergekit's weight-space methods (slerp, nuslerp, multislerp, karcher, breadcrumbs(_ties), della(_linear),
+model_stock, sce, nearswap): float64 references, properties, 1 vs 8 devices, bad input."""
+
+from __future__ import annotations
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+import mergejax
+from mergejax import methods
+from mergejax.tree import stable_path_hash
+from tests.reference import sparse as rsp, spherical as rsph, stock as rst
+from tests.test_methods import flat, make_models
+from tests.test_methods_properties import equal_trees
+
+
+def assert_close(out, expect, dtype, rtol):
+  """float32 outputs within ``rtol`` of the leaf's largest value; bf16 within one ulp (plus that)."""
+  for p, e in expect.items():
+    o = np.asarray(out[p], np.float64)
+    assert out[p].dtype == np.dtype(dtype), p
+    scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
+    if dtype == np.float32:
+      err = float(np.max(np.abs(o - e), initial=0.0)) / scale
+      assert err <= rtol, f"{p}: relative error {err:.3g}"
+    else:
+      exp = np.floor(np.log2(np.maximum(np.abs(e), ml_dtypes.finfo(dtype).tiny)))
+      ulp = 2.0 ** (exp - ml_dtypes.finfo(dtype).nmant)
+      bad = np.abs(o - e) > ulp * (1 + 1e-9) + rtol * scale
+      assert not bad.any(), f"{p}: {bad.sum()} entries more than one ulp off, e.g. {o[bad][:3]} vs {e[bad][:3]}"
+
+
+def sharded_on_8(base, experts):
+  """The models as global arrays on an 8-device mesh, each leaf split along its first axis divisible by 8."""
+  assert len(jax.devices()) == 8, "tests/conftest.py forces 8 CPU devices"
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+
+  def put(x):
+    x = np.asarray(x)
+    axis = next((i for i, d in enumerate(x.shape) if d % 8 == 0), None)
+    spec = jax.sharding.PartitionSpec(*[("x" if i == axis else None) for i in range(x.ndim)])
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+  return jax.tree.map(put, base), [jax.tree.map(put, e) for e in experts]
+
+
+def draws_for(seed: int, path: str, shape: tuple[int, ...], n: int) -> list[np.ndarray]:
+  """Each expert's uniform draws for a leaf, from the documented key derivation (jax.random) and hash."""
+  leaf = jax.random.fold_in(jax.random.key(seed), stable_path_hash(path))
+  words = np.asarray(jax.random.key_data(leaf)).reshape(-1)
+  ks = [np.asarray(jax.random.key_data(jax.random.fold_in(leaf, t))).reshape(-1)[0] for t in range(n)]
+  return [rsp.uniform_draws((words[0], words[-1]), k, shape) for k in ks]
+
+
+def expected(name, hp, base, experts, seed):
+  b, ex = flat(base), [flat(e) for e in experts]
+  out = {}
+  for p in b:
+    xs = [e[p] for e in ex]
+    kw = dict(hp)
+    if name == "slerp":
+      out[p] = rsph.slerp(b[p], xs[0], kw["t"])
+    elif name == "nuslerp":
+      out[p] = rsph.nuslerp(b[p], xs, kw.get("weights", (1.0, 1.0)), kw.get("nuslerp_flatten", True),
+                            kw.get("nuslerp_row_wise", False))
+    elif name == "multislerp":
+      out[p] = rsph.multislerp(b[p], xs, kw.get("weights"), kw.get("normalize_weights", True))
+    elif name == "karcher":
+      out[p] = rsph.karcher([b[p]] + xs, [1.0] + list(kw.get("weights", [1.0] * len(xs))))
+    elif name in ("breadcrumbs", "breadcrumbs_ties"):
+      out[p] = rsp.breadcrumbs(b[p], xs, density=kw.get("density", 0.9), gamma=kw.get("gamma", 0.01),
+                               lam=kw.get("lam", 1.0), weights=kw.get("weights"), rescale=kw.get("rescale", False),
+                               consensus=kw.get("sign", "sum") if name == "breadcrumbs_ties" else None,
+                               aggregate=kw.get("aggregate", "sum"))
+    elif name in ("della", "della_linear"):
+      out[p] = rsp.della(b[p], xs, draws_for(seed, p, b[p].shape, len(xs)), density=kw.get("density", 0.5),
+                         epsilon=kw.get("epsilon", 0.15), lam=kw.get("lam", 1.0), weights=kw.get("weights"),
+                         rescale={True: "l1", False: "none"}.get(kw.get("rescale", "l1"), kw.get("rescale", "l1")),
+                         consensus=kw.get("sign", "sum") if name == "della" else None,
+                         aggregate=kw.get("aggregate", "mean" if name == "della" else "sum"))
+    elif name == "model_stock":
+      out[p] = rst.model_stock(b[p], xs, kw.get("filter_wise", False))
+    elif name == "sce":
+      out[p] = b[p] + kw.get("lam", 1.0) * (rst.sce(b[p], xs, kw.get("select_topk", 1.0)) - b[p])
+    elif name == "nearswap":
+      out[p] = rst.nearswap(b[p], xs[0], kw["t"])
+    else:
+      raise AssertionError(name)
+  return out
+
+
+CASES = [
+    ("slerp", {"t": 0.3}, 1),
+    ("slerp", {"t": 1.0}, 1),
+    ("nuslerp", {}, 2),
+    ("nuslerp", {"weights": (0.7, 0.3), "nuslerp_flatten": False}, 2),
+    ("nuslerp", {"weights": (1.0, 3.0), "nuslerp_flatten": False, "nuslerp_row_wise": True}, 2),
+    ("multislerp", {}, 3),
+    ("multislerp", {"weights": (1.0, 2.0, 0.5)}, 3),
+    ("karcher", {}, 3),
+    ("karcher", {"weights": (1.0, 2.0, 0.5)}, 3),
+    ("breadcrumbs", {"density": 0.6, "gamma": 0.05, "lam": 0.7}, 3),
+    ("breadcrumbs", {"density": 0.3, "gamma": 0.8, "rescale": True, "weights": (1.0, 0.5, 2.0)}, 3),
+    ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.1}, 3),
+    ("breadcrumbs_ties", {"density": 0.7, "gamma": 0.0, "sign": "count", "aggregate": "mean"}, 3),
+    ("della", {}, 3),
+    ("della", {"density": 0.4, "epsilon": 0.2, "rescale": "inverse_prob", "lam": 0.8, "weights": (1.0, 1.7, 0.6)}, 3),
+    ("della_linear", {"density": 0.7, "epsilon": 0.1, "rescale": "none"}, 3),
+    ("della_linear", {"aggregate": "mean", "rescale": True}, 3),
+    ("model_stock", {}, 3),
+    ("model_stock", {"filter_wise": True}, 2),
+    ("sce", {}, 3),
+    ("sce", {"select_topk": 0.4, "lam": 0.9}, 3),
+    ("nearswap", {"t": 0.02}, 1),
+]
+
+
+def _tie_prone(hp):
+  """On bf16-quantized values these settings meet exact ties (votes of exactly 0 in exact arithmetic,
+  equal variances) that float32 and float64 rounding break differently: float32 inputs test them."""
+  return hp.get("rescale") == "inverse_prob" or hp.get("select_topk", 1.0) < 1.0
+
+
+PARAMS = [pytest.param(name, hp, n, dtype, id=f"{name}-{i}-{tag}") for i, (name, hp, n) in enumerate(CASES)
+          for dtype, tag in ((np.float32, "f32"), (ml_dtypes.bfloat16, "bf16"))
+          if dtype == np.float32 or not _tie_prone(hp)]
+
+
+@pytest.mark.parametrize("name,hp,n,dtype", PARAMS)
+def test_matches_float64_reference(name, hp, n, dtype):
+  base, experts = make_models(seed=len(name) + 3 * len(hp), n_experts=n, dtype=dtype)
+  # Experts off the 2^-12 grid of make_models: distinct magnitudes, so that float32 and float64 rank alike.
+  rng = np.random.default_rng(n)
+  experts = [jax.tree.map(lambda x: (np.asarray(x, np.float64) + rng.normal(size=np.shape(x)) * 1e-3).astype(dtype), e)
+             for e in experts]
+  out = mergejax.merge(base, experts, methods.get(name, **hp), seed=5)
+  assert_close(flat(out), expected(name, hp, base, experts, seed=5), dtype, rtol=2e-6)
+
+
+# ------------------------------------------------------------------------------------------- properties
+
+
+def _models(n, seed=0):
+  return make_models(seed=seed, n_experts=n, dtype=np.float32)
+
+
+def _close(a, b, tol=2e-6):
+  fa, fb = flat(a), flat(b)
+  for k in fa:
+    scale = max(float(np.max(np.abs(fb[k]), initial=0.0)), 1e-30)
+    assert np.max(np.abs(np.asarray(fa[k], np.float64) - fb[k]), initial=0.0) <= tol * scale, k
+
+
+@pytest.mark.parametrize("name,hp", [("multislerp", {}), ("sce", {}), ("karcher", {}),
+                                     ("breadcrumbs", {"density": 1.0}), ("della", {"density": 1.0}),
+                                     ("nearswap", {"t": 1e9})])
+def test_one_expert_gives_it_back(name, hp):
+  base, (expert,) = _models(1)
+  out = mergejax.merge(None if name == "karcher" else base, [expert], methods.get(name, **hp))
+  _close(out, expert)
+
+
+def test_slerp_endpoints_and_nearswap_limits():
+  base, (expert,) = _models(1, seed=1)
+  _close(mergejax.merge(base, [expert], methods.slerp(t=0.0)), base)
+  _close(mergejax.merge(base, [expert], methods.slerp(t=1.0)), expert)
+  _close(mergejax.merge(base, [expert], methods.nearswap(t=1e-12)), base, tol=1e-9)
+
+
+@pytest.mark.parametrize("name,hp", [("nuslerp", {}), ("multislerp", {}), ("karcher", {}), ("model_stock", {}),
+                                     ("model_stock", {"filter_wise": True}), ("sce", {"select_topk": 0.5}),
+                                     ("breadcrumbs", {"density": 0.5}), ("breadcrumbs_ties", {"density": 0.5})])
+def test_unweighted_methods_are_symmetric_in_the_experts(name, hp):
+  base, experts = _models(3 if name != "nuslerp" else 2, seed=2)
+  a = mergejax.merge(base, experts, methods.get(name, **hp))
+  b = mergejax.merge(base, experts[::-1], methods.get(name, **hp))
+  _close(a, flat(b), tol=1e-6)
+
+
+@pytest.mark.parametrize("name,hp,ta", [
+    ("breadcrumbs", {"density": 1.0, "lam": 0.4, "weights": (1.0, 2.0, 0.5)}, {"lam": 0.4, "weights": (1.0, 2.0, 0.5)}),
+    ("della_linear", {"density": 1.0, "lam": 0.6}, {"lam": 0.6}),
+    ("lines", {"alpha": 0.35, "beta": 0.0}, {"lam": 0.35}),
+])
+def test_reduces_to_task_arithmetic(name, hp, ta):
+  base, experts = _models(3, seed=3)
+  equal_trees(mergejax.merge(base, experts, methods.get(name, **hp)),
+              mergejax.merge(base, experts, methods.task_arithmetic(**ta)))
+
+
+def test_breadcrumbs_ties_and_della_without_sparsification_are_per_tensor_ties():
+  base, experts = _models(3, seed=4)
+  ties = mergejax.merge(base, experts, methods.ties(density=1.0, scope="tensor", aggregate="sum"))
+  equal_trees(mergejax.merge(base, experts, methods.breadcrumbs_ties(density=1.0)), ties)
+  equal_trees(mergejax.merge(base, experts, methods.della(density=1.0, aggregate="sum")), ties)
+
+
+def test_breadcrumbs_keeps_exactly_the_middle_band():
+  rng = np.random.default_rng(5)
+  base = {"w": np.zeros((40, 25), np.float32)}
+  tau = np.round(rng.normal(size=(40, 25)) * 8) / 8  # many ties in |tau|
+  out = mergejax.merge(base, [{"w": tau.astype(np.float32)}], methods.breadcrumbs(density=0.5, gamma=0.1))["w"]
+  kept = np.asarray(out) != 0
+  n = tau.size
+  assert kept.sum() == int(0.5 * n) - np.sum(tau[kept] == 0)  # exactly int(density n), zeros included
+  dropped = np.abs(tau[~kept & (tau != 0)])
+  assert np.sum(np.abs(tau) > np.abs(tau[kept]).max()) <= int(0.1 * n)  # the top gamma n are outliers
+  assert (dropped <= np.abs(tau[kept]).min()).sum() + (dropped >= np.abs(tau[kept]).max()).sum() == dropped.size
+
+
+def test_della_keeps_density_on_average_prefers_large_entries_and_is_unbiased():
+  rng = np.random.default_rng(6)
+  base = {"w": rng.normal(size=(64, 64)).astype(np.float32)}
+  experts = [{"w": base["w"] + rng.normal(size=(64, 64)).astype(np.float32) * 0.1} for _ in range(2)]
+  tau = experts[0]["w"] - base["w"]
+  m = methods.della_linear(density=0.4, epsilon=0.2, rescale="inverse_prob")
+  keep = np.asarray(mergejax.merge(base, experts[:1], m, seed=0)["w"]) != base["w"]
+  assert abs(keep.mean() - 0.4) < 0.02
+  big = np.abs(tau) >= np.median(np.abs(tau), axis=1, keepdims=True)
+  assert keep[big].mean() > keep[~big].mean() + 0.1  # p grows with the magnitude rank (0.5 vs 0.3 on average)
+  runs = 60
+  mean = sum(np.asarray(mergejax.merge(base, experts, m, seed=s)["w"], np.float64) for s in range(runs)) / runs
+  ta = np.asarray(mergejax.merge(base, experts, methods.task_arithmetic())["w"], np.float64)
+  p = rsp.magprune_prob(tau.astype(np.float64), 0.4, 0.2)
+  sigma = np.sqrt(sum((e["w"].astype(np.float64) - base["w"]) ** 2 for e in experts) * (1 - p.min()) / p.min())
+  assert np.all(np.abs(mean - ta) <= 5 * sigma / np.sqrt(runs) + 1e-6)
+  other = mergejax.merge(base, experts, m, seed=1)["w"]
+  assert not np.array_equal(other, mergejax.merge(base, experts, m, seed=0)["w"])
+
+
+def test_model_stock_ratio_limits():
+  """Identical task vectors (cos 1) give the experts; orthogonal ones (cos 0) give the base."""
+  base = {"w": np.zeros((4, 4), np.float32), "b": np.ones((4,), np.float32)}
+  same = {"w": np.eye(4, dtype=np.float32), "b": np.full((4,), 2.0, np.float32)}
+  _close(mergejax.merge(base, [same, same, same], methods.model_stock()), same)
+  e1 = {"w": np.diag([1.0, 0, 0, 0]).astype(np.float32), "b": np.array([1, 1, 0, 0], np.float32)}
+  e2 = {"w": np.diag([0, 1.0, 0, 0]).astype(np.float32), "b": np.array([1, 1, 3, 3], np.float32)}
+  _close(mergejax.merge(base, [e1, e2], methods.model_stock()), base)
+
+
+@pytest.mark.parametrize("name,hp,n", [("slerp", {"t": 0.4}, 1), ("nuslerp", {"nuslerp_flatten": False}, 2),
+                                       ("multislerp", {}, 3), ("karcher", {}, 3), ("breadcrumbs_ties", {}, 3),
+                                       ("della", {}, 3), ("model_stock", {"filter_wise": True}, 3), ("sce", {}, 3),
+                                       ("nearswap", {"t": 0.01}, 1)])
+def test_identical_on_1_and_8_devices(name, hp, n):
+  base, experts = _models(n, seed=7)
+  method = methods.get(name, **hp)
+  one = mergejax.merge(base, experts, method, seed=3)
+  equal_trees(one, mergejax.merge(*sharded_on_8(base, experts), method, seed=3))
+  equal_trees(one, mergejax.merge(base, experts, method, seed=3))
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("name,hp,n,message", [
+    ("slerp", {}, 2, "slerp: merges at most 1 expert"),
+    ("nearswap", {}, 2, "nearswap: merges at most 1 expert"),
+    ("nuslerp", {}, 3, "nuslerp: merges at most 2 experts"),
+    ("nuslerp", {}, 1, "nuslerp: need at least 2 experts"),
+    ("model_stock", {}, 1, "model_stock: need at least 2 experts"),
+])
+def test_wrong_number_of_models_names_the_method(name, hp, n, message):
+  base, experts = _models(n)
+  with pytest.raises(ValueError, match=message):
+    mergejax.merge(base, experts, methods.get(name, **hp))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: methods.slerp(t=1.5), r"t=1.5 is out of range: allowed \[0.0, 1.0\]"),
+    (lambda: methods.breadcrumbs(density=0.0), r"density=0.0 is out of range"),
+    (lambda: methods.breadcrumbs(gamma=1.0), r"gamma=1.0 is out of range"),
+    (lambda: methods.della(density=0.9, epsilon=0.15), r"della: density=0.9 and epsilon=0.15 give keep probabilities"),
+    (lambda: methods.della_linear(rescale="l2"), r"rescale='l2' is not allowed"),
+    (lambda: methods.sce(select_topk=1.2), r"select_topk=1.2 is out of range"),
+    (lambda: methods.nearswap(t=0.0), r"t=0.0 is out of range"),
+    (lambda: methods.karcher(max_iter=0), r"max_iter=0 is out of range"),
+    (lambda: methods.model_stock(filter_wise="yes"), r"filter_wise='yes' must be True or False"),
+])
+def test_bad_hyperparameters(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
+
+
+# ------------------------------------------------------------------------------------------------ traits
+
+NEW = [("slerp", {}, 1), ("nuslerp", {}, 2), ("multislerp", {}, 3), ("karcher", {}, 3), ("breadcrumbs", {}, 3),
+       ("breadcrumbs_ties", {}, 3), ("della", {}, 3), ("della_linear", {}, 3), ("model_stock", {}, 3), ("sce", {}, 3),
+       ("nearswap", {"t": 0.05}, 1), ("tsv_m", {}, 3), ("iso_c", {}, 3), ("iso_cts", {}, 3), ("cart", {}, 3),
+       ("lines", {}, 3)]
+
+
+@pytest.mark.parametrize("name,hp,n", NEW, ids=[c[0] for c in NEW])
+def test_declared_traits_hold(name, hp, n):
+  """stochastic <=> the seed matters; lam_scales_task_vector => theta(lam) - theta_0 is linear in lam;
+  propagates_nonfinite => a NaN or Inf input entry gives a non-finite output entry; not elementwise
+  => merging a leaf in two halves differs from merging it whole (for these data)."""
+  base, experts = _models(n, seed=8)
+  m = methods.get(name, **hp)
+  a, b = (flat(mergejax.merge(base, experts, m, seed=s)) for s in (0, 1))
+  assert any(not np.array_equal(a[k], b[k]) for k in a) == m.traits.stochastic
+  if m.traits.lam_scales_task_vector:
+    one = flat(mergejax.merge(base, experts, methods.get(name, **hp, lam=1.0)))
+    half = flat(mergejax.merge(base, experts, methods.get(name, **hp, lam=0.5)))
+    for k, v in flat(base).items():
+      np.testing.assert_allclose(half[k] - v, 0.5 * (one[k] - v), rtol=1e-5, atol=1e-6, err_msg=k)
+  if m.traits.propagates_nonfinite:
+    for bad in (np.nan, np.inf):
+      broken = [jax.tree.map(np.copy, e) for e in experts]
+      broken[-1]["embed"][3, 4] = bad
+      assert not np.isfinite(flat(mergejax.merge(base, broken, m, allow_nonfinite=True))["embed"][3, 4])
+  if not m.traits.elementwise and name != "lines":  # LiNeS: one scale per slice of a stacked leaf's axis 0
+    w = flat(base)["embed"]
+    halves = [mergejax.merge({"w": w[:, s]}, [{"w": flat(e)["embed"][:, s]} for e in experts], m, seed=0)["w"]
+              for s in (slice(0, 8), slice(8, 16))]
+    assert not np.array_equal(np.concatenate(halves, 1), a["embed"])
+
+
+def test_rank_selections_are_exact_and_stable_under_heavy_ties():
+  """selection.rank_band / top_k / row_ranks keep exactly the stated ranks, equal values ordered by position
+  (a radix select over float32 bit patterns, no sort), including empty and full bands."""
+  from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(9)
+  for n in (1, 2, 7, 300, 5000):
+    for scale in (1, 8, 4096):
+      a = (np.abs(np.round(rng.normal(size=n) * scale)) / 8).astype(np.float32)
+      asc, desc = rsp.stable_ranks(a.astype(np.float64)), rsp.stable_ranks(-a.astype(np.float64))
+      for lo, hi in ((0, n), (0, 0), (n, n), tuple(sorted(rng.integers(0, n + 1, 2)))):
+        np.testing.assert_array_equal(selection.rank_band(jax.numpy.asarray(a), lo, hi), (asc >= lo) & (asc < hi))
+      for k in (0, n, int(rng.integers(0, n + 1))):
+        np.testing.assert_array_equal(selection.top_k(jax.numpy.asarray(a), k), desc < k)
+  m = (np.abs(np.round(rng.normal(size=(4, 9, 3)) * 2))).astype(np.float32)
+  want = np.stack([np.stack([rsp.stable_ranks(m[i, :, j].astype(np.float64)) for j in range(3)], 1) for i in range(4)])
+  np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m)), want)
