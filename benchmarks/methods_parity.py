@@ -25,7 +25,7 @@ Agreement, per method:
 Speed and memory: whole-process wall time and peak RSS of each tool per method (one run each; ``--repeats``
 for more). On a shared machine these are *measured under load*.
 
-    .venv/bin/python benchmarks/methods_parity.py --mergekit=/work/mk-venv/bin/mergekit-yaml
+    .venv/bin/python benchmarks/methods_parity.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
     .venv/bin/python benchmarks/methods_parity.py --hidden=1024 --layers=8 --intermediate=2816 --vocab=32000 \
       --dtype=bfloat16 --agreement=False --memory_budget_gb=1 --repeats=3   # merge_bench's 168M workload: speed
 """
@@ -73,7 +73,7 @@ STOCHASTIC = ("della", "della_linear", "dare_linear", "dare_ties")
 # (hash-keyed masks, survivors times exactly 1/(1-p)) where the recipe says so (mergekit ignores the key).
 OPT_IN = {"dare_linear": "mergejax: {dare: paper}", "dare_ties": "mergejax: {dare: paper}"}
 
-_MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "/work/mk-venv/bin/mergekit-yaml",
+_MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "",
                                 "mergekit-yaml executable.")
 _METHODS = flags.DEFINE_list("methods", list(SETTINGS), "mergekit method names.")
 _LAYERS = flags.DEFINE_integer("layers", 2, "Decoder layers.")
@@ -277,7 +277,9 @@ def della_agreement(method, root, base, experts, env) -> dict:
 
 def main(argv):
   del argv
-  root = pathlib.Path(_KEEP.value or tempfile.mkdtemp(prefix="methods_parity_", dir="/tmp"))
+  if not _MERGEKIT.value:
+    raise SystemExit("methods_parity: mergekit-yaml is not on PATH; pass --mergekit=PATH/TO/mergekit-yaml")
+  root = pathlib.Path(_KEEP.value or tempfile.mkdtemp(prefix="methods_parity_"))
   root.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
   shapes = llama_shapes(_LAYERS.value, _HIDDEN.value, _INTER.value, _VOCAB.value)
