@@ -115,6 +115,8 @@ class Estimate:
     f = (lambda v: f"{v:+.3f}") if self.signed else (lambda v: f"{v:.3f}")
     if math.isnan(self.value):
       return f"{self.label} -"
+    if math.isnan(self.lo) or math.isnan(self.hi):  # too few replicates with a score: no interval
+      return f"{self.label} {f(self.value)} [no interval]"
     return f"{self.label} {f(self.value)} [{f(self.lo)}, {f(self.hi)}]"
 
 
