@@ -681,7 +681,7 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   if store.outdated:
     logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
                     "checkpoints) and were recomputed", len(store.outdated))
-  study_s = time.perf_counter() - study_t0
+  study_s = study_seconds(store, time.perf_counter() - study_t0)
   return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})
 
 
@@ -706,6 +706,14 @@ def dry_run(spec: StudySpec) -> str:
   if spec.manifest is None:
     text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
   return text
+
+
+def study_seconds(store: ResultsStore, seconds: float) -> float:
+  """The study's time across the runs of this work directory (row ``meta/study``): each run adds its own,
+  so a resumed or re-reported study still reports the time its rows took."""
+  key, fp = "meta/study", store_lib.fingerprint({})
+  row = store.get(key, fp) or {"type": "meta", "study_s": 0.0}
+  return store.put(key, {"type": "meta", "study_s": row["study_s"] + seconds}, fp)["study_s"]
 
 
 def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, trained: bool) -> float | None:
