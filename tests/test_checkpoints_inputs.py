@@ -328,3 +328,11 @@ def test_experts_with_commas_via_repeated_flag_and_file(world, tmp_path):
   assert r.returncode == 0, r.stderr
   man = json.loads((tmp_path / "o" / output_lib.MANIFEST).read_text())
   assert [i["name"] for i in man["inputs"]] == [str(base), str(experts[0]), str(comma)]
+
+
+@pytest.mark.parametrize("text", ["{", '{"metadata": {}}', '{"weight_map": [1]}'])
+def test_a_corrupt_torch_index_is_one_line_naming_it(tmp_path, text):
+  index = tmp_path / "pytorch_model.bin.index.json"
+  index.write_text(text)
+  with pytest.raises(CheckpointError, match=f"^{index}: corrupt index "):
+    open_source(tmp_path)

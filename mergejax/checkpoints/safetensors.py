@@ -28,6 +28,7 @@ from mergejax import tree as tree_lib
 from mergejax.checkpoints import output as output_lib
 from mergejax.checkpoints.base import (CheckpointError, HostViews, LeafSpec, SpanSink, StagedSink, array_from_host,
                                        normalize_index)
+from mergejax.checkpoints import shards
 from mergejax.checkpoints.shards import shard_file
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -115,12 +116,7 @@ class SafetensorsSource(HostViews):
       self.dir = self.path
       index = self.path / INDEX_NAME
       if index.is_file():
-        try:
-          weight_map = json.loads(index.read_text())["weight_map"]
-          if not isinstance(weight_map, dict):
-            raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-          raise CheckpointError(f"{index}: corrupt safetensors index ({type(e).__name__}: {e})") from None
+        weight_map = shards.weight_map(index, "safetensors index")
         shard_files = []
         for fname in sorted(set(weight_map.values()), key=str):
           try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -22,3 +23,16 @@ def shard_file(directory: str | os.PathLike, name: str, index: str | os.PathLike
   if not f.is_file():
     raise CheckpointError(f"{index}: shard '{name}' is missing")
   return f
+
+
+def weight_map(index: str | os.PathLike, kind: str) -> dict:
+  """The ``weight_map`` (tensor name -> shard file name) of a sharded checkpoint's index file; a corrupt
+  index is one :class:`CheckpointError` line naming it (``kind``: "safetensors index", "index")."""
+  index = pathlib.Path(index)
+  try:
+    mapping = json.loads(index.read_text())["weight_map"]
+    if not isinstance(mapping, dict):
+      raise TypeError
+  except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{index}: corrupt {kind} ({type(e).__name__}: {e})") from None
+  return mapping

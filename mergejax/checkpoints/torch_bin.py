@@ -15,7 +15,6 @@ runs. Tensor data is never copied at open: each tensor is a memory map of its st
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -29,6 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from mergejax.checkpoints.base import CheckpointError, HostViews, LeafSpec, array_from_host
+from mergejax.checkpoints import shards
 from mergejax.checkpoints.shards import shard_file
 
 INDEX_NAME = "pytorch_model.bin.index.json"
@@ -216,12 +216,7 @@ class TorchBinSource(HostViews):
       self.dir = self.path
       index = self.path / INDEX_NAME
       if index.is_file():
-        try:
-          weight_map = json.loads(index.read_text())["weight_map"]
-          if not isinstance(weight_map, dict):
-            raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-          raise CheckpointError(f"{index}: corrupt index ({type(e).__name__}: {e})") from None
+        weight_map = shards.weight_map(index, "index")
         files = [shard_file(self.path, f, index) for f in sorted(set(weight_map.values()))]
       else:
         weight_map = None
