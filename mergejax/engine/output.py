@@ -20,10 +20,13 @@ def cast_output(x: jax.Array, dtype: Any) -> jax.Array:
   """float32 -> ``dtype``; to bfloat16 by integer round-to-nearest-even (see the module docstring)."""
   if jnp.dtype(dtype) != jnp.bfloat16 or x.dtype != jnp.float32:
     return x.astype(dtype)
+  # Everything from the bits, so ``x`` has one use: XLA then fuses an expensive producer (a division)
+  # into this pass instead of writing ``x`` out in float32 first.
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   rne = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) >> 16
   nan = ((bits & jnp.uint32(0xFF800000)) | jnp.uint32(0x400000)) >> 16
-  return jax.lax.bitcast_convert_type(jnp.where(jnp.isnan(x), nan, rne).astype(jnp.uint16), jnp.bfloat16)
+  is_nan = (bits & jnp.uint32(0x7FFFFFFF)) > jnp.uint32(0x7F800000)
+  return jax.lax.bitcast_convert_type(jnp.where(is_nan, nan, rne).astype(jnp.uint16), jnp.bfloat16)
 
 
 def kernel_output(kernel, base, experts, ctx, stats, out_dtype: Any) -> jax.Array:
