@@ -3,7 +3,7 @@ multitask baselines per size (plain values; every field overridable as ``--confi
 
   mergejax-build-world --config=configs/world.py --workdir=runs/world
   mergejax-build-world --config=configs/world.py --workdir=runs/world --config.sizes='("xs", "s", "m")' \
-      --config.recipes.expert.steps=50
+      --config.recipes.expert.steps=100
 
 Recipe fields left unset (None) take the defaults in mergejax/training/recipes.py.
 """
