@@ -99,7 +99,7 @@ def test_method_mapping():
      "models[0].parameters.densty: ties has no parameter 'densty'"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {lambda: 2}}]\n",
      "models[0].parameters.lambda: lambda applies to the whole merge"),
-    ("merge_method: arcee_fusion\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'arcee_fusion' is not "
+    ("merge_method: model_soup\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'model_soup' is not "
      "available in mergejax yet"),
     ("merge_method: dare_ties\nbase_model: b\nmodels: [{model: a}]\n", "add `mergejax: {dare: paper}`"),
     ("merge_method: ties\nmodels: [{model: a}]\n", "base_model: required by ties"),
@@ -437,6 +437,9 @@ YAML_METHODS = [
     ("della_linear", {"rescale": False}, {"weight": [0.5, 0.5]}, {"weights": (0.5, 0.5), "rescale": False}, "origin"),
     ("model_stock", {"filter_wise": True}, {}, {"filter_wise": True}, "origin"),
     ("sce", {"select_topk": 0.5, "int8_mask": True}, {}, {"select_topk": 0.5}, "origin"),
+    ("ram", {"epsilon": 1e-4}, {}, {"epsilon": 1e-4}, "origin"),
+    ("ramplus_tl", {"r": 0.3, "alpha": 0.5}, {}, {"r": 0.3, "alpha": 0.5}, "origin"),
+    ("arcee_fusion", {}, {}, {}, "base+1"),
 ]
 
 
