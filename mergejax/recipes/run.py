@@ -186,7 +186,7 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
   if pl.parts:
     return _run_slices(pl, output, output_format=output_format, overwrite=overwrite, seed=seed,
                        shard_bytes=shard_bytes, memory_budget_bytes=memory_budget_bytes, progress=progress, mesh=mesh)
-  from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
+  from mergejax import sharding  # pylint: disable=g-import-not-at-top
   r = pl.recipe
   names = ([pl.base] if pl.base is not None else []) + list(pl.inputs)
   tok_source, tokens = _tokenizer_args(r, names)
@@ -226,17 +226,8 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
         dt = np.dtype(opened.dtype) if opened.dtype is not None else None
         sink.begin([LeafSpec(s.path, s.shape, dt if dt is not None and tree_lib.is_float_dtype(s.dtype) else s.dtype)
                     for s in specs])
-      bar = _bar(progress and len(groups) > 1, len(groups))
-      for key, paths in groups.items():
-        base_src = SubsetSource(opened.base, paths) if opened.base is not None else None
-        engine.merge_sources(base_src, [SubsetSource(e, paths) for e in opened.experts], shared,
-                             info["methods"][key], seed=seed, dtype=opened.dtype, mesh=mesh, rules=rules,
-                             memory_budget_bytes=memory_budget_bytes, allow_nonfinite=False,
-                             progress=progress and len(groups) == 1)
-        if bar is not None:
-          bar.update(1)
-      if bar is not None:
-        bar.close()
+      _merge_passes(shared, [(groups, hps, info, opened.base, opened.experts)], seed=seed, dtype=opened.dtype,
+                    mesh=mesh, rules=rules, memory_budget_bytes=memory_budget_bytes, progress=progress)
     except BaseException:
       shared.abort()
       raise
@@ -275,7 +266,7 @@ def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, sha
   sources' layers [a_k, b_k) merged (with slice k's parameters and mergekit's per-slice gradient position
   t = i / (b_k - a_k - 1)) into output layers from the sum of the earlier slices' lengths; the
   embeddings merged from the first slice's sources, the final norm and head from the last's (t = 0)."""
-  from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
+  from mergejax import sharding  # pylint: disable=g-import-not-at-top
   r = pl.recipe
   offsets = mk.slice_offsets(pl)
   dtype = r.out_dtype or r.dtype
@@ -333,18 +324,8 @@ def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, sha
       if isinstance(sink, StagedSink):
         sink.begin([LeafSpec(p, s.shape, dt if dt is not None and tree_lib.is_float_dtype(s.dtype) else s.dtype)
                     for p, s in sorted(out_specs.items())])
-      total = sum(len(g) for g, *_ in passes)
-      bar = _bar(progress, total)
-      for groups, _, info, base, experts in passes:
-        for key, paths in groups.items():
-          engine.merge_sources(SubsetSource(base, paths) if base is not None else None,
-                               [SubsetSource(e, paths) for e in experts], shared, info["methods"][key], seed=seed,
-                               dtype=dtype, mesh=mesh, rules=rules, memory_budget_bytes=memory_budget_bytes,
-                               allow_nonfinite=False, progress=False)
-          if bar is not None:
-            bar.update(1)
-      if bar is not None:
-        bar.close()
+      _merge_passes(shared, passes, seed=seed, dtype=dtype, mesh=mesh, rules=rules,
+                    memory_budget_bytes=memory_budget_bytes, progress=progress)
     except BaseException:
       shared.abort()
       raise
@@ -355,6 +336,25 @@ def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, sha
                 "recipe": r.text, "mergekit_method": r.merge_method,
                 "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
     return sink.finalize(manifest)
+
+
+def _merge_passes(shared: Any, passes: Sequence[tuple], *, seed: int, dtype: Any, mesh: Any, rules: Any,
+                  memory_budget_bytes: float | None, progress: bool) -> None:
+  """Runs the engine once per leaf group of each pass ``(groups, hparams, info, base, experts)`` into
+  ``shared``; one progress bar over the groups (the engine's own when there is one group)."""
+  from mergejax import engine  # pylint: disable=g-import-not-at-top  (JAX: only when a merge runs)
+  total = sum(len(p[0]) for p in passes)
+  bar = _bar(progress and total > 1, total)
+  for groups, _, info, base, experts in passes:
+    for key, paths in groups.items():
+      engine.merge_sources(SubsetSource(base, paths) if base is not None else None,
+                           [SubsetSource(e, paths) for e in experts], shared, info["methods"][key], seed=seed,
+                           dtype=dtype, mesh=mesh, rules=rules, memory_budget_bytes=memory_budget_bytes,
+                           allow_nonfinite=False, progress=progress and total == 1)
+      if bar is not None:
+        bar.update(1)
+  if bar is not None:
+    bar.close()
 
 
 def _bar(enabled: bool, total: int):
