@@ -67,7 +67,13 @@ def _tokenizer_files(family: str, directory: pathlib.Path, text: list[str]) -> N
 
 
 def _base(family: str, directory: pathlib.Path, text: list[str]) -> pathlib.Path:
-  Z.write_checkpoint(family, directory, config=FAMILIES[family])  # random weights, seeded by tensor name
+  """A random base (weights seeded by tensor name) with embeddings of std d^-1/2, as trained models have them
+  (Gemma multiplies them by sqrt(d): unit-variance inputs to the first layer)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  Z.write_checkpoint(family, directory, config=FAMILIES[family])
+  w = Z.weights(family, FAMILIES[family])
+  w["model.embed_tokens.weight"] *= np.float32(FAMILIES[family]["hidden_size"] ** -0.5)
+  save_file(w, str(directory / "model.safetensors"), metadata={"format": "pt"})
   _tokenizer_files(family, directory, text)
   return directory
 
