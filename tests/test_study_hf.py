@@ -24,8 +24,10 @@ from mergejax import models
 from mergejax.configs import study as study_config_lib
 from mergejax.study import runner
 from mergejax.study import verdicts
+from mergejax.tasks import per_vocabulary
 from mergejax.tasks import registry
 from mergejax.tasks import vocab as suite_vocab
+from mergejax.training import data as data_lib
 from mergejax.training import finetune
 from mergejax.training import trainer
 
@@ -33,10 +35,11 @@ CATS = ("sentiment", "topic")
 STEPS, LR = 24, 1e-2  # enough for each expert to beat its random base on its own category's validation split
 FEATURE_LENGTHS = {"inputs": 96, "targets": 32}
 FAMILIES = {
-    # Llama: untied output projection, grouped-query attention; tokenizer.json (BPE, SentencePiece-style spaces).
+    # Llama: untied output projection, grouped-query attention; tokenizer.json (BPE, SentencePiece-style spaces)
+    # whose id 0 is a text token, as Llama 3's "!" (seqio ids are shifted by one: the adapter's seqio view).
     "llama": dict(Z._BASE, model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=384,
                   max_position_embeddings=256, intermediate_size=64, rope_theta=10000.0, tie_word_embeddings=False,
-                  bos_token_id=1, eos_token_id=2),
+                  bos_token_id=382, eos_token_id=383),
     # Gemma 2: tied embeddings, sandwich norms, soft caps, alternating sliding windows; tokenizer.model.
     "gemma2": dict(Z._BASE, model_type="gemma2", architectures=["Gemma2ForCausalLM"], vocab_size=320, hidden_size=48,
                    intermediate_size=96, head_dim=12, max_position_embeddings=256, hidden_activation="gelu_pytorch_tanh",
@@ -49,13 +52,15 @@ SIZE = {"llama": "llama-tiny", "gemma2": "gemma-tiny"}
 
 def _tokenizer_files(family: str, directory: pathlib.Path, text: list[str]) -> None:
   """The family's kind of tokenizer, trained on ``text`` with the family's special ids."""
-  if family == "llama":
+  if family == "llama":  # Llama 3's layout: text tokens from id 0, BOS and EOS the last two ids
     import tokenizers  # pylint: disable=g-import-not-at-top
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
     tok.decoder = tokenizers.decoders.Metaspace()
-    tok.train_from_iterator(text, tokenizers.trainers.BpeTrainer(
-        vocab_size=FAMILIES[family]["vocab_size"], special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    tok.train_from_iterator(text, tokenizers.trainers.BpeTrainer(vocab_size=FAMILIES[family]["vocab_size"] - 2,
+                                                                 show_progress=False))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    assert tok.token_to_id("<|begin_of_text|>") == FAMILIES[family]["bos_token_id"]
     tok.save(str(directory / "tokenizer.json"))
   else:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
@@ -104,7 +109,7 @@ def hf_study(tmp_path_factory):
       experts[c] = root / family / c
       results[(family, c)] = finetune.finetune(
           base, experts[c], mixture=f"mj_heldin_{c}", steps=STEPS, batch_size=8, feature_lengths=FEATURE_LENGTHS,
-          opt=trainer.OptimConfig(lr=LR, warmup_steps=2, min_lr_ratio=0.5), progress=False)
+          opt=trainer.OptimConfig(lr=LR, warmup_steps=2, min_lr_ratio=0.5), log_every=1, progress=False)
     manifest[SIZE[family]] = {"base": f"{family}/base", "experts": {c: f"{family}/{c}" for c in CATS}}
   path = root / "models.yaml"
   path.write_text(yaml.safe_dump({"pretrained": manifest}))
@@ -139,7 +144,7 @@ def test_finetuned_experts_are_hf_checkpoints_transformers_reads_with_the_same_l
 
     lm = models.from_pretrained(expert)
     base = models.from_pretrained(hf_study["root"] / family / "base")
-    assert lm.family == family and lm.vocabulary is not None
+    assert lm.family == family and lm.token_offset == (1 if family == "llama" else 0)
     moved = [n for n in lm.params if not np.array_equal(np.asarray(lm.params[n]), np.asarray(base.params[n]))]
     assert len(moved) == len(lm.params)  # full fine-tuning moved every tensor
 
@@ -152,6 +157,35 @@ def test_finetuned_experts_are_hf_checkpoints_transformers_reads_with_the_same_l
     with torch.no_grad():
       theirs = model(torch.from_numpy(tokens.astype(np.int64))).logits.float().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_first_step_loss_is_the_checkpoints_own_cross_entropy_on_each_packed_segment(hf_study):
+  """The trainer's loss on a packed seqio batch equals the base model's cross-entropy computed segment by
+  segment in the checkpoint's own ids (BOS first, seqio ids shifted back), so packing, the segment mask and
+  the id mapping are right."""
+  for family in FAMILIES:
+    lm = models.from_pretrained(hf_study["root"] / family / "base")
+    mixture = per_vocabulary.with_vocabulary("mj_heldin_sentiment", lm.vocabulary)
+    batch = next(data_lib.batches(mixture, batch_size=8, feature_lengths=FEATURE_LENGTHS, seed=0))
+    off, rows, scored = lm.token_offset, [], []
+    for row in range(batch["decoder_segment_ids"].shape[0]):
+      segments = batch["decoder_segment_ids"][row]
+      for s in sorted(set(segments.tolist()) - {0}):
+        at = np.nonzero(segments == s)[0]
+        ids = np.zeros(segments.shape, np.int32)  # right padding: a causal model's earlier logits ignore it
+        ids[:len(at)] = batch["decoder_input_tokens"][row, at] - off
+        ids[0] = lm.start_id  # seqio's BOS slot (input 0)
+        weights = batch["decoder_loss_weights"][row, at]
+        scored.append([(j, batch["decoder_target_tokens"][row, at[j]] - off) for j in np.nonzero(weights)[0]])
+        rows.append(ids)
+    z = np.asarray(jax.jit(lm.adapter.apply)(lm.params, jnp.asarray(np.stack(rows)))).astype(np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    total = -sum(logp[r, j, t] for r, targets in enumerate(scored) for j, t in targets)
+    count = sum(map(len, scored))
+    first = hf_study["train"][(family, "sentiment")].losses[0]
+    assert first[0] == 1 and count > 0
+    assert first[1] == pytest.approx(total / count, rel=1e-4)
 
 
 def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(hf_study):

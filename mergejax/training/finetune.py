@@ -26,7 +26,7 @@ from mergejax.training import trainer as trainer_lib
 def finetune(source: str | os.PathLike, out: str | os.PathLike, *, mixture: str, steps: int,
              opt: trainer_lib.OptimConfig | None = None, batch_size: int = recipes.BATCH_SIZE,
              feature_lengths: Mapping[str, int] | None = None, seed: int = 0, dtype: Any = "float32",
-             mesh: Any = None, checkpoint_every: int = 0, progress: bool = True,
+             mesh: Any = None, checkpoint_every: int = 0, log_every: int = 10, progress: bool = True,
              info: Mapping[str, Any] | None = None) -> trainer_lib.TrainResult:
   """Fine-tunes the Hugging Face checkpoint ``source`` on ``mixture`` and writes ``out`` (skipped when complete).
 
@@ -36,7 +36,7 @@ def finetune(source: str | os.PathLike, out: str | os.PathLike, *, mixture: str,
     out: the output directory (written atomically).
     mixture: a registered seqio task or mixture (e.g. ``recipes.mixture_name("expert", "sentiment")``); its
       text is tokenized with the checkpoint's tokenizer.
-    steps, opt, batch_size, feature_lengths, seed, checkpoint_every, progress: as for
+    steps, opt, batch_size, feature_lengths, seed, checkpoint_every, log_every, progress: as for
       :func:`mergejax.training.trainer.train` (``opt`` defaults to the expert recipe's).
     dtype: the training (and saved) dtype of the parameters.
     mesh: the training mesh (default: every device on one "data" axis; the parameters are FSDP-sharded over it).
@@ -59,5 +59,5 @@ def finetune(source: str | os.PathLike, out: str | os.PathLike, *, mixture: str,
                      f"max_position_embeddings {lm.config.max_len}")
   return trainer_lib.train(model, out, steps=steps, opt=opt, batch_size=batch_size, feature_lengths=lengths,
                            mixture=data, seed=seed, init_params=lm.params, checkpoint_every=checkpoint_every,
-                           progress=progress, desc=pathlib.Path(out).name, mesh=mesh,
+                           log_every=log_every, progress=progress, desc=pathlib.Path(out).name, mesh=mesh,
                            info={"source": str(pathlib.Path(source).absolute()), "mixture": mixture, **dict(info or {})})

@@ -93,7 +93,7 @@ class FamilyModel:
     source: the checkpoint directory whose config.json and tokenizer files the trained model carries.
   """
 
-  config: Any
+  config: llamalike.DecoderConfig
   adapter: ModelAdapter
   source: pathlib.Path
 
@@ -102,7 +102,7 @@ class FamilyModel:
     return self.config.family
 
 
-def family_model(lm: Any) -> FamilyModel:
+def family_model(lm: models.PretrainedLM) -> FamilyModel:
   """The :class:`FamilyModel` of a :class:`mergejax.models.PretrainedLM` of a Hugging Face family."""
   if lm.config.layout != "hf":
     raise ValueError(f"{lm.path}: a built-in decoder checkpoint: train it with its models.ModelConfig")
