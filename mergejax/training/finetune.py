@@ -52,6 +52,9 @@ def finetune(source: str | os.PathLike, out: str | os.PathLike, *, mixture: str,
   if opt is None:
     d = {k: v for k, v in recipes.DEFAULTS["expert"].items() if k != "steps"}
     opt = trainer_lib.OptimConfig(**d)
+  if mixture.startswith("t0_"):  # T0's tasks (over TFDS) register on first use, the synthetic suite's on import
+    from mergejax.tasks import t0  # pylint: disable=g-import-not-at-top
+    t0.ensure_registered()
   data = per_vocabulary.with_vocabulary(mixture, lm.vocabulary)
   lengths = dict(feature_lengths or recipes.FEATURE_LENGTHS)
   if sum(lengths.values()) > lm.config.max_len:
