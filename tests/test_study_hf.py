@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +34,8 @@ from mergejax.training import data as data_lib
 from mergejax.training import finetune
 from mergejax.training import trainer
 
-CATS = ("sentiment", "topic")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CATS = ("sentiment", "summarization")
 STEPS, LR = 24, 1e-2  # enough for each expert to beat its random base on its own category's validation split
 FEATURE_LENGTHS = {"inputs": 96, "targets": 32}
 FAMILIES = {
@@ -205,7 +209,7 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
     merges = [r for r in rows.values() if r["type"] == "merge" and r["size"] == size]
     assert sorted((r["n"], tuple(r["categories"]), r["method"]) for r in merges) == [
         (1, ("sentiment",), "average"), (1, ("sentiment",), "task_arithmetic"),
-        (1, ("topic",), "average"), (1, ("topic",), "task_arithmetic"),
+        (1, ("summarization",), "average"), (1, ("summarization",), "task_arithmetic"),
         (2, CATS, "average"), (2, CATS, "task_arithmetic")]
     for r in merges:
       scores = [*r["heldin_test"].values(), *r["heldout_test"].values(), r["heldin_norm"], r["heldout_norm"]]
@@ -229,3 +233,26 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
   for size in SIZE.values():
     assert size in text
   assert (pathlib.Path(hf_study["report"]).parent / "heldin_vs_n.png").stat().st_size > 1000
+
+
+def test_mergejax_train_fine_tunes_a_hugging_face_checkpoint(hf_study, tmp_path):
+  """The command line: --config.init a Hugging Face directory, a resumable train state every 2 steps, an HF
+  directory out; a bad recipe for a checkpoint is one line."""
+  base = hf_study["root"] / "llama" / "base"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "mergejax.cli.train", "--config=configs/train.py", f"--config.init={base}",
+         "--config.category=summarization", "--config.steps=3", "--config.checkpoint_every=2", "--config.batch_size=8",
+         "--config.progress=False"]
+  proc = subprocess.run([*cmd, "--config.recipe=expert", f"--config.output={tmp_path / 'summ'}"],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "expert of" in proc.stdout and "trained 3 steps" in proc.stdout
+  meta = json.loads((tmp_path / "summ" / "mergejax_manifest.json").read_text())
+  assert meta["training"]["recipe"] == "expert" and meta["training"]["mixture"] == "mj_heldin_summarization"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["summ"]  # the train state is gone once complete
+  lm = models.from_pretrained(tmp_path / "summ")
+  assert lm.family == "llama" and set(lm.params) == set(models.from_pretrained(base).params)
+  proc = subprocess.run([*cmd, "--config.recipe=pretrain", f"--config.output={tmp_path / 'pt'}"],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 1 and not (tmp_path / "pt").exists()
+  assert proc.stderr.strip().splitlines()[-1].startswith("mergejax-train: error: recipe 'pretrain' does not start")
