@@ -11,10 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +21,8 @@ import yaml
 
 import model_zoo as Z
 from mergejax import models
+from mergejax.cli import train as train_cli
+from mergejax.configs import train as train_config_lib
 from mergejax.configs import study as study_config_lib
 from mergejax.study import runner
 from mergejax.study import verdicts
@@ -32,9 +31,9 @@ from mergejax.tasks import registry
 from mergejax.tasks import vocab as suite_vocab
 from mergejax.training import data as data_lib
 from mergejax.training import finetune
+from mergejax.training import recipes
 from mergejax.training import trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CATS = ("sentiment", "summarization")
 STEPS, LR = 24, 1e-2  # enough for each expert to beat its random base on its own category's validation split
 FEATURE_LENGTHS = {"inputs": 96, "targets": 32}
@@ -235,24 +234,22 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
   assert (pathlib.Path(hf_study["report"]).parent / "heldin_vs_n.png").stat().st_size > 1000
 
 
-def test_mergejax_train_fine_tunes_a_hugging_face_checkpoint(hf_study, tmp_path):
-  """The command line: --config.init a Hugging Face directory, a resumable train state every 2 steps, an HF
-  directory out; a bad recipe for a checkpoint is one line."""
+def test_mergejax_train_fine_tunes_a_hugging_face_checkpoint(hf_study, tmp_path, capsys):
+  """mergejax-train's run for a --config.init that is a Hugging Face directory: the recipe's mixture, a resumable
+  train state every 2 steps, an HF directory out; a recipe that does not start from a checkpoint is one line."""
   base = hf_study["root"] / "llama" / "base"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "mergejax.cli.train", "--config=configs/train.py", f"--config.init={base}",
-         "--config.category=summarization", "--config.steps=3", "--config.checkpoint_every=2", "--config.batch_size=8",
-         "--config.progress=False"]
-  proc = subprocess.run([*cmd, "--config.recipe=expert", f"--config.output={tmp_path / 'summ'}"],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "expert of" in proc.stdout and "trained 3 steps" in proc.stdout
+  cfg = train_config_lib.get_config()
+  cfg.recipe, cfg.category, cfg.init, cfg.output = "expert", "summarization", str(base), str(tmp_path / "summ")
+  cfg.steps, cfg.checkpoint_every, cfg.batch_size, cfg.progress = 3, 2, 8, False
+  assert train_cli.finetune_checkpoint(cfg) == 0
+  assert "expert of" in capsys.readouterr().out
   meta = json.loads((tmp_path / "summ" / "mergejax_manifest.json").read_text())
   assert meta["training"]["recipe"] == "expert" and meta["training"]["mixture"] == "mj_heldin_summarization"
+  assert meta["training"]["steps"] == 3 and meta["training"]["optim"]["lr"] == recipes.DEFAULTS["expert"]["lr"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["summ"]  # the train state is gone once complete
   lm = models.from_pretrained(tmp_path / "summ")
   assert lm.family == "llama" and set(lm.params) == set(models.from_pretrained(base).params)
-  proc = subprocess.run([*cmd, "--config.recipe=pretrain", f"--config.output={tmp_path / 'pt'}"],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-  assert proc.returncode == 1 and not (tmp_path / "pt").exists()
-  assert proc.stderr.strip().splitlines()[-1].startswith("mergejax-train: error: recipe 'pretrain' does not start")
+  cfg.recipe, cfg.output = "pretrain", str(tmp_path / "pt")
+  with pytest.raises(ValueError, match="recipe 'pretrain' does not start from a checkpoint"):
+    train_cli.finetune_checkpoint(cfg)
+  assert not (tmp_path / "pt").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import pathlib
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -41,7 +42,7 @@ def main(argv) -> int:
     if cfg.task_module:
       importlib.import_module(cfg.task_module)
     if cfg.init and (pathlib.Path(cfg.init) / "config.json").is_file():
-      return _finetune(cfg)
+      return finetune_checkpoint(cfg)
     spec = world.run_spec(
         cfg.recipe, cfg.size, _WORKDIR.value, category=cfg.category, kind=cfg.kind, out=cfg.output,
         init=cfg.init, mixture=cfg.mixture, mixture_prefix=cfg.mixture_prefix, steps=cfg.steps,
@@ -63,8 +64,10 @@ def main(argv) -> int:
   return 0
 
 
-def _finetune(cfg) -> int:
-  """A recipe run from a Hugging Face checkpoint (``cfg.init``) into ``cfg.output``."""
+def finetune_checkpoint(cfg: Any) -> int:
+  """The run of a ``configs/train.py`` config whose ``init`` is a Hugging Face checkpoint: the recipe's mixture
+  (or ``cfg.mixture``), its defaults overridden by the config's set fields, written to ``cfg.output``.
+  ValueError (one line) for a recipe that does not start from a checkpoint or a missing output."""
   from mergejax.training import finetune, recipes, trainer  # pylint: disable=g-import-not-at-top  (as above)
   if cfg.recipe not in ("instruction_tune", "expert", "multitask"):
     raise ValueError(f"recipe {cfg.recipe!r} does not start from a checkpoint: choose instruction_tune, expert "
