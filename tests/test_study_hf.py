@@ -198,13 +198,14 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
     base = rows[f"ref/pretrained/{size}/base"]
     assert base["params"] == sum(int(np.prod(s)) for s in models.param_shapes(
         models.parse_hf_config(FAMILIES[family])).values())
-    # Each expert beats its random base on its own category's validation tasks (chance is 1/choices).
+    # Each expert beats its random base on its own category's validation tasks by more than 5 points (measured:
+    # 14 to 25 points; 64 examples per task).
     for c in CATS:
       expert = rows[f"ref/pretrained/{size}/expert/{c}"]
       cats = expert["task_categories"]
       own = _category_mean(expert["heldin_validation"], cats, c)
       base_own = _category_mean(base["heldin_validation"], {**base["task_categories"], **cats}, c)
-      assert own > base_own, (family, c, own, base_own)
+      assert own > base_own + 5, (family, c, own, base_own)
     merges = [r for r in rows.values() if r["type"] == "merge" and r["size"] == size]
     assert sorted((r["n"], tuple(r["categories"]), r["method"]) for r in merges) == [
         (1, ("sentiment",), "average"), (1, ("sentiment",), "task_arithmetic"),
@@ -214,8 +215,7 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
       scores = [*r["heldin_test"].values(), *r["heldout_test"].values(), r["heldin_norm"], r["heldout_norm"]]
       assert scores and all(math.isfinite(s) for s in scores)
       assert {r["task_categories"][t] for t in r["heldout_test"]} == {"nli"}
-      if r["n"] == 1 and (r["method"] == "average" or r["hparams"]["lam"] == 1.0):
-        # Averaging one expert (or adding its whole task vector to the base) is that expert: its scores, exactly.
+      if r["n"] == 1 and r["method"] == "average":  # the average of one expert is that expert: its scores, exactly
         (c,) = r["categories"]
         assert r["heldin_test"] == rows[f"ref/pretrained/{size}/expert/{c}"]["heldin_test"]
         assert r["heldin_norm"] == pytest.approx(1.0)
