@@ -169,25 +169,32 @@ def top_k(a: Array, k: Array) -> Array:
   return (keep & (k > 0)).reshape(shape)
 
 
-def _row_ranks_host(bits: np.ndarray) -> np.ndarray:
+def _row_ranks_host(bits: np.ndarray, block: int = 1 << 22) -> np.ndarray:
   """Ranks within the rows of order-preserving uint32 patterns (:func:`_ordered_bits`): with its column
   as the low word, each entry is one unsigned 64-bit key, distinct within its row, so an unstable
-  vectorized sort of the keys is the stable argsort of the values (~5x faster on CPU)."""
+  vectorized sort of the keys is the stable argsort of the values (~5x faster on CPU). Rows go in
+  blocks of about ``block`` entries, bounding the host workspace."""
+  bits = np.asarray(bits)
   rows, n = bits.shape
-  keys = np.asarray(bits).astype(np.uint64)
-  keys <<= np.uint64(32)
-  keys |= np.arange(n, dtype=np.uint64)
-  keys.sort(axis=1)
-  order = keys.view(np.uint32)[:, 0::2] if np.little_endian else keys.view(np.uint32)[:, 1::2]
   ranks = np.empty((rows, n), np.int32)
-  ranks[np.arange(rows)[:, None], order] = np.arange(n, dtype=np.int32)
+  cols = np.arange(n, dtype=np.uint64)
+  step = max(1, block // max(n, 1))
+  for r0 in range(0, rows, step):
+    keys = bits[r0:r0 + step].astype(np.uint64)
+    keys <<= np.uint64(32)
+    keys |= cols
+    keys.sort(axis=1)
+    order = keys.view(np.uint32)[:, 0::2] if np.little_endian else keys.view(np.uint32)[:, 1::2]
+    np.put_along_axis(ranks[r0:r0 + step], order.astype(np.intp), np.broadcast_to(cols.astype(np.int32), order.shape),
+                      axis=1)
   return ranks
 
 
 def _ordered_bits(x: Array) -> Array:
   """uint32 patterns whose unsigned order is the float order of ``x`` (argsort's: -0.0 equal to +0.0,
   every NaN equal and last)."""
-  x = jnp.where(jnp.isnan(x), jnp.float32(jnp.nan), x.astype(jnp.float32) + jnp.float32(0))
+  x = x.astype(jnp.float32)
+  x = jnp.where(jnp.isnan(x), jnp.float32(jnp.nan), jnp.where(x == 0, jnp.float32(0), x))
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   return jnp.where(bits >> 31 != 0, ~bits, bits | jnp.uint32(0x80000000))
 
