@@ -67,44 +67,49 @@ def _position_of(eq_n: Array, m: Array) -> Array:
 _SAMPLE = 1 << 16  # sample size that narrows a host order statistic to a window of the leaf
 
 
-def _edge_host(bits: np.ndarray, r: int) -> tuple[np.uint32, int, np.ndarray]:
-  """(v, #(< v), flat positions of the entries equal to v) of v, the r-th smallest (0-based) of a 1-D
-  uint32 array. A strided sample's quantiles ~4 standard deviations of rank either side of r bound a
-  window of values; the window's positions and values (found in one pass) hold the answer, or, if it
-  misses rank r, the whole array is partitioned."""
+def _edges_host(bits: np.ndarray, ranks: np.ndarray, targets: np.ndarray, from_top: bool,
+                block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+  """For each edge i: v_i, the value at ascending rank ``ranks[i]``, and the flat position of the m-th
+  (0-based) entry equal to it, m = ``targets[i]`` minus the entries below v_i (above it with
+  ``from_top``); a position past the end when m is past the equal entries.
+
+  A strided sample's quantiles ~4 standard deviations of rank either side of each rank bound a window of
+  values; one pass over the leaf, in cache-sized blocks, counts the entries below each window and
+  collects each window's values and positions, which hold the answer (if a window misses its rank, the
+  whole leaf is partitioned instead)."""
+  bits = np.asarray(bits).reshape(-1)
   n = bits.size
+  ranks, targets = ranks.tolist(), targets.tolist()
   stride = n // _SAMPLE
+  windows = []
   if stride >= 2:
     sample = np.sort(bits[::stride])
     m = sample.size
-    at = r / n * m
-    spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
-    lo_v = sample[int(np.clip(math.floor(at - spread), 0, m - 1))]
-    hi_v = sample[int(np.clip(math.ceil(at + spread), 0, m - 1))]
-    below = int(np.count_nonzero(bits < lo_v))
-    if below <= r:
-      inside = bits >= lo_v
-      np.logical_and(inside, bits <= hi_v, out=inside)
-      where = np.flatnonzero(inside)
-      window = bits[where]
-      if r - below < window.size:
-        v = np.partition(window, r - below)[r - below]
-        return v, below + int(np.count_nonzero(window < v)), where[window == v]
-  v = np.partition(bits, r)[r]
-  return v, int(np.count_nonzero(bits < v)), np.flatnonzero(bits == v)
-
-
-def _edges_host(bits: np.ndarray, ranks: np.ndarray, targets: np.ndarray, from_top: bool
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """For each edge i: v_i, the value at ascending rank ``ranks[i]``, and the flat position of the m-th
-  (0-based) entry equal to it, m = ``targets[i]`` minus the entries below v_i (above it with
-  ``from_top``); a position past the end when m is past the equal entries."""
-  bits = np.ascontiguousarray(bits).reshape(-1)
-  n = bits.size
+    for r in ranks:
+      at = r / n * m
+      spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
+      windows.append((sample[int(np.clip(math.floor(at - spread), 0, m - 1))],
+                      sample[int(np.clip(math.ceil(at + spread), 0, m - 1))]))
+    below = [0] * len(ranks)
+    found = [([], []) for _ in ranks]
+    for start in range(0, n, block):
+      chunk = bits[start:start + block]
+      for i, (lo_v, hi_v) in enumerate(windows):
+        below[i] += int(np.count_nonzero(chunk < lo_v))
+        where = np.flatnonzero((chunk >= lo_v) & (chunk <= hi_v))
+        found[i][0].append(where + start)
+        found[i][1].append(chunk[where])
   values = np.empty(len(ranks), np.uint32)
   firsts = np.empty(len(ranks), np.int32)
-  for i, (r, t) in enumerate(zip(ranks.tolist(), targets.tolist())):
-    v, lt, equal = _edge_host(bits, r)
+  for i, (r, t) in enumerate(zip(ranks, targets)):
+    if windows:
+      where, window = np.concatenate(found[i][0]), np.concatenate(found[i][1])
+    if windows and below[i] <= r < below[i] + window.size:
+      v = np.partition(window, r - below[i])[r - below[i]]
+      lt, equal = below[i] + int(np.count_nonzero(window < v)), where[window == v]
+    else:
+      v = np.partition(bits, r)[r]
+      lt, equal = int(np.count_nonzero(bits < v)), np.flatnonzero(bits == v)
     m = t - (n - lt - equal.size if from_top else lt)
     values[i] = v
     firsts[i] = equal[m] if 0 <= m < equal.size else (0 if m < 0 else n)
