@@ -1,9 +1,16 @@
-r"""Checkpoint merges: ``mergejax-merge`` vs ``mergekit-yaml``, side by side in one run.
+r"""Checkpoint merges with every method mergekit shares: mergejax vs ``mergekit-yaml``, side by side in one run.
 
 Workload (issue 3): an HF Llama-architecture checkpoint of 168,313,856 bf16 parameters (hidden 1024,
 8 layers, intermediate 2816, vocab 32000; ~336 MB), base + 4 experts, safetensors in 200 MB shards,
 generated under a temporary directory (``--workdir``, default: a new one from ``tempfile``) and deleted
 afterwards. Output: safetensors, bf16.
+
+Methods (``--methods``, default all 17 that mergekit 0.1.5 shares): linear, task_arithmetic, ties and
+dare_ties run issue 18's ``mergejax-merge`` commands (weights 1, density 0.2, every expert; ties also with
+the paper's global scope, mergejax only); every other method runs its recipe from ``recipes.SETTINGS``
+(the recipes ``methods_parity.py`` checks for agreement) through ``mergejax-yaml``, and mergekit runs the
+same YAML. Goals (issue 19): >= 10x mergekit's wall time for the sparsifying methods, >= 4x for the
+others, peak RSS no higher than mergekit's.
 
 For each method both tools run as fresh processes (page cache warm: every input is read once before
 timing); whole-process wall time and peak RSS come from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper
@@ -17,7 +24,8 @@ bandwidth, agreement with mergekit's output, and bounded-memory runs (safetensor
 whose inputs are several times ``--config.memory_budget_gb``.
 
     .venv/bin/python benchmarks/merge_bench.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
-    .venv/bin/python benchmarks/merge_bench.py --layers=2 --vocab=4000 --methods=ties   # quick smoke run
+    .venv/bin/python benchmarks/merge_bench.py --layers=2 --vocab=4000 --methods=ties,della --mergekit= --repeats=1 \
+      --small_budget_gb=0   # quick smoke run
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors.n
 import numpy as np
 from absl import app, flags
 
+import recipes
+from recipes import llama_shapes, load_all, timed
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Issue 18's shapes (bf16 Llama layout, base + 3 experts unless --experts says otherwise); explicit shape
@@ -48,7 +59,12 @@ PRESETS = {
 _PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "A workload shape of issue 18 (overrides the shape "
                             "flags' defaults; flags given explicitly win).")
 _MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "", "mergekit-yaml executable ('' skips).")
-_METHODS = flags.DEFINE_list("methods", ["linear", "task_arithmetic", "ties", "dare_ties"], "mergekit method names.")
+# Issue 18's merges through mergejax-merge (its hyperparameters: density 0.2, weights 1); every other method
+# mergekit shares runs recipes.SETTINGS' recipe through mergejax-yaml.
+NATIVE = ("linear", "task_arithmetic", "ties", "dare_ties")
+_METHODS = flags.DEFINE_list("methods", list(recipes.SETTINGS), "mergekit method names (default: every method "
+                             f"mergekit shares). {', '.join(NATIVE)} run issue 18's mergejax-merge commands; the others "
+                             "the recipe of benchmarks/recipes.py through mergejax-yaml.")
 _LAYERS = flags.DEFINE_integer("layers", 8, "Decoder layers.")
 _HIDDEN = flags.DEFINE_integer("hidden", 1024, "Hidden size.")
 _INTER = flags.DEFINE_integer("intermediate", 2816, "MLP size.")
@@ -64,23 +80,6 @@ _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated workload.")
 _OUT = flags.DEFINE_string("out_json", None, "Write all results as JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds per method, interleaved (mergejax cold, warm, mergekit); the "
                                 "summary reports medians, since single runs on a shared VM vary by 20-40%.")
-
-_TIMER = ("import resource, subprocess, sys, time\n"
-          "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
-          "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-          "sys.stderr.write(r.stderr.decode(errors='replace')[-2000:] if r.returncode else '')\n"
-          "print(w, u.ru_maxrss * 1024, r.returncode, u.ru_utime + u.ru_stime)\n")
-
-
-def timed(cmd: list[str], env=None) -> dict:
-  """Whole-process wall time, peak RSS and CPU time (user + system: on a loaded machine it varies far
-  less than wall time) of ``cmd``."""
-  r = subprocess.run([sys.executable, "-c", _TIMER, *cmd], capture_output=True, text=True, env=env)
-  wall, rss, rc, cpu = r.stdout.split()
-  if int(rc):
-    raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-1500:]}")
-  return {"wall_s": float(wall), "peak_rss_bytes": int(rss), "cpu_s": float(cpu)}
-
 
 def shape_flags() -> dict:
   """layers, hidden, intermediate, vocab, experts: the preset's, with explicitly given flags winning."""
@@ -109,21 +108,6 @@ def read_bandwidth(files: list[pathlib.Path], cold: bool) -> float:
     finally:
       os.close(fd)
   return total / t
-
-
-def llama_shapes(layers, hidden, inter, vocab):
-  shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
-            "lm_head.weight": (vocab, hidden)}
-  for i in range(layers):
-    p = f"model.layers.{i}."
-    for n in ("q", "k", "v", "o"):
-      shapes[p + f"self_attn.{n}_proj.weight"] = (hidden, hidden)
-    shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
-    shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
-    shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
-    shapes[p + "input_layernorm.weight"] = (hidden,)
-    shapes[p + "post_attention_layernorm.weight"] = (hidden,)
-  return shapes
 
 
 def write_model(path: pathlib.Path, shapes, seed: int, base_seed: int | None, shard_bytes: int, config: dict):
@@ -204,14 +188,6 @@ def mergekit_yaml(method: str, base, experts) -> str:
   return "\n".join(lines) + "\n"
 
 
-def load_all(d):
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  out = {}
-  for f in sorted(pathlib.Path(d).glob("*.safetensors")):
-    out.update(load_file(str(f)))
-  return out
-
-
 def agreement(a_dir, b_dir) -> dict:
   a, b = load_all(a_dir), load_all(b_dir)
   n = diff = 0
@@ -267,7 +243,14 @@ def main(argv):
     rounds = [(method, k) for method in methods + (["ties_global"] if "ties" in methods else [])
               for k in range(max(1, _REPEATS.value))]
     for method, k in rounds:
-      n_in = len(experts) + (0 if method == "linear" else 1)
+      native = method in NATIVE or method == "ties_global"
+      if native:
+        n_in = len(experts) + (0 if method == "linear" else 1)
+      else:  # the recipe's models, and the base where it reads one (passthrough: its first layer's slice)
+        _, _, uses_base, n_models = recipes.SETTINGS[method]
+        n_in = n_models + (1 if uses_base or method == "passthrough" else 0)
+        recipe = root / f"{method}.yml"
+        recipe.write_text(recipes.mergekit_yaml(method, base, experts, layers=shape["layers"]))
       moved = (n_in + 1) * model_bytes
       out = root / f"out_mj_{method}"
       # Cold: an empty persistent compilation cache (every kernel compiled, the first run a user does);
@@ -276,8 +259,12 @@ def main(argv):
       shutil.rmtree(cache, ignore_errors=True)
       for cache_state in ("cold", "warm"):
         shutil.rmtree(out, ignore_errors=True)
-        r = timed(mergejax_cmd(method, base, experts, out, _BUDGET.value, cache_dir=str(cache)), env=env)
+        cmd = (mergejax_cmd(method, base, experts, out, _BUDGET.value, cache_dir=str(cache)) if native else
+               [sys.executable, "-m", "mergejax.cli.recipe", str(recipe), str(out), "--seed=0", "--progress=False",
+                f"--memory_budget_gb={_BUDGET.value}", f"--compilation_cache_dir={cache}"])
+        r = timed(cmd, env=env)
         man = json.loads((out / "mergejax_manifest.json").read_text())
+        man.setdefault("elapsed_s", float("nan"))  # a recipe of slices only (passthrough) merges nothing
         row = {"method": method, "tool": "mergejax", "round": k, "compile_cache": cache_state, **r,
                "loadavg_1m": os.getloadavg()[0],
                "merge_phase_s": man["elapsed_s"], "GBps_whole": moved / r["wall_s"] / 1e9,
@@ -292,7 +279,8 @@ def main(argv):
         mk_out = root / f"out_mk_{method}"
         shutil.rmtree(mk_out, ignore_errors=True)
         cfg = root / f"{method}.yml"
-        cfg.write_text(mergekit_yaml(method, base, experts))
+        if native:
+          cfg.write_text(mergekit_yaml(method, base, experts))
         r = timed([_MERGEKIT.value, str(cfg), str(mk_out), "--random-seed", "0"], env=env)
         mrow = {"method": method, "tool": "mergekit", "round": k, **r, "GBps_whole": moved / r["wall_s"] / 1e9,
                 "loadavg_1m": os.getloadavg()[0]}
@@ -323,7 +311,7 @@ def main(argv):
   print_summary(results)
 
 
-GOALS = {"linear": 4.0, "task_arithmetic": 4.0, "ties": 10.0, "dare_ties": 10.0}  # issue 3: mergekit / mergejax
+
 
 
 def print_summary(results: dict) -> None:
@@ -338,7 +326,8 @@ def print_summary(results: dict) -> None:
   print("method | rounds | mergejax cold s | warm s | mergekit s | speed-up cold (per round) | warm | goal | "
         "CPU s mergejax cold / mergekit (ratio) | merge loop input GB/s (% of page-cache read bw) | "
         "RSS mergejax / mergekit GB | load")
-  for m, goal in GOALS.items():
+  for m in dict.fromkeys(r["method"] for r in runs):
+    goal = recipes.goal(m)
     pick = lambda tool, cache=None: [r for r in runs if r["method"] == m and r["tool"] == tool
                                      and r.get("compile_cache") == cache]
     cold, warm, mk = pick("mergejax", "cold"), pick("mergejax", "warm"), pick("mergekit")

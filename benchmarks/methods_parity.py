@@ -1,11 +1,10 @@
-r"""Every mergekit merge method in mergejax vs ``mergekit-yaml``: agreement, speed and peak memory, side by side.
+r"""Every mergekit merge method in mergejax vs ``mergekit-yaml``: do the outputs agree?
 
 Workload: an HF Llama-architecture checkpoint (float32 or ``--dtype=bfloat16`` safetensors; hidden 256, 2 layers,
 intermediate 704, vocab 2048: ~3.7M parameters) as base + 3 experts (base + 0.002 N(0, 1) noise per
 expert), generated in a temporary directory and deleted afterwards. Each method runs as one fresh
-process per tool on the very same recipe, written as a mergekit user writes it (per-model ``weight``,
-``density``...; ``dtype: float32``, math in float32 as mergejax; ``out_dtype: bfloat16``): ``mergekit-yaml``
-and ``mergejax-yaml``. The methods: linear, task_arithmetic, ties,
+process per tool on the very same recipe (``recipes.SETTINGS``, the recipes ``merge_bench.py`` times):
+``mergekit-yaml`` and ``mergejax-yaml``. The methods: linear, task_arithmetic, ties,
 dare_linear, dare_ties (with ``mergejax: {dare: paper}``, a key mergekit ignores), slerp, nuslerp, multislerp,
 karcher, breadcrumbs, breadcrumbs_ties, model_stock, sce, nearswap, della, della_linear, passthrough (slices).
 
@@ -22,12 +21,10 @@ Agreement, per method:
   three experts, the mean over seeds of each tool: the two means' squared difference, averaged over
   entries, against its expectation from the per-entry variances over seeds (goal: a ratio in [0.8, 1.25]).
 
-Speed and memory: whole-process wall time and peak RSS of each tool per method (one run each; ``--repeats``
-for more). On a shared machine these are *measured under load*.
+The whole-process wall time and peak RSS of each run are printed too, but at this size they are mostly
+start-up: speed and memory against mergekit are ``merge_bench.py``'s (the same recipes on its Llama workload).
 
     .venv/bin/python benchmarks/methods_parity.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
-    .venv/bin/python benchmarks/methods_parity.py --hidden=1024 --layers=8 --intermediate=2816 --vocab=32000 \
-      --dtype=bfloat16 --agreement=False --memory_budget_gb=1 --repeats=3   # merge_bench's 168M workload: speed
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,33 +41,10 @@ import ml_dtypes
 import numpy as np
 from absl import app, flags
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from recipes import SETTINGS, STOCHASTIC, llama_shapes, load_all, timed
+import recipes
 
-# mergekit method -> (global parameters, per-model parameters (a list: one value per model), uses base_model,
-# number of models besides the base).
-SETTINGS = {
-    "linear": ({}, {"weight": [1.0, 2.0, 0.5]}, False, 3),
-    "task_arithmetic": ({"lambda": 0.8}, {"weight": [1.0, 0.5, 0.7]}, True, 3),
-    "ties": ({}, {"weight": [1.0, 0.5, 0.7], "density": 0.5}, True, 3),
-    "dare_linear": ({}, {"weight": 1.0, "density": 0.6}, True, 3),
-    "dare_ties": ({}, {"weight": 1.0, "density": 0.6}, True, 3),
-    "slerp": ({"t": 0.4}, {}, True, 1),
-    "nuslerp": ({}, {"weight": [0.3, 0.7]}, True, 2),
-    "multislerp": ({}, {"weight": [1.0, 2.0, 1.0]}, True, 3),
-    "karcher": ({}, {}, False, 3),  # both tools default to max_iter 10, tol 1e-5
-    "breadcrumbs": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, True, 3),
-    "breadcrumbs_ties": ({}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}, True, 3),
-    "model_stock": ({}, {}, True, 3),
-    "sce": ({"select_topk": 0.5}, {}, True, 3),
-    "nearswap": ({"t": 0.001}, {}, True, 1),
-    "della": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
-    "della_linear": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
-    "passthrough": ({}, {}, False, 1),  # slices: layer 0 of the base, layers 1.. of expert 0
-}
-STOCHASTIC = ("della", "della_linear", "dare_linear", "dare_ties")
-# mergekit's DARE draws and rescales its own way (torch's RNG, an L1-norm rescale); mergejax-yaml runs its DARE
-# (hash-keyed masks, survivors times exactly 1/(1-p)) where the recipe says so (mergekit ignores the key).
-OPT_IN = {"dare_linear": "mergejax: {dare: paper}", "dare_ties": "mergejax: {dare: paper}"}
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _MERGEKIT = flags.DEFINE_string("mergekit", shutil.which("mergekit-yaml") or "",
                                 "mergekit-yaml executable.")
@@ -94,18 +67,6 @@ _KEEP = flags.DEFINE_string("keep", None, "Keep the workload and the last output
                             "temporary directory, deleted).")
 
 
-def llama_shapes(layers: int, hidden: int, inter: int, vocab: int) -> dict[str, tuple[int, ...]]:
-  shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
-            "lm_head.weight": (vocab, hidden)}
-  for i in range(layers):
-    p = f"model.layers.{i}."
-    shapes.update({p + f"self_attn.{n}_proj.weight": (hidden, hidden) for n in "qkvo"})
-    shapes.update({p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                   p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
-                   p + "post_attention_layernorm.weight": (hidden,)})
-  return shapes
-
-
 def write_model(path: pathlib.Path, shapes, config, seed: int | None) -> None:
   """The base (seed None) or base + 0.002 N(0, 1) noise, one safetensors file of ``--dtype``."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
@@ -122,54 +83,11 @@ def write_model(path: pathlib.Path, shapes, config, seed: int | None) -> None:
   (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def load_all(d: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  out = {}
-  for f in sorted(pathlib.Path(d).glob("*.safetensors")):
-    out.update(load_file(str(f)))
-  return out
-
-
 def mergekit_yaml(method, base, experts, out_dtype="bfloat16", n_models=None) -> str:
-  """The recipe both tools run, written as a mergekit user writes it: per-model parameters under each model
-  (a list in SETTINGS gives one value per model), the rest at the top level."""
-  glob, per_model, uses_base, n_default = SETTINGS[method]
-  n_models = n_models or n_default
-  lines = [f"merge_method: {method}", "dtype: float32", f"out_dtype: {out_dtype}"]
-  if method in OPT_IN:
-    lines.append(OPT_IN[method])
-  if method == "passthrough":
-    return "\n".join(lines + ["slices:", f"  - sources: [{{model: {base}, layer_range: [0, 1]}}]",
-                               f"  - sources: [{{model: {experts[0]}, layer_range: [1, {_LAYERS.value}]}}]"]) + "\n"
-  if uses_base:
-    lines.append(f"base_model: {base}")
-  if glob:
-    lines.append("parameters: " + json.dumps(glob))
-  lines.append("models:")
-  if method in ("slerp", "nearswap"):  # mergekit: the base is one of the two models
-    lines += [f"  - model: {base}"]
-  for i, e in enumerate(list(experts)[:n_models]):
-    params = {k: (v[i] if isinstance(v, list) else v) for k, v in per_model.items()}
-    lines += [f"  - model: {e}"] + ([f"    parameters: {json.dumps(params)}"] if params else [])
-  return "\n".join(lines) + "\n"
+  return recipes.mergekit_yaml(method, base, experts, layers=_LAYERS.value, out_dtype=out_dtype, n_models=n_models)
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float]:
-  """(wall seconds, peak RSS in MiB) of one process running ``cmd``."""
-  t = time.perf_counter()
-  with tempfile.TemporaryFile() as log:
-    p = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t
-    if p.returncode:
-      log.seek(0)
-      raise RuntimeError(f"{cmd[:3]} failed: {log.read().decode(errors='replace')[-2000:]}")
-  return seconds, usage.ru_maxrss / 1024  # Linux: KiB
-
-
-def run_mergejax(method, base, experts, out, root, *, seed=0, dtype="bfloat16", n_experts=None,
-                 env=None) -> tuple[float, float]:
+def run_mergejax(method, base, experts, out, root, *, seed=0, dtype="bfloat16", n_experts=None, env=None) -> dict:
   """One ``mergejax-yaml`` run (a fresh process) on the recipe mergekit runs."""
   cfg = root / f"{method}_mj.yml"
   cfg.write_text(mergekit_yaml(method, base, experts, dtype, n_experts))
@@ -179,7 +97,7 @@ def run_mergejax(method, base, experts, out, root, *, seed=0, dtype="bfloat16", 
                 *budget], env=env)
 
 
-def run_mergekit(method, base, experts, out, root, *, seed=0, out_dtype="bfloat16", n_experts=None, env=None):
+def run_mergekit(method, base, experts, out, root, *, seed=0, out_dtype="bfloat16", n_experts=None, env=None) -> dict:
   cfg = root / f"{method}.yml"
   cfg.write_text(mergekit_yaml(method, base, experts, out_dtype, n_experts))
   shutil.rmtree(out, ignore_errors=True)
@@ -301,9 +219,9 @@ def main(argv):
       mj_out, mk_out = root / "out_mj", root / "out_mk"
       for _ in range(max(1, _REPEATS.value)):
         for tool, run, out in (("mergejax", run_mergejax, mj_out), ("mergekit", run_mergekit, mk_out)):
-          seconds, rss = run(method, base, experts, out, root, env=env)
-          row[f"{tool}_s"].append(seconds)
-          row[f"{tool}_rss_mib"].append(rss)
+          r = run(method, base, experts, out, root, env=env)
+          row[f"{tool}_s"].append(r["wall_s"])
+          row[f"{tool}_rss_mib"].append(r["peak_rss_bytes"] / 2**20)
       row["speedup_median"] = float(np.median(row["mergekit_s"]) / np.median(row["mergejax_s"]))
       if not _AGREEMENT.value:
         row["agreement"] = None

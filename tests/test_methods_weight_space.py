@@ -336,3 +336,7 @@ def test_rank_selections_are_exact_and_stable_under_heavy_ties():
   m = (np.abs(np.round(rng.normal(size=(4, 9, 3)) * 2))).astype(np.float32)
   want = np.stack([np.stack([rsp.stable_ranks(m[i, :, j].astype(np.float64)) for j in range(3)], 1) for i in range(4)])
   np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m)), want)
+  # Signed zeros rank as equal values (by position), negatives below them, whichever comes first.
+  z = np.array([[0.0, -0.0, 2.0, -0.0, -2.0, 1.0, 0.0], [-0.0, 0.0, -1.5, -0.0, 0.0, 3.0, -3.0]], np.float32)
+  want = np.stack([rsp.stable_ranks(row.astype(np.float64)) for row in z])
+  np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(z)), want)

@@ -28,7 +28,7 @@ _FORMAT = common.define(flags.DEFINE_enum, "output_format", None, ["orbax", "saf
                         "Output format (default: the inputs' when orbax or safetensors, else safetensors).")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of DARE's masks (default: the recipe's mergejax.seed, else 0).")
 _SHARD_MB = flags.DEFINE_float("shard_size_mb", 4096, "Safetensors output shard size in MiB.")
-_BUDGET = flags.DEFINE_float("memory_budget_gb", 4.0, "Bound on the leaf groups in flight (host memory).")
+_BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "Bound on the leaf groups in flight (host memory).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the recipe and print the plan; merge nothing.")
 _CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX persistent compilation cache (default: "

@@ -18,7 +18,7 @@ def get_config() -> config_dict.ConfigDict:
   config.modules = ()  # modules imported before the method is built (user-registered methods)
   config.seed = 0  # DARE's masks; the result is a pure function of (inputs, method, seed)
   config.dtype = config_dict.placeholder(str)  # output dtype of float leaves, e.g. "bfloat16" (default: the input's)
-  config.memory_budget_gb = 4.0  # bounds the leaf groups in flight (host memory ~ this + a constant)
+  config.memory_budget_gb = 1.0  # bounds the leaf groups in flight (host memory ~ this + a constant)
   config.shard_size_mb = 4096  # safetensors output shard size
   # ((regex, (mesh axis or None per dimension)), ...): the first match wins, e.g. (("embed", (None, "shard")),);
   # unmatched leaves shard their largest axis divisible by the device count.
