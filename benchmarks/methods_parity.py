@@ -6,7 +6,8 @@ expert), generated in a temporary directory and deleted afterwards. Each method 
 process per tool on the very same recipe (``recipes.SETTINGS``, the recipes ``merge_bench.py`` times):
 ``mergekit-yaml`` and ``mergejax-yaml``. The methods: linear, task_arithmetic, ties,
 dare_linear, dare_ties (with ``mergejax: {dare: paper}``, a key mergekit ignores), slerp, nuslerp, multislerp,
-karcher, breadcrumbs, breadcrumbs_ties, model_stock, sce, nearswap, della, della_linear, passthrough (slices).
+karcher, breadcrumbs, breadcrumbs_ties, model_stock, sce, nearswap, della, della_linear, ram, ramplus_tl,
+arcee_fusion, passthrough (slices).
 
 Agreement, per method:
 

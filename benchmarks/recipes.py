@@ -36,6 +36,9 @@ SETTINGS = {
     "della": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
     "della_linear": ({}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, True, 3),
     "passthrough": ({}, {}, False, 1),  # slices: layer 0 of the base, layers 1.. of expert 0
+    "ram": ({"epsilon": 1e-3}, {}, True, 3),
+    "ramplus_tl": ({"r": 0.3, "alpha": 0.5, "epsilon": 1e-3}, {}, True, 3),
+    "arcee_fusion": ({}, {}, True, 1),  # leaves over 1M entries: mergekit samples the quartiles (in distribution)
 }
 STOCHASTIC = ("della", "della_linear", "dare_linear", "dare_ties")
 # Issue 19's speed goals: >= 10x mergekit for the sparsifying methods, >= 4x for the others.
