@@ -304,8 +304,7 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
     for n in spec.ns:
       cats = spec.categories[-n:]  # the warm-up merged the first n: another subset needs no new program
       for name in spec.methods:
-        merger = CandidateMerger(name, ms.base_host, [ms.experts_host[c] for c in cats],
-                                 [ms.taus_host[c] for c in cats], seed=7)
+        merger = CandidateMerger(name, ms.base, [ms.experts[c] for c in cats], [ms.taus[c] for c in cats], seed=7)
         for hp in spec.grids[name]:
           jax.block_until_ready(merger(hp))
 
