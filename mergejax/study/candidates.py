@@ -48,9 +48,25 @@ PyTree = Any
 TASK_VECTOR_DTYPES = ("float32", "bfloat16")
 
 
-@functools.partial(jax.jit, static_argnames="dtype")
-def _difference(expert: PyTree, base: PyTree, dtype: str) -> PyTree:
-  return jax.tree.map(lambda e, b: (e.astype(jnp.float32) - b.astype(jnp.float32)).astype(dtype), expert, base)
+@functools.lru_cache(maxsize=256)
+def _jitted_like(fn: Any, treedef: Any, shardings: tuple[Any, ...] | None) -> Any:
+  return jax.jit(fn, out_shardings=None if shardings is None else jax.tree.unflatten(treedef, list(shardings)))
+
+
+def _like(fn: Any, like: PyTree) -> Any:
+  """``fn`` jitted with its output placed exactly like ``like``'s leaves (device arrays; host leaves: where
+  XLA puts it). Elementwise programs otherwise let XLA's propagation pick an output sharding of its own."""
+  leaves, treedef = jax.tree.flatten(like)
+  shardings = tuple(getattr(x, "sharding", None) for x in leaves)
+  return _jitted_like(fn, treedef, None if None in shardings else shardings)
+
+
+def _difference32(expert: PyTree, base: PyTree) -> PyTree:
+  return jax.tree.map(lambda e, b: e.astype(jnp.float32) - b.astype(jnp.float32), expert, base)
+
+
+def _difference16(expert: PyTree, base: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: x.astype(jnp.bfloat16), _difference32(expert, base))
 
 
 def task_vectors(base: PyTree, experts: Mapping[str, PyTree], dtype: str = "float32") -> dict[str, PyTree] | None:
@@ -62,19 +78,24 @@ def task_vectors(base: PyTree, experts: Mapping[str, PyTree], dtype: str = "floa
     raise ValueError(f"task vector dtype {dtype!r}: choose from {TASK_VECTOR_DTYPES}")
   if any(not jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(base)):
     return None
-  return {c: _difference(p, base, dtype) for c, p in experts.items()}
+  fn = _like(_difference32 if dtype == "float32" else _difference16, base)
+  return {c: fn(p, base) for c, p in experts.items()}
 
 
-@jax.jit
+def _scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
+  return jax.tree.map(lambda b, x: cast_output(b.astype(jnp.float32) + steps.rounded(lam * x, x), b.dtype), base, g)
+
+
 def scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
   r""":math:`\theta_0 + \lambda g`, leaf by leaf, in one program, in float32 and cast to the base's dtype as
-  the merge kernels do (the product rounded on its own: :func:`mergejax.methods.steps.rounded`)."""
-  return jax.tree.map(lambda b, x: cast_output(b.astype(jnp.float32) + steps.rounded(lam * x, x), b.dtype), base, g)
+  the merge kernels do (the product rounded on its own: :func:`mergejax.methods.steps.rounded`); sharded
+  like the base."""
+  return _like(_scale_add, base)(base, g, lam)
 
 
 @jax.jit
 def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
-  r""":math:`\theta_0 + \lambda g` with ``g`` flat: the base's leaves concatenated in tree order."""
+  r""":math:`\theta_0 + \lambda g` with ``g`` flat: the base's leaves concatenated in tree order (one device)."""
   leaves, treedef = jax.tree.flatten(base)
   out, start = [], 0
   for x in leaves:
