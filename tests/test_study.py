@@ -311,9 +311,13 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
   assert test_eval.compiles(merge_everything) == 0  # the warm-up compiled every (method, N) program of this size
 
 
-def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
+def test_eight_devices_and_two_processes_give_the_same_rows_as_one_device(tiny_world, tmp_path):
+  """The models sharded over 8 devices (FSDP over "data" and tensor parallel over "model"), and over the
+  4 devices of 2 processes (jax.distributed on localhost), give the rows of a 1-device mesh."""
   cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties")}
-  runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)
+  runner.run_study(study_config(tiny_world, mesh=dict(data=1, model=1), **cfg_over), tmp_path / "one", progress=False)
+  runner.run_study(study_config(tiny_world, mesh=dict(data=4, model=2), **cfg_over), tmp_path / "eight",
+                   progress=False)
   script = tmp_path / "main.py"
   script.write_text(textwrap.dedent(f"""
       import os, sys
@@ -331,7 +335,10 @@ def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
                             stderr=subprocess.STDOUT) for i in range(2)]
   outs = [p.communicate(timeout=600)[0].decode() for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-  assert merge_rows(tmp_path / "two") == merge_rows(tmp_path / "one")
+  one = merge_rows(tmp_path / "one")
+  assert sum(k.startswith("merge/") for k in one) == 2 and sum(k.startswith("ref/") for k in one) == 4
+  assert merge_rows(tmp_path / "eight") == one
+  assert merge_rows(tmp_path / "two") == one
 
 
 def _free_port() -> int:

@@ -21,9 +21,10 @@ for the DARE methods (:math:`(\\lambda r) g'` vs :math:`\\lambda (r g')` with DA
 Placement: everything stays where the models are. The task vectors are computed on the params' devices,
 sharded like them (:func:`task_vectors`); the merges run through the engine's whole-leaf path on those
 sharded inputs, so every merged leaf comes out sharded like the base's leaf, and the evaluator reads it
-from there. On one device the task vectors are also concatenated into one flat leaf (:func:`flat_exact`),
-which compiles one merge program per model instead of one per leaf shape; on a mesh of several devices
-the merges stay per leaf (a flat copy would gather the shards). Both give the same bits.
+from there. Where compile time matters more than a copy of the inputs (one device, or one process's CPU
+devices: :func:`flat_sharding`) the task vectors are also concatenated into one flat leaf, split evenly
+over the mesh (:func:`flat_exact`), which compiles one merge program per model instead of one per leaf
+shape; on accelerators and across processes the merges stay per leaf. Both give the same bits.
 
 Task-vector dtype: float32 (the default) holds :math:`\\theta_t - \\theta_0` exactly as the kernels
 compute it, so the candidates equal direct merges as above; bfloat16 halves their memory and rounds each
@@ -93,9 +94,7 @@ def scale_add(base: PyTree, g: PyTree, lam: jax.Array) -> PyTree:
   return _like(_scale_add, base)(base, g, lam)
 
 
-@jax.jit
-def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
-  r""":math:`\theta_0 + \lambda g` with ``g`` flat: the base's leaves concatenated in tree order (one device)."""
+def _scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
   leaves, treedef = jax.tree.flatten(base)
   out, start = [], 0
   for x in leaves:
@@ -105,9 +104,38 @@ def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-@jax.jit
-def _flatten(tree: PyTree) -> dict[str, jax.Array]:
+def scale_add_flat(base: PyTree, g_flat: jax.Array, lam: jax.Array) -> PyTree:
+  r""":math:`\theta_0 + \lambda g` with ``g`` flat: the base's leaves concatenated in tree order; sharded
+  like the base."""
+  return _like(_scale_add_flat, base)(base, g_flat, lam)
+
+
+def _concatenate(tree: PyTree) -> dict[str, jax.Array]:
   return {"flat": jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])}
+
+
+@functools.lru_cache(maxsize=16)
+def _flattener(sharding: Any) -> Any:
+  return jax.jit(_concatenate, out_shardings={"flat": sharding} if sharding is not None else None)
+
+
+def flat_sharding(tree: PyTree) -> tuple[bool, Any]:
+  """Whether the candidates of ``tree``'s models are merged flat, and the flat leaf's sharding (None: where
+  XLA puts it). Flat where the merge programs' compile time matters more than a copy of the inputs: one
+  device (or host arrays), or one process's CPU devices, the flat leaf split evenly over the mesh (its
+  size divisible by the device count). Accelerator meshes and multi-process runs merge per leaf: a flat
+  copy of N task vectors would cost N models of memory there, and compiles are small next to big models."""
+  leaves = jax.tree.leaves(tree)
+  shardings = {x.sharding for x in leaves if isinstance(x, jax.Array)}
+  devices = set().union(*(s.device_set for s in shardings)) if shardings else set()
+  if len(devices) <= 1:
+    return True, None
+  mesh = getattr(next(iter(shardings)), "mesh", None)
+  size = sum(x.size for x in leaves)
+  if (jax.process_count() > 1 or any(d.platform != "cpu" for d in devices) or mesh is None
+      or set(mesh.devices.flat) != devices or size % len(devices)):
+    return False, None
+  return True, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
 
 
 def _zeros(tree: PyTree) -> PyTree:
@@ -123,12 +151,6 @@ def flat_exact(method: methods_lib.MergeMethod) -> bool:
   t = method.traits
   per_leaf_stats = method.compute_stats is not None and method.local_stats
   return t.elementwise and not t.position_keyed and not t.stochastic and not per_leaf_stats
-
-
-def _one_device(tree: PyTree) -> bool:
-  """Whether every leaf lives on one and the same device (host arrays count as one device)."""
-  devices = {frozenset(x.sharding.device_set) if isinstance(x, jax.Array) else None for x in jax.tree.leaves(tree)}
-  return len(devices) == 1 and all(d is None or len(d) == 1 for d in devices)
 
 
 class CandidateMerger:
@@ -151,7 +173,7 @@ class CandidateMerger:
     self.method_name, self.seed = method_name, seed
     self._base, self._experts = base, list(experts)
     self._taus = list(taus) if taus is not None else None
-    self._flat_ok = _one_device(base)
+    self._flat_ok, self._flat_sharding = flat_sharding(base)
     self._placed: dict[bool, Any] = {}  # flat? -> (zero base, task vectors)
     self._g: tuple[tuple, PyTree] | None = None  # (hyperparameters, merged task vector)
 
@@ -176,7 +198,8 @@ class CandidateMerger:
     if flat not in self._placed:
       zeros, taus = _zeros(self._taus[0]), self._taus
       if flat:
-        zeros, taus = _flatten(zeros), [_flatten(t) for t in taus]
+        flatten = _flattener(self._flat_sharding)
+        zeros, taus = flatten(zeros), [flatten(t) for t in taus]
       self._placed[flat] = (zeros, taus)
     return self._placed[flat]
 

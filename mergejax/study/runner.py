@@ -33,6 +33,7 @@ from mergejax import world as world_lib
 from mergejax.evaluation import normalize
 from mergejax.evaluation.aggregate import EvalResults
 from mergejax.evaluation import suites as suites_lib
+from mergejax.evaluation import evaluator as evaluator_lib
 from mergejax.evaluation.evaluator import Evaluator
 from mergejax.evaluation.leak_guard import SplitGuard
 from mergejax.study import grid as grid_lib
@@ -709,19 +710,32 @@ def dry_run(spec: StudySpec) -> str:
       spec = with_manifest(dataclasses.replace(spec, build_world=False))
     except StudyConfigError:
       pass
+  mesh = spec.device_mesh
   if spec.manifest is not None:
-    sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories)
+    sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories, mesh)
   else:
     sizes = plan_lib.model_bytes_from_sizes(  # the configs the world's recipes would train
         spec.kinds, spec.sizes, spec.categories, spec.multitask,
-        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model))
+        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model), mesh.devices.size)
   suites = list(dict.fromkeys(spec.suites(spec.categories, heldout=True)))
   examples = {split: plan_lib.suite_examples(suites, split, suites_lib.task_names)
               for split in (spec.validation_split, spec.test_split)}
-  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, len(jax.devices())))
+  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, dict(mesh.shape), evaluation_step(mesh)))
   if spec.manifest is None:
     text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
   return text
+
+
+def evaluation_step(mesh: jax.sharding.Mesh) -> plan_lib.Activations:
+  """The evaluator's packed step per device (its default packing; rows split over "data", or whole batches
+  per device where one CPU process scores them round robin)."""
+  rows = evaluator_lib.PACK_ROWS
+  round_robin = (jax.process_count() == 1 and mesh.devices.size > 1
+                 and next(iter(mesh.devices.flat)).platform == "cpu")
+  if not round_robin:
+    rows = -(-rows // mesh.shape["data"])
+  return plan_lib.Activations(rows=rows, seq_len=evaluator_lib.PACK_LEN, targets=evaluator_lib.PACK_LEN // 2,
+                              replica=round_robin)
 
 
 def study_seconds(store: ResultsStore, seconds: float) -> float:
