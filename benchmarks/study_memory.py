@@ -3,8 +3,9 @@ measurement on 8 simulated CPU devices against the models resident / 8.
 
   # the estimate (mergejax.study.plan.estimate) at 1B / 8B / 24B / 64B on TPU v5p-64 and v4-32:
   python benchmarks/study_memory.py estimate
-  # measured: one (kind, size) of a small world loaded onto 8 simulated devices (builds it in DIR once):
-  python benchmarks/study_memory.py measure --world=/tmp/study_memory_world
+  # measured: the default study's pretrained/s cell on 8 simulated devices (a built world, e.g. runs/tiny/world;
+  # a missing one is built there first):
+  python benchmarks/study_memory.py measure --world=runs/tiny/world --size=s
 
 The measurement loads the models of one (kind, size) with the study's own loader
 (``runner.load_models``, FSDP over 8 devices), then merges one candidate of each method at the largest N,
@@ -57,26 +58,28 @@ def estimate() -> None:
 def measure(world_dir: pathlib.Path, size: str) -> None:
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   import collections  # pylint: disable=g-import-not-at-top
+  import gc  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from mergejax import world  # pylint: disable=g-import-not-at-top
   from mergejax.configs import study as study_config  # pylint: disable=g-import-not-at-top
   from mergejax.study import runner  # pylint: disable=g-import-not-at-top
   from mergejax.study.candidates import CandidateMerger  # pylint: disable=g-import-not-at-top
-  cats = ("sentiment", "topic", "paraphrase", "mcqa")
-  if not (world_dir / "models.yaml").is_file():
-    world.build_world(world_dir, (size,), kinds=("pretrained",), categories=cats, multitask=True,
-                      recipe_overrides={r: {"steps": 1} for r in ("pretrain", "instruction_tune", "expert", "multitask")},
-                      batch_size=8, progress=False)
+  if not (world_dir / "models.yaml").is_file():  # the default study's world (xs and s, 8 experts, multitask)
+    world.build_world(world_dir, world.DEFAULT_SIZES, kinds=("pretrained",), progress=True)
   cfg = study_config.get_config()
-  cfg.kinds, cfg.sizes, cfg.categories, cfg.num_experts = ("pretrained",), (size,), cats, (len(cats),)
-  cfg.world_dir, cfg.build_world = str(world_dir), False
+  cfg.kinds, cfg.sizes, cfg.world_dir, cfg.build_world = ("pretrained",), (size,), str(world_dir), False
+  cfg.num_experts = (len(world.heldin_categories()),)
   spec = runner.validate(cfg, "/tmp/unused")
 
   def per_device() -> dict:
+    """Bytes per device of every live mesh array (NamedSharding: the shards' single-device views, which
+    reading a shard creates, are not counted twice)."""
+    gc.collect()
     held = collections.Counter()
     for x in jax.live_arrays():
-      for sh in x.addressable_shards:
-        held[sh.device.id] += sh.data.nbytes
+      if isinstance(x.sharding, jax.sharding.NamedSharding):
+        for sh in x.addressable_shards:
+          held[sh.device.id] += sh.data.nbytes
     return held
 
   before = per_device()
@@ -85,6 +88,7 @@ def measure(world_dir: pathlib.Path, size: str) -> None:
   total = sum(x.nbytes for t in resident for x in jax.tree.leaves(t))
   loaded = per_device()
   loaded = {d: loaded[d] - before.get(d, 0) for d in loaded}
+  cats = list(ms.experts)
   print(f"{spec.device_mesh.devices.size} devices, {ms.params_count:,} parameters per model, {len(resident)} resident "
         f"trees (base, {len(ms.experts)} experts, multitask, {len(ms.taus)} task vectors) = {total:,} bytes")
   print(f"resident: max per device {max(loaded.values()):,} bytes = {max(loaded.values()) / (total / 8):.3f} x total/8")
@@ -102,7 +106,7 @@ def measure(world_dir: pathlib.Path, size: str) -> None:
 if __name__ == "__main__":
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("mode", choices=("estimate", "measure"))
-  ap.add_argument("--world", default="/tmp/study_memory_world", help="measure: the world's directory (built once)")
+  ap.add_argument("--world", default="runs/tiny/world", help="measure: the world's directory (built if missing)")
   ap.add_argument("--size", default="s", help="measure: the world's size label")
   args = ap.parse_args()
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
