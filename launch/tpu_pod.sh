@@ -24,13 +24,17 @@ if ! gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE" >/dev/null 2
     --version="$RUNTIME"
 fi
 
-# Copy this checkout to every worker and install it (jax with TPU support, pinned for Python 3.11).
+# Copy this checkout to every worker and install it (jax with TPU support, pinned for Python 3.11). The
+# TPU VM images ship Python 3.10, so python3.11 comes from Ubuntu's packages. Only the runtime
+# dependencies: the test extra's torch would pull CUDA wheels (gigabytes) that a TPU never uses.
 bundle="$(mktemp -d)/mergejax.tgz"
 tar czf "$bundle" --exclude=.venv --exclude=runs --exclude=.git .
 gcloud compute tpus tpu-vm scp "$bundle" "$TPU_NAME":~/mergejax.tgz --zone="$ZONE" --worker=all
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
   set -e; mkdir -p ~/mergejax && tar xzf ~/mergejax.tgz -C ~/mergejax && cd ~/mergejax &&
-  python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[test]' 'jax[tpu]==0.10.2' \
+  if ! command -v python3.11 >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq python3.11 python3.11-venv; fi &&
+  python3.11 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2' \
     -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
 # The same command on all workers, at once (flags quoted for the remote shell; TFDS_DATA_DIR passed on,

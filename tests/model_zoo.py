@@ -63,10 +63,11 @@ RANK_EXAMPLES = [
 ]
 
 
-def weights(family: str) -> dict[str, np.ndarray]:
-  """Random float32 weights of ``family``'s tiny config, the same on every machine (seeded by name)."""
+def weights(family: str, config: dict | None = None) -> dict[str, np.ndarray]:
+  """Random float32 weights of ``family``'s tiny config (or ``config``), the same on every machine (seeded by
+  name)."""
   from mergejax.models import families, llamalike  # pylint: disable=g-import-not-at-top
-  cfg = families.parse_hf_config(CONFIGS[family], where=family)
+  cfg = families.parse_hf_config(config or CONFIGS[family], where=family)
   out = {}
   for name, shape in llamalike.param_shapes(cfg).items():
     rng = np.random.default_rng(zlib.crc32(f"{family}:{name}".encode()))
@@ -82,14 +83,15 @@ def weights(family: str) -> dict[str, np.ndarray]:
   return out
 
 
-def write_checkpoint(family: str, directory: pathlib.Path, dtype=np.float32) -> pathlib.Path:
-  """A Hugging Face directory (config.json + model.safetensors) of ``family``'s tiny model."""
+def write_checkpoint(family: str, directory: pathlib.Path, dtype=np.float32, config: dict | None = None
+                     ) -> pathlib.Path:
+  """A Hugging Face directory (config.json + model.safetensors) of ``family``'s tiny model (or of ``config``)."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   directory.mkdir(parents=True, exist_ok=True)
   dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-  (directory / "config.json").write_text(json.dumps(CONFIGS[family], indent=2))
-  w = weights(family)
+  (directory / "config.json").write_text(json.dumps(config or CONFIGS[family], indent=2))
+  w = weights(family, config)
   if dtype != np.float32:
     w = {k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}
   save_file(w, str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -99,7 +99,7 @@ def test_method_mapping():
      "models[0].parameters.densty: ties has no parameter 'densty'"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {lambda: 2}}]\n",
      "models[0].parameters.lambda: lambda applies to the whole merge"),
-    ("merge_method: arcee_fusion\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'arcee_fusion' is not "
+    ("merge_method: model_soup\nbase_model: b\nmodels: [{model: a}]\n", "merge_method: 'model_soup' is not "
      "available in mergejax yet"),
     ("merge_method: dare_ties\nbase_model: b\nmodels: [{model: a}]\n", "add `mergejax: {dare: paper}`"),
     ("merge_method: ties\nmodels: [{model: a}]\n", "base_model: required by ties"),
@@ -110,10 +110,7 @@ def test_method_mapping():
     ("merge_method: linear\nmodels: [{model: a}]\nmergejax: {scope: global}\n", "mergejax.scope: only for ties"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nmergejax: {seed: x, fast: 1}\n", "mergejax.fast"),
     ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, "
-     "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices: mergejax merges slices with ties only as one slice"),
-    ("merge_method: slerp\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
-     "{model: b, layer_range: [1, 3]}]}]\n", "slices[0].sources: mergejax merges slices with slerp only when every "
-     "source spans the same layers from 0 (got [(0, 2), (1, 3)])"),
+     "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices[0].sources: ties needs base_model b among the sources"),
     ("merge_method: ties\n  base_model: [\n", "not valid YAML at line"),
 ])
 def test_unsupported_keys_are_one_line_naming_the_key(text, msg):
@@ -308,6 +305,81 @@ dtype: bfloat16
   assert len(model.model.layers) == 4
 
 
+def _layer(d, i, k):
+  return d[f"model.layers.{i}.{k}"]
+
+
+def test_merged_slices_stack_each_slices_merge_with_mergekits_rules(llamas, tmp_path):
+  """Slices with a merge method (mergekit's plan_module): slice k's sources' layers are merged into the
+  output's next layers with slice k's parameters and a gradient position t local to the slice; the
+  embeddings come from the first slice's sources, the final norm and head from the last's (t = 0)."""
+  b, e0, e1, e2 = (llamas / n for n in ("base", "e0", "e1", "e2"))
+  text = f"""
+merge_method: task_arithmetic
+base_model: {b}
+slices:
+  - sources:
+      - {{model: {b}, layer_range: [0, 2]}}
+      - {{model: {e0}, layer_range: [0, 2], parameters: {{weight: [1.0, 0.25]}}}}
+  - sources:
+      - {{model: {b}, layer_range: [1, 3]}}
+      - {{model: {e1}, layer_range: [0, 2]}}
+    parameters: {{weight: [{{filter: mlp, value: 0.5}}, {{value: 0.75}}]}}
+  - sources:
+      - {{model: {b}, layer_range: [2, 3]}}
+      - {{model: {e2}, layer_range: [2, 3]}}
+parameters: {{lambda: 0.8, weight: 1.0}}
+dtype: float32
+"""
+  out = _run(text, tmp_path / "o")
+  got, base, xs = _load(out), _load(b), [_load(e) for e in (e0, e1, e2)]
+  assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 5
+  assert transformers.AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 5
+  ta = lambda bb, x, w: _kit_gta(bb, [x], [w], 1.0, 0.8, False, False)  # noqa: E731
+  keys = ("mlp.up_proj.weight", "self_attn.q_proj.weight", "input_layernorm.weight")
+  # (output layer, base layer, expert, expert layer, weight); slice 0's weight gradient runs over its 2 layers
+  for o, bl, x, xl, w in [(0, 0, 0, 0, 1.0), (1, 1, 0, 1, 0.25), (2, 1, 1, 0, None), (3, 2, 1, 1, None),
+                          (4, 2, 2, 2, 1.0)]:
+    for k in keys:
+      wk = w if w is not None else (0.5 if "mlp" in k else 0.75)
+      np.testing.assert_array_equal(bits(_layer(got, o, k)), bits(ta(_layer(base, bl, k), _layer(xs[x], xl, k), wk)),
+                                    err_msg=f"layer {o} {k}")
+  np.testing.assert_array_equal(bits(got["model.embed_tokens.weight"]),
+                                bits(ta(base["model.embed_tokens.weight"], xs[0]["model.embed_tokens.weight"], 1.0)))
+  for k in ("model.norm.weight", "lm_head.weight"):
+    np.testing.assert_array_equal(bits(got[k]), bits(ta(base[k], xs[2][k], 1.0)), err_msg=k)
+  assert sorted(got) == sorted(set(got))
+  assert json.loads((out / "mergejax_manifest.json").read_text())["slices"] == 3
+
+
+def test_one_slice_over_part_of_the_layers_keeps_only_those(llamas, tmp_path):
+  b, e0 = llamas / "base", llamas / "e0"
+  out = _run(f"merge_method: linear\nslices: [{{sources: [{{model: {b}, layer_range: [1, 3]}}, "
+             f"{{model: {e0}, layer_range: [1, 3]}}]}}]\nparameters: {{weight: 1.0}}\ndtype: float32\n", tmp_path / "o")
+  got, base, x = _load(out), _load(b), _load(e0)
+  assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+  assert not any(k.startswith("model.layers.2.") for k in got)
+  k = "mlp.down_proj.weight"
+  want = (base[f"model.layers.2.{k}"].astype(np.float32) + x[f"model.layers.2.{k}"].astype(np.float32)) / 2
+  np.testing.assert_allclose(_layer(got, 1, k), want, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("slices,msg", [
+    ("[{sources: [{model: B, layer_range: [0, 2]}, {model: E, layer_range: [0, 3]}]}]",
+     r"slices\[0\].sources: every source of a slice spans the same number of layers"),
+    ("[{sources: [{model: B, layer_range: [0, 2]}, {model: E, layer_range: [0, 2]}]}, "
+     "{sources: [{model: E, layer_range: [2, 3]}]}]", r"slices\[1\].sources: task_arithmetic needs base_model"),
+    ("[{sources: [{model: B, layer_range: [0, 1]}, {model: E, layer_range: [0, 1]}]}, "
+     "{sources: [{model: B, layer_range: [1, 3]}, {model: E, layer_range: [1, 3]}, {model: F, layer_range: [1, 3]}]}]",
+     "slices: the first and the last slice need the same number of sources"),
+])
+def test_bad_merged_slices_are_one_line(slices, msg):
+  text = f"merge_method: task_arithmetic\nbase_model: B\nslices: {slices}\n"
+  with pytest.raises(mk.RecipeError, match=msg) as e:
+    _plan(text)
+  assert "\n" not in str(e.value)
+
+
 def test_cli_one_line_errors_and_nothing_written(llamas, tmp_path):
   cfg = tmp_path / "r.yml"
   cfg.write_text(f"merge_method: ties\nbase_model: {llamas / 'base'}\nmodels:\n  - model: {llamas / 'e0'}\n"
@@ -365,6 +437,9 @@ YAML_METHODS = [
     ("della_linear", {"rescale": False}, {"weight": [0.5, 0.5]}, {"weights": (0.5, 0.5), "rescale": False}, "origin"),
     ("model_stock", {"filter_wise": True}, {}, {"filter_wise": True}, "origin"),
     ("sce", {"select_topk": 0.5, "int8_mask": True}, {}, {"select_topk": 0.5}, "origin"),
+    ("ram", {"epsilon": 1e-4}, {}, {"epsilon": 1e-4}, "origin"),
+    ("ramplus_tl", {"r": 0.3, "alpha": 0.5}, {}, {"r": 0.3, "alpha": 0.5}, "origin"),
+    ("arcee_fusion", {}, {}, {}, "base+1"),
 ]
 
 
@@ -418,7 +493,7 @@ def test_bad_method_recipes_are_one_line_before_any_file_is_read(text, message):
 
 def test_a_merge_written_as_one_slice_over_every_layer_is_the_models_form(llamas, tmp_path):
   """mergekit's usual SLERP recipe (one slice, both sources over every layer, per-layer t by filter) gives
-  what the same merge written with models: and top-level parameters gives; a partial range is one line."""
+  what the same merge written with models: and top-level parameters gives."""
   b, e0 = llamas / "base", llamas / "e0"
   t = "[{filter: self_attn, value: [0, 0.5, 1]}, {filter: mlp, value: [1, 0.5, 0]}, {value: 0.5}]"
   sliced = _load(_run(f"merge_method: slerp\nbase_model: {b}\nslices:\n  - sources:\n"
@@ -433,7 +508,3 @@ def test_a_merge_written_as_one_slice_over_every_layer_is_the_models_form(llamas
                                 bits(base["model.layers.0.self_attn.q_proj.weight"].astype(np.float32)))
   np.testing.assert_array_equal(bits(models["model.layers.2.self_attn.q_proj.weight"]),
                                 bits(expert["model.layers.2.self_attn.q_proj.weight"].astype(np.float32)))
-  with pytest.raises(mk.RecipeError, match=r"layer_range \[0, 2\) but the models have 3 layers"):
-    _run(f"merge_method: slerp\nbase_model: {b}\nslices: [{{sources: [{{model: {b}, layer_range: [0, 2]}}, "
-         f"{{model: {e0}, layer_range: [0, 2]}}]}}]\n", tmp_path / "p")
-  assert not (tmp_path / "p").exists()

@@ -67,6 +67,22 @@ def test_grid_edges_count_choices_on_the_smallest_and_largest_values():
   assert "widen the grid" in line
 
 
+def test_a_choice_at_the_hyperparameters_own_bound_is_not_a_narrow_grid():
+  """DARE's drop rate 0 (nothing dropped) is as low as the grid can go: chosen often, it is reported as
+  the bound, and only the other edge can warn."""
+  grid = {"drop_rate": [0.0, 0.1, 0.3, 0.6]}
+  rows = [_row("dare_ties", {"drop_rate": 0.0}, grid)] * 6 + [_row("dare_ties", {"drop_rate": 0.3}, grid)] * 4
+  bounds = lambda method, hp: (0.0, None)  # noqa: E731  [0, 1): the upper end is open
+  (e,) = design.grid_edges(rows, bounds)
+  assert e.low == 6 and e.low_bounded and not e.high_bounded and not e.warn
+  assert design.edge_warnings([e]) == []
+  rows += [_row("dare_ties", {"drop_rate": 0.6}, grid)] * 5
+  (line,) = design.edge_warnings(design.grid_edges(rows, bounds))
+  assert "largest value (0.6) in 5 of 15" in line and "smallest" not in line
+  (unbounded,) = design.grid_edges(rows)
+  assert "smallest value (0) in 6 of 15" in design.edge_warnings([unbounded])[0]
+
+
 def test_a_two_value_grid_always_warns():
   grid = {"drop_rate": [0.5, 0.8]}
   rows = [_row("dare_ties", {"drop_rate": 0.5}, grid)] * 3 + [_row("dare_ties", {"drop_rate": 0.8}, grid)]

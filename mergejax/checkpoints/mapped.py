@@ -142,3 +142,45 @@ class SubsetSource(_Wrapper):
 
   def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return self.inner.read(paths, shardings)
+
+
+class RenamedSource(_Wrapper):
+  """Leaves of ``inner`` under other names, ``names[new] = old`` (only those leaves): a slice of a model's
+  layers presented as other layers of the output. Tree keys are not renamed, so a renamed source does not
+  offer them (an orbax output is then keyed by the new paths)."""
+
+  def __new__(cls, inner: Any, names: Mapping[str, str]):
+    del names
+    return object.__new__(_with(cls, (HostViews,) if isinstance(inner, HostViews) else ()))
+
+  def __init__(self, inner: Any, names: Mapping[str, str]):
+    self.inner = inner
+    self._names = dict(names)
+    by_old = {s.path: s for s in inner.specs()}
+    self._specs = sorted((LeafSpec(new, by_old[old].shape, by_old[old].dtype) for new, old in self._names.items()),
+                         key=lambda s: s.path)
+
+  def __getattr__(self, attr: str) -> Any:
+    if attr in ("_names", "host", "key_leaves", "template"):  # leaf-keyed attributes: never the inner's names
+      raise AttributeError(attr)
+    return super().__getattr__(attr)
+
+  def specs(self) -> list[LeafSpec]:
+    return list(self._specs)
+
+  def flat_view(self, path: str) -> np.ndarray:
+    return host_leaf(self.inner, self._names[path]).reshape(-1)
+
+  def aligned_view(self, path: str, align: int = 64):
+    return self.inner.aligned_view(self._names[path], align) if isinstance(self.inner, HostViews) else None
+
+  def read_into(self, path: str, out: np.ndarray) -> None:
+    if isinstance(self.inner, HostViews):
+      self.inner.read_into(self._names[path], out)
+    else:
+      np.copyto(out, self.flat_view(path))
+
+  def read(self, paths: Sequence[str], shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    got = self.inner.read([self._names[p] for p in paths],
+                          {self._names[p]: v for p, v in shardings.items() if p in self._names} if shardings else None)
+    return {p: got[self._names[p]] for p in paths}

@@ -41,6 +41,13 @@ def describe(pl) -> list[str]:
   if pl.base is not None:
     lines.append(f"base: {pl.base}")
   lines += [f"input: {x}" for x in pl.inputs]
+  if pl.parts:
+    from mergejax.recipes import mergekit  # pylint: disable=g-import-not-at-top  (after the recipe parsed)
+    for part, off in zip(pl.parts, mergekit.slice_offsets(pl)):
+      srcs = pl.recipe.slices[part.slice_index].sources
+      a, b = srcs[0].layer_range
+      lines.append(f"slice {part.slice_index}: output layers {off}-{off + b - a - 1} <- "
+                   + ", ".join(f"{e.ref} layers {e.layer_range[0]}-{e.layer_range[1] - 1}" for e in srcs))
   for k in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
     v = getattr(pl.recipe, k)
     if v is not None:

@@ -4,7 +4,9 @@ values; every field overridable as ``--config.x=y``).
   mergejax-train --config=configs/train.py --workdir=runs/world --config.size=xs \
       --config.recipe=expert --config.category=sentiment --config.kind=instruction_tuned
 
-Paths follow the world layout under --workdir unless --config.output / --config.init are given.
+Paths follow the world layout under --workdir unless --config.output / --config.init are given. An --config.init
+that is a Hugging Face checkpoint (Llama, Mistral, Qwen, Gemma) is fine-tuned on the recipe's mixture tokenized
+with its own tokenizer and written as a Hugging Face directory to --config.output (docs/STUDY.md).
 Unset (None) hyperparameters take the recipe's defaults (mergejax/training/recipes.py) and the
 optimizer's (mergejax.training.OptimConfig).
 """

@@ -20,8 +20,10 @@ from mergejax.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from mergejax.methods.dare import dare_keep_masks, dare_linear
 from mergejax.methods.data_aware import adamerging, fisher, regmean
 from mergejax.methods.della import della, della_linear
+from mergejax.methods.fusion import arcee_fusion
 from mergejax.methods.lines import lines
 from mergejax.methods.model_stock import model_stock, nearswap
+from mergejax.methods.ram import ram, ramplus_tl
 from mergejax.methods.registry import formula, get, hparam_names, names, register, schema
 from mergejax.methods.sce import sce
 from mergejax.methods.spherical import karcher, multislerp, nuslerp, slerp
@@ -31,11 +33,12 @@ from mergejax.methods.ties import dare_ties, ties
 
 for _f in (average, task_arithmetic, ties, dare_linear, dare_ties, slerp, nuslerp, multislerp, karcher, breadcrumbs,
            breadcrumbs_ties, della, della_linear, model_stock, sce, nearswap, tsv_m, iso_c, iso_cts, cart, lines,
-           regmean, fisher, adamerging):
+           regmean, fisher, adamerging, ram, ramplus_tl, arcee_fusion):
   register(_f.__name__, _f)
 
-__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "adamerging", "average", "breadcrumbs",
+__all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "adamerging", "arcee_fusion", "average",
+           "breadcrumbs",
            "breadcrumbs_ties", "cart", "choice", "dare_keep_masks", "dare_linear", "dare_ties", "della", "della_linear",
            "expert_weights", "fisher", "flag", "formula", "get", "hparam_names", "integer", "iso_c", "iso_cts", "karcher",
            "leaf_key", "lines", "method_factory", "model_stock", "multislerp", "names", "nearswap", "number", "nuslerp",
-           "regmean", "register", "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]
+           "ram", "ramplus_tl", "regmean", "register", "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]

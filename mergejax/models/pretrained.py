@@ -291,28 +291,40 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
 
 
 def save_pretrained(lm: PretrainedLM, output: str | os.PathLike, *, output_format: str = "safetensors",
-                    params: Params = None, overwrite: bool = False, shard_bytes: int = 4 << 30) -> pathlib.Path:
+                    params: Params = None, overwrite: bool = False, shard_bytes: int = 4 << 30,
+                    info: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Writes ``params`` (default ``lm.params``) as a checkpoint :func:`from_pretrained` reads back: safetensors
   or orbax beside the source's config.json and tokenizer files (Hugging Face families), or a built-in
-  decoder checkpoint. Atomic: the output appears only when complete."""
-  from mergejax.checkpoints.base import LeafSpec  # pylint: disable=g-import-not-at-top
+  decoder checkpoint. ``info`` goes into ``mergejax_manifest.json`` (Hugging Face families) or
+  ``train_info.json`` (built-in). Atomic: the output appears only when complete."""
   params = lm.params if params is None else params
   if lm.config.layout == "builtin":
     from mergejax import models  # pylint: disable=g-import-not-at-top
     return models.save_checkpoint(output, models.load_config(lm.path), params, overwrite=overwrite,
+                                  info=dict(info) if info else None,
                                   tokenizer_model=lm.vocabulary.sentencepiece_model_file)
+  return save_family(params, lm.path, output, family=lm.family, output_format=output_format, overwrite=overwrite,
+                     shard_bytes=shard_bytes, info=info)
+
+
+def save_family(params: Params, source: str | os.PathLike, output: str | os.PathLike, *, family: str,
+                output_format: str = "safetensors", overwrite: bool = False, shard_bytes: int = 4 << 30,
+                info: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """Writes a Hugging Face family's flat ``params`` (checkpoint names) to ``output`` with ``source``'s config.json
+  and tokenizer files (see :func:`save_pretrained`)."""
+  from mergejax.checkpoints.base import LeafSpec  # pylint: disable=g-import-not-at-top
   if output_format == "safetensors":
     from mergejax.checkpoints.safetensors import SafetensorsSink  # pylint: disable=g-import-not-at-top
-    sink = SafetensorsSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, shard_bytes=shard_bytes)
+    sink = SafetensorsSink(output, sidecar_dir=str(source), overwrite=overwrite, shard_bytes=shard_bytes)
   elif output_format == "orbax":
     from mergejax.checkpoints.orbax import OrbaxSink  # pylint: disable=g-import-not-at-top
-    sink = OrbaxSink(output, sidecar_dir=str(lm.path), overwrite=overwrite, keys={n: (n,) for n in params})
+    sink = OrbaxSink(output, sidecar_dir=str(source), overwrite=overwrite, keys={n: (n,) for n in params})
   else:
     raise ValueError(f"output_format must be 'safetensors' or 'orbax', got {output_format!r}")
   try:
     sink.begin([LeafSpec(n, tuple(x.shape), np.dtype(x.dtype)) for n, x in params.items()])
     sink.write(params)
-    return sink.finalize({"source": str(lm.path), "family": lm.family})
+    return sink.finalize({"source": str(source), "family": family, **dict(info or {})})
   except BaseException:
     sink.abort()
     raise

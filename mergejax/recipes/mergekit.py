@@ -406,7 +406,10 @@ class Plan:
     entries: the recipe entry of each input (parameters), same order; None for a base added implicitly.
     params: mergekit's parameter definitions for this method.
     output_layers: for slices, the output's layer count (config.json num_hidden_layers).
-    slice_index: a merge written as one slice over every layer: 0 (its parameters apply); else None.
+    slice_index: the recipe slice this plan merges (its parameters apply), else None.
+    parts: a merge of several slices (or of one slice over part of the layers): one plan per slice, each
+      merging its sources' layers into the output's next layers (:func:`slice_offsets`); the embeddings
+      come from the first slice's sources and the final norm and head from the last's, as in mergekit.
   """
 
   recipe: Recipe
@@ -417,6 +420,7 @@ class Plan:
   params: tuple[KitParam, ...]
   output_layers: int | None = None
   slice_index: int | None = None
+  parts: tuple["Plan", ...] = ()
 
 
 def _registered() -> list[str]:
@@ -484,38 +488,47 @@ def plan(recipe: Recipe) -> Plan:
                       "global RNG and an L1-norm rescale; add `mergejax: {dare: paper}` to run mergejax's")
   if "dare" in opts and not stochastic:
     raise RecipeError(f"mergejax.dare: {name} draws no DARE masks")
-  slice_index = None
   if recipe.slices is not None and name == "passthrough":
     return _plan_slices(recipe, params)
   if recipe.slices is not None:
-    models, slice_index = _whole_model_slice(recipe), 0
-  else:
-    models = recipe.models
-  refs = [e.ref for e in models]
+    return _plan_merged_slices(recipe, name, jname, params)
+  refs = [e.ref for e in recipe.models]
   if name == "passthrough":
     if len(refs) != 1 or (recipe.base_model is not None and recipe.base_model != refs[0]):
       raise RecipeError("models: passthrough copies exactly one model")
-    return Plan(recipe, "passthrough", None, tuple(refs), tuple(models), params)
+    return Plan(recipe, "passthrough", None, tuple(refs), tuple(recipe.models), params)
+  return _plan_inputs(recipe, name, jname, params, recipe.models, None)
+
+
+def _plan_inputs(recipe: Recipe, name: str, jname: str, params: tuple[KitParam, ...],
+                 models: Sequence[ModelEntry], slice_index: int | None) -> Plan:
+  """The plan of one merge over ``models`` (the recipe's models, or the sources of slice ``slice_index``)."""
+  from mergejax import methods  # pylint: disable=g-import-not-at-top
+  refs = [e.ref for e in models]
+  where = "models" if slice_index is None else f"slices[{slice_index}].sources"
   traits = methods.get(jname).traits
   base = recipe.base_model
   if traits.uses_base and base is None:
     raise RecipeError(f"base_model: required by {name}")
   if len(set(refs)) != len(refs):
-    raise RecipeError(f"models: {next(str(r) for r in refs if refs.count(r) > 1)} is listed twice")
+    raise RecipeError(f"{where}: {next(str(r) for r in refs if refs.count(r) > 1)} is listed twice")
   uses_base = traits.uses_base or (traits.base_is_origin and base is not None)
   if uses_base:  # the base is the origin of the task vectors, listed among the models or not
+    if slice_index is not None and base not in refs:  # a slice's base layers come from its sources
+      raise RecipeError(f"{where}: {name} needs base_model {base} among the sources of every slice (its layers "
+                        "there are the origin of the task vectors)")
     pairs = [(e.ref, e) for e in models if e.ref != base]
-  else:  # every input is merged, the base too (mergekit adds it after the listed models)
+  else:  # every input is merged, the base too (mergekit adds it after the listed models, not to slices)
     pairs = [(e.ref, e) for e in models]
-    if base is not None and base not in refs:
+    if base is not None and base not in refs and slice_index is None:
       pairs.append((base, None))
   if not pairs:
-    raise RecipeError(f"models: {name} needs at least one model besides the base")
+    raise RecipeError(f"{where}: {name} needs at least one model besides the base")
   lo, hi = max(1, traits.min_experts), traits.max_experts
   if not lo <= len(pairs) <= (hi or len(pairs)):
     count = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
     besides = " besides base_model" if uses_base else ""
-    raise RecipeError(f"models: {name} merges {count} model{'s' if (hi or lo) > 1 else ''}{besides}, got "
+    raise RecipeError(f"{where}: {name} merges {count} model{'s' if (hi or lo) > 1 else ''}{besides}, got "
                       f"{len(pairs)}")
   needs = getattr(methods.get(jname).compute_stats, "needs", None)
   if needs is not None:
@@ -525,20 +538,48 @@ def plan(recipe: Recipe) -> Plan:
               params, slice_index=slice_index)
 
 
-def _whole_model_slice(recipe: Recipe) -> tuple[ModelEntry, ...]:
-  """The sources of a merge written as ONE slice whose sources all span layers [0, n): the same merge as
-  ``models:`` with the slice's ``parameters`` between the sources' and the top level (mergekit turns
-  ``models:`` into exactly such a slice). n must be the models' layer count (checked when they are opened)."""
-  name = recipe.merge_method
-  if len(recipe.slices) != 1:
-    raise RecipeError(f"slices: mergejax merges slices with {name} only as one slice over every layer (stacking "
-                      "several merged slices is not supported; passthrough stacks copies)")
-  srcs = recipe.slices[0].sources
-  ranges = {e.layer_range for e in srcs}
-  if len(ranges) != 1 or next(iter(ranges))[0] != 0:
-    raise RecipeError(f"slices[0].sources: mergejax merges slices with {name} only when every source spans the "
-                      f"same layers from 0 (got {sorted(ranges)})")
-  return tuple(srcs)
+def _plan_merged_slices(recipe: Recipe, name: str, jname: str, params: tuple[KitParam, ...]) -> Plan:
+  """A merge written with slices. One slice whose sources all span layers [0, n) of n-layer models is the
+  merge written with ``models:`` and the slice's ``parameters`` between the sources' and the top level
+  (mergekit turns ``models:`` into exactly such a slice): one plan (slice_index 0). Any other slices are
+  merged slice by slice into consecutive output layers (``parts``); whether the first form spans every
+  layer is known once the models are opened (:func:`mergejax.recipes.run.run` then runs it as parts)."""
+  parts = []
+  for i, sl in enumerate(recipe.slices):
+    lengths = sorted({e.layer_range[1] - e.layer_range[0] for e in sl.sources})
+    if len(lengths) != 1:
+      raise RecipeError(f"slices[{i}].sources: every source of a slice spans the same number of layers (got "
+                        f"{', '.join(str(list(e.layer_range)) for e in sl.sources)})")
+    parts.append(_plan_inputs(recipe, name, jname, params, sl.sources, i))
+  if len(recipe.slices) > 1:
+    if len(recipe.slices[0].sources) != len(recipe.slices[-1].sources):
+      raise RecipeError("slices: the first and the last slice need the same number of sources (the embeddings are "
+                        "merged from the first's, the final norm and head from the last's)")
+    if recipe.tokenizer_source is not None or recipe.tokens:
+      raise RecipeError("tokenizer: vocabulary mapping is not available for a merge of several slices")
+  outputs = sum(sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0] for sl in recipe.slices)
+  first = parts[0]
+  if len(parts) == 1 and len({e.layer_range for e in recipe.slices[0].sources}) == 1 \
+      and recipe.slices[0].sources[0].layer_range[0] == 0:
+    return dataclasses.replace(first, output_layers=outputs)
+  refs = tuple(r for r in dict.fromkeys(r for p in parts for r in p.inputs) if r != first.base)
+  return Plan(recipe, jname, first.base, refs, tuple(None for _ in refs), params, output_layers=outputs,
+              parts=tuple(parts))
+
+
+def slice_offsets(pl: Plan) -> list[int]:
+  """The first output layer of each of ``pl.parts``."""
+  out, n = [], 0
+  for part in pl.parts:
+    out.append(n)
+    e = next(e for e in part.entries if e is not None)
+    n += e.layer_range[1] - e.layer_range[0]
+  return out
+
+
+def source_range(pl: Plan, ref: ModelRef) -> tuple[int, int]:
+  """The layer range the slice of part ``pl`` reads from ``ref`` (one of its sources)."""
+  return next(e.layer_range for e in pl.recipe.slices[pl.slice_index].sources if e.ref == ref)
 
 
 def _plan_slices(recipe: Recipe, params: tuple[KitParam, ...]) -> Plan:

@@ -11,16 +11,17 @@ model-wide statistics (TIES with ``scope: global``) needs those other values to 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from mergejax import tree as tree_lib
 from mergejax.checkpoints import detect, inputs as inputs_lib, output as output_lib
 from mergejax.checkpoints.base import LeafSpec, SpanSink, StagedSink
-from mergejax.checkpoints.mapped import SubsetSource, host_leaf
+from mergejax.checkpoints.mapped import RenamedSource, SubsetSource, host_leaf
 from mergejax.checkpoints.vocab import TokenSource
 from mergejax.methods.base import LEAF_HPARAMS
 from mergejax.recipes import mergekit as mk
@@ -118,41 +119,20 @@ def _tokenizer_args(recipe: mk.Recipe, names: Sequence[mk.ModelRef]) -> tuple[An
   return src, tokens
 
 
-def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite: bool = False, seed: int = 0,
-        shard_bytes: int = 4 << 30, memory_budget_bytes: float | None = 4 << 30, progress: bool = False,
-        mesh: Any = None) -> pathlib.Path:
-  """Runs the plan into ``output`` (atomic; nothing is left behind on failure)."""
-  if pl.method == "passthrough":
-    return _passthrough(pl, output, output_format=output_format, overwrite=overwrite, shard_bytes=shard_bytes)
-  from mergejax import engine, methods, sharding  # pylint: disable=g-import-not-at-top
-  r = pl.recipe
-  names = ([pl.base] if pl.base is not None else []) + list(pl.inputs)
-  tok_source, tokens = _tokenizer_args(r, names)
-  opened = inputs_lib.open_inputs(pl.base, list(pl.inputs), dtype=r.out_dtype or r.dtype,
-                                  tokenizer_source=tok_source, tokens=tokens, pad_to_multiple_of=r.pad_to_multiple_of)
-  reference = opened.reference
-  others = opened.experts if opened.base is not None else opened.experts[1:]
-  try:
-    engine.validate_sources(reference, others)
-  except ValueError as e:
-    raise ValueError(inputs_lib.vocab_mismatch_hint(str(e)).replace("--tokenizer_source=union or base",
-                                                                     "tokenizer_source: union or base")) from None
-  specs = reference.specs()
-  n_layers = _num_layers(opened.donor_dir, specs)
-  if pl.slice_index is not None:
-    end = next(e for e in pl.entries if e is not None).layer_range[1]
-    if end != n_layers:
-      raise RecipeError(f"slices[0].sources: layer_range [0, {end}) but the models have {n_layers} layers: mergejax "
-                        f"merges slices with {r.merge_method} only over every layer")
-  # Leaves whose hyperparameters agree apart from those kernels take per leaf (lam, weights) form one
-  # engine pass; lam and weights then vary leaf by leaf inside it (MergeMethod.with_leaf_hparams).
+def _leaf_groups(pl: mk.Plan, specs: Sequence[LeafSpec], t_of: Callable[[str], float], n_experts: int
+                 ) -> tuple[dict[str, list[str]], dict[str, dict], dict[str, Any]]:
+  """Float leaves grouped into engine passes: ({key: leaves}, {key: hyperparameters}, {key: method}).
+
+  Leaves whose hyperparameters agree apart from those kernels take per leaf (lam, weights) form one
+  pass; lam and weights then vary leaf by leaf inside it (MergeMethod.with_leaf_hparams)."""
+  from mergejax import methods  # pylint: disable=g-import-not-at-top  (JAX: only when a merge runs)
   groups: dict[str, list[str]] = collections.OrderedDict()
   hps: dict[str, dict] = {}
   per_leaf: dict[str, dict] = {}
   for s in specs:
     if not tree_lib.is_float_dtype(s.dtype):
       continue
-    hp = mk.leaf_hparams(pl, s.path, mk.layer_t(s.path, n_layers))
+    hp = mk.leaf_hparams(pl, s.path, t_of(s.path))
     per_leaf[s.path] = {k: v for k, v in hp.items() if k in LEAF_HPARAMS}
     fixed = {k: v for k, v in hp.items() if k not in LEAF_HPARAMS}
     key = repr(sorted(fixed.items()))
@@ -166,15 +146,63 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
     try:
       m = methods.get(pl.method, **hp).with_leaf_hparams(per_leaf.get)
       for leaf in groups[key]:  # every leaf's values checked before anything runs
-        m.context(len(opened.experts), 0, leaf)
+        m.context(n_experts, 0, leaf)
     except ValueError as e:
       raise RecipeError(f"tensor '{leaf}': {e}") from None
-    m.check_experts(len(opened.experts))
+    m.check_experts(n_experts)
     merge_methods[key] = m
   if len(groups) > 1 and any(m.compute_stats is not None and not m.local_stats for m in merge_methods.values()):
     raise RecipeError(f"parameters: {pl.method} with model-wide statistics (e.g. scope: global) needs one value of "
                       "each parameter other than lambda and weight for the whole model; the recipe varies them "
                       "across tensors")
+  varying = len(groups) == 1 and len({repr(v) for v in per_leaf.values()}) > 1
+  return groups, hps, {"methods": merge_methods, "varying": varying}
+
+
+def _validate(reference: Any, others: Sequence[Any]) -> None:
+  from mergejax import engine  # pylint: disable=g-import-not-at-top  (JAX: only when a merge runs)
+  try:
+    engine.validate_sources(reference, others)
+  except ValueError as e:
+    raise ValueError(inputs_lib.vocab_mismatch_hint(str(e)).replace("--tokenizer_source=union or base",
+                                                                     "tokenizer_source: union or base")) from None
+
+
+def _hparams_manifest(passes: Sequence[tuple[dict, dict, dict]]) -> dict[str, Any]:
+  """The manifest's ``hparams`` (one set for the whole merge) or ``per_tensor_hparams`` (one per pass)."""
+  if len(passes) == 1 and len(passes[0][0]) == 1 and not passes[0][2]["varying"]:
+    return {"hparams": dict(next(iter(passes[0][1].values()))), "per_tensor_hparams": None}
+  return {"hparams": {}, "per_tensor_hparams": [
+      {"hparams": {k: v for k, v in hps[key].items() if k not in LEAF_HPARAMS}, "leaves": len(paths)}
+      for groups, hps, _ in passes for key, paths in groups.items()]}
+
+
+def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite: bool = False, seed: int = 0,
+        shard_bytes: int = 4 << 30, memory_budget_bytes: float | None = 4 << 30, progress: bool = False,
+        mesh: Any = None) -> pathlib.Path:
+  """Runs the plan into ``output`` (atomic; nothing is left behind on failure)."""
+  if pl.method == "passthrough":
+    return _passthrough(pl, output, output_format=output_format, overwrite=overwrite, shard_bytes=shard_bytes)
+  if pl.parts:
+    return _run_slices(pl, output, output_format=output_format, overwrite=overwrite, seed=seed,
+                       shard_bytes=shard_bytes, memory_budget_bytes=memory_budget_bytes, progress=progress, mesh=mesh)
+  from mergejax import sharding  # pylint: disable=g-import-not-at-top
+  r = pl.recipe
+  names = ([pl.base] if pl.base is not None else []) + list(pl.inputs)
+  tok_source, tokens = _tokenizer_args(r, names)
+  opened = inputs_lib.open_inputs(pl.base, list(pl.inputs), dtype=r.out_dtype or r.dtype,
+                                  tokenizer_source=tok_source, tokens=tokens, pad_to_multiple_of=r.pad_to_multiple_of)
+  reference = opened.reference
+  _validate(reference, opened.experts if opened.base is not None else opened.experts[1:])
+  specs = reference.specs()
+  n_layers = _num_layers(opened.donor_dir, specs)
+  if pl.slice_index is not None:
+    end = next(e for e in pl.entries if e is not None).layer_range[1]
+    if end != n_layers:  # one slice over part of the layers: the output has only those
+      return _run_slices(dataclasses.replace(pl, parts=(pl,)), output, output_format=output_format,
+                         overwrite=overwrite, seed=seed, shard_bytes=shard_bytes,
+                         memory_budget_bytes=memory_budget_bytes, progress=progress, mesh=mesh)
+  groups, hps, info = _leaf_groups(pl, specs, lambda p: mk.layer_t(p, n_layers), len(opened.experts))
   others_leaves = [s.path for s in specs if not tree_lib.is_float_dtype(s.dtype)]
   first = next(iter(groups))
   groups[first] = groups[first] + others_leaves
@@ -198,32 +226,135 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
         dt = np.dtype(opened.dtype) if opened.dtype is not None else None
         sink.begin([LeafSpec(s.path, s.shape, dt if dt is not None and tree_lib.is_float_dtype(s.dtype) else s.dtype)
                     for s in specs])
-      bar = _bar(progress and len(groups) > 1, len(groups))
-      for key, paths in groups.items():
-        base_src = SubsetSource(opened.base, paths) if opened.base is not None else None
-        engine.merge_sources(base_src, [SubsetSource(e, paths) for e in opened.experts], shared, merge_methods[key],
-                             seed=seed, dtype=opened.dtype, mesh=mesh, rules=rules,
-                             memory_budget_bytes=memory_budget_bytes, allow_nonfinite=False,
-                             progress=progress and len(groups) == 1)
-        if bar is not None:
-          bar.update(1)
-      if bar is not None:
-        bar.close()
+      _merge_passes(shared, [(groups, hps, info, opened.base, opened.experts)], seed=seed, dtype=opened.dtype,
+                    mesh=mesh, rules=rules, memory_budget_bytes=memory_budget_bytes, progress=progress)
     except BaseException:
       shared.abort()
       raise
-    single = len(groups) == 1
-    varying = single and len({repr(v) for v in per_leaf.values()}) > 1
-    manifest = {"method": pl.method, "hparams": dict(next(iter(hps.values()))) if single and not varying else {},
-                "per_tensor_hparams": None if single and not varying else
-                [{"hparams": {k: v for k, v in hps[key].items() if k not in LEAF_HPARAMS}, "leaves": len(paths)}
-                 for key, paths in groups.items()],
+    manifest = {"method": pl.method, **_hparams_manifest([(groups, hps, info)]),
                 "seed": seed, "leaves": len(specs), "n_experts": len(opened.experts),
                 "dtype": str(np.dtype(opened.dtype)) if opened.dtype is not None else None,
                 "inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
                 "recipe": r.text, "mergekit_method": r.merge_method,
                 "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
     return sink.finalize(manifest)
+
+
+def _slice_names(part: mk.Plan, specs: Sequence[LeafSpec], ref: mk.ModelRef, offset: int, first: bool,
+                 last: bool) -> dict[str, str]:
+  """{output leaf: input leaf} of one source of a slice: its layers in the slice's range moved to the
+  output's layers from ``offset``; the embeddings (first slice) and the final norm and head (last slice)."""
+  a, b = mk.source_range(part, ref)
+  have = max((i for i in (mk.layer_index(s.path) for s in specs) if i is not None), default=-1) + 1
+  if b > have:
+    raise RecipeError(f"slices[{part.slice_index}].sources: {ref} has {have} layers, the range ends at {b}")
+  names = {}
+  for s in specs:
+    li = mk.layer_index(s.path)
+    if li is None:
+      pre = any(x in s.path for x in _PRE)
+      if (pre and first) or (not pre and last):
+        names[s.path] = s.path
+    elif a <= li < b:
+      names[mk.renumber_layer(s.path, offset + li - a)] = s.path
+  return names
+
+
+def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, shard_bytes, memory_budget_bytes,
+                progress, mesh) -> pathlib.Path:
+  """Several slices merged into consecutive output layers (mergekit's slices with a merge method): slice k's
+  sources' layers [a_k, b_k) merged (with slice k's parameters and mergekit's per-slice gradient position
+  t = i / (b_k - a_k - 1)) into output layers from the sum of the earlier slices' lengths; the
+  embeddings merged from the first slice's sources, the final norm and head from the last's (t = 0)."""
+  from mergejax import sharding  # pylint: disable=g-import-not-at-top
+  r = pl.recipe
+  offsets = mk.slice_offsets(pl)
+  dtype = r.out_dtype or r.dtype
+  passes, out_specs, opened_all = [], {}, []
+  for k, (part, off) in enumerate(zip(pl.parts, offsets)):
+    opened = inputs_lib.open_inputs(part.base, list(part.inputs), dtype=dtype)
+    dtype = dtype or opened.dtype
+    opened_all.append(opened)
+    refs = ([part.base] if part.base is not None else []) + list(part.inputs)
+    srcs = ([opened.base] if opened.base is not None else []) + list(opened.experts)
+    renamed = [RenamedSource(src, _slice_names(part, src.specs(), ref, off, k == 0, k == len(pl.parts) - 1))
+               for ref, src in zip(refs, srcs)]
+    _validate(renamed[0], renamed[1:])
+    specs = renamed[0].specs()
+    length = next(e for e in part.entries if e is not None).layer_range
+    length = length[1] - length[0]
+
+    def t_of(path: str, off=off, length=length) -> float:
+      li = mk.layer_index(path)
+      return 0.0 if li is None else ((li - off) / (length - 1) if length > 1 else 1.0)
+
+    groups, hps, info = _leaf_groups(part, specs, t_of, len(opened.experts))
+    others = [s.path for s in specs if not tree_lib.is_float_dtype(s.dtype)]
+    first = next(iter(groups))
+    groups[first] = groups[first] + others
+    base = renamed[0] if opened.base is not None else None
+    passes.append((groups, hps, info, base, renamed[1:] if base is not None else renamed))
+    for s in specs:
+      if s.path in out_specs:
+        raise RecipeError(f"slices[{k}]: output leaf '{s.path}' is produced by two slices")
+      out_specs[s.path] = s
+  names = ([pl.base] if pl.base is not None else []) + list(pl.inputs)
+  out_path = pathlib.Path(output)
+  output_lib.check_output_path(out_path, [detect.input_path(x.path) for x in names]
+                               + [detect.input_path(x.lora) for x in names if x.lora], overwrite)
+  rules = sharding.parse_rules("")
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  opened0 = opened_all[0]
+  dirs = [inputs_lib.model_dir(s) for o in opened_all for s in [o.base, *o.experts] if s is not None]
+  chat = _chat_template(r, dirs)
+  fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x),
+                   **output_lib.fingerprint(detect.input_path(x.path))}
+                  for i, x in enumerate(names)] if output_lib.is_primary() else []
+  donor = opened0.donor_dir
+  updates = {}
+  if donor is not None and (donor / "config.json").is_file():
+    cfg = json.loads((donor / "config.json").read_text())
+    updates[next((k for k in _NUM_LAYERS_KEYS if k in cfg), "num_hidden_layers")] = pl.output_layers
+  dt = np.dtype(dtype) if dtype is not None else None
+  with inputs_lib.staged_sidecars(donor, chat_template=chat, config_updates=updates) as sidecar_dir:
+    sink = output_lib.open_sink(out_path, passes[0][3] or passes[0][4][0], output_format=output_format,
+                                sidecar_dir=sidecar_dir, shard_bytes=shard_bytes, overwrite=overwrite)
+    shared = (_SharedSpanSink if isinstance(sink, SpanSink) else _SharedSink)(sink)
+    try:
+      if isinstance(sink, StagedSink):
+        sink.begin([LeafSpec(p, s.shape, dt if dt is not None and tree_lib.is_float_dtype(s.dtype) else s.dtype)
+                    for p, s in sorted(out_specs.items())])
+      _merge_passes(shared, passes, seed=seed, dtype=dtype, mesh=mesh, rules=rules,
+                    memory_budget_bytes=memory_budget_bytes, progress=progress)
+    except BaseException:
+      shared.abort()
+      raise
+    manifest = {"method": pl.method, **_hparams_manifest([p[:3] for p in passes]), "seed": seed,
+                "leaves": len(out_specs), "slices": len(pl.parts), "output_layers": pl.output_layers,
+                "dtype": str(dt) if dt is not None else None, "inputs": fingerprints,
+                "input_format": (passes[0][3] or passes[0][4][0]).format, "command": output_lib.command_line(),
+                "recipe": r.text, "mergekit_method": r.merge_method,
+                "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
+    return sink.finalize(manifest)
+
+
+def _merge_passes(shared: Any, passes: Sequence[tuple], *, seed: int, dtype: Any, mesh: Any, rules: Any,
+                  memory_budget_bytes: float | None, progress: bool) -> None:
+  """Runs the engine once per leaf group of each pass ``(groups, hparams, info, base, experts)`` into
+  ``shared``; one progress bar over the groups (the engine's own when there is one group)."""
+  from mergejax import engine  # pylint: disable=g-import-not-at-top  (JAX: only when a merge runs)
+  total = sum(len(p[0]) for p in passes)
+  bar = _bar(progress and total > 1, total)
+  for groups, _, info, base, experts in passes:
+    for key, paths in groups.items():
+      engine.merge_sources(SubsetSource(base, paths) if base is not None else None,
+                           [SubsetSource(e, paths) for e in experts], shared, info["methods"][key], seed=seed,
+                           dtype=dtype, mesh=mesh, rules=rules, memory_budget_bytes=memory_budget_bytes,
+                           allow_nonfinite=False, progress=progress and total == 1)
+      if bar is not None:
+        bar.update(1)
+  if bar is not None:
+    bar.close()
 
 
 def _bar(enabled: bool, total: int):

@@ -16,14 +16,16 @@ half is two of the N = 2 pairs). More blocks (new orders) replicate the design; 
 **Grid edges.** A chosen hyperparameter on the edge of its grid says the optimum may lie outside it.
 :func:`grid_edges` counts, from the stored rows (each keeps its candidates and its choice), how often
 each method's choice of each hyperparameter was the smallest or largest value tried, and
-:func:`edge_warnings` words the ones a report should flag.
+:func:`edge_warnings` words the ones a report should flag. An edge that is the hyperparameter's own
+bound (DARE's drop rate 0: nothing dropped) cannot be widened: choices there are a finding, not a
+warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -102,15 +104,30 @@ class EdgeCount:
   merges: int
   low: int
   high: int
+  floor: float | None = None  # the least value the hyperparameter can take, where it has one
+  ceiling: float | None = None  # the greatest
+
+  @property
+  def low_bounded(self) -> bool:
+    """The smallest value tried is the least the hyperparameter can take: no grid reaches further."""
+    return self.floor is not None and self.values[0] == self.floor
+
+  @property
+  def high_bounded(self) -> bool:
+    return self.ceiling is not None and self.values[-1] == self.ceiling
 
   @property
   def warn(self) -> bool:
-    return self.merges > 0 and max(self.low, self.high) >= EDGE_WARNING_SHARE * self.merges
+    return self.merges > 0 and ((not self.low_bounded and self.low >= EDGE_WARNING_SHARE * self.merges)
+                                or (not self.high_bounded and self.high >= EDGE_WARNING_SHARE * self.merges))
 
 
-def grid_edges(rows: Iterable[Mapping[str, Any]]) -> list[EdgeCount]:
+def grid_edges(rows: Iterable[Mapping[str, Any]],
+               bounds: Callable[[str, str], tuple[float | None, float | None]] | None = None) -> list[EdgeCount]:
   """Edge counts per (method, numeric hyperparameter) over merge rows (``type == "merge"``, with
-  ``candidates`` [{"hparams": ...}, ...] and the chosen ``hparams``)."""
+  ``candidates`` [{"hparams": ...}, ...] and the chosen ``hparams``); ``bounds(method, hparam)`` gives
+  the least and greatest values the hyperparameter can take (None where unbounded or open), so that a
+  choice at such a bound is not read as a grid too narrow."""
   tally: dict[tuple[str, str], dict[str, Any]] = {}
   for row in rows:
     if row.get("type", "merge") != "merge" or not row.get("candidates"):
@@ -128,7 +145,8 @@ def grid_edges(rows: Iterable[Mapping[str, Any]]) -> list[EdgeCount]:
       t["merges"] += 1
       t["low"] += row["hparams"][k] == min(vals)
       t["high"] += row["hparams"][k] == max(vals)
-  return [EdgeCount(m, k, tuple(sorted(t["values"])), t["merges"], t["low"], t["high"])
+  return [EdgeCount(m, k, tuple(sorted(t["values"])), t["merges"], t["low"], t["high"],
+                    *(bounds(m, k) if bounds is not None else (None, None)))
           for (m, k), t in sorted(tally.items())]
 
 
@@ -140,9 +158,9 @@ def edge_warnings(counts: Iterable[EdgeCount]) -> list[str]:
     if not e.warn:
       continue
     sides = []
-    if e.low >= EDGE_WARNING_SHARE * e.merges:
+    if e.low >= EDGE_WARNING_SHARE * e.merges and not e.low_bounded:
       sides.append(f"the smallest value ({_num(e.values[0])}) in {e.low} of {e.merges} merges")
-    if e.high >= EDGE_WARNING_SHARE * e.merges:
+    if e.high >= EDGE_WARNING_SHARE * e.merges and not e.high_bounded:
       sides.append(f"the largest value ({_num(e.values[-1])}) in {e.high} of {e.merges} merges")
     hint = " (a grid of two values has no inside)" if len(e.values) == 2 else ""
     lines.append(f"{e.method}: {e.hparam} chose " + " and ".join(sides) +

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from mergejax import files
+from mergejax import methods as methods_lib
 from mergejax.study import design as design_lib
 from mergejax.study import verdicts as verdicts_lib
 
@@ -202,15 +203,25 @@ def _design_text(spec, merges: Sequence[dict]) -> str:
   return f"design {spec.design}: " + "; ".join(parts)
 
 
+def _hparam_bounds(method: str, hparam: str) -> tuple[float | None, float | None]:
+  """The closed ends of a method's hyperparameter range (its schema), None where open or unbounded."""
+  hp = next((h for h in methods_lib.schema(method) if h.name == hparam), None) if method in methods_lib.names() else None
+  if hp is None or hp.range is None:
+    return None, None
+  low, high, low_open, high_open = hp.range
+  return (None if low_open or low == -math.inf else low), (None if high_open or high == math.inf else high)
+
+
 def _grid_lines(merges: Sequence[dict]) -> list[str]:
-  edges = design_lib.grid_edges(merges)
+  edges = design_lib.grid_edges(merges, _hparam_bounds)
   if not edges:
     return ["No method had a grid of more than one value per hyperparameter."]
   lines = ["| method | hyperparameter | values tried | merges | at the smallest | at the largest |",
            "|---|---|---|---|---|---|"]
+  bound = " (its bound)"
   for e in edges:
     lines.append(f"| {e.method} | {e.hparam} | {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in e.values)}"
-                 f" | {e.merges} | {e.low} | {e.high} |")
+                 f" | {e.merges} | {e.low}{bound if e.low_bounded else ''} | {e.high}{bound if e.high_bounded else ''} |")
   warnings = design_lib.edge_warnings(edges)
   if warnings:
     lines += [""] + [f"- **Warning**: {w}" for w in warnings]

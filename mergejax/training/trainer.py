@@ -16,6 +16,7 @@ host and passed to the step as an argument. So one compiled step serves every ru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import shutil
@@ -33,6 +34,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mergejax import models
+from mergejax.models import families, llamalike
+from mergejax.models.adapter import ModelAdapter
 from mergejax.training import data as data_lib
 
 PyTree = Any
@@ -74,31 +77,87 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
 
 
-class Trainer:
-  """Compiled init / train step for one (model config, optimizer constants, mesh).
+@dataclasses.dataclass(frozen=True)
+class FamilyModel:
+  """A decoder of a Hugging Face family (Llama, Mistral, Qwen, Gemma: :mod:`mergejax.models.llamalike`) to train.
 
+  The model-specific half of training is the checkpoint's :class:`~mergejax.ModelAdapter`:
+  batches come in seqio's token ids (tokenized with the checkpoint's own vocabulary) and the adapter's seqio
+  view (:meth:`~mergejax.ModelAdapter.for_seqio`) maps them to the checkpoint's ids, puts its
+  BOS in each segment's first slot and scores every position (``apply_packed``, with a mask that keeps the
+  packed segments of a row apart). Build one with :func:`family_model`.
+
+  Attributes:
+    config: the decoder's config (its dtype is the training dtype).
+    adapter: ``PretrainedLM.adapter`` (over the checkpoint's ids, with its seqio offset and BOS).
+    source: the checkpoint directory whose config.json and tokenizer files the trained model carries.
+  """
+
+  config: llamalike.DecoderConfig
+  adapter: ModelAdapter
+  source: pathlib.Path
+
+  @property
+  def name(self) -> str:
+    return self.config.family
+
+
+def family_model(lm: models.PretrainedLM) -> FamilyModel:
+  """The :class:`FamilyModel` of a :class:`mergejax.models.PretrainedLM` of a Hugging Face family."""
+  if lm.config.layout != "hf":
+    raise ValueError(f"{lm.path}: a built-in decoder checkpoint: train it with its models.ModelConfig")
+  return FamilyModel(lm.config, lm.adapter, pathlib.Path(lm.path).absolute())
+
+
+def segment_mask(segments_BxL: jax.Array) -> jax.Array:
+  """Causal attention within each packed segment: query i sees key j <= i of the same segment (padding,
+  segment 0, sees padding, so no row of the mask is empty)."""
+  length = segments_BxL.shape[1]
+  causal_LxL = jnp.tril(jnp.ones((length, length), jnp.bool_))
+  return causal_LxL[None] & (segments_BxL[:, :, None] == segments_BxL[:, None, :])
+
+
+class Trainer:
+  """Compiled init / train step for one (model, optimizer constants, mesh).
+
+  The model is the built-in decoder (a :class:`mergejax.models.ModelConfig`) or a Hugging Face family's
+  decoder (:class:`FamilyModel`); only the forward pass, the parameter shapes and their shardings differ.
   Get one with :func:`get_trainer`, which caches it so every run of a size reuses the compiled step.
   """
 
-  def __init__(self, config: models.ModelConfig, opt: OptimConfig, mesh: jax.sharding.Mesh):
+  def __init__(self, config: models.ModelConfig | FamilyModel, opt: OptimConfig, mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
-    self.model = models.Decoder(config)
     decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
     self.tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm),
                           optax.scale_by_adam(opt.b1, opt.b2, opt.eps),
                           optax.add_decayed_weights(opt.weight_decay, mask=decay))
     dummy = jnp.zeros((1, 8), jnp.int32)
-    boxed = jax.eval_shape(lambda: self.model.init(jax.random.key(0), dummy)["params"])
-    with nn.logical_axis_rules(models.LOGICAL_RULES):
-      self.param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
-                                                         models.LOGICAL_RULES)
-    self.abstract_params = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
-        self.param_shardings)
+    if isinstance(config, FamilyModel):
+      cfg = config.config
+      module = models.LlamaLike(cfg)
+      self.param_shardings = {n: NamedSharding(mesh, families.partition_spec(cfg, n, s, mesh))
+                              for n, s in models.param_shapes(cfg).items()}
+      dtype = jnp.dtype(llamalike.DTYPES[cfg.dtype])
+      self.abstract_params = {n: jax.ShapeDtypeStruct(s, dtype, sharding=self.param_shardings[n])
+                              for n, s in models.param_shapes(cfg).items()}
+      init = lambda rng: module.init(rng, dummy)["params"]
+      self._logits = functools.partial(_family_logits, config.adapter.for_seqio())
+    else:
+      self.model = models.Decoder(config)
+      boxed = jax.eval_shape(lambda: self.model.init(jax.random.key(0), dummy)["params"])
+      with nn.logical_axis_rules(models.LOGICAL_RULES):
+        self.param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
+                                                           models.LOGICAL_RULES)
+      self.abstract_params = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
+          self.param_shardings)
+      init = lambda rng: nn.unbox(self.model.init(rng, dummy)["params"])
+      self._logits = lambda params, batch: self.model.apply(
+          {"params": params}, batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+          batch["decoder_positions"])
     self.batch_sharding = NamedSharding(mesh, P("data"))
     self.replicated = NamedSharding(mesh, P())
-    self._init = jax.jit(lambda rng: nn.unbox(self.model.init(rng, dummy)["params"]),
-                         out_shardings=self.param_shardings)
+    self._init = jax.jit(init, out_shardings=self.param_shardings)
     self._copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)
     self._opt_init = jax.jit(self.tx.init)
     self._state_shardings = None
@@ -137,13 +196,14 @@ class Trainer:
 
   def _train_step(self, state, batch, lr):
     def loss_fn(params):
-      logits_BxLxV = self.model.apply({"params": params}, batch["decoder_input_tokens"],
-                                      batch["decoder_segment_ids"], batch["decoder_positions"])
+      logits_BxLxV = self._logits(params, batch)
       ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV,
                                                                batch["decoder_target_tokens"])
       w_BxL = batch["decoder_loss_weights"].astype(jnp.float32)
       n = jnp.sum(w_BxL)
-      return jnp.sum(ce_BxL * w_BxL) / jnp.maximum(n, 1.0), n
+      # where, not a product: a seqio view's logits are -inf in the columns of ids the checkpoint lacks
+      # (id 0, padding's target, under a token offset), so padding's cross-entropy is inf.
+      return jnp.sum(jnp.where(w_BxL > 0, ce_BxL * w_BxL, 0.0)) / jnp.maximum(n, 1.0), n
 
     (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -168,6 +228,14 @@ class Trainer:
     i = jax.process_index()
     local = x[i * n // p:(i + 1) * n // p]
     return jax.make_array_from_process_local_data(self.batch_sharding, local, x.shape)
+
+
+def _family_logits(adapter: ModelAdapter, params: PyTree, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Logits at every position of packed seqio rows, through the adapter's packed forward pass."""
+  segments_BxL = batch["decoder_segment_ids"]
+  gather_BxL = jnp.broadcast_to(jnp.arange(segments_BxL.shape[1], dtype=jnp.int32)[None], segments_BxL.shape)
+  return adapter.apply_packed(params, batch["decoder_input_tokens"], batch["decoder_positions"],
+                              segment_mask(segments_BxL), gather_BxL)
 
 
 _TRAINERS: dict[tuple, Trainer] = {}
@@ -207,21 +275,37 @@ def _train_dir(out: pathlib.Path) -> pathlib.Path:
   return out.parent / f".{out.name}.train"
 
 
-def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int, opt: OptimConfig,
+def family_output_complete(out: str | pathlib.Path) -> bool:
+  """Whether ``out`` holds a Hugging Face directory mergejax finished writing (written atomically)."""
+  from mergejax.checkpoints import output as output_lib  # pylint: disable=g-import-not-at-top  (checkpoint I/O)
+  return output_lib.written_by_mergejax(out) and (pathlib.Path(out) / "config.json").is_file()
+
+
+def is_complete(config: models.ModelConfig | FamilyModel, out: str | pathlib.Path) -> bool:
+  """Whether ``out`` holds the finished output of a run of ``config``."""
+  return family_output_complete(out) if isinstance(config, FamilyModel) else models.is_complete(out)
+
+
+def train(config: models.ModelConfig | FamilyModel, out_dir: str | pathlib.Path, *, steps: int, opt: OptimConfig,
           batch_size: int, feature_lengths: Mapping[str, int] | None = None,
           mixture: str | None = None, batches: Sequence[Mapping[str, np.ndarray]] | None = None,
           seed: int = 0, init_params: PyTree | None = None, checkpoint_every: int = 0,
           log_every: int = 10, progress: bool = True, desc: str = "",
           info: Mapping[str, Any] | None = None, on_step: Callable[[int, Mapping[str, float]], None] | None = None,
           mesh: jax.sharding.Mesh | None = None, position: int | None = None) -> TrainResult:
-  """Trains ``config`` for ``steps`` steps and writes the final params to ``out_dir`` (atomically).
+  """Trains ``config`` for ``steps`` steps and writes the final params to ``out_dir`` (atomically): a built-in
+  decoder checkpoint, or for a :class:`FamilyModel` a Hugging Face directory (``model.safetensors``, the source's
+  config.json and tokenizer files, ``mergejax_manifest.json`` with the run's metadata) that
+  :func:`mergejax.models.from_pretrained` and transformers read.
 
   Skips the run when ``out_dir`` already holds a complete checkpoint. With ``checkpoint_every > 0``
   the full train state is saved every that many steps under ``.<name>.train`` beside ``out_dir``
   (orbax CheckpointManager) and a killed run resumes from the latest one, replaying the same data.
 
   Args:
-    config: model config (its vocab_size must cover the data's vocabulary).
+    config: the built-in decoder's config (its vocab_size must cover the data's vocabulary), or a
+      :class:`FamilyModel` (data tokenized with its checkpoint's vocabulary; see
+      :func:`mergejax.training.finetune.finetune`), which needs ``init_params``.
     out_dir: final checkpoint directory.
     steps: optimizer steps.
     opt: optimizer hyperparameters.
@@ -235,14 +319,16 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
     log_every: how often the loss is fetched for the history and progress bar.
     progress: show a tqdm bar with loss and tokens/s.
     desc: progress-bar label.
-    info: extra metadata stored in ``train_info.json``.
+    info: extra metadata stored in ``train_info.json`` (``mergejax_manifest.json`` for a FamilyModel).
     on_step: called as ``on_step(step, metrics)`` after each logged step (after any checkpoint).
     mesh: device mesh (default: all devices on one "data" axis).
     position: tqdm line of the progress bar (concurrent runs each get their own line).
   """
   out = pathlib.Path(out_dir).absolute()
-  if models.is_complete(out):
+  if is_complete(config, out):
     return TrainResult(out, skipped=True)
+  if isinstance(config, FamilyModel) and init_params is None:
+    raise ValueError(f"train: the {config.name} model of {config.source} needs init_params (its loaded params)")
   if out.exists() or out.is_symlink():
     raise ValueError(f"{out}: exists but is not a complete model checkpoint; mergejax did not write it "
                      "(its checkpoints appear complete or not at all), so it is left alone: remove it to "
@@ -314,9 +400,14 @@ def train(config: models.ModelConfig, out_dir: str | pathlib.Path, *, steps: int
   meta = {"steps": steps, "batch_size": batch_size, "seed": seed, "optim": dataclasses.asdict(opt),
           "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
           "mixture": mixture, **dict(info or {})}
-  models.save_checkpoint(out, config, state["params"], info=json.loads(json.dumps(meta, default=str)),
-                        overwrite=False,  # nothing is at `out` (checked above)
-                        tokenizer_model=data_lib.sentencepiece_file(mixture) if mixture is not None else None)
+  meta = json.loads(json.dumps(meta, default=str))
+  if isinstance(config, FamilyModel):
+    from mergejax.models import pretrained  # pylint: disable=g-import-not-at-top  (imports seqio, TensorFlow)
+    pretrained.save_family(state["params"], config.source, out, family=config.name, info={"training": meta})
+  else:
+    models.save_checkpoint(out, config, state["params"], info=meta,
+                           overwrite=False,  # nothing is at `out` (checked above)
+                           tokenizer_model=data_lib.sentencepiece_file(mixture) if mixture is not None else None)
   if mngr is not None:
     with models.ORBAX_LOCK:
       mngr.close()
