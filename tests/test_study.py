@@ -117,6 +117,10 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"design": "latin"}, r"design='latin': choose from \('balanced', 'random'\)"),
     ({"verdicts.margin": -0.1}, r"verdicts: min_effect and margin must be >= 0"),
     ({"world_seeds": (0, 0)}, r"world_seeds=\(0, 0\): expected distinct seeds >= 0, the first 0"),
+    ({"mesh": dict(data=16, model=1)}, r"mesh=\{'data': 16, 'model': 1\} needs 16 devices, there are 8"),
+    ({"mesh": dict(data=-1, model=3)}, r"8 devices are not a multiple of 3"),
+    ({"mesh": dict(fsdp=-1)}, r"needs a 'data' axis"),
+    ({"task_vector_dtype": "float16"}, r"task_vector_dtype='float16': choose from \('float32', 'bfloat16'\)"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
