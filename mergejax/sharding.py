@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +26,41 @@ def make_mesh(devices: Sequence[Any] | None = None, axis: str = AXIS) -> Mesh:
   """A 1-D mesh over ``devices`` (default: every global device), with Auto axis type."""
   devices = list(devices) if devices is not None else jax.devices()
   return Mesh(np.asarray(devices), (axis,), axis_types=(AxisType.Auto,))
+
+
+def mesh_from_axes(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A mesh with named axes of the given sizes (a config's plain ``dict(data=-1, model=1)``): at most one
+  size is -1, the devices left over; the mesh takes the first devices (default: every global device) in
+  their order. ValueError (one line) when the sizes do not fit the devices."""
+  devices = list(devices) if devices is not None else jax.devices()
+  names, sizes = tuple(axes), [int(v) for v in axes.values()]
+  if not names or any(not isinstance(n, str) or not n for n in names):
+    raise ValueError(f"mesh={dict(axes)!r}: expected axis names with sizes, e.g. dict(data=-1, model=1)")
+  if sizes.count(-1) > 1 or any(v == 0 or v < -1 for v in sizes):
+    raise ValueError(f"mesh={dict(axes)!r}: sizes must be positive, at most one of them -1 (the devices left over)")
+  fixed = int(np.prod([v for v in sizes if v != -1]))
+  if -1 in sizes:
+    if len(devices) % fixed:
+      raise ValueError(f"mesh={dict(axes)!r}: {len(devices)} devices are not a multiple of {fixed}")
+    sizes[sizes.index(-1)] = len(devices) // fixed
+  n = int(np.prod(sizes))
+  if n > len(devices):
+    raise ValueError(f"mesh={dict(axes)!r} needs {n} devices, there are {len(devices)}")
+  if n == len(devices):
+    return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+  return Mesh(np.asarray(devices[:n]).reshape(sizes), names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def shard_bytes(shape: Sequence[int], itemsize: int, spec: P, axis_sizes: Mapping[str, int]) -> int:
+  """Bytes one device holds of a leaf of ``shape`` under ``spec`` on a mesh of ``axis_sizes`` (a split
+  dimension's shard rounded up, as XLA pads it)."""
+  n = itemsize
+  for i, d in enumerate(shape):
+    names = spec[i] if i < len(spec) else None
+    names = () if names is None else ((names,) if isinstance(names, str) else tuple(names))
+    k = int(np.prod([axis_sizes[a] for a in names])) if names else 1
+    n *= -(-int(d) // k)
+  return n
 
 
 def default_spec(shape: Sequence[int], n_devices: int, axis: str = AXIS) -> P:

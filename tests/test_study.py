@@ -117,6 +117,10 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"design": "latin"}, r"design='latin': choose from \('balanced', 'random'\)"),
     ({"verdicts.margin": -0.1}, r"verdicts: min_effect and margin must be >= 0"),
     ({"world_seeds": (0, 0)}, r"world_seeds=\(0, 0\): expected distinct seeds >= 0, the first 0"),
+    ({"mesh": dict(data=16, model=1)}, r"mesh=\{'data': 16, 'model': 1\} needs 16 devices, there are 8"),
+    ({"mesh": dict(data=-1, model=3)}, r"8 devices are not a multiple of 3"),
+    ({"mesh": dict(fsdp=-1)}, r"needs a 'data' axis"),
+    ({"task_vector_dtype": "float16"}, r"task_vector_dtype='float16': choose from \('float32', 'bfloat16'\)"),
 ])
 def test_bad_configurations_fail_at_start_up(tmp_path, override, message):
   cfg = study_config(tmp_path / "no-world", build_world=True)
@@ -304,17 +308,20 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
     for n in spec.ns:
       cats = spec.categories[-n:]  # the warm-up merged the first n: another subset needs no new program
       for name in spec.methods:
-        merger = CandidateMerger(name, ms.base_host, [ms.experts_host[c] for c in cats],
-                                 [ms.taus_host[c] for c in cats], seed=7)
+        merger = CandidateMerger(name, ms.base, [ms.experts[c] for c in cats], [ms.taus[c] for c in cats], seed=7)
         for hp in spec.grids[name]:
           jax.block_until_ready(merger(hp))
 
   assert test_eval.compiles(merge_everything) == 0  # the warm-up compiled every (method, N) program of this size
 
 
-def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
+def test_eight_devices_and_two_processes_give_the_same_rows_as_one_device(tiny_world, tmp_path):
+  """The models sharded over 8 devices (FSDP over "data" and tensor parallel over "model"), and over the
+  4 devices of 2 processes (jax.distributed on localhost), give the rows of a 1-device mesh."""
   cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties")}
-  runner.run_study(study_config(tiny_world, **cfg_over), tmp_path / "one", progress=False)
+  runner.run_study(study_config(tiny_world, mesh=dict(data=1, model=1), **cfg_over), tmp_path / "one", progress=False)
+  runner.run_study(study_config(tiny_world, mesh=dict(data=4, model=2), **cfg_over), tmp_path / "eight",
+                   progress=False)
   script = tmp_path / "main.py"
   script.write_text(textwrap.dedent(f"""
       import os, sys
@@ -332,7 +339,10 @@ def test_two_processes_give_the_same_rows_as_one(tiny_world, tmp_path):
                             stderr=subprocess.STDOUT) for i in range(2)]
   outs = [p.communicate(timeout=600)[0].decode() for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-  assert merge_rows(tmp_path / "two") == merge_rows(tmp_path / "one")
+  one = merge_rows(tmp_path / "one")
+  assert sum(k.startswith("merge/") for k in one) == 2 and sum(k.startswith("ref/") for k in one) == 4
+  assert merge_rows(tmp_path / "eight") == one
+  assert merge_rows(tmp_path / "two") == one
 
 
 def _free_port() -> int:

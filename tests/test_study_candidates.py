@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -68,15 +69,38 @@ def test_one_merge_per_group_of_lams(merges):
   assert all(m.hparams["lam"] == 1.0 for m in merges)
 
 
-def test_non_float32_trees_merge_directly():
+def test_trees_with_integer_leaves_merge_directly():
   base, experts = _models()
-  base16 = jax.tree.map(lambda x: x.astype(np.float16), base)
-  assert candidates_lib.task_vectors(base16, {0: base16}) is None
+  with_int = {**base, "step": np.int32(3)}
+  assert candidates_lib.task_vectors(with_int, {0: with_int}) is None
   merger = candidates_lib.CandidateMerger("ties", base, experts, None, seed=0)
   assert not merger.factored(methods_lib.ties(density=0.2, lam=0.7))
   want = mergejax.merge(base, experts, methods_lib.ties(density=0.2, lam=0.7))
   for g, w in zip(jax.tree.leaves(merger({"density": 0.2, "lam": 0.7})), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_bfloat16_params_with_float32_task_vectors_equal_direct_merges():
+  """bfloat16 models: float32 task vectors hold each difference exactly, so the candidates are the direct
+  merges' bits (cast to bfloat16 as the kernels do); bfloat16 task vectors round each tau once (Task
+  Arithmetic then differs from the direct merge by about that rounding)."""
+  base, experts = _models()
+  bf16 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), t)
+  base, experts = bf16(base), [bf16(e) for e in experts]
+  for dtype, name, hp in [("float32", "ties", {"density": 0.2, "lam": 0.7}),
+                          ("float32", "task_arithmetic", {"lam": 0.7}),
+                          ("bfloat16", "task_arithmetic", {"lam": 0.7})]:
+    want = mergejax.merge(base, experts, methods_lib.get(name, **hp))
+    taus = candidates_lib.task_vectors(base, dict(enumerate(experts)), dtype)
+    assert {x.dtype for x in jax.tree.leaves(taus)} == {jnp.dtype(dtype)}
+    got = candidates_lib.CandidateMerger(name, base, experts, list(taus.values()), seed=0)(hp)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert g.dtype == w.dtype == jnp.bfloat16
+      g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+      if dtype == "float32":
+        np.testing.assert_array_equal(g, w)
+      else:  # |tau| <~ 0.5 here: one bfloat16 rounding of each of 3 taus, then one of the output
+        np.testing.assert_allclose(g, w, rtol=2 ** -7, atol=3 * 0.7 * 2 ** -9)
 
 
 _direct = mergejax.merge  # mergejax.merge itself, not the fixture's spy

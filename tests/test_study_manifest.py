@@ -182,13 +182,17 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
   cells = [v["categories"] for v in again.values() if v["type"] == "merge"]
   assert f"selection {sum(2 * sum(val[c] for c in cats) for cats in cells):,} (validation)" in out
   assert f"test {sum(sum(heldin_test[c] for c in cats) + heldout for cats in cells):,}," in out
-  # Bytes: every model replicated on each of the 8 devices, plus the merge working set on the first.
-  loaded = [models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary()) for p in [manifest[KIND]["tiny-1"]["base"],
-                                                *manifest[KIND]["tiny-1"]["experts"].values(),
-                                                manifest[KIND]["tiny-1"]["multitask"]]]
-  resident = sum(x.nbytes for lm in loaded for x in jax.tree.leaves(lm.params))
-  p = loaded[0].config
-  params = sum(x.size for x in jax.tree.leaves(loaded[0].params))
-  working = 2 * 4 * params + 2 * 4 * params + 3 * 4 * params  # base twice, 2 experts, 3 float32 task vectors
-  assert f"on this mesh ({len(jax.devices())} devices" in out and p.family == "builtin"
-  assert f"estimated peak bytes per device: {resident + working:,}" in out
+  # Bytes per device: the resident models' shards as the study places them on its mesh (8 devices), to the byte.
+  mesh = runner.study_mesh((("data", -1), ("model", 1)))
+  loaded = [models.from_pretrained(p, mesh=mesh, vocabulary=suite_vocab.get_vocabulary())
+            for p in [manifest[KIND]["tiny-1"]["base"], *manifest[KIND]["tiny-1"]["experts"].values(),
+                      manifest[KIND]["tiny-1"]["multitask"]]]
+  held = {d: 0 for d in mesh.devices.flat}
+  for lm in loaded:
+    for x in jax.tree.leaves(lm.params):
+      for sh in x.addressable_shards:
+        held[sh.device] += sh.data.nbytes
+  assert f"data {len(jax.devices())} x model 1 = {len(jax.devices())} devices" in out and loaded[0].family == "builtin"
+  assert f"models {max(held.values()) / 2**20:.2f} MiB" in out
+  total = sum(x.nbytes for lm in loaded for x in jax.tree.leaves(lm.params))
+  assert max(held.values()) <= 1.2 * total / len(held)  # split, not replicated

@@ -61,6 +61,13 @@ def get_config() -> config_dict.ConfigDict:
   c.dry_run = False  # print the plan (cells, candidates, examples, bytes per device) and stop
   c.eval_batch_size = 64  # rows per step for decoding and for adapters without packed scoring
   c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
+  # The devices every model is loaded onto, merged and evaluated on: axis name -> size, one size -1 (the
+  # devices left over). Parameters are split FSDP over "data" and tensor parallel over "model" (a dimension
+  # an axis does not divide stays whole); evaluation batches split over "data". docs/STUDY.md, "Memory per cell".
+  c.mesh = dict(data=-1, model=1)
+  # Task vectors theta_t - theta_0, kept on the mesh: "float32" (exact: candidates equal direct merges) or
+  # "bfloat16" (half the memory; each task vector rounded once before merging).
+  c.task_vector_dtype = "float32"
   c.progress = True
   # The report's verdicts (mergejax.study.verdicts, docs/STUDY.md): a SUPPORTED / CONTRADICTED verdict needs
   # an interval that excludes 0 and an effect of at least min_effect; EQUIVALENT an interval inside +-margin.

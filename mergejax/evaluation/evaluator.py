@@ -121,6 +121,7 @@ class _PackedCategory:
   rows: list[np.ndarray]  # per batch, [B, G] row ids (-1: padding)
 
 
+PACK_LEN, PACK_ROWS = 64, 32  # the packed scoring step's defaults: tokens per sequence, sequences per step
 _TAIL_ROWS = 8  # packed sequences per batch at the end of a category (see _pack)
 _FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 
@@ -175,8 +176,8 @@ class Evaluator:
   def __init__(self, adapter: ModelAdapter, mixture: str, split: str = "validation", *,
                batch_size: int = BATCH_SIZE, mesh: jax.sharding.Mesh | None = None,
                sequence_length: Mapping[str, int] | None = None, length_bucket: int = LENGTH_BUCKET,
-               categories: Mapping[str, str] | None = None, seed: int = SEED, pack_len: int = 64,
-               pack_rows: int = 32, pack_targets: int | None = None, guard: SplitGuard | None = None):
+               categories: Mapping[str, str] | None = None, seed: int = SEED, pack_len: int = PACK_LEN,
+               pack_rows: int = PACK_ROWS, pack_targets: int | None = None, guard: SplitGuard | None = None):
     self.mixture, self.split = mixture, split
     self.guard = guard
     self.category_overrides = dict(categories or {})

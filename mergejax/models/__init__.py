@@ -12,7 +12,7 @@ from mergejax.models.decoder import LOGICAL_RULES, Decoder
 from mergejax.models.families import ConfigError, parse_hf_config
 from mergejax.models.llamalike import DecoderConfig, LlamaLike, Rope, param_shapes
 
-_LAZY = ("from_pretrained", "save_pretrained", "PretrainedLM", "family_adapter")
+_LAZY = ("from_pretrained", "save_pretrained", "PretrainedLM", "family_adapter", "param_spec")
 
 
 def __getattr__(name: str):

@@ -134,10 +134,21 @@ def _read_json(p: pathlib.Path) -> Any:
     raise CheckpointError(f"{p}: not valid JSON ({e})") from None
 
 
+def param_spec(cfg: DecoderConfig, name: str, shape, mesh: Any) -> jax.sharding.PartitionSpec:
+  """The PartitionSpec ``from_pretrained`` places checkpoint tensor ``name`` with on ``mesh`` (a Mesh or an
+  AbstractMesh: only its axis names and sizes are read): :func:`mergejax.models.families.partition_spec`,
+  FSDP over every axis but "model"/"tp", tensor parallel over that one; a built-in decoder's stacked
+  ``layers/...`` tensors keep their leading layer axis whole."""
+  if cfg.layout == "builtin" and name.startswith("layers/"):
+    spec = families.partition_spec(cfg, "layer_0/" + name[len("layers/"):], tuple(shape[1:]), mesh)
+    return jax.sharding.PartitionSpec(None, *spec)
+  return families.partition_spec(cfg, name, tuple(shape), mesh)
+
+
 def _sharding(cfg: DecoderConfig, name: str, shape, mesh) -> Any:
   if mesh is None:
     return SingleDeviceSharding(jax.local_devices()[0])
-  return NamedSharding(mesh, families.partition_spec(cfg, name, tuple(shape), mesh))
+  return NamedSharding(mesh, param_spec(cfg, name, shape, mesh))
 
 
 def _check_names(path: pathlib.Path, family: str, have: Mapping[str, tuple], want: Mapping[str, tuple]) -> None:
@@ -229,15 +240,7 @@ def _load_builtin(path: pathlib.Path, dtype: Any, mesh: Any, vocabulary: Any) ->
   source = _open_weights(path)
   _check_names(path, "builtin", {s.path: s.shape for s in source.specs()}, want)
 
-  def sharding(name, shape):
-    if mesh is None:
-      return SingleDeviceSharding(jax.local_devices()[0])
-    stacked = name.startswith("layers/")
-    role_name = "layer_0/" + name[len("layers/"):] if stacked else name
-    spec = families.partition_spec(cfg, role_name, tuple(shape[1:] if stacked else shape), mesh)
-    return NamedSharding(mesh, jax.sharding.PartitionSpec(*((None,) + tuple(spec) if stacked else spec)))
-
-  flat = source.read(list(want), {n: sharding(n, s) for n, s in want.items()})
+  flat = source.read(list(want), {n: _sharding(cfg, n, s, mesh) for n, s in want.items()})
   target = llamalike.DTYPES[mc.param_dtype]
   params: dict[str, Any] = {}
   for name, x in flat.items():

@@ -21,18 +21,19 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import numpy as np
 import seqio
 from absl import logging
 from tqdm.auto import tqdm
 
 from mergejax import methods as methods_lib
 from mergejax import models
+from mergejax import sharding as sharding_lib
 from mergejax import tasks
 from mergejax import world as world_lib
 from mergejax.evaluation import normalize
 from mergejax.evaluation.aggregate import EvalResults
 from mergejax.evaluation import suites as suites_lib
+from mergejax.evaluation import evaluator as evaluator_lib
 from mergejax.evaluation.evaluator import Evaluator
 from mergejax.evaluation.leak_guard import SplitGuard
 from mergejax.study import grid as grid_lib
@@ -41,6 +42,7 @@ from mergejax.study import plan as plan_lib
 from mergejax.study import report as report_lib
 from mergejax.study import store as store_lib
 from mergejax.study import verdicts as verdicts_lib
+from mergejax.study import candidates as candidates_lib
 from mergejax.study.candidates import CandidateMerger, task_vectors
 from mergejax.study.store import ResultsStore
 from mergejax.tasks import per_vocabulary
@@ -80,6 +82,13 @@ class StudySpec:
   dry_run: bool = False
   world_seeds: tuple[int, ...] = (0,)  # training seeds of the embedded world: one world each (world_dir_for)
   world: str = ""  # the world this spec's rows belong to: "" with one world seed, else world_id(seed)
+  mesh: tuple[tuple[str, int], ...] = (("data", -1), ("model", 1))  # axis name -> size (-1: the rest)
+  task_vector_dtype: str = "float32"  # candidates.TASK_VECTOR_DTYPES
+
+  @property
+  def device_mesh(self) -> jax.sharding.Mesh:
+    """The mesh every model of the study is loaded onto, merged and evaluated on (:func:`study_mesh`)."""
+    return study_mesh(self.mesh)
 
   def for_world(self, seed: int) -> "StudySpec":
     """This spec for the embedded world trained with ``seed``: its directory (checkpoints read again) and
@@ -102,6 +111,14 @@ class StudySpec:
   def path(self, kind: str, size: str, role: str, category: str | None = None) -> pathlib.Path:
     """A checkpoint's directory, from the manifest."""
     return self.manifest.entry(kind, size).path(role, category)
+
+
+@functools.lru_cache(maxsize=8)
+def study_mesh(axes: tuple[tuple[str, int], ...]) -> jax.sharding.Mesh:
+  """The study's mesh from ``config.mesh`` (:func:`mergejax.sharding.mesh_from_axes`): parameters are split
+  FSDP over every axis but "model" and tensor parallel over "model"
+  (:func:`mergejax.models.pretrained.param_spec`); evaluation batches split over "data"."""
+  return sharding_lib.mesh_from_axes(dict(axes))
 
 
 def world_dir_for(world_dir: str | pathlib.Path, seed: int) -> pathlib.Path:
@@ -220,6 +237,19 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
   if models_file and world_seeds != (0,):
     raise StudyConfigError("world_seeds: several worlds need the embedded world; a manifest (models) names "
                            "one set of checkpoints")
+  mesh = tuple((str(k), v) for k, v in dict(cfg.get("mesh") or {"data": -1, "model": 1}).items())
+  if "data" not in dict(mesh):
+    raise StudyConfigError(f"mesh={dict(mesh)!r}: needs a 'data' axis (evaluation batches split over it)")
+  try:
+    built = study_mesh(mesh)
+  except (ValueError, TypeError) as e:
+    raise StudyConfigError(str(e)) from None
+  if jax.process_count() > 1 and built.devices.size != jax.device_count():
+    raise StudyConfigError(f"mesh={dict(mesh)!r}: a multi-process study's mesh must span all "
+                           f"{jax.device_count()} devices (use -1 for one axis)")
+  tv_dtype = cfg.get("task_vector_dtype", "float32")
+  if tv_dtype not in candidates_lib.TASK_VECTOR_DTYPES:
+    raise StudyConfigError(f"task_vector_dtype={tv_dtype!r}: choose from {candidates_lib.TASK_VECTOR_DTYPES}")
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world) and not models_file
   multitask = bool(cfg.get("multitask", True))
@@ -227,7 +257,8 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
                    int(cfg.eval_batch_size), multitask, world_steps, design, settings,
                    models=pathlib.Path(models_file).absolute() if models_file else None,
                    heldin_suite=heldin_suite, heldout_suite=heldout_suite, validation_split=validation_split,
-                   test_split=test_split, dry_run=bool(cfg.get("dry_run", False)), world_seeds=tuple(world_seeds))
+                   test_split=test_split, dry_run=bool(cfg.get("dry_run", False)), world_seeds=tuple(world_seeds),
+                   mesh=mesh, task_vector_dtype=tv_dtype)
   if build:
     return spec
   for seed in world_seeds[1:]:  # every further world is there too (checked now; read when its turn comes)
@@ -276,8 +307,9 @@ class Scorer:
   none of them reads a test split while a selection is open.
   """
 
-  def __init__(self, guard: SplitGuard, batch_size: int, split_suites: Mapping[str, Sequence[str]]):
-    self.guard, self.batch_size = guard, batch_size
+  def __init__(self, guard: SplitGuard, batch_size: int, split_suites: Mapping[str, Sequence[str]],
+               mesh: jax.sharding.Mesh | None = None):
+    self.guard, self.batch_size, self.mesh = guard, batch_size, mesh
     self._split_suites = {split: list(s) for split, s in split_suites.items()}
     self._evaluators: dict[tuple, Evaluator] = {}
     self._building: dict[tuple, concurrent.futures.Future] = {}
@@ -293,7 +325,8 @@ class Scorer:
     return per_vocabulary.with_vocabulary(suites_lib.union(self._split_suites[split]), vocabulary)
 
   def _new_evaluator(self, adapter, vocabulary, split: str) -> Evaluator:
-    return Evaluator(adapter, self._mixture(split, vocabulary), split, batch_size=self.batch_size, guard=self.guard)
+    return Evaluator(adapter, self._mixture(split, vocabulary), split, batch_size=self.batch_size, guard=self.guard,
+                     mesh=self.mesh)
 
   def prepare(self, adapter, vocabulary) -> None:
     """Starts building both splits' evaluators (seqio reading, tokenization, packing) on background
@@ -350,9 +383,8 @@ class Scorer:
 
 @dataclasses.dataclass
 class ModelSet:
-  """The models of one (kind, size), resident on device (evaluation runs on every device), and host
-  copies of base, experts and task vectors, which each cell's :class:`CandidateMerger` places on the
-  one device it merges on.
+  """The models of one (kind, size) and the experts' task vectors, each leaf sharded over the study's mesh
+  (:func:`load_models`); merges and evaluation read them there. The host holds no copy.
   """
 
   config: Any  # the decoder's DecoderConfig
@@ -362,9 +394,7 @@ class ModelSet:
   base: Any
   experts: dict[str, Any]
   multitask: Any | None
-  base_host: Any = None
-  experts_host: dict[str, Any] | None = None
-  taus_host: dict[str, Any] | None = None  # float32 task vectors expert - base (candidates.task_vectors)
+  taus: dict[str, Any] | None = None  # task vectors expert - base (candidates.task_vectors), on the mesh
 
 
 _VOCABULARIES: dict[str, Any] = {}  # tokenizer files' hash -> one vocabulary object (one tokenization each)
@@ -382,34 +412,20 @@ def _vocabulary(checkpoint: manifest_lib.Checkpoint, vocabulary):
     return _VOCABULARIES.setdefault(checkpoint.vocabulary or per_vocabulary.vocabulary_tag(vocabulary), vocabulary)
 
 
-def _replicated(x: jax.Array, sharding: jax.sharding.Sharding) -> tuple[np.ndarray, jax.Array]:
-  host = np.asarray(x)
-  x.delete()
-  return host, jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
 def load_models(spec: StudySpec, kind: str, size: str, with_multitask: bool = True) -> ModelSet:
-  """Loads the (kind, size) models of the manifest with :func:`mergejax.models.from_pretrained`,
-  replicated on the mesh of every device, with host copies for the merges."""
+  """Loads the (kind, size) models of the manifest with :func:`mergejax.models.from_pretrained` onto the
+  study's mesh, each tensor read straight into its shards (FSDP over the mesh's data axes, tensor parallel
+  over "model": :func:`mergejax.models.pretrained.param_spec`; a leaf no axis divides is replicated), and
+  computes the experts' task vectors there, sharded alike, in ``spec.task_vector_dtype``."""
   entry = spec.manifest.entry(kind, size)
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)),
-                                        jax.sharding.PartitionSpec())
-
-  def load(ck: manifest_lib.Checkpoint):
-    lm = models.from_pretrained(ck.path, vocabulary=suite_vocab.get_vocabulary())
-    pairs = jax.tree.map(lambda x: _replicated(x, sharding), lm.params)
-    is_pair = lambda t: isinstance(t, tuple)
-    return (lm, jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair),
-            jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair))
-
-  base_lm, base_host, base = load(entry.base)
-  experts, experts_host = {}, {}
-  for c in spec.categories:
-    _, experts_host[c], experts[c] = load(entry.experts[c])
-  multitask = load(entry.multitask)[2] if with_multitask and entry.multitask is not None else None
+  mesh = spec.device_mesh
+  load = lambda ck: models.from_pretrained(ck.path, mesh=mesh, vocabulary=suite_vocab.get_vocabulary())
+  base_lm = load(entry.base)
+  experts = {c: load(entry.experts[c]).params for c in spec.categories}
+  multitask = load(entry.multitask).params if with_multitask and entry.multitask is not None else None
   return ModelSet(base_lm.config, base_lm.adapter, _vocabulary(entry.base, base_lm.vocabulary), entry.base.params,
-                  base, experts, multitask, base_host=base_host, experts_host=experts_host,
-                  taus_host=task_vectors(base_host, experts_host))
+                  base_lm.params, experts, multitask,
+                  taus=task_vectors(base_lm.params, experts, spec.task_vector_dtype))
 
 
 _checkpoint_id = functools.lru_cache(maxsize=None)(manifest_lib.checkpoint_id)
@@ -515,8 +531,8 @@ def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec
   row = store.get(key, fp)
   if row is not None:
     return row
-  merger = CandidateMerger(method_name, ms.base_host, [ms.experts_host[c] for c in cell.categories],
-                           [ms.taus_host[c] for c in cell.categories] if ms.taus_host else None, seed=cell.seed)
+  merger = CandidateMerger(method_name, ms.base, [ms.experts[c] for c in cell.categories],
+                           [ms.taus[c] for c in cell.categories] if ms.taus else None, seed=cell.seed)
   experts = [r for k, r in refs.items() if k.startswith("expert/")]
   expert_val, val_cats = normalize.expert_table({r["category"]: r["heldin_validation"] for r in experts})
   timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
@@ -587,8 +603,8 @@ class MergeWarmup:
         for n in spec.ns:
           cats = spec.categories[:n]
           for name in spec.methods:
-            merger = CandidateMerger(name, ms.base_host, [ms.experts_host[c] for c in cats],
-                                     [ms.taus_host[c] for c in cats] if ms.taus_host else None, seed=0)
+            merger = CandidateMerger(name, ms.base, [ms.experts[c] for c in cats],
+                                     [ms.taus[c] for c in cats] if ms.taus else None, seed=0)
             for hp in spec.grids[name]:
               jax.block_until_ready(merger(hp))
         self._done[size].set()
@@ -639,7 +655,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   _checkpoint_id.cache_clear()  # the world may have been (re)built since the last call
   guard = guard if guard is not None else SplitGuard(spec.validation_split)
   scorer = Scorer(guard, spec.batch_size, {spec.validation_split: spec.suites(spec.categories),
-                                           spec.test_split: spec.suites(spec.categories, heldout=True)})
+                                           spec.test_split: spec.suites(spec.categories, heldout=True)},
+                  mesh=spec.device_mesh)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
@@ -693,19 +710,32 @@ def dry_run(spec: StudySpec) -> str:
       spec = with_manifest(dataclasses.replace(spec, build_world=False))
     except StudyConfigError:
       pass
+  mesh = spec.device_mesh
   if spec.manifest is not None:
-    sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories)
+    sizes = plan_lib.model_bytes_from_manifest(spec.manifest, spec.categories, mesh)
   else:
     sizes = plan_lib.model_bytes_from_sizes(  # the configs the world's recipes would train
         spec.kinds, spec.sizes, spec.categories, spec.multitask,
-        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model))
+        lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model), mesh.devices.size)
   suites = list(dict.fromkeys(spec.suites(spec.categories, heldout=True)))
   examples = {split: plan_lib.suite_examples(suites, split, suites_lib.task_names)
               for split in (spec.validation_split, spec.test_split)}
-  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, len(jax.devices())))
+  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, dict(mesh.shape), evaluation_step(mesh)))
   if spec.manifest is None:
     text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
   return text
+
+
+def evaluation_step(mesh: jax.sharding.Mesh) -> plan_lib.Activations:
+  """The evaluator's packed step per device (its default packing; rows split over "data", or whole batches
+  per device where one CPU process scores them round robin)."""
+  rows = evaluator_lib.PACK_ROWS
+  round_robin = (jax.process_count() == 1 and mesh.devices.size > 1
+                 and next(iter(mesh.devices.flat)).platform == "cpu")
+  if not round_robin:
+    rows = -(-rows // mesh.shape["data"])
+  return plan_lib.Activations(rows=rows, seq_len=evaluator_lib.PACK_LEN, targets=evaluator_lib.PACK_LEN // 2,
+                              replica=round_robin)
 
 
 def study_seconds(store: ResultsStore, seconds: float) -> float:
