@@ -585,8 +585,9 @@ class MergeWarmup:
   grid once. Real task vectors, not random ones: TIES' threshold search runs data-dependent passes,
   whose programs random data would not all reach.
   :meth:`wait` blocks until a size's programs are compiled, so the study never compiles the same
-  program twice. One process only: a multi-host run merges on every process in lockstep and compiles
-  in place.
+  program twice. One process on one device only: a multi-host run merges on every process in lockstep,
+  and a mesh of several devices runs programs with collectives, which must not run from two threads at
+  once; both compile in place.
   """
 
   def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None):
@@ -669,7 +670,10 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
                        for k in w.kinds for s in w.sizes)
     loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
     warmup = None
-    if jax.process_count() == 1 and merges_missing:
+    # The warm-up executes merges on a thread of its own: only where every program runs on one device.
+    # Programs on a mesh of several devices exchange shards (collectives); two threads running such
+    # programs at once can leave each device waiting in the other's exchange (XLA:CPU aborts).
+    if jax.process_count() == 1 and merges_missing and w.device_mesh.devices.size == 1:
       first = load_models(w, w.kinds[0], w.sizes[0])
       if not prepared:
         scorer.prepare(first.adapter, first.vocabulary)  # reads and packs the data while the other sizes load
