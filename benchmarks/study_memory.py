@@ -19,6 +19,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 
 # Llama-like configs (Hugging Face config.json fields) of the four sizes the paper studies (PaLM-2 1B, 8B,
 # 24B, 64B): Llama 3.2 1B and Llama 3.1 8B, Mistral Small 24B, and a 64B Llama-like decoder (Llama 3 70B's
@@ -69,7 +70,8 @@ def measure(world_dir: pathlib.Path, size: str) -> None:
   cfg = study_config.get_config()
   cfg.kinds, cfg.sizes, cfg.world_dir, cfg.build_world = ("pretrained",), (size,), str(world_dir), False
   cfg.num_experts = (len(world.heldin_categories()),)
-  spec = runner.validate(cfg, "/tmp/unused")
+  with tempfile.TemporaryDirectory() as workdir:  # the study's work directory: nothing is written there
+    spec = runner.validate(cfg, workdir)
 
   def per_device() -> dict:
     """Bytes per device of every live mesh array (NamedSharding: the shards' single-device views, which
