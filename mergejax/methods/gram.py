@@ -21,7 +21,7 @@ import numpy as np
 from mergejax.methods import kernels
 from mergejax.methods.base import Array, LeafPass, f32
 
-BLOCK = 1 << 12
+BLOCK = 256
 MODES = ("inputs", "task_vectors")
 
 
