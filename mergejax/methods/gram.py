@@ -36,17 +36,16 @@ def vectors(base: Array | None, experts: tuple[Array, ...], mode: str) -> list[A
 
 @functools.partial(jax.jit, static_argnames=("mode",))
 def _gram_blocks(base, experts, ctx, *, mode):
-  """float32[P, B]: the block sums of :math:`v_s v_t` for each pair s <= t, B blocks of the piece."""
+  """float32[P, B]: the block sums of :math:`v_s v_t` for each pair s <= t, B blocks of the piece (one
+  variadic reduction: every product is summed in the one pass over the inputs)."""
   del ctx
   vs = [v.reshape(-1) for v in vectors(kernels.whole(base), tuple(kernels.whole(e) for e in experts), mode)]
-  n = vs[0].size
-  pad = (-n) % BLOCK
-  rows = []
-  for s in range(len(vs)):
-    for t in range(s, len(vs)):
-      p = vs[s] * vs[t]
-      rows.append(jnp.pad(p, (0, pad)).reshape(-1, BLOCK).sum(axis=-1))
-  return jnp.stack(rows)
+  pad = (-vs[0].size) % BLOCK
+  vs = [jnp.pad(v, (0, pad)).reshape(-1, BLOCK) for v in vs]
+  products = tuple(vs[s] * vs[t] for s in range(len(vs)) for t in range(s, len(vs)))
+  zero = jnp.zeros((), jnp.float32)
+  sums = jax.lax.reduce(products, (zero,) * len(products), lambda x, y: tuple(a + b for a, b in zip(x, y)), (1,))
+  return jnp.stack(sums)
 
 
 def gram_stats(mode: str):
