@@ -12,7 +12,7 @@ pieces that start at multiples of :data:`BLOCK` (its flat chunks do), on any dev
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,10 @@ def _gram_blocks(base, experts, ctx, *, mode):
   return jnp.stack(sums)
 
 
-def gram_stats(mode: str):
+def gram_stats(mode: str) -> Callable[[LeafPass, int, dict[str, tuple[int, ...]]], dict[str, Any]]:
   """``compute_stats`` giving each float leaf ``{"gram": float32[N, N]}`` of its :func:`vectors`."""
+  if mode not in MODES:
+    raise ValueError(f"gram statistics of {mode!r}: one of {list(MODES)}")
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     del n_experts, shapes

@@ -70,8 +70,9 @@ def nuslerp_coefficients(t: Array, gram: Array, eps: float = 1e-8) -> tuple[Arra
 
 def nuslerp_vectors(t: Array, v0: Array, v1: Array, *, flatten: bool, row_wise: bool, eps: float = 1e-8) -> Array:
   r"""mergekit's NuSLERP of each row (vectors along the last axis), or, with ``row_wise``, of each column
-  (vectors along axis 0); with ``flatten`` (and for leaves of fewer than 2 axes), of the whole leaf. Collinear vectors
-  (:math:`1 - \cos^2\Omega \le \epsilon^2`) are interpolated linearly; norms are clamped at 1e-7.
+  (vectors along axis 0); with ``flatten`` (and for leaves of fewer than 2 axes), of the whole leaf.
+  Collinear vectors (:math:`1 - \cos^2\Omega \le \epsilon^2`) are interpolated linearly; norms are
+  clamped at 1e-7.
   """
   a, b = f32(v0), f32(v1)
   shape = a.shape
