@@ -141,16 +141,22 @@ def estimate(cfg: Any, axis_sizes: Mapping[str, int], *, n_experts: int = 8, n_m
   (:class:`~mergejax.models.llamalike.DecoderConfig`) on a mesh of ``axis_sizes`` (e.g. ``{"data": 32}`` for
   the 32 chips of a TPU v5p-64): :func:`cell_memory` of the base, ``n_experts`` experts and the multitask
   model in ``param_dtype``, placed as :func:`mergejax.models.from_pretrained` places them. No devices needed."""
+  mb = config_bytes(cfg, axis_sizes, n_models=1 + n_experts + (1 if multitask else 0), param_dtype=param_dtype)
+  return {"params": mb.params, **cell_memory(mb, n_merged=n_merged, n_experts=n_experts,
+                                             task_vector_itemsize=ITEMSIZE[task_vector_dtype],
+                                             devices=math.prod(axis_sizes.values()), act=act)}
+
+
+def config_bytes(cfg: Any, axis_sizes: Mapping[str, int], *, n_models: int,
+                 param_dtype: str = "bfloat16") -> ModelBytes:
+  """:class:`ModelBytes` of ``n_models`` models of decoder config ``cfg`` in ``param_dtype`` on a mesh of
+  ``axis_sizes``, placed as :func:`mergejax.models.from_pretrained` places them. No devices needed."""
   import jax  # pylint: disable=g-import-not-at-top  (an abstract mesh only)
   from mergejax.models import llamalike, pretrained  # pylint: disable=g-import-not-at-top
   mesh = jax.sharding.AbstractMesh(tuple(axis_sizes.values()), tuple(axis_sizes))
   tensors = [(n, shape, ITEMSIZE[param_dtype]) for n, shape in llamalike.param_shapes(cfg).items()]
-  n_models = 1 + n_experts + (1 if multitask else 0)
-  mb = placed([tensors] * n_models, lambda n, shape: pretrained.param_spec(cfg, n, shape, mesh), axis_sizes,
-              source="config", arch=arch_of(cfg), n_layers=cfg.n_layers)
-  return {"params": mb.params, **cell_memory(mb, n_merged=n_merged, n_experts=n_experts,
-                                             task_vector_itemsize=ITEMSIZE[task_vector_dtype],
-                                             devices=math.prod(axis_sizes.values()), act=act)}
+  return placed([tensors] * n_models, lambda n, shape: pretrained.param_spec(cfg, n, shape, mesh), axis_sizes,
+                source="config", arch=arch_of(cfg), n_layers=cfg.n_layers)
 
 
 def arch_of(cfg: Any) -> dict[str, int]:
