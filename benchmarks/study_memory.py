@@ -139,10 +139,10 @@ def estimate_time(fits: dict) -> None:
       print(f"| {size} | {tv} | {x['merge'] * 1e3:.1f} ms + {x['validation']:.0f} s | {dur(x['cell'])} | "
             f"{dur(x['references'])} | {dur(x['total'])} | {dur(p['time']['seconds'])} | "
             f"{'yes' if fits[(slice_name, size, tv)] else 'no'} |")
-    print(f"(per size: {p['cells']} cells ({p['cells'] // len(p['kinds'])} per kind), {p['cell_methods']} (cell, method) "
-          f"rows, {p['merges']} merges; candidates per method: {p['candidates_per_method']}; a cell scores every "
-          "candidate on the validation split of its N categories and each method's chosen merge on test, held-in "
-          "and held-out)")
+    print(f"(per size: {p['cells']} cells ({p['cells'] // len(p['kinds'])} per kind), {p['cell_methods']} "
+          f"(cell, method) rows, {p['merges']} merges; candidates per method: {p['candidates_per_method']}; a cell "
+          "scores every candidate on the validation split of its N categories and each method's chosen merge on "
+          "test, held-in and held-out)")
 
 
 def measure(world_dir: pathlib.Path, size: str) -> None:

@@ -9,7 +9,8 @@ from mergejax.study import plan
 from mergejax.tasks import preprocessors
 
 CHIP = plan.Chip("test chip", flops=1e12, hbm_bytes_per_s=1e9)
-TINY = llamalike.DecoderConfig(family="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
+TINY = llamalike.DecoderConfig(family="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                               head_dim=8, d_ff=64)
 
 
 def seconds(candidates, chips=2, **over):

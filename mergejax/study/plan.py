@@ -19,7 +19,7 @@ Time model (:func:`cell_seconds`; docs/STUDY.md, "Time per cell"): merging a can
 bandwidth (the bytes a device reads and writes, :func:`merge_bytes`); scoring is bound by matmul FLOPs,
 forward only (:func:`flops_per_token`), at an assumed fraction of the chips' peak. A (cell, method) merges
 and scores every candidate on validation, then merges the chosen one again (when its grid has several) and
-scores it on test. Tokens come from the suites (:func:`suite_tokens`). Chips are named in :data:`CHIPS`.
+scores it on test. Tokens come from the suites (:func:`suite_counts`). Chips are named in :data:`CHIPS`.
 """
 
 from __future__ import annotations
@@ -400,8 +400,8 @@ def format_plan(plan: Mapping[str, Any]) -> str:
   if t is None:
     lines.append(f"  time: needs the chip named: --config.dry_run_chip=NAME, one of {', '.join(CHIPS)}")
     return "\n".join(lines)
-  lines.append(f"  estimated time on this mesh ({plan['devices']} x {t['chip']}: bf16 {t['flops'] / 1e12:.0f} TFLOP/s and "
-               f"HBM {t['hbm_bytes_per_s'] / 1e9:.0f} GB/s per chip; scoring at {t['utilization']:.0%} of peak "
+  lines.append(f"  estimated time on this mesh ({plan['devices']} x {t['chip']}: bf16 {t['flops'] / 1e12:.0f} TFLOP/s "
+               f"and HBM {t['hbm_bytes_per_s'] / 1e9:.0f} GB/s per chip; scoring at {t['utilization']:.0%} of peak "
                "FLOP/s, merges at HBM bandwidth):")
   for split, suites in t["tokens"].items():
     n = plan["examples"]["per_split_and_suite"][split]
