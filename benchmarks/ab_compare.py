@@ -39,6 +39,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import merge_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import recipes  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import yaml_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -109,8 +110,13 @@ def command(method, checkout, base, experts, out, cache, fmt=None):
   return cmd
 
 
+ENVS: dict[str, dict[str, str]] = {}  # checkout -> its children's environment (bytecode compiled once)
+
+
 def env_for(checkout):
-  return dict(os.environ, PYTHONPATH=str(checkout), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  if str(checkout) not in ENVS:
+    ENVS[str(checkout)] = recipes.tool_env(checkout)
+  return ENVS[str(checkout)]
 
 
 def run(cmd, checkout, **kw):

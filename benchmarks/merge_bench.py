@@ -235,7 +235,7 @@ def main(argv):
                    loadavg_start=os.getloadavg()[0])
     print(f"model {model_bytes / 1e6:.0f} MB x {len(experts) + 1}; numpy copy bandwidth {bw / 1e9:.1f} GB/s; "
           f"read bandwidth (preadv) {read_cold / 1e9:.2f} GB/s from disk, {read_warm / 1e9:.1f} GB/s from the page cache")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env = recipes.tool_env()
     startup = timed([sys.executable, "-c", "import mergejax.cli.merge, jax; jax.devices()"], env=env)
     results["mergejax_import"] = startup
     print(f"mergejax import + jax init: {startup['wall_s']:.2f}s, RSS {startup['peak_rss_bytes'] / 2**20:.0f} MiB")

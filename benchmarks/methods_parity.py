@@ -200,7 +200,7 @@ def main(argv):
     raise SystemExit("methods_parity: mergekit-yaml is not on PATH; pass --mergekit=PATH/TO/mergekit-yaml")
   root = pathlib.Path(_KEEP.value or tempfile.mkdtemp(prefix="methods_parity_"))
   root.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  env = recipes.tool_env(REPO)
   shapes = llama_shapes(_LAYERS.value, _HIDDEN.value, _INTER.value, _VOCAB.value)
   config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": _HIDDEN.value,
             "intermediate_size": _INTER.value, "num_hidden_layers": _LAYERS.value, "num_attention_heads": 4,

@@ -9,6 +9,7 @@ writes it (per-model ``weight``, ``density``...; ``dtype: float32``, math in flo
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -103,6 +104,21 @@ _TIMER = ("import resource, subprocess, sys, time\n"
           "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
           "sys.stderr.write(r.stderr.decode(errors='replace')[-2000:] if r.returncode else '')\n"
           "print(w, u.ru_maxrss * 1024, r.returncode, u.ru_utime + u.ru_stime)\n")
+
+
+def tool_env(checkout: str | pathlib.Path | None = None) -> dict[str, str]:
+  """The environment timed runs get: JAX on the CPU, quiet logs, ``checkout`` (if given) first on the path,
+  and bytecode caches used as an installed package uses them. A ``PYTHONDONTWRITEBYTECODE`` inherited from
+  the shell would have every mergejax run compile all its modules from source (an editable install has no
+  bytecode until a run writes it), a cost installed tools such as mergekit do not pay."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("PYTHONDONTWRITEBYTECODE", None)
+  if checkout is not None:
+    env["PYTHONPATH"] = str(checkout)
+  root = pathlib.Path(checkout) if checkout is not None else pathlib.Path(__file__).resolve().parents[1]
+  subprocess.run([sys.executable, "-m", "compileall", "-q", "mergejax", "configs", "benchmarks"], cwd=root, env=env,
+                 check=True, capture_output=True)
+  return env
 
 
 def timed(cmd: list[str], env=None) -> dict:

@@ -39,6 +39,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import merge_bench  # noqa: E402  (the workload generator and the timer)
+import recipes  # noqa: E402  (the timed runs' environment)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -246,7 +247,7 @@ def main(argv):
     base, experts = make_workload(root, shape)
     model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
     results["model_bytes"] = model_bytes
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env = recipes.tool_env()
     texts = recipes(root, base, experts)
     for name in _RECIPES.value:
       cfg = root / f"{name}.yml"

@@ -169,9 +169,15 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
 
   # The dry run: the plan, from the manifest's headers and the suites' data, and nothing else.
   capsys.readouterr()
-  assert runner.run_study(config(path, dry_run=True), tmp_path / "dry", progress=False) is None
+  assert runner.run_study(config(path, dry_run=True, dry_run_chip="tpu_v5p"), tmp_path / "dry", progress=False) is None
   out = capsys.readouterr().out
   assert not (tmp_path / "dry").exists()
+  # Time on the chip named (these CPU devices taken as TPU v5p chips), per (kind, size) and for the study.
+  assert f"estimated time on this mesh ({len(jax.devices())} x TPU v5p: bf16 459 TFLOP/s" in out
+  assert re.search(rf"{KIND}/tiny-1: per candidate at N=2 merge \S+ s \+ validation \S+ s; per cell \S+ s", out)
+  assert re.search(r"estimated time of the whole study: [0-9.e-]+ s", out)
+  with pytest.raises(runner.StudyConfigError, match="dry_run_chip='tpu_v9'"):
+    runner.validate(config(path, dry_run=True, dry_run_chip="tpu_v9"), tmp_path / "dry")
   assert "(cell, method) rows: 3" in out and "candidates per method: task_arithmetic 2" in out
   assert "merges (every candidate, plus the chosen one again for test when a grid has several): 9" in out
   # Evaluation examples agree with what the study scored (per-example correctness in its rows).

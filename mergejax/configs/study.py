@@ -58,7 +58,10 @@ def get_config() -> config_dict.ConfigDict:
   c.heldout_suite = "heldout"
   c.validation_split = "validation"  # hyperparameters are selected here
   c.test_split = "test"  # the chosen merges are scored here, once
-  c.dry_run = False  # print the plan (cells, candidates, examples, bytes per device) and stop
+  c.dry_run = False  # print the plan (cells, candidates, examples, bytes per device, time) and stop
+  # The chip the dry run's time estimate assumes for the mesh's devices (mergejax.study.plan.CHIPS: "tpu_v4",
+  # "tpu_v5e", "tpu_v5p", "tpu_v6e", "h100_sxm"); "" guesses it from the devices (a CPU: no estimate).
+  c.dry_run_chip = ""
   c.eval_batch_size = 64  # rows per step for decoding and for adapters without packed scoring
   c.cpu_devices = 0  # CPU only: evaluation split over this many host devices (0: one per core, at most 8)
   # The devices every model is loaded onto, merged and evaluated on: axis name -> size, one size -1 (the

@@ -14,6 +14,12 @@ activations for the rows a device scores, the logits of their scored targets, an
 gathers for one layer and the embedding. Compiled programs and the host's input pipeline are not
 counted. :func:`cell_memory` computes it for any checkpoint shapes and mesh (the dry run's figures);
 :func:`estimate` for a decoder config on a named slice (docs/STUDY.md, "Memory per cell").
+
+Time model (:func:`cell_seconds`; docs/STUDY.md, "Time per cell"): merging a candidate is bound by HBM
+bandwidth (the bytes a device reads and writes, :func:`merge_bytes`); scoring is bound by matmul FLOPs,
+forward only (:func:`flops_per_token`), at an assumed fraction of the chips' peak. A (cell, method) merges
+and scores every candidate on validation, then merges the chosen one again (when its grid has several) and
+scores it on test. Tokens come from the suites (:func:`suite_counts`). Chips are named in :data:`CHIPS`.
 """
 
 from __future__ import annotations
@@ -135,22 +141,97 @@ def estimate(cfg: Any, axis_sizes: Mapping[str, int], *, n_experts: int = 8, n_m
   (:class:`~mergejax.models.llamalike.DecoderConfig`) on a mesh of ``axis_sizes`` (e.g. ``{"data": 32}`` for
   the 32 chips of a TPU v5p-64): :func:`cell_memory` of the base, ``n_experts`` experts and the multitask
   model in ``param_dtype``, placed as :func:`mergejax.models.from_pretrained` places them. No devices needed."""
-  import jax  # pylint: disable=g-import-not-at-top  (an abstract mesh only)
-  from mergejax.models import llamalike, pretrained  # pylint: disable=g-import-not-at-top
-  mesh = jax.sharding.AbstractMesh(tuple(axis_sizes.values()), tuple(axis_sizes))
-  tensors = [(n, shape, ITEMSIZE[param_dtype]) for n, shape in llamalike.param_shapes(cfg).items()]
-  n_models = 1 + n_experts + (1 if multitask else 0)
-  mb = placed([tensors] * n_models, lambda n, shape: pretrained.param_spec(cfg, n, shape, mesh), axis_sizes,
-              source="config", arch=arch_of(cfg), n_layers=cfg.n_layers)
+  mb = config_bytes(cfg, axis_sizes, n_models=1 + n_experts + (1 if multitask else 0), param_dtype=param_dtype)
   return {"params": mb.params, **cell_memory(mb, n_merged=n_merged, n_experts=n_experts,
                                              task_vector_itemsize=ITEMSIZE[task_vector_dtype],
                                              devices=math.prod(axis_sizes.values()), act=act)}
 
 
+def config_bytes(cfg: Any, axis_sizes: Mapping[str, int], *, n_models: int,
+                 param_dtype: str = "bfloat16") -> ModelBytes:
+  """:class:`ModelBytes` of ``n_models`` models of decoder config ``cfg`` in ``param_dtype`` on a mesh of
+  ``axis_sizes``, placed as :func:`mergejax.models.from_pretrained` places them. No devices needed."""
+  import jax  # pylint: disable=g-import-not-at-top  (an abstract mesh only)
+  from mergejax.models import llamalike, pretrained  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.AbstractMesh(tuple(axis_sizes.values()), tuple(axis_sizes))
+  tensors = [(n, shape, ITEMSIZE[param_dtype]) for n, shape in llamalike.param_shapes(cfg).items()]
+  return placed([tensors] * n_models, lambda n, shape: pretrained.param_spec(cfg, n, shape, mesh), axis_sizes,
+                source="config", arch=arch_of(cfg), n_layers=cfg.n_layers)
+
+
 def arch_of(cfg: Any) -> dict[str, int]:
-  """The sizes :func:`activation_bytes` reads, from a DecoderConfig."""
+  """The sizes :func:`activation_bytes` and :func:`flops_per_token` read, from a DecoderConfig."""
   return {"d_model": cfg.d_model, "d_ff": cfg.d_ff, "heads": cfg.n_heads, "q_dim": cfg.n_heads * cfg.head_dim,
-          "kv_dim": cfg.n_kv_heads * cfg.head_dim, "vocab": cfg.vocab_size}
+          "kv_dim": cfg.n_kv_heads * cfg.head_dim, "vocab": cfg.vocab_size, "layers": cfg.n_layers}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One accelerator chip's peaks: dense bfloat16 matmul FLOP/s and HBM bandwidth in bytes/s."""
+
+  name: str
+  flops: float
+  hbm_bytes_per_s: float
+
+
+# The vendors' spec pages (dense bfloat16, no sparsity): cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e
+# ("Peak compute per chip (bf16)", "HBM bandwidth"); nvidia.com/en-us/data-center/h100 (H100 SXM: BF16 Tensor
+# Core 1,979 TFLOP/s with sparsity, i.e. 989 dense; GPU memory bandwidth 3.35 TB/s).
+CHIPS = {
+    "tpu_v4": Chip("TPU v4", 275e12, 1200e9),
+    "tpu_v5e": Chip("TPU v5e", 197e12, 819e9),
+    "tpu_v5p": Chip("TPU v5p", 459e12, 2765e9),
+    "tpu_v6e": Chip("TPU v6e", 918e12, 1640e9),
+    "h100_sxm": Chip("NVIDIA H100 SXM", 989e12, 3350e9),
+}
+UTILIZATION = 0.4  # assumed fraction of the peak FLOP/s that packed scoring reaches
+# jax's Device.device_kind -> CHIPS key (the first substring that matches; "TPU v5" is v5p's).
+_DEVICE_KINDS = (("TPU v4", "tpu_v4"), ("TPU v5 lite", "tpu_v5e"), ("TPU v5e", "tpu_v5e"), ("TPU v5", "tpu_v5p"),
+                 ("TPU v6", "tpu_v6e"), ("H100 80GB HBM3", "h100_sxm"), ("H100 SXM", "h100_sxm"))
+
+
+def chip_of(device_kind: str) -> str | None:
+  """The :data:`CHIPS` key of a jax device kind (e.g. "TPU v5 lite" -> "tpu_v5e"), or None if unknown."""
+  return next((key for kind, key in _DEVICE_KINDS if kind.lower() in device_kind.lower()), None)
+
+
+def flops_per_token(params: int, arch: Mapping[str, int] | None, seq_len: int) -> float:
+  """Forward FLOPs of one scored token: 2 x parameters (a multiply-add per weight, the embedding counted as
+  the output projection) plus attention over a sequence of ``seq_len`` tokens, 4 x layers x seq_len x
+  query width (scores and weighted values; the causal half not subtracted). No architecture: 2 x parameters."""
+  attention = 4 * arch["layers"] * seq_len * arch["q_dim"] if arch and "layers" in arch else 0
+  return 2.0 * params + attention
+
+
+def merge_bytes(mb: ModelBytes, *, n_merged: int, task_vector_itemsize: int) -> int:
+  """Bytes one device reads and writes to merge one candidate (:class:`~mergejax.study.candidates.CandidateMerger`):
+  its N task vectors and the base read, the merged task vector g (float32) written and read back, the
+  candidate written in the base's dtype. One pass; a method's statistics pass (TIES' global top-k) reads the
+  task vectors once more."""
+  tv = mb.tv_per_device[task_vector_itemsize] if mb.tv_per_device else mb.params * task_vector_itemsize
+  base = mb.per_device[0] if mb.per_device else mb.model_bytes[0]
+  g = mb.tv_per_device[4] if mb.tv_per_device else mb.params * F32
+  return n_merged * tv + 2 * base + 2 * g
+
+
+def cell_seconds(candidates: Sequence[int], *, merge_bytes_per_chip: float, validation_tokens: float,
+                 test_tokens: float, flops_per_token: float, chips: int, chip: Chip,
+                 utilization: float = UTILIZATION) -> dict[str, float]:
+  """Estimated seconds of one cell on ``chips`` chips of ``chip``.
+
+  Per method with k = ``candidates[i]`` candidates: k x merge, k x validation evaluation when k > 1 (a single
+  candidate is not selected), the chosen merge merged again when k > 1, and one test evaluation. Merge =
+  ``merge_bytes_per_chip`` / HBM bandwidth (every chip merges its shards at once); evaluation = tokens x
+  ``flops_per_token`` / (chips x peak FLOP/s x ``utilization``).
+
+  Returns:
+    ``merge`` and ``validation`` (per candidate), ``test`` (per method) and ``total`` (the cell), seconds.
+  """
+  merge = merge_bytes_per_chip / chip.hbm_bytes_per_s
+  score = lambda tokens: tokens * flops_per_token / (chips * chip.flops * utilization)
+  validation, test = score(validation_tokens), score(test_tokens)
+  total = sum(k * merge + (merge + k * validation if k > 1 else 0) + test for k in candidates)
+  return {"merge": merge, "validation": validation, "test": test, "total": total}
 
 
 def count_examples(task_name: str, split: str) -> int:
@@ -163,13 +244,38 @@ def count_examples(task_name: str, split: str) -> int:
   return int(ds.reduce(tf.constant(0, tf.int64), lambda x, _: x + 1).numpy())
 
 
-def suite_examples(suites: Sequence[str], split: str, task_names: Callable[[str], list[str]]) -> dict[str, int]:
-  """Examples per suite on ``split`` (summed over its tasks)."""
-  return {s: sum(count_examples(t, split) for t in task_names(s)) for s in suites}
+def tokens_per_example(task_name: str, split: str, sample: int = 32) -> float:
+  """Mean tokens scored per example of a seqio task's split, over its first ``sample`` examples as the task
+  preprocesses them: each rendered prompt once (the evaluator shares it across the answer choices) and every
+  target (each answer choice under rank classification; the reference where the task generates). 0 if empty."""
+  task = seqio.get_mixture_or_task(task_name)
+  source = task.source.get_dataset(split=split, shuffle=False).take(sample)
+  n = sum(1 for _ in source)
+  tokens, prompts = 0, set()
+  for ex in task.preprocess_postcache(task.preprocess_precache(source), sequence_length=None).as_numpy_iterator():
+    tokens += len(ex.get("targets", ()))
+    prompt = int(ex["idx"][0]) if "idx" in ex else None  # rank classification: one row per (prompt, choice)
+    if prompt is None or prompt not in prompts:
+      tokens += len(ex.get("inputs", ()))
+      prompts.add(prompt)
+  return tokens / n if n else 0.0
+
+
+def suite_counts(suites: Sequence[str], split: str, task_names: Callable[[str], list[str]],
+                 sample: int = 32) -> tuple[dict[str, int], dict[str, float]]:
+  """Examples and tokens scored per suite on ``split`` (summed over its tasks; tokens: examples x
+  :func:`tokens_per_example` of the first ``sample``)."""
+  examples, tokens = {}, {}
+  for s in suites:
+    counts = {t: count_examples(t, split) for t in task_names(s)}
+    examples[s] = sum(counts.values())
+    tokens[s] = sum(n * tokens_per_example(t, split, sample) for t, n in counts.items() if n)
+  return examples, tokens
 
 
 def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples: Mapping[str, Mapping[str, int]],
-         mesh: Mapping[str, int], act: Activations) -> dict[str, Any]:
+         mesh: Mapping[str, int], act: Activations, *, tokens: Mapping[str, Mapping[str, float]] | None = None,
+         chip: Chip | None = None, utilization: float = UTILIZATION) -> dict[str, Any]:
   """The plan of a study (``spec``: a :class:`~mergejax.study.runner.StudySpec`).
 
   Args:
@@ -177,6 +283,9 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
     examples: split -> suite -> examples.
     mesh: the study mesh's axis sizes.
     act: an evaluation step's shape per device.
+    tokens: split -> suite -> tokens scored (:func:`suite_counts`); with ``chip``, the plan has times.
+    chip: the mesh's chips (:data:`CHIPS`), for the time estimate (:func:`cell_seconds`).
+    utilization: assumed fraction of the chips' peak FLOP/s while scoring.
   """
   devices = math.prod(mesh.values())
   cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
@@ -198,15 +307,17 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
       if (kind, size) not in model_bytes:
         continue
       mb = model_bytes[(kind, size)]
-      every = heldin_test(spec.categories) + test[spec.heldout_suite]
-      reference_examples += every + heldin_val(spec.categories)  # base
-      reference_examples += sum(test[spec.heldin(c)] + val[spec.heldin(c)] for c in spec.categories)  # experts
-      if len(mb.model_bytes) > 1 + len(spec.categories):
-        reference_examples += every  # multitask
+      reference_examples += int(reference_amount(spec, examples, len(mb.model_bytes) > 1 + len(spec.categories)))
       mem = cell_memory(mb, n_merged=nmax, n_experts=len(spec.categories), devices=devices, act=act,
                         task_vector_itemsize=ITEMSIZE[spec.task_vector_dtype])
       per_model[f"{kind}/{size}"] = {"params": mb.params, "models": len(mb.model_bytes), "source": mb.source,
                                      "model_bytes": sum(mb.model_bytes), "bytes_per_device": mem}
+      if tokens is not None and chip is not None:
+        here = [c for c in cells if (c.kind, c.size) == (kind, size)]
+        per_model[f"{kind}/{size}"]["seconds"] = model_seconds(
+            spec, mb, here, {c.key: [len(spec.grids[m]) for cc, m in units if cc.key == c.key] for c in here}, tokens,
+            multitask=len(mb.model_bytes) > 1 + len(spec.categories), chips=devices, chip=chip,
+            utilization=utilization, seq_len=act.seq_len)
   per_method = {m: len(spec.grids[m]) for m in spec.methods}
   return {"kinds": list(spec.kinds), "sizes": list(spec.sizes), "categories": list(spec.categories),
           "ns": list(spec.ns), "cells": len(cells), "cell_methods": len(units), "candidates_per_method": per_method,
@@ -215,7 +326,49 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
           "examples": {"per_split_and_suite": {sp: dict(v) for sp, v in examples.items()},
                        "selection": selection_examples, "test": test_examples, "references": reference_examples},
           "models": per_model,
-          "peak_bytes_per_device": max((v["bytes_per_device"]["total"] for v in per_model.values()), default=0)}
+          "peak_bytes_per_device": max((v["bytes_per_device"]["total"] for v in per_model.values()), default=0),
+          "time": None if chip is None or tokens is None else {
+              "chip": chip.name, "flops": chip.flops, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+              "utilization": utilization, "tokens": {sp: dict(v) for sp, v in tokens.items()},
+              "seconds": sum(v["seconds"]["total"] for v in per_model.values() if "seconds" in v)}}
+
+
+def reference_amount(spec: Any, per: Mapping[str, Mapping[str, float]], multitask: bool) -> float:
+  """Examples (or tokens) the reference models of one (kind, size) score, from split -> suite -> amount: the
+  base on every held-in split and the held-out test, each expert on its category, the multitask model on test."""
+  val, test = per[spec.validation_split], per[spec.test_split]
+  every = sum(test[spec.heldin(c)] for c in spec.categories) + test[spec.heldout_suite]
+  out = every + sum(val[spec.heldin(c)] for c in spec.categories)  # base
+  out += sum(test[spec.heldin(c)] + val[spec.heldin(c)] for c in spec.categories)  # experts
+  return out + (every if multitask else 0)
+
+
+def model_seconds(spec: Any, mb: ModelBytes, cells: Sequence[grid_lib.Cell], candidates: Mapping[str, Sequence[int]],
+                  tokens: Mapping[str, Mapping[str, float]], *, multitask: bool, chips: int, chip: Chip,
+                  utilization: float, seq_len: int) -> dict[str, float]:
+  """Estimated seconds of one (kind, size): its ``cells`` (``candidates``: per cell key, candidates per method
+  run) by :func:`cell_seconds`, and its reference models' evaluations.
+
+  Returns:
+    ``merge`` and ``validation`` per candidate at the largest N, ``cell`` (mean over the cells), ``cells``
+    (their sum), ``references`` and ``total``.
+  """
+  val, test = tokens[spec.validation_split], tokens[spec.test_split]
+  fpt = flops_per_token(mb.params, mb.arch, seq_len)
+  kw = dict(flops_per_token=fpt, chips=chips, chip=chip, utilization=utilization)
+  tv_itemsize = ITEMSIZE[spec.task_vector_dtype]
+  per_cell = [cell_seconds(candidates[c.key], **kw,
+                           merge_bytes_per_chip=merge_bytes(mb, n_merged=c.n, task_vector_itemsize=tv_itemsize),
+                           validation_tokens=sum(val[spec.heldin(k)] for k in c.categories),
+                           test_tokens=sum(test[spec.heldin(k)] for k in c.categories) + test[spec.heldout_suite])
+              for c in cells]
+  largest = max(range(len(cells)), key=lambda i: (cells[i].n, per_cell[i]["validation"]), default=None)
+  references = reference_amount(spec, tokens, multitask) * fpt / (chips * chip.flops * utilization)
+  total_cells = sum(t["total"] for t in per_cell)
+  return {"merge": per_cell[largest]["merge"] if per_cell else 0.0,
+          "validation": per_cell[largest]["validation"] if per_cell else 0.0,
+          "n": cells[largest].n if per_cell else 0, "cell": total_cells / max(1, len(per_cell)), "cells": total_cells,
+          "references": references, "total": total_cells + references}
 
 
 def _gib(n: int) -> str:
@@ -243,7 +396,33 @@ def format_plan(plan: Mapping[str, Any]) -> str:
                  f"+ merge {_gib(b['merge'])} + evaluation {_gib(b['activations'])} = {_gib(b['total'])}")
   lines.append(f"  estimated peak bytes per device: {plan['peak_bytes_per_device']:,} "
                f"({_gib(plan['peak_bytes_per_device'])})")
+  t = plan.get("time")
+  if t is None:
+    lines.append(f"  time: needs the chip named: --config.dry_run_chip=NAME, one of {', '.join(CHIPS)}")
+    return "\n".join(lines)
+  lines.append(f"  estimated time on this mesh ({plan['devices']} x {t['chip']}: bf16 {t['flops'] / 1e12:.0f} TFLOP/s "
+               f"and HBM {t['hbm_bytes_per_s'] / 1e9:.0f} GB/s per chip; scoring at {t['utilization']:.0%} of peak "
+               "FLOP/s, merges at HBM bandwidth):")
+  for split, suites in t["tokens"].items():
+    n = plan["examples"]["per_split_and_suite"][split]
+    lines.append(f"    tokens per example ({split}; prompt once, every answer choice): "
+                 + ", ".join(f"{s} {v / n[s]:.1f}" for s, v in suites.items() if n[s]))
+  for key, m in plan["models"].items():
+    if "seconds" in m:
+      x = m["seconds"]
+      lines.append(f"    {key}: per candidate at N={x['n']} merge {_duration(x['merge'])} + validation "
+                   f"{_duration(x['validation'])}; per cell {_duration(x['cell'])} (mean); reference models "
+                   f"{_duration(x['references'])}; in all {_duration(x['total'])}")
+  lines.append(f"  estimated time of the whole study: {_duration(t['seconds'])} (estimates from this plan, not "
+               "measurements)")
   return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+  for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+    if seconds >= 2 * size:
+      return f"{seconds / size:.1f} {unit}"
+  return f"{seconds:.3g} s"
 
 
 def model_bytes_from_manifest(manifest: Any, categories: Sequence[str], mesh: Any) -> dict[tuple[str, str], ModelBytes]:

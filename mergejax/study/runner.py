@@ -84,6 +84,7 @@ class StudySpec:
   world: str = ""  # the world this spec's rows belong to: "" with one world seed, else world_id(seed)
   mesh: tuple[tuple[str, int], ...] = (("data", -1), ("model", 1))  # axis name -> size (-1: the rest)
   task_vector_dtype: str = "float32"  # candidates.TASK_VECTOR_DTYPES
+  dry_run_chip: str = ""  # plan.CHIPS key the dry run's time estimate assumes ("": the devices' own, if known)
 
   @property
   def device_mesh(self) -> jax.sharding.Mesh:
@@ -250,6 +251,9 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
   tv_dtype = cfg.get("task_vector_dtype", "float32")
   if tv_dtype not in candidates_lib.TASK_VECTOR_DTYPES:
     raise StudyConfigError(f"task_vector_dtype={tv_dtype!r}: choose from {candidates_lib.TASK_VECTOR_DTYPES}")
+  chip = cfg.get("dry_run_chip") or ""
+  if chip and chip not in plan_lib.CHIPS:
+    raise StudyConfigError(f"dry_run_chip={chip!r}: choose from {tuple(plan_lib.CHIPS)}")
   world_dir = pathlib.Path(cfg.world_dir) if cfg.get("world_dir") else pathlib.Path(workdir) / "world"
   build = bool(cfg.build_world) and not models_file
   multitask = bool(cfg.get("multitask", True))
@@ -258,7 +262,7 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
                    models=pathlib.Path(models_file).absolute() if models_file else None,
                    heldin_suite=heldin_suite, heldout_suite=heldout_suite, validation_split=validation_split,
                    test_split=test_split, dry_run=bool(cfg.get("dry_run", False)), world_seeds=tuple(world_seeds),
-                   mesh=mesh, task_vector_dtype=tv_dtype)
+                   mesh=mesh, task_vector_dtype=tv_dtype, dry_run_chip=chip)
   if build:
     return spec
   for seed in world_seeds[1:]:  # every further world is there too (checked now; read when its turn comes)
@@ -722,9 +726,15 @@ def dry_run(spec: StudySpec) -> str:
         spec.kinds, spec.sizes, spec.categories, spec.multitask,
         lambda s: models.param_count(world_lib.run_spec("pretrain", s, spec.world_dir).model), mesh.devices.size)
   suites = list(dict.fromkeys(spec.suites(spec.categories, heldout=True)))
-  examples = {split: plan_lib.suite_examples(suites, split, suites_lib.task_names)
-              for split in (spec.validation_split, spec.test_split)}
-  text = plan_lib.format_plan(plan_lib.make(spec, sizes, examples, dict(mesh.shape), evaluation_step(mesh)))
+  counts = {split: plan_lib.suite_counts(suites, split, suites_lib.task_names)
+            for split in (spec.validation_split, spec.test_split)}
+  kind = next(iter(mesh.devices.flat)).device_kind
+  chip = spec.dry_run_chip or plan_lib.chip_of(kind)
+  text = plan_lib.format_plan(plan_lib.make(
+      spec, sizes, {split: c[0] for split, c in counts.items()}, dict(mesh.shape), evaluation_step(mesh),
+      tokens={split: c[1] for split, c in counts.items()}, chip=plan_lib.CHIPS[chip] if chip else None))
+  if not chip:
+    text += f" (these devices, {kind!r}, are not a chip the estimate knows)"
   if spec.manifest is None:
     text += f"\n  (the world at {spec.world_dir} is not built yet: sizes from its recipes' model configs, float32)"
   return text
