@@ -125,6 +125,35 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
                            else "aligned_windows" if ran["pieces"] == "chunks" else "host_views")
 
 
+@pytest.fixture(scope="module")
+def world_f32(tmp_path_factory):
+  return write_world(tmp_path_factory.mktemp("world_f32"), n_experts=3, shards=2, dtype=np.float32)
+
+
+# Whole-leaf methods made elementwise by per-leaf Gram statistics (mergejax/methods/gram.py).
+GRAM_METHODS = [("slerp", {"t": 0.3}, 1), ("nuslerp", {"weights": (0.3, 0.7)}, 2), ("multislerp", {}, 3),
+                ("karcher", {"weights": (1.0, 2.0, 0.5)}, 3), ("model_stock", {}, 3)]
+
+
+@pytest.mark.parametrize("name,hp,n", GRAM_METHODS, ids=[m[0] for m in GRAM_METHODS])
+def test_gram_statistics_methods_merge_in_flat_chunks_bitwise_identical(world_f32, tmp_path, name, hp, n):
+  """SLERP, NuSLERP, Multi-SLERP, the Karcher mean and Model Stock over whole leaves: their Gram statistics
+  and merges on chunks of 256 entries (padded tails included) give the whole-leaf result bit for bit
+  (float32 inputs: inner products that round)."""
+  base_p, expert_ps, trees = world_f32
+  method = mergejax.methods.get(name, **hp)
+  assert method.traits.elementwise
+  ref = mergejax.merge(trees[0], trees[1:1 + n], method, seed=7)
+  out = engine.merge_sources(SafetensorsSource(base_p), [SafetensorsSource(p) for p in expert_ps[:n]],
+                             SafetensorsSink(tmp_path / "out"), method, seed=7,
+                             mesh=sharding.make_mesh(jax.devices()[:1]), memory_budget_bytes=40_000,
+                             executor=engine.FlatChunk(chunk=256))
+  got = _read_all(out)
+  for k in SHAPES:
+    np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+  assert _manifest(out)["executor"]["name"] == "flat_chunk"
+
+
 @pytest.mark.parametrize("devices,uses_files,expect", [(1, True, "flat_chunk"), (8, True, "whole_leaf"),
                                                       (1, False, "flat_chunk"), (None, False, "whole_leaf")])
 def test_executor_is_chosen_from_traits_and_mesh(world, tmp_path, devices, uses_files, expect):

@@ -430,7 +430,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
           scale = mk.passthrough_scale(pl, p, t, i, sl)
           if scale is not None:
             x = np.asarray(x, np.float32) * np.float32(scale)
-        sink.write({name: np.asarray(x).astype(dtypes[name])})
+        sink.write({name: np.asarray(x).astype(dtypes[name], copy=False)})  # a map of the input: written from it
     except BaseException:
       if isinstance(sink, StagedSink):
         sink.abort()
