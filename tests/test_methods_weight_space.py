@@ -340,3 +340,18 @@ def test_rank_selections_are_exact_and_stable_under_heavy_ties():
   z = np.array([[0.0, -0.0, 2.0, -0.0, -2.0, 1.0, 0.0], [-0.0, 0.0, -1.5, -0.0, 0.0, 3.0, -3.0]], np.float32)
   want = np.stack([rsp.stable_ranks(row.astype(np.float64)) for row in z])
   np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(z)), want)
+
+
+def test_order_statistics_equal_the_sorted_leaf_at_those_ranks():
+  """selection.order_statistics gives the values a full sort would at the requested ranks: signed values,
+  heavy ties and signed zeros (-0.0 sorts equal to +0.0), leaves small and large enough for the sampled
+  window path."""
+  from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  for n in (1, 2, 9, 1000, 300_000):
+    for scale in (2, 4096):
+      a = (np.round(rng.normal(size=n) * scale) / 8).astype(np.float32)
+      a[rng.integers(0, n, max(1, n // 10))] = -0.0
+      ranks = tuple(sorted({0, n - 1, *(int(r) for r in rng.integers(0, n, 3))}))
+      got = np.asarray(selection.order_statistics(jax.numpy.asarray(a.reshape(-1, 1) if n % 2 else a), ranks))
+      np.testing.assert_array_equal(got, np.sort(a)[list(ranks)])

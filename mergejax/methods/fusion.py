@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import kernels
+from mergejax.methods import kernels, selection
 from mergejax.methods.base import MergeMethod, Traits, f32, method_factory
 
 _QUARTILES = (0.25, 0.5, 0.75)
@@ -39,9 +39,10 @@ def quartile_positions(n: int) -> tuple[int, int, int]:
 def arcee_fusion_leaf(base, expert):
   r"""One leaf: :math:`\theta_0 + (\theta_1 - \theta_0)\,[s \ge Q_2 + 1.5 (Q_3 - Q_1)]` (see the module doc)."""
   s = importance(base, expert)
-  flat = jnp.sort(s.reshape(-1))
-  i1, i2, i3 = quartile_positions(flat.size)
-  fence = flat[i2] + jnp.float32(1.5) * (flat[i3] - flat[i1])
+  if s.size == 0:
+    return f32(base)
+  q1, q2, q3 = selection.order_statistics(s, quartile_positions(s.size))  # the sorted importances' entries
+  fence = q2 + jnp.float32(1.5) * (q3 - q1)
   b, x = f32(base), f32(expert)
   return b + (x - b) * (s >= fence).astype(jnp.float32)
 

@@ -204,6 +204,17 @@ def _ordered_bits(x: Array) -> Array:
   return jnp.where(bits >> 31 != 0, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def order_statistics(a: Array, ranks: tuple[int, ...]) -> Array:
+  """float32[k]: the values of ``a`` at the ascending ranks ``ranks`` of its flattened entries, what
+  ``jnp.sort(a.reshape(-1))[list(ranks)]`` gives (-0.0 equal to +0.0, NaNs last), without sorting the leaf:
+  the edge selection of :func:`_edges` over order-preserving patterns (:func:`_ordered_bits`)."""
+  bits = _ordered_bits(a).reshape(-1)
+  r = jnp.asarray(ranks, jnp.int32)
+  values, _ = _edges(bits, r, r, from_top=False)
+  return jax.lax.bitcast_convert_type(jnp.where(values >> 31 != 0, values & jnp.uint32(0x7FFFFFFF), ~values),
+                                      jnp.float32)
+
+
 def row_ranks(a: Array) -> Array:
   """int32 stable ascending rank of each entry within its row along axis 1 (0 .. n - 1).
 
