@@ -22,6 +22,9 @@ _INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "ml-collections==1.1.0",
     "numpy>=2.0,<2.5",
+    # 0.7.0 takes ~0.5 s CPU to import (its ufunc loops registered one by one against numpy's linear duplicate
+    # check); 0.6.0 takes ~0.05 s. Every mergejax process imports it through jax (docs/BENCHMARKS.md, "Start-up").
+    "ml-dtypes==0.6.0",
     "safetensors>=0.4",
     "tqdm>=4.66",
     "matplotlib>=3.8",
