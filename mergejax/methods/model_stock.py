@@ -23,8 +23,12 @@ def model_stock_ratio(gram: Array) -> Array:
   """
   n = gram.shape[0]
   norms = gram_lib.norms(gram)
-  cos = [jnp.clip(gram[s, t] / jnp.maximum(norms[s] * norms[t], 1e-6), -1.0, 1.0)
-         for s in range(n) for t in range(s + 1, n)]
+  return _ratio([jnp.clip(gram[s, t] / jnp.maximum(norms[s] * norms[t], 1e-6), -1.0, 1.0)
+                 for s in range(n) for t in range(s + 1, n)], n)
+
+
+def _ratio(cos: list[Array], n: int) -> Array:
+  """r = N cos / (1 + (N - 1) cos) of the pairwise cosines' mean; 0 where the denominator vanishes."""
   # One multiply by a constant per use of the summed cosines (no constant chain for XLA to fold, which
   # it does differently in one- and multi-device programs).
   cos_sum = sum(cos)
@@ -48,11 +52,8 @@ def model_stock_rows(base: Array, experts: tuple[Array, ...]) -> Array:
     for j in range(i + 1, len(taus)):
       c = jnp.sum(taus[i] * taus[j], axis=-1, keepdims=True) / jnp.maximum(norms[i] * norms[j], 1e-6)
       cos.append(jnp.clip(c, -1.0, 1.0))
-  cos_sum = sum(cos)
   n = len(xs)
-  den = 1.0 + cos_sum * ((n - 1) / len(cos))
-  singular = jnp.abs(den) < 1e-6
-  ratio = jnp.where(singular, 0.0, cos_sum * (n / len(cos)) / jnp.where(singular, 1.0, den))
+  ratio = _ratio(cos, n)
   mean = sum(xs) * (1.0 / n)
   return (ratio * mean + (1.0 - ratio) * b).reshape(shape)
 

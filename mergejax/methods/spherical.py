@@ -44,13 +44,7 @@ def slerp_coefficients(t: Array, gram: Array, dot_threshold: float = 0.9995, eps
   na = jnp.where(n[0] > eps, n[0], 1.0)
   nb = jnp.where(n[1] > eps, n[1], 1.0)
   dot = jnp.clip(gram[0, 1] / (na * nb), -1.0, 1.0)
-  t = jnp.asarray(t, jnp.float32)
-  linear = jnp.abs(dot) > dot_threshold
-  theta = jnp.arccos(jnp.where(linear, 0.0, dot))
-  sin_theta = jnp.where(linear, 1.0, jnp.sin(theta))
-  ca = jnp.where(linear, 1.0 - t, jnp.sin((1.0 - t) * theta) / sin_theta)
-  cb = jnp.where(linear, t, jnp.sin(t * theta) / sin_theta)
-  return ca, cb
+  return _arc_weights(t, dot, jnp.abs(dot) > dot_threshold)
 
 
 def nuslerp_coefficients(t: Array, gram: Array, eps: float = 1e-8) -> tuple[Array, Array]:
@@ -59,12 +53,17 @@ def nuslerp_coefficients(t: Array, gram: Array, eps: float = 1e-8) -> tuple[Arra
   are clamped at 1e-7."""
   n = jnp.maximum(gram_lib.norms(gram), 1e-7)
   cos = jnp.clip(gram[0, 1] / (n[0] * n[1]), -1.0, 1.0)
+  return _arc_weights(t, cos, (1.0 - cos * cos) <= eps * eps)
+
+
+def _arc_weights(t: Array, cos: Array, linear: Array) -> tuple[Array, Array]:
+  r""":math:`\sin((1-t)\Omega) / \sin\Omega` and :math:`\sin(t\Omega) / \sin\Omega` for :math:`\cos\Omega` =
+  ``cos``; :math:`1 - t` and :math:`t` (linear interpolation) where ``linear``."""
   t = jnp.asarray(t, jnp.float32)
-  colinear = (1.0 - cos * cos) <= eps * eps
-  theta = jnp.arccos(jnp.where(colinear, 0.0, cos))
-  sin_theta = jnp.where(colinear, 1.0, jnp.sin(theta))
-  ca = jnp.where(colinear, 1.0 - t, jnp.sin((1.0 - t) * theta) / sin_theta)
-  cb = jnp.where(colinear, t, jnp.sin(t * theta) / sin_theta)
+  theta = jnp.arccos(jnp.where(linear, 0.0, cos))
+  sin_theta = jnp.where(linear, 1.0, jnp.sin(theta))
+  ca = jnp.where(linear, 1.0 - t, jnp.sin((1.0 - t) * theta) / sin_theta)
+  cb = jnp.where(linear, t, jnp.sin(t * theta) / sin_theta)
   return ca, cb
 
 
