@@ -16,13 +16,13 @@ pass. Elsewhere a two-level radix select of 16-bit digits runs on the device (hi
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 
 from mergejax.methods.base import Array
 
@@ -183,16 +183,17 @@ def _host_workers() -> int:
   return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16) -> np.ndarray:
+def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out: np.ndarray | None = None) -> np.ndarray:
   """Ranks within the rows of order-preserving uint32 patterns (:func:`_ordered_bits`): with its column
   as the low word, each entry is one unsigned 64-bit key, distinct within its row, so an unstable
   vectorized sort of the keys is the stable argsort of the values (~5x faster on CPU); the sorted keys'
   low words are the columns in rank order, scattered back as ranks. Rows go in blocks of about ``block``
   entries through cache-sized buffers (fresh leaf-sized temporaries cost more in page faults than the
-  sort), the blocks split among :func:`_host_workers` threads."""
+  sort), the blocks split among :func:`_host_workers` threads. ``out``: where to write them (a fresh array
+  if None)."""
   bits = np.asarray(bits)
   rows, n = bits.shape
-  ranks = np.empty((rows, n), dtype)
+  ranks = np.empty((rows, n), dtype) if out is None else out
   if ranks.size == 0:
     return ranks
   step = max(1, block // n)
@@ -222,6 +223,14 @@ def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16) -> n
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     list(pool.map(rank_rows, bounds[:-1], bounds[1:]))
   return ranks
+
+
+def _row_ranks_into(ctx, out, bits) -> None:
+  """:func:`_row_ranks_host` as a buffer callback: the patterns read and the ranks written in place in
+  XLA's buffers (a pure callback copies its operand and its result, leaf-sized, page faults included)."""
+  del ctx
+  out = np.asarray(out)
+  _row_ranks_host(np.asarray(bits), out.dtype, out=out)
 
 
 def _ordered_bits(x: Array) -> Array:
@@ -256,8 +265,8 @@ def row_ranks(a: Array) -> Array:
   if jax.default_backend() == "cpu":
     x2 = jnp.moveaxis(x, 1, -1).reshape(-1, x.shape[1])  # rows along axis 1, the other axes outer
     dtype = jnp.uint16 if x.shape[1] <= 1 << 16 else jnp.int32  # half the bytes back to XLA
-    ranks = jax.pure_callback(functools.partial(_row_ranks_host, dtype=dtype), jax.ShapeDtypeStruct(x2.shape, dtype),
-                              _ordered_bits(x2), vmap_method="sequential")
+    ranks = buffer_callback(_row_ranks_into, jax.ShapeDtypeStruct(x2.shape, dtype),
+                            vmap_method="sequential")(_ordered_bits(x2))
     ranks = ranks.astype(jnp.int32)
     moved = x.shape[:1] + x.shape[2:] + x.shape[1:2]
     return jnp.moveaxis(ranks.reshape(moved), -1, 1).reshape(a.shape)
