@@ -54,7 +54,7 @@ def arcee_fusion_leaf(base, expert):
   b, x = f32(base), f32(expert)
   if b.size == 0:
     return b
-  kl = row_divergence(base, expert)
+  kl = row_divergence(*jax.lax.optimization_barrier((base, expert)))  # its own float32 casts, fused into it
   q1, q2, q3 = selection.order_statistics(_importance(b, x, kl), quartile_positions(b.size))
   fence = q2 + jnp.float32(1.5) * (q3 - q1)
   base, expert, kl = jax.lax.optimization_barrier((base, expert, kl))  # evaluated again in the output's pass
