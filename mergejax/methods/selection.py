@@ -23,6 +23,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 
 from mergejax.methods.base import Array
 
@@ -283,6 +284,13 @@ def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16)
   return values
 
 
+def _values_into(ctx, out, bits, *, ranks: tuple[int, ...]) -> None:
+  """:func:`_values_host` as a buffer callback: the leaf's patterns read in place (a pure callback would copy
+  them into a fresh leaf-sized array first)."""
+  del ctx
+  np.asarray(out)[...] = _values_host(np.asarray(bits), ranks)
+
+
 def order_statistics(a: Array, ranks: tuple[int, ...]) -> Array:
   """float32[k]: the values of ``a`` at the ascending ranks ``ranks`` of its flattened entries, what
   ``jnp.sort(a.reshape(-1))[list(ranks)]`` gives (-0.0 equal to +0.0, NaNs last), without sorting the leaf:
@@ -291,8 +299,8 @@ def order_statistics(a: Array, ranks: tuple[int, ...]) -> Array:
   bits = _ordered_bits(a).reshape(-1)
   ranks = tuple(int(r) for r in ranks)
   if jax.default_backend() == "cpu":
-    values = jax.pure_callback(functools.partial(_values_host, ranks=ranks),
-                               jax.ShapeDtypeStruct((len(ranks),), jnp.uint32), bits, vmap_method="sequential")
+    values = buffer_callback(functools.partial(_values_into, ranks=ranks),
+                             jax.ShapeDtypeStruct((len(ranks),), jnp.uint32), vmap_method="sequential")(bits)
   else:
     r = jnp.asarray(ranks, jnp.int32)
     values, _ = _edges(bits, r, r, from_top=False)
