@@ -115,6 +115,21 @@ def test_identical_on_1_and_8_devices(name, n):
   equal_trees(mergejax.merge(base, experts, m), mergejax.merge(*sharded_on_8(base, experts), m))
 
 
+def test_arcee_fusion_of_a_leaf_past_the_sampled_selection_size():
+  """A leaf of 147,456 entries (its quartiles found through a strided sample's windows): the float64
+  reference's sides away from the fence, and the same bits on 1 and 8 devices."""
+  rng = np.random.default_rng(11)
+  base = {"big": rng.normal(size=(512, 288)).astype(np.float32)}
+  expert = {"big": np.where(rng.random((512, 288)) < 0.5, base["big"] + rng.normal(size=(512, 288)) * 0.05,
+                            base["big"]).astype(np.float32)}
+  got = mergejax.merge(base, [expert], methods.arcee_fusion())
+  want, s, fence = rr.arcee_fusion(base["big"], expert["big"])
+  sure = np.abs(s - fence) > 1e-2 * abs(fence)
+  assert (~sure).sum() <= 0.03 * sure.size and (want != base["big"])[sure].any()
+  _check({"big": np.where(sure, got["big"], want.astype(np.float32))}, {"big": want}, np.float32)
+  equal_trees(got, mergejax.merge(*sharded_on_8(base, [expert]), methods.arcee_fusion()))
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda: methods.ram(epsilon=-1.0), r"epsilon=-1.0 is out of range"),
     (lambda: methods.ramplus_tl(r=-0.1), r"r=-0.1 is out of range"),
