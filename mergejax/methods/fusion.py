@@ -30,14 +30,8 @@ def row_divergence(base, expert):
   return jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
 
 
-def importance(base, expert):
-  r""":math:`|\theta_1 - \theta_0| \cdot \mathrm{KL}(p \| q)`, the row's divergence (:func:`row_divergence`)
-  for each of its entries (float32)."""
-  return _importance(f32(base), f32(expert), row_divergence(base, expert))
-
-
 def _importance(b, x, kl):
-  """|x - b| times the rows' divergences ``kl`` (:func:`row_divergence`), float32 inputs."""
+  r""":math:`s = |\theta_1 - \theta_0| \cdot \mathrm{KL}` from float32 inputs and their rows' divergences ``kl``."""
   return jnp.abs(x - b) * (kl if b.ndim else kl.reshape(()))
 
 
@@ -49,15 +43,18 @@ def quartile_positions(n: int) -> tuple[int, int, int]:
 def arcee_fusion_leaf(base, expert):
   r"""One leaf: :math:`\theta_0 + (\theta_1 - \theta_0)\,[s \ge Q_2 + 1.5 (Q_3 - Q_1)]` (see the module doc).
 
-  Only the rows' divergences are kept between the passes: the importances are formed once for the
-  quartiles' selection and again, elementwise, inside the output pass (no float32 leaf of them)."""
+  Three passes over the leaf, none storing a float32 copy of it: the rows' divergences (with their own
+  float32 casts, fused into the softmax/KL pass), the importances' patterns for the quartiles' selection,
+  and the output, which forms the importances again from the inputs and the divergences. The optimization
+  barriers keep XLA from sharing one float32 cast of each input, or the importances themselves, between
+  passes, which would store them as leaf-sized temporaries (fresh pages on every leaf)."""
   b, x = f32(base), f32(expert)
   if b.size == 0:
     return b
-  kl = row_divergence(*jax.lax.optimization_barrier((base, expert)))  # its own float32 casts, fused into it
+  kl = row_divergence(*jax.lax.optimization_barrier((base, expert)))
   q1, q2, q3 = selection.order_statistics(_importance(b, x, kl), quartile_positions(b.size))
   fence = q2 + jnp.float32(1.5) * (q3 - q1)
-  base, expert, kl = jax.lax.optimization_barrier((base, expert, kl))  # evaluated again in the output's pass
+  base, expert, kl = jax.lax.optimization_barrier((base, expert, kl))
   b, x = f32(base), f32(expert)
   return b + (x - b) * (_importance(b, x, kl) >= fence).astype(jnp.float32)
 
