@@ -234,6 +234,16 @@ def _ordered_bits(x: Array) -> Array:
   return jnp.where(bits >> 31 != 0, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def _sample_window(sample: np.ndarray, r: int, n: int) -> tuple[np.uint32, np.uint32]:
+  """Bounds of the values around ascending rank ``r`` of ``n`` entries: the sorted strided ``sample``'s
+  values ~4 standard deviations of rank either side of it."""
+  m = sample.size
+  at = r / n * m
+  spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
+  return (sample[int(np.clip(math.floor(at - spread), 0, m - 1))],
+          sample[int(np.clip(math.ceil(at + spread), 0, m - 1))])
+
+
 def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16) -> np.ndarray:
   """The patterns at ascending ranks ``ranks`` of a flat uint32 array (values only: no positions, so
   ~half of :func:`_edges_host`'s passes). Each rank's sample window is tested as one unsigned
@@ -245,13 +255,10 @@ def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16)
   if stride < 2 or not ranks:
     return np.partition(bits, list(ranks))[list(ranks)] if n and ranks else np.zeros(len(ranks), np.uint32)
   sample = np.sort(bits[::stride])
-  m = sample.size
   windows = []
   for r in ranks:
-    at = r / n * m
-    spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
-    lo = sample[int(np.clip(math.floor(at - spread), 0, m - 1))]
-    windows.append((lo, sample[int(np.clip(math.ceil(at + spread), 0, m - 1))] - lo))
+    lo, hi = _sample_window(sample, r, n)
+    windows.append((lo, hi - lo))
 
   def scan(start: int, stop: int) -> tuple[list[int], list[list[np.ndarray]]]:
     below, found = [0] * len(ranks), [[] for _ in ranks]
@@ -279,7 +286,7 @@ def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16)
     window = np.concatenate([w for p in parts for w in p[1][i]])
     if below <= r < below + window.size:
       values[i] = np.partition(window, r - below)[r - below]
-    else:  # the sample missed (~1e-4 of leaves): select from the whole leaf
+    else:  # the window missed its rank (rare): select from the whole leaf
       values[i] = np.partition(bits, r)[r]
   return values
 
