@@ -3,16 +3,19 @@ references, properties, 1 vs 8 devices, bad input."""
 
 from __future__ import annotations
 
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
 import mergejax
-from mergejax import methods
+from mergejax import engine, methods, sharding
+from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
 from tests.reference import ram as rr
 from tests.test_methods import flat
 from tests.test_methods_properties import equal_trees
 from tests.test_methods_weight_space import sharded_on_8
+from test_checkpoints_fixtures import write_hf
 
 SHAPES = {"w": (48, 40), "v": (40,), "e": (16, 8, 5)}
 
@@ -113,6 +116,40 @@ def test_identical_on_1_and_8_devices(name, n):
   base, experts = _models(n, seed=7)
   m = methods.get(name)
   equal_trees(mergejax.merge(base, experts, m), mergejax.merge(*sharded_on_8(base, experts), m))
+
+
+def test_arcee_fusion_of_a_leaf_past_the_sampled_selection_size():
+  """A leaf of 147,456 entries (its quartiles found through a strided sample's windows): the float64
+  reference's sides away from the fence, and the same bits on 1 and 8 devices."""
+  rng = np.random.default_rng(11)
+  base = {"big": rng.normal(size=(512, 288)).astype(np.float32)}
+  expert = {"big": np.where(rng.random((512, 288)) < 0.5, base["big"] + rng.normal(size=(512, 288)) * 0.05,
+                            base["big"]).astype(np.float32)}
+  got = mergejax.merge(base, [expert], methods.arcee_fusion())
+  want, s, fence = rr.arcee_fusion(base["big"], expert["big"])
+  sure = np.abs(s - fence) > 1e-2 * abs(fence)
+  assert (~sure).sum() <= 0.03 * sure.size and (want != base["big"])[sure].any()
+  _check({"big": np.where(sure, got["big"], want.astype(np.float32))}, {"big": want}, np.float32)
+  equal_trees(got, mergejax.merge(*sharded_on_8(base, [expert]), methods.arcee_fusion()))
+
+
+def test_arcee_fusion_from_files_identical_on_1_and_8_devices_and_to_the_in_memory_merge(tmp_path):
+  """The streaming engine (bf16 safetensors, whole leaves staged on one device, or groups under a small
+  budget on 8) writes the in-memory merge's bits, a leaf past the sampled-selection size included."""
+  rng = np.random.default_rng(12)
+  shapes = {"model.embed_tokens.weight": (640, 256), "model.norm.weight": (256,), "model.layers.0.mlp.w": (96, 256)}
+  base = {k: rng.normal(size=s).astype(ml_dtypes.bfloat16) for k, s in shapes.items()}
+  expert = {k: (v.astype(np.float32) + rng.normal(size=v.shape) * 0.05 * (rng.random(v.shape) < 0.5))
+            .astype(ml_dtypes.bfloat16) for k, v in base.items()}
+  paths = [write_hf(tmp_path / name, tree) for name, tree in (("base", base), ("expert", expert))]
+  want = mergejax.merge(base, [expert], methods.arcee_fusion())
+  for i, (mesh, budget) in enumerate([(sharding.make_mesh(jax.devices()[:1]), None), (sharding.make_mesh(), 200_000)]):
+    out = engine.merge_sources(SafetensorsSource(paths[0]), [SafetensorsSource(paths[1])],
+                               SafetensorsSink(tmp_path / f"out{i}"), methods.arcee_fusion(), mesh=mesh,
+                               memory_budget_bytes=budget)
+    got = SafetensorsSource(out).read(list(shapes))
+    for k in shapes:
+      np.testing.assert_array_equal(np.asarray(got[k]).view(np.uint16), np.asarray(want[k]).view(np.uint16), err_msg=k)
 
 
 @pytest.mark.parametrize("call,message", [

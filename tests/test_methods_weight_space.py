@@ -355,3 +355,9 @@ def test_order_statistics_equal_the_sorted_leaf_at_those_ranks():
       ranks = tuple(sorted({0, n - 1, *(int(r) for r in rng.integers(0, n, 3))}))
       got = np.asarray(selection.order_statistics(jax.numpy.asarray(a.reshape(-1, 1) if n % 2 else a), ranks))
       np.testing.assert_array_equal(got, np.sort(a)[list(ranks)])
+  # A leaf whose strided sample sees one value only (every 4th entry 0, the sample's stride): the sampled
+  # windows miss most ranks, which are then selected from the whole leaf.
+  a = (np.arange(300_000) % 977).astype(np.float32) - 300
+  a[::4] = 0
+  ranks = (0, 74_999, 75_000, 149_999, 224_999, 299_999)
+  np.testing.assert_array_equal(selection.order_statistics(jax.numpy.asarray(a), ranks), np.sort(a)[list(ranks)])

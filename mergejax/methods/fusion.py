@@ -19,16 +19,20 @@ from mergejax.methods.base import MergeMethod, Traits, f32, method_factory
 _QUARTILES = (0.25, 0.5, 0.75)
 
 
-def importance(base, expert):
-  r""":math:`|\theta_1 - \theta_0| \cdot \mathrm{KL}(p \| q)` with :math:`p = \mathrm{softmax}(\theta_1) + 10^{-8}`,
-  :math:`q = \mathrm{softmax}(\theta_0) + 10^{-8}` along the last axis (float32)."""
+def row_divergence(base, expert):
+  r""":math:`\mathrm{KL}(p \| q)` of each row (float32, the last axis kept as 1) with
+  :math:`p = \mathrm{softmax}(\theta_1) + 10^{-8}`, :math:`q = \mathrm{softmax}(\theta_0) + 10^{-8}` along it."""
   b, x = f32(base), f32(expert)
   if b.ndim == 0:
     b, x = b.reshape(1), x.reshape(1)
   p = jax.nn.softmax(x, axis=-1) + jnp.float32(1e-8)
   q = jax.nn.softmax(b, axis=-1) + jnp.float32(1e-8)
-  kl = jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
-  return (jnp.abs(x - b) * kl).reshape(jnp.shape(base))
+  return jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
+
+
+def _importance(b, x, kl):
+  r""":math:`s = |\theta_1 - \theta_0| \cdot \mathrm{KL}` from float32 inputs and their rows' divergences ``kl``."""
+  return jnp.abs(x - b) * (kl if b.ndim else kl.reshape(()))
 
 
 def quartile_positions(n: int) -> tuple[int, int, int]:
@@ -37,14 +41,22 @@ def quartile_positions(n: int) -> tuple[int, int, int]:
 
 
 def arcee_fusion_leaf(base, expert):
-  r"""One leaf: :math:`\theta_0 + (\theta_1 - \theta_0)\,[s \ge Q_2 + 1.5 (Q_3 - Q_1)]` (see the module doc)."""
-  s = importance(base, expert)
-  if s.size == 0:
-    return f32(base)
-  q1, q2, q3 = selection.order_statistics(s, quartile_positions(s.size))  # the sorted importances' entries
-  fence = q2 + jnp.float32(1.5) * (q3 - q1)
+  r"""One leaf: :math:`\theta_0 + (\theta_1 - \theta_0)\,[s \ge Q_2 + 1.5 (Q_3 - Q_1)]` (see the module doc).
+
+  Three passes over the leaf, none storing a float32 copy of it: the rows' divergences (with their own
+  float32 casts, fused into the softmax/KL pass), the importances' patterns for the quartiles' selection,
+  and the output, which forms the importances again from the inputs and the divergences. The optimization
+  barriers keep XLA from sharing one float32 cast of each input, or the importances themselves, between
+  passes, which would store them as leaf-sized temporaries (fresh pages on every leaf)."""
   b, x = f32(base), f32(expert)
-  return b + (x - b) * (s >= fence).astype(jnp.float32)
+  if b.size == 0:
+    return b
+  kl = row_divergence(*jax.lax.optimization_barrier((base, expert)))
+  q1, q2, q3 = selection.order_statistics(_importance(b, x, kl), quartile_positions(b.size))
+  fence = q2 + jnp.float32(1.5) * (q3 - q1)
+  base, expert, kl = jax.lax.optimization_barrier((base, expert, kl))
+  b, x = f32(base), f32(expert)
+  return b + (x - b) * (_importance(b, x, kl) >= fence).astype(jnp.float32)
 
 
 def _kernel(base, experts, ctx, stats, *, out_dtype):

@@ -242,13 +242,83 @@ def _ordered_bits(x: Array) -> Array:
   return jnp.where(bits >> 31 != 0, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def _sample_window(sample: np.ndarray, r: int, n: int) -> tuple[np.uint32, np.uint32]:
+  """Bounds of the values around ascending rank ``r`` of ``n`` entries: the sorted strided ``sample``'s
+  values ~4 standard deviations of rank either side of it."""
+  m = sample.size
+  at = r / n * m
+  spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
+  return (sample[int(np.clip(math.floor(at - spread), 0, m - 1))],
+          sample[int(np.clip(math.ceil(at + spread), 0, m - 1))])
+
+
+def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16) -> np.ndarray:
+  """The patterns at ascending ranks ``ranks`` of a flat uint32 array (values only: no positions, so
+  ~half of :func:`_edges_host`'s passes). Each rank's sample window is tested as one unsigned
+  ``bits - lo <= hi - lo``; the leaf's blocks are split among :func:`_host_workers` threads, each with
+  cache-sized scratch."""
+  bits = np.asarray(bits).reshape(-1)
+  n = bits.size
+  stride = n // _SAMPLE
+  if stride < 2 or not ranks:
+    return np.partition(bits, list(ranks))[list(ranks)] if n and ranks else np.zeros(len(ranks), np.uint32)
+  sample = np.sort(bits[::stride])
+  windows = []
+  for r in ranks:
+    lo, hi = _sample_window(sample, r, n)
+    windows.append((lo, hi - lo))
+
+  def scan(start: int, stop: int) -> tuple[list[int], list[list[np.ndarray]]]:
+    below, found = [0] * len(ranks), [[] for _ in ranks]
+    d, mask = np.empty(block, np.uint32), np.empty(block, bool)
+    for s in range(start, stop, block):
+      chunk = bits[s:min(s + block, stop)]
+      k = chunk.size
+      for i, (lo, width) in enumerate(windows):
+        below[i] += int(np.count_nonzero(np.less(chunk, lo, out=mask[:k])))
+        np.less_equal(np.subtract(chunk, lo, out=d[:k]), width, out=mask[:k])
+        found[i].append(chunk[mask[:k]])
+    return below, found
+
+  blocks = -(-n // block)
+  workers = min(_host_workers(), blocks)
+  bounds = [min(n, blocks * i // workers * block) for i in range(workers + 1)]
+  if workers == 1:
+    parts = [scan(0, n)]
+  else:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      parts = list(pool.map(scan, bounds[:-1], bounds[1:]))
+  values = np.empty(len(ranks), np.uint32)
+  for i, r in enumerate(ranks):
+    below = sum(p[0][i] for p in parts)
+    window = np.concatenate([w for p in parts for w in p[1][i]])
+    if below <= r < below + window.size:
+      values[i] = np.partition(window, r - below)[r - below]
+    else:  # the window missed its rank (rare): select from the whole leaf
+      values[i] = np.partition(bits, r)[r]
+  return values
+
+
+def _values_into(ctx, out, bits, *, ranks: tuple[int, ...]) -> None:
+  """:func:`_values_host` as a buffer callback: the leaf's patterns read in place (a pure callback would copy
+  them into a fresh leaf-sized array first)."""
+  del ctx
+  np.asarray(out)[...] = _values_host(np.asarray(bits), ranks)
+
+
 def order_statistics(a: Array, ranks: tuple[int, ...]) -> Array:
   """float32[k]: the values of ``a`` at the ascending ranks ``ranks`` of its flattened entries, what
   ``jnp.sort(a.reshape(-1))[list(ranks)]`` gives (-0.0 equal to +0.0, NaNs last), without sorting the leaf:
-  the edge selection of :func:`_edges` over order-preserving patterns (:func:`_ordered_bits`)."""
+  a selection over order-preserving patterns (:func:`_ordered_bits`), on CPU :func:`_values_host` in a host
+  callback, elsewhere :func:`_edges`' radix select."""
   bits = _ordered_bits(a).reshape(-1)
-  r = jnp.asarray(ranks, jnp.int32)
-  values, _ = _edges(bits, r, r, from_top=False)
+  ranks = tuple(int(r) for r in ranks)
+  if jax.default_backend() == "cpu":
+    values = buffer_callback(functools.partial(_values_into, ranks=ranks),
+                             jax.ShapeDtypeStruct((len(ranks),), jnp.uint32), vmap_method="sequential")(bits)
+  else:
+    r = jnp.asarray(ranks, jnp.int32)
+    values, _ = _edges(bits, r, r, from_top=False)
   return jax.lax.bitcast_convert_type(jnp.where(values >> 31 != 0, values & jnp.uint32(0x7FFFFFFF), ~values),
                                       jnp.float32)
 
