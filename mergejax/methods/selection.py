@@ -16,6 +16,7 @@ pass. Elsewhere a two-level radix select of 16-bit digits runs on the device (hi
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import math
 import os
 
