@@ -120,14 +120,22 @@ def _edges_host(bits: np.ndarray, ranks: np.ndarray, targets: np.ndarray, from_t
   return values, firsts
 
 
+def _edges_into(ctx, out, bits, ranks, targets, *, from_top: bool) -> None:
+  """:func:`_edges_host` as a buffer callback: the leaf's patterns read in place (a pure callback copies
+  its operands, leaf-sized, into fresh memory first)."""
+  del ctx
+  values, firsts = _edges_host(np.asarray(bits), np.asarray(ranks), np.asarray(targets), from_top)
+  np.asarray(out[0])[...] = values
+  np.asarray(out[1])[...] = firsts
+
+
 def _edges(bits_n: Array, ranks: Array, targets: Array, from_top: bool) -> tuple[Array, Array]:
   """:func:`_edges_host` of a flat uint32 leaf: a host callback on CPU, the radix select elsewhere."""
-  n = bits_n.shape[0]
   if jax.default_backend() == "cpu":
     k = ranks.shape[0]
-    return jax.pure_callback(lambda b, r, t: _edges_host(b, r, t, from_top),
-                             (jax.ShapeDtypeStruct((k,), jnp.uint32), jax.ShapeDtypeStruct((k,), jnp.int32)),
-                             bits_n, ranks, targets, vmap_method="sequential")
+    return buffer_callback(functools.partial(_edges_into, from_top=from_top),
+                           (jax.ShapeDtypeStruct((k,), jnp.uint32), jax.ShapeDtypeStruct((k,), jnp.int32)),
+                           vmap_method="sequential")(bits_n, ranks, targets)
   values = _kth_smallest(bits_n, tuple(ranks[i] for i in range(ranks.shape[0])))
   firsts = []
   for v, t in zip(values, (targets[i] for i in range(targets.shape[0]))):
