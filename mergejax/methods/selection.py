@@ -88,12 +88,7 @@ def _edges_host(bits: np.ndarray, ranks: np.ndarray, targets: np.ndarray, from_t
   windows = []
   if stride >= 2:
     sample = np.sort(bits[::stride])
-    m = sample.size
-    for r in ranks:
-      at = r / n * m
-      spread = 4.0 * math.sqrt(max(at * (1 - at / m), 1.0)) + 2
-      windows.append((sample[int(np.clip(math.floor(at - spread), 0, m - 1))],
-                      sample[int(np.clip(math.ceil(at + spread), 0, m - 1))]))
+    windows = [_sample_window(sample, r, n) for r in ranks]
     below = [0] * len(ranks)
     found = [([], []) for _ in ranks]
     for start in range(0, n, block):
