@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +145,11 @@ class _Bracket:
     # The most likely answer: the sample's value at the target rank (the sign balance is computed
     # speculatively with it; see find_thresholds).
     self.guess = int(self.sample_bits[int(np.clip(round(k / n * m), 1, m)) - 1]) if m else 0
-    if sample_bits.size == n:  # the sample is the whole group: exact already
+    if sample_bits.size == n:  # the sample is the whole group: exact already, counts included
       self.lo = int(self.sample_bits[k - 1])
       self.hi = self.lo + 1
       self.guess = self.lo
+      self.c_lo, self.c_hi = int(np.count_nonzero(sample_bits >= self.lo)), int(np.count_nonzero(sample_bits > self.lo))
 
   def _rank_spread(self) -> tuple[float, float]:
     """(target rank in the sample, ~4 standard deviations of it + 2)."""
@@ -377,3 +378,63 @@ def find_thresholds(
   if not all(b.lo == b.guess for b in brackets.values()):
     balance = None
   return out, balance
+
+
+def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ...]], n_experts: int,
+                          ranks_of: Callable[[int], Sequence[int]], max_passes: int = 48) -> dict[str, np.ndarray]:
+  r"""Exact order statistics of each expert's :math:`|\tau_t|` within each leaf: {path: int64[N, E, 3]},
+  for each expert t and each ascending rank r of ``ranks_of(n)`` (E ranks in [0, n) for an n-entry leaf;
+  empty leaves are left out): the float32 bit pattern of v, the value at rank r, and the numbers of entries
+  below v and equal to it.
+
+  The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
+  passes in which each expert's thresholds are those its E brackets propose together (the first pass
+  their :meth:`_Bracket.pin_pair`, which settles bf16 data), every bracket updated with every count. A
+  finished bracket [v, v + 1) has measured c(v) = #(>= v) and c(v + 1) = #(> v).
+  """
+  paths = [p for p in sizes if math.prod(sizes[p])]
+  shapes = {p: tuple(sizes[p]) for p in paths}
+  numel = {p: math.prod(shapes[p]) for p in paths}
+  strides = {p: _axis_strides(shapes[p], max(1, math.ceil(numel[p] / SAMPLE_TENSOR))) for p in paths}
+  samples = leaf_pass(functools.partial(_sample_fn, dare=False), lambda p: (strides[p],) if p in strides else None,
+                      host=_sample_host)
+  ranks = {p: [int(r) for r in ranks_of(numel[p])] for p in paths}
+  brackets = {}
+  for p in paths:
+    for t in range(n_experts):
+      s = np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
+      for e, r in enumerate(ranks[p]):
+        brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], s)
+  width = 7  # thresholds per expert and pass: one compiled histogram program
+  per_edge = max(1, 3 if max((len(r) for r in ranks.values()), default=1) > 1 else width)
+  for pass_index in range(max_passes):
+    todo = {key: b for key, b in brackets.items() if not b.done}
+    if not todo:
+      break
+    props: dict[tuple[str, int], set[int]] = {}
+    for (p, t, _), b in todo.items():
+      v = (b.pin_pair() if pass_index == 0 else b.pair() if pass_index <= PAIR_PASSES
+           else b.proposals(per_edge, first=pass_index == PAIR_PASSES + 1))
+      props.setdefault((p, t), set()).update(x for x in v if b.lo < x < b.hi)
+    table = {}
+    for p in {p for p, _ in props}:
+      rows = []
+      for t in range(n_experts):
+        v = sorted(props.get((p, t), ()))[:width] or [brackets[p, t, 0].lo]
+        rows.append(v + [v[-1]] * (width - len(v)))
+      table[p] = np.asarray(rows, np.int32)
+    hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1, lambda p: (table[p],) if p in table else None)
+    for p, h in hist.items():
+      counts = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(|tau| >= t_j), as find_thresholds
+      for t in range(n_experts):
+        for e in range(len(ranks[p])):
+          if (p, t, e) in todo:
+            brackets[p, t, e].update(table[p][t].tolist(), [int(c) for c in counts[t]])
+  else:
+    raise RuntimeError("order statistics did not converge (non-finite task vectors?)")
+  out = {}
+  for p in paths:
+    rows = [[(b.lo, numel[p] - b.c_lo, b.c_lo - b.c_hi) for b in (brackets[p, t, e] for e in range(len(ranks[p])))]
+            for t in range(n_experts)]
+    out[p] = np.asarray(rows, np.int64).reshape(n_experts, len(ranks[p]), 3)
+  return out
