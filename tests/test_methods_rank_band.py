@@ -15,9 +15,9 @@ from mergejax.checkpoints import PytreeSink, PytreeSource
 from mergejax.methods import selection
 from tests.test_methods_weight_space import sharded_on_8
 
-# 304 x 130 entries: more than a per-leaf sample holds (the order statistics then take histogram passes);
+# 520 x 130 entries: more than a per-leaf sample holds (the order statistics then take histogram passes);
 # the 50-entry leaf is sampled whole.
-SHAPES = {"w": (304, 130), "b": (50,)}
+SHAPES = {"w": (520, 130), "b": (50,)}
 
 
 def _models(n_experts: int, seed: int):

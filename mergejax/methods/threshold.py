@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import steps
+from mergejax.methods import kernels, steps
 from mergejax.methods.base import Array, LeafContext, LeafPass
 
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
 SAMPLE_GLOBAL = 1 << 18  # sample size per expert for a model-wide threshold
 SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
+SAMPLE_EDGES = 1 << 16  # sample size per expert and leaf of leaf_order_statistics (pins most bf16 edges in one pass)
 PAIR_PASSES = 6  # further two-threshold passes with the first count pass's compiled program
 
 
@@ -63,7 +64,8 @@ def _abs_bits(taus: Sequence[Array]) -> list[Array]:
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   idx = tuple(slice(None, None, s) for s in strides)
-  return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
+  # Replicated first: a strided slice of a sharded axis need not split evenly over the devices.
+  return jnp.stack([kernels.whole(a)[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
 
 
 def _sample_host(base, experts, ctx, strides, *, f32):
@@ -181,6 +183,19 @@ class _Bracket:
       pair = [below, above]
     pair = [p for p in pair if self.lo < p < self.hi]
     return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
+
+  def pin_neighbours(self) -> list[int]:
+    """For discrete data (the guess tied in the sample), the distinct sample values just below and above
+    the guess, each with the next float up: the k-th largest is often one of them when the guess misses
+    (its run of equal values straddles the sample's target rank). Empty otherwise."""
+    if self.done or not self.sample_bits.size:
+      return []
+    asc = self.sample_bits[::-1]
+    i, j = int(np.searchsorted(asc, self.guess, side="left")), int(np.searchsorted(asc, self.guess, side="right"))
+    if j - i < 2:
+      return []
+    near = ([int(asc[i - 1])] if i > 0 else []) + ([int(asc[j])] if j < asc.size else [])
+    return [x for v in near for x in (v, v + 1) if self.lo < x < self.hi]
 
   def pair(self) -> list[int]:
     """Two thresholds for a further pass of the first count pass's program (no new compile).
@@ -388,14 +403,17 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
   below v and equal to it.
 
   The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
-  passes in which each expert's thresholds are those its E brackets propose together (the first pass
-  their :meth:`_Bracket.pin_pair`, which settles bf16 data), every bracket updated with every count. A
-  finished bracket [v, v + 1) has measured c(v) = #(>= v) and c(v + 1) = #(> v).
+  passes in which each expert's thresholds are those its E brackets propose together, every bracket
+  updated with every count (up to 15 thresholds per expert: one compiled program): first their
+  :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which settle most brackets of bf16 data),
+  then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and :meth:`_Bracket.proposals`; leaves whose
+  brackets are all done are not read again. A finished bracket [v, v + 1) has measured c(v) = #(>= v) and
+  c(v + 1) = #(> v).
   """
   paths = [p for p in sizes if math.prod(sizes[p])]
   shapes = {p: tuple(sizes[p]) for p in paths}
   numel = {p: math.prod(shapes[p]) for p in paths}
-  strides = {p: _axis_strides(shapes[p], max(1, math.ceil(numel[p] / SAMPLE_TENSOR))) for p in paths}
+  strides = {p: _axis_strides(shapes[p], max(1, math.ceil(numel[p] / SAMPLE_EDGES))) for p in paths}
   samples = leaf_pass(functools.partial(_sample_fn, dare=False), lambda p: (strides[p],) if p in strides else None,
                       host=_sample_host)
   ranks = {p: [int(r) for r in ranks_of(numel[p])] for p in paths}
@@ -405,16 +423,15 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
       s = np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
       for e, r in enumerate(ranks[p]):
         brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], s)
-  width = 7  # thresholds per expert and pass: one compiled histogram program
-  per_edge = max(1, 3 if max((len(r) for r in ranks.values()), default=1) > 1 else width)
+  width = 15  # thresholds per expert and pass: one compiled histogram program
   for pass_index in range(max_passes):
     todo = {key: b for key, b in brackets.items() if not b.done}
     if not todo:
       break
     props: dict[tuple[str, int], set[int]] = {}
     for (p, t, _), b in todo.items():
-      v = (b.pin_pair() if pass_index == 0 else b.pair() if pass_index <= PAIR_PASSES
-           else b.proposals(per_edge, first=pass_index == PAIR_PASSES + 1))
+      v = (b.pin_pair() + b.pin_neighbours() if pass_index == 0
+           else [b.lo + 1] + b.pair() + b.proposals(3, first=pass_index == 1))  # lo + 1: is lo the value?
       props.setdefault((p, t), set()).update(x for x in v if b.lo < x < b.hi)
     table = {}
     for p in {p for p, _ in props}:
