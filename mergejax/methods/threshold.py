@@ -185,16 +185,19 @@ class _Bracket:
     return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
 
   def pin_neighbours(self) -> list[int]:
-    """For discrete data (the guess tied in the sample), the distinct sample values just below and above
-    the guess, each with the next float up: the k-th largest is often one of them when the guess misses
-    (its run of equal values straddles the sample's target rank). Empty otherwise."""
+    """For discrete data (the guess tied in the sample), the distinct sample value just above (below) the
+    guess's run of equal values, with the next float up, when the run ends within the sample's rank
+    uncertainty (:meth:`_rank_spread`) above (below) the target rank: the k-th largest is then often
+    that value. Empty otherwise (continuous data, or a run that surely holds the target)."""
     if self.done or not self.sample_bits.size:
       return []
-    asc = self.sample_bits[::-1]
+    asc, m = self.sample_bits[::-1], self.sample_bits.size
     i, j = int(np.searchsorted(asc, self.guess, side="left")), int(np.searchsorted(asc, self.guess, side="right"))
     if j - i < 2:
       return []
-    near = ([int(asc[i - 1])] if i > 0 else []) + ([int(asc[j])] if j < asc.size else [])
+    r, delta = self._rank_spread()  # descending, 1-based; the run holds descending ranks m - j + 1 .. m - i
+    near = ([int(asc[j])] if j < m and r - (m - j + 1) < delta else [])
+    near += [int(asc[i - 1])] if i > 0 and (m - i) - r < delta else []
     return [x for v in near for x in (v, v + 1) if self.lo < x < self.hi]
 
   def pair(self) -> list[int]:
@@ -404,7 +407,7 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
 
   The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
   passes in which each expert's thresholds are those its E brackets propose together, every bracket
-  updated with every count (up to 15 thresholds per expert: one compiled program): first their
+  updated with every count (up to 7 thresholds per expert: one compiled program): first their
   :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which settle most brackets of bf16 data),
   then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and :meth:`_Bracket.proposals`; leaves whose
   brackets are all done are not read again. A finished bracket [v, v + 1) has measured c(v) = #(>= v) and
@@ -423,15 +426,16 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
       s = np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
       for e, r in enumerate(ranks[p]):
         brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], s)
-  width = 15  # thresholds per expert and pass: one compiled histogram program
+  width = 7  # thresholds per expert and pass: one compiled histogram program (3-bit levels)
   for pass_index in range(max_passes):
     todo = {key: b for key, b in brackets.items() if not b.done}
     if not todo:
       break
     props: dict[tuple[str, int], set[int]] = {}
     for (p, t, _), b in todo.items():
+      alone = sum((p, t, e) in todo for e in range(len(ranks[p]))) == 1
       v = (b.pin_pair() + b.pin_neighbours() if pass_index == 0
-           else [b.lo + 1] + b.pair() + b.proposals(3, first=pass_index == 1))  # lo + 1: is lo the value?
+           else [b.lo + 1] + b.pair() + (b.proposals(3, first=pass_index == 1) if alone else []))  # lo + 1: is lo v?
       props.setdefault((p, t), set()).update(x for x in v if b.lo < x < b.hi)
     table = {}
     for p in {p for p, _ in props}:
