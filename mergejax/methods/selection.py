@@ -11,6 +11,11 @@ host callback: a strided sample narrows each order statistic to a window of the 
 selected exactly (``np.partition``), a few linear passes in all; the mask itself is one fused XLA
 pass. Elsewhere a two-level radix select of 16-bit digits runs on the device (histograms; XLA sorts
 ~50x slower). Both give the same masks.
+
+A rank band is also a per-leaf statistic: its four :func:`in_band` edges (:func:`band_edges`, from
+order statistics and the position of the m-th entry equal to an edge value, :func:`nth_set` of
+:func:`pack_flags`' packed equality flags) make the mask elementwise, so a leaf can be masked in pieces
+that know where they lie (Breadcrumbs without rescale).
 """
 
 from __future__ import annotations
