@@ -64,8 +64,25 @@ def _abs_bits(taus: Sequence[Array]) -> list[Array]:
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   idx = tuple(slice(None, None, s) for s in strides)
-  # Replicated first: a strided slice of a sharded axis need not split evenly over the devices.
-  return jnp.stack([kernels.whole(a)[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
+  return jnp.stack([_uneven_whole(a, strides)[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
+
+
+def _uneven_whole(a: Array, strides: tuple[int, ...]) -> Array:
+  """``a``, replicated (:func:`kernels.whole`) if a strided slice of one of its explicitly sharded axes would
+  not split evenly over that axis's devices (which explicit sharding refuses)."""
+  sharding = jax.typeof(a).sharding
+  mesh = sharding.mesh
+  if mesh.empty:
+    return a
+  explicit = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Explicit}
+  for ax, names in enumerate(sharding.spec):
+    names = () if names is None else names if isinstance(names, tuple) else (names,)
+    if not set(names) & explicit:
+      continue
+    devices = math.prod(mesh.shape[n] for n in names)
+    if -(-a.shape[ax] // strides[ax]) % devices:
+      return kernels.whole(a)
+  return a
 
 
 def _sample_host(base, experts, ctx, strides, *, f32):
