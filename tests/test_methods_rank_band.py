@@ -94,7 +94,8 @@ def test_band_edges_and_packed_flags_find_the_tie_positions_of_argsort():
     s = np.sort(x)
     stats = np.asarray([[bits[np.flatnonzero(x == s[r])[0]], np.sum(x < s[r]), np.sum(x == s[r])]
                         for r in (min(max(lo, 0), n - 1), min(max(hi - 1, 0), n - 1))])
-    nth = lambda e, m, stats=stats: selection.nth_set(flags[int(np.uint32(stats[e, 0]).view(np.float32))], m)  # noqa: E731
+    value_of = lambda e, stats=stats: int(np.uint32(stats[e, 0]).view(np.float32))  # noqa: E731
+    nth = lambda e, m, value_of=value_of: selection.nth_set(flags[value_of(e)], m)  # noqa: E731
     edges = selection.band_edges(n, lo, hi, stats, nth)
     got = np.asarray(selection.in_band(jax.numpy.asarray(bits), jax.numpy.arange(n, dtype=np.uint32), edges))
     np.testing.assert_array_equal(got, (ranks >= lo) & (ranks < hi), err_msg=f"[{lo}, {hi})")

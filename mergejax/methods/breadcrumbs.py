@@ -86,8 +86,9 @@ def _make_stats_fn(density: float, gamma: float):
       return min(max(lo, 0), n - 1), min(max(hi - 1, 0), n - 1)
 
     order = threshold.leaf_order_statistics(leaf_pass, sizes, n_experts, ranks_of)
-    straddled = [p for p, st in order.items()  # an edge inside a run of equal values: its position is needed
-            if any(0 < target - st[t, e, 1] < st[t, e, 2] for t in range(n_experts) for e, target in enumerate(band[p]))]
+    straddled = {p for p, st in order.items()  # an edge inside a run of equal values: its position is needed
+                 if any(0 < target - st[t, e, 1] < st[t, e, 2]
+                        for t in range(n_experts) for e, target in enumerate(band[p]))}
     flags = leaf_pass(_equal_flags, lambda p: (order[p][:, :, 0].astype(np.uint32),) if p in straddled else None)
     out = {}
     for p, st in order.items():

@@ -64,7 +64,8 @@ def _abs_bits(taus: Sequence[Array]) -> list[Array]:
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   idx = tuple(slice(None, None, s) for s in strides)
-  return jnp.stack([_uneven_whole(a, strides)[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
+  taus = _abs_task_vectors(base, experts, ctx, dare)
+  return jnp.stack([_uneven_whole(a, strides)[idx] for a in taus])  # host flattens
 
 
 def _uneven_whole(a: Array, strides: tuple[int, ...]) -> Array:
@@ -168,7 +169,8 @@ class _Bracket:
       self.lo = int(self.sample_bits[k - 1])
       self.hi = self.lo + 1
       self.guess = self.lo
-      self.c_lo, self.c_hi = int(np.count_nonzero(sample_bits >= self.lo)), int(np.count_nonzero(sample_bits > self.lo))
+      self.c_lo = int(np.count_nonzero(sample_bits >= self.lo))
+      self.c_hi = int(np.count_nonzero(sample_bits > self.lo))
 
   def _rank_spread(self) -> tuple[float, float]:
     """(target rank in the sample, ~4 standard deviations of it + 2)."""
@@ -415,6 +417,17 @@ def find_thresholds(
   return out, balance
 
 
+def _share(wishes: Sequence[Sequence[int]], width: int) -> list[int]:
+  """Up to ``width`` distinct thresholds taken from the lists in turn (each list's first, then each
+  one's second, ...): every open bracket of an expert gets its most wanted thresholds counted."""
+  out: list[int] = []
+  for i in range(max((len(w) for w in wishes), default=0)):
+    for w in wishes:
+      if i < len(w) and w[i] not in out and len(out) < width:
+        out.append(w[i])
+  return out
+
+
 def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ...]], n_experts: int,
                           ranks_of: Callable[[int], Sequence[int]], max_passes: int = 48) -> dict[str, np.ndarray]:
   r"""Exact order statistics of each expert's :math:`|\tau_t|` within each leaf: {path: int64[N, E, 3]},
@@ -424,11 +437,12 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
 
   The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
   passes in which each expert's thresholds are those its E brackets propose together, every bracket
-  updated with every count (up to 7 thresholds per expert: one compiled program): first their
-  :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which settle most brackets of bf16 data),
-  then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and :meth:`_Bracket.proposals`; leaves whose
-  brackets are all done are not read again. A finished bracket [v, v + 1) has measured c(v) = #(>= v) and
-  c(v + 1) = #(> v).
+  updated with every count (up to 7 thresholds per expert, shared in turn among its open brackets: one
+  compiled program): first their :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which
+  settle most brackets of bf16 data), then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and
+  :meth:`_Bracket.proposals`, after ``PAIR_PASSES`` passes proposals alone (the bracket then shrinks
+  every pass); leaves whose brackets are all done are not read again. A finished bracket [v, v + 1) has
+  measured c(v) = #(>= v) and c(v + 1) = #(> v).
   """
   paths = [p for p in sizes if math.prod(sizes[p])]
   shapes = {p: tuple(sizes[p]) for p in paths}
@@ -448,20 +462,24 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
     todo = {key: b for key, b in brackets.items() if not b.done}
     if not todo:
       break
-    props: dict[tuple[str, int], set[int]] = {}
+    wishes: dict[tuple[str, int], list[list[int]]] = {}  # each open bracket's thresholds, most wanted first
     for (p, t, _), b in todo.items():
-      alone = sum((p, t, e) in todo for e in range(len(ranks[p]))) == 1
-      v = (b.pin_pair() + b.pin_neighbours() if pass_index == 0
-           else [b.lo + 1] + b.pair() + (b.proposals(3, first=pass_index == 1) if alone else []))  # lo + 1: is lo v?
-      props.setdefault((p, t), set()).update(x for x in v if b.lo < x < b.hi)
+      if pass_index == 0:
+        v = b.pin_pair() + b.pin_neighbours()
+      elif pass_index <= PAIR_PASSES:
+        v = [b.lo + 1] + b.pair() + b.proposals(3, first=pass_index == 1)  # lo + 1: is lo the value?
+      else:
+        v = b.proposals(width, first=False)  # bit-space splits: the bracket shrinks every pass
+      wishes.setdefault((p, t), []).append([x for x in v if b.lo < x < b.hi])
     table = {}
-    for p in {p for p, _ in props}:
+    for p in {p for p, _ in wishes}:
       rows = []
       for t in range(n_experts):
-        v = sorted(props.get((p, t), ()))[:width] or [brackets[p, t, 0].lo]
+        v = sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
         rows.append(v + [v[-1]] * (width - len(v)))
       table[p] = np.asarray(rows, np.int32)
-    hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1, lambda p: (table[p],) if p in table else None)
+    hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1,
+                               lambda p: (table[p],) if p in table else None)
     for p, h in hist.items():
       counts = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(|tau| >= t_j), as find_thresholds
       for t in range(n_experts):
