@@ -95,8 +95,8 @@ def _make_stats_fn(density: float, gamma: float):
       if p in flags:
         packed, lengths = flags[p]
         if np.any(np.asarray(lengths)[:-1] % 8):
-          raise ValueError(f"breadcrumbs: leaf '{p}' was measured in pieces of lengths {lengths.tolist()}, not "
-                           "multiples of 8 entries")
+          raise ValueError(f"leaf '{p}': its band statistics need pieces of multiples of 8 entries (but the "
+                           f"last), got lengths {np.asarray(lengths).tolist()}")
       nth = lambda t, e, m, p=p: selection.nth_set(flags[p][0][2 * t + e], m)  # noqa: E731
       edges = [selection.band_edges(numel[p], *band[p], st[t], functools.partial(nth, t)) for t in range(n_experts)]
       out[p] = {"edges": np.stack(edges)}
