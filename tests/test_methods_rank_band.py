@@ -53,9 +53,9 @@ def _assert_equal(got, want):
 
 
 def _flat_chunks(base, experts, method, **executor):
-  sink_src = PytreeSource(base, name="base")
-  return engine.merge_sources(sink_src, [PytreeSource(e, name=f"e{i}") for i, e in enumerate(experts)],
-                              PytreeSink(sink_src.paths, sink_src.treedef), method,
+  src = PytreeSource(base, name="base")
+  return engine.merge_sources(src, [PytreeSource(e, name=f"e{i}") for i, e in enumerate(experts)],
+                              PytreeSink(src.paths, src.treedef), method,
                               mesh=sharding.make_mesh(jax.devices()[:1]), executor=engine.FlatChunk(**executor))
 
 
