@@ -93,7 +93,8 @@ _DARE = ("dare_ties", {"drop_rate": 0.5, "density": 0.5, "scope": "tensor"})
 FLAT_METHODS = [(n, h, None) for n, h in METHODS[:4]] + [
     ("dare_ties", {"drop_rate": 0.0, "density": 0.5, "scope": "tensor"}, None),
     ("dare_linear", {"drop_rate": 0.5}, None),
-    (*_DARE, None), (*_DARE, 16)]
+    (*_DARE, None), (*_DARE, 16),
+    ("breadcrumbs", {"density": 0.6, "gamma": 0.1}, None), ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.05}, 16)]
 
 
 def _manifest(out):

@@ -175,8 +175,9 @@ class Traits:
     elementwise: the merged entry depends only on the inputs at that entry, per-leaf scalars in
       ``ctx`` and per-leaf statistics, so merging a leaf in flat chunks (or leaves concatenated, see
       ``position_keyed``) gives the whole-leaf result bit for bit.
-    position_keyed: randomness keyed by (leaf path, row, column): an engine that splits a leaf must
-      tell the kernel where each piece lies in the leaf, and concatenating leaves changes results.
+    position_keyed: results keyed by position in the leaf (DARE's randomness by (leaf path, row, column),
+      Breadcrumbs' ties at a band edge by flat position): an engine that splits a leaf must tell the
+      kernel where each piece lies in the leaf, and concatenating leaves changes results.
     lam_scales_task_vector: :math:`\theta = \theta_0 + \lambda\, g(\tau_1, \dots, \tau_N)` with
       :math:`g` independent of :math:`\lambda` (``lam``), so candidates differing only in ``lam`` can
       share :math:`g`.

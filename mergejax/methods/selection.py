@@ -11,6 +11,11 @@ host callback: a strided sample narrows each order statistic to a window of the 
 selected exactly (``np.partition``), a few linear passes in all; the mask itself is one fused XLA
 pass. Elsewhere a two-level radix select of 16-bit digits runs on the device (histograms; XLA sorts
 ~50x slower). Both give the same masks.
+
+A rank band is also a per-leaf statistic: its four :func:`in_band` edges (:func:`band_edges`, from
+order statistics and the position of the m-th entry equal to an edge value, :func:`nth_set` of
+:func:`pack_flags`' packed equality flags) make the mask elementwise, so a leaf can be masked in pieces
+that know where they lie (Breadcrumbs without rescale).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import concurrent.futures
 import functools
 import math
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -156,16 +162,55 @@ def rank_band(a: Array, lo: Array, hi: Array) -> Array:
   hi = jnp.asarray(hi, jnp.int32)
   values, firsts = _edges(bits, jnp.stack([jnp.clip(lo, 0, n - 1), jnp.clip(hi - 1, 0, n - 1)]), jnp.stack([lo, hi]),
                           from_top=False)
-  v_lo, v_hi = values[0], values[1]
-  eq_lo, eq_hi = bits == v_lo, bits == v_hi
-  # Entries equal to an edge value straddling the band: those at ranks below lo (the first lo - #(< v_lo)
-  # of them by position) are out, as are those at ranks hi and above (past the first hi - #(< v_hi)).
-  first_in, first_out = firsts[0], firsts[1]
-  pos = jax.lax.iota(jnp.int32, n)
-  above = (bits > v_lo) | (eq_lo & (pos >= first_in))
-  below = (bits < v_hi) | (eq_hi & (pos < first_out))
-  keep = above & below & (lo < n) & (hi > 0)
+  edges = jnp.stack([values[0], firsts[0].astype(jnp.uint32), values[1], firsts[1].astype(jnp.uint32)])
+  keep = in_band(bits, jax.lax.iota(jnp.uint32, n), edges) & (lo < n) & (hi > 0)
   return keep.reshape(shape)
+
+
+def in_band(bits: Array, pos: Array, edges: Array) -> Array:
+  """Elementwise: entries (uint32 patterns ``bits`` of values >= 0, at flat leaf positions ``pos``) inside
+  the band ``edges`` = uint32[4] (v_lo, first_in, v_hi, first_out) of :func:`rank_band`: above v_lo, or
+  equal to it from position first_in on, and below v_hi, or equal to it before position first_out
+  (among equal values the lower positions rank first, so a band edge may fall between them)."""
+  above = (bits > edges[0]) | ((bits == edges[0]) & (pos >= edges[1]))
+  below = (bits < edges[2]) | ((bits == edges[2]) & (pos < edges[3]))
+  return above & below
+
+
+def band_edges(n: int, lo: int, hi: int, stats_Ex3: np.ndarray, nth_equal: Callable[[int, int], int]) -> np.ndarray:
+  """uint32[4]: the :func:`in_band` edges of ranks [lo, hi) of an ``n``-entry leaf, from the order
+  statistics at ranks clip(lo) and clip(hi - 1) (rows (v, #below v, #equal v)) and ``nth_equal(e, m)``,
+  the flat position of the m-th (0-based) entry equal to v_e, asked only for 0 < m < #equal v_e.
+  An empty band keeps nothing."""
+  if not (lo < n and hi > lo and hi > 0):
+    return np.zeros(4, np.uint32)  # entries below 0 (none), or equal to 0 before position 0 (none)
+  edges = []
+  for e, target in enumerate((lo, hi)):
+    v, below, equal = (int(x) for x in stats_Ex3[e])
+    m = target - below  # the band edge falls after the m-th entry equal to v
+    edges += [v, 0 if m <= 0 else n if m >= equal else nth_equal(e, m)]
+  return np.asarray(edges, np.uint32)
+
+
+def pack_flags(flags_PxL: Array) -> Array:
+  """uint8[P, ceil(L / 8)]: ``np.packbits(flags, axis=1, bitorder="little")``, eight strided slices
+  shifted and added (one vectorized loop on XLA:CPU). Pieces of a leaf whose lengths are multiples of 8
+  (but the last) pack to the leaf's packed flags, concatenated."""
+  p, n = flags_PxL.shape
+  x = jnp.pad(flags_PxL.astype(jnp.uint8), ((0, 0), (0, -n % 8))).reshape(p, -1, 8)
+  return sum(x[:, :, k] << jnp.uint8(k) for k in range(8))
+
+
+def nth_set(packed: np.ndarray, m: int) -> int:
+  """The position of the m-th (0-based) set flag of :func:`pack_flags`' packed flags (``m`` below their
+  number): popcounts of 64-bit words, their running sum, one word unpacked."""
+  packed = np.asarray(packed, np.uint8).reshape(-1)
+  words = np.pad(packed, (0, -packed.size % 8)).view(np.uint64)
+  cum = np.cumsum(np.bitwise_count(words), dtype=np.int64)
+  w = int(np.searchsorted(cum, m, side="right"))
+  before = int(cum[w - 1]) if w else 0
+  bits = np.unpackbits(packed[8 * w:8 * w + 8], bitorder="little")
+  return 64 * w + int(np.flatnonzero(bits)[m - before])
 
 
 def top_k(a: Array, k: Array) -> Array:

@@ -112,6 +112,19 @@ def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> lis
   return [_fmix32(p + k) for k in ks]
 
 
+def leaf_positions(ctx: LeafContext, shape: tuple[int, ...]) -> Array:
+  """uint32 flat (row-major) position in its leaf of every entry of an array of ``shape``: the leaf
+  itself, or the piece of it ``ctx`` says (a row block, or a 1-D flat chunk; see
+  :meth:`~mergejax.methods.base.LeafContext.in_window`)."""
+  flat = jax.lax.iota(jnp.uint32, math.prod(shape))
+  window = ctx._window  # pylint: disable=protected-access
+  if window is not None:
+    d = window.row_len if window.row_len is not None else math.prod(shape[1:])
+    start = jnp.uint32(window.row_offset) * jnp.uint32(d)
+    flat = flat + (start + jnp.uint32(window.col_offset) if window.col_offset is not None else start)
+  return flat.reshape(shape)
+
+
 def dare_keep(hashes: Sequence[Array], drop_rate: Array) -> list[Array]:
   r"""DARE's keep masks :math:`1 - m_t`, :math:`m_t \sim \mathrm{Bernoulli}(p)` elementwise (Yu et al., 2024).
 

@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mergejax.methods import steps
+from mergejax.methods import kernels, steps
 from mergejax.methods.base import Array, LeafContext, LeafPass
 
 INF_PLUS_BITS = 0x7F800001  # one above +inf: c(INF_PLUS) = 0 for finite data
 SAMPLE_GLOBAL = 1 << 18  # sample size per expert for a model-wide threshold
 SAMPLE_TENSOR = 1 << 15  # sample size per expert and leaf for per-tensor thresholds
+SAMPLE_EDGES = 1 << 16  # sample size per expert and leaf of leaf_order_statistics (pins most bf16 edges in one pass)
 PAIR_PASSES = 6  # further two-threshold passes with the first count pass's compiled program
 
 
@@ -63,7 +64,26 @@ def _abs_bits(taus: Sequence[Array]) -> list[Array]:
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool):
   idx = tuple(slice(None, None, s) for s in strides)
-  return jnp.stack([a[idx] for a in _abs_task_vectors(base, experts, ctx, dare)])  # host flattens
+  taus = _abs_task_vectors(base, experts, ctx, dare)
+  return jnp.stack([_uneven_whole(a, strides)[idx] for a in taus])  # host flattens
+
+
+def _uneven_whole(a: Array, strides: tuple[int, ...]) -> Array:
+  """``a``, replicated (:func:`kernels.whole`) if a strided slice of one of its explicitly sharded axes would
+  not split evenly over that axis's devices (which explicit sharding refuses)."""
+  sharding = jax.typeof(a).sharding
+  mesh = sharding.mesh
+  if mesh.empty:
+    return a
+  explicit = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Explicit}
+  for ax, names in enumerate(sharding.spec):
+    names = () if names is None else names if isinstance(names, tuple) else (names,)
+    if not set(names) & explicit:
+      continue
+    devices = math.prod(mesh.shape[n] for n in names)
+    if -(-a.shape[ax] // strides[ax]) % devices:
+      return kernels.whole(a)
+  return a
 
 
 def _sample_host(base, experts, ctx, strides, *, f32):
@@ -145,10 +165,12 @@ class _Bracket:
     # The most likely answer: the sample's value at the target rank (the sign balance is computed
     # speculatively with it; see find_thresholds).
     self.guess = int(self.sample_bits[int(np.clip(round(k / n * m), 1, m)) - 1]) if m else 0
-    if sample_bits.size == n:  # the sample is the whole group: exact already
+    if sample_bits.size == n:  # the sample is the whole group: exact already, counts included
       self.lo = int(self.sample_bits[k - 1])
       self.hi = self.lo + 1
       self.guess = self.lo
+      self.c_lo = int(np.count_nonzero(sample_bits >= self.lo))
+      self.c_hi = int(np.count_nonzero(sample_bits > self.lo))
 
   def _rank_spread(self) -> tuple[float, float]:
     """(target rank in the sample, ~4 standard deviations of it + 2)."""
@@ -180,6 +202,22 @@ class _Bracket:
       pair = [below, above]
     pair = [p for p in pair if self.lo < p < self.hi]
     return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
+
+  def pin_neighbours(self) -> list[int]:
+    """For discrete data (the guess tied in the sample), the distinct sample value just above (below) the
+    guess's run of equal values, with the next float up, when the run ends within the sample's rank
+    uncertainty (:meth:`_rank_spread`) above (below) the target rank: the k-th largest is then often
+    that value. Empty otherwise (continuous data, or a run that surely holds the target)."""
+    if self.done or not self.sample_bits.size:
+      return []
+    asc, m = self.sample_bits[::-1], self.sample_bits.size
+    i, j = int(np.searchsorted(asc, self.guess, side="left")), int(np.searchsorted(asc, self.guess, side="right"))
+    if j - i < 2:
+      return []
+    r, delta = self._rank_spread()  # descending, 1-based; the run holds descending ranks m - j + 1 .. m - i
+    near = ([int(asc[j])] if j < m and r - (m - j + 1) < delta else [])
+    near += [int(asc[i - 1])] if i > 0 and (m - i) - r < delta else []
+    return [x for v in near for x in (v, v + 1) if self.lo < x < self.hi]
 
   def pair(self) -> list[int]:
     """Two thresholds for a further pass of the first count pass's program (no new compile).
@@ -377,3 +415,82 @@ def find_thresholds(
   if not all(b.lo == b.guess for b in brackets.values()):
     balance = None
   return out, balance
+
+
+def _share(wishes: Sequence[Sequence[int]], width: int) -> list[int]:
+  """Up to ``width`` distinct thresholds taken from the lists in turn (each list's first, then each
+  one's second, ...): every open bracket of an expert gets its most wanted thresholds counted."""
+  out: list[int] = []
+  for i in range(max((len(w) for w in wishes), default=0)):
+    for w in wishes:
+      if i < len(w) and w[i] not in out and len(out) < width:
+        out.append(w[i])
+  return out
+
+
+def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ...]], n_experts: int,
+                          ranks_of: Callable[[int], Sequence[int]], max_passes: int = 48) -> dict[str, np.ndarray]:
+  r"""Exact order statistics of each expert's :math:`|\tau_t|` within each leaf: {path: int64[N, E, 3]},
+  for each expert t and each ascending rank r of ``ranks_of(n)`` (E ranks in [0, n) for an n-entry leaf;
+  empty leaves are left out): the float32 bit pattern of v, the value at rank r, and the numbers of entries
+  below v and equal to it.
+
+  The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
+  passes in which each expert's thresholds are those its E brackets propose together, every bracket
+  updated with every count (up to 7 thresholds per expert, shared in turn among its open brackets: one
+  compiled program): first their :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which
+  settle most brackets of bf16 data), then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and
+  :meth:`_Bracket.proposals`, after ``PAIR_PASSES`` passes proposals alone (the bracket then shrinks
+  every pass); leaves whose brackets are all done are not read again. A finished bracket [v, v + 1) has
+  measured c(v) = #(>= v) and c(v + 1) = #(> v).
+  """
+  paths = [p for p in sizes if math.prod(sizes[p])]
+  shapes = {p: tuple(sizes[p]) for p in paths}
+  numel = {p: math.prod(shapes[p]) for p in paths}
+  strides = {p: _axis_strides(shapes[p], max(1, math.ceil(numel[p] / SAMPLE_EDGES))) for p in paths}
+  samples = leaf_pass(functools.partial(_sample_fn, dare=False), lambda p: (strides[p],) if p in strides else None,
+                      host=_sample_host)
+  ranks = {p: [int(r) for r in ranks_of(numel[p])] for p in paths}
+  brackets = {}
+  for p in paths:
+    for t in range(n_experts):
+      s = np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
+      for e, r in enumerate(ranks[p]):
+        brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], s)
+  width = 7  # thresholds per expert and pass: one compiled histogram program (3-bit levels)
+  for pass_index in range(max_passes):
+    todo = {key: b for key, b in brackets.items() if not b.done}
+    if not todo:
+      break
+    wishes: dict[tuple[str, int], list[list[int]]] = {}  # each open bracket's thresholds, most wanted first
+    for (p, t, _), b in todo.items():
+      if pass_index == 0:
+        v = b.pin_pair() + b.pin_neighbours()
+      elif pass_index <= PAIR_PASSES:
+        v = [b.lo + 1] + b.pair() + b.proposals(3, first=pass_index == 1)  # lo + 1: is lo the value?
+      else:
+        v = b.proposals(width, first=False)  # bit-space splits: the bracket shrinks every pass
+      wishes.setdefault((p, t), []).append([x for x in v if b.lo < x < b.hi])
+    table = {}
+    for p in {p for p, _ in wishes}:
+      rows = []
+      for t in range(n_experts):
+        v = sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
+        rows.append(v + [v[-1]] * (width - len(v)))
+      table[p] = np.asarray(rows, np.int32)
+    hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1,
+                               lambda p: (table[p],) if p in table else None)
+    for p, h in hist.items():
+      counts = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(|tau| >= t_j), as find_thresholds
+      for t in range(n_experts):
+        for e in range(len(ranks[p])):
+          if (p, t, e) in todo:
+            brackets[p, t, e].update(table[p][t].tolist(), [int(c) for c in counts[t]])
+  else:
+    raise RuntimeError("order statistics did not converge (non-finite task vectors?)")
+  out = {}
+  for p in paths:
+    rows = [[(b.lo, numel[p] - b.c_lo, b.c_lo - b.c_hi) for b in (brackets[p, t, e] for e in range(len(ranks[p])))]
+            for t in range(n_experts)]
+    out[p] = np.asarray(rows, np.int64).reshape(n_experts, len(ranks[p]), 3)
+  return out
