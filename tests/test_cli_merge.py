@@ -200,7 +200,8 @@ def test_bad_config_values(world, tmp_path):
 
 
 def test_sigkill_at_any_point_leaves_no_complete_output(tmp_path):
-  """Kill a running merge at several moments; the destination never appears, and a rerun succeeds."""
+  """Kill a running merge at several moments: the destination either does not exist or is the whole
+  output (a kill after the atomic rename that completes it), byte for byte; a rerun succeeds."""
   big = {f"model.layers.{i}.w": np.random.default_rng(i).standard_normal((256, 256)).astype(np.float32)
          for i in range(24)}
   base = write_hf(tmp_path / "b", big)
@@ -210,6 +211,12 @@ def test_sigkill_at_any_point_leaves_no_complete_output(tmp_path):
           f"--output={out}", f"--config={CONFIG}", "--config.method.name=ties", "--config.method.scope=global",
           "--config.memory_budget_gb=0.002", "--config.progress=False"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  ref = tmp_path / "ref"
+  r = subprocess.run([f"--output={ref}" if a == f"--output={out}" else a for a in args], env=env, cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  whole = {f.name: f.read_bytes() for f in ref.glob("*.safetensors")}
+  assert whole
   partial = tmp_path / ".out.mergejax-partial"
   for delay in (0.0, 0.3, 1.0):
     p = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -217,18 +224,17 @@ def test_sigkill_at_any_point_leaves_no_complete_output(tmp_path):
     while not partial.exists() and p.poll() is None and time.time() - t0 < 60:
       time.sleep(0.01)
     time.sleep(delay)
-    killed = p.poll() is None
     p.send_signal(signal.SIGKILL)
     p.wait()
-    if killed:
-      assert not out.exists(), f"complete-looking output after SIGKILL at +{delay}s"
-    else:  # the merge finished before the kill: its output is whole, and goes before the next try
-      assert (out / "mergejax_manifest.json").exists() and not partial.exists()
+    if out.exists():  # the merge had completed its output (renamed into place) before the kill
+      assert not partial.exists() and (out / "mergejax_manifest.json").exists(), f"partial output at +{delay}s"
+      assert {f.name: f.read_bytes() for f in out.glob("*.safetensors")} == whole, f"incomplete output at +{delay}s"
       shutil.rmtree(out)
   r = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr
   assert out.exists() and not partial.exists()
   assert (out / "mergejax_manifest.json").exists()
+  assert {f.name: f.read_bytes() for f in out.glob("*.safetensors")} == whole
 
 
 def test_inspect_tree_and_differences(world, tmp_path):
