@@ -24,7 +24,7 @@ import concurrent.futures
 import functools
 import math
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -232,6 +232,18 @@ def _host_workers() -> int:
   return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def _on_host_workers(work: Callable[[int, int], Any], n: int, block: int) -> list[Any]:
+  """``work(start, stop)`` over [0, ``n``) split at multiples of ``block`` into one contiguous part per
+  :func:`_host_workers` thread (fewer if there are fewer blocks): the parts' results, in order."""
+  blocks = -(-n // block)
+  workers = max(1, min(_host_workers(), blocks))
+  if workers == 1:
+    return [work(0, n)]
+  bounds = [min(n, blocks * i // workers * block) for i in range(workers + 1)]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return list(pool.map(work, bounds[:-1], bounds[1:]))
+
+
 def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out: np.ndarray | None = None) -> np.ndarray:
   """Ranks within the rows of order-preserving uint32 patterns (:func:`_ordered_bits`): with its column
   as the low word, each entry is one unsigned 64-bit key, distinct within its row, so an unstable
@@ -263,14 +275,7 @@ def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out:
       np.add(k.view(np.uint32)[:, low_word], row_offsets[:m], out=at, casting="unsafe")
       flat[r0 * n:(r0 + m) * n][at.reshape(-1)] = rank_values[:m * n]
 
-  blocks = -(-rows // step)
-  workers = min(_host_workers(), blocks)
-  if workers == 1:
-    rank_rows(0, rows)
-    return ranks
-  bounds = [min(rows, blocks * i // workers * step) for i in range(workers + 1)]
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    list(pool.map(rank_rows, bounds[:-1], bounds[1:]))
+  _on_host_workers(rank_rows, rows, step)
   return ranks
 
 
@@ -329,14 +334,7 @@ def _values_host(bits: np.ndarray, ranks: tuple[int, ...], block: int = 1 << 16)
         found[i].append(chunk[mask[:k]])
     return below, found
 
-  blocks = -(-n // block)
-  workers = min(_host_workers(), blocks)
-  bounds = [min(n, blocks * i // workers * block) for i in range(workers + 1)]
-  if workers == 1:
-    parts = [scan(0, n)]
-  else:
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      parts = list(pool.map(scan, bounds[:-1], bounds[1:]))
+  parts = _on_host_workers(scan, n, block)
   values = np.empty(len(ranks), np.uint32)
   for i, r in enumerate(ranks):
     below = sum(p[0][i] for p in parts)
