@@ -37,6 +37,7 @@ Array = jax.Array
 
 FOLD = 8  # entries summed per fold: 8 strided slices still fuse into one XLA:CPU loop, 16 do not
 FIELDS_PER_WORD = 4  # 8-bit counters per int32 word; each holds at most FOLD**2 = 64 after two folds
+NIBBLES_PER_WORD = 8  # 4-bit counters per code word (histograms): each holds at most FOLD = 8 after one fold
 # Fused indicator counting (:func:`pack_fields`): 3-bit counters, 10 to a uint32 word, folded 4 entries
 # at a time inside the pass that computes the indicators (each counter then holds at most 4).
 FIELD_FOLD = 4
@@ -111,27 +112,30 @@ def _sum_partials(x: Array, total_size: int, lead: int = 0) -> Array:
 @functools.partial(jax.jit, static_argnames=("n_groups", "n_fields", "total_size", "local"))
 def unpack_counts(words: tuple[Array, ...], *, n_groups: int, n_fields: int, total_size: int,
                   local: tuple[int, ...]) -> Array:
-  """Once-folded packed words -> int32[n_groups, n_fields, P] partial counts.
+  """Once-folded nibble words (:func:`_code_words`) -> int32[n_groups, n_fields, P] partial counts.
 
-  ``words`` holds, for each of ``n_groups`` groups in turn, the words of its ``n_fields`` byte
-  counters (each <= 8 after one fold). One more fold keeps bytes <= 64; then the bytes are spread
-  into 16-bit halves of two words and folded up to 3 more times (<= 8^5 = 32768 < 2^16), so that the
-  final (slow on XLA:CPU) reductions see at most 1/32768 of the leaf. After that fold the words are
-  stacked (1/64 of the leaf), and every group and word is a slice of the same arrays: one program
-  whose size does not grow with the group count (its compile stays short). ``total_size`` is the
-  leaf's entry count, for overflow-safe partials; ``local`` the words' per-device shape.
+  ``words`` holds, for each of ``n_groups`` groups in turn, the words of its ``n_fields`` 4-bit
+  counters (each <= 8 after one fold; counter k of word w is field 8w + k). The words are stacked
+  (1/8 of the leaf), so that every group and word is a slice of the same arrays: one program whose
+  size does not grow with the group count (its compile stays short). Even and odd nibbles are split
+  into bytes, one more fold keeps them <= 64; then the bytes are spread into 16-bit halves of two words
+  and folded up to 3 more times (<= 8^5 = 32768 < 2^16), so that the final (slow on XLA:CPU)
+  reductions see at most 1/32768 of the leaf. ``total_size`` is the leaf's entry count, for
+  overflow-safe partials; ``local`` the words' per-device shape.
   """
-  per_group = -(-n_fields // FIELDS_PER_WORD)
+  per_group = -(-n_fields // NIBBLES_PER_WORD)
   assert len(words) == n_groups * per_group, (len(words), n_groups, per_group)
-  folded = []
+  split = []  # each word's even and odd nibbles as bytes (<= 8), folded once more (<= 64)
   for word in words:
-    loc = list(local)
-    folded.append(_fold_all(word, loc, 1))  # ``loc``: the folded words' shape
-  w = jnp.stack(folded).reshape((n_groups, per_group) + folded[0].shape)
-  even = _fold_all(w & 0x00FF00FF, list(loc), 3, lead=2)  # bytes 0 and 2 as 16-bit fields
-  odd = _fold_all((w >> 8) & 0x00FF00FF, list(loc), 3, lead=2)  # bytes 1 and 3
-  fields = jnp.stack([even & 0xFFFF, odd & 0xFFFF, even >> 16, odd >> 16], axis=2)  # [G, W, 4, ...]
-  fields = fields.reshape((n_groups, -1) + fields.shape[3:])[:, :n_fields]
+    for parity in (0, 1):
+      loc = list(local)
+      split.append(_fold_map(lambda y, p=parity: (y >> (4 * p)) & 0x0F0F0F0F, word, loc))
+  x = jnp.stack(split).reshape((n_groups, per_group, 2) + split[0].shape)  # [G, W, parity p, ...]
+  even = _fold_all(x & 0x00FF00FF, list(loc), 3, lead=3)  # bytes 0 and 2 as 16-bit fields
+  odd = _fold_all((x >> 8) & 0x00FF00FF, list(loc), 3, lead=3)  # bytes 1 and 3
+  # byte b of parity p is nibble 2b + p: field 8w + 2b + p
+  fields = jnp.stack([even & 0xFFFF, odd & 0xFFFF, even >> 16, odd >> 16], axis=3)  # [G, W, p, b, ...]
+  fields = jnp.swapaxes(fields, 2, 3).reshape((n_groups, -1) + fields.shape[4:])[:, :n_fields]
   return _sum_partials(fields, total_size, lead=2)
 
 
@@ -164,12 +168,13 @@ def _group_values(codes: tuple[Array, ...], n_groups: int, bits: int) -> list[Ar
 
 @functools.partial(jax.jit, static_argnames=("n_groups", "bits", "n_buckets", "axis"))
 def _code_words(codes: tuple[Array, ...], *, n_groups: int, bits: int, n_buckets: int, axis: int) -> tuple[Array, ...]:
-  """One-hot byte counters: value b adds 1 to byte b % 4 of word b // 4 (one shift per word)."""
+  """One-hot 4-bit counters, folded once: value b adds 1 to nibble b % 8 of word b // 8 (one shift
+  per word; a histogram of 8 buckets is one word per group)."""
   words = []
   for v in _group_values(codes, n_groups, bits):
-    for w in range(-(-n_buckets // FIELDS_PER_WORD)):
+    for w in range(-(-n_buckets // NIBBLES_PER_WORD)):
       # shifts of 32 or more (and negative amounts, wrapped to huge unsigned ones) give 0 in XLA
-      shift = (v - jnp.uint32(FIELDS_PER_WORD * w)) * jnp.uint32(8)
+      shift = (v - jnp.uint32(NIBBLES_PER_WORD * w)) * jnp.uint32(4)
       words.append(fold8((jnp.uint32(1) << shift).astype(jnp.int32), axis))
   return tuple(words)
 
