@@ -14,6 +14,8 @@ and run near memory speed. So counting is done in two elementwise stages and one
 2. **fold**: runs of 8 consecutive entries along one axis are summed with elementwise adds of strided
    slices (:func:`fold8`), which XLA fuses into the producing loop, so the first stage writes 1/8 of
    the leaf per word; a second fold (in a separate executable, on the small array) makes it 1/64;
+   (Histograms of small integers pack tighter: value b of a group sets 4-bit counter ``b % 8`` of word
+   ``b // 8``, at most 8 after the first fold, and the nibbles are split into bytes before the next.)
 3. **unpack and reduce** the small array: each byte holds at most 64 < 256, so no counter overflows
    into its neighbour; bytes are summed in float32 along the last axis (exact: fewer than
    :math:`2^{24}` in every row sum) and then in int32.
