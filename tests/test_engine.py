@@ -107,11 +107,13 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
   """On one CPU device elementwise kernels (and their statistics passes) run on flat chunks (one compile
   for all shapes; DARE chunks told where they start in the leaf), DARE kernels on row blocks that know
   their first row when a row is too long for that: bit-identical to whole-leaf kernels, written to the
-  sink chunk by chunk. Chunks of 256 entries: full chunks, chunks across row ends, padded tails."""
+  sink chunk by chunk. Chunks of 256 entries: full chunks, chunks across row ends, padded tails; the merge
+  pass in pieces of 512 entries while a whole one remains, then of 256."""
   base_p, expert_ps, trees = world
   method = mergejax.methods.get(name, **hp)
   ref = mergejax.merge(trees[0] if method.traits.uses_base else None, trees[1:], method, seed=7)
-  executor = engine.FlatChunk(chunk=256, **({"max_flat_row": max_flat_row} if max_flat_row else {}))
+  executor = engine.FlatChunk(chunk=256, merge_chunk=512,
+                              **({"max_flat_row": max_flat_row} if max_flat_row else {}))
   out = engine.merge_sources(
       SafetensorsSource(base_p) if method.traits.uses_base else None, [SafetensorsSource(p) for p in expert_ps],
       SafetensorsSink(tmp_path / "out"), method, seed=7, mesh=sharding.make_mesh(jax.devices()[:1]),
@@ -121,6 +123,7 @@ def test_flat_chunked_merge_on_one_device_is_bitwise_identical(world, tmp_path, 
     np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
   ran = _manifest(out)["executor"]
   assert ran["name"] == "flat_chunk" and ran["chunk"] == 256 and ran["output"] == "spans"
+  assert ran["merge_chunk"] == 512
   assert ran["pieces"] == ("row_blocks" if max_flat_row == 16 else "chunks")
   assert ran["inputs"] == ("staged" if method.compute_stats is not None
                            else "aligned_windows" if ran["pieces"] == "chunks" else "host_views")

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -84,25 +85,27 @@ def fold8(x: Array, axis: int) -> Array:
   return fold_by(x, axis, FOLD)
 
 
-def _fold_all(x: Array, local: list[int], times: int) -> Array:
+def _fold_all(x: Array, local: list[int], times: int, lead: int = 0) -> Array:
   """Up to ``times`` more folds, each along the first axis whose per-device size (``local``, updated
-  in place) is still divisible by 8."""
+  in place) is still divisible by 8; ``local`` describes the axes after the first ``lead`` ones."""
   for _ in range(times):
-    axis = next((ax for ax in range(x.ndim) if local[ax] % FOLD == 0), None)
+    axis = next((ax for ax in range(len(local)) if local[ax] % FOLD == 0), None)
     if axis is None:
       break
-    x = fold8(x, axis)
+    x = fold8(x, lead + axis)
     local[axis] //= FOLD
   return x
 
 
-def _sum_partials(x: Array, total_size: int) -> Array:
-  """int32 partial sums of a non-negative int32 array whose total is at most ``total_size``."""
-  if x.ndim == 0:
-    return x[None]
+def _sum_partials(x: Array, total_size: int, lead: int = 0) -> Array:
+  """int32 partial sums, over the axes after the first ``lead``, of a non-negative int32 array whose
+  totals are at most ``total_size``: shape ``x.shape[:lead] + (P,)``."""
+  data = x.shape[lead:]
+  if not data:
+    return x[..., None]
   if total_size < 2**31:
-    return jnp.sum(x, dtype=jnp.int32)[None]
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=1, dtype=jnp.int32)  # per-first-axis partials
+    return jnp.sum(x, axis=tuple(range(lead, x.ndim)), dtype=jnp.int32)[..., None]
+  return jnp.sum(x, axis=tuple(range(lead + 1, x.ndim)), dtype=jnp.int32)  # per-first-axis partials
 
 
 @functools.partial(jax.jit, static_argnames=("n_groups", "n_fields", "total_size", "local"))
@@ -113,22 +116,23 @@ def unpack_counts(words: tuple[Array, ...], *, n_groups: int, n_fields: int, tot
   ``words`` holds, for each of ``n_groups`` groups in turn, the words of its ``n_fields`` byte
   counters (each <= 8 after one fold). One more fold keeps bytes <= 64; then the bytes are spread
   into 16-bit halves of two words and folded up to 3 more times (<= 8^5 = 32768 < 2^16), so that the
-  final (slow on XLA:CPU) reductions see at most 1/32768 of the leaf. ``total_size`` is the leaf's
-  entry count, for overflow-safe partials; ``local`` the words' per-device shape.
+  final (slow on XLA:CPU) reductions see at most 1/32768 of the leaf. After that fold the words are
+  stacked (1/64 of the leaf), and every group and word is a slice of the same arrays: one program
+  whose size does not grow with the group count (its compile stays short). ``total_size`` is the
+  leaf's entry count, for overflow-safe partials; ``local`` the words' per-device shape.
   """
   per_group = -(-n_fields // FIELDS_PER_WORD)
   assert len(words) == n_groups * per_group, (len(words), n_groups, per_group)
-  out = []
-  for g in range(n_groups):
-    fields = []
-    for w in words[g * per_group:(g + 1) * per_group]:
-      loc = list(local)
-      w = _fold_all(w, loc, 1)
-      even = _fold_all(w & 0x00FF00FF, list(loc), 3)  # bytes 0 and 2 as 16-bit fields
-      odd = _fold_all((w >> 8) & 0x00FF00FF, list(loc), 3)  # bytes 1 and 3
-      fields += [even & 0xFFFF, odd & 0xFFFF, even >> 16, odd >> 16]
-    out.append(jnp.stack([_sum_partials(f, total_size) for f in fields[:n_fields]]))
-  return jnp.stack(out)
+  folded = []
+  for word in words:
+    loc = list(local)
+    folded.append(_fold_all(word, loc, 1))  # ``loc``: the folded words' shape
+  w = jnp.stack(folded).reshape((n_groups, per_group) + folded[0].shape)
+  even = _fold_all(w & 0x00FF00FF, list(loc), 3, lead=2)  # bytes 0 and 2 as 16-bit fields
+  odd = _fold_all((w >> 8) & 0x00FF00FF, list(loc), 3, lead=2)  # bytes 1 and 3
+  fields = jnp.stack([even & 0xFFFF, odd & 0xFFFF, even >> 16, odd >> 16], axis=2)  # [G, W, 4, ...]
+  fields = fields.reshape((n_groups, -1) + fields.shape[3:])[:, :n_fields]
+  return _sum_partials(fields, total_size, lead=2)
 
 
 def code_dtype(bits: int):
@@ -262,42 +266,45 @@ def count_fields(words: tuple[Array, ...], *, n_fields: int, total_size: int, lo
   slices it adds (:func:`_fold_map`): XLA then fuses it into the fold's loop. ``total_size`` is the leaf's
   entry count (overflow-safe partials), ``local`` the words' per-device shape.
   """
-  fields = []
+  xs, loc = [], list(local)
   for w in words:
     for parity in (0, 1):
       def split(x, parity=parity):
         x = x.astype(jnp.uint32)
         return ((x >> jnp.uint32(FIELD_BITS * parity)) & jnp.uint32(_EVEN_FIELDS)).astype(jnp.int32)
       loc = list(local)
-      x = _fold_map(split, w, loc)  # 6-bit slots, <= 32 each
-      slots = []
-      for j in range(0, FIELDS_PER_WORD3 // 2, 2):
-        def halves(y, j=j):
-          lo = (y >> (2 * FIELD_BITS * j)) & 63
-          if j + 1 == FIELDS_PER_WORD3 // 2:
-            return lo
-          return lo | (((y >> (2 * FIELD_BITS * (j + 1))) & 63) << 16)
-        loc2 = list(loc)
-        h = _fold_all(_fold_map(halves, x, loc2), loc2, 2)  # 16-bit halves, <= 32 * 8^3 = 16384
-        slots += [h & 0xFFFF] + ([h >> 16] if j + 1 < FIELDS_PER_WORD3 // 2 else [])
-      fields.append(slots)  # counters parity, parity + 2, ..., parity + 8 of this word
-  out = []
-  for i in range(n_fields):
-    w, f = divmod(i, FIELDS_PER_WORD3)
-    out.append(_sum_partials(fields[2 * w + f % 2][f // 2], total_size))
-  return jnp.stack(out)
+      xs.append(_fold_map(split, w, loc))  # 6-bit slots, <= 32 each
+  # Every (word, parity) as one slice of a stack (1/8 of the leaf each): one program whose size does
+  # not grow with the number of words (its compile stays short).
+  x = jnp.stack(xs)
+  slots = []
+  for j in range(0, FIELDS_PER_WORD3 // 2, 2):
+    def halves(y, j=j):
+      lo = (y >> (2 * FIELD_BITS * j)) & 63
+      if j + 1 == FIELDS_PER_WORD3 // 2:
+        return lo
+      return lo | (((y >> (2 * FIELD_BITS * (j + 1))) & 63) << 16)
+    loc2 = list(loc)
+    h = _fold_all(_fold_map(halves, x, loc2, lead=1), loc2, 2, lead=1)  # 16-bit halves, <= 32 * 8^3 = 16384
+    slots += [h & 0xFFFF] + ([h >> 16] if j + 1 < FIELDS_PER_WORD3 // 2 else [])
+  slots = jnp.stack(slots, axis=1)  # [2 * words, 5, ...]: counters parity, parity + 2, ..., parity + 8
+  at = [divmod(i, FIELDS_PER_WORD3) for i in range(n_fields)]
+  fields = slots[np.asarray([2 * w + f % 2 for w, f in at]), np.asarray([f // 2 for _, f in at])]
+  return _sum_partials(fields, total_size, lead=1)
 
 
-def _fold_map(fn, x: Array, local: list[int]) -> Array:
+def _fold_map(fn, x: Array, local: list[int], lead: int = 0) -> Array:
   """:func:`fold8` of ``fn(x)`` along the first axis whose per-device size (``local``, updated in
-  place) is divisible by 8, with ``fn`` applied to each strided slice (so that it fuses into the
-  fold's loop rather than being materialized first); just ``fn(x)`` if there is no such axis."""
-  axis = next((ax for ax in range(x.ndim) if local[ax] % FOLD == 0), None)
+  place, of the axes after the first ``lead``) is divisible by 8, with ``fn`` applied to each strided
+  slice (so that it fuses into the fold's loop rather than being materialized first); just ``fn(x)``
+  if there is no such axis."""
+  axis = next((ax for ax in range(len(local)) if local[ax] % FOLD == 0), None)
   if axis is None:
     return fn(x)
+  local[axis] //= FOLD
+  axis += lead
   n = x.shape[axis]
   y = x.reshape(x.shape[:axis] + (n // FOLD, FOLD) + x.shape[axis + 1:])
-  local[axis] //= FOLD
   return sum(fn(jax.lax.index_in_dim(y, s, axis + 1, keepdims=False)) for s in range(FOLD))
 
 

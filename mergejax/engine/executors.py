@@ -243,10 +243,16 @@ def _kernel_fn(method: MergeMethod, check: Check) -> Callable[..., Any]:
   return functools.partial(kernel_checked, kernel=method.kernel, by_output=check is Check.OUTPUT)
 
 
-# Flat chunks of CHUNK entries (the last one zero-padded to CHUNK): ONE compiled kernel per (method,
+# Flat chunks of CHUNK entries (the last one zero-padded to CHUNK): one compiled program per (method,
 # dtype) serves every leaf shape. A padded tail costs at most one chunk's work per leaf (~1 ms), far less
-# than compiling a program for a second size (0.2-0.5 s on 2 cores).
+# than compiling a program for every leaf size (0.2-0.5 s each on 2 cores). The merge pass takes the
+# leaf in pieces of MERGE_CHUNK entries while a whole one remains, then CHUNK-entry pieces: a second
+# program, compiled beside the first, for 4x fewer dispatches, drains and writes (a 1B-parameter linear
+# merge's loop: 2.2 -> 1.6 s, docs/BENCHMARKS.md), where the model holds at least MIN_MERGE_PIECES of
+# them (below that, the second compile costs more than the dispatches it saves).
 CHUNK = 1 << 18
+MERGE_CHUNK = 4 * CHUNK
+MIN_MERGE_PIECES = 256
 
 
 class FlatChunk:
@@ -256,12 +262,18 @@ class FlatChunk:
     chunk: entries per chunk (and per statistics span).
     max_flat_row: position-keyed kernels get flat chunks only when every leaf's rows (the leaf seen as
       a (rows, D) matrix) are shorter than this, else row blocks of max(1, chunk // D) rows.
+    merge_chunk: entries per merge-pass piece while a whole one remains in the leaf (a multiple of
+      ``chunk``); the rest of the leaf goes in ``chunk``-entry pieces. Default: ``4 * chunk`` where the
+      model's float leaves hold at least :data:`MIN_MERGE_PIECES` such pieces, else ``chunk``.
   """
 
   name = "flat_chunk"
 
-  def __init__(self, chunk: int = CHUNK, max_flat_row: int = MAX_WINDOW_ROW):
+  def __init__(self, chunk: int = CHUNK, max_flat_row: int = MAX_WINDOW_ROW, merge_chunk: int | None = None):
     self.chunk = chunk
+    if merge_chunk is not None and (merge_chunk < chunk or merge_chunk % chunk):
+      raise ValueError(f"merge_chunk={merge_chunk} must be a multiple of chunk={chunk}")
+    self.merge_chunk = merge_chunk
     self.max_flat_row = min(max_flat_row, MAX_WINDOW_ROW)
 
   def start(self, job: Job, sink: Sink) -> None:
@@ -270,6 +282,10 @@ class FlatChunk:
     if not traits.elementwise:
       raise ValueError(f"{job.method.name} is not elementwise: it cannot be merged in flat chunks")
     self.positional = traits.position_keyed  # each chunk is told where it lies in its leaf
+    if self.merge_chunk is None:
+      big = 4 * self.chunk
+      enough = sum(s.size // big for s in job.float_specs) >= MIN_MERGE_PIECES
+      self.merge_chunk = big if enough else self.chunk
     short_rows = all(self.block_rows(s.shape)[1] < self.max_flat_row for s in job.float_specs)
     self.pieces = "chunks" if not self.positional or short_rows else "row_blocks"
     # Float leaves of sources that can map them are not read into jax.Arrays: without statistics
@@ -303,7 +319,8 @@ class FlatChunk:
   def describe(self) -> dict[str, Any]:
     inputs = ("aligned_windows" if self.aligned else "staged" if self.staged else "host_views" if self.views
               else "arrays")
-    return {"name": self.name, "pieces": self.pieces, "chunk": self.chunk, "inputs": inputs,
+    return {"name": self.name, "pieces": self.pieces, "chunk": self.chunk, "merge_chunk": self.merge_chunk,
+            "inputs": inputs,
             "output": "spans" if self.spans else "leaves"}
 
   # ------------------------------------------------------------------------------------- geometry
@@ -311,6 +328,13 @@ class FlatChunk:
   def chunks(self, n: int) -> list[tuple[int, int, int]]:
     """(start, stop, padded size) of the flat chunks of an ``n``-entry leaf."""
     return [(a, min(a + self.chunk, n), self.chunk) for a in range(0, n, self.chunk)]
+
+  def merge_pieces(self, n: int) -> list[tuple[int, int, int]]:
+    """(start, stop, padded size) of the merge pass's pieces of an ``n``-entry leaf: ``merge_chunk``
+    entries while a whole one remains, then :meth:`chunks` of the rest."""
+    big = n - n % self.merge_chunk
+    return ([(a, a + self.merge_chunk, self.merge_chunk) for a in range(0, big, self.merge_chunk)]
+            + [(big + a, big + b, size) for a, b, size in self.chunks(n - big)])
 
   def stat_spans(self, n: int) -> list[tuple[int, int]]:
     """(start, stop) of the flat spans statistics functions run on: ``chunk`` entries each and an
@@ -479,11 +503,10 @@ class FlatChunk:
   def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
     """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
     NaN/Inf check fused into the kernel, or (output checks) run on each merged chunk on the host."""
-    spans = self.chunks(spec.size)
+    spans = self.merge_pieces(spec.size)
     gens = [xla_cpu.aligned_pieces(m, lead, spans) for m, lead in windows]
     has_base = self.job.base is not None
-    fn = functools.partial(xla_cpu.kernel_aligned, kernel=self.job.method.kernel, fused=check is Check.INPUTS,
-                           size=self.chunk)
+    fn = functools.partial(xla_cpu.kernel_aligned, kernel=self.job.method.kernel, fused=check is Check.INPUTS)
 
     def pieces():
       for a, b, _ in spans:
@@ -502,7 +525,7 @@ class FlatChunk:
     runs, and chunk i-1's result is copied out (or written as a span) meanwhile."""
     pieces = ((a, b, (_piece(base, a, b, size), tuple(_piece(e, a, b, size) for e in experts),
                       self._chunk_context(ctx, spec.shape, a), stats))
-              for a, b, size in self.chunks(len(experts[0])))
+              for a, b, size in self.merge_pieces(len(experts[0])))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, len(experts[0]), out_dtype, write,
                          flagged=check is not Check.NONE, drainer=self.drainer)
 
@@ -538,17 +561,19 @@ class FlatChunk:
     with_base = job.base is not None
     pairs = {(np.dtype(sp.dtype), job.out_dtype[sp.path]) for sp in job.float_specs}
     if self.aligned:
-      for dt, odt in sorted(pairs, key=str):
-        x = jax.ShapeDtypeStruct((self.chunk + xla_cpu.ALIGN // dt.itemsize,), dt)
-        self.compiler.submit(("aligned", dt, odt), xla_cpu.kernel_aligned, x if with_base else None,
+      todo = {(size, np.dtype(sp.dtype), job.out_dtype[sp.path])
+              for sp in job.float_specs for *_, size in self.merge_pieces(sp.size)}
+      for size, dt, odt in sorted(todo, key=str):
+        x = jax.ShapeDtypeStruct((size + xla_cpu.ALIGN // dt.itemsize,), dt)
+        self.compiler.submit(("aligned", size, dt, odt), xla_cpu.kernel_aligned, x if with_base else None,
                              (x,) * job.n_experts, jax.ShapeDtypeStruct((len(job.sources),), np.int32), ctx, stats,
-                             kernel=kernel, out_dtype=odt, fused=check is Check.INPUTS, size=self.chunk)
+                             kernel=kernel, out_dtype=odt, fused=check is Check.INPUTS)
       self.compiler.wait_all("aligned")
       return
     fn = _kernel_fn(job.method, check)
     if self.pieces == "chunks":
       todo = {((size,), np.dtype(sp.dtype), job.out_dtype[sp.path])
-              for sp in job.float_specs for *_, size in self.chunks(sp.size)}
+              for sp in job.float_specs for *_, size in self.merge_pieces(sp.size)}
     else:
       todo = {((self.block_rows(sp.shape)[2], self.block_rows(sp.shape)[1]), np.dtype(sp.dtype), job.out_dtype[sp.path])
               for sp in job.float_specs}

@@ -27,8 +27,8 @@ def as_f32(x: np.ndarray) -> np.ndarray:
   return np.where(np.abs(x) < _TINY, np.float32(0), x)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "out_dtype", "fused", "size"))
-def kernel_aligned(base, experts, leads, ctx, stats, *, kernel, out_dtype, fused, size):
+@functools.partial(jax.jit, static_argnames=("kernel", "out_dtype", "fused"))
+def kernel_aligned(base, experts, leads, ctx, stats, *, kernel, out_dtype, fused):
   """The merged ``size``-entry chunk from aligned windows of the inputs: with ``fused`` also
   :func:`~mergejax.engine.nonfinite.kernel_checked`'s inputs-finite flag, else the chunk alone.
 
@@ -38,6 +38,7 @@ def kernel_aligned(base, experts, leads, ctx, stats, *, kernel, out_dtype, fused
   (Methods that propagate NaN/Inf are checked on their output chunks on the host instead: XLA:CPU
   computes a fused per-entry flag of the output in a second loop that recomputes the kernel.)
   """
+  size = experts[0].shape[0] - ALIGN // experts[0].dtype.itemsize
   cut = lambda x, i: jax.lax.dynamic_slice(x, (leads[i],), (size,))
   b = cut(base, 0) if base is not None else None
   o = 1 if base is not None else 0
