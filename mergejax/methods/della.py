@@ -33,12 +33,31 @@ _RESCALE = choice("rescale of the kept entries: 'l1' matches each task vector's 
 
 def _kernel(base, experts, ctx, stats, *, out_dtype, density, epsilon, rescale, sign, aggregate):
   del stats
-  taus = steps.task_vectors(base, experts)
   if density < 1.0:
-    hashes = steps.dare_hashes(ctx, tuple(taus[0].shape), len(taus))
-    taus = [sparsify.magprune(tau, h, density, epsilon, rescale) for tau, h in zip(taus, hashes)]
+    taus = _pruned_one_at_a_time(base, experts, ctx, density, epsilon, rescale)
+  else:
+    taus = steps.task_vectors(base, experts)
   merged = sparsify.aggregate(taus, ctx.weights, consensus=sign, aggregate_=aggregate)
   return (f32(base) + steps.rounded(ctx.lam * merged, merged)).astype(out_dtype)
+
+
+def _pruned_one_at_a_time(base, experts, ctx, density, epsilon, rescale):
+  """Each expert's MAGPRUNEd task vector. The experts' keep masks are found one after the other, each
+  made a value of its own (``optimization_barrier``) before the next expert's ranks begin: the leaf-sized
+  rank buffers (the host callback's patterns and ranks) of one expert are then free before the next's
+  are written, so one whole-leaf program holds a smaller workspace (fewer fresh pages to fault in);
+  the values are those of the experts pruned side by side."""
+  hashes = steps.dare_hashes(ctx, tuple(base.shape), len(experts))
+  found, done = [], None
+  for expert, h in zip(experts, hashes):
+    if done is not None:
+      done, expert = jax.lax.optimization_barrier((done, expert))
+    keep, p = sparsify.magprune_keep(steps.task_vectors(base, [expert])[0], h, density, epsilon)
+    keep, p = jax.lax.optimization_barrier((keep, p if rescale == "inverse_prob" else None))
+    found.append((keep, p))
+    done = keep
+  return [sparsify.magprune_rescale(tau, keep, p, rescale)
+          for tau, (keep, p) in zip(steps.task_vectors(base, experts), found)]
 
 
 _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel),

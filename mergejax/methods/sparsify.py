@@ -2,9 +2,9 @@ r"""Per-leaf sparsifiers of one task vector and the task-arithmetic aggregation 
 
 * :func:`breadcrumbs` (Model Breadcrumbs, Davari & Belilovsky, 2023, arXiv 2312.06795): drop the
   largest ``gamma`` fraction of :math:`|\tau|` (outliers) and the smallest entries, keeping ``density``.
-* :func:`magprune` (DELLA's MAGPRUNE, Deep et al., 2024, arXiv 2406.11617): keep each entry with a
-  probability that grows linearly with its magnitude rank in its row, from density - epsilon to
-  density + epsilon, then rescale.
+* :func:`magprune_keep`, :func:`magprune_rescale` (DELLA's MAGPRUNE, Deep et al., 2024, arXiv
+  2406.11617): keep each entry with a probability that grows linearly with its magnitude rank in its row,
+  from density - epsilon to density + epsilon, then rescale.
 * :func:`aggregate`: mergekit's generalized task arithmetic over the sparsified task vectors (weights,
   optional TIES sign consensus, sum or normalized mean).
 
@@ -52,13 +52,16 @@ def magprune_keep_prob(tau: Array, density: float, epsilon: float) -> Array:
   return jnp.float32(density - epsilon) + rank_norm * jnp.float32(2 * epsilon)
 
 
-def magprune(tau: Array, hash_: Array, density: float, epsilon: float, rescale: str) -> Array:
-  """DELLA's MAGPRUNE of one task vector with the uniform draws of ``hash_`` (see
-  :func:`mergejax.methods.steps.dare_keep`): entry kept iff its draw u >= 1 - p."""
-  if density >= 1.0:
-    return tau
+def magprune_keep(tau: Array, hash_: Array, density: float, epsilon: float) -> tuple[Array, Array]:
+  """(keep mask, keep probability p) of DELLA's MAGPRUNE of one task vector with the uniform draws of
+  ``hash_`` (see :func:`mergejax.methods.steps.dare_keep`): entry kept iff its draw u >= 1 - p."""
   p = magprune_keep_prob(tau, density, epsilon)
-  keep = steps.dare_keep([hash_], 1.0 - p)[0]
+  return steps.dare_keep([hash_], 1.0 - p)[0], p
+
+
+def magprune_rescale(tau: Array, keep: Array, p: Array, rescale: str) -> Array:
+  """``tau`` where ``keep``, rescaled: ``"l1"`` (:func:`~mergejax.methods.selection.l1_rescale`),
+  ``"inverse_prob"`` (divided by ``p``) or ``"none"``."""
   out = jnp.where(keep, tau, 0.0)
   if rescale == "l1":
     return selection.l1_rescale(out, tau)
