@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import mmap
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
@@ -110,6 +111,15 @@ class SpanSink(abc.ABC):
   @abc.abstractmethod
   def mark_written(self, path: str) -> None:
     """Records leaf ``path`` as complete (every span written)."""
+
+
+def private_memory(nbytes: int) -> mmap.mmap:
+  """``nbytes`` of fresh, page-aligned, zeroed memory of this process alone (a private anonymous map),
+  for large host buffers that kernels read in place. Private memory is faulted in at about half the
+  cost of the shared memory that ``mmap.mmap(-1, n)`` maps (shmem), and never as transparent huge
+  pages unless asked for (see :func:`mergejax.engine.xla_cpu.StagingBuffers`)."""
+  flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+  return mmap.mmap(-1, max(nbytes, 1), flags=flags) if flags else mmap.mmap(-1, max(nbytes, 1))
 
 
 def array_from_host(shape: tuple[int, ...], dtype: Any, sharding: Any,

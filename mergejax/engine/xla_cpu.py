@@ -13,6 +13,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from mergejax.checkpoints.base import private_memory
 from mergejax.engine.nonfinite import kernel_checked
 from mergejax.engine.output import kernel_output
 
@@ -90,7 +91,7 @@ class StagingBuffers:
     """A page-aligned uint8 array of ``nbytes`` (carve pieces at multiples of ``ALIGN``): from a free
     slab, else from a new one (from a one-off map if ``nbytes`` exceeds the capacity)."""
     if nbytes > self.capacity:
-      return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.uint8, count=nbytes)
+      return np.frombuffer(private_memory(nbytes), np.uint8, count=nbytes)
     deadline = time.monotonic() + self.wait_s
     while True:
       for i in range(len(self.slabs)):
@@ -101,7 +102,7 @@ class StagingBuffers:
       if len(self.slabs) < self.keep or time.monotonic() > deadline:
         break
       time.sleep(0.002)
-    self.slabs.append(mmap.mmap(-1, max(self.capacity, 1)))
+    self.slabs.append(private_memory(self.capacity))
     return np.frombuffer(self.slabs[-1], np.uint8, count=nbytes)
 
   def clear(self) -> None:
