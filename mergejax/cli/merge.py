@@ -32,7 +32,7 @@ from mergejax import cli, engine, methods, sharding, tree
 from mergejax.checkpoints import output as output_lib
 from mergejax.cli import common
 from mergejax.configs import merge as default_config
-from mergejax.engine import xla_cpu
+from mergejax.engine import host, xla_cpu
 
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (orbax dir, safetensors file or HF dir).")
 _EXPERTS = flags.DEFINE_list("experts", None, "Comma-separated expert checkpoints (for paths with commas use "
@@ -221,6 +221,7 @@ def main(argv: Sequence[str]) -> None:
     if not _OUTPUT.value:
       raise ValueError("--output is required")
     xla_cpu.prefer_wide_vectors()
+    host.reuse_freed_memory()
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
     out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,
