@@ -25,6 +25,29 @@ def test_every_builtin_declares_traits_and_a_schema_that_builds_it():
       assert hp.doc and hp.check(hp.default) == hp.default, (name, hp)
 
 
+def test_declared_statistics_structure_is_what_compute_stats_returns():
+  """A method's ``stats_like`` (which lets an engine compile the merge kernel before the statistics are
+  measured) has the structure, shapes and dtypes of every leaf's statistics."""
+  from tests.test_methods_counting import ArrayPass  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  shapes = {"a": (16, 8), "b": (24,)}
+  base = {p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()}
+  declared = 0
+  for name in methods.names():
+    schema = methods.schema(name)
+    m = methods.get(name, **{hp.name: hp.default for hp in schema})
+    if m.stats_like is None:
+      continue
+    n = m.traits.max_experts or 3
+    experts = [{p: v + rng.normal(size=v.shape).astype(np.float32) for p, v in base.items()} for _ in range(n)]
+    got = m.compute_stats(ArrayPass(base, experts, m.context(n, 0, "x")), n, shapes)
+    want = jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), m.stats_like(n, True))
+    for p in shapes:
+      assert jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), got[p]) == want, (name, p)
+    declared += 1
+  assert declared >= 5  # slerp, nuslerp, multislerp, karcher, model_stock
+
+
 @pytest.mark.parametrize("name,hp,stochastic,position_keyed", [
     ("average", {}, False, False), ("task_arithmetic", {}, False, False), ("ties", {}, False, False),
     ("dare_linear", {"drop_rate": 0.5}, True, True), ("dare_linear", {"drop_rate": 0.0}, False, False),

@@ -315,6 +315,11 @@ class FlatChunk:
         x = jax.ShapeDtypeStruct((size,), dt)
         self.compiler.submit(("finite", size, dt), all_finite, x if job.base is not None else None,
                              (x,) * job.n_experts)
+    if job.method.compute_stats is not None and job.method.stats_like is not None and job.float_specs:
+      # Every leaf's statistics have a known structure: the merge programs compile while they are
+      # measured (inputs checked by the statistics passes, so the merge pass runs unchecked).
+      self._submit_merge(job.float_specs[0], job.method.stats_like(job.n_experts, job.base is not None),
+                         Check.NONE)
 
   def describe(self) -> dict[str, Any]:
     inputs = ("aligned_windows" if self.aligned else "staged" if self.staged else "host_views" if self.views
@@ -556,6 +561,12 @@ class FlatChunk:
     """Compiles the one or few programs the merge pass runs (every chunk size, dtype pair, block
     shape), with the first leaf's ctx/stats structure, and waits for them."""
     self.compiled = True
+    kind = self._submit_merge(first, stats, check)
+    self.compiler.wait_all(kind)
+
+  def _submit_merge(self, first: LeafSpec, stats: Any, check: Check) -> str:
+    """Starts compiling :meth:`_precompile`'s programs (``stats``: arrays or ``jax.ShapeDtypeStruct``);
+    returns the kind of compile to wait for."""
     job, kernel = self.job, self.job.method.kernel
     ctx = self._chunk_context(job.context(first.path), first.shape, 0)
     with_base = job.base is not None
@@ -565,11 +576,10 @@ class FlatChunk:
               for sp in job.float_specs for *_, size in self.merge_pieces(sp.size)}
       for size, dt, odt in sorted(todo, key=str):
         x = jax.ShapeDtypeStruct((size + xla_cpu.ALIGN // dt.itemsize,), dt)
-        self.compiler.submit(("aligned", size, dt, odt), xla_cpu.kernel_aligned, x if with_base else None,
+        self.compiler.submit(("aligned", size, dt, odt, check), xla_cpu.kernel_aligned, x if with_base else None,
                              (x,) * job.n_experts, jax.ShapeDtypeStruct((len(job.sources),), np.int32), ctx, stats,
                              kernel=kernel, out_dtype=odt, fused=check is Check.INPUTS)
-      self.compiler.wait_all("aligned")
-      return
+      return "aligned"
     fn = _kernel_fn(job.method, check)
     if self.pieces == "chunks":
       todo = {((size,), np.dtype(sp.dtype), job.out_dtype[sp.path])
@@ -580,9 +590,9 @@ class FlatChunk:
       ctx = ctx.in_window(0)
     for shape, dt, odt in sorted(todo, key=str):
       x = jax.ShapeDtypeStruct(shape, dt)
-      self.compiler.submit(("pieces", shape, dt, odt), fn, x if with_base else None, (x,) * job.n_experts, ctx,
-                           stats, out_dtype=odt)
-    self.compiler.wait_all("pieces")
+      self.compiler.submit(("pieces", shape, dt, odt, check), fn, x if with_base else None, (x,) * job.n_experts,
+                           ctx, stats, out_dtype=odt)
+    return "pieces"
 
   def close(self) -> None:
     self.compiler.close()

@@ -215,6 +215,9 @@ class MergeMethod:
     leaf_hparams: None, or ``leaf_hparams(path) -> {name: value}``: per-leaf values of the
       hyperparameters that reach kernels through ``ctx`` (``lam``, ``weights``), e.g. per-layer
       gradients or tensor-name filters; see :meth:`with_leaf_hparams`.
+    stats_like: None, or ``stats_like(n_experts, has_base)``: one leaf's statistics as
+      ``jax.ShapeDtypeStruct`` leaves, where every leaf's statistics have that structure (an engine may
+      then compile the merge kernel while the statistics are measured).
   """
 
   name: str
@@ -228,6 +231,7 @@ class MergeMethod:
   weights: tuple[float, ...] | None = None
   reference: str = ""
   leaf_hparams: Callable[[str], Mapping[str, Any]] | None = None
+  stats_like: Callable[[int, bool], Any] | None = None
 
   def context(self, n_experts: int, seed: int, path: str) -> LeafContext:
     """The kernel's :class:`LeafContext` for leaf ``path``: seed, path hash (DARE's keys) and this

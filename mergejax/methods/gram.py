@@ -68,6 +68,18 @@ def gram_stats(mode: str) -> Callable[[LeafPass, int, dict[str, tuple[int, ...]]
   return compute_stats
 
 
+def gram_like(mode: str) -> Callable[[int, bool], dict[str, jax.ShapeDtypeStruct]]:
+  """``stats_like`` of :func:`gram_stats`: ``{"gram": float32[N, N]}`` for the N vectors of ``mode``."""
+  if mode not in MODES:
+    raise ValueError(f"gram statistics of {mode!r}: one of {list(MODES)}")
+
+  def stats_like(n_experts: int, has_base: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    n = n_experts + int(has_base and mode == "inputs")
+    return {"gram": jax.ShapeDtypeStruct((n, n), jnp.float32)}
+
+  return stats_like
+
+
 def norms(gram: Array) -> Array:
   """float32[N]: the vectors' norms, from their Gram matrix."""
   return jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))

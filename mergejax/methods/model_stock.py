@@ -98,6 +98,7 @@ def model_stock(filter_wise: bool = False) -> MergeMethod:
                      traits=Traits(uses_base=True, elementwise=not filter_wise, min_experts=2),
                      kernel=kernels.bind(_jit_stock_rows) if filter_wise else kernels.bind(_stock_kernel),
                      compute_stats=None if filter_wise else gram_lib.gram_stats("task_vectors"),
+                     stats_like=None if filter_wise else gram_lib.gram_like("task_vectors"),
                      local_stats=not filter_wise,
                      reference="Jang, Yun & Han, ECCV 2024, arXiv 2403.19522")
 

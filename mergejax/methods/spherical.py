@@ -177,6 +177,8 @@ def karcher_coefficients(gram: Array, alphas: Array, *, max_iter: int, tol: floa
 
 _INPUTS_GRAM = gram_lib.gram_stats("inputs")
 _TASK_GRAM = gram_lib.gram_stats("task_vectors")
+_INPUTS_GRAM_LIKE = gram_lib.gram_like("inputs")
+_TASK_GRAM_LIKE = gram_lib.gram_like("task_vectors")
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "t"))
@@ -199,7 +201,8 @@ def slerp(t: float = 0.5) -> MergeMethod:
   """
   return MergeMethod(name="slerp", hparams={"t": t},
                      traits=Traits(uses_base=True, elementwise=True, min_experts=1, max_experts=1),
-                     kernel=kernels.bind(_slerp_kernel, t=t), compute_stats=_INPUTS_GRAM, local_stats=True,
+                     kernel=kernels.bind(_slerp_kernel, t=t), compute_stats=_INPUTS_GRAM, stats_like=_INPUTS_GRAM_LIKE,
+                     local_stats=True,
                      reference="Shoemake 1985; mergekit slerp (arXiv 2403.13257)")
 
 
@@ -249,6 +252,7 @@ def nuslerp(weights: Sequence[float] | None = None, nuslerp_flatten: bool = True
                      kernel=(kernels.bind(_nuslerp_kernel) if nuslerp_flatten else
                              kernels.bind(_nuslerp_rows_kernel, flatten=False, row_wise=nuslerp_row_wise)),
                      compute_stats=_TASK_GRAM if nuslerp_flatten else None, local_stats=nuslerp_flatten,
+                     stats_like=_TASK_GRAM_LIKE if nuslerp_flatten else None,
                      weights=weights, reference="mergekit nuslerp (arXiv 2403.13257)")
 
 
@@ -273,7 +277,7 @@ def multislerp(weights: Sequence[float] | None = None, normalize_weights: bool =
                      hparams={"weights": weights, "normalize_weights": normalize_weights, "eps": eps},
                      traits=Traits(uses_base=False, base_is_origin=True, elementwise=True),
                      kernel=kernels.bind(_multislerp_kernel, normalize_weights=normalize_weights, eps=eps),
-                     compute_stats=_TASK_GRAM, local_stats=True,
+                     compute_stats=_TASK_GRAM, stats_like=_TASK_GRAM_LIKE, local_stats=True,
                      weights=weights, reference="mergekit multislerp (goddard.blog, 2025)")
 
 
@@ -300,5 +304,5 @@ def karcher(max_iter: int = 10, tol: float = 1e-5, weights: Sequence[float] | No
   return MergeMethod(name="karcher", hparams={"max_iter": max_iter, "tol": tol, "weights": weights},
                      traits=Traits(uses_base=False, elementwise=True),
                      kernel=kernels.bind(_karcher_kernel, max_iter=max_iter, tol=tol), compute_stats=_INPUTS_GRAM,
-                     local_stats=True,
+                     stats_like=_INPUTS_GRAM_LIKE, local_stats=True,
                      weights=weights, reference="Karcher 1977; mergekit karcher (arXiv 2603.04972)")
