@@ -181,6 +181,14 @@ def compilation_cache_dir(cfg: config_dict.ConfigDict) -> str | None:
   return None if d.strip().lower() in ("", "none", "off") else os.path.expanduser(d)
 
 
+def prepare_process() -> None:
+  """What a merge command (``mergejax-merge``, ``mergejax-yaml``) sets before JAX's backend starts: XLA:CPU's
+  vector width (:func:`~mergejax.engine.xla_cpu.prefer_wide_vectors`) and glibc's reuse of freed memory
+  (:func:`~mergejax.engine.host.reuse_freed_memory`), both for this process alone."""
+  xla_cpu.prefer_wide_vectors()
+  host.reuse_freed_memory()
+
+
 def enable_compilation_cache(directory: str | None) -> None:
   """Turns on JAX's persistent compilation cache in ``directory`` for every kernel, however quick."""
   if directory is None:
@@ -220,8 +228,7 @@ def main(argv: Sequence[str]) -> None:
       raise ValueError("no experts: give --experts (comma-separated), --expert (repeatable) or --experts_file")
     if not _OUTPUT.value:
       raise ValueError("--output is required")
-    xla_cpu.prefer_wide_vectors()
-    host.reuse_freed_memory()
+    prepare_process()
     common.maybe_initialize_distributed()
     enable_compilation_cache(compilation_cache_dir(_CONFIG.value))
     out = merge_checkpoints(_BASE.value, experts, _OUTPUT.value, _CONFIG.value,

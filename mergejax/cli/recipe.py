@@ -77,9 +77,7 @@ def main(argv: Sequence[str]) -> None:
       print("\n".join(describe(pl)))
       return
     from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
-    from mergejax.engine import host, xla_cpu  # pylint: disable=g-import-not-at-top
-    xla_cpu.prefer_wide_vectors()
-    host.reuse_freed_memory()
+    merge_cli.prepare_process()
     merge_cli.enable_compilation_cache(merge_cli.compilation_cache_dir({"compilation_cache_dir": _CACHE.value}))
     seed = _SEED.value if _SEED.value is not None else int(pl.recipe.options.get("seed", 0))
     try:

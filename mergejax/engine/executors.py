@@ -247,11 +247,11 @@ def _kernel_fn(method: MergeMethod, check: Check) -> Callable[..., Any]:
 # dtype) serves every leaf shape. A padded tail costs at most one chunk's work per leaf (~1 ms), far less
 # than compiling a program for every leaf size (0.2-0.5 s each on 2 cores). The merge pass takes the
 # leaf in pieces of MERGE_CHUNK entries while a whole one remains, then CHUNK-entry pieces: a second
-# program, compiled beside the first, for 4x fewer dispatches, drains and writes (a 1B-parameter linear
-# merge's loop: 2.2 -> 1.6 s, docs/BENCHMARKS.md), where the model holds at least MIN_MERGE_PIECES of
-# them (below that, the second compile costs more than the dispatches it saves).
+# program, compiled beside the first, for MERGE_CHUNKS times fewer dispatches, drains and writes (a
+# 1B-parameter linear merge's loop: 2.2 -> 1.5 s, docs/BENCHMARKS.md), where the model holds at least
+# MIN_MERGE_PIECES of them (below that, the second compile costs more than the dispatches it saves).
 CHUNK = 1 << 18
-MERGE_CHUNK = 4 * CHUNK
+MERGE_CHUNKS = 4  # chunks per merge-pass piece
 MIN_MERGE_PIECES = 256
 
 
@@ -263,8 +263,8 @@ class FlatChunk:
     max_flat_row: position-keyed kernels get flat chunks only when every leaf's rows (the leaf seen as
       a (rows, D) matrix) are shorter than this, else row blocks of max(1, chunk // D) rows.
     merge_chunk: entries per merge-pass piece while a whole one remains in the leaf (a multiple of
-      ``chunk``); the rest of the leaf goes in ``chunk``-entry pieces. Default: ``4 * chunk`` where the
-      model's float leaves hold at least :data:`MIN_MERGE_PIECES` such pieces, else ``chunk``.
+      ``chunk``); the rest of the leaf goes in ``chunk``-entry pieces. Default: ``MERGE_CHUNKS * chunk``
+      where the model's float leaves hold at least :data:`MIN_MERGE_PIECES` such pieces, else ``chunk``.
   """
 
   name = "flat_chunk"
@@ -283,7 +283,7 @@ class FlatChunk:
       raise ValueError(f"{job.method.name} is not elementwise: it cannot be merged in flat chunks")
     self.positional = traits.position_keyed  # each chunk is told where it lies in its leaf
     if self.merge_chunk is None:
-      big = 4 * self.chunk
+      big = MERGE_CHUNKS * self.chunk
       enough = sum(s.size // big for s in job.float_specs) >= MIN_MERGE_PIECES
       self.merge_chunk = big if enough else self.chunk
     short_rows = all(self.block_rows(s.shape)[1] < self.max_flat_row for s in job.float_specs)
@@ -570,7 +570,6 @@ class FlatChunk:
     job, kernel = self.job, self.job.method.kernel
     ctx = self._chunk_context(job.context(first.path), first.shape, 0)
     with_base = job.base is not None
-    pairs = {(np.dtype(sp.dtype), job.out_dtype[sp.path]) for sp in job.float_specs}
     if self.aligned:
       todo = {(size, np.dtype(sp.dtype), job.out_dtype[sp.path])
               for sp in job.float_specs for *_, size in self.merge_pieces(sp.size)}
@@ -585,8 +584,10 @@ class FlatChunk:
       todo = {((size,), np.dtype(sp.dtype), job.out_dtype[sp.path])
               for sp in job.float_specs for *_, size in self.merge_pieces(sp.size)}
     else:
-      todo = {((self.block_rows(sp.shape)[2], self.block_rows(sp.shape)[1]), np.dtype(sp.dtype), job.out_dtype[sp.path])
-              for sp in job.float_specs}
+      todo = set()
+      for sp in job.float_specs:
+        _, d, r = self.block_rows(sp.shape)
+        todo.add(((r, d), np.dtype(sp.dtype), job.out_dtype[sp.path]))
       ctx = ctx.in_window(0)
     for shape, dt, odt in sorted(todo, key=str):
       x = jax.ShapeDtypeStruct(shape, dt)

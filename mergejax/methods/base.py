@@ -74,6 +74,11 @@ class LeafContext:
   dare_words: Array | None = None
   _window: Window | None = None
 
+  @property
+  def window(self) -> Window | None:
+    """Where the piece this context is for lies in its leaf (:meth:`in_window`); None for a whole leaf."""
+    return self._window
+
   def in_window(self, row_offset: int, col_offset: int | None = None, row_len: int | None = None) -> LeafContext:
     """This context for a piece of the leaf: row blocks starting at row ``row_offset``, or (with
     ``row_len`` D) the 1-D flat chunk whose first entry is at (``row_offset``, ``col_offset``) of the

@@ -103,7 +103,7 @@ def dare_hashes(ctx: LeafContext, shape: tuple[int, ...], n_experts: int) -> lis
   """
   words = ctx.dare_words
   p0, p1, ks = words[0], words[1], [words[2 + t] for t in range(n_experts)]
-  window = ctx._window  # pylint: disable=protected-access
+  window = ctx.window
   if window is not None and window.row_len is not None:  # a 1-D flat chunk of the leaf
     p = _flat_position_hash(p0, p1, math.prod(shape), window.row_offset, window.col_offset, window.row_len)
     p = p.reshape(shape)
@@ -117,7 +117,7 @@ def leaf_positions(ctx: LeafContext, shape: tuple[int, ...]) -> Array:
   itself, or the piece of it ``ctx`` says (a row block, or a 1-D flat chunk; see
   :meth:`~mergejax.methods.base.LeafContext.in_window`)."""
   flat = jax.lax.iota(jnp.uint32, math.prod(shape))
-  window = ctx._window  # pylint: disable=protected-access
+  window = ctx.window
   if window is not None:
     d = window.row_len if window.row_len is not None else math.prod(shape[1:])
     start = jnp.uint32(window.row_offset) * jnp.uint32(d)

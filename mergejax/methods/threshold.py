@@ -374,13 +374,8 @@ def find_thresholds(
       # needs, rounded to 3 or 7 (1 or 2 packed count words) so kernels compile at most twice per shape.
       need = max(len(v) for v in props.values())
       width = next((w for w in (3, 7) if need <= w), thresholds_per_pass)
-    table = {}
-    for g in groups:
-      rows = []
-      for t in range(n_experts):
-        v = props.get((g, t), [brackets[g, t].lo])
-        rows.append(v + [v[-1]] * (width - len(v)))
-      table[g] = np.asarray(rows, np.int32)
+    table = {g: _threshold_table([props.get((g, t), [brackets[g, t].lo]) for t in range(n_experts)], width)
+             for g in groups}
     busy = {g for g, _ in todo}  # leaves whose groups are all exact already are not read
     if pass_index == 0 or pair_pass:
       n_ind = 2 * n_experts + (2 if sign is not None else 0)
@@ -394,8 +389,7 @@ def find_thresholds(
     else:
       hist = leaf_pass.histogram(_buckets(dare=dare), n_experts, width + 1,
                                  lambda p: (table[group_of[p]],) if group_of[p] in busy else None)
-      # #(|tau| >= t_j) = #(bucket >= j + 1): reversed cumulative sums of the histogram.
-      counts = {p: np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:] for p, h in hist.items()}
+      counts = {p: _counts_at_thresholds(h) for p, h in hist.items()}
     totals: dict[str, np.ndarray] = {}
     for p, c in counts.items():  # [N, T] exact in int64
       g = group_of[p]
@@ -415,6 +409,18 @@ def find_thresholds(
   if not all(b.lo == b.guess for b in brackets.values()):
     balance = None
   return out, balance
+
+
+def _threshold_table(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
+  """int32[N, width]: each expert's thresholds (at least one), padded by repeating its last one (a
+  repeated threshold only repeats its count): one compiled count program per width."""
+  return np.asarray([list(v) + [v[-1]] * (width - len(v)) for v in rows], np.int32)
+
+
+def _counts_at_thresholds(hist: np.ndarray) -> np.ndarray:
+  """int64[N, T]: #(|tau_t| >= threshold_j) from the histogram int64[N, T + 1] of each entry's bucket
+  #{j : |tau_t| >= threshold_j} (:func:`_bucket_levels`): #(bucket >= j + 1), reversed cumulative sums."""
+  return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
 def _share(wishes: Sequence[Sequence[int]], width: int) -> list[int]:
@@ -471,17 +477,13 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
       else:
         v = b.proposals(width, first=False)  # bit-space splits: the bracket shrinks every pass
       wishes.setdefault((p, t), []).append([x for x in v if b.lo < x < b.hi])
-    table = {}
-    for p in {p for p, _ in wishes}:
-      rows = []
-      for t in range(n_experts):
-        v = sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
-        rows.append(v + [v[-1]] * (width - len(v)))
-      table[p] = np.asarray(rows, np.int32)
+    table = {p: _threshold_table([sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
+                                  for t in range(n_experts)], width)
+             for p in {p for p, _ in wishes}}
     hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1,
                                lambda p: (table[p],) if p in table else None)
     for p, h in hist.items():
-      counts = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]  # #(|tau| >= t_j), as find_thresholds
+      counts = _counts_at_thresholds(h)
       for t in range(n_experts):
         for e in range(len(ranks[p])):
           if (p, t, e) in todo:
