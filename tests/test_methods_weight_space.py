@@ -350,7 +350,7 @@ def test_row_ranks_of_magnitudes_equal_a_stable_argsort():
   from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(11)
   nans = np.array([0xFFC00123, 0x7FC00000, 0x7F800001], np.uint32).view(np.float32)  # payloads high to low
-  for n in (1, 3, 1024, 2048, 2049):
+  for n in (1, 3, 1024, 2049, 4096, 4097):
     base = rng.normal(size=(5, n)).astype(ml_dtypes.bfloat16).astype(np.float32)
     expert = (base + rng.normal(size=(5, n)).astype(np.float32) * 0.01).astype(ml_dtypes.bfloat16).astype(np.float32)
     tau = expert - base
