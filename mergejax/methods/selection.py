@@ -433,7 +433,9 @@ def order_statistics(a: Array, ranks: tuple[int, ...]) -> Array:
 
 def row_ranks(a: Array, *, magnitude: bool = False) -> Array:
   """int32 stable ascending rank of each entry within its row along axis 1 (0 .. n - 1); with
-  ``magnitude``, the ranks of ``|a|`` (what ``row_ranks(jnp.abs(a))`` gives, without that leaf).
+  ``magnitude``, the ranks of ``|a|`` (what ``row_ranks(jnp.abs(a))`` gives, without that leaf; on CPU
+  a subnormal value ranks above zero, where XLA:CPU's comparisons flush it to zero: a task vector
+  that XLA computed holds none).
 
   Leaves of fewer than 2 dimensions are one row. This is mergekit's ``della_magprune`` ranking
   (``argsort(dim=1).argsort(dim=1)``), with ties ordered by position. On CPU the sort runs in NumPy
