@@ -365,6 +365,10 @@ def test_row_ranks_of_magnitudes_equal_a_stable_argsort():
         want = np.stack([rsp.stable_ranks(np.abs(row).astype(np.float64)) for row in x])
       np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(x), magnitude=True), want)
       np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(np.abs(x))), want)
+  m = np.round(rng.normal(size=(4, 9, 3)) * 4).astype(ml_dtypes.bfloat16)  # rows along axis 1; bfloat16 in
+  want = np.stack([np.stack([rsp.stable_ranks(np.abs(m[i, :, j].astype(np.float64))) for j in range(3)], 1)
+                   for i in range(4)])
+  np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m), magnitude=True), want)
 
 
 def test_order_statistics_equal_the_sorted_leaf_at_those_ranks():
