@@ -105,12 +105,11 @@ def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
     if r not in recipes.RECIPES:
       raise ValueError(f"recipe_overrides: unknown recipe {r!r}; known: {recipes.RECIPES}")
 
-  # The multitask baseline's budget follows the experts' (their steps summed over the categories).
-  mt_recipe = {**recipes.multitask_defaults(len(categories), over.get("expert")),
-               **{k: v for k, v in over.get("multitask", {}).items() if v is not None}}
-
   def spec(recipe, size, **kw):
-    o = dict(mt_recipe if recipe == "multitask" else over.get(recipe, {}))
+    o = dict(over.get(recipe, {}))
+    if recipe == "multitask":  # its budget follows the experts' at this size (their steps summed over the categories)
+      o = {**recipes.multitask_defaults(len(categories), over.get("expert"), size=size),
+           **{k: v for k, v in o.items() if v is not None}}
     steps = o.pop("steps", None)
     return run_spec(recipe, size, workdir, steps=steps, opt_overrides=o, batch_size=batch_size,
                     feature_lengths=feature_lengths, seed=seed, mixture_prefix=mixture_prefix,
