@@ -130,9 +130,11 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   `{"inputs": 64, "targets": 64}` covers every task. The world's recipes train with targets of 32
   tokens, which cuts the longer corpus documents (docs/WORLD.md, "Open issues").
 * **Vocabulary** (`data/mj.model`): a 1,024-piece BPE SentencePiece model (pad 0, EOS 1, UNK 2,
-  no BOS) trained on the corpus and all task texts; no task text maps to UNK. Rebuild it with
-  `python -m mergejax.tasks.build_vocab --out=mergejax/tasks/data/mj.model --vocab_size=1024`
-  (deterministic; about 5 s). `mergejax.tasks.get_vocabulary()` returns it as a
+  no BOS) trained on the corpus and the task texts of the suite's first release, and kept fixed since
+  (tasks changed later reuse its pieces; tests check that no task text maps to UNK), so worlds built
+  at different versions share one tokenization. `python -m mergejax.tasks.build_vocab
+  --out=PATH --vocab_size=1024` trains one from the current suite (deterministic; about 5 s): a
+  different model, and a different world if shipped. `mergejax.tasks.get_vocabulary()` returns it as a
   `seqio.SentencePieceVocabulary`.
 
 Regenerate this page with `python -m mergejax.tasks.make_docs --out=docs/TASKS.md`.

@@ -1,12 +1,15 @@
-"""The suite's SentencePiece vocabulary: shipped as mergejax/tasks/data/mj.model, rebuilt by this script.
+"""The suite's SentencePiece vocabulary: shipped as mergejax/tasks/data/mj.model (trained on the suite's
+first release and kept fixed since, so worlds of different versions share one tokenization), or trained
+from the current suite by :func:`build`.
 
 The model is a BPE SentencePiece model (pad 0, eos 1, unk 2, no bos) trained on the pretraining
 corpus and on the inputs, targets and answer choices of every synthetic task. The lexicon of the
 world is fixed (only relations depend on the seed), so one model serves every seed.
 
-Regenerate (deterministic, ~20 s on 2 CPU cores):
+Train one from the current suite (deterministic, ~7 s on 2 CPU cores; a different model than the
+shipped one):
 
-  python -m mergejax.tasks.build_vocab --out=mergejax/tasks/data/mj.model --vocab_size=1024
+  python -m mergejax.tasks.build_vocab --out=PATH --vocab_size=1024
 """
 
 from __future__ import annotations
