@@ -304,7 +304,7 @@ class FlatChunk:
     self.staged = self.views and job.method.compute_stats is not None
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
     self.stager = _Stager(job)
-    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, map ahead) by leaf
+    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, pages to map) by leaf
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
@@ -314,7 +314,7 @@ class FlatChunk:
     # chunks (of the same leaf or the next ones) are dispatched meanwhile (the 2-core development VM
     # keeps both cores busy).
     self.drain = _Drain()
-    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map_ahead`).
+    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map`).
     self.mapper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-map")
     order = [s.path for s in job.float_specs]
     self._next = dict(zip(order, order[1:]))
@@ -486,13 +486,14 @@ class FlatChunk:
   # ------------------------------------------------------------------------------------------ merging
 
   def merge_leaf(self, grp, spec, stats, check):
+    self._map(spec.path)  # if not mapped a leaf ahead (the first leaf: while its programs compile or load)
     if not self.compiled:
       self._precompile(spec, stats, check)
     p, job = spec.path, self.job
     write = functools.partial(self.sink.write_span, p) if self.spans else None
     ctx, out_dtype = job.context(p), job.out_dtype[p]
     windows = self._windows.pop(p, None)
-    self._map_ahead(p)
+    self._map(self._next.get(p))  # the next leaf's pages, mapped while this one merges
     if windows is not None:
       windows = [None if w is None else w[:2] for w in windows]
     if windows is not None and all(w is not None for w in windows):
@@ -513,13 +514,14 @@ class FlatChunk:
     """Waits until every piece of the leaves merged so far is written; returns their finite flags."""
     return self.drain.settle()
 
-  def _map_ahead(self, path: str) -> None:
-    """Maps the pages of the windows of the leaf after ``path`` (if read already) on the mapper thread,
-    while ``path`` is merged: its kernels then find every page mapped (:func:`populate`)."""
-    nxt = self._next.get(path)
-    windows = self._windows.get(nxt) if nxt is not None else None
+  def _map(self, path: str | None) -> None:
+    """Maps the pages of the windows of leaf ``path`` (if read already and not mapped yet) on the mapper
+    thread: its kernels then find every page mapped (:func:`populate`)."""
+    windows = self._windows.get(path) if path is not None else None
     if windows:
-      self.mapper.submit(lambda: [populate(w[0]) for w in windows if w is not None and w[2]])
+      todo = [w for w in windows if w is not None and w[2]]
+      self._windows[path] = [None if w is None else (w[0], w[1], False) for w in windows]
+      self.mapper.submit(lambda: [populate(w[0]) for w in todo])
 
   def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
     """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
