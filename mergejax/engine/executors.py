@@ -84,13 +84,9 @@ class LeafExecutor(Protocol):
     """(merged leaf, or None if it goes to the sink in spans; finite flag, or None if unchecked or
     (spans) given by :meth:`settle`)."""
 
-  def settle(self, paths: Sequence[str]) -> dict[str, Any]:
-    """Waits until the spans of leaves ``paths`` are written; returns the finite flags :meth:`merge_leaf`
-    left to it for them, by path (in the order of ``paths``)."""
-
-  def settles_late(self, grp: Group) -> bool:
-    """Whether ``grp`` may stay referenced until the next group's leaves are merged (it holds no
-    memory of its own), so that the loop settles it then, while their pieces run."""
+  def settle(self) -> dict[str, Any]:
+    """Waits until the spans of every leaf merged so far are written; returns the finite flags
+    :meth:`merge_leaf` left to it, by path."""
 
   def exact_flags(self, grp: Group, path: str) -> np.ndarray:
     """bool[n_inputs]: each input's leaf ``path`` (base first) is all finite."""
@@ -235,11 +231,8 @@ class WholeLeaf:
     out = _kernel_fn(self.job.method, check)(*args, out_dtype=self.job.out_dtype[p])
     return (out, None) if check is Check.NONE else out
 
-  def settle(self, paths):
+  def settle(self):
     return {}
-
-  def settles_late(self, grp):
-    return False
 
   def exact_flags(self, grp, path):
     found = self.stager.flags(path) if self.stager is not None else None
@@ -312,7 +305,6 @@ class FlatChunk:
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
     self.stager = _Stager(job)
     self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, pages to map) by leaf
-    self._staged_paths: set[str] = set()  # leaves with no window in some file, staged for the merge pass
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
@@ -411,7 +403,6 @@ class FlatChunk:
     for (p, i), buf in self.stager.read(todo, check=False).items():
       windows[p][i] = (buf, 0)
     staged = {(s.path, i) for s, i in todo}
-    self._staged_paths.update(p for p, _ in staged)
     out: list[dict[str, np.ndarray]] = [{} for _ in sources]
     for s in specs:
       for i, src in enumerate(sources):
@@ -516,16 +507,12 @@ class FlatChunk:
         res = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
     if self.spans:  # pieces may still be in flight: their flags come from :meth:`settle`
       return None, None
-    flag = self.drain.settle([p]).get(p)  # every piece in ``res``
+    flag = self.drain.settle().get(p)
     return res.reshape(spec.shape), flag
 
-  def settle(self, paths):
-    return self.drain.settle(paths)
-
-  def settles_late(self, grp):
-    """True for groups read as windows of files (views whose pages are mapped only if read), written
-    in spans."""
-    return self.spans and self.aligned and not self._staged_paths.intersection(grp.float_paths)
+  def settle(self) -> dict[str, Any]:
+    """Waits until every piece of the leaves merged so far is written; returns their finite flags."""
+    return self.drain.settle()
 
   def _map(self, path: str | None) -> None:
     """Maps the pages of the windows of leaf ``path`` (if read already and not mapped yet) on the mapper
@@ -653,34 +640,32 @@ class _Drain:
   (or copied into its leaf) on a draining thread of its own, at most :data:`DRAIN_DEPTH` behind. The
   two threads share the work of each piece (writes to one file do not run in parallel, checks do),
   and pieces of consecutive leaves flow through without a pause at each leaf's end (:meth:`settle`
-  waits for those of given leaves). The first piece that fails (e.g. a full disk) stops the writing of
-  every piece after it.
+  waits for all of them). The first piece that fails (e.g. a full disk) stops the writing of every
+  piece after it.
   """
 
   def __init__(self):
     self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
-    # (path, merged piece, entries that count, flags to append its check to or None, finish)
-    self.dispatched: collections.deque[tuple[str, Any, int, list | None, Callable[[np.ndarray], None]]] = (
-        collections.deque())
-    self.pending: collections.deque[tuple[str, concurrent.futures.Future]] = collections.deque()
+    self.dispatched: collections.deque[tuple[Any, int, list | None, Callable[[np.ndarray], None]]] = collections.deque()
+    self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
     self.failed = False
-    self.flags: dict[str, list[Any]] = {}  # finite flags of the pieces of each leaf not settled yet
+    self.flags: dict[str, list[Any]] = {}  # finite flags of the pieces of each leaf since :meth:`settle`
 
-  def submit(self, path: str, r: Any, n: int, checks: list | None, finish: Callable[[np.ndarray], None]) -> None:
-    """Queues the merged piece ``r`` of leaf ``path``, of which the first ``n`` entries count: checked
-    (the flag appended to ``checks``, unless None), then given to ``finish`` on the draining thread."""
-    self.dispatched.append((path, r, n, checks, finish))
+  def submit(self, r: Any, n: int, checks: list | None, finish: Callable[[np.ndarray], None]) -> None:
+    """Queues the merged piece ``r``, of which the first ``n`` entries count: checked (the flag appended
+    to ``checks``, unless None), then given to ``finish`` on the draining thread."""
+    self.dispatched.append((r, n, checks, finish))
     if len(self.dispatched) > CHECK_LAG:
       self._hand_over()
 
   def _hand_over(self) -> None:
-    path, r, n, checks, finish = self.dispatched.popleft()
+    r, n, checks, finish = self.dispatched.popleft()
     if checks is not None:
       r = np.asarray(r).reshape(-1)[:n]
       checks.append(finite_host(r))
-    self.pending.append((path, self.pool.submit(self._run, finish, r, n)))
+    self.pending.append(self.pool.submit(self._run, finish, r, n))
     if len(self.pending) > DRAIN_DEPTH:
-      self.pending.popleft()[1].result()
+      self.pending.popleft().result()
 
   def _run(self, finish: Callable[[np.ndarray], None], r: Any, n: int) -> None:
     if self.failed:  # a piece before this one failed: write nothing more
@@ -691,23 +676,24 @@ class _Drain:
       self.failed = True
       raise
 
-  def settle(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
-    """Waits for every piece of leaves ``paths`` (and those before them; raising the first error);
-    returns the bool[1] finite flag of each checked one."""
-    want = set(paths)
-    last = max((i for i, item in enumerate(self.dispatched) if item[0] in want), default=-1)
-    for _ in range(last + 1):
+  def wait(self) -> None:
+    """Waits for every piece submitted (raising the first error)."""
+    while self.dispatched:
       self._hand_over()
-    last = max((i for i, (p, _) in enumerate(self.pending) if p in want), default=-1)
-    for _ in range(last + 1):
-      self.pending.popleft()[1].result()
-    flags = {p: self.flags.pop(p) for p in paths if p in self.flags}
+    while self.pending:
+      self.pending.popleft().result()
+
+  def settle(self) -> dict[str, np.ndarray]:
+    """Waits for every piece submitted; returns the bool[1] finite flag of each checked leaf since the
+    last call."""
+    self.wait()
+    flags, self.flags = self.flags, {}
     return {p: np.asarray([all(bool(np.asarray(f).all()) for f in fs)]) for p, fs in flags.items()}
 
   def close(self) -> None:
     """Drops the pieces not started; a running one finishes first."""
     self.dispatched.clear()
-    for _, f in self.pending:
+    for f in self.pending:
       f.cancel()
     self.pending.clear()
     self.pool.shutdown(wait=True, cancel_futures=True)
@@ -717,8 +703,8 @@ def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtyp
                   *, flagged: bool, host_check: bool = False) -> np.ndarray | None:
   """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece of leaf ``path``; entries
   [0, stop - start) of its flattened result are the leaf's entries [start, stop), drained by ``drain``.
-  Returns the flat leaf, or None when each piece goes to ``write(start, values)``; either is complete
-  once ``drain.settle([path])`` returns.
+  Returns the flat leaf (all of it merged), or None when each piece goes to ``write(start, values)``:
+  those may still be in flight (:meth:`_Drain.settle`).
 
   ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
   checked on the host (:func:`finite_host`). Either way the leaf's flags are ``drain.flags[path]``.
@@ -738,7 +724,9 @@ def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtyp
       flags.append(f)
     else:
       r = fn(*args, out_dtype=out_dtype)
-    drain.submit(path, r, b - a, flags if host_check else None, functools.partial(finish, a))
+    drain.submit(r, b - a, flags if host_check else None, functools.partial(finish, a))
+  if write is None:
+    drain.wait()
   return out
 
 

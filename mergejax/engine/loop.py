@@ -93,7 +93,6 @@ def merge_sources(
                                      executor.stat_shapes()) or {}
       if isinstance(sink, StagedSink):
         sink.begin([LeafSpec(s.path, s.shape, job.out_dtype[s.path]) for s in job.specs])
-      settle_last = None  # the previous group's verdict and bookkeeping, when it may wait for this group's
       for grp in groups.stream(floats_only=False, desc="merge"):
         group_stats = stats
         if method.compute_stats is not None and method.local_stats and grp.float_paths:  # this group's own
@@ -113,15 +112,13 @@ def merge_sources(
             out[s.path] = leaf
           if flag is not None:
             fused[s.path] = flag
-        if settle_last is not None:  # while this group's pieces run
-          settle_last()
-        settle_last = functools.partial(_settle_group, executor, guard, sink, grp, out, spans, fused)
-        if not executor.settles_late(grp):
-          settle_last()
-          settle_last = None
+        fused.update(executor.settle())  # every span written
+        # Before the group's leaves are marked written (spans written already: the sink then aborts).
+        guard.resolve(fused, functools.partial(executor.exact_flags, grp))
+        sink.write(out)
+        for p in spans:
+          sink.mark_written(p)
         del grp, out  # before the next group is read: its memory can be reused for the one after it
-      if settle_last is not None:
-        settle_last()
     finally:
       executor.close()
     manifest = {"method": method.name, "hparams": dict(method.hparams), "seed": seed, "leaves": len(job.specs),
@@ -136,18 +133,6 @@ def merge_sources(
     if isinstance(sink, StagedSink):
       sink.abort()
     raise
-
-
-def _settle_group(executor: LeafExecutor, guard: Guard, sink: Sink, grp: Group, out: dict[str, Any], spans: list[str],
-                  fused: dict[str, Any]) -> None:
-  """Ends a merged group: waits for its spans (their flags), refuses NaN/Inf (before anything of the
-  group is marked written: spans written already, the sink then aborts), writes its other leaves and
-  marks its spans written."""
-  fused.update(executor.settle(grp.float_paths))
-  guard.resolve(fused, functools.partial(executor.exact_flags, grp))
-  sink.write(out)
-  for p in spans:
-    sink.mark_written(p)
 
 
 class _GroupReader:
