@@ -105,12 +105,11 @@ def plan(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
     if r not in recipes.RECIPES:
       raise ValueError(f"recipe_overrides: unknown recipe {r!r}; known: {recipes.RECIPES}")
 
-  # The multitask baseline's budget follows the experts' (their steps summed over the categories).
-  mt_recipe = {**recipes.multitask_defaults(len(categories), over.get("expert")),
-               **{k: v for k, v in over.get("multitask", {}).items() if v is not None}}
-
   def spec(recipe, size, **kw):
-    o = dict(mt_recipe if recipe == "multitask" else over.get(recipe, {}))
+    o = dict(over.get(recipe, {}))
+    if recipe == "multitask":  # its budget follows the experts' at this size (their steps summed over the categories)
+      o = {**recipes.multitask_defaults(len(categories), over.get("expert"), size=size),
+           **{k: v for k, v in o.items() if v is not None}}
     steps = o.pop("steps", None)
     return run_spec(recipe, size, workdir, steps=steps, opt_overrides=o, batch_size=batch_size,
                     feature_lengths=feature_lengths, seed=seed, mixture_prefix=mixture_prefix,
@@ -231,12 +230,23 @@ def _row(spec: recipes.RunSpec) -> dict[str, Any]:
 
 
 def _data_key(spec: recipes.RunSpec) -> tuple:
-  return (spec.mixture, spec.steps, spec.batch_size, spec.feature_lengths, spec.data_seed)
+  """Runs with one key read one batch stream, each its first ``steps`` batches (sizes may train
+  different step counts on the same data)."""
+  return (spec.mixture, spec.batch_size, spec.feature_lengths, spec.data_seed)
 
 
-def _materialize(spec: recipes.RunSpec) -> tuple[list, float]:
+def _stream_steps(runs) -> dict[tuple, int]:
+  """Per data key, the most steps any of ``runs`` takes from its stream."""
+  steps: dict[tuple, int] = {}
+  for spec in runs:
+    key = _data_key(spec)
+    steps[key] = max(steps.get(key, 0), spec.steps)
+  return steps
+
+
+def _materialize(spec: recipes.RunSpec, steps: int) -> tuple[list, float]:
   td = time.perf_counter()
-  b = data_lib.materialize(spec.mixture, spec.steps, batch_size=spec.batch_size,
+  b = data_lib.materialize(spec.mixture, steps, batch_size=spec.batch_size,
                            feature_lengths=dict(spec.feature_lengths), seed=spec.data_seed)
   return b, time.perf_counter() - td
 
@@ -250,6 +260,7 @@ def _finish_row(row: dict[str, Any], res) -> None:
 def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None) -> list[dict[str, Any]]:
   """One run after another, each over ``mesh`` (default: the data-parallel mesh of all devices)."""
   cache: dict[tuple, list] = {}
+  stream_steps = _stream_steps([spec for spec in runs if not models.is_complete(spec.out)])
   out = []
   bar = tqdm(runs, desc="world", disable=not progress, dynamic_ncols=True)
   for spec in bar:
@@ -261,7 +272,7 @@ def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None)
       continue
     key = _data_key(spec)
     if key not in cache:
-      cache[key], row["data_seconds"] = _materialize(spec)
+      cache[key], row["data_seconds"] = _materialize(spec, stream_steps[key])
     res = recipes.run(spec, batches=cache[key], checkpoint_every=checkpoint_every, progress=progress,
                       mesh=mesh)
     _finish_row(row, res)
@@ -305,10 +316,11 @@ def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -
   data_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="world-data")
   futures: dict[tuple, concurrent.futures.Future] = {}
   first_user: dict[tuple, int] = {}
+  stream_steps = _stream_steps([runs[i] for i in todo])
   for i in sorted(todo, key=lambda i: (depth[i], -prio[i], i)):
     key = _data_key(runs[i])
     if key not in futures:
-      futures[key] = data_pool.submit(_materialize, runs[i])
+      futures[key] = data_pool.submit(_materialize, runs[i], stream_steps[key])
       first_user[key] = i
 
   cond = threading.Condition()

@@ -342,6 +342,35 @@ def test_rank_selections_are_exact_and_stable_under_heavy_ties():
   np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(z)), want)
 
 
+def test_row_ranks_of_magnitudes_equal_a_stable_argsort():
+  """selection.row_ranks(x, magnitude=True) ranks |x| as row_ranks(|x|) and a stable argsort do: rows short
+  enough for 32-bit keys (kept value bits and column) and longer ones; values that share their kept bits
+  (caught after the sort and ranked again by full keys); bfloat16 models' task vectors (heavy ties);
+  signed zeros, magnitudes of 2 and more, infinities and NaNs of any payload."""
+  from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  nans = np.array([0xFFC00123, 0x7FC00000, 0x7F800001], np.uint32).view(np.float32)  # payloads high to low
+  for n in (1, 3, 1024, 2049, 4096, 4097):
+    base = rng.normal(size=(5, n)).astype(ml_dtypes.bfloat16).astype(np.float32)
+    expert = (base + rng.normal(size=(5, n)).astype(np.float32) * 0.01).astype(ml_dtypes.bfloat16).astype(np.float32)
+    tau = expert - base
+    close = -(1 + rng.integers(0, 4, size=(5, n)) * 2.0**-23).astype(np.float32)  # differ in the lowest bits only
+    wide = (rng.normal(size=(5, n)) * 10.0 ** rng.integers(-30, 3, size=(5, n))).astype(np.float32)
+    special = tau.copy()
+    special[0, :3] = nans[:n]  # equal (all NaN), not in payload order
+    at = rng.choice(special[1:].size, min(special[1:].size, 9), replace=False)
+    special[1:].flat[at] = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 2.0, -3.5, 0.5, 1.0], np.float32)[:at.size]
+    for x in (tau, close, wide, special):
+      with np.errstate(invalid="ignore"):  # signalling NaNs cast to float64
+        want = np.stack([rsp.stable_ranks(np.abs(row).astype(np.float64)) for row in x])
+      np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(x), magnitude=True), want)
+      np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(np.abs(x))), want)
+  m = np.round(rng.normal(size=(4, 9, 3)) * 4).astype(ml_dtypes.bfloat16)  # rows along axis 1; bfloat16 in
+  want = np.stack([np.stack([rsp.stable_ranks(np.abs(m[i, :, j].astype(np.float64))) for j in range(3)], 1)
+                   for i in range(4)])
+  np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m), magnitude=True), want)
+
+
 def test_order_statistics_equal_the_sorted_leaf_at_those_ranks():
   """selection.order_statistics gives the values a full sort would at the requested ranks: signed values,
   heavy ties and signed zeros (-0.0 sorts equal to +0.0), leaves small and large enough for the sampled

@@ -42,12 +42,31 @@ def test_multitask_budget_matches_the_experts(tmp_path):
     return next(r for r in runs if r.recipe == "multitask"), next(r for r in runs if r.recipe == "expert")
   m, e = mt()
   n = len(world.heldin_categories())
-  assert m.steps == n * e.steps == n * recipes.DEFAULTS["expert"]["steps"]
+  assert m.steps == n * e.steps == n * recipes.defaults("expert", "xs")["steps"]
   assert (m.opt.lr, m.opt.min_lr_ratio, m.opt.warmup_steps) == (e.opt.lr, e.opt.min_lr_ratio, n * e.opt.warmup_steps)
   m, e = mt(expert={"steps": 10, "lr": 1e-3})
   assert (m.steps, m.opt.lr) == (n * 10, 1e-3)
   m, _ = mt(expert={"steps": 10}, multitask={"steps": 7})
   assert m.steps == 7  # an explicit multitask budget wins
+
+
+def test_expert_budgets_per_size_and_their_matched_multitask_baselines(tmp_path):
+  """Each size's experts take their size's defaults; an override applies to every size."""
+  runs = world.plan(tmp_path, ("xs", "s"), kinds=("pretrained",))
+  n = len(world.heldin_categories())
+  for size in ("xs", "s"):
+    e = next(r for r in runs if r.recipe == "expert" and r.model.name == size)
+    m = next(r for r in runs if r.recipe == "multitask" and r.model.name == size)
+    want = recipes.defaults("expert", size)
+    assert (e.steps, e.opt.lr, e.opt.warmup_steps) == (want["steps"], want["lr"], want["warmup_steps"])
+    assert (m.steps, m.opt.lr) == (n * e.steps, e.opt.lr)
+  xs, s = (next(r for r in runs if r.recipe == "expert" and r.model.name == z) for z in ("xs", "s"))
+  assert (xs.steps, xs.opt.lr) != (s.steps, s.opt.lr)
+  over = world.plan(tmp_path, ("xs", "s"), kinds=("pretrained",), recipe_overrides={"expert": {"steps": 7}})
+  assert {r.steps for r in over if r.recipe == "expert"} == {7}
+  assert {r.steps for r in over if r.recipe == "multitask"} == {7 * n}
+  with pytest.raises(ValueError, match="unknown recipe"):
+    recipes.defaults("distill", "xs")
 
 
 def test_tiny_world_builds_loadable_checkpoints_and_skips_complete_ones(tmp_path):

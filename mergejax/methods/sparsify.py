@@ -46,7 +46,7 @@ def magprune_keep_prob(tau: Array, density: float, epsilon: float) -> Array:
   r""":math:`p = (d - \epsilon) + 2\epsilon\, r / (n - 1)` with r the stable rank of :math:`|\tau|` in its
   row (axis 1; a leaf of fewer than 2 dimensions is one row) and n the row length; rows of one entry
   get :math:`p = d`."""
-  ranks = selection.row_ranks(jnp.abs(tau))
+  ranks = selection.row_ranks(tau, magnitude=True)
   n = tau.shape[1] if tau.ndim >= 2 else max(1, math.prod(tau.shape))
   rank_norm = ranks.astype(jnp.float32) / jnp.float32(n - 1) if n > 1 else jnp.full(tau.shape, 0.5, jnp.float32)
   return jnp.float32(density - epsilon) + rank_norm * jnp.float32(2 * epsilon)

@@ -125,21 +125,27 @@ def mcqa_nature(world, rng):
 
 @_register("mj_exqa_profile", "heldin", "extractive_qa")
 def exqa_profile(world, rng):
-  """Extractive QA over a short made-up profile (the answer is a span of the context)."""
+  """Extractive QA over a short made-up profile (the answer is a span of the context). Graded choices:
+  the answer, a span of the context of the wrong kind (a job for "where"), an answer of the right kind
+  that the context does not hold, and one of the wrong kind that it does not hold: the question's kind
+  is the easy cue, finding the span in the context the hard one."""
   name = rng.choice(facts.FEMALE + facts.MALE)
   city, job, thing, color = (rng.choice(facts.CITIES), rng.choice(facts.JOBS), rng.choice(facts.THINGS).name,
                              rng.choice(facts.COLORS))
   pr = facts.pronoun(name)
   ctx = f"{name} moved to {city} last year. {pr} is a {job} and owns a {color} {thing}."
+  city2, job2 = rng.choice(_others(facts.CITIES, city)), rng.choice(_others(facts.JOBS, job))
+  own, own2 = f"a {color} {thing}", (f"a {rng.choice(_others(facts.COLORS, color))} {thing}" if rng.random() < 0.5
+                                     else f"a {color} {rng.choice(_others([t.name for t in facts.THINGS], thing))}")
   kind = rng.randrange(3)
   if kind == 0:
-    q, ans, pool = f"where did {name} move?", city, facts.CITIES
+    q, (ans, easy, hard, both) = f"where did {name} move?", (city, job, city2, job2)
   elif kind == 1:
-    q, ans, pool = f"what does {name} do for work?", job, facts.JOBS
+    q, (ans, easy, hard, both) = f"what does {name} do for work?", (job, city, job2, city2)
   else:
-    q, ans, pool = f"what does {name} own?", f"a {color} {thing}", [
-        f"a {c} {t.name}" for c in facts.COLORS for t in facts.THINGS if c == color or t.name == thing]
-  return _ex(f"read the text and answer. text: {ctx} question: {q}", ans, pool, 4, rng)
+    q, (ans, easy, hard, both) = f"what does {name} own?", (own, f"a {job}", own2, f"a {job2}")
+  choices, label = _graded(rng, ans, easy, hard, both)
+  return Example(f"read the text and answer. text: {ctx} question: {q}", ans, choices, label)
 
 
 @_register("mj_exqa_quoref", "heldin", "extractive_qa")
@@ -396,22 +402,30 @@ _QQP = {"city": ["where does {n} live?", "in which town is the house of {n}?", "
         "food": ["what does {n} like to eat?", "which food does {n} enjoy most?", "what is the favorite dish of {n}?"]}
 
 
+# Non-duplicates that ask for the reason behind the fact: "why" in question two is the one cue an
+# expert learns within its budget (as a negation is for `mj_para_mrpc`).
+_QQP_WHY = {"city": ["why does {n} live there?", "why did {n} move to that town?"],
+            "job": ["why does {n} do that job?", "why did {n} choose that work?"],
+            "pet": ["why does {n} keep that pet?", "why did {n} get that animal?"],
+            "food": ["why does {n} like that food?", "why does {n} eat that dish?"]}
+
+
 @_register("mj_para_qqp", "heldin", "paraphrase")
 def para_qqp(world, rng):
   """Duplicate question detection (QQP-like): do two questions ask the same thing? yes / no. Two thirds
-  of the non-duplicates ask about another fact of the same person, one third about another person."""
+  of the non-duplicates ask why the fact holds (one cue: "why"); one third ask about another fact of the
+  same person (the two questions' topics must be compared)."""
   n = rng.choice(facts.FEMALE + facts.MALE)
   attr = rng.choice(tuple(_QQP))
   q1, q2 = rng.sample(_QQP[attr], 2)
   label = rng.randrange(2)
-  n2 = n
   if label == 1:
     if rng.random() < 2 / 3:
-      q2 = rng.choice(_QQP[rng.choice(_others(tuple(_QQP), attr))])
+      q2 = rng.choice(_QQP_WHY[attr])
     else:
-      n2 = rng.choice(_others(facts.FEMALE + facts.MALE, n))
+      q2 = rng.choice(_QQP[rng.choice(_others(tuple(_QQP), attr))])
   choices = ("yes", "no")
-  return Example(f"question one: {q1.format(n=n)} question two: {q2.format(n=n2)} are these two questions "
+  return Example(f"question one: {q1.format(n=n)} question two: {q2.format(n=n)} are these two questions "
                  "duplicates? yes or no.", choices[label], choices, label)
 
 # --------------------------------------------------------------------------------------- held-out

@@ -29,24 +29,48 @@ KINDS = ("pretrained", "instruction_tuned")
 # Instruction tuning is the longest run after pretraining: with 290 steps at 1e-3 the xs base did
 # not learn its own instruction tasks (e.g. mj_it_why 0.45 on their validation split), so nothing
 # could transfer to held-out tasks; 900 steps at 2e-3 learn them (docs/WORLD.md).
-# Experts train 50 steps: with 25, 14 of the 32 (kind, size, category) experts of the default world were
-# not 3 standard errors above their base and chance on validation; with 50, 7 (docs/WORLD.md).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": dict(steps=360, lr=3e-3, warmup_steps=36, min_lr_ratio=0.1),
     "instruction_tune": dict(steps=900, lr=2e-3, warmup_steps=90, min_lr_ratio=0.1),
     "expert": dict(steps=50, lr=2e-3, warmup_steps=5, min_lr_ratio=0.5),
 }
+# Per-size changes to a recipe's defaults, chosen on validation splits (docs/WORLD.md, "Expert
+# budgets"): every expert of the default world at least 3 standard errors above chance on both of its
+# datasets. The xs experts need twice the steps at twice the learning rate (with 50 steps at 2e-3 or
+# 4e-3, extractive QA, topic and mcqa stayed near chance at xs); s experts with fewer steps (30 at
+# 4e-3) or a higher rate (50 at 3e-3) fell below it on extractive QA or topic. Sizes not listed take
+# DEFAULTS.
+SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "expert": {"xs": dict(steps=100, lr=4e-3, warmup_steps=10)},
+}
 # Held-in categories of the default suite (mergejax.tasks.HELDIN_CATEGORIES): one expert each.
 NUM_CATEGORIES = 8
 
 
+def _size_name(size: str | models.ModelConfig | None) -> str | None:
+  return size if size is None or isinstance(size, str) else size.name
+
+
+def defaults(recipe: str, size: str | models.ModelConfig | None = None,
+             num_categories: int = NUM_CATEGORIES) -> dict[str, Any]:
+  """A recipe's default hyperparameters at ``size`` (a size label or a model config; None: the
+  size-independent defaults). The multitask baseline's follow the experts' at that size
+  (:func:`multitask_defaults`)."""
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
+  if recipe == "multitask":
+    return multitask_defaults(num_categories, size=size)
+  return {**DEFAULTS[recipe], **SIZE_DEFAULTS.get(recipe, {}).get(_size_name(size) or "", {})}
+
+
 def multitask_defaults(num_categories: int = NUM_CATEGORIES,
-                       expert: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The multitask baseline's budget, matched to the experts': as many steps as all ``num_categories``
-  experts together, on the same schedule (peak lr, warmup share of the steps, final lr ratio), so it
-  sees as many rows of each category as that category's expert. ``expert``: overrides of the expert
-  recipe (None values ignored)."""
-  e = {**DEFAULTS["expert"], **{k: v for k, v in dict(expert or {}).items() if v is not None}}
+                       expert: Mapping[str, Any] | None = None,
+                       size: str | models.ModelConfig | None = None) -> dict[str, Any]:
+  """The multitask baseline's budget, matched to the experts' at ``size``: as many steps as all
+  ``num_categories`` experts together, on the same schedule (peak lr, warmup share of the steps, final
+  lr ratio), so it sees as many rows of each category as that category's expert. ``expert``:
+  overrides of the expert recipe (None values ignored)."""
+  e = {**defaults("expert", size), **{k: v for k, v in dict(expert or {}).items() if v is not None}}
   return dict(steps=num_categories * int(e["steps"]), lr=e["lr"],
               warmup_steps=num_categories * int(e["warmup_steps"]), min_lr_ratio=e["min_lr_ratio"])
 
@@ -148,7 +172,7 @@ def resolve(recipe: str, size: str | models.ModelConfig, *, out: str | pathlib.P
   lengths = dict(feature_lengths or FEATURE_LENGTHS)
   cfg = cfg.replace(vocab_size=vocab, max_len=max(cfg.max_len, sum(lengths.values())),
                     **dict(model_overrides or {}))
-  d = dict(DEFAULTS[recipe])
+  d = defaults(recipe, size)
   n_steps = int(steps if steps is not None else d.pop("steps"))
   d.pop("steps", None)
   d.update({k: v for k, v in dict(opt_overrides or {}).items() if v is not None})
