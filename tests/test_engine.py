@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mergejax
-from mergejax import engine, sharding
+from mergejax import engine, sharding, tree
 from mergejax.engine import nonfinite, xla_cpu
 from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
 from mergejax.checkpoints.base import LeafSpec
@@ -270,6 +270,26 @@ def test_nonfinite_found_from_the_output(tmp_path, devices, bad):
   who = "basedir" if bad == "base_nan" else "expert1"
   with pytest.raises(engine.NonFiniteError, match=rf"{who}: leaf '{leaf}' contains NaN or Inf"):
     run()
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("budget", [None, 20_000])
+def test_nonfinite_in_two_leaves_names_the_first_merged(tmp_path, budget):
+  """Chunks of consecutive leaves are written while later leaves merge; the verdict still names the
+  first leaf, in merge order, whose output chunks hold a NaN/Inf (one group, or a group per leaf)."""
+  experts = [random_tree(i) for i in (1, 2)]
+  eps = [write_hf(tmp_path / f"expert{i}", e) for i, e in enumerate(experts)]
+  srcs = [SafetensorsSource(p) for p in eps]
+  floats = [s.path for s in srcs[0].specs() if tree.is_float_dtype(s.dtype)]
+  first, last = floats[1], floats[-1]
+  experts[0][last][-1] = np.nan
+  experts[1][first].reshape(-1)[-1] = np.inf
+  eps = [write_hf(tmp_path / f"bad{i}", e) for i, e in enumerate(experts)]
+  method = mergejax.methods.get("average")
+  with pytest.raises(engine.NonFiniteError, match=rf"bad1: leaf '{first}' contains NaN or Inf"):
+    engine.merge_sources(None, [SafetensorsSource(p) for p in eps], SafetensorsSink(tmp_path / "out"), method,
+                         mesh=sharding.make_mesh(jax.devices()[:1]), executor=engine.FlatChunk(chunk=256),
+                         memory_budget_bytes=budget)
   assert not (tmp_path / "out").exists()
 
 

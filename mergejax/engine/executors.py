@@ -81,7 +81,12 @@ class LeafExecutor(Protocol):
     :meth:`run_stats`): int32[n, P] partial counts whose sum over the last axis is the leaf's."""
 
   def merge_leaf(self, grp: Group, spec: LeafSpec, stats: Any, check: Check) -> tuple[Any, Any]:
-    """(merged leaf, or None if it went to the sink in spans; finite flag, or None if unchecked)."""
+    """(merged leaf, or None if it goes to the sink in spans; finite flag, or None if unchecked or
+    (spans) given by :meth:`settle`)."""
+
+  def settle(self) -> dict[str, Any]:
+    """Waits until the spans of every leaf merged so far are written; returns the finite flags
+    :meth:`merge_leaf` left to it, by path."""
 
   def exact_flags(self, grp: Group, path: str) -> np.ndarray:
     """bool[n_inputs]: each input's leaf ``path`` (base first) is all finite."""
@@ -226,6 +231,9 @@ class WholeLeaf:
     out = _kernel_fn(self.job.method, check)(*args, out_dtype=self.job.out_dtype[p])
     return (out, None) if check is Check.NONE else out
 
+  def settle(self):
+    return {}
+
   def exact_flags(self, grp, path):
     found = self.stager.flags(path) if self.stager is not None else None
     return found if found is not None else finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
@@ -296,16 +304,17 @@ class FlatChunk:
     self.staged = self.views and job.method.compute_stats is not None
     self.aligned = self.pieces == "chunks" and self.views and not self.staged
     self.stager = _Stager(job)
-    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, map ahead) by leaf
+    self._windows: dict[str, list[tuple[np.ndarray, int, bool] | None]] = {}  # (map, lead, pages to map) by leaf
     self.spans = isinstance(sink, SpanSink) and jax.process_count() == 1
     self.sink = sink
     self.shapes = {s.path: s.shape for s in job.float_specs}
     self.compiler = _precompiler(job)
     self.compiled = False
     # Merged chunks are waited for, checked and written on a thread of their own, so that the next
-    # chunks are dispatched meanwhile (the 2-core development VM keeps both cores busy).
-    self.drainer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
-    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map_ahead`).
+    # chunks (of the same leaf or the next ones) are dispatched meanwhile (the 2-core development VM
+    # keeps both cores busy).
+    self.drain = _Drain()
+    # Pages of the next leaf's windows are mapped on a thread of their own (:meth:`_map`).
     self.mapper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-map")
     order = [s.path for s in job.float_specs]
     self._next = dict(zip(order, order[1:]))
@@ -477,33 +486,42 @@ class FlatChunk:
   # ------------------------------------------------------------------------------------------ merging
 
   def merge_leaf(self, grp, spec, stats, check):
+    self._map(spec.path)  # if not mapped a leaf ahead (the first leaf: while its programs compile or load)
     if not self.compiled:
       self._precompile(spec, stats, check)
     p, job = spec.path, self.job
     write = functools.partial(self.sink.write_span, p) if self.spans else None
     ctx, out_dtype = job.context(p), job.out_dtype[p]
     windows = self._windows.pop(p, None)
-    self._map_ahead(p)
+    self._map(self._next.get(p))  # the next leaf's pages, mapped while this one merges
     if windows is not None:
       windows = [None if w is None else w[:2] for w in windows]
     if windows is not None and all(w is not None for w in windows):
-      res, flag = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
+      res = self._merge_aligned(windows, spec, ctx, stats, out_dtype, check, write)
     else:
       base = host_flat(grp.base[p]) if p in grp.base else None
       experts = [host_flat(e[p]) for e in grp.experts]
       if self.pieces == "chunks":
-        res, flag = self._merge_chunks(base, experts, spec, ctx, stats, out_dtype, check, write)
+        res = self._merge_chunks(base, experts, spec, ctx, stats, out_dtype, check, write)
       else:
-        res, flag = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
-    return (None if self.spans else res.reshape(spec.shape)), flag
+        res = self._merge_blocks(base, experts, spec, ctx, stats, out_dtype, check, write)
+    if self.spans:  # pieces may still be in flight: their flags come from :meth:`settle`
+      return None, None
+    flag = self.drain.settle().get(p)
+    return res.reshape(spec.shape), flag
 
-  def _map_ahead(self, path: str) -> None:
-    """Maps the pages of the windows of the leaf after ``path`` (if read already) on the mapper thread,
-    while ``path`` is merged: its kernels then find every page mapped (:func:`populate`)."""
-    nxt = self._next.get(path)
-    windows = self._windows.get(nxt) if nxt is not None else None
+  def settle(self) -> dict[str, Any]:
+    """Waits until every piece of the leaves merged so far is written; returns their finite flags."""
+    return self.drain.settle()
+
+  def _map(self, path: str | None) -> None:
+    """Maps the pages of the windows of leaf ``path`` (if read already and not mapped yet) on the mapper
+    thread: its kernels then find every page mapped (:func:`populate`)."""
+    windows = self._windows.get(path) if path is not None else None
     if windows:
-      self.mapper.submit(lambda: [populate(w[0]) for w in windows if w is not None and w[2]])
+      todo = [w for w in windows if w is not None and w[2]]
+      self._windows[path] = [None if w is None else (w[0], w[1], False) for w in windows]
+      self.mapper.submit(lambda: [populate(w[0]) for w in todo])
 
   def _merge_aligned(self, windows, spec, ctx, stats, out_dtype, check, write):
     """Chunks read in place from aligned windows of the maps (:func:`xla_cpu.kernel_aligned`); the
@@ -521,8 +539,8 @@ class FlatChunk:
         yield a, b, (ws[0] if has_base else None, tuple(ws[1:] if has_base else ws), leads,
                      self._chunk_context(ctx, spec.shape, a), stats)
 
-    return _merge_pieces(fn, pieces(), spec.size, out_dtype, write, flagged=check is Check.INPUTS,
-                         host_check=check is Check.OUTPUT, drainer=self.drainer)
+    return _merge_pieces(fn, pieces(), spec.size, out_dtype, write, spec.path, self.drain,
+                         flagged=check is Check.INPUTS, host_check=check is Check.OUTPUT)
 
   def _merge_chunks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Chunk by chunk from flat host arrays. Kernels are dispatched asynchronously: chunk i+1's inputs
@@ -532,7 +550,7 @@ class FlatChunk:
                       self._chunk_context(ctx, spec.shape, a), stats))
               for a, b, size in self.merge_pieces(len(experts[0])))
     return _merge_pieces(_kernel_fn(self.job.method, check), pieces, len(experts[0]), out_dtype, write,
-                         flagged=check is not Check.NONE, drainer=self.drainer)
+                         spec.path, self.drain, flagged=check is not Check.NONE)
 
   def _merge_blocks(self, base, experts, spec, ctx, stats, out_dtype, check, write):
     """Row blocks (:meth:`block_rows`), each kernel told its first row: bit-identical to the whole-leaf
@@ -554,8 +572,8 @@ class FlatChunk:
                (block(base, r0, min(r0 + r, rows)), tuple(block(e, r0, min(r0 + r, rows)) for e in experts),
                 ctx.in_window(r0), stats))
               for r0 in range(0, rows if n else 0, r))
-    return _merge_pieces(_kernel_fn(self.job.method, check), pieces, n, out_dtype, write,
-                         flagged=check is not Check.NONE, drainer=self.drainer)
+    return _merge_pieces(_kernel_fn(self.job.method, check), pieces, n, out_dtype, write, spec.path, self.drain,
+                         flagged=check is not Check.NONE)
 
   def _precompile(self, first: LeafSpec, stats: Any, check: Check) -> None:
     """Compiles the one or few programs the merge pass runs (every chunk size, dtype pair, block
@@ -597,7 +615,7 @@ class FlatChunk:
 
   def close(self) -> None:
     self.compiler.close()
-    self.drainer.shutdown(wait=True)
+    self.drain.close()
     self.mapper.shutdown(wait=True)
     self._windows.clear()
     self.stager.close()
@@ -613,67 +631,103 @@ def _piece(v: np.ndarray | None, a: int, b: int, size: int) -> np.ndarray | None
 
 
 DRAIN_DEPTH = 4  # merged pieces in flight between the dispatching thread and the draining one
+CHECK_LAG = 2  # pieces dispatched after the one the dispatching thread checks next (it has run by then)
 
 
-def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtype, write, *, flagged: bool,
-                  host_check: bool = False,
-                  drainer: concurrent.futures.Executor | None = None) -> tuple[np.ndarray | None, Any]:
-  """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece; entries [0, stop - start) of
-  its flattened result are the leaf's entries [start, stop). Returns (the flat leaf, or None when
-  each piece went to ``write(start, values)``; the finite flag, or None when unchecked).
-
-  ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
-  checked on the host as it is drained (:func:`finite_host`). ``drainer`` (one thread): pieces are
-  drained there (waited for, checked, written) while this thread dispatches the next ones, at most
-  :data:`DRAIN_DEPTH` ahead; without it, each piece is drained while the next one runs.
+class _Drain:
+  """Merged pieces on their way out, in order: each one checked for NaN/Inf on the host (where asked)
+  by the dispatching thread, :data:`CHECK_LAG` pieces behind the kernels it dispatches, then written
+  (or copied into its leaf) on a draining thread of its own, at most :data:`DRAIN_DEPTH` behind. The
+  two threads share the work of each piece (writes to one file do not run in parallel, checks do),
+  and pieces of consecutive leaves flow through without a pause at each leaf's end (:meth:`settle`
+  waits for all of them). The first piece that fails (e.g. a full disk) stops the writing of every
+  piece after it.
   """
-  out = np.empty((n,), out_dtype) if write is None else None
-  flags, pending, failed = [], collections.deque(), []
 
-  def drain(item):
-    if failed:  # a piece before this one failed (e.g. the disk is full): write nothing more
+  def __init__(self):
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mergejax-drain")
+    self.dispatched: collections.deque[tuple[Any, int, list | None, Callable[[np.ndarray], None]]] = collections.deque()
+    self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    self.failed = False
+    self.flags: dict[str, list[Any]] = {}  # finite flags of the pieces of each leaf since :meth:`settle`
+
+  def submit(self, r: Any, n: int, checks: list | None, finish: Callable[[np.ndarray], None]) -> None:
+    """Queues the merged piece ``r``, of which the first ``n`` entries count: checked (the flag appended
+    to ``checks``, unless None), then given to ``finish`` on the draining thread."""
+    self.dispatched.append((r, n, checks, finish))
+    if len(self.dispatched) > CHECK_LAG:
+      self._hand_over()
+
+  def _hand_over(self) -> None:
+    r, n, checks, finish = self.dispatched.popleft()
+    if checks is not None:
+      r = np.asarray(r).reshape(-1)[:n]
+      checks.append(finite_host(r))
+    self.pending.append(self.pool.submit(self._run, finish, r, n))
+    if len(self.pending) > DRAIN_DEPTH:
+      self.pending.popleft().result()
+
+  def _run(self, finish: Callable[[np.ndarray], None], r: Any, n: int) -> None:
+    if self.failed:  # a piece before this one failed: write nothing more
       return
-    a, b, r = item
     try:
-      r = np.asarray(r).reshape(-1)[:b - a]
-      if host_check:
-        flags.append(finite_host(r))
-      if write is not None:
-        write(a, r)
-      else:
-        out[a:b] = r
+      finish(np.asarray(r).reshape(-1)[:n])
     except BaseException:
-      failed.append(True)
+      self.failed = True
       raise
 
-  try:
-    for a, b, args in pieces:
-      if flagged:
-        r, f = fn(*args, out_dtype=out_dtype)
-        flags.append(f)
-      else:
-        r = fn(*args, out_dtype=out_dtype)
-      if drainer is None:
-        if pending:
-          drain(pending.popleft())
-        pending.append((a, b, r))
-        continue
-      pending.append(drainer.submit(drain, (a, b, r)))
-      if len(pending) > DRAIN_DEPTH:
-        pending.popleft().result()
-    while pending:
-      item = pending.popleft()
-      if drainer is not None:
-        item.result()
-      else:
-        drain(item)
-  finally:
-    for f in pending:  # after a failure: drains still queued are dropped, a running one finishes first
-      if isinstance(f, concurrent.futures.Future) and not f.cancel():
-        concurrent.futures.wait([f])
-  if not (flagged or host_check):
-    return out, None
-  return out, np.asarray([bool(np.logical_and.reduce([np.asarray(f).all() for f in flags]))] if flags else [True])
+  def wait(self) -> None:
+    """Waits for every piece submitted (raising the first error)."""
+    while self.dispatched:
+      self._hand_over()
+    while self.pending:
+      self.pending.popleft().result()
+
+  def settle(self) -> dict[str, np.ndarray]:
+    """Waits for every piece submitted; returns the bool[1] finite flag of each checked leaf since the
+    last call."""
+    self.wait()
+    flags, self.flags = self.flags, {}
+    return {p: np.asarray([all(bool(np.asarray(f).all()) for f in fs)]) for p, fs in flags.items()}
+
+  def close(self) -> None:
+    """Drops the pieces not started; a running one finishes first."""
+    self.dispatched.clear()
+    for f in self.pending:
+      f.cancel()
+    self.pending.clear()
+    self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _merge_pieces(fn, pieces: Iterator[tuple[int, int, tuple]], n: int, out_dtype, write, path: str, drain: _Drain,
+                  *, flagged: bool, host_check: bool = False) -> np.ndarray | None:
+  """Runs ``fn(*args, out_dtype=...)`` on each (start, stop, args) piece of leaf ``path``; entries
+  [0, stop - start) of its flattened result are the leaf's entries [start, stop), drained by ``drain``.
+  Returns the flat leaf (all of it merged), or None when each piece goes to ``write(start, values)``:
+  those may still be in flight (:meth:`_Drain.settle`).
+
+  ``flagged``: ``fn`` returns (piece, bool[1] finite flag). ``host_check``: each merged piece is
+  checked on the host (:func:`finite_host`). Either way the leaf's flags are ``drain.flags[path]``.
+  """
+  out = np.empty((n,), out_dtype) if write is None else None
+  flags = drain.flags.setdefault(path, []) if flagged or host_check else None
+
+  def finish(a, values):
+    if write is not None:
+      write(a, values)
+    else:
+      out[a:a + values.size] = values
+
+  for a, b, args in pieces:
+    if flagged:
+      r, f = fn(*args, out_dtype=out_dtype)
+      flags.append(f)
+    else:
+      r = fn(*args, out_dtype=out_dtype)
+    drain.submit(r, b - a, flags if host_check else None, functools.partial(finish, a))
+  if write is None:
+    drain.wait()
+  return out
 
 
 def _count_valid(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -112,6 +112,7 @@ def merge_sources(
             out[s.path] = leaf
           if flag is not None:
             fused[s.path] = flag
+        fused.update(executor.settle())  # every span written
         # Before the group's leaves are marked written (spans written already: the sink then aborts).
         guard.resolve(fused, functools.partial(executor.exact_flags, grp))
         sink.write(out)
