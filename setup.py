@@ -39,7 +39,7 @@ _INSTALL_REQUIRES = [
 
 _EXTRAS = {
     # jinja2: the independent reference the T0 prompt templates are checked against.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "jinja2>=3.1", "torch==2.13.0",
+    "test": ["pytest>=8", "pytest-xdist>=3.8", "hypothesis>=6.100", "jinja2>=3.1", "torch==2.13.0",
              "transformers==5.23.0",
              "peft==0.21.2",
              "lm-eval==0.4.13"],
