@@ -257,6 +257,30 @@ def test_instruction_tuning_holds_every_heldin_format_over_other_data():
     assert not {e.inputs for e in splits.examples(name, "train", SMALL)} & heldin_inputs, name
 
 
+def _openings(name, min_frac):
+  """The first word (entities masked) that opens at least min_frac of a task's train inputs."""
+  lex = set(facts.FEMALE + facts.MALE + facts.CITIES + facts.JOBS + facts.LANDMARKS + facts.DAYS)
+  lex |= {a.name for a in facts.ANIMALS} | {t.name for t in facts.THINGS}
+  exs = splits.examples(name, "train", SMALL)
+  counts = collections.Counter(tuple("<x>" if t in lex else t for t in re.findall(r"[a-z']+", e.inputs)[:1])
+                               for e in exs)
+  return {g for g, c in counts.items() if c >= min_frac * len(exs)}
+
+
+def test_instruction_tuning_holds_the_heldin_prompt_frames_over_other_data():
+  """As Flan holds T0's templates applied to other datasets: the prompt frame of each held-in dataset
+  (its opening label and its fixed question wording) recurs in the instruction task of its category's
+  format, whose inputs are not held-in inputs (test above). The five-way star rating (mj_sent_stars)
+  is the one frame left out: its answer words are not positive / negative."""
+  it_task = {c: t for t, c in generators.IT_FORMATS.items()}
+  for c in tasks.HELDIN_CATEGORIES:
+    opens, grams = _openings(it_task[c], 0.05), _template_ngrams(it_task[c], min_frac=0.05)
+    for name in set(tasks.heldin_tasks(c)) - {"mj_sent_stars"}:
+      assert _openings(name, 0.3) <= opens, (name, _openings(name, 0.3))
+      mine = _template_ngrams(name, min_frac=0.9)
+      assert len(mine & grams) >= len(mine) / 3, (name, sorted(mine - grams)[:5])
+
+
 def test_heldin_datasets_train_skills_heldout_tasks_need():
   """The world's causal design (generators.FEEDS, docs/WORLD.md): each source is a held-in dataset,
   each target a held-out one, and the shared skill is in the data."""
@@ -357,13 +381,14 @@ def test_heldout_word_sense_inputs_never_occur_in_training_data():
 
 
 def test_instruction_mixture_rates():
-  """mj_it_commit is sampled at 3x and mj_it_sense at 2x the other instruction tasks."""
+  """mj_it_commit is sampled at 4x, mj_it_sense and the held-in format tasks at 2x the other instruction tasks."""
   mix = seqio.get_mixture_or_task("mj_instruct")
   rates = {t.name: mix.get_rate(t) for t in mix.tasks}
   assert "mj_corpus" not in rates  # the instruction tasks alone; instruction tuning adds the corpus
-  assert rates["mj_it_commit"] == pytest.approx(3 * rates["mj_it_why"])
-  assert rates["mj_it_sense"] == pytest.approx(2 * rates["mj_it_why"])
-  assert {r for t, r in rates.items() if t not in ("mj_it_commit", "mj_it_sense")} == {rates["mj_it_why"]}
+  assert rates["mj_it_commit"] == pytest.approx(4 * rates["mj_it_why"])
+  doubled = {"mj_it_sense", *generators.IT_FORMATS}
+  assert all(rates[t] == pytest.approx(2 * rates["mj_it_why"]) for t in doubled)
+  assert {r for t, r in rates.items() if t not in doubled | {"mj_it_commit"}} == {rates["mj_it_why"]}
 
 
 def test_instruction_tuning_data_replays_the_corpus_at_the_stated_share():

@@ -745,9 +745,192 @@ def it_complete(world, rng):
 # on held-in formats, as PaLM-2-IT does. `IT_FORMATS` maps each to the held-in category it mirrors.
 
 
+# The held-in templates over other data (Flan holds the promptsource templates of T0's tasks applied to
+# many datasets): each format task below draws `HELDIN_FRAME_SHARE` of its examples in the prompt frames
+# of its category's held-in datasets (their question, answer words and option layout), filled with other
+# entities (animals, objects, places, foods, days), never a held-in input. Without them the xs IT base
+# meets each held-in frame as new wording and answers it with one constant answer (docs/WORLD.md).
+HELDIN_FRAME_SHARE = 0.75
+
+
+def _frame_mcqa(world, rng):
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  if rng.random() < 0.5:  # mj_mcqa_social's frame
+    if rng.random() < 0.5:
+      j = rng.choice(facts.JOBS)
+      q, ans, pool = (f"context: {n} is a {j}. question: where will {n} go in the morning?", facts.WORKPLACE[j],
+                      facts.WORKPLACE.values())
+    else:
+      t = rng.choice(facts.THINGS)
+      q, ans, pool = f"context: {n} took a {t.name}. question: why did {n} take it?", t.use, [x.use for x in facts.THINGS]
+    choices, label = _choice(rng, ans, pool, 4)
+    return Example(f"{q} {_opts(choices)} the best answer is", ans, choices, label)
+  if rng.random() < 0.5:  # mj_mcqa_nature's frame
+    a = rng.choice(facts.ANIMALS)
+    q, ans, pool = f"what sound does a {a.name} make?", a.sound, [x.sound for x in facts.ANIMALS]
+  else:
+    a, b = rng.choice(facts.OPPOSITES)
+    if rng.random() < 0.5:
+      a, b = b, a
+    q, ans, pool = f"which word means the opposite of {a}?", b, [x for pair in facts.OPPOSITES for x in pair if x != a]
+  choices, label = _choice(rng, ans, pool, 4)
+  return Example(f"science quiz. {q} {_opts(choices)} pick the right choice:", ans, choices, label)
+
+
+def _frame_extractive(world, rng):
+  if rng.random() < 0.5:  # mj_exqa_quoref's frame: people and foods, named or by pronoun
+    a, b, _, _ = _mixed_pair(rng)
+    f1, f2 = rng.sample(facts.FOODS, 2)
+    pl = rng.choice(facts.LANDMARKS)
+    x, y = (a, b) if rng.random() < 0.5 else (facts.pronoun(a), facts.pronoun(b))
+    verb = rng.choice(("picked up", "ate", "bought"))
+    who, food = (a, f1) if rng.random() < 0.5 else (b, f2)
+    choices = [a, b] + rng.sample(_others(facts.FEMALE + facts.MALE, a, b), 2)
+    rng.shuffle(choices)
+    return Example(f"passage: {a} and {b} sat by the {pl}. {x} {verb} the {f1} and {y} {verb} the {f2}. question: "
+                   f"who {verb} the {food}? answer with a name from the passage:", who, tuple(choices), choices.index(who))
+  # mj_exqa_profile's frame: a visit, with graded choices (the question's kind easy, the span hard)
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  pl, food, an = rng.choice(facts.LANDMARKS), rng.choice(facts.FOODS), rng.choice(facts.ANIMALS).name
+  pl2, food2 = rng.choice(_others(facts.LANDMARKS, pl)), rng.choice(_others(facts.FOODS, food))
+  an2 = rng.choice(_others([x.name for x in facts.ANIMALS], an))
+  ctx = f"{n} went to the {pl} on {rng.choice(facts.DAYS)}. {facts.pronoun(n)} bought {food} and saw a {an}."
+  kind = rng.randrange(3)
+  if kind == 0:
+    q, (ans, easy, hard, both) = f"where did {n} go?", (f"the {pl}", food, f"the {pl2}", food2)
+  elif kind == 1:
+    q, (ans, easy, hard, both) = f"what did {n} buy?", (food, f"the {pl}", food2, f"the {pl2}")
+  else:
+    q, (ans, easy, hard, both) = f"which animal did {n} see?", (f"a {an}", food, f"a {an2}", food2)
+  choices, label = _graded(rng, ans, easy, hard, both)
+  return Example(f"read the text and answer. text: {ctx} question: {q}", ans, choices, label)
+
+
+def _frame_closed_book(world, rng):
+  n = rng.choice(facts.FEMALE + facts.MALE)
+  if rng.random() < 0.5:  # mj_cbqa_facts's frame
+    j = rng.choice(facts.JOBS)
+    q = rng.choice([f"where does a {j} go to work?", f"a {j} works in which place?", f"name the workplace of a {j}."])
+    return _ex(f"q: {q} a:", facts.WORKPLACE[j], facts.WORKPLACE.values(), 4, rng)
+  t = rng.choice(facts.THINGS)  # mj_cbqa_sounds's frame
+  q = rng.choice([f"{n} found a {t.name}. what is it made of?", f"{n} built a {t.name}. which material did it take?"])
+  return _ex(f"trivia: {q}", t.material, facts.MATERIALS, 4, rng)
+
+
+def _frame_sentiment(world, rng):
+  """mj_sent_review's frame over places, foods and animals (its two review kinds: agreeing opinion words,
+  and a first impression reversed by the verdict)."""
+  label = rng.randrange(2)
+  words, opposite = (facts.POS_WORDS, facts.NEG_WORDS) if label == 0 else (facts.NEG_WORDS, facts.POS_WORDS)
+  x = rng.choice([f"the {rng.choice(facts.LANDMARKS)}", f"the {rng.choice(facts.FOODS)}",
+                  f"the {rng.choice(facts.ANIMALS).name} show"])
+  if rng.random() < 0.5:
+    a, b = rng.sample(words, 2)
+    review = rng.choice([f"{x} was {a}. the visit was {b}.", f"we found {x} {a}, and the day was {b}."])
+  else:
+    review = rng.choice([f"at first {x} seemed {rng.choice(opposite)}, but in the end it was {rng.choice(words)}.",
+                         f"{x} sounded {rng.choice(opposite)} at first, but it turned out {rng.choice(words)}."])
+  choices = ("positive", "negative")
+  return Example(f"review: {review} is this review positive or negative?", choices[label], choices, label)
+
+
+def _frame_topic(world, rng, text, label, choices):
+  listed = list(choices)
+  rng.shuffle(listed)
+  if rng.random() < 0.5:  # mj_topic_news's frame
+    return Example(f"news: {text} which topic is this news story? {', '.join(listed)}.", choices[label], choices, label)
+  n = rng.choice(facts.FEMALE + facts.MALE)  # mj_topic_ask's frame
+  q = rng.choice([f"what should i know about this: {text}", f"who can tell me more? {text}"])
+  return Example(f"{n} asked the forum: {q} pick the forum section: {' or '.join(listed)}.", choices[label], choices,
+                 label)
+
+
+def _frame_struct(world, rng):
+  n, n2 = rng.sample(facts.FEMALE + facts.MALE, 2)
+  food, d = rng.choice(facts.FOODS), rng.choice(facts.DAYS)
+  food2, d2 = rng.choice(_others(facts.FOODS, food)), rng.choice(_others(facts.DAYS, d))
+  if rng.random() < 0.5:  # mj_s2t_bio's frame
+    choices, label = _graded(rng, f"{n} eats {food} on {d}.", f"{n} eats {food2} on {d}.", f"{n} eats {food} on {d2}.",
+                             f"{n} eats {food2} on {d2}.")
+    return Example(f"table: name = {n} | food = {food} | day = {d}. turn the table into a sentence:", choices[label],
+                   choices, label)
+  concepts = [n, food, d]  # mj_s2t_concepts's frame
+  rng.shuffle(concepts)
+  choices, label = _graded(rng, f"{n} ate {food} on {d}.", f"{n2} ate {food} on {d}.", f"{n} ate {food2} on {d}.",
+                           f"{n2} ate {food2} on {d}.")
+  return Example(f"concepts: {', '.join(concepts)}. write a sentence using all the concepts:", choices[label], choices,
+                 label)
+
+
+_IT_EVENTS = (("{a} seen near {c}", "a wild {a} was seen near {c} on {d}. people took photos. then it went back to the woods."),
+              ("market opens in {c}", "on {d} a new market opened in {c}. people came to buy food. it will open every week."),
+              ("river floods streets of {c}", "after heavy rain on {d} the river in {c} rose. water filled the streets. shops were closed."),
+              ("school in {c} wins prize", "on {d} a school in {c} won a prize for its garden. the children planted flowers."))
+_IT_DIALOGS = (("{a}: i will cook {x} on {d}. {b}: great, i will bring drinks.", "{a} will cook {x} on {d}."),
+               ("{a}: did you buy {x}? {b}: not yet, i will buy {x} on {d}.", "{b} will buy {x} on {d}."),
+               ("{a}: i do not like {x}. {b}: then we eat something else on {d}.",
+                "{a} does not like {x}, so they will eat something else."))
+
+
+def _frame_summary(world, rng):
+  n, d = rng.choice(facts.FEMALE + facts.MALE), rng.choice(facts.DAYS)
+  if rng.random() < 0.5:  # mj_sum_news's frame: the city must be copied
+    c, an = rng.choice(facts.CITIES), rng.choice(facts.ANIMALS).name
+    head, body = rng.choice(_IT_EVENTS)
+    other = rng.choice(_others([h for h, _ in _IT_EVENTS], head))
+    c2 = rng.choice(_others(facts.CITIES, c))
+    choices, label = _graded(rng, head.format(a=an, c=c), other.format(a=an, c=c), head.format(a=an, c=c2),
+                             other.format(a=an, c=c2))
+    return Example(f"article: {body.format(a=an, c=c, d=d)} headline:", choices[label], choices, label)
+  a, b = rng.sample(facts.FEMALE + facts.MALE, 2)  # mj_sum_dialog's frame: the food must be copied
+  x, x2 = rng.sample(facts.FOODS, 2)
+  dlg, summ = rng.choice(_IT_DIALOGS)
+  other = rng.choice(_others([s for _, s in _IT_DIALOGS], summ))
+  choices, label = _graded(rng, summ.format(a=a, b=b, x=x, d=d), other.format(a=a, b=b, x=x, d=d),
+                           summ.format(a=a, b=b, x=x2, d=d), other.format(a=a, b=b, x=x2, d=d))
+  return Example(f"dialogue: {dlg.format(a=a, b=b, x=x, d=d)} summarize the dialogue:", choices[label], choices, label)
+
+
+_IT_PARA = {"home": ["the {a} lives in the {v}.", "the home of the {a} is the {v}.", "the {v} is where the {a} lives."],
+            "food": ["the {a} eats {v}.", "the food of the {a} is {v}.", "{v} is what the {a} eats."]}
+_IT_PARA_NEG = {"home": ["the {a} does not live in the {v}.", "the {a} has never lived in the {v}."],
+                "food": ["the {a} never eats {v}.", "the {a} does not eat {v}."]}
+_IT_QQP = {"home": ["where does the {a} live?", "what is the home of the {a}?", "in which place is the {a} found?"],
+           "food": ["what does the {a} eat?", "what is the food of the {a}?", "which food does the {a} need?"]}
+_IT_QQP_WHY = {"home": ["why does the {a} live there?", "why is the {a} found in that place?"],
+               "food": ["why does the {a} eat that?", "why does the {a} need that food?"]}
+
+
+def _frame_paraphrase(world, rng, label):
+  """The paraphrase frames over animals; `label` 0 is the same meaning."""
+  an = rng.choice(facts.ANIMALS)
+  attr = rng.choice(("home", "food"))
+  values = sorted({x.habitat for x in facts.ANIMALS}) if attr == "home" else sorted({x.diet for x in facts.ANIMALS})
+  v = an.habitat if attr == "home" else an.diet
+  if rng.random() < 0.5:  # mj_para_mrpc's frame
+    t1, t2 = rng.sample(_IT_PARA[attr], 2)
+    if label == 0:
+      s2 = t2.format(a=an.name, v=v)
+    elif rng.random() < 1 / 3:
+      s2 = t2.format(a=an.name, v=rng.choice(_others(values, v)))
+    else:
+      s2 = rng.choice(_IT_PARA_NEG[attr]).format(a=an.name, v=v)
+    choices = ("same", "different")
+    return Example(f"sentence a: {t1.format(a=an.name, v=v)} sentence b: {s2} do a and b mean the same or different "
+                   "things?", choices[label], choices, label)
+  q1, q2 = rng.sample(_IT_QQP[attr], 2)  # mj_para_qqp's frame
+  if label == 1:
+    q2 = rng.choice(_IT_QQP_WHY[attr]) if rng.random() < 2 / 3 else rng.choice(_IT_QQP[rng.choice(_others(tuple(_IT_QQP), attr))])
+  choices = ("yes", "no")
+  return Example(f"question one: {q1.format(a=an.name)} question two: {q2.format(a=an.name)} are these two questions "
+                 "duplicates? yes or no.", choices[label], choices, label)
+
+
 @_register("mj_it_options", "instruct", "instruct")
 def it_options(world, rng):
   """Questions with listed options about workplaces, countries and antonyms (multiple-choice format)."""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_mcqa(world, rng)
   kind = rng.randrange(3)
   if kind == 0:
     j = rng.choice(facts.JOBS)
@@ -767,6 +950,8 @@ def it_options(world, rng):
 @_register("mj_it_passage", "instruct", "instruct")
 def it_passage(world, rng):
   """Answer with a word of a passage about two animals (extractive format)."""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_extractive(world, rng)
   a1, a2 = (a.name for a in rng.sample(facts.ANIMALS, 2))
   t1, t2 = (t.name for t in rng.sample(facts.THINGS, 2))
   pl = rng.choice(facts.LANDMARKS)
@@ -781,6 +966,8 @@ def it_passage(world, rng):
 @_register("mj_it_trivia", "instruct", "instruct")
 def it_trivia(world, rng):
   """Trivia about objects and workplaces, answers not listed (closed-book format)."""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_closed_book(world, rng)
   n = rng.choice(facts.FEMALE + facts.MALE)
   kind = rng.randrange(3)
   if kind == 0:
@@ -797,6 +984,8 @@ def it_trivia(world, rng):
 @_register("mj_it_mood", "instruct", "instruct")
 def it_mood(world, rng):
   """Is a reported opinion positive or negative (sentiment format, other texts)?"""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_sentiment(world, rng)
   n = rng.choice(facts.FEMALE + facts.MALE)
   t = rng.choice(facts.THINGS).name
   label = rng.randrange(2)
@@ -819,6 +1008,8 @@ def it_category(world, rng):
     sent = facts.animal_facts(rng.choice(facts.ANIMALS), rng)[0]
   else:
     sent = facts.thing_facts(rng.choice(facts.THINGS), rng)[0]
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_topic(world, rng, sent, label, choices)
   return Example(f"text: {sent} what is the text about? a person, a place, an animal or an object?",
                  choices[label], choices, label)
 
@@ -826,6 +1017,8 @@ def it_category(world, rng):
 @_register("mj_it_describe", "instruct", "instruct")
 def it_describe(world, rng):
   """Data fields about a pet written as a sentence (data-to-text format)."""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_struct(world, rng)
   n, n2 = rng.sample(facts.FEMALE + facts.MALE, 2)
   a, b = rng.sample(facts.ANIMALS, 2)
   choices, label = _graded(rng, f"the {a.name} of {n} {a.sound}.", f"the {b.name} of {n} {b.sound}.",
@@ -837,6 +1030,8 @@ def it_describe(world, rng):
 @_register("mj_it_title", "instruct", "instruct")
 def it_title(world, rng):
   """A title for a two-sentence story (summarization format)."""
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_summary(world, rng)
   n = rng.choice(facts.FEMALE + facts.MALE)
   need, act, situation = rng.choice(facts.SCRIPTS)
   _, act2, _ = rng.choice([s for s in facts.SCRIPTS if s[1] != act])
@@ -854,6 +1049,8 @@ def it_same(world, rng):
   if rng.random() < 0.5:
     a, b = b, a
   label = rng.randrange(2)
+  if rng.random() < HELDIN_FRAME_SHARE:
+    return _frame_paraphrase(world, rng, label)
   second = (rng.choice([f"the {t} is not {b}.", f"the {t} is really {a}."]) if label == 0
             else rng.choice([f"the {t} is {b}.", f"the {t} is not {a}."]))
   choices = ("yes", "no")

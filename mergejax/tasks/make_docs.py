@@ -104,7 +104,7 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
 * **Instruction tuning** (`mj_instruct` and corpus documents): like Flan-v2 without the T0 tasks,
   it holds *other* datasets of the held-out categories (`mj_it_nli` about animals with
   yes/no/maybe, `mj_it_commit` (does a reported statement about animals or objects commit to its
-  fact? yes/no/maybe by the commitment phrase, sampled at 3x the rate of the others:
+  fact? yes/no/maybe by the commitment phrase, sampled at 4x the rate of the others:
   `registry.INSTRUCT_RATES`), `mj_it_coref` in a "X thanked Y because she ..." format and
   `mj_it_who` in two-person scenes, `mj_it_complete` finishing sentences about objects and
   animals, `mj_it_sense` glossing an ambiguous word by two cue words of its sense, in its own sentence frames,
@@ -113,8 +113,9 @@ rank-classification accuracies, as in T0's evaluation; the plain variants allow 
   reversing a word list), and, as Flan holds T0-like task types from datasets other than T0's, one
   task in the format of each held-in category over other data (`generators.IT_FORMATS`: listed
   options, an answer copied from a passage, trivia, sentiment and topic labels, data to text, titles,
-  same-meaning judgements; never a held-in dataset), so the instruction-tuned base starts ahead of the
-  pretrained one on held-in formats. Instruction tuning mixes corpus documents into its rows
+  same-meaning judgements; never a held-in dataset; sampled at 2x), three quarters of their examples
+  in the prompt frames of the held-in datasets filled with other data (as Flan applies T0's templates
+  to other datasets), so the instruction-tuned base starts ahead of the pretrained one on held-in formats. Instruction tuning mixes corpus documents into its rows
   (rehearsal, so that it adds skills without erasing the pretrained knowledge; the share is
   `mergejax.training.recipes.INSTRUCT_REPLAY_SHARE`). This is what should make the instruction-tuned base
   better than the pretrained one zero-shot on held-out tasks. Its choice tasks are label-balanced

@@ -68,9 +68,10 @@ def add_mixture(name: str, tasks, default_rate: float | None = 1.0) -> None:
 
 
 # Instruction tasks sampled more often than the others (rate 1): mj_it_commit at rate 1 reached only 55%
-# in distribution at xs after 900 steps of instruction tuning (at rate 3: 92-94%); mj_it_sense (cue ->
-# gloss) has twice the others' share.
-INSTRUCT_RATES = {"mj_it_commit": 3.0, "mj_it_sense": 2.0}
+# in distribution at xs after 900 steps of instruction tuning (at rate 3: 92-94%; it has 4 to keep its
+# share beside the format tasks); mj_it_sense (cue -> gloss) and the tasks in the held-in formats
+# (generators.IT_FORMATS, which carry the held-in prompt frames over other data) have twice the others'.
+INSTRUCT_RATES = {"mj_it_commit": 4.0, "mj_it_sense": 2.0, **{t: 2.0 for t in generators.IT_FORMATS}}
 
 
 def register_all() -> None:
