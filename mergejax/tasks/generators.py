@@ -753,6 +753,12 @@ def it_complete(world, rng):
 HELDIN_FRAME_SHARE = 0.75
 
 
+def _antonyms(rng) -> tuple[str, str]:
+  """A word and its opposite (`facts.OPPOSITES`), either way round."""
+  a, b = rng.choice(facts.OPPOSITES)
+  return (b, a) if rng.random() < 0.5 else (a, b)
+
+
 def _frame_mcqa(world, rng):
   n = rng.choice(facts.FEMALE + facts.MALE)
   if rng.random() < 0.5:  # mj_mcqa_social's frame
@@ -769,9 +775,7 @@ def _frame_mcqa(world, rng):
     a = rng.choice(facts.ANIMALS)
     q, ans, pool = f"what sound does a {a.name} make?", a.sound, [x.sound for x in facts.ANIMALS]
   else:
-    a, b = rng.choice(facts.OPPOSITES)
-    if rng.random() < 0.5:
-      a, b = b, a
+    a, b = _antonyms(rng)
     q, ans, pool = f"which word means the opposite of {a}?", b, [x for pair in facts.OPPOSITES for x in pair if x != a]
   choices, label = _choice(rng, ans, pool, 4)
   return Example(f"science quiz. {q} {_opts(choices)} pick the right choice:", ans, choices, label)
@@ -939,9 +943,7 @@ def it_options(world, rng):
     c = rng.choice(world.cities)
     q, ans, pool = f"in which country is {c.name}?", c.country, facts.COUNTRIES
   else:
-    a, b = rng.choice(facts.OPPOSITES)
-    if rng.random() < 0.5:
-      a, b = b, a
+    a, b = _antonyms(rng)
     q, ans, pool = f"what is the opposite of {a}?", b, [x for pair in facts.OPPOSITES for x in pair if x != a]
   choices, label = _choice(rng, ans, pool, 4)
   return Example(f"{q} choose from: {_opts(choices)}. answer:", ans, choices, label)
@@ -1045,9 +1047,7 @@ def it_title(world, rng):
 def it_same(world, rng):
   """Do two sentences about an object say the same? yes / no (same-meaning format; antonyms and negation)."""
   t = rng.choice(facts.THINGS).name
-  a, b = rng.choice(facts.OPPOSITES)
-  if rng.random() < 0.5:
-    a, b = b, a
+  a, b = _antonyms(rng)
   label = rng.randrange(2)
   if rng.random() < HELDIN_FRAME_SHARE:
     return _frame_paraphrase(world, rng, label)
