@@ -182,13 +182,20 @@ def test_labels_are_a_function_of_the_input():
         assert seen.setdefault(ex.inputs, ex.targets) == ex.targets, (name, ex.inputs)
 
 
+_ENTITIES = (set(facts.FEMALE + facts.MALE + facts.CITIES + facts.COUNTRIES + facts.JOBS + facts.COLORS + facts.FOODS
+                 + facts.LANDMARKS + facts.DAYS) | {a.name for a in facts.ANIMALS} | {t.name for t in facts.THINGS}
+             | {"commitcue"})
+
+
+def _masked_words(text):
+  """The words of ``text`` with the world's entities as <x>."""
+  return ["<x>" if t in _ENTITIES else t for t in re.findall(r"[a-z']+", text)]
+
+
 def _template_ngrams(name, n=4, min_frac=0.2):
   """The fixed wording of a task: word n-grams (entities masked) found in >= min_frac of its inputs.
   The commitment phrases (world.COMMIT_CUES) are masked like entities: they are the content the NLI
   tasks are about (as "lives in" is for closed-book QA), shared on purpose, not a template."""
-  lex = set(facts.FEMALE + facts.MALE + facts.CITIES + facts.COUNTRIES + facts.JOBS + facts.COLORS + facts.FOODS
-            + facts.LANDMARKS + facts.DAYS)
-  lex |= {a.name for a in facts.ANIMALS} | {t.name for t in facts.THINGS} | {"commitcue"}
   cues = sorted((c for cs in facts.COMMIT_CUES for c in cs), key=len, reverse=True)
   exs = splits.examples(name, "train", SMALL)
   counts = collections.Counter()
@@ -196,7 +203,7 @@ def _template_ngrams(name, n=4, min_frac=0.2):
     text = ex.inputs
     for c in cues:
       text = text.replace(f" {c} ", " commitcue ")
-    toks = ["<x>" if t in lex else t for t in re.findall(r"[a-z']+", text)]
+    toks = _masked_words(text)
     counts.update({tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)})
   return {g for g, c in counts.items() if c >= min_frac * len(exs) and g.count("<x>") <= 1}
 
@@ -259,11 +266,8 @@ def test_instruction_tuning_holds_every_heldin_format_over_other_data():
 
 def _openings(name, min_frac):
   """The first word (entities masked) that opens at least min_frac of a task's train inputs."""
-  lex = set(facts.FEMALE + facts.MALE + facts.CITIES + facts.JOBS + facts.LANDMARKS + facts.DAYS)
-  lex |= {a.name for a in facts.ANIMALS} | {t.name for t in facts.THINGS}
   exs = splits.examples(name, "train", SMALL)
-  counts = collections.Counter(tuple("<x>" if t in lex else t for t in re.findall(r"[a-z']+", e.inputs)[:1])
-                               for e in exs)
+  counts = collections.Counter(tuple(_masked_words(e.inputs)[:1]) for e in exs)
   return {g for g, c in counts.items() if c >= min_frac * len(exs)}
 
 
