@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh base  # the package alone: the test extra (torch, transformers, lm-eval) is not needed here
 export TF_CPP_MIN_LOG_LEVEL=3
+source scripts/cpu_env.sh  # huge pages for malloc's large mappings (glibc)
 exec .venv/bin/mergejax-study --config=configs/study_tiny.py --workdir="${WORKDIR:-runs/tiny}" "$@"

@@ -589,16 +589,21 @@ class MergeWarmup:
   grid once. Real task vectors, not random ones: TIES' threshold search runs data-dependent passes,
   whose programs random data would not all reach.
   :meth:`wait` blocks until a size's programs are compiled, so the study never compiles the same
-  program twice. One process on one device only: a multi-host run merges on every process in lockstep,
-  and a mesh of several devices runs programs with collectives, which must not run from two threads at
-  once; both compile in place.
+  program twice. On a background thread only for one process on one device: a mesh of several devices
+  runs programs with collectives, which must not run from two threads at once, so there
+  (``background=False``) the merges run on the calling thread before any evaluation, while the evaluators'
+  data is read on theirs; a multi-host run merges on every process in lockstep and compiles in place.
   """
 
-  def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None):
+  def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None,
+               background: bool = True):
     self._done = {size: threading.Event() for size in spec.sizes}
     self.error: BaseException | None = None
-    threading.Thread(target=self._run, args=(spec, dict(model_sets), scorer), name="merge-warmup",
-                     daemon=True).start()
+    if background:
+      threading.Thread(target=self._run, args=(spec, dict(model_sets), scorer), name="merge-warmup",
+                       daemon=True).start()
+    else:
+      self._run(spec, dict(model_sets), scorer)
 
   def _run(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None) -> None:
     try:
@@ -674,17 +679,20 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
                        for k in w.kinds for s in w.sizes)
     loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
     warmup = None
-    # The warm-up executes merges on a thread of its own: only where every program runs on one device.
+    # The warm-up executes merges on a thread of its own only where every program runs on one device.
     # Programs on a mesh of several devices exchange shards (collectives); two threads running such
-    # programs at once can leave each device waiting in the other's exchange (XLA:CPU aborts).
-    if jax.process_count() == 1 and merges_missing and w.device_mesh.devices.size == 1:
+    # programs at once can leave each device waiting in the other's exchange (XLA:CPU aborts). There it
+    # merges on this thread before the first evaluation, while the evaluators' data is read.
+    if jax.process_count() == 1 and merges_missing:
       first = load_models(w, w.kinds[0], w.sizes[0])
       if not prepared:
         scorer.prepare(first.adapter, first.vocabulary)  # reads and packs the data while the other sizes load
         prepared = True
       loaded = {(w.kinds[0], w.sizes[0]): first}
       loaded.update({(w.kinds[0], size): load_models(w, w.kinds[0], size) for size in w.sizes[1:]})
-      warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer)
+      one_device = w.device_mesh.devices.size == 1
+      warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer if one_device else None,
+                           background=one_device)
     elif refs_missing and not prepared:
       loaded = {(w.kinds[0], w.sizes[0]): load_models(w, w.kinds[0], w.sizes[0])}
       first = loaded[(w.kinds[0], w.sizes[0])]
