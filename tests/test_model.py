@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mergejax import models, tasks
+from mergejax.models import decoder as decoder_lib
 from mergejax.training import data
 
 TINY = models.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=16)
@@ -49,6 +50,23 @@ def test_packed_segments_match_separate_sequences():
   out = model.apply({"params": params}, packed, seg, pos)
   np.testing.assert_allclose(out[:, :5], model.apply({"params": params}, a), atol=1e-5)
   np.testing.assert_allclose(out[:, 5:8], model.apply({"params": params}, b), atol=1e-5)
+
+
+def test_rope_table_gives_the_per_token_angles_bit_for_bit_and_is_computed_once():
+  """The one-hot table of the forward pass equals sin / cos computed per token, exactly; and the compiled
+  decoder evaluates sin and cos once (XLA otherwise fuses them into every layer's query and key)."""
+  pos_BxL = jax.random.randint(jax.random.key(3), (4, 80), 0, 80)
+  for k, base in ((16, 10000.0), (48, 10000.0), (64, 500000.0)):
+    table = jax.jit(lambda p, k=k, base=base: decoder_lib.rope_rotation(p, k, base, table=80))(pos_BxL)
+    direct = jax.jit(lambda p, k=k, base=base: decoder_lib.rope_rotation(p, k, base))(pos_BxL)
+    for a, b in zip(table, direct):
+      assert a.shape == b.shape == (4, 80, 1, k // 2)
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  cfg = TINY.replace(n_layers=3)
+  params = _init(cfg)
+  hlo = jax.jit(lambda p, t: models.Decoder(cfg).apply({"params": p}, t)).lower(
+      params, jnp.zeros((2, 12), jnp.int32)).compile().as_text()
+  assert hlo.count(" sine(") == 1 and hlo.count(" cosine(") == 1
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -184,8 +184,8 @@ def _decoder_apply_packed(module: Any):
 
     def interceptor(next_fun, args, kwargs, context):
       if isinstance(context.module, decoder_lib.Attention) and context.method_name == "__call__":
-        x, _, pos = args
-        return next_fun(x, mask_Bx1xLxL, pos, **kwargs)
+        x, _, rotation = args
+        return next_fun(x, mask_Bx1xLxL, rotation, **kwargs)
       if isinstance(context.module, nn.Embed) and context.method_name == "attend":
         x_BxLxD = args[0]
         x_BxGxD = jnp.take_along_axis(x_BxLxD, gather_BxG[..., None].astype(jnp.int32), axis=1)

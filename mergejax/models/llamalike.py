@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mergejax.models import decoder as decoder_lib
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -249,20 +251,17 @@ def inv_frequencies(rope: Rope, head_dim: int) -> np.ndarray:
   return inv_K2.astype(np.float32)
 
 
-def rope_angles(rope: Rope, head_dim: int, pos_BxL: jax.Array) -> jax.Array:
-  """``pos * inv_freq``, float32 ``[B, L, 1, K/2]``."""
+def rope_rotation(rope: Rope, head_dim: int, pos_BxL: jax.Array, table: int = 0) -> tuple[jax.Array, jax.Array]:
+  """``(sin, cos)`` of the angles ``pos * inv_freq``, float32 ``[B, L, 1, K/2]`` (``table``:
+  :func:`mergejax.models.decoder.rotation`)."""
   if rope.kind == "builtin":
     inv_K2 = rope.theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
   else:
     inv_K2 = jnp.asarray(inv_frequencies(rope, head_dim))
-  return (pos_BxL.astype(jnp.float32)[..., None] * inv_K2)[:, :, None, :]
+  return decoder_lib.rotation(pos_BxL, inv_K2, table)
 
 
-def apply_rope(x_BxLxHxK: jax.Array, ang_BxLx1xK2: jax.Array) -> jax.Array:
-  """Rotates channel pairs (i, i + K/2) by the angles (float32 inside)."""
-  sin, cos = jnp.sin(ang_BxLx1xK2), jnp.cos(ang_BxLx1xK2)
-  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxLxHxK.dtype)
+apply_rope = decoder_lib.rope  # rotates channel pairs (i, i + K/2) given the angles' (sin, cos)
 
 
 def rms_norm(cfg: DecoderConfig, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -291,7 +290,7 @@ class LlamaLike(nn.Module):
 
   Call arguments:
     tokens_BxL: token ids.
-    positions_BxL: RoPE positions (default 0..L-1).
+    positions_BxL: RoPE positions, each in [0, L) (default 0..L-1); while decoding, the cache's.
     mask_BxLxL: boolean attention mask (default causal); sliding windows are applied on top of it,
       measured in positions (so a packed sequence of several rows keeps each row's windows).
     gather_BxG: if given, logits only at these sequence positions (the packed scorer's targets).
@@ -322,7 +321,7 @@ class LlamaLike(nn.Module):
                                   nn.initializers.zeros).astype(dtype)
     return y_BxLxF.reshape(*y_BxLxF.shape[:2], heads, cfg.head_dim)
 
-  def _attention(self, i: int, names, x_BxLxD, pos_BxL, mask_BxLxL, ang_BxLx1xK2, start):
+  def _attention(self, i: int, names, x_BxLxD, pos_BxL, mask_BxLxL, rotation_sin_cos, start):
     cfg = self.config
     dtype = DTYPES[cfg.dtype]
     b, l = x_BxLxD.shape[:2]
@@ -333,8 +332,8 @@ class LlamaLike(nn.Module):
     if cfg.qk_norm:
       q_BxLxHxK = self._norm(names["q_norm"], q_BxLxHxK)
       k_BxLxGxK = self._norm(names["k_norm"], k_BxLxGxK)
-    q_BxLxHxK = apply_rope(q_BxLxHxK, ang_BxLx1xK2)
-    k_BxLxGxK = apply_rope(k_BxLxGxK, ang_BxLx1xK2)
+    q_BxLxHxK = apply_rope(q_BxLxHxK, rotation_sin_cos)
+    k_BxLxGxK = apply_rope(k_BxLxGxK, rotation_sin_cos)
     kpos_BxS = pos_BxL
     if start is not None:  # decoding: append to the cache, attend to everything up to each query
       ck = self.variable("cache", f"key_{i}", jnp.zeros, (b, cfg.max_len, g, k), dtype)
@@ -405,7 +404,8 @@ class LlamaLike(nn.Module):
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None], (b, l))
     if mask_BxLxL is None:
       mask_BxLxL = jnp.broadcast_to(jnp.tril(jnp.ones((l, l), jnp.bool_))[None], (b, l, l))
-    angles = {r: rope_angles(cfg.ropes[r], cfg.head_dim, positions_BxL)
+    # Positions lie in [0, L) except while decoding (one token at the cache's position): a table of L.
+    angles = {r: rope_rotation(cfg.ropes[r], cfg.head_dim, positions_BxL, table=0 if decode else l)
               for r in sorted({cfg.rope(i) for i in range(cfg.n_layers)})}
 
     for i in range(cfg.n_layers):
