@@ -41,6 +41,9 @@ def _dense_init(fan_in: int):
   return nn.initializers.normal(stddev=fan_in ** -0.5)
 
 
+ROPE_TABLE_MAX = 512  # longest sequence whose RoPE angles come from a one-hot table (rotation)
+
+
 def rotation(pos_BxL: jax.Array, inv_freq_K2: jax.Array, table: int = 0) -> tuple[jax.Array, jax.Array]:
   r"""``(sin, cos)`` of the rotary angles pos * inv_freq, each float32 ``[B, L, 1, K/2]``: computed once per
   forward pass for every layer's queries and keys.
@@ -50,9 +53,11 @@ def rotation(pos_BxL: jax.Array, inv_freq_K2: jax.Array, table: int = 0) -> tupl
   XLA:CPU fuses sin and cos into each of their uses and evaluates them again for every layer, query and
   key (an optimization barrier does not stop it: XLA:CPU removes barriers before fusing); that was ~13%
   of the study's evaluation time. The values are the same bit for bit: the same angles, and a one-hot
-  product adds exact zeros to the one selected value.
+  product adds exact zeros to the one selected value. Tables longer than ``ROPE_TABLE_MAX`` are not
+  built: the one-hot buffer grows as L^2 while recomputing sin and cos costs O(L) next to attention's
+  O(L^2).
   """
-  if table:
+  if 0 < table <= ROPE_TABLE_MAX:
     ang_PxK2 = jnp.arange(table, dtype=jnp.float32)[:, None] * inv_freq_K2
     onehot_BxLxP = (pos_BxL[..., None] == jnp.arange(table, dtype=pos_BxL.dtype)).astype(jnp.float32)
     pick = lambda t_PxK2: jnp.einsum("blp,pk->blk", onehot_BxLxP, t_PxK2,
@@ -62,9 +67,14 @@ def rotation(pos_BxL: jax.Array, inv_freq_K2: jax.Array, table: int = 0) -> tupl
   return jnp.sin(ang_BxLx1xK2), jnp.cos(ang_BxLx1xK2)
 
 
+def builtin_inv_frequencies(k: int, base: float) -> jax.Array:
+  r"""The built-in decoder's K/2 RoPE inverse frequencies base^(-2i/K), float32."""
+  return base ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+
+
 def rope_rotation(pos_BxL: jax.Array, k: int, base: float, table: int = 0) -> tuple[jax.Array, jax.Array]:
-  r""":func:`rotation` at the built-in decoder's frequencies base^(-2i/K)."""
-  return rotation(pos_BxL, base ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k), table)
+  r""":func:`rotation` at the built-in decoder's frequencies."""
+  return rotation(pos_BxL, builtin_inv_frequencies(k, base), table)
 
 
 def rope(x_BxLxHxK: jax.Array, rotation_sin_cos: tuple[jax.Array, jax.Array]) -> jax.Array:

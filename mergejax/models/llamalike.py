@@ -255,13 +255,10 @@ def rope_rotation(rope: Rope, head_dim: int, pos_BxL: jax.Array, table: int = 0)
   """``(sin, cos)`` of the angles ``pos * inv_freq``, float32 ``[B, L, 1, K/2]`` (``table``:
   :func:`mergejax.models.decoder.rotation`)."""
   if rope.kind == "builtin":
-    inv_K2 = rope.theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    inv_K2 = decoder_lib.builtin_inv_frequencies(head_dim, rope.theta)
   else:
     inv_K2 = jnp.asarray(inv_frequencies(rope, head_dim))
   return decoder_lib.rotation(pos_BxL, inv_K2, table)
-
-
-apply_rope = decoder_lib.rope  # rotates channel pairs (i, i + K/2) given the angles' (sin, cos)
 
 
 def rms_norm(cfg: DecoderConfig, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -332,8 +329,8 @@ class LlamaLike(nn.Module):
     if cfg.qk_norm:
       q_BxLxHxK = self._norm(names["q_norm"], q_BxLxHxK)
       k_BxLxGxK = self._norm(names["k_norm"], k_BxLxGxK)
-    q_BxLxHxK = apply_rope(q_BxLxHxK, rotation_sin_cos)
-    k_BxLxGxK = apply_rope(k_BxLxGxK, rotation_sin_cos)
+    q_BxLxHxK = decoder_lib.rope(q_BxLxHxK, rotation_sin_cos)
+    k_BxLxGxK = decoder_lib.rope(k_BxLxGxK, rotation_sin_cos)
     kpos_BxS = pos_BxL
     if start is not None:  # decoding: append to the cache, attend to everything up to each query
       ck = self.variable("cache", f"key_{i}", jnp.zeros, (b, cfg.max_len, g, k), dtype)
