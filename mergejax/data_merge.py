@@ -361,7 +361,30 @@ def with_data(method: MergeMethod, model: DataModel, base: PyTree | None, expert
   method.check_experts(len(experts))
   if method.traits.uses_base and base is None:
     raise ValueError(f"{method.name} needs a base model")
-  statistics = {"regmean": regmean_statistics, "fisher": fisher_statistics, "adamerging": adamerging_statistics}
-  stats = statistics[needs.kind](model, base, experts, batches, len(experts), **needs.hparams)
+  statistics = needs.statistics or globals().get(f"{needs.kind}_statistics")
+  if statistics is None:
+    raise ValueError(f"{method.name}: no statistics function for kind {needs.kind!r} (give NeedsData.statistics)")
+  stats = statistics(model, on_one_device(base), [on_one_device(e) for e in experts], batches, len(experts),
+                     **needs.hparams)
   return data_aware.bound(method, stats)
+
+
+def on_one_device(tree: PyTree) -> PyTree:
+  """``tree`` with every ``jax.Array`` spread over several devices gathered onto the first of them. The
+  statistics are computed on one device, as a one-device run computes them: the same statistics, bit
+  for bit, whatever the device count and the inputs' sharding (partitioned sums would add in another
+  order). The model must fit one device's memory for this step; the merge itself keeps the inputs'
+  sharding."""
+  if tree is None:
+    return None
+
+  def one(x):
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+      return x
+    if not x.is_fully_addressable:  # several processes: each gathers the whole array onto its own device
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return jax.device_put(multihost_utils.process_allgather(x, tiled=True), jax.local_devices()[0])
+    first = min(x.sharding.device_set, key=lambda d: d.id)
+    return jax.device_put(x, jax.sharding.SingleDeviceSharding(first))
+  return jax.tree.map(one, tree)
 

@@ -21,7 +21,7 @@ import os
 import pathlib
 import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import yaml
@@ -141,7 +141,8 @@ def train_flops(runs: Sequence[recipes.RunSpec]) -> float:
 
 def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES, *,
                 progress: bool = True, checkpoint_every: int = 0,
-                devices: Sequence[Any] | None = None, **plan_kw) -> dict[str, Any]:
+                devices: Sequence[Any] | None = None, on_run_done: Callable[[], None] | None = None,
+                **plan_kw) -> dict[str, Any]:
   """Trains every missing model of the world into ``workdir``; returns (and writes) a summary.
 
   Complete checkpoints are skipped; incomplete ones (temporary directories) are never taken for
@@ -158,7 +159,8 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
   (one device, or multi-process) runs go one after another over a data-parallel mesh of all
   devices. On a CPU host at most one concurrent run per core (more only adds compilations).
   ``devices`` overrides the device list: several -> concurrent runs, one per device; one ->
-  every run on that device, one after another.
+  every run on that device, one after another. ``on_run_done`` is called (from the thread that trained
+  it) as each run's checkpoint is complete, e.g. to record progress that survives a kill.
   """
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +176,13 @@ def build_world(workdir: str | os.PathLike, sizes: Sequence[str] = DEFAULT_SIZES
       devices = None
   t0 = time.perf_counter()
   if devices is not None and len(devices) > 1:
-    rows = _build_concurrent(runs, list(devices), checkpoint_every=checkpoint_every, progress=progress)
+    rows = _build_concurrent(runs, list(devices), checkpoint_every=checkpoint_every, progress=progress,
+                             on_run_done=on_run_done)
     summary["devices"] = len(devices)
   else:
     mesh = None if devices is None else trainer_lib.data_mesh(list(devices))
-    rows = _build_sequential(runs, checkpoint_every=checkpoint_every, progress=progress, mesh=mesh)
+    rows = _build_sequential(runs, checkpoint_every=checkpoint_every, progress=progress, mesh=mesh,
+                             on_run_done=on_run_done)
     summary["devices"] = 1
   summary["runs"] = rows
   summary["seconds"] = time.perf_counter() - t0
@@ -257,7 +261,8 @@ def _finish_row(row: dict[str, Any], res) -> None:
              resumed_from=res.resumed_from)
 
 
-def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None) -> list[dict[str, Any]]:
+def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None,
+                      on_run_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:
   """One run after another, each over ``mesh`` (default: the data-parallel mesh of all devices)."""
   cache: dict[tuple, list] = {}
   stream_steps = _stream_steps([spec for spec in runs if not models.is_complete(spec.out)])
@@ -276,6 +281,8 @@ def _build_sequential(runs, *, checkpoint_every: int, progress: bool, mesh=None)
     res = recipes.run(spec, batches=cache[key], checkpoint_every=checkpoint_every, progress=progress,
                       mesh=mesh)
     _finish_row(row, res)
+    if on_run_done is not None:
+      on_run_done()
   return out
 
 
@@ -292,7 +299,8 @@ def _critical_path(runs) -> dict[int, float]:
   return memo
 
 
-def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -> list[dict[str, Any]]:
+def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool,
+                      on_run_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:
   """Independent runs concurrently, one per device (a 1-device mesh each), longest chain first.
 
   XLA releases the GIL while a step runs, so one Python thread per device keeps every device busy;
@@ -357,6 +365,8 @@ def _build_concurrent(runs, devices, *, checkpoint_every: int, progress: bool) -
                           progress=progress, mesh=mesh, position=slot + 1)
         _finish_row(rows[i], res)
         rows[i]["device"] = str(device)
+        if on_run_done is not None:
+          on_run_done()
       except BaseException as e:  # pylint: disable=broad-except
         with cond:
           errors.append(e)

@@ -310,6 +310,22 @@ def test_overwrite_replaces_only_mergejax_outputs(world, tmp_path):
   merge_cli.merge_checkpoints(*args, str(out), _cfg(method__name="ties"), overwrite=True)
   assert json.loads((out / output_lib.MANIFEST).read_text())["method"] == "ties"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m", "notes"]  # no stray hidden files
+  # A file added to a mergejax output since (the user's notes) makes it the user's: refused, kept.
+  (out / "eval").mkdir()
+  (out / "eval" / "notes.txt").write_text("my results")
+  with pytest.raises(ValueError) as err:
+    merge_cli.merge_checkpoints(*args, str(out), cfg, overwrite=True)
+  assert "holds 'eval/notes.txt', which mergejax did not write" in merge_cli.error_line(err.value)
+  assert (out / "eval" / "notes.txt").read_text() == "my results"
+  # A manifest that is not mergejax's (any file of that name) proves nothing.
+  fake = tmp_path / "fake"
+  fake.mkdir()
+  (fake / output_lib.MANIFEST).write_text("{}")
+  (fake / "important.bin").write_text("data")
+  with pytest.raises(ValueError) as err:
+    merge_cli.merge_checkpoints(*args, str(fake), cfg, overwrite=True)
+  assert "is not a mergejax output" in merge_cli.error_line(err.value)
+  assert (fake / "important.bin").read_text() == "data"
 
 
 def test_experts_with_commas_via_repeated_flag_and_file(world, tmp_path):
@@ -320,6 +336,9 @@ def test_experts_with_commas_via_repeated_flag_and_file(world, tmp_path):
   listing = tmp_path / "experts.txt"
   listing.write_text(f"# experts\n{comma}\n")
   assert merge_cli.expert_paths(None, [str(experts[0]), str(comma)], None) == [str(experts[0]), str(comma)]
+  with pytest.raises(ValueError, match=r"--experts: .*expert: no such file or directory \(a path with a comma in it\? "
+                                       r"pass it with --expert=PATH or --experts_file\)"):
+    merge_cli.expert_paths(str(comma).split(","), None, None)
   cmd = [sys.executable, "-m", "mergejax.cli.merge", f"--base={base}", f"--expert={experts[0]}",
          f"--experts_file={listing}", f"--output={tmp_path / 'o'}", "--config.method.name=task_arithmetic",
          "--config.progress=False"]

@@ -104,7 +104,7 @@ def test_bad_input_exits_nonzero_with_one_line(world, tmp_path, case):
     want = f"mergejax-merge: error: {tmp_path / 'nope'}: no such file or directory"
   elif case == "hparam":
     extra = ["--config.method.density=1.5"]
-    want = "mergejax-merge: error: hyperparameter density=1.5 is out of range: allowed (0.0, 1.0]"
+    want = "mergejax-merge: error: ties: hyperparameter density=1.5 is out of range: allowed (0.0, 1.0]"
   else:
     t = dict(trees[1])
     t["lm_head.weight"] = t["lm_head.weight"].copy()

@@ -72,7 +72,7 @@ def test_a_method_registered_by_a_users_module_merges_with_its_own_flags(world, 
            "--config.method.name=largest_delta", "--config.method.alpha=3")
   assert r.returncode == 1
   assert r.stderr.strip().splitlines()[-1] == (
-      "mergejax-merge: error: hyperparameter alpha=3 is out of range: allowed [0.0, 2.0]")
+      "mergejax-merge: error: largest_delta: hyperparameter alpha=3 is out of range: allowed [0.0, 2.0]")
 
 
 @pytest.mark.parametrize("args,line", [

@@ -80,3 +80,9 @@ def test_repeated_differences_are_counted_not_listed(tmp_path):
   n_float = sum(v.dtype == BF16 for v in base.values())
   assert len(lines) == 4 and lines[-1] == f"{x}: ... and {n_float - 3} more leaves with dtype float32 ({b}: bfloat16)"
   assert r.stdout.splitlines()[-1] == f"summary: {n_float} differences from {b} in 1 checkpoint"
+  # Leaves missing from (or extra in) another checkpoint are counted the same way.
+  few = write_hf(tmp_path / "few", {k: v for i, (k, v) in enumerate(sorted(base.items())) if i < 2})
+  r = _cli("--nostats", str(b), str(few))
+  assert r.returncode == 1, r.stderr
+  lines = [l for l in r.stdout.splitlines() if l.startswith(f"{few}: ")]
+  assert len(lines) == 4 and lines[-1] == f"{few}: ... and {len(base) - 2 - 3} more missing leaves"

@@ -105,6 +105,21 @@ def test_fisher_matches_reference():
     _close(out, ref.fisher_merge(experts, fishers, min_fisher=1e-4, normalize=normalize, weights=weights), 1e-5)
 
 
+def test_fisher_gives_one_expert_back_and_equal_experts_unchanged():
+  rng = np.random.default_rng(5)
+  base = {"w": rng.normal(size=(5, 3)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32)}
+  experts = [jax.tree.map(lambda x: (x + rng.normal(size=x.shape)).astype(np.float32), base) for _ in range(3)]
+  batches = [[{"x": rng.normal(size=(12, 5)).astype(np.float32), "y": rng.integers(0, 3, 12)}] for _ in range(3)]
+  one = mergejax.merge(None, experts[:1], data_merge.with_data(methods.fisher(), Linear(), None, experts[:1],
+                                                                batches[:1]))
+  _close(one, experts[0], 1e-6)  # F x / F
+  # Equal Fishers (every expert's on the same data and parameters): the (weighted) average.
+  same = [experts[0]] * 3
+  w = (1.0, 2.0, 0.5)
+  eq = mergejax.merge(None, same, data_merge.with_data(methods.fisher(weights=w), Linear(), None, same, batches[:1] * 3))
+  _close(eq, experts[0], 1e-6)
+
+
 @pytest.mark.parametrize("granularity", ["layer", "task"])
 def test_adamerging_matches_reference(granularity):
   rng = np.random.default_rng(3)
@@ -166,17 +181,16 @@ def test_decoder_linear_inputs_are_the_layers_inputs():
   assert not any("norm" in p for p in grams)
 
 
-@pytest.mark.parametrize("method,devices", [(methods.regmean(), 8), (methods.fisher(), 1),
-                                            (methods.adamerging(steps=3), 1)])
-def test_decoder_end_to_end(method, devices):
-  """Each method on the built-in decoder; RegMean (whose kernel solves per leaf) also on 8 devices. (The
-  Fisher and AdaMerging kernels are per entry.)"""
+@pytest.mark.parametrize("method", [methods.regmean(), methods.fisher(), methods.adamerging(steps=3)])
+def test_decoder_end_to_end_and_the_same_on_8_devices(method):
+  """Each method on the built-in decoder, its statistics computed from parameters on one device and from
+  the same parameters sharded over 8 (explicit axes): the same statistics and merge, bit for bit."""
   cfg, base, experts, batches = _decoder(2, seed=4)
   model = data_merge.decoder_model(cfg)
   bound = data_merge.with_data(method, model, base, experts, batches)
   one = mergejax.merge(base, experts, bound)
-  if devices == 8:
-    equal_trees(one, mergejax.merge(*sharded_on_8(base, experts), bound))
+  base8, experts8 = sharded_on_8(base, experts)
+  equal_trees(one, mergejax.merge(base8, experts8, data_merge.with_data(method, model, base8, experts8, batches)))
   avg = flat(mergejax.merge(None, experts, methods.average()))
   assert any(not np.allclose(v, avg[k]) for k, v in flat(one).items() if np.ndim(v) == 2)
 

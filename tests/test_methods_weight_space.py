@@ -162,6 +162,18 @@ def test_one_expert_gives_it_back(name, hp):
   _close(out, expert)
 
 
+def test_passthrough_copies_its_one_model_and_scales_it_in_float32():
+  base, (expert,) = make_models(seed=9, n_experts=1, dtype=ml_dtypes.bfloat16)
+  equal_trees(mergejax.merge(base, [expert], methods.passthrough()), expert)  # scale 1: an exact copy
+  out = mergejax.merge(None, [expert], methods.passthrough(scale=0.3))
+  want = jax.tree.map(lambda x: (np.asarray(x, np.float64) * np.float32(0.3)).astype(np.float32).astype(
+      ml_dtypes.bfloat16), expert)
+  equal_trees(out, want)
+  equal_trees(out, mergejax.merge(*sharded_on_8(base, [expert]), methods.passthrough(scale=0.3)))
+  with pytest.raises(ValueError, match="^passthrough: merges at most 1 expert, got 2"):
+    mergejax.merge(base, [expert, expert], methods.passthrough())
+
+
 def test_slerp_endpoints_and_nearswap_limits():
   base, (expert,) = _models(1, seed=1)
   _close(mergejax.merge(base, [expert], methods.slerp(t=0.0)), base)
@@ -241,8 +253,10 @@ def test_model_stock_ratio_limits():
 
 
 @pytest.mark.parametrize("name,hp,n", [("slerp", {"t": 0.4}, 1), ("nuslerp", {"nuslerp_flatten": False}, 2),
-                                       ("multislerp", {}, 3), ("karcher", {}, 3), ("breadcrumbs_ties", {}, 3),
-                                       ("della", {}, 3), ("model_stock", {"filter_wise": True}, 3), ("sce", {}, 3),
+                                       ("nuslerp", {}, 2), ("multislerp", {}, 3), ("karcher", {}, 3),
+                                       ("breadcrumbs", {}, 3), ("breadcrumbs_ties", {}, 3), ("della", {}, 3),
+                                       ("della_linear", {}, 3), ("model_stock", {}, 3),
+                                       ("model_stock", {"filter_wise": True}, 3), ("sce", {}, 3),
                                        ("nearswap", {"t": 0.01}, 1)])
 def test_identical_on_1_and_8_devices(name, hp, n):
   base, experts = _models(n, seed=7)
@@ -269,7 +283,7 @@ def test_wrong_number_of_models_names_the_method(name, hp, n, message):
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: methods.slerp(t=1.5), r"t=1.5 is out of range: allowed \[0.0, 1.0\]"),
+    (lambda: methods.slerp(t=1.5), r"^slerp: hyperparameter t=1.5 is out of range: allowed \[0.0, 1.0\]"),
     (lambda: methods.breadcrumbs(density=0.0), r"density=0.0 is out of range"),
     (lambda: methods.breadcrumbs(gamma=1.0), r"gamma=1.0 is out of range"),
     (lambda: methods.della(density=0.9, epsilon=0.15), r"della: density=0.9 and epsilon=0.15 give keep probabilities"),

@@ -1,5 +1,6 @@
 """The paper's normalization on hand-made numbers."""
 
+import numpy as np
 import pytest
 
 from mergejax.evaluation import normalize
@@ -62,9 +63,11 @@ def test_retention_is_the_share_of_the_experts_gain_over_chance():
   expert = {"a1": 75.0, "a2": 90.0, "b1": 40.0}
   merged = {"a1": 50.0, "a2": 50.0, "b1": 40.0}
   r = normalize.held_in_retention(merged, expert, chance, cats, ["A", "B"])
-  # a1: (50-25)/(75-25) = 0.5; a2: (50-50)/(90-50) = 0; A = 0.25; b1 (chance 0): the paper's ratio, 1.0.
+  # a1: (50-25)/(75-25) = 0.5; a2: (50-50)/(90-50) = 0; b1 (chance 0): the paper's ratio, 1.0.
   assert r.per_task == pytest.approx({"a1": 0.5, "a2": 0.0, "b1": 1.0})
-  assert r.score == pytest.approx((0.25 + 1.0) / 2)
+  # A: the summed gains, (25 + 0) / (50 + 40), not the mean of the quotients.
+  assert r.per_category == pytest.approx({"A": 25 / 90, "B": 1.0})
+  assert r.score == pytest.approx((25 / 90 + 1.0) / 2)
   # The paper's ratio on the same numbers stays near 1 for the guessing-level merge of a2.
   assert normalize.held_in(merged, expert, cats, ["A"]).per_task["a2"] == pytest.approx(50 / 90)
   assert normalize.ratio(50.0, 75.0, 25.0) == pytest.approx(0.5)
@@ -72,8 +75,16 @@ def test_retention_is_the_share_of_the_experts_gain_over_chance():
 
 def test_retention_refuses_an_expert_at_or_below_chance():
   cats = {"a1": "A"}
-  with pytest.raises(ValueError, match=r"expert score for task 'a1' \(25\) is not above chance \(25\)"):
+  with pytest.raises(ValueError, match=r"expert of category 'A' is not above chance on its datasets"):
     normalize.held_in_retention({"a1": 30.0}, {"a1": 25.0}, {"a1": 25.0}, cats, ["A"])
+  # A dataset barely above chance adds its small gain; it is not divided by.
+  two = {"a1": "A", "a2": "A"}
+  r = normalize.held_in_retention({"a1": 50.0, "a2": 24.0}, {"a1": 75.0, "a2": 26.0}, {"a1": 25.0, "a2": 25.0},
+                                  two, ["A"])
+  assert r.per_category["A"] == pytest.approx((25 - 1) / (50 + 1)) and r.per_task["a2"] == pytest.approx(-1.0)
+  # Replicates (arrays): NaN where the expert's summed gain is not positive, never a division by it.
+  got = normalize.category_retention([np.array([50.0, 30.0])], [np.array([75.0, 25.0])], [25.0])
+  assert got[0] == pytest.approx(0.5) and np.isnan(got[1])
   with pytest.raises(KeyError, match="no chance level for task 'a1'"):
     normalize.held_in_retention({"a1": 30.0}, {"a1": 60.0}, {}, cats, ["A"])
 

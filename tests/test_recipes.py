@@ -107,7 +107,7 @@ def test_method_mapping():
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\ndtype: int8\n", "dtype: 'int8' is not one of"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: union}\n",
      "give one of them, not both"),
-    ("merge_method: linear\nmodels: [{model: a}]\nmergejax: {scope: global}\n", "mergejax.scope: only for ties"),
+    ("merge_method: linear\nmodels: [{model: a}]\nmergejax: {scope: global}\n", "mergejax.scope: linear has no scope"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nmergejax: {seed: x, fast: 1}\n", "mergejax.fast"),
     ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, "
      "{sources: [{model: a, layer_range: [2, 4]}]}]\n", "slices[0].sources: ties needs base_model b among the sources"),
@@ -280,6 +280,9 @@ dtype: float32
   for k in gc:
     np.testing.assert_array_equal(bits(ga[k]), bits(gc[k]), err_msg=k)
   assert json.loads((a / "config.json").read_text())["dtype"] == "float32"  # mergekit: out_dtype else dtype
+  # The manifest fingerprints the adapter beside the model it is applied to.
+  lora_input = json.loads((a / "mergejax_manifest.json").read_text())["inputs"][1]
+  assert lora_input["lora"]["path"] == str(tmp_path / "lora") and len(lora_input["lora"]["sha256_sampled"]) == 64
 
 
 def test_passthrough_slices_stack_layers(llamas, tmp_path):
@@ -389,7 +392,7 @@ def test_cli_one_line_errors_and_nothing_written(llamas, tmp_path):
                      text=True, env=env, cwd=REPO, timeout=120)
   assert r.returncode == 1
   lines = [l for l in r.stderr.splitlines() if l.startswith("mergejax-")]
-  assert lines == [f"mergejax-yaml: error: {cfg}: tensor 'lm_head.weight': hyperparameter density=0.0 is out of "
+  assert lines == [f"mergejax-yaml: error: {cfg}: tensor 'lm_head.weight': ties: hyperparameter density=0.0 is out of "
                    "range: allowed (0.0, 1.0]"], r.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yml"]
 

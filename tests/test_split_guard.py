@@ -59,7 +59,9 @@ def test_a_selection_refuses_every_read_of_test_from_every_thread_and_method(gua
   with guard.selecting():
     assert val.evaluate(params).score == pytest.approx(75.0)
     for attempt in (lambda: test.evaluate(params), lambda: other_size.evaluate(dec_params),
-                    lambda: Evaluator(bigram, guarded_task, "test", batch_size=8, guard=guard)):
+                    lambda: Evaluator(bigram, guarded_task, "test", batch_size=8, guard=guard),
+                    lambda: test.seqio_evaluator,  # its cached datasets hold the test data
+                    lambda: other_size.seqio_evaluator.cached_model_datasets):
       with pytest.raises(SplitLeakError, match="split 'test' of 'guardtest_rank' requested during hyperparameter"):
         attempt()
 
@@ -73,6 +75,9 @@ def test_a_selection_refuses_every_read_of_test_from_every_thread_and_method(gua
     t.join()
     other_size.warm_up(dec_params)  # compiling on zeros of the batch shapes reads no data: allowed
   assert len(errors) == 1
+  with pytest.raises(AttributeError):
+    test.guard = None  # the guard is fixed at construction
+  assert test.guard is guard and val.seqio_evaluator is not None
   assert other_size.evaluate(dec_params).split == "test"  # the selection is closed again
   during = [(what, split) for what, split, selecting in guard.reads if selecting]
   assert during == [(guarded_task, "validation")]

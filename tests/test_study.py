@@ -3,12 +3,14 @@ same results from 2 processes (jax.distributed on localhost) as from 1."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -111,7 +113,9 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"sizes": ("xs", "huge")}, "unknown model size 'huge'"),
     ({"num_experts": (2, 9)}, "num_experts 9 is out of range: there are 2 experts per base"),
     ({"num_experts": ("2",)}, r"num_experts=\('2',\): expected a tuple of int values"),
-    ({"grids.ties": dict(density=(0.0,))}, r"grids.ties: hyperparameter density=0.0 is out of range"),
+    ({"grids.ties": dict(density=(0.0,))}, r"grids.ties: ties: hyperparameter density=0.0 is out of range"),
+    ({"methods": ("average", "slerp")}, r"methods: slerp: merges at most 1 expert, got 2 \(num_experts=\(1, 2\)\)"),
+    ({"methods": ("regmean",)}, r"methods: regmean needs data .*; the study does not bind data"),
     ({"kinds": ("chat",)}, "unknown base kind 'chat'"),
     ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
     ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
@@ -150,6 +154,24 @@ def test_world_build_time_survives_a_resume(tmp_path):
   other = runner.validate(study_config(tmp_path / "w", build_world=True, categories=("topic",), num_experts=(1,)),
                           tmp_path)
   assert runner.world_build_seconds(store, other, 0.1, trained=False) is None  # another world
+
+
+def test_world_build_time_of_the_runs_a_killed_build_finished_is_kept(tmp_path, monkeypatch):
+  cfg = study_config(tmp_path / "w", build_world=True)
+
+  def killed_build(*args, on_run_done, **kw):  # two runs finish, then the process is interrupted
+    del args, kw
+    for _ in range(2):
+      time.sleep(0.05)
+      on_run_done()
+    raise KeyboardInterrupt
+  monkeypatch.setattr(runner.world_lib, "build_world", killed_build)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_study(cfg, tmp_path / "study", progress=False)
+  spec = runner.validate(cfg, tmp_path / "study")
+  store = store_lib.ResultsStore(tmp_path / "study" / "results")
+  kept = runner.world_build_seconds(store, spec, 0.0, trained=False)
+  assert kept is not None and kept >= 0.1
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -274,6 +296,11 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   analysis = verdicts.analyze(verdicts.load_rows(tmp_path / "resumed"), spec.verdicts, methods=spec.methods)
   for c in analysis.conclusions:
     assert verdicts.conclusion_line(c) in text
+  # The rows file beside the report holds every stored row: a copy of the report's folder suffices.
+  canonical = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs)  # noqa: E731
+  assert canonical(verdicts.load_rows(path.parent / verdicts.ROWS_FILE)) == canonical(
+      verdicts.load_rows(tmp_path / "resumed"))
+  assert f"{verdicts.ROWS_FILE} (every stored row" in text
   assert "Resampled: worlds: 1" in text and "test examples: resampled per task" in text
   assert "## Experts" in text and "## Hyperparameter grids: choices on an edge" in text
   assert analysis.experts_checked == 2  # instruction_tuned xs: sentiment, topic
@@ -285,6 +312,11 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   assert (path.parent / "table_heldin.csv").read_text().startswith(
       "base,size,N,average,average_lo,average_hi,ties,ties_lo,ties_hi")
   assert "Larger models are easier to merge" in report.summary_table(path)
+
+  # What a merge depends on beyond its grid changes its fingerprint too, e.g. the task vectors' dtype.
+  cell = grid.Cell("instruction_tuned", "xs", 2, 0, ("sentiment", "topic"))
+  assert runner.merge_fingerprint(spec, cell, "ties") != runner.merge_fingerprint(
+      dataclasses.replace(spec, task_vector_dtype="bfloat16"), cell, "ties")
 
   # A new grid for one method recomputes that method's rows and reuses every other row.
   cfg.grids.ties = dict(density=(0.5,), lam=(0.7,))

@@ -67,6 +67,17 @@ def test_grid_edges_count_choices_on_the_smallest_and_largest_values():
   assert "widen the grid" in line
 
 
+def test_grid_edges_are_counted_per_size_so_one_sizes_edge_is_not_pooled_away():
+  """xs picks the smallest lam in 4 of 10 merges (an edge), s never: pooled, 4 of 20 would pass."""
+  ties = {"density": [0.2], "lam": [1.0, 2.0, 3.0, 6.0]}
+  rows = [{**_row("ties", {"density": 0.2, "lam": lam}, ties), "size": size}
+          for size, picks in (("xs", [1.0] * 4 + [2.0] * 6), ("s", [2.0] * 7 + [3.0] * 3)) for lam in picks]
+  edges = {e.size: e for e in design.grid_edges(rows)}
+  assert (edges["xs"].low, edges["xs"].merges, edges["s"].low, edges["s"].merges) == (4, 10, 0, 10)
+  (line,) = design.edge_warnings(edges.values())
+  assert line.startswith("ties at xs: lam chose the smallest value (1) in 4 of 10 merges")
+
+
 def test_a_choice_at_the_hyperparameters_own_bound_is_not_a_narrow_grid():
   """DARE's drop rate 0 (nothing dropped) is as low as the grid can go: chosen often, it is reported as
   the bound, and only the other edge can warn."""

@@ -3,6 +3,7 @@ studies whose truth is known (tests/synthetic_study.py)."""
 
 import collections
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -112,6 +113,23 @@ def test_conclusion_3_needs_both_halves_and_uses_the_multitask_model():
   assert loses.evidence[1].verdict == verdicts.CONTRADICTED and loses.verdict == verdicts.CONTRADICTED
   no_mt = verdicts.analyze(_rows(5, heldout_effect=0.15), FAST).conclusions[2]
   assert no_mt.verdict == verdicts.INCONCLUSIVE and "not tested" in no_mt.note
+  # The line names both parts with their own verdicts, and states how they combine.
+  line = verdicts.conclusion_line(loses)
+  a, b = loses.evidence
+  assert f"(a) held-out - base {a.value:+.3f} [{a.lo:+.3f}, {a.hi:+.3f}] (supported)" in line
+  assert f"(b) held-out at s, N=4: merged - multitask {b.value:+.3f} [{b.lo:+.3f}, {b.hi:+.3f}] (contradicted)" in line
+  assert "CONTRADICTED when either is" in line and "Breakdown: (a) pretrained xs" in line
+
+
+def test_a_directional_verdict_never_rests_on_an_interval_containing_zero():
+  for seed, kw in ((5, dict(heldout_effect=0.15, multitask_ho=0.8)), (6, dict(method_effect={"ties": 0.2})),
+                   (10, dict(it_effect=0.2)), (3, {})):
+    for c in verdicts.analyze(_rows(seed, n_examples=200, **kw), FAST).conclusions:
+      for e in c.evidence + c.breakdown:
+        if e.verdict in (verdicts.SUPPORTED, verdicts.CONTRADICTED):
+          assert not e.lo <= 0 <= e.hi, (c.number, e)
+      if c.verdict in (verdicts.SUPPORTED, verdicts.CONTRADICTED):
+        assert any(e.verdict == c.verdict and not e.lo <= 0 <= e.hi for e in c.evidence), c
 
 
 def test_conclusion_5_equivalence_and_difference_between_methods():
@@ -128,6 +146,11 @@ def test_conclusion_5_equivalence_and_difference_between_methods():
   worst = apart.evidence[0]
   assert worst.label == "average - ties at s" and worst.hi < 0  # its interval excludes 0
   assert "at xs for comparison: contradicted" in apart.note
+  # The headline shows the pair's interval at the stated confidence (as in the breakdown); the
+  # Bonferroni-widened one it was judged on is in the note.
+  same_pair = next(e for e in apart.breakdown if e.label == worst.label)
+  assert (worst.lo, worst.hi) == (same_pair.lo, same_pair.hi)
+  assert f"judged on 95.0% intervals (Bonferroni over the 1 pair; the pair shown: [{worst.lo:+.3f}, {worst.hi:+.3f}])" in apart.note
 
 
 def test_chance_level_experts_are_flagged_and_left_out_of_held_in():
@@ -151,6 +174,29 @@ def test_chance_level_experts_are_flagged_and_left_out_of_held_in():
   assert unchecked.experts_checked == 0 and not unchecked.flagged and "no validation counts" in unchecked.levels[4]
 
 
+def test_an_expert_at_chance_on_one_of_its_datasets_is_flagged_and_one_below_its_base_is_listed():
+  counts, chance = {"a1": 400, "a2": 400}, {"a1": 25.0, "a2": 25.0}
+  # Category mean 57.5 is far above chance 25, but a2 sits at chance: flagged.
+  at_chance = normalize.check_expert({"a1": 90.0, "a2": 25.0}, None, chance, counts, ["a1", "a2"])
+  assert at_chance.z_chance > 3 and at_chance.z_chance_tasks == 0.0 and not at_chance.clear
+  # Clear on both datasets and on the category mean against the base, yet below the base on a2: listed.
+  below = normalize.check_expert({"a1": 90.0, "a2": 60.0}, {"a1": 40.0, "a2": 70.0}, chance, counts, ["a1", "a2"])
+  assert below.clear and below.below_base == ("a2",)
+
+
+def test_the_rows_file_beside_a_report_recomputes_the_same_analysis(tmp_path):
+  rows = _rows(11, it_effect=0.2)
+  verdicts.write_rows(rows, tmp_path / "a" / verdicts.ROWS_FILE)
+  verdicts.write_rows(list(reversed(rows)), tmp_path / "b" / verdicts.ROWS_FILE)
+  assert (tmp_path / "a" / verdicts.ROWS_FILE).read_bytes() == (tmp_path / "b" / verdicts.ROWS_FILE).read_bytes()
+  back = verdicts.load_rows(tmp_path / "a")
+  canonical = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs)  # noqa: E731
+  assert canonical(back) == canonical(rows)
+  assert verdicts.analyze(back, FAST) == verdicts.analyze(rows, FAST)
+  with pytest.raises(FileNotFoundError, match="no results store"):
+    verdicts.load_rows(tmp_path)
+
+
 def test_retention_metric_and_several_worlds():
   rows = _rows(8, it_effect=0.2) + _rows(9, it_effect=0.2, world="w1") + _rows(10, it_effect=0.2, world="w2")
   a = verdicts.analyze(rows, dataclasses.replace(FAST, heldin_metric="retention"))
@@ -167,6 +213,9 @@ def test_rows_with_normalized_scores_only_give_the_seed_level():
            "heldin_norm": 0.8 + 0.05 * (k == verdicts.IT) + 0.01 * seed, "heldout_norm": 0.9}
           for k in syn.KINDS for s in syn.SIZES for n in (2, 4) for seed in range(3) for m in ("average", "ties")]
   a = verdicts.analyze(rows, FAST, param_counts=syn.PARAMS)
+  # results.csv carries each size's parameter count: the same order without param_counts.
+  with_counts = [{**r, "params": syn.PARAMS[r["size"]]} for r in reversed(rows)]
+  assert verdicts.analyze(with_counts, FAST).sizes == a.sizes == tuple(sorted(syn.PARAMS, key=syn.PARAMS.get))
   assert a.conclusions[0].evidence[0].value == pytest.approx(0.05)
   assert a.conclusions[0].verdict == verdicts.SUPPORTED
   assert a.conclusions[2].verdict == verdicts.CONTRADICTED  # held-out 0.9 < 1 everywhere, no noise

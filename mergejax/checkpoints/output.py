@@ -3,8 +3,11 @@
 An output is assembled under ``<parent>/.<name>.mergejax-partial`` and renamed onto ``<name>`` only
 when complete, so a crash or SIGKILL at any point leaves nothing at the destination (at worst a
 hidden ``*.mergejax-partial`` folder, removed by the next run to the same destination). An existing
-output is replaced (``overwrite``) only when mergejax wrote it: a directory holding
-``mergejax_manifest.json``; anything else is refused, never deleted.
+output is replaced (``overwrite``) only when mergejax wrote it: a directory whose
+``mergejax_manifest.json`` is mergejax's (it names the mergejax version) and lists every file the
+directory holds (``contents``, recorded as the output is committed). Anything else is refused, never
+deleted: a directory without that manifest, or one where a file was added since (a user's notes, a
+``.git``).
 
 Beside the weights: the base's non-weight files (config, tokenizer, generation config...), with
 ``config.json``'s dtype set to the dtype the weights were written in, a generated model card
@@ -43,22 +46,61 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _contents(directory: pathlib.Path) -> list[str]:
+  """Every file (and symlink) under ``directory``, as sorted relative POSIX paths."""
+  out = []
+  for root, dirs, names in os.walk(directory):
+    rel = pathlib.Path(root).relative_to(directory)
+    out += [(rel / n).as_posix() for n in names]
+    out += [(rel / d).as_posix() for d in dirs if (pathlib.Path(root) / d).is_symlink()]
+  return sorted(out)
+
+
+def _not_ours(path: pathlib.Path) -> str | None:
+  """Why the directory ``path`` may not be replaced, or None when mergejax wrote all of it."""
+  if not path.is_dir() or path.is_symlink():
+    return f"is not a mergejax output (not a directory holding {MANIFEST})"
+  try:
+    manifest = json.loads((path / MANIFEST).read_text())
+  except (OSError, ValueError):
+    return f"is not a mergejax output (no readable {MANIFEST})"
+  if not (isinstance(manifest, dict) and isinstance(manifest.get("versions"), dict)
+          and "mergejax" in manifest["versions"] and isinstance(manifest.get("contents"), list)):
+    return (f"is not a mergejax output ({MANIFEST} does not list the mergejax version and the files it wrote; "
+            "an output of an older mergejax must be removed by hand)")
+  listed = set(manifest["contents"])
+  foreign = [f for f in _contents(path) if f not in listed]
+  if foreign:
+    return f"holds {foreign[0]!r}, which mergejax did not write"
+  return None
+
+
 def written_by_mergejax(path: str | os.PathLike) -> bool:
-  """True for a directory mergejax wrote (it holds the manifest)."""
-  p = pathlib.Path(path)
-  return p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file()
+  """True for a directory mergejax wrote, every file of it (see the module docstring)."""
+  return _not_ours(pathlib.Path(path)) is None
 
 
 def check_replaceable(output: str | os.PathLike, overwrite: bool) -> None:
-  """ValueError unless ``output`` is absent, or ``overwrite`` is set and mergejax wrote it."""
+  """ValueError unless ``output`` is absent, or ``overwrite`` is set and mergejax wrote all of it."""
   out = pathlib.Path(output)
   if not (out.exists() or out.is_symlink()):
     return
   if not overwrite:
     raise ValueError(f"output path {output} exists (pass --overwrite to replace it)")
-  if not written_by_mergejax(out):
-    raise ValueError(f"output path {output} exists and is not a mergejax output (no {MANIFEST}): refusing to "
-                     "replace it; remove it yourself or choose another output path")
+  why = _not_ours(out)
+  if why is not None:
+    raise ValueError(f"output path {output} exists and {why}: refusing to replace it; remove it yourself or "
+                     "choose another output path")
+
+
+def _record_contents(directory: pathlib.Path) -> None:
+  """Adds the list of every file in ``directory`` to its manifest (if it has one): what mergejax wrote."""
+  path = directory / MANIFEST
+  if not path.is_file():
+    return
+  data = json.loads(path.read_text())
+  data["contents"] = sorted(set(_contents(directory)) | {MANIFEST})
+  files_lib.atomic_write_json(path, data)
 
 
 def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool) -> None:
@@ -93,6 +135,7 @@ class AtomicDir:
   def commit(self) -> pathlib.Path:
     sync("mergejax-atomic-commit")
     if is_primary():
+      _record_contents(self.tmp)
       _fsync_tree(self.tmp)
       if self.dest.exists() or self.dest.is_symlink():
         check_replaceable(self.dest, self.overwrite)

@@ -80,9 +80,26 @@ def message(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
-def run_main(main: Callable[[list[str]], Any]) -> None:
+def flags_help(module_names: Sequence[str]) -> str:
+  """A "Flags:" section for ``--help``: every flag the modules define, with its help and default."""
+  by_module = flags.FLAGS.flags_by_module_dict()
+  seen, lines = set(), []
+  for name in module_names:
+    for f in sorted(by_module.get(name, ()), key=lambda f: f.name):
+      if f.name in seen:
+        continue
+      seen.add(f.name)
+      scalar = isinstance(f.default, (bool, int, float)) or (isinstance(f.default, str) and f.default)
+      default = f" (default: {f.default})" if scalar else ""
+      lines.append(f"  --{f.name}: {f.help.rstrip('.')}{default}")
+  return "Flags:\n" + "\n".join(lines) if lines else ""
+
+
+def run_main(main: Callable[[list[str]], Any], doc: str | None = None) -> None:
   """``absl.app.run(main)`` with one-line flag errors (:func:`parse_flags`), and with the objects alive
-  frozen (``gc.freeze``) when it starts and before the exit.
+  frozen (``gc.freeze``) when it starts and before the exit. ``--help`` prints ``doc`` (default: the
+  command module's docstring) and the command's flags: absl prints the ``__main__`` module's
+  docstring, which for an installed console script is the generated wrapper's (none).
 
   CPython's garbage collections walk every object that the imported modules (JAX, TensorFlow, seqio)
   created: during the run, to find no garbage among them, and at the exit, only to free memory the OS
@@ -90,6 +107,10 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
   skipped; atexit handlers still run.
   """
   prog = program_name(main)
+  module = sys.modules.get(main.__module__)
+  text = doc if doc is not None else (getattr(module, "__doc__", None) or "")
+  sys.modules["__main__"].__doc__ = "\n".join(
+      x for x in (text.rstrip(), flags_help([main.__module__, "mergejax.cli.common"])) if x) + "\n"
   gc.freeze()
   try:
     app.run(main, flags_parser=lambda argv: parse_flags(argv, prog))

@@ -165,8 +165,10 @@ def differences(paths: Sequence[str], values: bool = False, srcs: Sequence[Any] 
       limit = None if kind == ("values",) else _MAX_SAME
       out += lines[:limit]
       if limit is not None and len(lines) > limit:
-        what = {"missing": "missing leaves", "extra": "extra leaves", "shape": "leaves with other shapes",
-                "dtype": f"leaves with dtype {kind[-1]} ({paths[0]}: {kind[1]})"}[kind[0]]
+        if kind[0] == "dtype":
+          what = f"leaves with dtype {kind[-1]} ({paths[0]}: {kind[1]})"
+        else:
+          what = {"missing": "missing leaves", "extra": "extra leaves", "shape": "leaves with other shapes"}[kind[0]]
         out.append(f"{p}: ... and {len(lines) - limit} more {what}")
   return out
 

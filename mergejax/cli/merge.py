@@ -1,4 +1,5 @@
-r"""``mergejax-merge``: merge orbax or Hugging Face safetensors checkpoints of any size.
+r"""``mergejax-merge``: merge checkpoints of any size: orbax (a CheckpointManager directory too), Hugging
+Face safetensors or ``pytorch_model.bin`` (read without running its pickle), PEFT LoRA adapters as experts.
 
     mergejax-merge --base=PATH --experts=PATH1,PATH2 --output=PATH \
       --config.method.name=ties --config.method.density=0.2 [--config.method.<hyperparameter>=VALUE ...] \
@@ -162,7 +163,13 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
 
 def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:
   """Expert paths from ``--experts`` (comma list), ``--expert`` (one path per flag) and ``--experts_file``."""
-  out = [p for p in (comma_list or []) if p] + list(repeated or [])
+  parts = [p for p in (comma_list or []) if p]
+  if len(parts) > 1:  # a missing piece of a comma list may be a path that holds a comma
+    for p in parts:
+      if not os.path.exists(p):
+        raise ValueError(f"--experts: {p}: no such file or directory (a path with a comma in it? pass it with "
+                         "--expert=PATH or --experts_file)")
+  out = parts + list(repeated or [])
   if listing:
     try:
       text = pathlib.Path(listing).read_text()
@@ -244,9 +251,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  # absl's --help prints the main module's docstring: this command's, with every method's schema.
-  sys.modules["__main__"].__doc__ = f"{__doc__}\n{methods_help()}\n"
-  cli.run_main(main)
+  cli.run_main(main, doc=f"{__doc__}\n{methods_help()}\n")  # --help: every method's schema and the flags
 
 
 if __name__ == "__main__":

@@ -28,15 +28,15 @@ def get_config() -> config_dict.ConfigDict:
   c.design = "balanced"  # "balanced": every category equally often per N; "random": the paper's random draws
   c.methods = ("average", "task_arithmetic", "ties", "dare_ties")
   # Hyperparameter candidates per method (a method without a grid runs with its defaults). Chosen so the
-  # validation optimum lies inside on the embedded world (docs/STUDY.md, "Grids"): Task Arithmetic
-  # reaches 1/N at N = 8 and twice the sum at N = 2; TIES' lam runs to 6 (the xs experts' task vectors
-  # are short, so xs picks 3-6 and s picks 1-3); DARE-TIES' drop rates reach down to 0, dropping nothing
-  # (0.05, the lowest of an earlier grid, was picked in 27 of 60 merges), its lam fixed at its most
-  # frequent pick (flat in lam).
+  # validation optimum lies inside on the embedded world, per size (docs/STUDY.md, "Grids"): Task
+  # Arithmetic reaches 1/N at N = 8 and twice the sum at N = 2; TIES' lam spans 0.5 to 6 (xs picks both
+  # ends of 1-6 often, s mostly 2); DARE-TIES' drop rates reach down to 0, dropping nothing (0.05, the
+  # lowest of an earlier grid, was picked in 27 of 60 merges), its lam fixed at its most frequent pick
+  # (flat in lam).
   c.grids = dict(
       average=dict(),
       task_arithmetic=dict(lam=(0.125, 0.25, 0.5, 1.0, 2.0)),
-      ties=dict(density=(0.2,), lam=(1.0, 2.0, 3.0, 4.0, 6.0)),
+      ties=dict(density=(0.2,), lam=(0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),
       dare_ties=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(1.5,)),
       dare_linear=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(0.25, 0.5, 1.0)),
   )

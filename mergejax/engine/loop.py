@@ -123,7 +123,8 @@ def merge_sources(
       executor.close()
     manifest = {"method": method.name, "hparams": dict(method.hparams), "seed": seed, "leaves": len(job.specs),
                 "float_leaves": len(job.float_specs), "groups": len(job.groups), "n_experts": job.n_experts,
-                "dtype": str(np.dtype(dtype)) if dtype is not None else None,
+                # the float dtype written (one name, or "a, b" when leaves kept different input dtypes)
+                "dtype": ", ".join(sorted({str(job.out_dtype[f.path]) for f in job.float_specs})) or None,
                 "memory_budget_bytes": memory_budget_bytes, "executor": executor.describe(),
                 "devices": len(mesh.devices.flat) if mesh is not None else None, "processes": jax.process_count(),
                 **(metadata or {})}

@@ -179,13 +179,13 @@ class Evaluator:
                categories: Mapping[str, str] | None = None, seed: int = SEED, pack_len: int = PACK_LEN,
                pack_rows: int = PACK_ROWS, pack_targets: int | None = None, guard: SplitGuard | None = None):
     self.mixture, self.split = mixture, split
-    self.guard = guard
+    self._guard = guard
     self.category_overrides = dict(categories or {})
     with self._reading():
-      self.seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed, sequence_length=sequence_length)
-    self._tasks = {t.name: t for t in self.seqio_evaluator.eval_tasks}
+      self._seqio_evaluator = make_seqio_evaluator(mixture, split, seed=seed, sequence_length=sequence_length)
+    self._tasks = {t.name: t for t in self._seqio_evaluator.eval_tasks}
     self.inference = Inference(adapter, mesh, batch_size=batch_size, length_bucket=length_bucket,
-                               eos_id=eos_id_of(self.seqio_evaluator))
+                               eos_id=eos_id_of(self._seqio_evaluator))
     self._devices = list(self.inference.mesh.devices.flat)
     self._round_robin = (jax.process_count() == 1 and len(self._devices) > 1
                          and self._devices[0].platform == "cpu")
@@ -205,7 +205,19 @@ class Evaluator:
 
   def _reading(self):
     """The guard's permission to read this split's data (a no-op without a guard)."""
-    return self.guard.reading(self.mixture, self.split) if self.guard is not None else contextlib.nullcontext()
+    return self._guard.reading(self.mixture, self.split) if self._guard is not None else contextlib.nullcontext()
+
+  @property
+  def guard(self) -> SplitGuard | None:
+    """The split guard this evaluator consults before every read (fixed at construction)."""
+    return self._guard
+
+  @property
+  def seqio_evaluator(self):
+    """The underlying ``seqio.Evaluator``. Its cached datasets hold this split's data, so handing it out
+    is a read: refused (:class:`SplitLeakError`) for a test split while a selection is open."""
+    with self._reading():
+      return self._seqio_evaluator
 
   # -- tasks ----------------------------------------------------------------------------------------
   @property
@@ -254,7 +266,7 @@ class Evaluator:
     feats = {}
     for tasks in by_cat.values():
       for t in tasks:
-        feats[t] = _model_features(self.seqio_evaluator.cached_model_datasets[t])
+        feats[t] = _model_features(self._seqio_evaluator.cached_model_datasets[t])
     longest = max((int(np.max(np.nonzero(f["decoder_input_tokens"].any(0) | f["decoder_loss_weights"].any(0))[0]))
                    + 1 for _, f in feats.values() if f is not None), default=1)
     seq_len = max(self.pack_len, -(-longest // 16) * 16)
@@ -302,7 +314,7 @@ class Evaluator:
   def _task_examples(self, task_name: str) -> list:
     """The task's examples as numpy (read once: seqio's metrics take the examples)."""
     if task_name not in self._examples:
-      self._examples[task_name] = list(tfds.as_numpy(self.seqio_evaluator.cached_task_datasets[task_name]))
+      self._examples[task_name] = list(tfds.as_numpy(self._seqio_evaluator.cached_task_datasets[task_name]))
     return self._examples[task_name]
 
   def prepare(self) -> "Evaluator":
@@ -398,7 +410,7 @@ class Evaluator:
     if score_tasks and self.packed:
       for t, s in self._packed_scores(params, score_tasks).items():
         outputs[t][_SCORE] = s
-    ds = self.seqio_evaluator.cached_model_datasets
+    ds = self._seqio_evaluator.cached_model_datasets
     for t in tasks:
       types = self._output_types(t)
       if _SCORE in types and _SCORE not in outputs[t]:

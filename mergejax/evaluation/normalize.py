@@ -21,16 +21,20 @@ only within one base type (a weak base inflates them).
 Scores are per-task primary metrics (e.g. ``EvalResults.task_scores``); the ratio makes their unit
 (percent or fraction) irrelevant as long as numerator and denominator agree.
 
-**Chance-corrected retention** (:func:`held_in_retention`) replaces each ratio by
+**Chance-corrected retention** (:func:`held_in_retention`) replaces each category's ratios by
 
 .. math::
 
-   R(M, d) = \frac{\mathrm{Perf}(M, d) - \mathrm{chance}(d)}{\mathrm{Perf}(E_c, d) - \mathrm{chance}(d)}
+   R(M, c) = \frac{\sum_{d \in c} \mathrm{Perf}(M, d) - \mathrm{chance}(d)}
+                  {\sum_{d \in c} \mathrm{Perf}(E_c, d) - \mathrm{chance}(d)}
 
-the share of the expert's gain over guessing that the merge keeps (chance: the score of a uniform
-random choice, e.g. the mean of 1 / #choices for rank classification; 0 for generation). Near a
+the share of the expert's gain over guessing on its category's datasets that the merge keeps (chance:
+the score of a uniform random choice, e.g. the mean of 1 / #choices for rank classification; 0 for
+generation). The gains are summed over the category's datasets before dividing, so a dataset on
+which the expert is only a little above chance adds its small gain instead of dividing by it (a
+per-dataset quotient there is noise that resampling turns into values far outside [0, 1]). Near a
 chance-level expert the paper's ratio is close to 1 whatever the merge does, and retention is
-undefined: such a denominator is refused. :func:`check_expert` tells whether an expert is clearly
+undefined: a category whose expert gains nothing over chance is refused. :func:`check_expert` tells whether an expert is clearly
 above its base and chance (``z`` standard errors on validation); the study leaves the categories of
 experts that are not out of held-in normalization (``mergejax.study.verdicts``).
 """
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -50,7 +54,7 @@ class Normalized:
 
   Attributes:
     per_task: task -> Perf(M, d) / Perf(reference, d).
-    per_category: category -> mean of its tasks' ratios.
+    per_category: category -> mean of its tasks' ratios (retention: the summed gains, :func:`category_retention`).
     score: mean over categories.
   """
 
@@ -88,13 +92,30 @@ def _ratios(model: Mapping[str, float], reference: Mapping[str, float], task_cat
         if t not in chance:
           raise KeyError(f"normalize: no chance level for task {t!r} (category {c!r})")
         guess = float(chance[t])
-        if not den > guess:
-          raise ValueError(f"normalize: {what} score for task {t!r} ({den:g}) is not above chance ({guess:g}); "
-                           "chance-corrected retention is undefined (check_expert flags such experts)")
-      per_task[t] = ratio(float(model[t]), den, guess)
+      per_task[t] = ratio(float(model[t]), den, guess) if den != guess else float("nan")
       ratios.append(per_task[t])
-    per_cat[c] = sum(ratios) / len(ratios)
+    if chance is None:
+      per_cat[c] = sum(ratios) / len(ratios)
+    else:
+      per_cat[c] = category_retention([float(model[t]) for t in tasks], [float(reference[t]) for t in tasks],
+                                      [float(chance[t]) for t in tasks], name=f"category {c!r}")
   return Normalized(per_task, per_cat, sum(per_cat.values()) / len(per_cat))
+
+
+def category_retention(model: Sequence, expert: Sequence, chance: Sequence, *, name: str = "") -> Any:
+  """One category's retention from its datasets' scores (floats or arrays of bootstrap replicates):
+  the summed gain over chance of ``model`` divided by that of ``expert``. Raises ValueError for floats
+  whose denominator is not positive; arrays get NaN there (a replicate that cannot be normalized)."""
+  gain_m = sum(m - c for m, c in zip(model, chance))
+  gain_e = sum(e - c for e, c in zip(expert, chance))
+  if np.ndim(gain_e) == 0:
+    if not float(gain_e) > 0:
+      raise ValueError(f"normalize: the expert of {name or 'a category'} is not above chance on its datasets "
+                       f"(summed gain {float(gain_e):g}); chance-corrected retention is undefined "
+                       "(check_expert flags such experts)")
+    return gain_m / gain_e
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(gain_e > 0, gain_m / np.where(gain_e > 0, gain_e, 1.0), np.nan)
 
 
 def held_in(model: Mapping[str, float], expert: Mapping[str, float], task_categories: Mapping[str, str],
@@ -112,9 +133,10 @@ def held_in(model: Mapping[str, float], expert: Mapping[str, float], task_catego
 
 def held_in_retention(model: Mapping[str, float], expert: Mapping[str, float], chance: Mapping[str, float],
                       task_categories: Mapping[str, str], merged_categories: Sequence[str]) -> Normalized:
-  """Chance-corrected held-in retention: :func:`held_in` with every ratio replaced by
-  ``(model - chance) / (expert - chance)`` (1: the merge keeps all of the expert's gain over guessing;
-  0: none of it). Raises ValueError naming the task when an expert is not above its chance level.
+  """Chance-corrected held-in retention: :func:`held_in` with each category's ratios replaced by
+  :func:`category_retention` (1: the merge keeps all of the expert's gain over guessing; 0: none of
+  it); ``per_task`` holds the per-dataset quotients for inspection. Raises ValueError naming the
+  category when its expert gains nothing over chance.
 
   Args:
     chance: task -> score of guessing, in the scores' unit (:func:`rank_chance` for rank tasks).
@@ -141,7 +163,8 @@ class ExpertCheck:
     z_chance: (expert - chance) / SE(expert).
     z_base: (expert - base) / SE(expert - base) (base and expert taken as independent samples, which
       overstates the SE of a paired difference: the check errs towards flagging).
-    clear: both z at least the threshold.
+    clear: both z at least the threshold, and every task's expert at least the threshold above its
+      chance level (``z_chance_tasks``).
   """
 
   expert: float
@@ -150,6 +173,8 @@ class ExpertCheck:
   z_chance: float
   z_base: float
   clear: bool
+  z_chance_tasks: float = float("inf")  # the least per-task (expert - chance) / SE(expert)
+  below_base: tuple[str, ...] = ()  # tasks on which the expert scores below its base (a finding, not a flag)
 
 
 def _category_se(scores: Mapping[str, float], counts: Mapping[str, int], tasks: Sequence[str], scale: float) -> float:
@@ -166,7 +191,10 @@ def check_expert(expert: Mapping[str, float], base: Mapping[str, float] | None, 
 
   Compares category means (the mean over ``tasks``) with binomial standard errors from each task's
   example count: the expert must be at least ``z`` standard errors above chance and above the base
-  (``base=None``: chance only). Use validation scores: the check decides what the study reports.
+  (``base=None``: chance only), and on each task at least ``z`` standard errors above that task's
+  chance (a task at chance would make its ratio noise). Tasks where the expert scores below its base
+  are listed (``below_base``) but do not flag it: the category is the unit the study normalizes by.
+  Use validation scores: the check decides what the study reports.
 
   Args:
     expert, base: task -> score (accuracy in ``scale`` units).
@@ -182,12 +210,14 @@ def check_expert(expert: Mapping[str, float], base: Mapping[str, float] | None, 
   e, c = mean(expert), mean(chance)
   se_e = _category_se(expert, counts, tasks, scale)
   z_chance = _z(e - c, se_e)
+  z_tasks = min(_z(float(expert[t]) - float(chance[t]), _category_se(expert, counts, [t], scale)) for t in tasks)
   if base is None:
-    b, z_base = float("nan"), float("inf")
+    b, z_base, below = float("nan"), float("inf"), ()
   else:
     b = mean(base)
     z_base = _z(e - b, math.hypot(se_e, _category_se(base, counts, tasks, scale)))
-  return ExpertCheck(e, b, c, z_chance, z_base, bool(z_chance >= z and z_base >= z))
+    below = tuple(t for t in tasks if float(expert[t]) < float(base[t]))
+  return ExpertCheck(e, b, c, z_chance, z_base, bool(z_chance >= z and z_base >= z and z_tasks >= z), z_tasks, below)
 
 
 def _z(diff: float, se: float) -> float:

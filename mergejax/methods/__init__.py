@@ -23,6 +23,7 @@ from mergejax.methods.della import della, della_linear
 from mergejax.methods.fusion import arcee_fusion
 from mergejax.methods.lines import lines
 from mergejax.methods.model_stock import model_stock, nearswap
+from mergejax.methods.passthrough import passthrough
 from mergejax.methods.ram import ram, ramplus_tl
 from mergejax.methods.registry import formula, get, hparam_names, names, register, schema
 from mergejax.methods.sce import sce
@@ -33,7 +34,7 @@ from mergejax.methods.ties import dare_ties, ties
 
 for _f in (average, task_arithmetic, ties, dare_linear, dare_ties, slerp, nuslerp, multislerp, karcher, breadcrumbs,
            breadcrumbs_ties, della, della_linear, model_stock, sce, nearswap, tsv_m, iso_c, iso_cts, cart, lines,
-           regmean, fisher, adamerging, ram, ramplus_tl, arcee_fusion):
+           regmean, fisher, adamerging, ram, ramplus_tl, arcee_fusion, passthrough):
   register(_f.__name__, _f)
 
 __all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "adamerging", "arcee_fusion", "average",
@@ -41,4 +42,4 @@ __all__ = ["HParam", "LeafContext", "LeafPass", "MergeMethod", "Traits", "adamer
            "breadcrumbs_ties", "cart", "choice", "dare_keep_masks", "dare_linear", "dare_ties", "della", "della_linear",
            "expert_weights", "fisher", "flag", "formula", "get", "hparam_names", "integer", "iso_c", "iso_cts", "karcher",
            "leaf_key", "lines", "method_factory", "model_stock", "multislerp", "names", "nearswap", "number", "nuslerp",
-           "ram", "ramplus_tl", "regmean", "register", "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]
+           "passthrough", "ram", "ramplus_tl", "regmean", "register", "schema", "sce", "slerp", "task_arithmetic", "ties", "tsv_m"]

@@ -413,7 +413,13 @@ def method_factory(*, formula: str, **specs: HParam) -> Callable[[F], F]:
     def factory(*args: Any, **kwargs: Any) -> MergeMethod:
       bound = sig.bind(*args, **kwargs)
       bound.apply_defaults()
-      return fn(**{hp.name: hp.check(bound.arguments[hp.name]) for hp in schema})
+      checked = {}
+      for hp in schema:
+        try:
+          checked[hp.name] = hp.check(bound.arguments[hp.name])
+        except ValueError as e:  # one line naming the method and the hyperparameter
+          raise ValueError(f"{fn.__name__}: {e}") from None
+      return fn(**checked)
 
     factory.schema = schema
     factory.formula = formula

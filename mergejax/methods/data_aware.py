@@ -32,6 +32,9 @@ class NeedsData:
   needs: str
   kind: str
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # ``statistics(model, base, experts, batches, n_experts, **hparams)``; None: the module's own
+  # ``mergejax.data_merge.<kind>_statistics`` (a method of your own gives its function here)
+  statistics: Any = None
 
   def __call__(self, leaf_pass, n_experts, shapes):
     del leaf_pass, n_experts, shapes

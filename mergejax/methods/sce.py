@@ -55,7 +55,8 @@ _jit_kernel = jax.jit(kernels.on_whole_leaves(_kernel), static_argnames=("out_dt
                 lam=number("scale of the merged task vector"))
 def sce(select_topk: float = 1.0, lam: float = 1.0) -> MergeMethod:
   r"""SCE per leaf (see :func:`sce_task_vector`). mergekit ``sce`` (which has no ``lam``: 1). Symmetric
-  in the experts; one expert gives it back."""
+  in the experts; with ``select_topk=1`` one expert gives it back (with less, one expert's task vector
+  has zero variance everywhere, so nothing is selected and the base comes back)."""
   return MergeMethod(name="sce", hparams={"select_topk": select_topk, "lam": lam},
                      traits=Traits(uses_base=True, lam_scales_task_vector=True),
                      kernel=kernels.bind(_jit_kernel, select_topk=select_topk), lam=lam,

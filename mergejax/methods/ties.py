@@ -50,7 +50,11 @@ def ties(density: float = 0.2, lam: float = 1.0, scope: str = "global", sign: st
 
 
 @method_factory(formula="TIES (density 1: no trim) of the DARE-dropped task vectors, rescaled by 1 / (1 - drop_rate)",
-                drop_rate=number("DARE's drop probability p", 0.0, 1.0, high_open=True), density=_DENSITY, lam=_LAM,
+                drop_rate=number("DARE's drop probability p (mergekit's dare_ties density is 1 - p: "
+                                 "density=0.5 there is drop_rate=0.5 here)", 0.0, 1.0, high_open=True),
+                density=number("TIES' magnitude trim after DARE: fraction of entries KEPT (1: no trim, as mergekit); "
+                               "not mergekit's dare_ties density, which is 1 - drop_rate", 0.0, 1.0, low_open=True),
+                lam=_LAM,
                 scope=_SCOPE, sign=_SIGN, aggregate=_AGGREGATE, weights=expert_weights())
 def dare_ties(drop_rate: float = 0.9, density: float = 1.0, lam: float = 1.0, scope: str = "global",
               sign: str = "sum", aggregate: str = "mean", weights: Sequence[float] | None = None) -> MergeMethod:

@@ -478,10 +478,11 @@ def plan(recipe: Recipe) -> Plan:
         raise RecipeError(f"{e.where}.parameters.{k}: {k} applies to the whole merge: set it under the top-level "
                           "parameters (mergekit ignores it here)")
   opts = recipe.options
-  if "scope" in opts and jname not in ("ties", "dare_ties"):
-    raise RecipeError(f"mergejax.scope: only for ties and dare_ties, not {name}")
   from mergejax import methods  # pylint: disable=g-import-not-at-top
-  stochastic = name != "passthrough" and any(hp.name == "drop_rate" for hp in methods.schema(jname))
+  schema = {hp.name for hp in methods.schema(jname)}
+  if "scope" in opts and "scope" not in schema:
+    raise RecipeError(f"mergejax.scope: {name} has no scope (where the top-k trim is taken)")
+  stochastic = "drop_rate" in schema  # DARE's masks: mergejax's differ from mergekit's (below)
   if stochastic and opts.get("dare") != "paper":
     raise RecipeError(f"merge_method: {name}: mergejax's DARE draws its own masks (a counter-based hash of seed, "
                       "tensor and position) and rescales survivors by exactly 1/(1-p), where mergekit uses torch's "

@@ -213,8 +213,7 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
   mesh = mesh if mesh is not None else sharding.make_mesh()
   dirs = [inputs_lib.model_dir(s) for s in [opened.base, *opened.experts] if s is not None]
   chat = _chat_template(r, dirs)
-  fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x),
-                   **output_lib.fingerprint(detect.input_path(x.path))}
+  fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x), **_fingerprint(x)}
                   for i, x in enumerate(names)] if output_lib.is_primary() else []
   with inputs_lib.staged_sidecars(opened.donor_dir, vocab=opened.vocab, chat_template=chat,
                                   config_updates={}) as sidecar_dir:
@@ -307,8 +306,7 @@ def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, sha
   opened0 = opened_all[0]
   dirs = [inputs_lib.model_dir(s) for o in opened_all for s in [o.base, *o.experts] if s is not None]
   chat = _chat_template(r, dirs)
-  fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x),
-                   **output_lib.fingerprint(detect.input_path(x.path))}
+  fingerprints = [{"role": "base" if pl.base is not None and i == 0 else "expert", "name": str(x), **_fingerprint(x)}
                   for i, x in enumerate(names)] if output_lib.is_primary() else []
   donor = opened0.donor_dir
   updates = {}
@@ -367,6 +365,15 @@ def _bar(enabled: bool, total: int):
 _PRE = ("embed", "wte", "wpe", "tok_embeddings", "word_embeddings", "embed_in")
 
 
+def _fingerprint(ref) -> dict[str, Any]:
+  """A recipe input's fingerprint for the manifest: the model's, and a ``BASE+LORA`` input's adapter's too
+  (two adapters on one base are different inputs)."""
+  out = output_lib.fingerprint(detect.input_path(ref.path))
+  if ref.lora:
+    out["lora"] = {"path": str(ref.lora), **output_lib.fingerprint(detect.input_path(ref.lora))}
+  return out
+
+
 def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_bytes) -> pathlib.Path:
   """A copy of one model, or layers of several stacked (slices), with mergekit's optional ``scale``."""
   r = pl.recipe
@@ -411,7 +418,7 @@ def _passthrough(pl: mk.Plan, output: str, *, output_format, overwrite, shard_by
     key = next((k for k in _NUM_LAYERS_KEYS if k in cfg), "num_hidden_layers")
     updates[key] = pl.output_layers
   chat = _chat_template(r, [inputs_lib.model_dir(s) for s in srcs])
-  fingerprints = [{"role": "input", "name": str(x), **output_lib.fingerprint(detect.input_path(x.path))}
+  fingerprints = [{"role": "input", "name": str(x), **_fingerprint(x)}
                   for x in pl.inputs] if output_lib.is_primary() else []
   with inputs_lib.staged_sidecars(donor, chat_template=chat, config_updates=updates) as sidecar_dir:
     sink = output_lib.open_sink(out_path, srcs[0], output_format=output_format, sidecar_dir=sidecar_dir,

@@ -381,16 +381,17 @@ def _heldin(model: Mapping[str, np.ndarray], task_categories: Mapping[str, str],
     expert = scores.get((world, f"{kind}/{size}/expert/{c}"))
     if expert is None:
       raise KeyError(f"no reference row with test scores for the {kind} {size} expert of {c!r}")
-    terms = []
-    for t in tasks:
-      guess = 0.0
-      if chance is not None:
-        if t not in chance:
-          raise KeyError(f"retention needs the chance level of task {t!r}: no reference row stores it (task_chance)")
-        guess = chance[t]
+    if chance is None:
       with np.errstate(divide="ignore", invalid="ignore"):
-        terms.append(normalize.ratio(model[t], expert[t], guess))
-    per_cat.append(sum(terms) / len(terms))
+        per_cat.append(sum(normalize.ratio(model[t], expert[t]) for t in tasks) / len(tasks))
+      continue
+    missing = [t for t in tasks if t not in chance]
+    if missing:
+      raise KeyError(f"retention needs the chance level of task {missing[0]!r}: no reference row stores it "
+                     "(task_chance)")
+    # NaN in a replicate whose expert gains nothing over chance there: refused, not divided by
+    per_cat.append(normalize.category_retention([model[t] for t in tasks], [expert[t] for t in tasks],
+                                                [chance[t] for t in tasks]))
   return sum(per_cat) / len(per_cat)
 
 

@@ -15,7 +15,8 @@ half is two of the N = 2 pairs). More blocks (new orders) replicate the design; 
 
 **Grid edges.** A chosen hyperparameter on the edge of its grid says the optimum may lie outside it.
 :func:`grid_edges` counts, from the stored rows (each keeps its candidates and its choice), how often
-each method's choice of each hyperparameter was the smallest or largest value tried, and
+each method's choice of each hyperparameter was the smallest or largest value tried, per model size
+(sizes pick differently, and a pooled count can hide one size's edge), and
 :func:`edge_warnings` words the ones a report should flag. An edge that is the hyperparameter's own
 bound (DARE's drop rate 0: nothing dropped) cannot be widened: choices there are a finding, not a
 warning.
@@ -90,7 +91,8 @@ def appearances(subsets: Iterable[Sequence[str]]) -> dict[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class EdgeCount:
-  """How often a method's chosen value of one hyperparameter was the smallest or largest candidate.
+  """How often a method's chosen value of one hyperparameter was the smallest or largest candidate, at
+  one model size (sizes pick differently: pooled counts can hide one size's edge).
 
   Attributes:
     values: the distinct values tried (sorted; the union over the rows' grids).
@@ -106,6 +108,7 @@ class EdgeCount:
   high: int
   floor: float | None = None  # the least value the hyperparameter can take, where it has one
   ceiling: float | None = None  # the greatest
+  size: str = ""  # the model size of the merges counted ("": rows without one)
 
   @property
   def low_bounded(self) -> bool:
@@ -124,7 +127,7 @@ class EdgeCount:
 
 def grid_edges(rows: Iterable[Mapping[str, Any]],
                bounds: Callable[[str, str], tuple[float | None, float | None]] | None = None) -> list[EdgeCount]:
-  """Edge counts per (method, numeric hyperparameter) over merge rows (``type == "merge"``, with
+  """Edge counts per (method, size, numeric hyperparameter) over merge rows (``type == "merge"``, with
   ``candidates`` [{"hparams": ...}, ...] and the chosen ``hparams``); ``bounds(method, hparam)`` gives
   the least and greatest values the hyperparameter can take (None where unbounded or open), so that a
   choice at such a bound is not read as a grid too narrow."""
@@ -140,14 +143,15 @@ def grid_edges(rows: Iterable[Mapping[str, Any]],
     for k, vals in grid.items():
       if len(vals) < 2 or k not in row["hparams"]:
         continue
-      t = tally.setdefault((row["method"], k), {"values": set(), "merges": 0, "low": 0, "high": 0})
+      t = tally.setdefault((row["method"], str(row.get("size", "")), k),
+                           {"values": set(), "merges": 0, "low": 0, "high": 0})
       t["values"] |= vals
       t["merges"] += 1
       t["low"] += row["hparams"][k] == min(vals)
       t["high"] += row["hparams"][k] == max(vals)
   return [EdgeCount(m, k, tuple(sorted(t["values"])), t["merges"], t["low"], t["high"],
-                    *(bounds(m, k) if bounds is not None else (None, None)))
-          for (m, k), t in sorted(tally.items())]
+                    *(bounds(m, k) if bounds is not None else (None, None)), size=size)
+          for (m, size, k), t in sorted(tally.items())]
 
 
 def edge_warnings(counts: Iterable[EdgeCount]) -> list[str]:
@@ -163,7 +167,7 @@ def edge_warnings(counts: Iterable[EdgeCount]) -> list[str]:
     if e.high >= EDGE_WARNING_SHARE * e.merges and not e.high_bounded:
       sides.append(f"the largest value ({_num(e.values[-1])}) in {e.high} of {e.merges} merges")
     hint = " (a grid of two values has no inside)" if len(e.values) == 2 else ""
-    lines.append(f"{e.method}: {e.hparam} chose " + " and ".join(sides) +
+    lines.append(f"{e.method}{f' at {e.size}' if e.size else ''}: {e.hparam} chose " + " and ".join(sides) +
                  f"; the optimum may lie outside {{{', '.join(_num(v) for v in e.values)}}}: widen the grid{hint}.")
   return lines
 

@@ -216,11 +216,12 @@ def _grid_lines(merges: Sequence[dict]) -> list[str]:
   edges = design_lib.grid_edges(merges, _hparam_bounds)
   if not edges:
     return ["No method had a grid of more than one value per hyperparameter."]
-  lines = ["| method | hyperparameter | values tried | merges | at the smallest | at the largest |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| method | size | hyperparameter | values tried | merges | at the smallest | at the largest |",
+           "|---|---|---|---|---|---|---|"]
   bound = " (its bound)"
   for e in edges:
-    lines.append(f"| {e.method} | {e.hparam} | {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in e.values)}"
+    lines.append(f"| {e.method} | {e.size} | {e.hparam} | "
+                 f"{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in e.values)}"
                  f" | {e.merges} | {e.low}{bound if e.low_bounded else ''} | {e.high}{bound if e.high_bounded else ''} |")
   warnings = design_lib.edge_warnings(edges)
   if warnings:
@@ -234,7 +235,8 @@ def _retention_lines(rows: Sequence[dict], spec) -> list[str]:
     a = verdicts_lib.analyze(rows, dataclasses.replace(spec.verdicts, heldin_metric="retention"), methods=spec.methods)
   except (KeyError, ValueError) as e:
     return [f"Chance-corrected retention is not available for this run ({e})."]
-  lines = ["The held-in conclusions judged on chance-corrected retention, (merged - chance) / (expert - chance), "
+  lines = ["The held-in conclusions judged on chance-corrected retention (per category, the merge's summed gain over chance "
+           "on its datasets divided by the expert's, docs/STUDY.md) "
            "instead of the paper's ratio:", ""]
   for c in a.conclusions:
     if c.number != 3:
@@ -257,10 +259,12 @@ def write_report(store, spec, workdir: str | os.PathLike, timings: Mapping[str, 
   tables = {"heldin": table(analysis, "heldin"), "heldout": table(analysis, "heldout")}
   _write_csv(workdir / "table_heldin.csv", tables["heldin"], cols)
   _write_csv(workdir / "table_heldout.csv", tables["heldout"], cols)
-  flat_cols = ["kind", "size", "n", "seed", "method", "hparams", "heldin_norm", "heldout_norm", "merge_s",
+  flat_cols = ["kind", "size", "params", "n", "seed", "method", "hparams", "heldin_norm", "heldout_norm", "merge_s",
                "select_eval_s", "test_eval_s", "categories"]
-  _write_csv(workdir / "results.csv", [{**r, "hparams": json.dumps(r["hparams"], sort_keys=True),
+  _write_csv(workdir / "results.csv", [{**r, "params": analysis.param_counts.get(r["size"], ""),
+                                        "hparams": json.dumps(r["hparams"], sort_keys=True),
                                         "categories": "+".join(r["categories"])} for r in merges], flat_cols)
+  verdicts_lib.write_rows(rows, workdir / verdicts_lib.ROWS_FILE)
   figs = plots(workdir, analysis)
 
   def size_text(s):
@@ -295,9 +299,10 @@ def write_report(store, spec, workdir: str | os.PathLike, timings: Mapping[str, 
     lines.append(f"| {kind} | {size} | {name} | {_fmt(_mean(row['heldin_test'].values()))} | "
                  f"{_fmt(_mean(row.get('heldout_test', {}).values())) if row.get('heldout_test') else '-'} |")
   lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in figs]
-  lines += ["", "Files: results.csv (one row per merge), table_heldin.csv, table_heldout.csv (mean, _lo, _hi per "
-            "column), results/rows/*.json (every row; `mergejax.study.verdicts.analyze` recomputes every verdict "
-            "from them, docs/STUDY.md)."]
+  lines += ["", f"Files: results.csv (one row per merge), table_heldin.csv, table_heldout.csv (mean, _lo, _hi per "
+            f"column), {verdicts_lib.ROWS_FILE} (every stored row, as in results/rows/*.json): "
+            f"`mergejax.study.verdicts.analyze(verdicts.load_rows(DIR))` recomputes every verdict, interval and "
+            "expert flag above from it (docs/STUDY.md)."]
   files.atomic_write(report_path, "\n".join(lines) + "\n")
   return report_path
 

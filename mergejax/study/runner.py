@@ -223,6 +223,17 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       grids[m] = grid_lib.candidates(m, dict(cfg.grids.get(m) or {}) if "grids" in cfg else {})
     except (ValueError, TypeError) as e:
       raise StudyConfigError(f"grids.{m}: {e}") from None
+    for hp in grids[m]:  # what the method can merge, checked before any training or merging
+      method = methods_lib.get(m, **hp)
+      needs = getattr(method.compute_stats, "needs", None)
+      if needs:
+        raise StudyConfigError(f"methods: {m} needs data ({needs}); the study does not bind data to a method: "
+                               "merge with mergejax.data_merge.with_data instead (docs/MERGING.md)")
+      for n in ns:
+        try:
+          method.check_experts(n)
+        except ValueError as e:
+          raise StudyConfigError(f"methods: {e} (num_experts={tuple(ns)})") from None
   world_steps = {}
   for recipe, steps in dict(cfg.get("world_steps") or {}).items():
     if recipe not in recipes.RECIPES:
@@ -451,11 +462,12 @@ def reference_fingerprint(spec: StudySpec, kind: str, size: str, role: str, cate
 
 
 def merge_fingerprint(spec: StudySpec, cell: grid_lib.Cell, method_name: str) -> str:
-  """What a merge row depends on: method and grid, the design and its subset, the seed, the base's and
-  the merged experts' checkpoints (whose validation scores select and whose test scores normalize), the
-  suites and splits."""
+  """What a merge row depends on: method and grid, the dtype task vectors are merged in, the design and
+  its subset, the seed, the base's and the merged experts' checkpoints (whose validation scores select
+  and whose test scores normalize), the suites and splits."""
   return store_lib.fingerprint({
-      "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name], "design": spec.design,
+      "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name],
+      "task_vector_dtype": spec.task_vector_dtype, "design": spec.design,
       "study_categories": spec.categories, "categories": cell.categories, "seed": cell.seed,
       "base": _model_id(spec, cell.size, cell.kind, "base"),
       "experts": [_model_id(spec, cell.size, cell.kind, "expert", c) for c in cell.categories],
@@ -647,14 +659,15 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   store = ResultsStore(workdir / "results")
   world_s = None  # not built here
   if spec.build_world:
-    trained = False
+    clock = WorldClock(store, spec)
     for seed in spec.world_seeds:
       summary = world_lib.build_world(world_dir_for(spec.world_dir, seed), spec.sizes, kinds=spec.kinds,
                                       categories=spec.categories, multitask=spec.multitask, seed=seed,
-                                      progress=progress and is_main,
+                                      progress=progress and is_main, on_run_done=clock.lap,
                                       recipe_overrides={r: {"steps": n} for r, n in spec.world_steps.items()})
-      trained = trained or any(not r.get("skipped") for r in summary["runs"])
-    world_s = world_build_seconds(store, spec, time.perf_counter() - t_start, trained=trained)
+      if any(not r.get("skipped") for r in summary["runs"]):
+        clock.lap()  # the build's last stretch (writing its manifest)
+    world_s = world_build_seconds(store, spec, 0.0, trained=False)
   # One spec per world, its manifest read (the one the world builder wrote, or the layout's).
   worlds = [spec.for_world(seed) for seed in spec.world_seeds]
   if spec.manifest is not None:  # seed 0's world, read at start-up
@@ -766,6 +779,22 @@ def study_seconds(store: ResultsStore, seconds: float) -> float:
   key, fp = "meta/study", store_lib.fingerprint({})
   row = store.get(key, fp) or {"type": "meta", "study_s": 0.0}
   return store.put(key, {"type": "meta", "study_s": row["study_s"] + seconds}, fp)["study_s"]
+
+
+class WorldClock:
+  """Adds the world build's time to the stored total as each run completes (:meth:`lap`), so a build
+  killed part-way keeps the time of the runs it finished (their checkpoints are kept too)."""
+
+  def __init__(self, store: ResultsStore, spec: StudySpec):
+    self._store, self._spec = store, spec
+    self._last = time.perf_counter()
+    self._lock = threading.Lock()
+
+  def lap(self) -> None:
+    with self._lock:
+      now = time.perf_counter()
+      world_build_seconds(self._store, self._spec, now - self._last, trained=True)
+      self._last = now
 
 
 def world_build_seconds(store: ResultsStore, spec: StudySpec, seconds: float, trained: bool) -> float | None:

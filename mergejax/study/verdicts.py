@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
+import io
 import itertools
 import json
 import math
@@ -59,12 +61,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mergejax import files
 from mergejax.evaluation import normalize
 from mergejax.study import bootstrap
 
 SUPPORTED, CONTRADICTED, EQUIVALENT, INCONCLUSIVE = "SUPPORTED", "CONTRADICTED", "EQUIVALENT", "INCONCLUSIVE"
 NOT_TESTABLE = "NOT TESTABLE"
 IT, PT = "instruction_tuned", "pretrained"
+C3_RULE = ("two claims joined: SUPPORTED when (a) and (b) both are, CONTRADICTED when either is, each judged on "
+           "its own interval and breakdown")
 NO_ESTIMATE = ("no estimate: the cells it compares have no scores (e.g. every merged category left out of held-in "
                "normalization, see Experts)")
 
@@ -145,6 +150,7 @@ class FlaggedExpert:
   size: str
   category: str
   check: normalize.ExpertCheck
+  detail: str = ""  # the tasks on which the expert is below its base, with both validation scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,7 @@ class Analysis:
     experts_checked: how many (world, kind, size, category) experts were checked (0: rows lack the
       validation counts the check needs).
     flagged: the experts not clearly above base and chance.
+    below_base: experts that pass the check but score below their base on one of their datasets.
     excluded: world -> categories left out of held-in normalization.
     sizes: sizes, smallest first; kinds, ns, methods: as found in the rows.
     levels: one line per bootstrap level: what was resampled, or why not.
@@ -175,6 +182,7 @@ class Analysis:
   methods: tuple[str, ...]
   levels: tuple[str, ...]
   param_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+  below_base: tuple[FlaggedExpert, ...] = ()
   replicates: bootstrap.Replicates | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def estimate(self, label: str, fn, signed: bool = False) -> Estimate:
@@ -235,20 +243,26 @@ def _mean(arrays: Sequence[np.ndarray]) -> np.ndarray:
   return np.mean(np.stack(arrays), axis=0)
 
 
-def _order_sizes(sizes: Sequence[str], refs: Mapping, param_counts) -> tuple[list, str, dict[str, int]]:
+def _order_sizes(sizes: Sequence[str], refs: Mapping, param_counts,
+                 merges: Sequence[Mapping[str, Any]] = ()) -> tuple[list, str, dict[str, int]]:
   counts = dict(param_counts or {})
   for key, row in refs.items():
     if key[3] == "base" and row.get("params") and key[2] not in counts:
       counts[key[2]] = int(row["params"])
+  for row in merges:  # results.csv rows carry their size's count
+    if row.get("params") and row["size"] not in counts:
+      counts[row["size"]] = int(row["params"])
   if all(s in counts for s in sizes):
     ordered = sorted(sizes, key=lambda s: counts[s])
     return ordered, "sizes by parameter count: " + ", ".join(f"{s} {counts[s]:,}" for s in ordered), counts
   return list(sizes), "sizes in the order of the rows (no parameter counts stored)", counts
 
 
-def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float) -> tuple[int, list[FlaggedExpert]]:
-  """(experts checked, flagged experts) from reference rows with validation scores, counts and chance."""
-  checked, flagged = 0, []
+def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float
+                 ) -> tuple[int, list[FlaggedExpert], list[FlaggedExpert]]:
+  """(experts checked, flagged experts, clear experts below their base on a dataset) from reference rows
+  with validation scores, counts and chance."""
+  checked, flagged, below = 0, [], []
   for key, row in sorted(refs.items()):
     world, kind, size, role = key[:4]
     if role != "expert":
@@ -264,9 +278,12 @@ def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float) -> tuple[int
     check = normalize.check_expert(row["heldin_validation"], base if base and all(t in base for t in tasks) else None,
                                    chance, counts, tasks, z=z, scale=val[tasks[0]].scale)
     checked += 1
+    detail = ", ".join(f"{t} {row['heldin_validation'][t]:.1f} vs {base[t]:.1f}" for t in check.below_base)
     if not check.clear:
-      flagged.append(FlaggedExpert(world, kind, size, key[4], check))
-  return checked, flagged
+      flagged.append(FlaggedExpert(world, kind, size, key[4], check, detail))
+    elif check.below_base:
+      below.append(FlaggedExpert(world, kind, size, key[4], check, detail))
+  return checked, flagged, below
 
 
 def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None, *,
@@ -284,7 +301,7 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
   merges, refs = bootstrap.split_rows(rows)
   if not merges:
     raise ValueError("no merge rows to analyse")
-  checked, flagged = flag_experts(refs, settings.z_expert)
+  checked, flagged, below = flag_experts(refs, settings.z_expert)
   excluded: dict[str, tuple[str, ...]] = {}
   for f in flagged:
     excluded[f.world] = tuple(sorted(set(excluded.get(f.world, ())) | {f.category}))
@@ -292,7 +309,8 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
                             heldin_metric=settings.heldin_metric, excluded=excluded)
   kinds = tuple(k for k in (PT, IT) if any(r["kind"] == k for r in merges)) + tuple(
       dict.fromkeys(r["kind"] for r in merges if r["kind"] not in (PT, IT)))
-  sizes, size_note, counts = _order_sizes(list(dict.fromkeys(r["size"] for r in merges)), refs, param_counts)
+  sizes, size_note, counts = _order_sizes(list(dict.fromkeys(r["size"] for r in merges)), refs, param_counts,
+                                          merges)
   ns = tuple(sorted({int(r["n"]) for r in merges}))
   found = list(dict.fromkeys(r["method"] for r in merges))
   methods = tuple(m for m in (methods or ()) if m in found) + tuple(m for m in found if m not in (methods or ()))
@@ -320,7 +338,7 @@ def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None,
       ("" if checked else " (rows hold no validation counts or chance levels)"),
   )
   return Analysis(settings, conclusions, table, checked, tuple(flagged), excluded, tuple(sizes), kinds, ns, methods,
-                  levels, counts, rep)
+                  levels, counts, tuple(below), rep)
 
 
 @dataclasses.dataclass
@@ -380,18 +398,18 @@ class _Context:
     def above_base(kinds, sizes):
       return lambda g: _mean([g(k, s, n, m, "heldout") - 1.0 for k in kinds for s in sizes for n in self.ns
                               for m in self.methods])
-    a = self._est("held-out - base", above_base(self.kinds, self.sizes))
-    per_cell = [self._est(f"{k} {s}", above_base([k], [s])) for k in self.kinds for s in self.sizes]
+    a = self._est("(a) held-out - base", above_base(self.kinds, self.sizes))
+    per_cell = [self._est(f"(a) {k} {s}", above_base([k], [s])) for k in self.kinds for s in self.sizes]
     va, note_a = _combine(a, per_cell, "kind or size")
-    evidence, breakdown, notes = [a], list(per_cell), [note_a]
+    evidence, breakdown, notes = [dataclasses.replace(a, verdict=va)], list(per_cell), [note_a]
     if all(self.rep.has(k, large, nmax, "multitask", "heldout") for k in self.kinds):
       def vs_mt(kinds):
         return lambda g: _mean([_mean([g(k, large, nmax, m, "heldout") for m in self.methods])
                                 - g(k, large, nmax, "multitask", "heldout") for k in kinds])
-      b = self._est(f"held-out at {large}, N={nmax}: merged - multitask", vs_mt(self.kinds))
-      per_kind = [self._est(f"{k} vs multitask", vs_mt([k])) for k in self.kinds]
+      b = self._est(f"(b) held-out at {large}, N={nmax}: merged - multitask", vs_mt(self.kinds))
+      per_kind = [self._est(f"(b) {k} vs multitask", vs_mt([k])) for k in self.kinds]
       vb, note_b = _combine(b, per_kind, "kind")
-      evidence.append(b)
+      evidence.append(dataclasses.replace(b, verdict=vb))
       breakdown += per_kind
       notes.append(note_b)
     else:
@@ -406,6 +424,7 @@ class _Context:
       verdict = EQUIVALENT
     else:
       verdict = INCONCLUSIVE
+    notes.append(C3_RULE)
     return Conclusion(3, claim, verdict, tuple(evidence), tuple(breakdown), "; ".join(n for n in notes if n))
 
   def c4(self) -> Conclusion:
@@ -442,7 +461,8 @@ class _Context:
       return NOT_TESTABLE, dataclasses.replace(each[0], verdict=NOT_TESTABLE), each, differ
     if differ:
       worst = max(differ, key=lambda e: abs(e.value))
-      return CONTRADICTED, dataclasses.replace(worst, verdict=CONTRADICTED), each, differ
+      shown = next(e for e in each if e.label == worst.label)  # the same pair at the stated confidence
+      return CONTRADICTED, dataclasses.replace(shown, verdict=CONTRADICTED), each, differ
     binding = max(each, key=lambda e: max(abs(e.lo), abs(e.hi)) if not math.isnan(e.lo) else math.inf)
     inside = all(-self.s.margin < e.lo and e.hi < self.s.margin for e in each)
     verdict = EQUIVALENT if inside else INCONCLUSIVE
@@ -460,8 +480,11 @@ class _Context:
     if verdict == NOT_TESTABLE:
       return Conclusion(5, claim, NOT_TESTABLE, (), note=NO_ESTIMATE)
     if verdict == CONTRADICTED:
-      note = (f"{len(differ)} of {n_pairs} method pairs differ at {large} "
-              f"({1 - (1 - self.s.confidence) / n_pairs:.1%} intervals, Bonferroni over the pairs)")
+      widest = max(differ, key=lambda e: abs(e.value))
+      level = 1 - (1 - self.s.confidence) / n_pairs
+      note = (f"{len(differ)} of {n_pairs} method pairs differ at {large}, judged on {level:.1%} intervals "
+              f"(Bonferroni over the {n_pairs} pair{'s' if n_pairs > 1 else ''}; the pair shown: "
+              f"[{widest.lo:+.3f}, {widest.hi:+.3f}])")
     else:
       note = (f"the widest of {n_pairs} pairwise intervals at {large} is shown; EQUIVALENT needs all of them "
               f"inside +-{self.s.margin:g}")
@@ -473,23 +496,43 @@ class _Context:
     return Conclusion(5, claim, verdict, (deciding,), tuple(breakdown), note)
 
 
-def load_rows(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The stored rows of a study's work directory (``<workdir>/results/rows/*.json``)."""
-  rows_dir = pathlib.Path(workdir) / "results" / "rows"
-  if not rows_dir.is_dir():
-    raise FileNotFoundError(f"{rows_dir}: no results store here")
-  return [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+ROWS_FILE = "rows.jsonl.gz"  # every stored row, one JSON object per line, written beside report.md
+
+
+def load_rows(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The stored rows of a study: its work directory (``results/rows/*.json``), a report's directory
+  (its :data:`ROWS_FILE`, e.g. docs/default_run), or that file itself."""
+  path = pathlib.Path(path)
+  rows_dir = path / "results" / "rows"
+  if rows_dir.is_dir():
+    return [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+  bundle = path / ROWS_FILE if path.is_dir() else path
+  if not bundle.is_file():
+    raise FileNotFoundError(f"{path}: no results store (results/rows/) or {ROWS_FILE} here")
+  with gzip.open(bundle, "rt", encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_rows(rows: Iterable[Mapping[str, Any]], path: str | pathlib.Path) -> None:
+  """Writes ``rows`` as :data:`ROWS_FILE`, atomically, in bytes that depend on the set of rows alone."""
+  text = "".join(sorted(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+  buf = io.BytesIO()
+  with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as f:
+    f.write(text.encode("utf-8"))
+  files.atomic_write(path, buf.getvalue())
 
 
 def load_csv(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  """Merge rows from a report's ``results.csv`` (normalized scores only: the seed level alone)."""
+  """Merge rows from a report's ``results.csv`` (normalized scores only: the seed level alone; its
+  ``params`` column orders the sizes). :data:`ROWS_FILE` beside it holds everything (:func:`load_rows`)."""
   rows = []
   with open(path, newline="") as f:
     for r in csv.DictReader(f):
       rows.append({"type": "merge", "kind": r["kind"], "size": r["size"], "n": int(r["n"]), "seed": int(r["seed"]),
                    "method": r["method"], "hparams": json.loads(r["hparams"]) if r.get("hparams") else {},
                    "categories": r["categories"].split("+"), "heldin_norm": float(r["heldin_norm"]),
-                   "heldout_norm": float(r["heldout_norm"])})
+                   "heldout_norm": float(r["heldout_norm"]),
+                   **({"params": int(r["params"])} if r.get("params") else {})})
   return rows
 
 
@@ -497,7 +540,8 @@ def conclusion_line(c: Conclusion) -> str:
   """One markdown line: the verdict in bold, the claim, each statistic with its interval."""
   if c.verdict == NOT_TESTABLE:
     return f"- **{c.verdict}**: {c.claim} ({c.note})"
-  stats = "; ".join(e.text() for e in c.evidence)
+  several = len(c.evidence) > 1
+  stats = "; ".join(e.text() + (f" ({e.verdict.lower()})" if several and e.verdict else "") for e in c.evidence)
   line = f"- **{c.verdict}**: {c.claim} {stats}"
   if c.breakdown:
     line += ". Breakdown: " + ", ".join(e.text() + (f" ({e.verdict.lower()})" if e.verdict else "")
@@ -514,8 +558,10 @@ def rule_text(settings: Settings) -> str:
           f"it lies below 0 and the estimate is at most -{settings.min_effect:g}, **EQUIVALENT** when it lies "
           f"inside (-{settings.margin:g}, {settings.margin:g}) (the equivalence margin: no effect that large "
           "either way), **INCONCLUSIVE** otherwise, and INCONCLUSIVE as well when the breakdown by size, N or "
-          "kind holds verdicts of both signs. Cells average their seeds first; every N, size, kind and "
-          "method then weighs the same.")
+          "kind holds verdicts of both signs. Conclusion 3 joins two claims, (a) and (b), each judged so: "
+          "SUPPORTED when both are, CONTRADICTED when either is. Conclusion 5 (no difference between methods) "
+          f"is CONTRADICTED when a pair of methods differs at the Bonferroni-corrected level (its {pct} interval "
+          "is shown). Cells average their seeds first; every N, size, kind and method then weighs the same.")
 
 
 def expert_lines(analysis: Analysis) -> list[str]:
@@ -524,19 +570,26 @@ def expert_lines(analysis: Analysis) -> list[str]:
   if not analysis.experts_checked:
     return ["Experts were not checked against their base and chance: the rows hold no validation counts "
             "or chance levels."]
+  below = [f"{f.kind} {f.size} {f.category} ({f.detail})" for f in analysis.below_base]
+  below_text = ("" if not below else
+                f" {len(below)} of them score below their base on one of their datasets (validation, expert vs "
+                "base), though clearly above it on their category's mean: " + "; ".join(below) + ".")
   if not analysis.flagged:
     return [f"All {analysis.experts_checked} experts are at least {s.z_expert:g} standard errors above their "
-            "base and chance on validation."]
+            "base (on their category's mean) and above chance (on each of their datasets) on validation."
+            + below_text]
   lines = [f"**{len(analysis.flagged)} of {analysis.experts_checked} experts are not clearly above their base "
            f"and chance** ({s.z_expert:g} standard errors on validation), so held-in normalization leaves "
            "their categories out everywhere in their world: "
            + "; ".join(", ".join(cats) + (f" (world {w})" if w else "") for w, cats in sorted(analysis.excluded.items()))
-           + ".", "", "| base | size | category | expert | base | chance | z vs chance | z vs base |",
-           "|---|---|---|---|---|---|---|---|"]
+           + "." + below_text, "",
+           "| base | size | category | expert | base | chance | z vs chance | least z vs chance of a dataset | "
+           "z vs base |", "|---|---|---|---|---|---|---|---|---|"]
   for f in analysis.flagged:
     c = f.check
     lines.append(f"| {f.kind} | {f.size} | {f.category} | {c.expert:.1f} | "
                  f"{'-' if math.isnan(c.base) else f'{c.base:.1f}'} | {c.chance:.1f} | {c.z_chance:.1f} | "
+                 f"{c.z_chance_tasks:.1f} | "
                  f"{'-' if math.isinf(c.z_base) else f'{c.z_base:.1f}'} |")
   return lines
 
