@@ -4,6 +4,7 @@ studies whose truth is known (tests/synthetic_study.py)."""
 import collections
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -229,3 +230,16 @@ def test_report_line_prints_the_verdict_in_bold_with_every_interval():
   assert line.startswith("- **SUPPORTED**: 1. Merging is more effective")
   assert f"held-in IT - PT {e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]" in line
   assert "Breakdown: xs" in line
+
+
+def test_the_committed_default_run_is_recomputed_from_its_rows_and_the_readme_says_what_it_says():
+  """docs/default_run holds every stored row (rows.jsonl.gz): its five conclusion lines come back exactly
+  as report.md prints them, and README's results section quotes them."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  a = verdicts.analyze(verdicts.load_rows(root / "docs" / "default_run"),
+                       methods=("average", "task_arithmetic", "ties", "dare_ties"))
+  report_md = (root / "docs" / "default_run" / "report.md").read_text()
+  readme = (root / "README.md").read_text()
+  for c in a.conclusions:
+    line = verdicts.conclusion_line(c)
+    assert line in report_md and line in readme, c.number

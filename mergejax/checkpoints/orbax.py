@@ -158,9 +158,9 @@ class OrbaxSink(StagedSink):
   In one process, for trees of dicts only, the output is written progressively, group by group, with orbax's partial-save
   session (``orbax.checkpoint.experimental.v1.partial``: each :meth:`write` adds that group's leaves,
   :meth:`finalize` merges the session), so no merged leaf is held after its group: memory stays bounded
-  as for safetensors. The session's tree is then moved to the top of the output directory, the layout
-  of a ``StandardCheckpointer`` save, so ``ocp.StandardCheckpointer().restore(output)`` and
-  :class:`OrbaxSource` read it. With several processes, or when the tree has lists or tuples (int keys
+  as for safetensors. The session's tree is then moved to the top of the output directory, so
+  ``ocp.StandardCheckpointer().restore(output)`` and :class:`OrbaxSource` read it (its OCDBT folder
+  keeps the session's hashed name, and it has no ``_CHECKPOINT_METADATA``). With several processes, or when the tree has lists or tuples (int keys
   in ``keys``: orbax's partial save cannot extend a list), the merged leaves are kept (sharded, on the
   devices) and saved once at :meth:`finalize`, so the output restores with the inputs' own structure.
   """

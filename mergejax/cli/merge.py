@@ -46,7 +46,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output checkpoint path (must not 
 _FORMAT = common.define(flags.DEFINE_enum, "output_format", None, ["orbax", "safetensors"],
                         "Output format (default: the base's when orbax or safetensors, else safetensors).")
 _OVERWRITE = common.define(flags.DEFINE_bool, "overwrite", False, "Replace an existing output that mergejax wrote (a "
-                           "directory holding mergejax_manifest.json; anything else is refused).")
+                           "directory whose mergejax_manifest.json lists every file in it; anything else is "
+                           "refused).")
 _TOKENIZER_SOURCE = flags.DEFINE_string(
     "tokenizer_source", None, "Inputs with different vocabularies: map embedding/LM-head rows by token to the "
     "vocabulary of 'base', 'union' (base + every input's extra tokens), or an input path (its tokenizer); "

@@ -572,8 +572,10 @@ def expert_lines(analysis: Analysis) -> list[str]:
             "or chance levels."]
   below = [f"{f.kind} {f.size} {f.category} ({f.detail})" for f in analysis.below_base]
   below_text = ("" if not below else
-                f" {len(below)} of them score below their base on one of their datasets (validation, expert vs "
-                "base), though clearly above it on their category's mean: " + "; ".join(below) + ".")
+                (f" 1 of them scores below its base on one of its datasets" if len(below) == 1 else
+                 f" {len(below)} of them score below their base on one of their datasets")
+                + " (validation, expert vs base), though clearly above it on the category's mean: "
+                + "; ".join(below) + ".")
   if not analysis.flagged:
     return [f"All {analysis.experts_checked} experts are at least {s.z_expert:g} standard errors above their "
             "base (on their category's mean) and above chance (on each of their datasets) on validation."
