@@ -328,6 +328,22 @@ def test_overwrite_replaces_only_mergejax_outputs(world, tmp_path):
   assert (fake / "important.bin").read_text() == "data"
 
 
+def test_missing_parent_directories_are_made_and_an_empty_directory_is_used(world, tmp_path):
+  base, experts, _ = world
+  args = (str(base), [str(e) for e in experts])
+  cfg = _cfg(method__name="task_arithmetic")
+  for fmt in ("safetensors", "orbax"):
+    out = merge_cli.merge_checkpoints(*args, str(tmp_path / fmt / "a" / "b" / "m"), cfg, output_format=fmt)
+    assert (out / output_lib.MANIFEST).is_file()
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert (merge_cli.merge_checkpoints(*args, str(empty), cfg) / output_lib.MANIFEST).is_file()
+  # A failing merge leaves none of the directories it made.
+  with pytest.raises(ValueError):
+    merge_cli.merge_checkpoints(str(base), [str(tmp_path / "nope")], str(tmp_path / "x" / "y" / "m"), cfg)
+  assert not (tmp_path / "x").exists()
+
+
 def test_experts_with_commas_via_repeated_flag_and_file(world, tmp_path):
   base, experts, _ = world
   comma = tmp_path / "my models" / "expert,1"
@@ -336,8 +352,8 @@ def test_experts_with_commas_via_repeated_flag_and_file(world, tmp_path):
   listing = tmp_path / "experts.txt"
   listing.write_text(f"# experts\n{comma}\n")
   assert merge_cli.expert_paths(None, [str(experts[0]), str(comma)], None) == [str(experts[0]), str(comma)]
-  with pytest.raises(ValueError, match=r"--experts: .*expert: no such file or directory \(a path with a comma in it\? "
-                                       r"pass it with --expert=PATH or --experts_file\)"):
+  with pytest.raises(ValueError, match=r"--experts: .*expert,1 is one path with a comma in it, which --experts "
+                                       r"splits: pass it with --expert=PATH or --experts_file"):
     merge_cli.expert_paths(str(comma).split(","), None, None)
   cmd = [sys.executable, "-m", "mergejax.cli.merge", f"--base={base}", f"--expert={experts[0]}",
          f"--experts_file={listing}", f"--output={tmp_path / 'o'}", "--config.method.name=task_arithmetic",

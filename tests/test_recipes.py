@@ -255,7 +255,12 @@ out_dtype: bfloat16
   assert n_other == 0
   man = json.loads((out / "mergejax_manifest.json").read_text())
   assert man["mergekit_method"] == method and "merge_method" in man["recipe"]
-  assert "## Recipe" in (out / "README.md").read_text()
+  card = (out / "README.md").read_text()
+  assert "## Recipe" in card
+  # The gradient and filter weights vary tensor by tensor: the card says which, and points to the recipe.
+  assert "weights" in man["varying_by_tensor"]
+  assert "- varying tensor by tensor (the recipe's per-layer gradients or filters, below): " in card
+  assert "`weights`" in card
 
 
 def test_lora_model_in_recipe_equals_peft_merged_model(llamas, tmp_path):

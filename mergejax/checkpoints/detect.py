@@ -107,7 +107,8 @@ def open_source(path: str | os.PathLike, name: str | None = None, base: Any = No
     adapter = LoraAdapter(path)
     if base is None:
       raise CheckpointError(f"{path}: a PEFT LoRA adapter (adapter_config.json) is not a full model: give its base "
-                            f"model (--base, or BASE+{path} in a recipe)")
+                            f"model first (mergejax-merge --base=BASE, mergejax-inspect BASE {path}, or BASE+{path} "
+                            "in a recipe)")
     return adapter.apply(base, name=name or str(path))
   if fmt == "torch":
     return TorchBinSource(path, name=name)

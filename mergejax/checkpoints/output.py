@@ -85,6 +85,8 @@ def check_replaceable(output: str | os.PathLike, overwrite: bool) -> None:
   out = pathlib.Path(output)
   if not (out.exists() or out.is_symlink()):
     return
+  if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    return  # an empty directory holds nothing to lose: it becomes the output (as mergekit's)
   if not overwrite:
     raise ValueError(f"output path {output} exists (pass --overwrite to replace it)")
   why = _not_ours(out)
@@ -114,8 +116,8 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     if out in p.parents:
       raise ValueError(f"input {i} is inside output path {output}")
   check_replaceable(output, overwrite)
-  if not out.parent.is_dir():
-    raise ValueError(f"output parent directory {out.parent} does not exist")
+  if out.parent.exists() and not out.parent.is_dir():
+    raise ValueError(f"output parent {out.parent} is not a directory")
 
 
 class AtomicDir:
@@ -125,7 +127,10 @@ class AtomicDir:
     self.dest = pathlib.Path(dest).resolve()
     self.overwrite = overwrite
     self.tmp = self.dest.parent / f".{self.dest.name}{PARTIAL_SUFFIX}"
+    # Missing parent directories are made, and removed again (if still empty) when the output is aborted.
+    self._made = [d for d in [self.dest.parent, *self.dest.parent.parents] if not d.exists()]
     if is_primary():
+      self.dest.parent.mkdir(parents=True, exist_ok=True)
       if self.tmp.exists():
         shutil.rmtree(self.tmp)  # left by a killed run
       if create:
@@ -154,6 +159,12 @@ class AtomicDir:
   def abort(self) -> None:
     if is_primary() and self.tmp.exists():
       shutil.rmtree(self.tmp, ignore_errors=True)
+    if is_primary():
+      for d in self._made:  # deepest first
+        try:
+          d.rmdir()
+        except OSError:
+          break
 
 
 def _fsync_path(path: str | os.PathLike) -> None:
@@ -293,6 +304,16 @@ def model_card(metadata: Mapping[str, Any], name: str) -> str:
            f"This model is a merge of {len(inputs)} checkpoints made with mergejax {versions_.get('mergejax', '?')}.",
            "", "## Method", "", f"- method: `{metadata.get('method', '?')}`"]
   lines += [f"- {k}: `{v}`" for k, v in sorted(hparams.items())]
+  per_tensor = metadata.get("per_tensor_hparams") or []
+  if per_tensor:  # a recipe whose hyperparameters vary by tensor (gradients, filters)
+    sets = [e for e in per_tensor if any(v is not None for v in dict(e.get("hparams") or {}).values())]
+    if sets:
+      lines.append(f"- hyperparameters per group of tensors ({len(sets)} groups):")
+      lines += [f"  - {e.get('leaves', '?')} tensors: " + ", ".join(
+          f"{k} `{v}`" for k, v in sorted(dict(e.get("hparams") or {}).items()) if v is not None) for e in sets]
+  if metadata.get("varying_by_tensor"):
+    lines.append("- varying tensor by tensor (the recipe's per-layer gradients or filters, below): "
+                 + ", ".join(f"`{n}`" for n in metadata["varying_by_tensor"]))
   if metadata.get("seed") is not None:
     lines.append(f"- seed: `{metadata['seed']}`")
   if metadata.get("dtype"):
@@ -300,7 +321,9 @@ def model_card(metadata: Mapping[str, Any], name: str) -> str:
   lines += ["", "## Models merged", ""]
   for i in inputs:
     lines.append(f"- {i.get('role', 'input')}: `{i.get('name') or i.get('path')}`"
-                 + (f" (sha256 of sampled blocks `{i['sha256_sampled'][:16]}`)" if i.get("sha256_sampled") else ""))
+                 + (f" (sha256 of sampled blocks `{i['sha256_sampled'][:16]}`)" if i.get("sha256_sampled") else "")
+                 + (f", LoRA adapter `{i['lora']['path']}` (`{i['lora']['sha256_sampled'][:16]}`)"
+                    if isinstance(i.get("lora"), dict) and i["lora"].get("sha256_sampled") else ""))
   if metadata.get("recipe"):
     lines += ["", "## Recipe", "", "```yaml", str(metadata["recipe"]).rstrip(), "```"]
   lines += ["", "## Command", "", "```bash", str(metadata.get("command") or command_line()), "```", "",

@@ -165,11 +165,10 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
 def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:
   """Expert paths from ``--experts`` (comma list), ``--expert`` (one path per flag) and ``--experts_file``."""
   parts = [p for p in (comma_list or []) if p]
-  if len(parts) > 1:  # a missing piece of a comma list may be a path that holds a comma
-    for p in parts:
-      if not os.path.exists(p):
-        raise ValueError(f"--experts: {p}: no such file or directory (a path with a comma in it? pass it with "
-                         "--expert=PATH or --experts_file)")
+  for a, b in zip(parts, parts[1:]):  # two pieces of a comma list that are one path with a comma in it
+    if not (os.path.exists(a) and os.path.exists(b)) and os.path.exists(f"{a},{b}"):
+      raise ValueError(f"--experts: {a},{b} is one path with a comma in it, which --experts splits: pass it with "
+                       "--expert=PATH or --experts_file")
   out = parts + list(repeated or [])
   if listing:
     try:

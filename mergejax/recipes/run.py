@@ -156,7 +156,9 @@ def _leaf_groups(pl: mk.Plan, specs: Sequence[LeafSpec], t_of: Callable[[str], f
                       "each parameter other than lambda and weight for the whole model; the recipe varies them "
                       "across tensors")
   varying = len(groups) == 1 and len({repr(v) for v in per_leaf.values()}) > 1
-  return groups, hps, {"methods": merge_methods, "varying": varying}
+  names = sorted({k for v in per_leaf.values() for k in v
+                  if len({repr(w.get(k)) for w in per_leaf.values()}) > 1})  # lam / weights that vary by tensor
+  return groups, hps, {"methods": merge_methods, "varying": varying, "varying_names": names}
 
 
 def _validate(reference: Any, others: Sequence[Any]) -> None:
@@ -168,11 +170,18 @@ def _validate(reference: Any, others: Sequence[Any]) -> None:
                                                                      "tokenizer_source: union or base")) from None
 
 
+def _written_dtype(manifests: Sequence[Mapping[str, Any]]) -> str | None:
+  """The float dtype(s) the merge passes wrote (each pass's manifest states its own)."""
+  names = sorted({n.strip() for m in manifests for n in str(m.get("dtype") or "").split(",") if n.strip()})
+  return ", ".join(names) or None
+
+
 def _hparams_manifest(passes: Sequence[tuple[dict, dict, dict]]) -> dict[str, Any]:
   """The manifest's ``hparams`` (one set for the whole merge) or ``per_tensor_hparams`` (one per pass)."""
+  varying = sorted({n for _, _, info in passes for n in info.get("varying_names", ())})
   if len(passes) == 1 and len(passes[0][0]) == 1 and not passes[0][2]["varying"]:
-    return {"hparams": dict(next(iter(passes[0][1].values()))), "per_tensor_hparams": None}
-  return {"hparams": {}, "per_tensor_hparams": [
+    return {"hparams": dict(next(iter(passes[0][1].values()))), "per_tensor_hparams": None, "varying_by_tensor": []}
+  return {"hparams": {}, "varying_by_tensor": varying, "per_tensor_hparams": [
       {"hparams": {k: v for k, v in hps[key].items() if k not in LEAF_HPARAMS}, "leaves": len(paths)}
       for groups, hps, _ in passes for key, paths in groups.items()]}
 
@@ -232,7 +241,7 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
       raise
     manifest = {"method": pl.method, **_hparams_manifest([(groups, hps, info)]),
                 "seed": seed, "leaves": len(specs), "n_experts": len(opened.experts),
-                "dtype": str(np.dtype(opened.dtype)) if opened.dtype is not None else None,
+                "dtype": _written_dtype(shared.manifests),
                 "inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
                 "recipe": r.text, "mergekit_method": r.merge_method,
                 "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
@@ -329,7 +338,7 @@ def _run_slices(pl: mk.Plan, output: str, *, output_format, overwrite, seed, sha
       raise
     manifest = {"method": pl.method, **_hparams_manifest([p[:3] for p in passes]), "seed": seed,
                 "leaves": len(out_specs), "slices": len(pl.parts), "output_layers": pl.output_layers,
-                "dtype": str(dt) if dt is not None else None, "inputs": fingerprints,
+                "dtype": _written_dtype(shared.manifests), "inputs": fingerprints,
                 "input_format": (passes[0][3] or passes[0][4][0]).format, "command": output_lib.command_line(),
                 "recipe": r.text, "mergekit_method": r.merge_method,
                 "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
