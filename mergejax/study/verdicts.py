@@ -480,7 +480,7 @@ class _Context:
     if verdict == NOT_TESTABLE:
       return Conclusion(5, claim, NOT_TESTABLE, (), note=NO_ESTIMATE)
     if verdict == CONTRADICTED:
-      widest = max(differ, key=lambda e: abs(e.value))
+      widest = next(e for e in differ if e.label == deciding.label)  # the interval it was judged on
       level = 1 - (1 - self.s.confidence) / n_pairs
       note = (f"{len(differ)} of {n_pairs} method pairs differ at {large}, judged on {level:.1%} intervals "
               f"(Bonferroni over the {n_pairs} pair{'s' if n_pairs > 1 else ''}; the pair shown: "
@@ -572,7 +572,7 @@ def expert_lines(analysis: Analysis) -> list[str]:
             "or chance levels."]
   below = [f"{f.kind} {f.size} {f.category} ({f.detail})" for f in analysis.below_base]
   below_text = ("" if not below else
-                (f" 1 of them scores below its base on one of its datasets" if len(below) == 1 else
+                (" 1 of them scores below its base on one of its datasets" if len(below) == 1 else
                  f" {len(below)} of them score below their base on one of their datasets")
                 + " (validation, expert vs base), though clearly above it on the category's mean: "
                 + "; ".join(below) + ".")
