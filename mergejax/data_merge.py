@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Any, Mapping, Protocol, Sequence
 
 import jax
@@ -74,6 +75,38 @@ class DecoderModel:
 def decoder_model(config: Any) -> DecoderModel:
   """The built-in decoder of ``config`` (a ``mergejax.models.ModelConfig``) as a :class:`DataModel`."""
   return DecoderModel(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqioModel:
+  """:class:`DataModel` of any checkpoint's :class:`~mergejax.ModelAdapter` (the built-in decoder or a
+  Hugging Face family: ``mergejax.models.from_pretrained(...).adapter``) on seqio decoder batches, one
+  example per row (``mergejax.training.data.batches(..., pack=False)``) with a bool ``mask`` [B, L] of
+  the positions that count (:func:`example_mask`). Logits come from the adapter's seqio view, so the
+  batches are in seqio's token ids whatever the checkpoint's tokenizer offsets."""
+
+  adapter: Any
+
+  def logits(self, params: PyTree, batch: Batch) -> jax.Array:
+    return self.adapter.for_seqio().apply(params, jnp.asarray(batch["decoder_input_tokens"]))
+
+  def mask(self, batch: Batch) -> jax.Array:
+    return jnp.asarray(batch["mask"])
+
+  def targets(self, batch: Batch) -> jax.Array:
+    return jnp.asarray(batch["decoder_target_tokens"])
+
+
+def example_mask(batch: Batch, labels: bool) -> np.ndarray:
+  """bool [B, L]: the counted positions of a seqio decoder batch (one example per row). With ``labels``
+  the answer's positions (``decoder_loss_weights`` > 0: the expert's training loss); without, what a
+  causal model computes before it sees the answer: the prompt's positions and the first answer position,
+  whose input is the prompt's last token (its prediction is the model's answer)."""
+  answer = np.asarray(batch["decoder_loss_weights"]) > 0
+  if labels:
+    return answer
+  first = answer & (np.cumsum(answer, axis=1) == 1)
+  return ((np.asarray(batch["decoder_target_tokens"]) != 0) & ~answer) | first
 
 
 # ------------------------------------------------------------------- linear layers' input Gram matrices
@@ -344,10 +377,40 @@ def adamerging_statistics(model: DataModel, base: PyTree, experts: Sequence[PyTr
 # ---------------------------------------------------------------------------------------------- binding
 
 
+class StatisticsCache:
+  """Per-expert statistics (``NeedsData.per_expert``: RegMean's Grams, Fisher) by (expert key, model,
+  method kind and hyperparameters), shared by the merges of several expert subsets; thread-safe (two
+  threads asking for one key may both compute it; the first stored value is kept)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._stats: dict[tuple, dict[str, Any]] = {}
+
+  def get(self, key: tuple, compute: Any) -> dict[str, Any]:
+    with self._lock:
+      if key in self._stats:
+        return self._stats[key]
+    value = compute()
+    with self._lock:
+      return self._stats.setdefault(key, value)
+
+
+def _stacked(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+  """Single-expert statistics stacked along their leading (expert) axis; leaves all experts have."""
+  common = set.intersection(*(set(p) for p in parts))
+  return {leaf: {k: np.concatenate([np.asarray(p[leaf][k]) for p in parts]) for k in parts[0][leaf]}
+          for leaf in parts[0] if leaf in common}
+
+
 def with_data(method: MergeMethod, model: DataModel, base: PyTree | None, experts: Sequence[PyTree],
-              batches: Sequence[Sequence[Batch]]) -> MergeMethod:
+              batches: Sequence[Sequence[Batch]], *, cache: StatisticsCache | None = None,
+              expert_keys: Sequence[Any] | None = None) -> MergeMethod:
   """``method`` (regmean, fisher or adamerging) with its statistics computed from ``batches[t]``, expert
-  t's examples; merge with it as any method. ValueError, before any forward pass, on bad input."""
+  t's examples; merge with it as any method. ValueError, before any forward pass, on bad input.
+
+  With ``cache`` and ``expert_keys`` (``expert_keys[t]`` names expert t and its batches), a method whose
+  statistics are per expert computes each expert's once, alone, and stacks them: the same values as
+  computed together, reused by every later merge that includes the expert."""
   needs = method.compute_stats
   if not isinstance(needs, data_aware.NeedsData):
     raise ValueError(f"{method.name}: is not a data-aware method (or its data is already bound)")
@@ -364,8 +427,16 @@ def with_data(method: MergeMethod, model: DataModel, base: PyTree | None, expert
   statistics = needs.statistics or globals().get(f"{needs.kind}_statistics")
   if statistics is None:
     raise ValueError(f"{method.name}: no statistics function for kind {needs.kind!r} (give NeedsData.statistics)")
-  stats = statistics(model, on_one_device(base), [on_one_device(e) for e in experts], batches, len(experts),
-                     **needs.hparams)
+  if cache is not None and needs.per_expert:
+    if expert_keys is None or len(expert_keys) != len(experts):
+      raise ValueError(f"{method.name}: a statistics cache needs one key per expert")
+    hparams = tuple(sorted((k, repr(v)) for k, v in needs.hparams.items()))
+    stats = _stacked([cache.get((key, model, needs.kind, hparams),
+                                lambda e=e, bs=bs: statistics(model, None, [on_one_device(e)], [bs], 1, **needs.hparams))
+                      for key, e, bs in zip(expert_keys, experts, batches)])
+  else:
+    stats = statistics(model, on_one_device(base), [on_one_device(e) for e in experts], batches, len(experts),
+                       **needs.hparams)
   return data_aware.bound(method, stats)
 
 

@@ -20,6 +20,8 @@ FORBIDDEN = {
     "mergejax.evaluation": ("mergejax.cli", "mergejax.study", "mergejax.world", "mergejax.training"),
     "mergejax.world": ("mergejax.cli", "mergejax.study", "mergejax.evaluation"),
     "mergejax.study": ("mergejax.cli",),
+    "mergejax.data_merge": ("mergejax.tasks", "mergejax.expert_data") + ABOVE,
+    "mergejax.expert_data": ("mergejax.cli", "mergejax.study", "mergejax.world"),
 }
 
 

@@ -210,3 +210,30 @@ def test_data_aware_methods_refuse_to_merge_without_data():
     data_merge.with_data(methods.adamerging(), Mlp(), None, experts, batches)
   with pytest.raises(ValueError, match=r"alpha=1.5 is out of range"):
     methods.regmean(alpha=1.5)
+
+
+def test_per_expert_statistics_cached_equal_those_computed_together():
+  base, experts, batches = _mlp_models(3)
+  cache = data_merge.StatisticsCache()
+  for m in (methods.regmean(), methods.fisher()):
+    together = mergejax.merge(base, experts, data_merge.with_data(m, Mlp(), base, experts, batches))
+    for order in ((0, 1, 2), (2, 0, 1)):  # the second subset reuses every expert's cached statistics
+      cached = data_merge.with_data(m, Mlp(), base, [experts[t] for t in order], [batches[t] for t in order],
+                                    cache=cache, expert_keys=order)
+      alone = data_merge.with_data(m, Mlp(), base, [experts[t] for t in order], [batches[t] for t in order])
+      equal_trees(mergejax.merge(base, [experts[t] for t in order], alone),
+                  mergejax.merge(base, [experts[t] for t in order], cached))
+    equal_trees(together, mergejax.merge(base, experts, data_merge.with_data(
+        m, Mlp(), base, experts, batches, cache=cache, expert_keys=(0, 1, 2))))
+  with pytest.raises(ValueError, match="regmean: a statistics cache needs one key per expert"):
+    data_merge.with_data(methods.regmean(), Mlp(), base, experts, batches, cache=cache, expert_keys=(0,))
+
+
+def test_example_mask_counts_the_prompt_and_the_first_answer_position_or_the_answer():
+  # One example per row: prompt tokens (loss weight 0), then the answer (loss weight 1), then padding.
+  batch = {"decoder_target_tokens": np.array([[5, 6, 7, 8, 9, 0], [5, 6, 7, 8, 0, 0]]),
+           "decoder_loss_weights": np.array([[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]])}
+  np.testing.assert_array_equal(data_merge.example_mask(batch, labels=False),
+                                [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(data_merge.example_mask(batch, labels=True),
+                                [[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]])

@@ -19,7 +19,8 @@ import seqio
 from absl import flags
 from ml_collections import config_flags
 
-from mergejax import evaluation, models, world
+import mergejax
+from mergejax import data_merge, evaluation, expert_data, methods, models, world
 from mergejax.configs import study as study_config_lib
 from mergejax.study import grid, report, runner
 from mergejax.study.candidates import CandidateMerger
@@ -115,7 +116,8 @@ def test_command_line_overrides_reach_the_study(tmp_path, monkeypatch):
     ({"num_experts": ("2",)}, r"num_experts=\('2',\): expected a tuple of int values"),
     ({"grids.ties": dict(density=(0.0,))}, r"grids.ties: ties: hyperparameter density=0.0 is out of range"),
     ({"methods": ("average", "slerp")}, r"methods: slerp: merges at most 1 expert, got 2 \(num_experts=\(1, 2\)\)"),
-    ({"methods": ("regmean",)}, r"methods: regmean needs data .*; the study does not bind data"),
+    ({"methods": ("regmean",), "merge_data.split": "test"}, r"merge_data.split='test' is the test split: regmean"),
+    ({"merge_data.batches": 0}, r"merge_data: batches=0 must be a positive integer"),
     ({"kinds": ("chat",)}, "unknown base kind 'chat'"),
     ({"cpu_devices": -1}, r"cpu_devices=-1 must be >= 0"),
     ({"world_steps.expert": 0}, r"world_steps.expert=0 must be a positive integer"),
@@ -327,6 +329,89 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
       assert regridded[k]["fingerprint"] != v["fingerprint"] and regridded[k]["hparams"]["lam"] == 0.7
     else:
       assert regridded[k] == v
+
+
+def test_data_aware_methods_learn_from_each_merged_experts_own_examples(tiny_world, tmp_path):
+  cfg = study_config(tiny_world, methods=("regmean", "fisher", "adamerging"), num_experts=(2,), subset_seeds=1)
+  cfg.grids.regmean = dict(alpha=(0.5, 0.95))
+  cfg.grids.adamerging = dict(granularity=("task", "layer"), lr=(1e-2,), steps=(3,))
+  cfg.merge_data.batches, cfg.merge_data.batch_size = 1, 8
+  guard = SplitGuard()
+  runner.run_study(cfg, tmp_path, progress=False, guard=guard)
+  merges = {v["method"]: v for k, v in merge_rows(tmp_path).items() if k.startswith("merge/")}
+  assert set(merges) == {"regmean", "fisher", "adamerging"}
+  assert all(len(v["candidates"]) == 2 for k, v in merges.items() if k != "fisher")
+  # The experts' training split was read, and never while a selection was open.
+  assert "train" in {split for _, split, _ in guard.reads}
+  assert all(split == "validation" for _, split, during in guard.reads if during)
+
+  # Each merge equals the library's: the method bound to each expert's own examples, statistics computed
+  # for the subset at once (the study caches them per expert), merged, and scored alike.
+  spec = runner.validate(cfg, tmp_path)
+  ms = runner.load_models(spec, "instruction_tuned", "xs")
+  data = expert_data.ExpertExamples(spec.merge_data)
+  sources = [spec.heldin(c) for c in CATS]
+  data.read(ms.vocabulary, sources)
+  scorer = runner.Scorer(SplitGuard(), 32, {"test": spec.suites(CATS, heldout=True)}, mesh=spec.device_mesh)
+  for name, row in merges.items():
+    cats = row["categories"]
+    experts = [ms.experts[c] for c in cats]
+    method = methods.get(name, **row["hparams"])
+    own = data.for_experts(ms.adapter, ms.vocabulary, [spec.heldin(c) for c in cats], cats)
+    direct = mergejax.merge(ms.base, experts, data_merge.with_data(
+        method, own.model, ms.base, experts, own.batches[method.compute_stats.labels]))
+    study = runner.cell_data(data, spec, "instruction_tuned", "xs", ms, cats, name)
+    merged = CandidateMerger(name, ms.base, experts, None, seed=row["seed"], data=study)(row["hparams"])
+    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(merged)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    res = scorer(ms, direct, spec.suites(CATS, heldout=True), "test")
+    assert {**row["heldin_test"], **row["heldout_test"]} == res.task_scores
+    swapped = data_merge.with_data(method, own.model, ms.base, experts, own.batches[method.compute_stats.labels][::-1])
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree.leaves(direct), jax.tree.leaves(mergejax.merge(ms.base, experts, swapped))))
+  # What a data-aware merge learns from is part of its fingerprint (and only of its).
+  cell = grid.Cell("instruction_tuned", "xs", 2, 0, CATS)
+  spec = dataclasses.replace(spec, grids={**spec.grids, "ties": [{}]})
+  other = dataclasses.replace(spec, merge_data=expert_data.Settings(batches=2))
+  assert runner.merge_fingerprint(spec, cell, "regmean") != runner.merge_fingerprint(other, cell, "regmean")
+  assert runner.merge_fingerprint(spec, cell, "ties") == runner.merge_fingerprint(other, cell, "ties")
+
+
+@pytest.mark.parametrize("method", ["regmean", "adamerging"])
+def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_world, tmp_path, method):
+  """``mergejax-merge`` with a data-aware method and one source per expert: the streamed merge equals
+  ``mergejax.merge`` with the method bound by ``with_data`` to the examples of each expert's source."""
+  from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
+  from mergejax.configs import merge as merge_config  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+  ckpt = lambda role, c=None: str(world.checkpoint_path(tiny_world, "xs", "instruction_tuned", role, c))  # noqa: E731
+  base, experts = ckpt("base"), [ckpt("expert", c) for c in CATS]
+  cfg = merge_config.get_config()
+  cfg.method = dict(name=method, **({"steps": 3, "lr": 1e-2} if method == "adamerging" else {}))
+  cfg.progress = False
+  with pytest.raises(ValueError, match=rf"^{method}: learns from each expert's examples: give one seqio suite"):
+    merge_cli.merge_checkpoints(base, experts, str(tmp_path / "refused"), cfg)
+  assert not (tmp_path / "refused").exists()
+  sources = tuple(f"heldin_{c}" for c in CATS)
+  cfg.merge_data.sources, cfg.merge_data.batches, cfg.merge_data.batch_size = sources, 1, 8
+  out = merge_cli.merge_checkpoints(base, experts, str(tmp_path / "merged"), cfg)
+
+  load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
+  base_lm, expert_lms = load(base), [load(e) for e in experts]
+  data = expert_data.ExpertExamples(expert_data.Settings(batches=1, batch_size=8))
+  data.read(base_lm.vocabulary, sources)
+  own = data.for_experts(base_lm.adapter, base_lm.vocabulary, sources, sources)
+  m = methods.get(**cfg.method)
+  bound = data_merge.with_data(m, own.model, base_lm.params, [lm.params for lm in expert_lms],
+                               own.batches[m.compute_stats.labels])
+  want = mergejax.merge(base_lm.params, [lm.params for lm in expert_lms], bound)
+  got = load(out).params
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  manifest = json.loads((pathlib.Path(out) / "mergejax_manifest.json").read_text())
+  assert manifest["merge_data"]["sources"] == list(sources)
+  assert "learned from each expert's examples: `heldin_sentiment`, `heldin_topic`" in (
+      pathlib.Path(out) / "README.md").read_text()
 
 
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import model_zoo as Z
-from mergejax import models
+from mergejax import data_merge, expert_data, models
 from mergejax.cli import train as train_cli
 from mergejax.configs import train as train_config_lib
 from mergejax.configs import study as study_config_lib
@@ -232,6 +232,35 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
   for size in SIZE.values():
     assert size in text
   assert (pathlib.Path(hf_study["report"]).parent / "heldin_vs_n.png").stat().st_size > 1000
+
+
+def test_data_aware_methods_merge_family_checkpoints_from_each_experts_examples(hf_study):
+  cfg = _config(hf_study["manifest"])
+  cfg.methods, cfg.num_experts, cfg.heldout_suite = ("regmean", "fisher"), (2,), "heldout_nli"
+  cfg.merge_data.batches, cfg.merge_data.batch_size = 1, 8
+  runner.run_study(cfg, hf_study["root"] / "study_data", progress=False)
+  rows = [json.loads(p.read_text()) for p in (hf_study["root"] / "study_data" / "results" / "rows").glob("*.json")]
+  merges = sorted((r["size"], r["method"]) for r in rows if r["type"] == "merge")
+  assert merges == sorted((s, m) for s in SIZE.values() for m in cfg.methods)
+  for r in rows:
+    if r["type"] == "merge":
+      assert all(math.isfinite(v) for v in [*r["heldin_test"].values(), r["heldin_norm"], r["heldout_norm"]])
+  # RegMean finds each family's linear layers in its forward pass: every attention and MLP projection of
+  # every layer and an untied output layer (Llama's lm_head); embeddings (looked up, and tied to the output
+  # in Gemma) and norms are averaged instead.
+  spec = runner.validate(cfg, hf_study["root"] / "study_data")
+  data = expert_data.ExpertExamples(spec.merge_data)
+  sources = [spec.heldin(c) for c in CATS]
+  for family, size in SIZE.items():
+    ms = runner.load_models(spec, "pretrained", size, with_multitask=False)
+    data.read(ms.vocabulary, sources)
+    own = data.for_experts(ms.adapter, ms.vocabulary, sources, CATS)
+    grams = data_merge.linear_input_grams(own.model, data_merge.on_one_device(ms.experts[CATS[0]]),
+                                          own.batches[False][0][0])
+    projections = {p for p in models.param_shapes(models.parse_hf_config(FAMILIES[family]))
+                   if p.endswith("proj.weight") or p == "lm_head.weight"}
+    assert ("lm_head.weight" in projections) == (family == "llama")
+    assert projections and set(grams) == projections, (family, sorted(set(grams) ^ projections))
 
 
 def test_mergejax_train_fine_tunes_a_hugging_face_checkpoint(hf_study, tmp_path, capsys):

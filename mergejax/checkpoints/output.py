@@ -318,6 +318,10 @@ def model_card(metadata: Mapping[str, Any], name: str) -> str:
     lines.append(f"- seed: `{metadata['seed']}`")
   if metadata.get("dtype"):
     lines.append(f"- output dtype: `{metadata['dtype']}`")
+  if metadata.get("merge_data"):  # a data-aware method: what each expert's statistics were computed from
+    data = dict(metadata["merge_data"])
+    lines.append("- learned from each expert's examples: " + ", ".join(f"`{s}`" for s in data.pop("sources", ()))
+                 + " (" + ", ".join(f"{k} `{v}`" for k, v in sorted(data.items())) + ")")
   lines += ["", "## Models merged", ""]
   for i in inputs:
     lines.append(f"- {i.get('role', 'input')}: `{i.get('name') or i.get('path')}`"

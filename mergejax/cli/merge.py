@@ -11,7 +11,9 @@ line naming the file and leaf, exit status 1, and no output. Inputs holding NaN/
 ``--config.allow_nonfinite=True``. The configuration (``--config``, default: the package's
 ``mergejax/configs/merge.py``) holds plain values; every field is overridable as ``--config.x=y``, a
 method's hyperparameters as ``--config.method.<name>=VALUE``; ``--config.modules=my.module`` imports a
-module that registers a method of your own first.
+module that registers a method of your own first. A data-aware method (``regmean``, ``fisher``,
+``adamerging``) learns from each expert's examples: ``--config.merge_data.sources='("heldin_sentiment",
+"heldin_topic")'`` names one seqio suite, mixture or task per expert.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from mergejax import cli, engine, methods, sharding, tree
+from mergejax import cli, engine, expert_data, methods, sharding, tree
 from mergejax.checkpoints import output as output_lib
 from mergejax.cli import common
 from mergejax.configs import merge as default_config
@@ -108,6 +110,37 @@ def build_method(cfg: config_dict.ConfigDict) -> methods.MergeMethod:
   return methods.get(cfg.method.name, **hp)
 
 
+def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequence[str],
+                  cfg: config_dict.ConfigDict) -> methods.MergeMethod:
+  """A data-aware ``method`` bound to each expert's examples (``cfg.merge_data``): the base and the experts
+  are loaded whole (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from
+  the examples, and the merge then streams from the files as any method's."""
+  # seqio, TensorFlow and the model families only for a data-aware merge
+  from mergejax import models  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+  fields = dict(cfg.merge_data)
+  sources = fields.pop("sources", ()) or ()
+  sources = (sources,) if isinstance(sources, str) else tuple(sources)
+  if len(sources) != len(experts):
+    raise ValueError(f"{method.name}: learns from each expert's examples: give one seqio suite, mixture or task per "
+                     f"expert, e.g. --config.merge_data.sources='(\"heldin_sentiment\", \"heldin_topic\")' (got "
+                     f"{len(sources)} for {len(experts)} experts)")
+  try:
+    settings = expert_data.Settings(**fields)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config merge_data: {e}") from None
+  load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
+  base_lm = load(base) if base else None
+  expert_lms = [load(e) for e in experts]
+  reference = base_lm or expert_lms[0]
+  if reference.vocabulary is None:
+    raise ValueError(f"{reference.path}: no tokenizer (tokenizer.json or tokenizer.model) to read the examples with")
+  examples = expert_data.ExpertExamples(settings)
+  examples.read(reference.vocabulary, sources)
+  data = examples.for_experts(reference.adapter, reference.vocabulary, sources, keys=range(len(experts)))
+  return data.bind(method, base_lm.params if base_lm else None, [lm.params for lm in expert_lms])
+
+
 def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
                       output_format: str | None = None, overwrite: bool = False, mesh=None,
                       tokenizer_source: str | None = None) -> pathlib.Path:
@@ -136,6 +169,9 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   if not experts:
     raise ValueError("--experts is empty: give at least one expert checkpoint")
   method.check_experts(len(experts))
+  learns_from_data = expert_data.needs_data(method)
+  if learns_from_data:
+    method = bind_examples(method, base, experts, cfg)
   inputs = ([base] if base else []) + list(experts)
   opened = inputs_lib.open_inputs(inputs_lib.ModelRef(base) if base else None,
                                   [inputs_lib.ModelRef(e) for e in experts], dtype=cfg.dtype,
@@ -159,7 +195,8 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
         memory_budget_bytes=cfg.memory_budget_gb * (1 << 30) if cfg.memory_budget_gb else None,
         allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
         metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
-                  "tokenizer_source": tokenizer_source})
+                  "tokenizer_source": tokenizer_source,
+                  **({"merge_data": dict(cfg.merge_data)} if learns_from_data else {})})
 
 
 def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:

@@ -29,4 +29,11 @@ def get_config() -> config_dict.ConfigDict:
   # Persistent XLA compilation cache: later merges reuse compiled kernels. Default (unset):
   # $XDG_CACHE_HOME/mergejax/jax (~/.cache/mergejax/jax); "none" turns it off.
   config.compilation_cache_dir = config_dict.placeholder(str)
+  # Each expert's examples, for a data-aware method (regmean, fisher, adamerging): ``sources`` names one
+  # seqio suite, mixture or task per expert, e.g. ("heldin_sentiment", "heldin_topic"); the first
+  # ``batches x batch_size`` examples of its training form on ``split``, one per row of inputs_length +
+  # targets_length tokens, shuffled with ``seed``, tokenized with the checkpoints' tokenizer. The models are
+  # loaded whole onto one device for the statistics (docs/MERGING.md, "Data-aware methods").
+  config.merge_data = dict(sources=(), split="train", batches=2, batch_size=16, inputs_length=96,
+                           targets_length=32, seed=0)
   return config

@@ -39,6 +39,10 @@ def get_config() -> config_dict.ConfigDict:
       ties=dict(density=(0.2,), lam=(0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),
       dare_ties=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(1.5,)),
       dare_linear=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(0.25, 0.5, 1.0)),
+      # Data-aware methods (each learns from the merged experts' own examples: merge_data below).
+      regmean=dict(alpha=(0.95,)),
+      fisher=dict(min_fisher=(1e-6,)),
+      adamerging=dict(granularity=("layer",), lr=(1e-3,), steps=(100,)),
   )
   c.world_dir = config_dict.placeholder(str)  # default: <workdir>/world
   # Training seeds of the embedded world, the first 0: one world per seed (seed 0 in world_dir, seed k in
@@ -71,6 +75,10 @@ def get_config() -> config_dict.ConfigDict:
   # Task vectors theta_t - theta_0, kept on the mesh: "float32" (exact: candidates equal direct merges) or
   # "bfloat16" (half the memory; each task vector rounded once before merging).
   c.task_vector_dtype = "float32"
+  # Each expert's examples for data-aware methods (regmean, fisher, adamerging), docs/STUDY.md: batches x
+  # batch_size examples of its category's held-in tasks in their training form, on split (never the test
+  # split), one per row of inputs_length + targets_length tokens, shuffled with seed.
+  c.merge_data = dict(split="train", batches=2, batch_size=16, inputs_length=96, targets_length=32, seed=0)
   c.progress = True
   # The report's verdicts (mergejax.study.verdicts, docs/STUDY.md): a SUPPORTED / CONTRADICTED verdict needs
   # an interval that excludes 0 and an effect of at least min_effect; EQUIVALENT an interval inside +-margin.

@@ -57,6 +57,17 @@ def union(suites: Sequence[str]) -> str:
   return _add("mj_union_" + hashlib.sha1(",".join(names).encode()).hexdigest()[:12], names)
 
 
+def training_variant(suite: str) -> str:
+  """A mixture of the tasks ``suite`` evaluates in their training form: each ``_rank`` task's plain
+  inputs / targets task (one row per example, the answer as its targets: what an expert was fine-tuned
+  on), every other task as it is; registered once under a name derived from the task list."""
+  names = []
+  for t in task_names(suite):
+    plain = t[:-len(tasks.RANK_SUFFIX)] if t.endswith(tasks.RANK_SUFFIX) else t
+    names.append(plain if plain in seqio.TaskRegistry.names() else t)
+  return _add("mj_train_" + hashlib.sha1(",".join(names).encode()).hexdigest()[:12], names)
+
+
 def register_synthetic_suites() -> None:
   """Registers the ``mj_held{in,out}[_<category>]_eval`` mixtures (idempotent; safe from any thread)."""
   with registry.LOCK:  # the whole set at once: no thread sees half of it

@@ -35,6 +35,12 @@ class NeedsData:
   # ``statistics(model, base, experts, batches, n_experts, **hparams)``; None: the module's own
   # ``mergejax.data_merge.<kind>_statistics`` (a method of your own gives its function here)
   statistics: Any = None
+  # Whether the statistics read the examples' labels (Fisher's log-likelihood of the targets); without,
+  # only what a causal model computes before it sees an answer counts (the examples' inputs).
+  labels: bool = False
+  # Whether expert t's statistics depend on expert t and its own examples only (RegMean's Grams, Fisher):
+  # computed once per expert and stacked, so a study caches them across the expert subsets it merges.
+  per_expert: bool = False
 
   def __call__(self, leaf_pass, n_experts, shapes):
     del leaf_pass, n_experts, shapes
@@ -108,7 +114,7 @@ def regmean(alpha: float = 0.95) -> MergeMethod:
                   kernel=kernels.bind(_jit_regmean, alpha=alpha),
                   reference="Jin et al., ICLR 2023, arXiv 2212.09849")
   return dataclasses.replace(m, compute_stats=NeedsData("regmean", "Gram matrices of each linear layer's inputs "
-                                                        "on each expert's examples", "regmean"))
+                                                        "on each expert's examples", "regmean", per_expert=True))
 
 
 # ---------------------------------------------------------------------------------------------- Fisher
@@ -148,7 +154,8 @@ def fisher(min_fisher: float = 1e-6, normalize: bool = True, weights: Sequence[f
                   traits=Traits(uses_base=False), kernel=kernels.bind(_jit_fisher, min_fisher=min_fisher),
                   weights=weights, reference="Matena & Raffel, NeurIPS 2022, arXiv 2111.09832")
   return dataclasses.replace(m, compute_stats=NeedsData("fisher", "squared gradients of the log-likelihood of each "
-                                                        "expert's examples", "fisher", {"normalize": normalize}))
+                                                        "expert's examples", "fisher", {"normalize": normalize},
+                                                        labels=True, per_expert=True))
 
 
 # ------------------------------------------------------------------------------------------ AdaMerging

@@ -166,11 +166,14 @@ class CandidateMerger:
     experts: the cell's experts, in merge order.
     taus: their task vectors (:func:`task_vectors`), or None to merge every candidate directly.
     seed: the merge seed (DARE's masks).
+    data: the experts' examples, for a data-aware method (:mod:`mergejax.study.merge_data`): each
+      candidate's statistics are computed from them (per-expert ones once, cached) and it is merged
+      directly.
   """
 
   def __init__(self, method_name: str, base: PyTree, experts: Sequence[PyTree], taus: Sequence[PyTree] | None,
-               *, seed: int):
-    self.method_name, self.seed = method_name, seed
+               *, seed: int, data: Any = None):
+    self.method_name, self.seed, self._data = method_name, seed, data
     self._base, self._experts = base, list(experts)
     self._taus = list(taus) if taus is not None else None
     self._flat_ok, self._flat_sharding = flat_sharding(base)
@@ -184,6 +187,8 @@ class CandidateMerger:
   def __call__(self, hparams: Mapping[str, Any]) -> PyTree:
     """The merged params of one candidate (where the base is, sharded like it)."""
     method = methods_lib.get(self.method_name, **hparams)
+    if self._data is not None:
+      method = self._data.bind(method, self._base, self._experts)
     if not self.factored(method):
       return mergejax.merge(self._base, self._experts, method, seed=self.seed)
     g_method = methods_lib.get(self.method_name, **{**hparams, "lam": 1.0})

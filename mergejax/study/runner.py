@@ -26,6 +26,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from mergejax import methods as methods_lib
+from mergejax import expert_data as expert_data_lib
 from mergejax import models
 from mergejax import sharding as sharding_lib
 from mergejax import tasks
@@ -85,6 +86,7 @@ class StudySpec:
   mesh: tuple[tuple[str, int], ...] = (("data", -1), ("model", 1))  # axis name -> size (-1: the rest)
   task_vector_dtype: str = "float32"  # candidates.TASK_VECTOR_DTYPES
   dry_run_chip: str = ""  # plan.CHIPS key the dry run's time estimate assumes ("": the devices' own, if known)
+  merge_data: expert_data_lib.Settings = expert_data_lib.Settings()  # each expert's examples, for data-aware methods
 
   @property
   def device_mesh(self) -> jax.sharding.Mesh:
@@ -225,10 +227,6 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
       raise StudyConfigError(f"grids.{m}: {e}") from None
     for hp in grids[m]:  # what the method can merge, checked before any training or merging
       method = methods_lib.get(m, **hp)
-      needs = getattr(method.compute_stats, "needs", None)
-      if needs:
-        raise StudyConfigError(f"methods: {m} needs data ({needs}); the study does not bind data to a method: "
-                               "merge with mergejax.data_merge.with_data instead (docs/MERGING.md)")
       for n in ns:
         try:
           method.check_experts(n)
@@ -259,6 +257,14 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
   if jax.process_count() > 1 and built.devices.size != jax.device_count():
     raise StudyConfigError(f"mesh={dict(mesh)!r}: a multi-process study's mesh must span all "
                            f"{jax.device_count()} devices (use -1 for one axis)")
+  try:
+    merge_data = expert_data_lib.Settings(**dict(cfg.get("merge_data") or {}))
+  except (TypeError, ValueError) as e:
+    raise StudyConfigError(f"merge_data: {e}") from None
+  data_methods = [m for m in names if expert_data_lib.needs_data(methods_lib.get(m))]
+  if data_methods and merge_data.split == test_split:
+    raise StudyConfigError(f"merge_data.split={test_split!r} is the test split: {data_methods[0]} would learn from "
+                           "the examples its merge is scored on")
   tv_dtype = cfg.get("task_vector_dtype", "float32")
   if tv_dtype not in candidates_lib.TASK_VECTOR_DTYPES:
     raise StudyConfigError(f"task_vector_dtype={tv_dtype!r}: choose from {candidates_lib.TASK_VECTOR_DTYPES}")
@@ -273,7 +279,7 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
                    models=pathlib.Path(models_file).absolute() if models_file else None,
                    heldin_suite=heldin_suite, heldout_suite=heldout_suite, validation_split=validation_split,
                    test_split=test_split, dry_run=bool(cfg.get("dry_run", False)), world_seeds=tuple(world_seeds),
-                   mesh=mesh, task_vector_dtype=tv_dtype, dry_run_chip=chip)
+                   mesh=mesh, task_vector_dtype=tv_dtype, dry_run_chip=chip, merge_data=merge_data)
   if build:
     return spec
   for seed in world_seeds[1:]:  # every further world is there too (checked now; read when its turn comes)
@@ -464,8 +470,11 @@ def reference_fingerprint(spec: StudySpec, kind: str, size: str, role: str, cate
 def merge_fingerprint(spec: StudySpec, cell: grid_lib.Cell, method_name: str) -> str:
   """What a merge row depends on: method and grid, the dtype task vectors are merged in, the design and
   its subset, the seed, the base's and the merged experts' checkpoints (whose validation scores select
-  and whose test scores normalize), the suites and splits."""
+  and whose test scores normalize), the suites and splits; for a data-aware method, the examples it
+  learns from (``merge_data``)."""
+  data = expert_data_lib.needs_data(methods_lib.get(method_name))
   return store_lib.fingerprint({
+      **({"merge_data": dataclasses.asdict(spec.merge_data)} if data else {}),
       "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name],
       "task_vector_dtype": spec.task_vector_dtype, "design": spec.design,
       "study_categories": spec.categories, "categories": cell.categories, "seed": cell.seed,
@@ -536,19 +545,31 @@ def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, A
   return best[2], [{"hparams": hp, "validation": s} for s, _, hp in scored]
 
 
+def cell_data(data: expert_data_lib.ExpertExamples | None, spec: StudySpec, kind: str, size: str, ms: ModelSet,
+              categories: Sequence[str], method_name: str) -> expert_data_lib.ExpertData | None:
+  """The examples of the experts of ``categories`` for ``method_name`` if it is data-aware, else None."""
+  if data is None or not expert_data_lib.needs_data(methods_lib.get(method_name)):
+    return None
+  keys = [_model_id(spec, size, kind, "expert", c) for c in categories]
+  return data.for_experts(ms.adapter, ms.vocabulary, [spec.heldin(c) for c in categories], keys)
+
+
 def run_cell_method(store: ResultsStore, scorer: Scorer, guard: SplitGuard, spec: StudySpec,
-                    cell: grid_lib.Cell, method_name: str, ms: ModelSet, refs: Mapping[str, Any]) -> dict:
+                    cell: grid_lib.Cell, method_name: str, ms: ModelSet, refs: Mapping[str, Any],
+                    data: expert_data_lib.ExpertExamples | None = None) -> dict:
   """One (cell, method) of the paper's protocol: every candidate of the grid is merged and scored on the
   validation split of the merged experts' held-in tasks (normalized by the experts' validation scores);
   the best one (the first of equal maxima) is scored once on the test splits, held-in and held-out, and
-  normalized as the paper does (:mod:`mergejax.evaluation.normalize`). Appends and returns the row."""
+  normalized as the paper does (:mod:`mergejax.evaluation.normalize`). A data-aware method learns from
+  the merged experts' own examples (``data``, read before). Appends and returns the row."""
   key = spec.key(f"merge/{cell.key}/{method_name}")
   fp = merge_fingerprint(spec, cell, method_name)
   row = store.get(key, fp)
   if row is not None:
     return row
   merger = CandidateMerger(method_name, ms.base, [ms.experts[c] for c in cell.categories],
-                           [ms.taus[c] for c in cell.categories] if ms.taus else None, seed=cell.seed)
+                           [ms.taus[c] for c in cell.categories] if ms.taus else None, seed=cell.seed,
+                           data=cell_data(data, spec, cell.kind, cell.size, ms, cell.categories, method_name))
   experts = [r for k, r in refs.items() if k.startswith("expert/")]
   expert_val, val_cats = normalize.expert_table({r["category"]: r["heldin_validation"] for r in experts})
   timings = {"merge_s": 0.0, "select_eval_s": 0.0, "test_eval_s": 0.0}
@@ -605,19 +626,23 @@ class MergeWarmup:
   runs programs with collectives, which must not run from two threads at once, so there
   (``background=False``) the merges run on the calling thread before any evaluation, while the evaluators'
   data is read on theirs; a multi-host run merges on every process in lockstep and compiles in place.
+  Data-aware methods whose statistics are per expert (RegMean, Fisher) warm up too, and the statistics
+  they compute stay cached for the study (``data``, read before); others that learn per expert subset
+  (AdaMerging) compile in place.
   """
 
   def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None,
-               background: bool = True):
+               background: bool = True, data: expert_data_lib.ExpertExamples | None = None):
     self._done = {size: threading.Event() for size in spec.sizes}
     self.error: BaseException | None = None
     if background:
-      threading.Thread(target=self._run, args=(spec, dict(model_sets), scorer), name="merge-warmup",
+      threading.Thread(target=self._run, args=(spec, dict(model_sets), scorer, data), name="merge-warmup",
                        daemon=True).start()
     else:
-      self._run(spec, dict(model_sets), scorer)
+      self._run(spec, dict(model_sets), scorer, data)
 
-  def _run(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None) -> None:
+  def _run(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None,
+           data: expert_data_lib.ExpertExamples | None) -> None:
     try:
       for size, ms in model_sets.items():
         if scorer is not None:  # the evaluation programs of this size too (waits for the evaluator's data)
@@ -625,8 +650,12 @@ class MergeWarmup:
         for n in spec.ns:
           cats = spec.categories[:n]
           for name in spec.methods:
+            method = methods_lib.get(name)
+            if expert_data_lib.needs_data(method) and not method.compute_stats.per_expert:
+              continue
             merger = CandidateMerger(name, ms.base, [ms.experts[c] for c in cats],
-                                     [ms.taus[c] for c in cats] if ms.taus else None, seed=0)
+                                     [ms.taus[c] for c in cats] if ms.taus else None, seed=0,
+                                     data=cell_data(data, spec, spec.kinds[0], size, ms, cats, name))
             for hp in spec.grids[name]:
               jax.block_until_ready(merger(hp))
         self._done[size].set()
@@ -680,6 +709,9 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   scorer = Scorer(guard, spec.batch_size, {spec.validation_split: spec.suites(spec.categories),
                                            spec.test_split: spec.suites(spec.categories, heldout=True)},
                   mesh=spec.device_mesh)
+  data = None  # each expert's examples, read once per vocabulary before any selection (data-aware methods)
+  if any(expert_data_lib.needs_data(methods_lib.get(m)) for m in spec.methods):
+    data = expert_data_lib.ExpertExamples(spec.merge_data, guard)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
            for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
@@ -703,9 +735,12 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
         prepared = True
       loaded = {(w.kinds[0], w.sizes[0]): first}
       loaded.update({(w.kinds[0], size): load_models(w, w.kinds[0], size) for size in w.sizes[1:]})
+      if data is not None:
+        for ms in loaded.values():
+          data.read(ms.vocabulary, [w.heldin(c) for c in w.categories])
       one_device = w.device_mesh.devices.size == 1
       warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer if one_device else None,
-                           background=one_device)
+                           background=one_device, data=data)
     elif refs_missing and not prepared:
       loaded = {(w.kinds[0], w.sizes[0]): load_models(w, w.kinds[0], w.sizes[0])}
       first = loaded[(w.kinds[0], w.sizes[0])]
@@ -716,11 +751,13 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
         todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
         ms = loaded.pop((kind, size), None) or load_models(w, kind, size)
         refs = reference_rows(store, scorer, w, kind, size, ms)
+        if data is not None and todo:
+          data.read(ms.vocabulary, [w.heldin(c) for c in w.categories])
         if warmup is not None:
           warmup.wait(size)
         for cell, method_name in todo:
           bar.set_postfix_str(f"{w.world + ' ' if w.world else ''}{cell.key} {method_name}")
-          run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs)
+          run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs, data)
           bar.update()
         del ms
   bar.close()
