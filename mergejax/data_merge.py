@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import jax.extend.core as jcore
@@ -325,9 +325,13 @@ def fisher_statistics(model: DataModel, base: PyTree, experts: Sequence[PyTree],
 
 
 def entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean Shannon entropy (nats) of softmax(logits) over the counted positions."""
+  """Mean Shannon entropy (nats) of softmax(logits) over the counted positions. Classes of logit -inf (a
+  checkpoint's seqio view pads ids its tokenizer lacks that way) have probability 0 and add 0, to the
+  value and to its gradient."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  h = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  finite = jnp.isfinite(logp)
+  safe = jnp.where(finite, logp, 0.0)  # 0 * -inf would be NaN in the product and in its gradient
+  h = -jnp.sum(jnp.where(finite, jnp.exp(safe) * safe, 0.0), axis=-1)
   m = mask.astype(jnp.float32)
   return jnp.sum(h * m) / jnp.maximum(jnp.sum(m), 1.0)
 
@@ -380,19 +384,27 @@ def adamerging_statistics(model: DataModel, base: PyTree, experts: Sequence[PyTr
 class StatisticsCache:
   """Per-expert statistics (``NeedsData.per_expert``: RegMean's Grams, Fisher) by (expert key, model,
   method kind and hyperparameters), shared by the merges of several expert subsets; thread-safe (two
-  threads asking for one key may both compute it; the first stored value is kept)."""
+  threads asking for one key may both compute it; the first stored value is kept). An expert key must
+  name the expert and its examples uniquely (e.g. its checkpoint's path and identity, and its data)."""
 
   def __init__(self):
     self._lock = threading.Lock()
     self._stats: dict[tuple, dict[str, Any]] = {}
 
-  def get(self, key: tuple, compute: Any) -> dict[str, Any]:
+  def get(self, key: tuple, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The statistics stored under ``key`` (its first element the expert key), computed on first use."""
     with self._lock:
       if key in self._stats:
         return self._stats[key]
     value = compute()
     with self._lock:
       return self._stats.setdefault(key, value)
+
+  def discard(self, expert: Callable[[Any], bool]) -> None:
+    """Frees the statistics of every expert whose key ``expert(key)`` is true (e.g. once a model set is done)."""
+    with self._lock:
+      for key in [k for k in self._stats if expert(k[0])]:
+        del self._stats[key]
 
 
 def _stacked(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:

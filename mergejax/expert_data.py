@@ -64,9 +64,8 @@ class ExpertData:
 
   def bind(self, method: MergeMethod, base: Any, experts: Sequence[Any]) -> MergeMethod:
     """``method`` with its statistics computed from these experts' examples (per-expert ones cached)."""
-    labels = method.compute_stats.labels
-    return data_merge.with_data(method, self.model, base, experts, self.batches[labels], cache=self.cache,
-                                expert_keys=[(k, labels) for k in self.keys])
+    return data_merge.with_data(method, self.model, base, experts, self.batches[method.compute_stats.labels],
+                                cache=self.cache, expert_keys=self.keys)
 
 
 class ExpertExamples:
@@ -89,7 +88,7 @@ class ExpertExamples:
     for source in sources:
       self._read(vocabulary, source)
 
-  def _read(self, vocabulary: Any, source: str) -> list[Batch]:
+  def _read(self, vocabulary: Any, source: str) -> None:
     # seqio and TensorFlow only when examples are read
     from mergejax.evaluation import suites as suites_lib  # pylint: disable=g-import-not-at-top
     from mergejax.tasks import per_vocabulary  # pylint: disable=g-import-not-at-top
@@ -106,7 +105,6 @@ class ExpertExamples:
         else:
           with self._guard.reading(mixture, s.split):
             self._examples[key] = data_lib.materialize(mixture, s.batches, **kw)
-      return self._examples[key]
 
   def for_experts(self, adapter: Any, vocabulary: Any, sources: Sequence[str], keys: Sequence[Any]) -> ExpertData:
     """The :class:`ExpertData` of experts whose examples come from ``sources`` (in merge order; read

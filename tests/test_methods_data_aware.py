@@ -225,6 +225,20 @@ def test_per_expert_statistics_cached_equal_those_computed_together():
                   mergejax.merge(base, [experts[t] for t in order], cached))
     equal_trees(together, mergejax.merge(base, experts, data_merge.with_data(
         m, Mlp(), base, experts, batches, cache=cache, expert_keys=(0, 1, 2))))
+  # Other hyperparameters of the statistics are other cache entries: Fisher without its normalization.
+  raw = data_merge.with_data(methods.fisher(normalize=False), Mlp(), base, experts, batches)
+  cached = data_merge.with_data(methods.fisher(normalize=False), Mlp(), base, experts, batches, cache=cache,
+                                expert_keys=(0, 1, 2))
+  equal_trees(mergejax.merge(base, experts, raw), mergejax.merge(base, experts, cached))
+
+  def recomputed():
+    raise RuntimeError("recomputed")
+
+  key = lambda t: (t, Mlp(), "fisher", (("normalize", "True"),))  # noqa: E731  (as with_data keys them)
+  cache.discard(lambda expert: expert == 2)  # expert 2's statistics are freed; 0's and 1's stay
+  assert cache.get(key(0), recomputed)
+  with pytest.raises(RuntimeError, match="recomputed"):
+    cache.get(key(2), recomputed)
   with pytest.raises(ValueError, match="regmean: a statistics cache needs one key per expert"):
     data_merge.with_data(methods.regmean(), Mlp(), base, experts, batches, cache=cache, expert_keys=(0,))
 
@@ -237,3 +251,14 @@ def test_example_mask_counts_the_prompt_and_the_first_answer_position_or_the_ans
                                 [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
   np.testing.assert_array_equal(data_merge.example_mask(batch, labels=True),
                                 [[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]])
+
+
+def test_entropy_of_logits_with_minus_infinity_classes_is_finite_with_a_finite_gradient():
+  # A checkpoint's seqio view gives ids its tokenizer lacks logit -inf (mergejax.ModelAdapter.for_seqio).
+  logits = jnp.array([[[-jnp.inf, 1.0, 2.0, 0.5], [-jnp.inf, 0.0, 0.0, 0.0]]])
+  mask = jnp.array([[True, True]])
+  value, grad = jax.value_and_grad(lambda x: data_merge.entropy(x, mask))(logits)
+  want = np.mean([-(p * np.log(p)).sum() for p in (np.exp([1.0, 2.0, 0.5]) / np.exp([1.0, 2.0, 0.5]).sum(),
+                                                  np.full(3, 1 / 3))])
+  assert float(value) == pytest.approx(want, rel=1e-6)
+  assert np.isfinite(np.asarray(grad)).all()

@@ -332,15 +332,16 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
 
 
 def test_data_aware_methods_learn_from_each_merged_experts_own_examples(tiny_world, tmp_path):
-  cfg = study_config(tiny_world, methods=("regmean", "fisher", "adamerging"), num_experts=(2,), subset_seeds=1)
+  cfg = study_config(tiny_world, methods=("regmean", "fisher", "adamerging"), num_experts=(1, 2), subset_seeds=1)
   cfg.grids.regmean = dict(alpha=(0.5, 0.95))
   cfg.grids.adamerging = dict(granularity=("task", "layer"), lr=(1e-2,), steps=(3,))
   cfg.merge_data.batches, cfg.merge_data.batch_size = 1, 8
   guard = SplitGuard()
   runner.run_study(cfg, tmp_path, progress=False, guard=guard)
-  merges = {v["method"]: v for k, v in merge_rows(tmp_path).items() if k.startswith("merge/")}
-  assert set(merges) == {"regmean", "fisher", "adamerging"}
-  assert all(len(v["candidates"]) == 2 for k, v in merges.items() if k != "fisher")
+  merges = [v for k, v in merge_rows(tmp_path).items() if k.startswith("merge/")]
+  assert sorted((v["n"], v["method"]) for v in merges) == sorted(  # N = 1: one cell per category
+      [(1, m) for m in cfg.methods] * 2 + [(2, m) for m in cfg.methods])
+  assert all(len(v["candidates"]) == 2 for v in merges if v["method"] != "fisher")
   # The experts' training split was read, and never while a selection was open.
   assert "train" in {split for _, split, _ in guard.reads}
   assert all(split == "validation" for _, split, during in guard.reads if during)
@@ -352,23 +353,36 @@ def test_data_aware_methods_learn_from_each_merged_experts_own_examples(tiny_wor
   data = expert_data.ExpertExamples(spec.merge_data)
   sources = [spec.heldin(c) for c in CATS]
   data.read(ms.vocabulary, sources)
+  fresh = expert_data.ExpertExamples(spec.merge_data)  # read again; with_data below computes without a cache
+  fresh.read(ms.vocabulary, sources)
   scorer = runner.Scorer(SplitGuard(), 32, {"test": spec.suites(CATS, heldout=True)}, mesh=spec.device_mesh)
-  for name, row in merges.items():
-    cats = row["categories"]
+  for row in merges:
+    name, cats = row["method"], row["categories"]
     experts = [ms.experts[c] for c in cats]
     method = methods.get(name, **row["hparams"])
-    own = data.for_experts(ms.adapter, ms.vocabulary, [spec.heldin(c) for c in cats], cats)
+    own = fresh.for_experts(ms.adapter, ms.vocabulary, [spec.heldin(c) for c in cats], cats)
     direct = mergejax.merge(ms.base, experts, data_merge.with_data(
         method, own.model, ms.base, experts, own.batches[method.compute_stats.labels]))
     study = runner.cell_data(data, spec, "instruction_tuned", "xs", ms, cats, name)
     merged = CandidateMerger(name, ms.base, experts, None, seed=row["seed"], data=study)(row["hparams"])
     for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(merged)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    res = scorer(ms, direct, spec.suites(CATS, heldout=True), "test")
+    res = scorer(ms, direct, spec.suites(cats, heldout=True), "test")
     assert {**row["heldin_test"], **row["heldout_test"]} == res.task_scores
+    if len(cats) == 1:
+      continue
     swapped = data_merge.with_data(method, own.model, ms.base, experts, own.batches[method.compute_stats.labels][::-1])
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                zip(jax.tree.leaves(direct), jax.tree.leaves(mergejax.merge(ms.base, experts, swapped))))
+  # Without labels a position counts only if its input holds no answer token; with labels, the answer's.
+  for b in own.batches[False][0]:
+    answer = b["decoder_loss_weights"] > 0
+    first = answer.argmax(axis=1)
+    assert answer.any(axis=1).all() and (first > 0).all()  # every example has a prompt and an answer
+    positions = np.arange(answer.shape[1])[None, :]
+    np.testing.assert_array_equal(b["mask"], (positions <= first[:, None]) & (b["decoder_target_tokens"] != 0))
+  for b in own.batches[True][0]:
+    np.testing.assert_array_equal(b["mask"], b["decoder_loss_weights"] > 0)
   # What a data-aware merge learns from is part of its fingerprint (and only of its).
   cell = grid.Cell("instruction_tuned", "xs", 2, 0, CATS)
   spec = dataclasses.replace(spec, grids={**spec.grids, "ties": [{}]})
@@ -391,8 +405,15 @@ def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_wor
   cfg.progress = False
   with pytest.raises(ValueError, match=rf"^{method}: learns from each expert's examples: give one seqio suite"):
     merge_cli.merge_checkpoints(base, experts, str(tmp_path / "refused"), cfg)
-  assert not (tmp_path / "refused").exists()
   sources = tuple(f"heldin_{c}" for c in CATS)
+  cfg.merge_data.sources = sources
+  with pytest.raises(ValueError, match=rf"^{method}: learns from examples tokenized with one vocabulary"):
+    merge_cli.merge_checkpoints(base, experts, str(tmp_path / "refused"), cfg, tokenizer_source="union")
+  cfg.merge_data.batch = 1
+  with pytest.raises(ValueError, match=r"unknown config field 'merge_data.batch': did you mean 'batches'"):
+    merge_cli.merge_checkpoints(base, experts, str(tmp_path / "refused"), cfg)
+  del cfg.merge_data["batch"]
+  assert not (tmp_path / "refused").exists()
   cfg.merge_data.sources, cfg.merge_data.batches, cfg.merge_data.batch_size = sources, 1, 8
   out = merge_cli.merge_checkpoints(base, experts, str(tmp_path / "merged"), cfg)
 

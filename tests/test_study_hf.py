@@ -236,7 +236,8 @@ def test_study_of_llama_and_gemma_checkpoints_through_the_manifest_on_8_devices(
 
 def test_data_aware_methods_merge_family_checkpoints_from_each_experts_examples(hf_study):
   cfg = _config(hf_study["manifest"])
-  cfg.methods, cfg.num_experts, cfg.heldout_suite = ("regmean", "fisher"), (2,), "heldout_nli"
+  cfg.methods, cfg.num_experts, cfg.heldout_suite = ("regmean", "fisher", "adamerging"), (2,), "heldout_nli"
+  cfg.grids.adamerging = dict(steps=(3,), lr=(1e-2,))
   cfg.merge_data.batches, cfg.merge_data.batch_size = 1, 8
   runner.run_study(cfg, hf_study["root"] / "study_data", progress=False)
   rows = [json.loads(p.read_text()) for p in (hf_study["root"] / "study_data" / "results" / "rows").glob("*.json")]

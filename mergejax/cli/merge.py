@@ -19,6 +19,7 @@ module that registers a method of your own first. A data-aware method (``regmean
 from __future__ import annotations
 
 import difflib
+import dataclasses
 import errno
 import importlib
 import os
@@ -101,6 +102,10 @@ def check_config(cfg: config_dict.ConfigDict) -> None:
   for key in cfg.method.keys():
     if key != "name" and key not in hparams:
       raise ValueError(f"unknown hyperparameter {key!r} for merge method {name!r}{_did_you_mean(key, hparams)}")
+  fields = list(known.merge_data.keys())
+  for key in (cfg.merge_data.keys() if isinstance(cfg.get("merge_data"), (dict, config_dict.ConfigDict)) else ()):
+    if key not in fields:
+      raise ValueError(f"unknown config field 'merge_data.{key}'{_did_you_mean(key, fields)}")
 
 
 def build_method(cfg: config_dict.ConfigDict) -> methods.MergeMethod:
@@ -110,14 +115,10 @@ def build_method(cfg: config_dict.ConfigDict) -> methods.MergeMethod:
   return methods.get(cfg.method.name, **hp)
 
 
-def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequence[str],
-                  cfg: config_dict.ConfigDict) -> methods.MergeMethod:
-  """A data-aware ``method`` bound to each expert's examples (``cfg.merge_data``): the base and the experts
-  are loaded whole (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from
-  the examples, and the merge then streams from the files as any method's."""
-  # seqio, TensorFlow and the model families only for a data-aware merge
-  from mergejax import models  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+def example_settings(method: methods.MergeMethod, base: str | None, experts: Sequence[str],
+                     cfg: config_dict.ConfigDict, tokenizer_source: str | None
+                     ) -> tuple[tuple[str, ...], expert_data.Settings]:
+  """(one source per expert, the examples' settings) of a data-aware merge, checked before any work."""
   fields = dict(cfg.merge_data)
   sources = fields.pop("sources", ()) or ()
   sources = (sources,) if isinstance(sources, str) else tuple(sources)
@@ -128,7 +129,23 @@ def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequen
   try:
     settings = expert_data.Settings(**fields)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"config merge_data: {e}") from None
+    raise ValueError(f"{method.name}: config merge_data: {e}") from None
+  if method.traits.uses_base and not base:
+    raise ValueError(f"{method.name} needs a base model (--base)")
+  if tokenizer_source is not None:
+    raise ValueError(f"{method.name}: learns from examples tokenized with one vocabulary; --tokenizer_source (inputs "
+                     "with different vocabularies) cannot be combined with it")
+  return sources, settings
+
+
+def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequence[str], sources: Sequence[str],
+                  settings: expert_data.Settings) -> methods.MergeMethod:
+  """A data-aware ``method`` bound to each expert's examples: the base and the experts are loaded whole
+  (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from the examples of
+  ``sources[t]``, and the merge then streams from the files as any method's."""
+  # seqio, TensorFlow and the model families only for a data-aware merge
+  from mergejax import models  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
   load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
   base_lm = load(base) if base else None
   expert_lms = [load(e) for e in experts]
@@ -171,7 +188,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   method.check_experts(len(experts))
   learns_from_data = expert_data.needs_data(method)
   if learns_from_data:
-    method = bind_examples(method, base, experts, cfg)
+    sources, settings = example_settings(method, base, experts, cfg, tokenizer_source)
   inputs = ([base] if base else []) + list(experts)
   opened = inputs_lib.open_inputs(inputs_lib.ModelRef(base) if base else None,
                                   [inputs_lib.ModelRef(e) for e in experts], dtype=cfg.dtype,
@@ -182,6 +199,8 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
   except ValueError as e:
     raise ValueError(inputs_lib.vocab_mismatch_hint(str(e))) from None
   output_lib.check_output_path(output, [detect.input_path(p) for p in inputs], overwrite)
+  if learns_from_data:  # the models loaded and their statistics computed once the inputs and output check out
+    method = bind_examples(method, base, experts, sources, settings)
   rules = sharding.parse_rules(cfg.partition_rules)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   fingerprints = [{"role": "base" if base and i == 0 else "expert", "name": p,
@@ -196,7 +215,8 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
         allow_nonfinite=bool(cfg.allow_nonfinite), progress=bool(cfg.progress), prefetch=bool(cfg.prefetch),
         metadata={"inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
                   "tokenizer_source": tokenizer_source,
-                  **({"merge_data": dict(cfg.merge_data)} if learns_from_data else {})})
+                  **({"merge_data": {"sources": list(sources), **dataclasses.asdict(settings)}}
+                     if learns_from_data else {})})
 
 
 def expert_paths(comma_list: Sequence[str] | None, repeated: Sequence[str] | None, listing: str | None) -> list[str]:

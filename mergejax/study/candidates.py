@@ -166,7 +166,7 @@ class CandidateMerger:
     experts: the cell's experts, in merge order.
     taus: their task vectors (:func:`task_vectors`), or None to merge every candidate directly.
     seed: the merge seed (DARE's masks).
-    data: the experts' examples, for a data-aware method (:mod:`mergejax.study.merge_data`): each
+    data: the experts' examples, for a data-aware method (:class:`mergejax.expert_data.ExpertData`): each
       candidate's statistics are computed from them (per-expert ones once, cached) and it is merged
       directly.
   """

@@ -25,8 +25,8 @@ import seqio
 from absl import logging
 from tqdm.auto import tqdm
 
-from mergejax import methods as methods_lib
 from mergejax import expert_data as expert_data_lib
+from mergejax import methods as methods_lib
 from mergejax import models
 from mergejax import sharding as sharding_lib
 from mergejax import tasks
@@ -261,7 +261,7 @@ def validate(cfg: Any, workdir: str | pathlib.Path) -> StudySpec:
     merge_data = expert_data_lib.Settings(**dict(cfg.get("merge_data") or {}))
   except (TypeError, ValueError) as e:
     raise StudyConfigError(f"merge_data: {e}") from None
-  data_methods = [m for m in names if expert_data_lib.needs_data(methods_lib.get(m))]
+  data_methods = [m for m in names if expert_data_lib.needs_data(methods_lib.get(m, **grids[m][0]))]
   if data_methods and merge_data.split == test_split:
     raise StudyConfigError(f"merge_data.split={test_split!r} is the test split: {data_methods[0]} would learn from "
                            "the examples its merge is scored on")
@@ -472,7 +472,7 @@ def merge_fingerprint(spec: StudySpec, cell: grid_lib.Cell, method_name: str) ->
   its subset, the seed, the base's and the merged experts' checkpoints (whose validation scores select
   and whose test scores normalize), the suites and splits; for a data-aware method, the examples it
   learns from (``merge_data``)."""
-  data = expert_data_lib.needs_data(methods_lib.get(method_name))
+  data = learns_from_data(spec, method_name)
   return store_lib.fingerprint({
       **({"merge_data": dataclasses.asdict(spec.merge_data)} if data else {}),
       "format": ROW_FORMAT, "method": method_name, "grid": spec.grids[method_name],
@@ -545,12 +545,24 @@ def select(candidates: Sequence[dict[str, Any]], score_fn: Callable[[dict[str, A
   return best[2], [{"hparams": hp, "validation": s} for s, _, hp in scored]
 
 
+def learns_from_data(spec: StudySpec, method_name: str) -> bool:
+  """Whether a method of the study is data-aware (read from its first candidate)."""
+  return expert_data_lib.needs_data(methods_lib.get(method_name, **spec.grids[method_name][0]))
+
+
+def expert_key(spec: StudySpec, kind: str, size: str, category: str) -> tuple[str, ...]:
+  """What names an expert and its examples in the statistics cache: (world, kind, size, category), its
+  checkpoint's path and identity, and the suite its examples come from."""
+  return (spec.world, kind, size, category, str(spec.path(kind, size, "expert", category)),
+          _model_id(spec, size, kind, "expert", category), spec.heldin(category))
+
+
 def cell_data(data: expert_data_lib.ExpertExamples | None, spec: StudySpec, kind: str, size: str, ms: ModelSet,
               categories: Sequence[str], method_name: str) -> expert_data_lib.ExpertData | None:
   """The examples of the experts of ``categories`` for ``method_name`` if it is data-aware, else None."""
-  if data is None or not expert_data_lib.needs_data(methods_lib.get(method_name)):
+  if data is None or not learns_from_data(spec, method_name):
     return None
-  keys = [_model_id(spec, size, kind, "expert", c) for c in categories]
+  keys = [expert_key(spec, kind, size, c) for c in categories]
   return data.for_experts(ms.adapter, ms.vocabulary, [spec.heldin(c) for c in categories], keys)
 
 
@@ -626,9 +638,9 @@ class MergeWarmup:
   runs programs with collectives, which must not run from two threads at once, so there
   (``background=False``) the merges run on the calling thread before any evaluation, while the evaluators'
   data is read on theirs; a multi-host run merges on every process in lockstep and compiles in place.
-  Data-aware methods whose statistics are per expert (RegMean, Fisher) warm up too, and the statistics
-  they compute stay cached for the study (``data``, read before); others that learn per expert subset
-  (AdaMerging) compile in place.
+  Data-aware methods whose statistics are per expert (RegMean, Fisher) warm up too when ``data`` is given
+  (its examples read before), and the statistics they compute stay cached for the study; others that
+  learn per expert subset (AdaMerging) compile in place.
   """
 
   def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None,
@@ -650,8 +662,8 @@ class MergeWarmup:
         for n in spec.ns:
           cats = spec.categories[:n]
           for name in spec.methods:
-            method = methods_lib.get(name)
-            if expert_data_lib.needs_data(method) and not method.compute_stats.per_expert:
+            method = methods_lib.get(name, **spec.grids[name][0])
+            if expert_data_lib.needs_data(method) and (data is None or not method.compute_stats.per_expert):
               continue
             merger = CandidateMerger(name, ms.base, [ms.experts[c] for c in cats],
                                      [ms.taus[c] for c in cats] if ms.taus else None, seed=0,
@@ -709,8 +721,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   scorer = Scorer(guard, spec.batch_size, {spec.validation_split: spec.suites(spec.categories),
                                            spec.test_split: spec.suites(spec.categories, heldout=True)},
                   mesh=spec.device_mesh)
-  data = None  # each expert's examples, read once per vocabulary before any selection (data-aware methods)
-  if any(expert_data_lib.needs_data(methods_lib.get(m)) for m in spec.methods):
+  data = None  # each expert's examples for the data-aware methods, read outside selections
+  if any(learns_from_data(spec, m) for m in spec.methods):
     data = expert_data_lib.ExpertExamples(spec.merge_data, guard)
   all_cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in all_cells
@@ -718,8 +730,10 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
   bar = tqdm(total=len(units) * len(worlds), desc="study", disable=not (progress and is_main), dynamic_ncols=True)
   prepared = False  # the evaluators' data is read and packed once, for every world
   for w in worlds:
-    merges_missing = any(store.get(w.key(f"merge/{c.key}/{m}"), merge_fingerprint(w, c, m)) is None
-                         for c, m in units)
+    missing = lambda c, m, w=w: store.get(w.key(f"merge/{c.key}/{m}"), merge_fingerprint(w, c, m)) is None  # noqa: E731
+    merges_missing = any(missing(c, m) for c, m in units)
+    data_missing = lambda todo, w=w: data is not None and any(  # noqa: E731
+        learns_from_data(w, m) and missing(c, m) for c, m in todo)
     refs_missing = any(store.get(w.key(f"ref/{k}/{s}/base"), reference_fingerprint(w, k, s, "base")) is None
                        for k in w.kinds for s in w.sizes)
     loaded: dict[tuple[str, str], ModelSet] = {}  # the first kind's models, loaded once for the warm-up
@@ -735,12 +749,13 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
         prepared = True
       loaded = {(w.kinds[0], w.sizes[0]): first}
       loaded.update({(w.kinds[0], size): load_models(w, w.kinds[0], size) for size in w.sizes[1:]})
-      if data is not None:
+      warm_data = data if data_missing(units) else None
+      if warm_data is not None:  # the warm-up computes the first subsets' per-expert statistics
         for ms in loaded.values():
-          data.read(ms.vocabulary, [w.heldin(c) for c in w.categories])
+          warm_data.read(ms.vocabulary, [w.heldin(c) for c in w.categories])
       one_device = w.device_mesh.devices.size == 1
       warmup = MergeWarmup(w, {size: ms for (_, size), ms in loaded.items()}, scorer if one_device else None,
-                           background=one_device, data=data)
+                           background=one_device, data=warm_data)
     elif refs_missing and not prepared:
       loaded = {(w.kinds[0], w.sizes[0]): load_models(w, w.kinds[0], w.sizes[0])}
       first = loaded[(w.kinds[0], w.sizes[0])]
@@ -751,7 +766,7 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
         todo = [(c, m) for c, m in units if c.kind == kind and c.size == size]
         ms = loaded.pop((kind, size), None) or load_models(w, kind, size)
         refs = reference_rows(store, scorer, w, kind, size, ms)
-        if data is not None and todo:
+        if data_missing(todo):
           data.read(ms.vocabulary, [w.heldin(c) for c in w.categories])
         if warmup is not None:
           warmup.wait(size)
@@ -760,6 +775,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
           run_cell_method(store, scorer, guard, w, cell, method_name, ms, refs, data)
           bar.update()
         del ms
+        if data is not None:  # no later cell merges these experts
+          data.statistics.discard(lambda e, kind=kind, size=size, w=w: e[:3] == (w.world, kind, size))
   bar.close()
   if store.outdated:
     logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
