@@ -109,7 +109,8 @@ class ExpertExamples:
   def for_experts(self, adapter: Any, vocabulary: Any, sources: Sequence[str], keys: Sequence[Any]) -> ExpertData:
     """The :class:`ExpertData` of experts whose examples come from ``sources`` (in merge order; read
     before with :meth:`read`), run through ``adapter`` (a :class:`~mergejax.ModelAdapter`); ``keys`` name
-    the experts (e.g. their checkpoints' identities) for the statistics cache."""
+    the experts for the statistics cache, each unique to one expert and its examples (a study's: world,
+    kind, size, category, checkpoint path and identity, source)."""
     from mergejax.tasks import per_vocabulary  # pylint: disable=g-import-not-at-top
     tag = per_vocabulary.vocabulary_tag(vocabulary)
     with self._lock:
