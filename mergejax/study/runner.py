@@ -639,8 +639,8 @@ class MergeWarmup:
   (``background=False``) the merges run on the calling thread before any evaluation, while the evaluators'
   data is read on theirs; a multi-host run merges on every process in lockstep and compiles in place.
   Data-aware methods whose statistics are per expert (RegMean, Fisher) warm up too when ``data`` is given
-  (its examples read before), and the statistics they compute stay cached for the study; others that
-  learn per expert subset (AdaMerging) compile in place.
+  (its examples read before), and the statistics they compute stay cached until their model set's cells
+  are done; others that learn per expert subset (AdaMerging) compile in place.
   """
 
   def __init__(self, spec: StudySpec, model_sets: Mapping[str, "ModelSet"], scorer: Scorer | None = None,
