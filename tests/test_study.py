@@ -392,7 +392,7 @@ def test_data_aware_methods_learn_from_each_merged_experts_own_examples(tiny_wor
 
 
 @pytest.mark.parametrize("method", ["regmean", "adamerging"])
-def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_world, tmp_path, method):
+def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_world, tmp_path, monkeypatch, method):
   """``mergejax-merge`` with a data-aware method and one source per expert: the streamed merge equals
   ``mergejax.merge`` with the method bound by ``with_data`` to the examples of each expert's source."""
   from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
@@ -400,6 +400,7 @@ def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_wor
   from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
   ckpt = lambda role, c=None: str(world.checkpoint_path(tiny_world, "xs", "instruction_tuned", role, c))  # noqa: E731
   base, experts = ckpt("base"), [ckpt("expert", c) for c in CATS]
+  from_pretrained = models.from_pretrained
   cfg = merge_config.get_config()
   cfg.method = dict(name=method, **({"steps": 3, "lr": 1e-2} if method == "adamerging" else {}))
   cfg.progress = False
@@ -415,7 +416,11 @@ def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_wor
   del cfg.merge_data["batch"]
   assert not (tmp_path / "refused").exists()
   cfg.merge_data.sources, cfg.merge_data.batches, cfg.merge_data.batch_size = sources, 1, 8
-  out = merge_cli.merge_checkpoints(base, experts, str(tmp_path / "merged"), cfg)
+  loaded = []  # the checkpoints loaded whole for the statistics: the base only for a method that uses it
+  with monkeypatch.context() as mp:
+    mp.setattr(models, "from_pretrained", lambda p, **kw: loaded.append(str(p)) or from_pretrained(p, **kw))
+    out = merge_cli.merge_checkpoints(base, experts, str(tmp_path / "merged"), cfg)
+  assert loaded == ([base] if method == "adamerging" else []) + experts
 
   load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
   base_lm, expert_lms = load(base), [load(e) for e in experts]

@@ -140,14 +140,16 @@ def example_settings(method: methods.MergeMethod, base: str | None, experts: Seq
 
 def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequence[str], sources: Sequence[str],
                   settings: expert_data.Settings) -> methods.MergeMethod:
-  """A data-aware ``method`` bound to each expert's examples: the base and the experts are loaded whole
+  """A data-aware ``method`` bound to each expert's examples: the experts, and the base where the method
+  uses it (AdaMerging; RegMean and Fisher learn from the experts alone), are loaded whole
   (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from the examples of
-  ``sources[t]``, and the merge then streams from the files as any method's."""
+  ``sources[t]``, and the merge then streams from the files as any method's. The examples are tokenized
+  with the base's tokenizer where it is loaded, else the first expert's."""
   # seqio, TensorFlow and the model families only for a data-aware merge
   from mergejax import models  # pylint: disable=g-import-not-at-top
   from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
   load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
-  base_lm = load(base) if base else None
+  base_lm = load(base) if base and method.traits.uses_base else None
   expert_lms = [load(e) for e in experts]
   reference = base_lm or expert_lms[0]
   if reference.vocabulary is None:
