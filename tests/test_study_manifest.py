@@ -202,3 +202,16 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
   assert f"models {max(held.values()) / 2**20:.2f} MiB" in out
   total = sum(x.nbytes for lm in loaded for x in jax.tree.leaves(lm.params))
   assert max(held.values()) <= 1.2 * total / len(held)  # split, not replicated
+  # Data-aware methods: their statistics gather models whole onto one device (the expert's arrays as loaded).
+  assert "data-aware statistics" not in out  # none in this study
+  data_cfg = config(path, dry_run=True)
+  data_cfg.methods = ("regmean", "fisher", "adamerging")
+  assert runner.run_study(data_cfg, tmp_path / "dry", progress=False) is None
+  out = capsys.readouterr().out
+  params = sum(x.size for x in jax.tree.leaves(loaded[0].params))
+  nbytes = [sum(x.nbytes for x in jax.tree.leaves(lm.params)) for lm in loaded]
+  expert = max(nbytes[1:3])
+  mib = lambda n: f"{n / 2**20:.2f} MiB"  # noqa: E731
+  assert (f"data-aware statistics on one device (models gathered whole): regmean {mib(expert)}, fisher "
+          f"{mib(expert + 2 * 4 * params)}, adamerging {mib(nbytes[0] + 2 * expert + 4 * 4 * params)} beside") in out
+  assert f"on the host {mib(len(CATS) * 4 * params)} (Fisher: a float32 model per expert;" in out

@@ -11,9 +11,10 @@ and the merged task vector g in float32, the candidate, and the kernel's float32
 largest leaf (the N task vectors and the output); on one device the N task vectors and the zero base
 are also concatenated into one flat leaf. Evaluation (packed rank classification) needs one layer's
 activations for the rows a device scores, the logits of their scored targets, and the weights XLA
-gathers for one layer and the embedding. Compiled programs and the host's input pipeline are not
-counted. :func:`cell_memory` computes it for any checkpoint shapes and mesh (the dry run's figures);
-:func:`estimate` for a decoder config on a named slice (docs/STUDY.md, "Memory per cell").
+gathers for one layer and the embedding. Data-aware methods compute their statistics on one device with
+the models they read gathered whole (:func:`statistics_memory`). Compiled programs and the host's input
+pipeline are not counted. :func:`cell_memory` computes it for any checkpoint shapes and mesh (the dry
+run's figures); :func:`estimate` for a decoder config on a named slice (docs/STUDY.md, "Memory per cell").
 
 Time model (:func:`cell_seconds`; docs/STUDY.md, "Time per cell"): merging a candidate is bound by HBM
 bandwidth (the bytes a device reads and writes, :func:`merge_bytes`); scoring is bound by matmul FLOPs,
@@ -132,6 +133,32 @@ def cell_memory(mb: ModelBytes, *, n_merged: int, n_experts: int, task_vector_it
   out = {"models": models, "task_vectors": n_experts * tv, "merge": merge, "activations": activations}
   out["total"] = sum(out.values())
   return out
+
+
+def statistics_memory(mb: ModelBytes, resident: int, *, per_expert: Sequence[str] = (), per_subset: Sequence[str] = (),
+                      n_merged: int, n_experts: int) -> dict[str, int] | None:
+  """Bytes of the data-aware methods' statistics (:mod:`mergejax.data_merge`), which run on one device with the
+  models they read gathered whole onto it (``on_one_device``), beside what the device holds anyway
+  (``resident``: its shards of the models and task vectors).
+
+  Per-expert methods (RegMean, Fisher) gather one expert at a time; Fisher adds its float32 gradient and
+  running sum (two float32 models). Per-subset methods (AdaMerging) gather the base and ``n_merged``
+  experts and hold their task vectors, the merged model and its gradient in float32. ``host``: the
+  statistics cached on the host while a (kind, size) runs, Fisher's float32 model per expert (RegMean's
+  D x D Gram matrix per linear layer and expert is not counted, nor the forward pass' activations). None
+  without data-aware methods.
+  """
+  if not per_expert and not per_subset:
+    return None
+  experts = mb.model_bytes[1:1 + n_experts] or mb.model_bytes[:1]
+  gathered = {}
+  for name in per_expert:
+    gathered[name] = max(experts) + (2 * F32 * mb.params if name == "fisher" else 0)
+  for name in per_subset:
+    gathered[name] = mb.model_bytes[0] + n_merged * max(experts) + (n_merged + 2) * F32 * mb.params
+  worst = max(gathered.values())
+  return {"gathered": gathered, "device_total": resident + worst,
+          "host": n_experts * F32 * mb.params if "fisher" in per_expert else 0}
 
 
 def estimate(cfg: Any, axis_sizes: Mapping[str, int], *, n_experts: int = 8, n_merged: int = 8, multitask: bool = True,
@@ -275,7 +302,8 @@ def suite_counts(suites: Sequence[str], split: str, task_names: Callable[[str], 
 
 def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples: Mapping[str, Mapping[str, int]],
          mesh: Mapping[str, int], act: Activations, *, tokens: Mapping[str, Mapping[str, float]] | None = None,
-         chip: Chip | None = None, utilization: float = UTILIZATION) -> dict[str, Any]:
+         chip: Chip | None = None, utilization: float = UTILIZATION,
+         data_methods: Mapping[str, bool] | None = None) -> dict[str, Any]:
   """The plan of a study (``spec``: a :class:`~mergejax.study.runner.StudySpec`).
 
   Args:
@@ -286,8 +314,11 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
     tokens: split -> suite -> tokens scored (:func:`suite_counts`); with ``chip``, the plan has times.
     chip: the mesh's chips (:data:`CHIPS`), for the time estimate (:func:`cell_seconds`).
     utilization: assumed fraction of the chips' peak FLOP/s while scoring.
+    data_methods: the study's data-aware methods, each mapped to whether its statistics are per expert
+      (RegMean, Fisher) rather than per expert subset (AdaMerging): :func:`statistics_memory`.
   """
   devices = math.prod(mesh.values())
+  data_methods = dict(data_methods or {})
   cells = grid_lib.cells(spec.kinds, spec.sizes, spec.ns, spec.seeds, spec.categories, spec.design)
   units = [(c, m) for c in cells for m in grid_lib.runs_in_cell(c, spec.methods, len(spec.categories), spec.grids)]
   val, test = examples[spec.validation_split], examples[spec.test_split]
@@ -312,6 +343,12 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
                         task_vector_itemsize=ITEMSIZE[spec.task_vector_dtype])
       per_model[f"{kind}/{size}"] = {"params": mb.params, "models": len(mb.model_bytes), "source": mb.source,
                                      "model_bytes": sum(mb.model_bytes), "bytes_per_device": mem}
+      stats = statistics_memory(mb, mem["models"] + mem["task_vectors"], n_merged=nmax,
+                                n_experts=len(spec.categories),
+                                per_expert=[m for m, per in data_methods.items() if per],
+                                per_subset=[m for m, per in data_methods.items() if not per])
+      if stats is not None:
+        per_model[f"{kind}/{size}"]["statistics"] = stats
       if tokens is not None and chip is not None:
         here = [c for c in cells if (c.kind, c.size) == (kind, size)]
         per_model[f"{kind}/{size}"]["seconds"] = model_seconds(
@@ -326,7 +363,9 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
           "examples": {"per_split_and_suite": {sp: dict(v) for sp, v in examples.items()},
                        "selection": selection_examples, "test": test_examples, "references": reference_examples},
           "models": per_model,
-          "peak_bytes_per_device": max((v["bytes_per_device"]["total"] for v in per_model.values()), default=0),
+          "peak_bytes_per_device": max((max(v["bytes_per_device"]["total"],
+                                            v.get("statistics", {}).get("device_total", 0))
+                                        for v in per_model.values()), default=0),
           "time": None if chip is None or tokens is None else {
               "chip": chip.name, "flops": chip.flops, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
               "utilization": utilization, "tokens": {sp: dict(v) for sp, v in tokens.items()},
@@ -394,6 +433,13 @@ def format_plan(plan: Mapping[str, Any]) -> str:
     lines.append(f"    {key}: {m['params']:,} parameters ({m['source']}), {m['models']} models of "
                  f"{_gib(m['model_bytes'])} in all: models {_gib(b['models'])} + task vectors {_gib(b['task_vectors'])} "
                  f"+ merge {_gib(b['merge'])} + evaluation {_gib(b['activations'])} = {_gib(b['total'])}")
+    st = m.get("statistics")
+    if st is not None:
+      lines.append(f"      data-aware statistics on one device (models gathered whole): "
+                   + ", ".join(f"{name} {_gib(v)}" for name, v in st["gathered"].items())
+                   + f" beside the resident shards = {_gib(st['device_total'])} on that device; on the host "
+                   f"{_gib(st['host'])} (Fisher: a float32 model per expert; RegMean's Gram matrices and the "
+                   "activations not counted)")
   lines.append(f"  estimated peak bytes per device: {plan['peak_bytes_per_device']:,} "
                f"({_gib(plan['peak_bytes_per_device'])})")
   t = plan.get("time")
