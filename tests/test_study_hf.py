@@ -24,6 +24,7 @@ from mergejax import data_merge, expert_data, models
 from mergejax.cli import train as train_cli
 from mergejax.configs import train as train_config_lib
 from mergejax.configs import study as study_config_lib
+from mergejax.study import plan as plan_lib
 from mergejax.study import runner
 from mergejax.study import verdicts
 from mergejax.tasks import per_vocabulary
@@ -262,6 +263,8 @@ def test_data_aware_methods_merge_family_checkpoints_from_each_experts_examples(
                    if p.endswith("proj.weight") or p == "lm_head.weight"}
     assert ("lm_head.weight" in projections) == (family == "llama")
     assert projections and set(grams) == projections, (family, sorted(set(grams) ^ projections))
+    # The dry run's count of RegMean's Gram bytes (tied and untied output layers) is these, to the byte.
+    assert sum(4 * g.size for g, _ in grams.values()) == plan_lib.regmean_gram_bytes(plan_lib.arch_of(ms.config))
 
 
 def test_mergejax_train_fine_tunes_a_hugging_face_checkpoint(hf_study, tmp_path, capsys):

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import pytest
 import yaml
 
-from mergejax import models, world
+from mergejax import data_merge, expert_data, models, world
 from mergejax.study import manifest as manifest_lib
+from mergejax.study import plan as plan_lib
 from mergejax.study import runner
 from mergejax.tasks import vocab as suite_vocab
 
@@ -211,7 +212,15 @@ def test_manifest_study_equals_the_world_path_follows_checkpoints_and_plans_a_dr
   params = sum(x.size for x in jax.tree.leaves(loaded[0].params))
   nbytes = [sum(x.nbytes for x in jax.tree.leaves(lm.params)) for lm in loaded]
   expert = max(nbytes[1:3])
+  # RegMean's Gram matrices as the plan counts them: those an expert's forward pass gives, to the byte.
+  examples = expert_data.ExpertExamples(expert_data.Settings(batches=1, batch_size=2))
+  src = [f"heldin_{CATS[0]}"]
+  examples.read(loaded[1].vocabulary, src)
+  own = examples.for_experts(loaded[1].adapter, loaded[1].vocabulary, src, src)
+  found = data_merge.linear_input_grams(own.model, data_merge.on_one_device(loaded[1].params), own.batches[False][0][0])
+  grams = plan_lib.regmean_gram_bytes(plan_lib.arch_of(loaded[1].config))
+  assert grams == sum(4 * g.size for g, _ in found.values()) > 0
   mib = lambda n: f"{n / 2**20:.2f} MiB"  # noqa: E731
-  assert (f"data-aware statistics on one device (models gathered whole): regmean {mib(expert)}, fisher "
+  assert (f"data-aware statistics on one device (models gathered whole): regmean {mib(expert + 2 * grams)}, fisher "
           f"{mib(expert + 2 * 4 * params)}, adamerging {mib(nbytes[0] + 2 * expert + 4 * 4 * params)} beside") in out
-  assert f"on the host {mib(len(CATS) * 4 * params)} (Fisher: a float32 model per expert;" in out
+  assert f"on the host {mib(len(CATS) * (grams + 4 * params))} (every expert's statistics; activations" in out

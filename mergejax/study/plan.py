@@ -141,24 +141,26 @@ def statistics_memory(mb: ModelBytes, resident: int, *, per_expert: Sequence[str
   models they read gathered whole onto it (``on_one_device``), beside what the device holds anyway
   (``resident``: its shards of the models and task vectors).
 
-  Per-expert methods (RegMean, Fisher) gather one expert at a time; Fisher adds its float32 gradient and
-  running sum (two float32 models). Per-subset methods (AdaMerging) gather the base and ``n_merged``
-  experts and hold their task vectors, the merged model and its gradient in float32. ``host``: the
-  statistics cached on the host while a (kind, size) runs, Fisher's float32 model per expert (RegMean's
-  D x D Gram matrix per linear layer and expert is not counted, nor the forward pass' activations). None
-  without data-aware methods.
+  Per-expert methods (RegMean, Fisher) gather one expert at a time; RegMean adds its Gram matrices and
+  their running sum (:func:`regmean_gram_bytes`), Fisher its float32 gradient and running sum (two float32
+  models). Per-subset methods (AdaMerging) gather the base and ``n_merged`` experts and hold their task
+  vectors, the merged model and its gradient in float32. ``host``: the statistics cached on the host while
+  a (kind, size) runs, every expert's (RegMean's Gram matrices, Fisher's float32 model). The forward pass'
+  activations are not counted, nor RegMean's Gram matrices without an architecture (``host_complete``
+  False). None without data-aware methods.
   """
   if not per_expert and not per_subset:
     return None
   experts = mb.model_bytes[1:1 + n_experts] or mb.model_bytes[:1]
-  gathered = {}
-  for name in per_expert:
-    gathered[name] = max(experts) + (2 * F32 * mb.params if name == "fisher" else 0)
+  grams = regmean_gram_bytes(mb.arch)
+  extra = {"regmean": 2 * (grams or 0), "fisher": 2 * F32 * mb.params}
+  gathered = {name: max(experts) + extra.get(name, 0) for name in per_expert}
   for name in per_subset:
     gathered[name] = mb.model_bytes[0] + n_merged * max(experts) + (n_merged + 2) * F32 * mb.params
-  worst = max(gathered.values())
-  return {"gathered": gathered, "device_total": resident + worst,
-          "host": n_experts * F32 * mb.params if "fisher" in per_expert else 0}
+  host = {"regmean": grams or 0, "fisher": F32 * mb.params}
+  return {"gathered": gathered, "device_total": resident + max(gathered.values()),
+          "host": n_experts * sum(host.get(name, 0) for name in per_expert),
+          "host_complete": grams is not None or "regmean" not in per_expert}
 
 
 def estimate(cfg: Any, axis_sizes: Mapping[str, int], *, n_experts: int = 8, n_merged: int = 8, multitask: bool = True,
@@ -189,7 +191,19 @@ def config_bytes(cfg: Any, axis_sizes: Mapping[str, int], *, n_models: int,
 def arch_of(cfg: Any) -> dict[str, int]:
   """The sizes :func:`activation_bytes` and :func:`flops_per_token` read, from a DecoderConfig."""
   return {"d_model": cfg.d_model, "d_ff": cfg.d_ff, "heads": cfg.n_heads, "q_dim": cfg.n_heads * cfg.head_dim,
-          "kv_dim": cfg.n_kv_heads * cfg.head_dim, "vocab": cfg.vocab_size, "layers": cfg.n_layers}
+          "kv_dim": cfg.n_kv_heads * cfg.head_dim, "vocab": cfg.vocab_size, "layers": cfg.n_layers,
+          "tied": int(cfg.tie_embeddings)}
+
+
+def regmean_gram_bytes(arch: Mapping[str, int] | None) -> int | None:
+  """float32 bytes of one expert's RegMean Gram matrices (:func:`mergejax.data_merge.linear_input_grams`): per
+  layer the query, key, value, gate and up projections' inputs (d_model each), the output projection's
+  (heads x head_dim) and the down projection's (d_ff), each D x D, plus an untied output layer's (d_model).
+  None without an architecture."""
+  if arch is None or "layers" not in arch:
+    return None
+  d, q, f = arch["d_model"], arch["q_dim"], arch["d_ff"]
+  return F32 * (arch["layers"] * (5 * d * d + q * q + f * f) + (0 if arch.get("tied", 1) else d * d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,8 +452,9 @@ def format_plan(plan: Mapping[str, Any]) -> str:
       lines.append(f"      data-aware statistics on one device (models gathered whole): "
                    + ", ".join(f"{name} {_gib(v)}" for name, v in st["gathered"].items())
                    + f" beside the resident shards = {_gib(st['device_total'])} on that device; on the host "
-                   f"{_gib(st['host'])} (Fisher: a float32 model per expert; RegMean's Gram matrices and the "
-                   "activations not counted)")
+                   f"{_gib(st['host'])} (every expert's statistics"
+                   + ("" if st["host_complete"] else "; RegMean's Gram matrices not counted: no architecture")
+                   + "; activations not counted)")
   lines.append(f"  estimated peak bytes per device: {plan['peak_bytes_per_device']:,} "
                f"({_gib(plan['peak_bytes_per_device'])})")
   t = plan.get("time")
