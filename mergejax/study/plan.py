@@ -135,11 +135,12 @@ def cell_memory(mb: ModelBytes, *, n_merged: int, n_experts: int, task_vector_it
   return out
 
 
-def statistics_memory(mb: ModelBytes, resident: int, *, per_expert: Sequence[str] = (), per_subset: Sequence[str] = (),
-                      n_merged: int, n_experts: int) -> dict[str, int] | None:
+def statistics_memory(mb: ModelBytes, resident: int, *, per_expert: Mapping[str, str] | None = None,
+                      per_subset: Sequence[str] = (), n_merged: int, n_experts: int) -> dict[str, Any] | None:
   """Bytes of the data-aware methods' statistics (:mod:`mergejax.data_merge`), which run on one device with the
   models they read gathered whole onto it (``on_one_device``), beside what the device holds anyway
-  (``resident``: its shards of the models and task vectors).
+  (``resident``: its shards of the models and task vectors). ``per_expert``: method name -> the kind of its
+  statistics (``NeedsData.kind``: "regmean", "fisher", ...); ``per_subset``: the other methods' names.
 
   Per-expert methods (RegMean, Fisher) gather one expert at a time; RegMean adds its Gram matrices and
   their running sum (:func:`regmean_gram_bytes`), Fisher its float32 gradient and running sum (two float32
@@ -149,18 +150,19 @@ def statistics_memory(mb: ModelBytes, resident: int, *, per_expert: Sequence[str
   activations are not counted, nor RegMean's Gram matrices without an architecture (``host_complete``
   False). None without data-aware methods.
   """
+  per_expert = dict(per_expert or {})
   if not per_expert and not per_subset:
     return None
   experts = mb.model_bytes[1:1 + n_experts] or mb.model_bytes[:1]
   grams = regmean_gram_bytes(mb.arch)
   extra = {"regmean": 2 * (grams or 0), "fisher": 2 * F32 * mb.params}
-  gathered = {name: max(experts) + extra.get(name, 0) for name in per_expert}
+  gathered = {name: max(experts) + extra.get(kind, 0) for name, kind in per_expert.items()}
   for name in per_subset:
     gathered[name] = mb.model_bytes[0] + n_merged * max(experts) + (n_merged + 2) * F32 * mb.params
   host = {"regmean": grams or 0, "fisher": F32 * mb.params}
   return {"gathered": gathered, "device_total": resident + max(gathered.values()),
-          "host": n_experts * sum(host.get(name, 0) for name in per_expert),
-          "host_complete": grams is not None or "regmean" not in per_expert}
+          "host": n_experts * sum(host.get(kind, 0) for kind in per_expert.values()),
+          "host_complete": grams is not None or "regmean" not in per_expert.values()}
 
 
 def estimate(cfg: Any, axis_sizes: Mapping[str, int], *, n_experts: int = 8, n_merged: int = 8, multitask: bool = True,
@@ -317,7 +319,7 @@ def suite_counts(suites: Sequence[str], split: str, task_names: Callable[[str], 
 def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples: Mapping[str, Mapping[str, int]],
          mesh: Mapping[str, int], act: Activations, *, tokens: Mapping[str, Mapping[str, float]] | None = None,
          chip: Chip | None = None, utilization: float = UTILIZATION,
-         data_methods: Mapping[str, bool] | None = None) -> dict[str, Any]:
+         data_methods: Mapping[str, tuple[str, bool]] | None = None) -> dict[str, Any]:
   """The plan of a study (``spec``: a :class:`~mergejax.study.runner.StudySpec`).
 
   Args:
@@ -328,8 +330,8 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
     tokens: split -> suite -> tokens scored (:func:`suite_counts`); with ``chip``, the plan has times.
     chip: the mesh's chips (:data:`CHIPS`), for the time estimate (:func:`cell_seconds`).
     utilization: assumed fraction of the chips' peak FLOP/s while scoring.
-    data_methods: the study's data-aware methods, each mapped to whether its statistics are per expert
-      (RegMean, Fisher) rather than per expert subset (AdaMerging): :func:`statistics_memory`.
+    data_methods: the study's data-aware methods, each mapped to (its statistics' kind, whether they are per
+      expert (RegMean, Fisher) rather than per expert subset (AdaMerging)): :func:`statistics_memory`.
   """
   devices = math.prod(mesh.values())
   data_methods = dict(data_methods or {})
@@ -359,8 +361,8 @@ def make(spec: Any, model_bytes: Mapping[tuple[str, str], ModelBytes], examples:
                                      "model_bytes": sum(mb.model_bytes), "bytes_per_device": mem}
       stats = statistics_memory(mb, mem["models"] + mem["task_vectors"], n_merged=nmax,
                                 n_experts=len(spec.categories),
-                                per_expert=[m for m, per in data_methods.items() if per],
-                                per_subset=[m for m, per in data_methods.items() if not per])
+                                per_expert={m: kind for m, (kind, per) in data_methods.items() if per},
+                                per_subset=[m for m, (_, per) in data_methods.items() if not per])
       if stats is not None:
         per_model[f"{kind}/{size}"]["statistics"] = stats
       if tokens is not None and chip is not None:

@@ -808,8 +808,8 @@ def dry_run(spec: StudySpec) -> str:
   text = plan_lib.format_plan(plan_lib.make(
       spec, sizes, {split: c[0] for split, c in counts.items()}, dict(mesh.shape), evaluation_step(mesh),
       tokens={split: c[1] for split, c in counts.items()}, chip=plan_lib.CHIPS[chip] if chip else None,
-      data_methods={m: bool(methods_lib.get(m, **spec.grids[m][0]).compute_stats.per_expert)
-                    for m in spec.methods if learns_from_data(spec, m)}))
+      data_methods={m: (needs.kind, bool(needs.per_expert)) for m in spec.methods if learns_from_data(spec, m)
+                    for needs in [methods_lib.get(m, **spec.grids[m][0]).compute_stats]}))
   if not chip:
     text += f" (these devices, {kind!r}, are not a chip the estimate knows)"
   if spec.manifest is None:
