@@ -805,11 +805,13 @@ def dry_run(spec: StudySpec) -> str:
             for split in (spec.validation_split, spec.test_split)}
   kind = next(iter(mesh.devices.flat)).device_kind
   chip = spec.dry_run_chip or plan_lib.chip_of(kind)
+  first = {m: methods_lib.get(m, **spec.grids[m][0]) for m in spec.methods}  # each method's first candidate
+  data_methods = {m: (x.compute_stats.kind, bool(x.compute_stats.per_expert)) for m, x in first.items()
+                  if expert_data_lib.needs_data(x)}
   text = plan_lib.format_plan(plan_lib.make(
       spec, sizes, {split: c[0] for split, c in counts.items()}, dict(mesh.shape), evaluation_step(mesh),
       tokens={split: c[1] for split, c in counts.items()}, chip=plan_lib.CHIPS[chip] if chip else None,
-      data_methods={m: (needs.kind, bool(needs.per_expert)) for m in spec.methods if learns_from_data(spec, m)
-                    for needs in [methods_lib.get(m, **spec.grids[m][0]).compute_stats]}))
+      data_methods=data_methods))
   if not chip:
     text += f" (these devices, {kind!r}, are not a chip the estimate knows)"
   if spec.manifest is None:
