@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 
@@ -64,6 +65,21 @@ SEED = 42  # seqio's evaluation seed
 TARGET_FIELD = "targets"  # the task feature seqio's metrics compare predictions with
 
 
+class _UnpackedFeatureConverter(seqio.DecoderFeatureConverter):
+  """seqio's unpacked decoder features, its mapped functions traced as written (no AutoGraph rewrite).
+
+  Without packing the converter trims, pads and shifts with plain TensorFlow ops, so AutoGraph's
+  rewrite leaves the graph as it is; skipping it saves about a tenth of a fresh process's first
+  evaluator set-up, beside the preprocessors' share (:func:`mergejax.tasks.preprocessors.as_written`).
+  """
+
+  def __init__(self, apply_length_check: bool):
+    super().__init__(pack=False, apply_length_check=apply_length_check)
+
+  def __call__(self, ds, task_feature_lengths):
+    return tf.autograph.experimental.do_not_convert(super().__call__)(ds, task_feature_lengths)
+
+
 def make_seqio_evaluator(mixture: str, split: str, *, seed: int = SEED,
                          sequence_length: Mapping[str, int] | None = None) -> seqio.Evaluator:
   """A ``seqio.Evaluator`` over ``mixture``'s ``split`` (unpacked decoder features, cached in memory,
@@ -78,7 +94,7 @@ def make_seqio_evaluator(mixture: str, split: str, *, seed: int = SEED,
   # tracing them for every task is ~20% of the evaluator's set-up time, so they are skipped.
   ev = seqio.Evaluator(
       mixture_or_task_name=mixture,
-      feature_converter=seqio.DecoderFeatureConverter(pack=False, apply_length_check=bool(sequence_length)),
+      feature_converter=_UnpackedFeatureConverter(apply_length_check=bool(sequence_length)),
       eval_split=split,
       sequence_length=dict(sequence_length) if sequence_length else None,
       use_memory_cache=True,

@@ -8,9 +8,29 @@ scores every (inputs, choice) pair and the metric picks the highest-scoring choi
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import tensorflow as tf
+
+
+def as_written(preprocessor: Callable[..., tf.data.Dataset]) -> Callable[..., tf.data.Dataset]:
+  """``preprocessor`` with the functions it maps over a dataset traced as written, without AutoGraph.
+
+  tf.data rewrites every mapped function with AutoGraph (Python control flow on tensors becomes TensorFlow
+  ops) before tracing it. The project's preprocessors (and seqio's ``tokenize`` and
+  ``append_eos_after_trim``) have no such control flow: the rewrite leaves their graphs as they are, yet
+  it is about a third of a fresh process's first evaluator set-up (docs/BENCHMARKS.md). A preprocessor
+  that did need it fails while its dataset is built (e.g. "iterating over a symbolic tf.Tensor"), never
+  silently. The signature stays the preprocessor's, so seqio still passes ``sequence_length`` and
+  ``output_features`` where it asks for them.
+  """
+  plain = tf.autograph.experimental.do_not_convert(preprocessor)
+
+  @functools.wraps(preprocessor)
+  def traced_as_written(*args, **kwargs):
+    return plain(*args, **kwargs)
+  return traced_as_written
 
 
 def rank_classification(dataset: tf.data.Dataset, mode: str = "eval", keep: Sequence[str] = ()) -> tf.data.Dataset:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Callable, Sequence
 
 import seqio
 import tensorflow as tf
@@ -19,7 +20,7 @@ import tensorflow as tf
 from mergejax.tasks import generators
 from mergejax.tasks.categories import RANK_SUFFIX
 from mergejax.tasks import metrics
-from mergejax.tasks import preprocessors
+from mergejax.tasks import preprocessors as preprocessors_lib
 from mergejax.tasks import splits
 from mergejax.tasks import vocab
 
@@ -52,11 +53,12 @@ def _source(task: str) -> seqio.FunctionDataSource:
 LOCK = threading.RLock()  # held around every check-then-add on seqio's registries (re-entrant: see suites)
 
 
-def add_task(name: str, **kwargs) -> None:
-  """Registers a seqio Task unless one of that name exists (atomic under :data:`LOCK`)."""
+def add_task(name: str, *, preprocessors: Sequence[Callable[..., tf.data.Dataset]] = (), **kwargs) -> None:
+  """Registers a seqio Task unless one of that name exists (atomic under :data:`LOCK`); its preprocessors
+  are traced as written (:func:`mergejax.tasks.preprocessors.as_written`)."""
   with LOCK:
     if name not in seqio.TaskRegistry.names():
-      seqio.TaskRegistry.add(name, **kwargs)
+      seqio.TaskRegistry.add(name, preprocessors=[preprocessors_lib.as_written(p) for p in preprocessors], **kwargs)
 
 
 def add_mixture(name: str, tasks, default_rate: float | None = 1.0) -> None:
@@ -88,7 +90,7 @@ def _register_all() -> None:
              metric_fns=list(metrics.GENERATION_METRICS))
     if spec.is_choice:
       add_task(spec.name + RANK_SUFFIX, source=_source(spec.name), output_features=feats,
-               preprocessors=[preprocessors.rank_classification] + tokenize,
+               preprocessors=[preprocessors_lib.rank_classification] + tokenize,
                postprocess_fn=metrics.rank_classification_postprocessor, metric_fns=[metrics.rank_accuracy])
   add_mixture("mj_pretrain", generators.names("pretrain"))
   # The instruction tasks alone; instruction tuning mixes corpus rows in (mergejax.training.recipes).
