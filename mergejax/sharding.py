@@ -148,8 +148,12 @@ def cpu_device_count(requested: int = 0) -> int:
     return 1
   if requested:
     return max(1, int(requested))
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-  return max(1, min(8, cores))
+  return max(1, min(8, host_cores()))
+
+
+def host_cores() -> int:
+  """The CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def split_host_cpu(requested: int = 0) -> int:

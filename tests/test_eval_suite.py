@@ -11,6 +11,7 @@ import pytest
 import seqio
 
 from mergejax import evaluation
+from mergejax import sharding
 from mergejax.evaluation import packed as packed_lib
 from mergejax.evaluation.aggregate import to_float
 
@@ -124,7 +125,7 @@ def seqio_score():
   return seqio.metrics.ModelOutputType.SCORE
 
 
-def test_evaluator_without_packing_and_on_one_or_eight_devices(registered):  # noqa: F811
+def test_evaluator_without_packing_and_on_one_or_eight_devices(registered, monkeypatch):  # noqa: F811
   # A user model without apply_packed is scored row by row, with the same metrics.
   ev = evaluation.Evaluator(evaluation.from_flax_lm(Bigram()), "evtest_mix", "validation", batch_size=8)
   res = ev.evaluate(forced_table())
@@ -139,3 +140,10 @@ def test_evaluator_without_packing_and_on_one_or_eight_devices(registered):  # n
   # The packed batches spread over 8 devices give bitwise the one-device scores.
   raw = lambda ev: ev.model_outputs(params, ["evtest_rank"])["evtest_rank"][seqio_score()]
   assert raw(ev1) == raw(ev8)
+  # Whole batches take turns on at most one device per core (fewer compiles where a host is split finer).
+  for cores in (2, 3):
+    monkeypatch.setattr(sharding, "host_cores", lambda c=cores: c)
+    ev = evaluation.Evaluator(adapter, "evtest_mix", "validation", batch_size=8, pack_rows=1, pack_len=16)
+    assert raw(ev) == raw(ev1)
+    batches = [b for g in ev._packed_categories.values() for b in g.batches]  # pylint: disable=protected-access
+    assert len(batches) > cores and len({d for b in batches for d in b["tokens"].devices()}) == cores
