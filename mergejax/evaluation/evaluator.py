@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 
@@ -53,6 +52,7 @@ from mergejax.evaluation.aggregate import EvalResults, aggregate
 from mergejax.evaluation.inference import Inference, to_host
 from mergejax.evaluation.leak_guard import SplitGuard
 from mergejax.tasks import metrics as task_metrics
+from mergejax.tasks import preprocessors
 from mergejax.tasks import task_category
 
 Params = Any
@@ -77,7 +77,7 @@ class _UnpackedFeatureConverter(seqio.DecoderFeatureConverter):
     super().__init__(pack=False, apply_length_check=apply_length_check)
 
   def __call__(self, ds, task_feature_lengths):
-    return tf.autograph.experimental.do_not_convert(super().__call__)(ds, task_feature_lengths)
+    return preprocessors.as_written(super().__call__)(ds, task_feature_lengths)
 
 
 def make_seqio_evaluator(mixture: str, split: str, *, seed: int = SEED,
