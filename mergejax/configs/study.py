@@ -29,14 +29,14 @@ def get_config() -> config_dict.ConfigDict:
   c.methods = ("average", "task_arithmetic", "ties", "dare_ties")
   # Hyperparameter candidates per method (a method without a grid runs with its defaults). Chosen so the
   # validation optimum lies inside on the embedded world, per size (docs/STUDY.md, "Grids"): Task
-  # Arithmetic reaches 1/N at N = 8 and twice the sum at N = 2; TIES' lam spans 0.5 to 6 (xs picks both
-  # ends of 1-6 often, s mostly 2); DARE-TIES' drop rates reach down to 0, dropping nothing (0.05, the
-  # lowest of an earlier grid, was picked in 27 of 60 merges), its lam fixed at its most frequent pick
-  # (flat in lam).
+  # Arithmetic reaches 1/N at N = 8 and twice the sum at N = 2; TIES' lam spans 0.25 to 6 (s mostly picks
+  # 2; xs's optimum is flat and its picks spread over the grid); DARE-TIES' drop rates reach down to 0,
+  # dropping nothing (0.05, the lowest of an earlier grid, was picked in 27 of 60 merges), its lam fixed
+  # at its most frequent pick (flat in lam).
   c.grids = dict(
       average=dict(),
       task_arithmetic=dict(lam=(0.125, 0.25, 0.5, 1.0, 2.0)),
-      ties=dict(density=(0.2,), lam=(0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),
+      ties=dict(density=(0.2,), lam=(0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),
       dare_ties=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(1.5,)),
       dare_linear=dict(drop_rate=(0.0, 0.1, 0.3, 0.6), lam=(0.25, 0.5, 1.0)),
       # Data-aware methods (each learns from the merged experts' own examples: merge_data below).
