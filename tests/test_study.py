@@ -298,6 +298,13 @@ def test_study_end_to_end_resumes_after_a_kill_and_never_reads_test_during_selec
   analysis = verdicts.analyze(verdicts.load_rows(tmp_path / "resumed"), spec.verdicts, methods=spec.methods)
   for c in analysis.conclusions:
     assert verdicts.conclusion_line(c) in text
+  # The rows alone suffice: they hold the report's verdict settings (n_boot 200 here) and its methods'
+  # order, which the rows file's own order does not give.
+  for source in (tmp_path / "resumed", path.parent):
+    alone = verdicts.analyze(verdicts.load_rows(source))
+    assert alone.methods == spec.methods and alone.settings == spec.verdicts
+    assert [verdicts.conclusion_line(c) for c in alone.conclusions] == [
+        verdicts.conclusion_line(c) for c in analysis.conclusions]
   # The rows file beside the report holds every stored row: a copy of the report's folder suffices.
   canonical = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs)  # noqa: E731
   assert canonical(verdicts.load_rows(path.parent / verdicts.ROWS_FILE)) == canonical(

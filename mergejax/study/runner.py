@@ -782,6 +782,8 @@ def run_study(cfg: Any, workdir: str | pathlib.Path, *, progress: bool = True,
     logging.warning("%d stored rows were computed from other inputs (grid, categories, design, suites or "
                     "checkpoints) and were recomputed", len(store.outdated))
   study_s = study_seconds(store, time.perf_counter() - study_t0)
+  analysis = verdicts_lib.analysis_row(spec.verdicts, spec.methods)
+  store.put(verdicts_lib.ANALYSIS_KEY, analysis, store_lib.fingerprint(analysis))
   return report_lib.write_report(store, spec, workdir, timings={"world_s": world_s, "study_s": study_s})
 
 

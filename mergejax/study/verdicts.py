@@ -286,18 +286,32 @@ def flag_experts(refs: Mapping[tuple, Mapping[str, Any]], z: float
   return checked, flagged, below
 
 
+ANALYSIS_KEY = "meta/analysis"  # the row holding the report's analysis settings and method order
+
+
+def analysis_row(settings: Settings, methods: Sequence[str]) -> dict[str, Any]:
+  """The row a study stores under :data:`ANALYSIS_KEY`, so that :func:`analyze` on its stored rows alone
+  recomputes its report's lines: the verdict settings and the methods' order (which orders the pairs of
+  conclusion 5)."""
+  return {"type": "meta", "key": ANALYSIS_KEY, "settings": dataclasses.asdict(settings), "methods": list(methods)}
+
+
 def analyze(rows: Iterable[Mapping[str, Any]], settings: Settings | None = None, *,
             param_counts: Mapping[str, int] | None = None, methods: Sequence[str] | None = None) -> Analysis:
   """Recomputes every verdict, table interval and expert flag from the study's stored rows.
 
   Args:
     rows: merge and reference rows (``ResultsStore.rows()``, :func:`load_rows`, or :func:`load_csv`).
-    settings: the rule's parameters (:class:`Settings`).
+    settings: the rule's parameters (:class:`Settings`; default: those the study's report used, stored in
+      its :data:`ANALYSIS_KEY` row, else :class:`Settings`' defaults).
     param_counts: size -> parameters, where the rows do not store them (orders the sizes).
-    methods: the order of the methods in tables (default: as found in the rows).
+    methods: the order of the methods in tables and pairs (default: the study's, from the same row, else
+      as found in the rows).
   """
-  settings = settings or Settings()
   rows = list(rows)
+  stored = next((r for r in rows if r.get("key") == ANALYSIS_KEY), {})
+  settings = settings or Settings(**stored.get("settings", {}))
+  methods = methods if methods is not None else stored.get("methods")
   merges, refs = bootstrap.split_rows(rows)
   if not merges:
     raise ValueError("no merge rows to analyse")
