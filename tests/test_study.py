@@ -468,8 +468,12 @@ def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_wo
 
 def test_eight_devices_and_two_processes_give_the_same_rows_as_one_device(tiny_world, tmp_path):
   """The models sharded over 8 devices (FSDP over "data" and tensor parallel over "model"), and over the
-  4 devices of 2 processes (jax.distributed on localhost), give the rows of a 1-device mesh."""
-  cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties"), "multitask": False}
+  4 devices of 2 processes (jax.distributed on localhost), give the rows of a 1-device mesh, data-aware
+  methods included."""
+  # RegMean's Gram matrices and Fisher's squared gradients: statistics of forward and backward passes over
+  # each expert's examples, sharded and split between processes like everything else.
+  cfg_over = {"num_experts": (2,), "subset_seeds": 1, "methods": ("ties", "dare_ties", "regmean", "fisher"),
+              "multitask": False}
   runner.run_study(study_config(tiny_world, mesh=dict(data=1, model=1), **cfg_over), tmp_path / "one", progress=False)
   runner.run_study(study_config(tiny_world, mesh=dict(data=4, model=2), **cfg_over), tmp_path / "eight",
                    progress=False)
@@ -491,7 +495,7 @@ def test_eight_devices_and_two_processes_give_the_same_rows_as_one_device(tiny_w
   outs = [p.communicate(timeout=600)[0].decode() for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
   one = merge_rows(tmp_path / "one")
-  assert sum(k.startswith("merge/") for k in one) == 2 and sum(k.startswith("ref/") for k in one) == 3
+  assert sum(k.startswith("merge/") for k in one) == 4 and sum(k.startswith("ref/") for k in one) == 3
   assert merge_rows(tmp_path / "eight") == one
   assert merge_rows(tmp_path / "two") == one
 
