@@ -121,3 +121,26 @@ class ExpertExamples:
     batches = {labels: [[{**b, "mask": data_merge.example_mask(b, labels)} for b in bs] for bs in examples]
                for labels in (False, True)}
     return ExpertData(data_merge.SeqioModel(adapter), batches, tuple(keys), self.statistics)
+
+
+def bind_checkpoints(method: MergeMethod, base: str | None, experts: Sequence[str], sources: Sequence[str],
+                     settings: Settings) -> MergeMethod:
+  """A data-aware ``method`` bound to each expert's examples, for a merge of checkpoint files
+  (``mergejax-merge``, ``mergejax-yaml``): the experts, and the base where the method uses it
+  (AdaMerging; RegMean and Fisher learn from the experts alone), are loaded whole
+  (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from the examples of
+  ``sources[t]``, and the merge then streams from the files as any method's. The examples are tokenized
+  with the base's tokenizer where it is loaded, else the first expert's."""
+  # seqio, TensorFlow and the model families only for a data-aware merge
+  from mergejax import models  # pylint: disable=g-import-not-at-top
+  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+  load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
+  base_lm = load(base) if base and method.traits.uses_base else None
+  expert_lms = [load(e) for e in experts]
+  reference = base_lm or expert_lms[0]
+  if reference.vocabulary is None:
+    raise ValueError(f"{reference.path}: no tokenizer (tokenizer.json or tokenizer.model) to read the examples with")
+  examples = ExpertExamples(settings)
+  examples.read(reference.vocabulary, sources)
+  data = examples.for_experts(reference.adapter, reference.vocabulary, sources, keys=range(len(experts)))
+  return data.bind(method, base_lm.params if base_lm else None, [lm.params for lm in expert_lms])

@@ -483,6 +483,23 @@ def test_every_mergekit_method_runs_from_a_recipe_as_the_library(llamas, tmp_pat
      "^models: model_stock merges at least 2 models besides base_model, got 1$"),
     ("merge_method: nuslerp\nmodels: [{model: a}, {model: b}, {model: c}]\n", "^models: nuslerp merges exactly 2 models"),
     ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\n", "^merge_method: regmean learns from data"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\nmergejax: {merge_data: {sources: {a: s}}}\n",
+     r"^mergejax.merge_data.sources: needs one source for each merged model \(a, b\); missing b$"),
+    ("merge_method: fisher\nmodels: [{model: a}, {model: b}]\nmergejax: {merge_data: {sources: {a: s, b: s, c: s}}}\n",
+     "^mergejax.merge_data.sources: .*; c is not merged$"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\nmergejax: {merge_data: {sources: {a: s, b: s}, "
+     "batch: 1}}\n", r"^mergejax.merge_data.batch: unknown key"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\nmergejax: {merge_data: {sources: {a: s, b: s}, "
+     "batches: 0}}\n", "^mergejax.merge_data: batches=0 must be a positive integer$"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b+lora}]\n"
+     "mergejax: {merge_data: {sources: {a: s, b+lora: s}}}\n", "^models: b\\+lora: regmean loads each model whole"),
+    ("merge_method: regmean\nmodels: [{model: a}, {model: b}]\ntokenizer_source: union\n"
+     "mergejax: {merge_data: {sources: {a: s, b: s}}}\n", "^tokenizer_source: regmean learns from examples"),
+    ("merge_method: adamerging\nbase_model: z\nslices: [{sources: [{model: z, layer_range: [0, 2]}, "
+     "{model: a, layer_range: [0, 2]}]}]\nmergejax: {merge_data: {sources: {a: s}}}\n",
+     "^slices: adamerging learns from each model's examples: write the merge with models:$"),
+    ("merge_method: task_arithmetic\nbase_model: z\nmodels: [{model: a, parameters: {weight: 1}}]\n"
+     "mergejax: {merge_data: {sources: {a: s}}}\n", "^mergejax.merge_data: task_arithmetic does not learn from data$"),
     ("merge_method: slerp\nbase_model: b\nmodels: [{model: b}, {model: a}]\nparameters: {t: 1.5}\n",
      r"t=1.5 is out of range: allowed \[0.0, 1.0\]"),
     ("merge_method: della\nbase_model: b\nmodels: [{model: a, parameters: {weight: 1, density: 0.5}}, "

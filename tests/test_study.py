@@ -447,6 +447,37 @@ def test_mergejax_merge_binds_each_experts_examples_as_the_library_does(tiny_wor
       pathlib.Path(out) / "README.md").read_text()
 
 
+@pytest.mark.parametrize("method", ["regmean", "adamerging"])
+def test_mergejax_yaml_binds_each_models_examples_as_mergejax_merge(tiny_world, tmp_path, method):
+  """A recipe naming a data-aware method, with ``mergejax: {merge_data: {sources: {MODEL: SOURCE}}}``,
+  merges exactly as ``mergejax-merge`` with the same sources and settings (its merge is checked against
+  the library's above)."""
+  from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
+  from mergejax.configs import merge as merge_config  # pylint: disable=g-import-not-at-top
+  from mergejax.recipes import mergekit as mk, run as recipe_run  # pylint: disable=g-import-not-at-top
+  ckpt = lambda role, c=None: str(world.checkpoint_path(tiny_world, "xs", "instruction_tuned", role, c))  # noqa: E731
+  base, experts = ckpt("base"), [ckpt("expert", c) for c in CATS]
+  sources = tuple(f"heldin_{c}" for c in CATS)
+  hparams = {"steps": 3, "lr": 1e-2} if method == "adamerging" else {}
+  cfg = merge_config.get_config()
+  cfg.method, cfg.progress = dict(name=method, **hparams), False
+  cfg.merge_data.sources, cfg.merge_data.batches, cfg.merge_data.batch_size = sources, 1, 8
+  want = merge_cli.merge_checkpoints(base if method == "adamerging" else None, experts, str(tmp_path / "cli"), cfg)
+  recipe = {"merge_method": method, "models": [{"model": e} for e in experts],
+            **({"base_model": base, "parameters": hparams} if method == "adamerging" else {}),
+            "mergejax": {"merge_data": {"sources": dict(zip(experts, sources)), "batches": 1, "batch_size": 8}}}
+  got = recipe_run.run(mk.plan(mk.parse(json.dumps(recipe))), str(tmp_path / "yaml"))
+  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
+  a, b = (models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary()).params for p in (want, got))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  manifest = json.loads((pathlib.Path(got) / "mergejax_manifest.json").read_text())
+  assert manifest["merge_data"] == {"sources": list(sources), **dataclasses.asdict(
+      expert_data.Settings(batches=1, batch_size=8))}
+  assert "learned from each expert's examples: `heldin_sentiment`, `heldin_topic`" in (
+      pathlib.Path(got) / "README.md").read_text()
+
+
 def test_merge_warmup_compiles_every_merge_program_of_the_study_up_front(tiny_world, tmp_path):
   spec = runner.validate(study_config(tiny_world), tmp_path)
   jax.clear_caches()  # earlier tests in this process compiled the same programs

@@ -138,28 +138,6 @@ def example_settings(method: methods.MergeMethod, base: str | None, experts: Seq
   return sources, settings
 
 
-def bind_examples(method: methods.MergeMethod, base: str | None, experts: Sequence[str], sources: Sequence[str],
-                  settings: expert_data.Settings) -> methods.MergeMethod:
-  """A data-aware ``method`` bound to each expert's examples: the experts, and the base where the method
-  uses it (AdaMerging; RegMean and Fisher learn from the experts alone), are loaded whole
-  (:func:`mergejax.models.from_pretrained`, one device), their statistics computed from the examples of
-  ``sources[t]``, and the merge then streams from the files as any method's. The examples are tokenized
-  with the base's tokenizer where it is loaded, else the first expert's."""
-  # seqio, TensorFlow and the model families only for a data-aware merge
-  from mergejax import models  # pylint: disable=g-import-not-at-top
-  from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
-  load = lambda p: models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary())  # noqa: E731
-  base_lm = load(base) if base and method.traits.uses_base else None
-  expert_lms = [load(e) for e in experts]
-  reference = base_lm or expert_lms[0]
-  if reference.vocabulary is None:
-    raise ValueError(f"{reference.path}: no tokenizer (tokenizer.json or tokenizer.model) to read the examples with")
-  examples = expert_data.ExpertExamples(settings)
-  examples.read(reference.vocabulary, sources)
-  data = examples.for_experts(reference.adapter, reference.vocabulary, sources, keys=range(len(experts)))
-  return data.bind(method, base_lm.params if base_lm else None, [lm.params for lm in expert_lms])
-
-
 def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg: config_dict.ConfigDict, *,
                       output_format: str | None = None, overwrite: bool = False, mesh=None,
                       tokenizer_source: str | None = None) -> pathlib.Path:
@@ -202,7 +180,7 @@ def merge_checkpoints(base: str | None, experts: Sequence[str], output: str, cfg
     raise ValueError(inputs_lib.vocab_mismatch_hint(str(e))) from None
   output_lib.check_output_path(output, [detect.input_path(p) for p in inputs], overwrite)
   if learns_from_data:  # the models loaded and their statistics computed once the inputs and output check out
-    method = bind_examples(method, base, experts, sources, settings)
+    method = expert_data.bind_checkpoints(method, base, experts, sources, settings)
   rules = sharding.parse_rules(cfg.partition_rules)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   fingerprints = [{"role": "base" if base and i == 0 else "expert", "name": p,

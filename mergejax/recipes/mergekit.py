@@ -42,6 +42,9 @@ leaf's name and its layer position, with mergekit's semantics:
     traits say ``base_is_origin`` (``nuslerp``, ``multislerp``) merges task vectors from ``base_model``
     when one is given; one that neither uses nor takes a base as origin (``karcher``) merges the base as
     one more model. A name mergejax does not have is one line listing what it has.
+  - data-aware methods (``regmean``, ``fisher``, ``adamerging``; not in mergekit): each merged model's
+    examples from ``mergejax: {merge_data: {sources: {MODEL: SOURCE}, ...}}`` (:func:`merge_data`), bound
+    as ``mergejax-merge`` binds them (:func:`mergejax.expert_data.bind_checkpoints`).
 
 ``dtype`` is mergekit's math dtype; mergejax computes in float32 whatever it says (a documented
 difference), and writes ``out_dtype``, else ``dtype``, else the base's dtype.
@@ -97,7 +100,8 @@ PER_MODEL = ("density", "gamma", "epsilon")
 MERGEKIT_NAMES = {"linear": "average"}
 TOP_KEYS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "mergejax")
-OPTION_KEYS = ("scope", "dare", "seed")
+OPTION_KEYS = ("scope", "dare", "seed", "merge_data")
+MERGE_DATA_KEYS = ("sources", "split", "batches", "batch_size", "inputs_length", "targets_length", "seed")
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 _LAYER = re.compile(r"(?:^|[./])(?:layers|h|blocks|layer)[./](\d+)(?:[./]|$)")
 
@@ -363,6 +367,11 @@ def parse(text: str) -> Recipe:
   if "seed" in options and (not isinstance(options["seed"], int) or isinstance(options["seed"], bool)
                             or not 0 <= options["seed"] < 2 ** 32):
     raise RecipeError("mergejax.seed: must be an integer in [0, 2^32)")
+  if "merge_data" in options:
+    data = _keys("mergejax.merge_data", options["merge_data"], MERGE_DATA_KEYS, required=("sources",))
+    if not isinstance(data["sources"], dict) or not all(isinstance(v, str) and v for v in data["sources"].values()):
+      raise RecipeError("mergejax.merge_data.sources: expected a mapping of each merged model to a seqio suite, "
+                        "mixture or task (MODEL: SOURCE)")
   return Recipe(
       merge_method=d["merge_method"], base_model=_model("base_model", d["base_model"]) if d.get("base_model") else None,
       models=models, slices=slices, parameters=_params("parameters", d.get("parameters")),
@@ -489,6 +498,12 @@ def plan(recipe: Recipe) -> Plan:
                       "global RNG and an L1-norm rescale; add `mergejax: {dare: paper}` to run mergejax's")
   if "dare" in opts and not stochastic:
     raise RecipeError(f"mergejax.dare: {name} draws no DARE masks")
+  needs = getattr(methods.get(jname).compute_stats, "needs", None) if name != "passthrough" else None
+  if needs is not None and "merge_data" not in opts:
+    raise RecipeError(f"merge_method: {name} learns from data ({needs}): give one seqio suite, mixture or task per "
+                      "merged model, as `mergejax: {merge_data: {sources: {MODEL: SOURCE, ...}}}`")
+  if needs is None and "merge_data" in opts:
+    raise RecipeError(f"mergejax.merge_data: {name} does not learn from data")
   if recipe.slices is not None and name == "passthrough":
     return _plan_slices(recipe, params)
   if recipe.slices is not None:
@@ -531,12 +546,52 @@ def _plan_inputs(recipe: Recipe, name: str, jname: str, params: tuple[KitParam, 
     besides = " besides base_model" if uses_base else ""
     raise RecipeError(f"{where}: {name} merges {count} model{'s' if (hi or lo) > 1 else ''}{besides}, got "
                       f"{len(pairs)}")
-  needs = getattr(methods.get(jname).compute_stats, "needs", None)
-  if needs is not None:
-    raise RecipeError(f"merge_method: {name} learns from data ({needs}), which a recipe cannot give: bind it in "
-                      "Python with mergejax.data_merge.with_data")
+  if getattr(methods.get(jname).compute_stats, "needs", None) is not None:
+    _check_merge_data(recipe, name, [r for r, _ in pairs], slice_index)
   return Plan(recipe, jname, base if uses_base else None, tuple(r for r, _ in pairs), tuple(e for _, e in pairs),
               params, slice_index=slice_index)
+
+
+def _check_merge_data(recipe: Recipe, name: str, merged: Sequence[ModelRef], slice_index: int | None) -> None:
+  """A data-aware merge's ``mergejax.merge_data``: one source per merged model, examples settings that
+  :class:`mergejax.expert_data.Settings` accepts, models loadable whole (no slices, LoRA or vocabulary
+  mapping)."""
+  from mergejax import expert_data  # pylint: disable=g-import-not-at-top
+  if slice_index is not None:
+    raise RecipeError(f"slices: {name} learns from each model's examples: write the merge with models:")
+  sources, data = _merge_data_options(recipe)
+  names = [str(r) for r in merged]
+  missing, extra = [n for n in names if n not in sources], [k for k in sources if k not in names]
+  if missing or extra:
+    raise RecipeError(f"mergejax.merge_data.sources: needs one source for each merged model ({', '.join(names)}); "
+                      + (f"missing {missing[0]}" if missing else f"{extra[0]} is not merged"))
+  lora = next((r for r in merged if r.lora), None)
+  if lora is not None:
+    raise RecipeError(f"models: {lora}: {name} loads each model whole for its statistics; a LoRA adapter is "
+                      "not supported with it (merge the adapter first)")
+  if recipe.tokenizer_source is not None:
+    raise RecipeError(f"tokenizer_source: {name} learns from examples tokenized with one vocabulary; it cannot be "
+                      "combined with a vocabulary mapping")
+  try:
+    expert_data.Settings(**data)
+  except (TypeError, ValueError) as e:
+    raise RecipeError(f"mergejax.merge_data: {e}") from None
+
+
+def merge_data(pl: Plan) -> tuple[tuple[str, ...], Any] | None:
+  """(each merged input's source, in ``pl.inputs`` order; :class:`mergejax.expert_data.Settings`) of a
+  data-aware plan, else None."""
+  if "merge_data" not in pl.recipe.options:
+    return None
+  from mergejax import expert_data  # pylint: disable=g-import-not-at-top
+  sources, data = _merge_data_options(pl.recipe)
+  return tuple(sources[str(r)] for r in pl.inputs), expert_data.Settings(**data)
+
+
+def _merge_data_options(recipe: Recipe) -> tuple[dict[str, str], dict[str, Any]]:
+  """``mergejax.merge_data``: (model -> source, the examples' settings)."""
+  data = dict(recipe.options["merge_data"])
+  return {str(k).strip(): v for k, v in data.pop("sources").items()}, data
 
 
 def _plan_merged_slices(recipe: Recipe, name: str, jname: str, params: tuple[KitParam, ...]) -> Plan:

@@ -218,6 +218,12 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
   out_path = pathlib.Path(output)
   output_lib.check_output_path(out_path, [detect.input_path(x.path) for x in names]
                                + [detect.input_path(x.lora) for x in names if x.lora], overwrite)
+  data = mk.merge_data(pl)
+  if data is not None:  # the models loaded and their statistics computed once the inputs and output check out
+    from mergejax import expert_data  # pylint: disable=g-import-not-at-top
+    info["methods"] = {key: expert_data.bind_checkpoints(m, pl.base.path if pl.base is not None else None,
+                                                         [r.path for r in pl.inputs], *data)
+                       for key, m in info["methods"].items()}
   rules = sharding.parse_rules("")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   dirs = [inputs_lib.model_dir(s) for s in [opened.base, *opened.experts] if s is not None]
@@ -244,6 +250,8 @@ def run(pl: mk.Plan, output: str, *, output_format: str | None = None, overwrite
                 "dtype": _written_dtype(shared.manifests),
                 "inputs": fingerprints, "input_format": reference.format, "command": output_lib.command_line(),
                 "recipe": r.text, "mergekit_method": r.merge_method,
+                **({"merge_data": {"sources": list(data[0]), **dataclasses.asdict(data[1])}}
+                   if data is not None else {}),
                 "elapsed_s": sum(m.get("elapsed_s", 0.0) for m in shared.manifests)}
     return sink.finalize(manifest)
 
