@@ -402,6 +402,21 @@ def test_cli_one_line_errors_and_nothing_written(llamas, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yml"]
 
 
+def test_modules_flag_registers_a_users_method_before_the_recipe_is_read(tmp_path):
+  """``--modules`` imports the user's module (which registers ``largest_delta``) before planning."""
+  cfg = tmp_path / "r.yml"
+  cfg.write_text("merge_method: largest_delta\nbase_model: b\nmodels: [{model: a}]\nparameters: {alpha: 0.5}\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "mergejax.cli.recipe", str(cfg), str(tmp_path / "o"), "--dry_run"]
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+  assert r.returncode == 1 and "merge_method: 'largest_delta' is not available in mergejax yet" in r.stderr
+  r = subprocess.run(cmd + ["--modules=tests.user_method"], capture_output=True, text=True, env=env, cwd=REPO,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines()[:3] == ["method: largest_delta (mergekit largest_delta)", "base: b", "input: a"]
+  assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("case", ["missing_model", "not_lora", "named_template", "token_source", "negative_weight"])
 def test_bad_recipe_inputs_are_one_line_and_leave_nothing(llamas, tmp_path, case):
   base, e0 = llamas / "base", llamas / "e0"

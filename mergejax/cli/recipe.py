@@ -1,6 +1,7 @@
 r"""``mergejax-yaml``: run a mergekit YAML recipe with mergejax.
 
     mergejax-yaml CONFIG.yml OUTPUT_DIR [--overwrite] [--seed=0] [--output_format=orbax] [--dry_run]
+        [--modules=my_methods,my_tasks]
 
 Reads mergekit's ``merge_method``, ``base_model``, ``models`` (``PATH`` or ``PATH+LORA``) with
 ``parameters``, global ``parameters`` (scalars, per-layer gradients, ``{filter, value}``), ``dtype``,
@@ -33,6 +34,8 @@ _SHARD_MB = flags.DEFINE_float("shard_size_mb", 4096, "Safetensors output shard 
 _BUDGET = flags.DEFINE_float("memory_budget_gb", 1.0, "Bound on the leaf groups in flight (host memory).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the recipe and print the plan; merge nothing.")
+_MODULES = flags.DEFINE_list("modules", [], "Python modules to import before the recipe is read: ones that register "
+                             "merge methods or seqio tasks of your own (mergejax-merge's --config.modules).")
 _CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX persistent compilation cache (default: "
                              "$XDG_CACHE_HOME/mergejax/jax, as mergejax-merge; 'none' turns it off).")
 
@@ -66,7 +69,9 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   config, output = argv[1], argv[2]
   try:
+    from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
     from mergejax.recipes import mergekit, run as run_lib  # pylint: disable=g-import-not-at-top
+    merge_cli.import_modules({"modules": _MODULES.value})
     try:
       text = pathlib.Path(config).read_text()
     except OSError as e:
@@ -78,7 +83,6 @@ def main(argv: Sequence[str]) -> None:
     if _DRY_RUN.value:
       print("\n".join(describe(pl)))
       return
-    from mergejax.cli import merge as merge_cli  # pylint: disable=g-import-not-at-top
     merge_cli.prepare_process()
     merge_cli.enable_compilation_cache(merge_cli.compilation_cache_dir({"compilation_cache_dir": _CACHE.value}))
     seed = _SEED.value if _SEED.value is not None else int(pl.recipe.options.get("seed", 0))
