@@ -7,11 +7,11 @@ Reads mergekit's ``merge_method``, ``base_model``, ``models`` (``PATH`` or ``PAT
 ``parameters``, global ``parameters`` (scalars, per-layer gradients, ``{filter, value}``), ``dtype``,
 ``out_dtype``, ``tokenizer_source`` / ``tokenizer``, ``chat_template`` and ``slices`` (passthrough),
 with mergekit's semantics; mergejax's own choices go in a ``mergejax:`` block (``scope: global`` for
-the paper's TIES, ``dare: paper`` to accept mergejax's DARE, ``seed``, and ``merge_data: {sources: {MODEL:
-SOURCE}}``, each merged model's seqio examples, for a data-aware method: ``regmean``, ``fisher``,
-``adamerging``). docs/MERGING.md lists every key
-and each difference from mergekit. A key mergejax does not support is one line naming it, exit status
-1, and no output; the output appears only when complete.
+the paper's TIES, ``dare: paper`` to accept mergejax's DARE, ``seed``, and for a data-aware method,
+``regmean``, ``fisher`` or ``adamerging``, each merged model's seqio examples: ``merge_data: {sources:
+{MODEL: SOURCE}}``). ``--modules`` imports modules that register methods or tasks of your own first.
+docs/MERGING.md lists every key and each difference from mergekit. A key mergejax does not support is
+one line naming it, exit status 1, and no output; the output appears only when complete.
 """
 
 from __future__ import annotations
