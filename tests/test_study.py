@@ -466,6 +466,11 @@ def test_mergejax_yaml_binds_each_models_examples_as_mergejax_merge(tiny_world, 
   recipe = {"merge_method": method, "models": [{"model": e} for e in experts],
             **({"base_model": base, "parameters": hparams} if method == "adamerging" else {}),
             "mergejax": {"merge_data": {"sources": dict(zip(experts, sources)), "batches": 1, "batch_size": 8}}}
+  if method == "regmean":  # statistics of the whole model: one value per parameter
+    graded = {**recipe, "parameters": {"alpha": [{"filter": "embed", "value": 0.5}, {"value": 0.9}]}}
+    with pytest.raises(mk.RecipeError, match=r"^parameters: regmean with model-wide statistics .* needs one value"):
+      recipe_run.run(mk.plan(mk.parse(json.dumps(graded))), str(tmp_path / "graded"))
+    assert not (tmp_path / "graded").exists()
   got = recipe_run.run(mk.plan(mk.parse(json.dumps(recipe))), str(tmp_path / "yaml"))
   from mergejax.tasks import vocab as suite_vocab  # pylint: disable=g-import-not-at-top
   a, b = (models.from_pretrained(p, vocabulary=suite_vocab.get_vocabulary()).params for p in (want, got))
