@@ -546,7 +546,7 @@ def _plan_inputs(recipe: Recipe, name: str, jname: str, params: tuple[KitParam, 
     besides = " besides base_model" if uses_base else ""
     raise RecipeError(f"{where}: {name} merges {count} model{'s' if (hi or lo) > 1 else ''}{besides}, got "
                       f"{len(pairs)}")
-  if getattr(methods.get(jname).compute_stats, "needs", None) is not None:
+  if "merge_data" in recipe.options:  # plan() allows it for data-aware methods only
     _check_merge_data(recipe, name, [r for r, _ in pairs], slice_index)
   return Plan(recipe, jname, base if uses_base else None, tuple(r for r, _ in pairs), tuple(e for _, e in pairs),
               params, slice_index=slice_index)
