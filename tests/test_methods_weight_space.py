@@ -356,12 +356,18 @@ def test_rank_selections_are_exact_and_stable_under_heavy_ties():
   np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(z)), want)
 
 
-def test_row_ranks_of_magnitudes_equal_a_stable_argsort():
+@pytest.mark.parametrize("native", [True, False], ids=["c_passes", "numpy"])
+def test_row_ranks_of_magnitudes_equal_a_stable_argsort(native, monkeypatch):
   """selection.row_ranks(x, magnitude=True) ranks |x| as row_ranks(|x|) and a stable argsort do: rows short
   enough for 32-bit keys (kept value bits and column) and longer ones; values that share their kept bits
   (caught after the sort and ranked again by full keys); bfloat16 models' task vectors (heavy ties);
-  signed zeros, magnitudes of 2 and more, infinities and NaNs of any payload."""
+  signed zeros, magnitudes of 2 and more, infinities and NaNs of any payload. Both the C passes around
+  NumPy's sort (built by setup.py) and the NumPy ones."""
   from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  if native:
+    assert selection._native_row_ranks is not None, "mergejax/methods/_row_ranks.c was not built (pip install -e .)"
+  else:
+    monkeypatch.setattr(selection, "_native_row_ranks", None)
   rng = np.random.default_rng(11)
   nans = np.array([0xFFC00123, 0x7FC00000, 0x7F800001], np.uint32).view(np.float32)  # payloads high to low
   for n in (1, 3, 1024, 2049, 4096, 4097):
@@ -383,6 +389,33 @@ def test_row_ranks_of_magnitudes_equal_a_stable_argsort():
   want = np.stack([np.stack([rsp.stable_ranks(np.abs(m[i, :, j].astype(np.float64))) for j in range(3)], 1)
                    for i in range(4)])
   np.testing.assert_array_equal(selection.row_ranks(jax.numpy.asarray(m), magnitude=True), want)
+  # On the host directly: int32 and uint16 ranks, rows split between threads and over several blocks.
+  x = rng.normal(size=(300, 37)).astype(ml_dtypes.bfloat16).astype(np.float32)
+  x[::7, ::5] = 0.0
+  want = np.stack([rsp.stable_ranks(np.abs(row).astype(np.float64)) for row in x])
+  for dtype in (np.int32, np.uint16):
+    got = selection._row_ranks_host(x.view(np.uint32), dtype, block=256, magnitude=True)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_row_ranks_c_passes_refuse_buffers_that_do_not_fit():
+  """The C passes check their buffers' sizes against the row length before touching them."""
+  from mergejax.methods import selection  # pylint: disable=g-import-not-at-top
+  c = selection._native_row_ranks
+  assert c is not None, "mergejax/methods/_row_ranks.c was not built (pip install -e .)"
+  bits, keys, flags = np.zeros((4, 8), np.uint32), np.zeros((4, 8), np.uint32), np.zeros(4, np.uint8)
+  with pytest.raises(ValueError, match="do not fit"):
+    c.keys(bits, keys[:3], flags, 8, True)
+  with pytest.raises(ValueError, match="do not fit"):
+    c.ranks(bits, keys, flags, np.zeros((4, 7), np.int32), 8, True)
+  with pytest.raises(ValueError, match="do not fit"):
+    c.rank_rows(bits, np.zeros((4, 8), np.int64), 8, True)
+  with pytest.raises(ValueError, match="do not fit"):
+    c.keys(np.zeros((1, 8192), np.uint32), np.zeros((1, 8192), np.uint32), np.zeros(1, np.uint8), 8192, True)
+  out = np.zeros((4, 8), np.int32)
+  c.rank_rows(np.arange(32, dtype=np.uint32)[::-1].copy().reshape(4, 8), out, 8, False)
+  np.testing.assert_array_equal(out, np.tile(np.arange(8)[::-1], (4, 1)))
 
 
 def test_order_statistics_equal_the_sorted_leaf_at_those_ranks():

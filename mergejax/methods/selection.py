@@ -33,6 +33,11 @@ from jax.experimental.buffer_callback import buffer_callback
 
 from mergejax.methods.base import Array
 
+try:  # the C passes around NumPy's sort in _row_ranks_host (setup.py builds them where a C compiler is)
+  from mergejax.methods import _row_ranks as _native_row_ranks
+except ImportError:
+  _native_row_ranks = None
+
 
 def _bits(a: Array) -> Array:
   """uint32 patterns of non-negative float32 values (ordered as the values; NaN above +inf)."""
@@ -249,7 +254,7 @@ _INF_BITS = np.uint32(0x7F800000)
 
 
 def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out: np.ndarray | None = None,
-                    magnitude: bool = False) -> np.ndarray:
+                    magnitude: bool = False, native: bool | None = None) -> np.ndarray:
   """Ranks within the rows of uint32 patterns: order-preserving ones (:func:`_ordered_bits`), or with
   ``magnitude`` float32 patterns whose magnitudes are ranked (the sign bit left out: -0.0 equal to +0.0;
   every NaN equal, above +inf).
@@ -265,6 +270,11 @@ def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out:
   full pattern above the column), as longer rows are. Rows go in blocks of about ``block`` entries
   through cache-sized buffers (fresh leaf-sized temporaries cost more in page faults than the sort), the
   blocks split among :func:`_host_workers` threads. ``out``: where to write them (a fresh array if None).
+
+  ``native`` (default: where the extension is built): the passes around the sort run in C
+  (``mergejax/methods/_row_ranks.c``: the keys and flags in one pass; the check, a radix sort of the
+  rows that fail it or are too long for 32-bit keys, and the ranks' scatter in another), ~2x faster;
+  the ranks are the same.
   """
   bits = np.asarray(bits)
   rows, n = bits.shape
@@ -272,6 +282,11 @@ def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out:
   if ranks.size == 0:
     return ranks
   step = max(1, block // n)
+  if native is None:
+    native = _native_row_ranks is not None
+  if native and ranks.flags.c_contiguous and (ranks.dtype == np.int32 or (ranks.dtype == np.uint16 and n <= 1 << 16)):
+    _native_row_ranks_host(np.ascontiguousarray(bits, np.uint32), ranks, step, magnitude)
+    return ranks
   rank_values = np.tile(np.arange(n, dtype=dtype), step)
   row_offsets = np.arange(step, dtype=np.intp)[:, None] * n
   low_word = slice(0, None, 2) if np.little_endian else slice(1, None, 2)
@@ -338,6 +353,25 @@ def _row_ranks_host(bits: np.ndarray, dtype=np.int32, block: int = 1 << 16, out:
 
   _on_host_workers(rank_rows, rows, step)
   return ranks
+
+
+def _native_row_ranks_host(bits: np.ndarray, ranks: np.ndarray, step: int, magnitude: bool) -> None:
+  """:func:`_row_ranks_host` with its passes around NumPy's sort in C, ``step`` rows at a time."""
+  rows, n = bits.shape
+  if (n - 1).bit_length() > _KEY32_MAX_COLUMN_BITS:
+    _on_host_workers(lambda lo, hi: _native_row_ranks.rank_rows(bits[lo:hi], ranks[lo:hi], n, magnitude), rows, step)
+    return
+
+  def rank_rows(lo: int, hi: int) -> None:
+    keys, flags = np.empty((step, n), np.uint32), np.empty(step, np.uint8)
+    for r0 in range(lo, hi, step):
+      m = min(step, hi - r0)
+      b, k, f = bits[r0:r0 + m], keys[:m], flags[:m]
+      _native_row_ranks.keys(b, k, f, n, magnitude)
+      k.sort(axis=1)
+      _native_row_ranks.ranks(b, k, f, ranks[r0:r0 + m], n, magnitude)
+
+  _on_host_workers(rank_rows, rows, step)
 
 
 def _row_ranks_into(ctx, out, bits, *, magnitude: bool = False) -> None:
