@@ -152,6 +152,30 @@ def test_arcee_fusion_from_files_identical_on_1_and_8_devices_and_to_the_in_memo
       np.testing.assert_array_equal(np.asarray(got[k]).view(np.uint16), np.asarray(want[k]).view(np.uint16), err_msg=k)
 
 
+def test_ramplus_from_files_in_pieces_equals_the_whole_leaf_formula(tmp_path):
+  """ramplus_tl's counts come from a statistics pass, so its merge runs in flat pieces; the streaming
+  engine (a leaf of 2^20 + entries, 1 device and 8) writes the bits of the formula evaluated on whole
+  leaves, counts included (``ramplus_tl_leaf`` without ``counts``)."""
+  from mergejax.methods.ram import ramplus_tl_leaf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(13)
+  shapes = {"model.embed_tokens.weight": (1100, 1024), "model.norm.weight": (1024,), "model.layers.0.mlp.w": (96, 256)}
+  base = {k: rng.normal(size=s).astype(ml_dtypes.bfloat16) for k, s in shapes.items()}
+  experts = [{k: (v.astype(np.float32) + rng.normal(size=v.shape) * 0.05 * (rng.random(v.shape) < keep))
+              .astype(ml_dtypes.bfloat16) for k, v in base.items()} for keep in (0.3, 0.5, 0.7)]
+  paths = [write_hf(tmp_path / f"m{i}", tree) for i, tree in enumerate([base, *experts])]
+  hp = {"r": 0.7, "alpha": 3.0, "epsilon": 1e-3}
+  whole = jax.jit(lambda b, es: ramplus_tl_leaf(b, es, **hp).astype(ml_dtypes.bfloat16))
+  want = {k: np.asarray(whole(base[k], tuple(e[k] for e in experts))) for k in shapes}
+  equal_trees(mergejax.merge(base, experts, methods.ramplus_tl(**hp)), want)
+  for i, (mesh, budget) in enumerate([(sharding.make_mesh(jax.devices()[:1]), None), (sharding.make_mesh(), 3_000_000)]):
+    out = engine.merge_sources(SafetensorsSource(paths[0]), [SafetensorsSource(p) for p in paths[1:]],
+                               SafetensorsSink(tmp_path / f"out{i}"), methods.ramplus_tl(**hp), mesh=mesh,
+                               memory_budget_bytes=budget)
+    got = SafetensorsSource(out).read(list(shapes))
+    for k in shapes:
+      np.testing.assert_array_equal(np.asarray(got[k]).view(np.uint16), want[k].view(np.uint16), err_msg=k)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda: methods.ram(epsilon=-1.0), r"epsilon=-1.0 is out of range"),
     (lambda: methods.ramplus_tl(r=-0.1), r"r=-0.1 is out of range"),
