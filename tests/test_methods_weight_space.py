@@ -334,6 +334,35 @@ def test_declared_traits_hold(name, hp, n):
     assert not np.array_equal(np.concatenate(halves, 1), a["embed"])
 
 
+@pytest.mark.parametrize("select_topk", [0.5, 1.0])
+def test_sce_from_files_in_pieces_equals_the_in_memory_merge(select_topk, tmp_path):
+  """sce's selection and mean squares come from statistics passes, so its merge runs in flat pieces: the
+  streaming engine (bf16 safetensors with heavy ties of the variance at the cut, a leaf of 2^20 + entries;
+  1 device, and 8 under a small budget) writes the bits of the in-memory merge of whole leaves."""
+  from mergejax import engine, sharding  # pylint: disable=g-import-not-at-top
+  from mergejax.checkpoints import SafetensorsSink, SafetensorsSource  # pylint: disable=g-import-not-at-top
+  from test_checkpoints_fixtures import write_hf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(21)
+  shapes = {"model.embed_tokens.weight": (1100, 1024), "model.layers.0.mlp.w": (96, 256),
+            **{f"model.layers.{i}.norm.weight": (1024,) for i in range(8)}}
+  # Norm-like leaves near 1.0: bf16 steps of 2^-7, so few distinct variances and many ties at the cut.
+  base = {k: ((1.0 if len(s) == 1 else 0.0) + rng.normal(size=s) * 0.02).astype(ml_dtypes.bfloat16)
+          for k, s in shapes.items()}
+  experts = [{k: (v.astype(np.float32) + rng.normal(size=v.shape).astype(np.float32) * (0.01 if v.ndim == 1 else 0.002))
+              .astype(ml_dtypes.bfloat16) for k, v in base.items()} for _ in range(3)]
+  paths = [write_hf(tmp_path / f"m{i}", tree) for i, tree in enumerate([base, *experts])]
+  method = methods.sce(select_topk=select_topk)
+  want = flat(mergejax.merge(base, experts, method))
+  if select_topk < 1:  # the selection kept some entries of each leaf and dropped others
+    assert all((want[k] != base[k]).any() and (want[k] == base[k]).any() for k in shapes)
+  for i, (mesh, budget) in enumerate([(sharding.make_mesh(jax.devices()[:1]), None), (sharding.make_mesh(), 3_000_000)]):
+    out = engine.merge_sources(SafetensorsSource(paths[0]), [SafetensorsSource(p) for p in paths[1:]],
+                               SafetensorsSink(tmp_path / f"out{i}"), method, mesh=mesh, memory_budget_bytes=budget)
+    got = SafetensorsSource(out).read(list(shapes))
+    for k in shapes:
+      np.testing.assert_array_equal(np.asarray(got[k]).view(np.uint16), np.asarray(want[k]).view(np.uint16), err_msg=k)
+
+
 def test_rank_selections_are_exact_and_stable_under_heavy_ties():
   """selection.rank_band / top_k / row_ranks keep exactly the stated ranks, equal values ordered by position
   (a radix select over float32 bit patterns, no sort), including empty and full bands."""

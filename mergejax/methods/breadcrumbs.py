@@ -81,7 +81,8 @@ def _make_stats_fn(density: float, gamma: float):
     numel = {p: math.prod(s) for p, s in sizes.items()}
     band = {p: _band_of(n, density, gamma) for p, n in numel.items()}
 
-    def ranks_of(n: int) -> tuple[int, int]:
+    def ranks_of(path: str, n: int) -> tuple[int, int]:
+      del path
       lo, hi = _band_of(n, density, gamma)
       return min(max(lo, 0), n - 1), min(max(hi - 1, 0), n - 1)
 

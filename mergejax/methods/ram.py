@@ -80,7 +80,7 @@ def ramplus_tl_leaf(base, experts, *, r: float, alpha: float, epsilon: float, co
 
 
 def overlap_indicators(base, experts, ctx, *, epsilon: float) -> list[Array]:
-  """2N per-entry predicates whose counts over a leaf are :func:`ramplus_tl_leaf`'s ``counts``:
+  r"""2N per-entry predicates whose counts over a leaf are :func:`ramplus_tl_leaf`'s ``counts``:
   :math:`m_t \wedge c > 1` for each expert t, then :math:`m_t \wedge c = 1`."""
   del ctx
   _, nonzero, count = _masks(base, experts, epsilon)

@@ -103,6 +103,26 @@ def _bucket_levels(base, experts, ctx, thr_bits, *, dare: bool):
   return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
 
 
+@functools.partial(jax.jit, static_argnums=(3,), static_argnames=("values",))
+def _sample_values(base, experts, ctx, strides, *, values):
+  """:func:`_sample_fn` of another quantity: the rows ``values(base, experts)``."""
+  del ctx
+  idx = tuple(slice(None, None, s) for s in strides)
+  return jnp.stack([_uneven_whole(a, strides)[idx] for a in values(base, experts)])
+
+
+def _value_levels(base, experts, ctx, thr_bits, *, values):
+  """:func:`_bucket_levels` of the rows ``values(base, experts)`` (non-negative float32)."""
+  del ctx
+  bits = [jax.lax.bitcast_convert_type(a, jnp.int32) for a in values(base, experts)]
+  return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
+
+
+@functools.lru_cache(maxsize=None)
+def _value_buckets(values):
+  return functools.partial(_value_levels, values=values)
+
+
 def _pinpoint_indicators(base, experts, ctx, thr_bits, guess, *, dare: bool, sign: str | None, weighted: bool):
   """thr_bits: int32[N, 2] -> [|tau_t| >= thr_t0], [|tau_t| >= thr_t1] for every expert and, with
   ``sign`` (a TIES sign rule), the TIES vote's [v < 0], [v > 0] with trim thresholds ``guess`` (f32[N]).
@@ -435,11 +455,19 @@ def _share(wishes: Sequence[Sequence[int]], width: int) -> list[int]:
 
 
 def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ...]], n_experts: int,
-                          ranks_of: Callable[[int], Sequence[int]], max_passes: int = 48) -> dict[str, np.ndarray]:
+                          ranks_of: Callable[[str, int], Sequence[int]], max_passes: int = 48, *,
+                          values: Callable[[Array, Sequence[Array]], list[Array]] | None = None
+                          ) -> dict[str, np.ndarray]:
   r"""Exact order statistics of each expert's :math:`|\tau_t|` within each leaf: {path: int64[N, E, 3]},
-  for each expert t and each ascending rank r of ``ranks_of(n)`` (E ranks in [0, n) for an n-entry leaf;
-  empty leaves are left out): the float32 bit pattern of v, the value at rank r, and the numbers of entries
-  below v and equal to it.
+  for each expert t and each ascending rank r of ``ranks_of(path, n)`` (E ranks in [0, n) for an n-entry
+  leaf; empty leaves are left out): the float32 bit pattern of v, the value at rank r, and the numbers of
+  entries below v and equal to it.
+
+  ``values``: another quantity than :math:`|\tau_t|`, a jittable module-level function returning
+  ``n_experts`` non-negative float32 arrays shaped like the leaf (e.g. one row: the experts' variance
+  per entry), computed elementwise so that a piece of the leaf gives the leaf's values there. Its
+  sample is taken on the device too: a small leaf's sample is the whole leaf and settles its brackets,
+  so a NumPy twin would have to reproduce XLA's bits exactly (it does for |tau|, not for a variance).
 
   The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
   passes in which each expert's thresholds are those its E brackets propose together, every bracket
@@ -454,9 +482,12 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
   shapes = {p: tuple(sizes[p]) for p in paths}
   numel = {p: math.prod(shapes[p]) for p in paths}
   strides = {p: _axis_strides(shapes[p], max(1, math.ceil(numel[p] / SAMPLE_EDGES))) for p in paths}
-  samples = leaf_pass(functools.partial(_sample_fn, dare=False), lambda p: (strides[p],) if p in strides else None,
-                      host=_sample_host)
-  ranks = {p: [int(r) for r in ranks_of(numel[p])] for p in paths}
+  if values is None:
+    sample_fn, sample_host, buckets = functools.partial(_sample_fn, dare=False), _sample_host, _buckets(dare=False)
+  else:
+    sample_fn, sample_host, buckets = functools.partial(_sample_values, values=values), None, _value_buckets(values)
+  samples = leaf_pass(sample_fn, lambda p: (strides[p],) if p in strides else None, host=sample_host)
+  ranks = {p: [int(r) for r in ranks_of(p, numel[p])] for p in paths}
   brackets = {}
   for p in paths:
     for t in range(n_experts):
@@ -480,8 +511,7 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
     table = {p: _threshold_table([sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
                                   for t in range(n_experts)], width)
              for p in {p for p, _ in wishes}}
-    hist = leaf_pass.histogram(_buckets(dare=False), n_experts, width + 1,
-                               lambda p: (table[p],) if p in table else None)
+    hist = leaf_pass.histogram(buckets, n_experts, width + 1, lambda p: (table[p],) if p in table else None)
     for p, h in hist.items():
       counts = _counts_at_thresholds(h)
       for t in range(n_experts):
