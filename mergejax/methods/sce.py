@@ -33,9 +33,12 @@ def variance(base: Array, experts: tuple[Array, ...]) -> list[Array]:
   return [_variance(steps.task_vectors(base, experts))]
 
 
-def _nonzero_variance(base, experts, ctx) -> list[Array]:
+@jax.jit
+def _nonzero_count(base, experts, ctx):
+  """int32[1]: how many entries of the leaf (or piece) have a non-zero variance."""
   del ctx
-  return [variance(base, experts)[0] != 0]
+  v = variance(kernels.whole(base), tuple(kernels.whole(e) for e in experts))[0]
+  return jnp.sum(v != 0, dtype=jnp.int32)[None]
 
 
 def selected(taus: list[Array], ctx, cut: Array) -> Array:
@@ -96,8 +99,9 @@ def _make_stats_fn(select_topk: float):
     numel = {p: math.prod(s) for p, s in sizes.items()}
     cuts = {p: _KEEP_NONE if select_topk <= 0.0 else np.asarray([0, n], np.uint32) for p, n in numel.items()}
     if 0.0 < select_topk < 1.0:
-      nonzero = leaf_pass.count(_nonzero_variance, 1)
-      keep = {p: int(np.floor(np.float32(int(c[0])) * np.float32(select_topk))) for p, c in nonzero.items()}
+      nonzero = leaf_pass(_nonzero_count)
+      keep = {p: int(np.floor(np.float32(int(np.asarray(c, np.int64).sum())) * np.float32(select_topk)))
+              for p, c in nonzero.items()}
       partial = {p: sizes[p] for p in sizes if 0 < keep.get(p, 0) < numel[p]}
       order = threshold.leaf_order_statistics(leaf_pass, partial, 1, lambda p, n: (n - keep[p],), values=variance)
       straddled = {p for p, st in order.items() if 0 < keep[p] - (numel[p] - st[0, 0, 1] - st[0, 0, 2]) < st[0, 0, 2]}
