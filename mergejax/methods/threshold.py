@@ -61,11 +61,20 @@ def _abs_bits(taus: Sequence[Array]) -> list[Array]:
   return [jax.lax.bitcast_convert_type(jnp.abs(t), jnp.int32) for t in taus]
 
 
+def _strided(rows: Sequence[Array], strides: tuple[int, ...]) -> Array:
+  """The rows' strided samples, stacked (the host flattens each)."""
+  idx = tuple(slice(None, None, s) for s in strides)
+  return jnp.stack([_uneven_whole(a, strides)[idx] for a in rows])
+
+
+def _bucket_of(bits: Sequence[Array], thr_bits: Array) -> list[Array]:
+  """Each row's bucket #{j : bits >= thr_bits[t, j]} (uint8 in [0, T])."""
+  return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
+
+
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("dare",))
 def _sample_fn(base, experts, ctx, strides, *, dare: bool):
-  idx = tuple(slice(None, None, s) for s in strides)
-  taus = _abs_task_vectors(base, experts, ctx, dare)
-  return jnp.stack([_uneven_whole(a, strides)[idx] for a in taus])  # host flattens
+  return _strided(_abs_task_vectors(base, experts, ctx, dare), strides)
 
 
 def _uneven_whole(a: Array, strides: tuple[int, ...]) -> Array:
@@ -99,23 +108,20 @@ def _sample_host(base, experts, ctx, strides, *, f32):
 def _bucket_levels(base, experts, ctx, thr_bits, *, dare: bool):
   """thr_bits: int32[N, T] sorted per expert -> each expert's bucket #{j : |tau_t| >= threshold_j}
   (uint8 in [0, T]): #(|tau_t| >= t_j) is then #(bucket >= j + 1), T thresholds from one histogram."""
-  bits = _abs_bits(_task_vectors(base, experts, ctx, dare))
-  return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
+  return _bucket_of(_abs_bits(_task_vectors(base, experts, ctx, dare)), thr_bits)
 
 
 @functools.partial(jax.jit, static_argnums=(3,), static_argnames=("values",))
 def _sample_values(base, experts, ctx, strides, *, values):
   """:func:`_sample_fn` of another quantity: the rows ``values(base, experts)``."""
   del ctx
-  idx = tuple(slice(None, None, s) for s in strides)
-  return jnp.stack([_uneven_whole(a, strides)[idx] for a in values(base, experts)])
+  return _strided(values(base, experts), strides)
 
 
 def _value_levels(base, experts, ctx, thr_bits, *, values):
   """:func:`_bucket_levels` of the rows ``values(base, experts)`` (non-negative float32)."""
   del ctx
-  bits = [jax.lax.bitcast_convert_type(a, jnp.int32) for a in values(base, experts)]
-  return [sum((b >= thr_bits[t, j]).astype(jnp.uint8) for j in range(thr_bits.shape[1])) for t, b in enumerate(bits)]
+  return _bucket_of([jax.lax.bitcast_convert_type(a, jnp.int32) for a in values(base, experts)], thr_bits)
 
 
 @functools.lru_cache(maxsize=None)
