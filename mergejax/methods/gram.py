@@ -34,14 +34,18 @@ def vectors(base: Array | None, experts: tuple[Array, ...], mode: str) -> list[A
   return [f32(e) if b is None else f32(e) - b for e in experts]
 
 
+def blocked(x: Array) -> Array:
+  """``x`` flattened, zero-padded to a multiple of :data:`BLOCK` and cut into rows of that many entries."""
+  x = x.reshape(-1)
+  return jnp.pad(x, (0, (-x.size) % BLOCK)).reshape(-1, BLOCK)
+
+
 @functools.partial(jax.jit, static_argnames=("mode",))
 def _gram_blocks(base, experts, ctx, *, mode):
   """float32[P, B]: the block sums of :math:`v_s v_t` for each pair s <= t, B blocks of the piece (one
   variadic reduction: every product is summed in the one pass over the inputs)."""
   del ctx
-  vs = [v.reshape(-1) for v in vectors(kernels.whole(base), tuple(kernels.whole(e) for e in experts), mode)]
-  pad = (-vs[0].size) % BLOCK
-  vs = [jnp.pad(v, (0, pad)).reshape(-1, BLOCK) for v in vs]
+  vs = [blocked(v) for v in vectors(kernels.whole(base), tuple(kernels.whole(e) for e in experts), mode)]
   products = tuple(vs[s] * vs[t] for s in range(len(vs)) for t in range(s, len(vs)))
   zero = jnp.zeros((), jnp.float32)
   sums = jax.lax.reduce(products, (zero,) * len(products), lambda x, y: tuple(a + b for a, b in zip(x, y)), (1,))

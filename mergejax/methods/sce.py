@@ -70,9 +70,7 @@ def _square_blocks(base, experts, ctx, cut):
   keep = selected(taus, ctx, cut)
   sums = []
   for t in taus:
-    sq = jnp.where(keep, t * t, 0.0).reshape(-1)
-    sq = jnp.pad(sq, (0, (-sq.size) % gram.BLOCK)).reshape(-1, gram.BLOCK)
-    sums.append(jnp.sum(sq, axis=1))
+    sums.append(jnp.sum(gram.blocked(jnp.where(keep, t * t, 0.0)), axis=1))
   return jnp.stack(sums)
 
 
