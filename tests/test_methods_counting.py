@@ -175,3 +175,41 @@ def test_flat_statistics_with_host_samples_equal_whole_leaf_statistics(scale):
                                       executor=engine.FlatChunk(chunk=512)))
   for k in whole:
     np.testing.assert_array_equal(whole[k].view(np.int32), chunked[k].view(np.int32), err_msg=k)
+
+
+def _abs_difference(base, experts):
+  """One row: |expert 0 - base| (a non-negative quantity for leaf_order_statistics)."""
+  return [jnp.abs(experts[0] - base)]
+
+
+@pytest.mark.parametrize("sample", [64, 4096])
+def test_order_statistics_of_a_quantity_at_ranks_from_its_nonzero_count(monkeypatch, sample):
+  """leaf_order_statistics with ``count_nonzero``: the ranks come from the exact number of values above
+  zero (counted in the first histogram pass; the sample's estimate is off), and the order statistics at
+  them equal a sort's, on continuous data, on data of few distinct values, on data with one heavy value
+  beside the target, and on leaves small enough to be their own sample."""
+  monkeypatch.setattr(threshold, "SAMPLE_EDGES", sample)
+  rng = np.random.default_rng(11)
+  n = 6000
+  diff = {"continuous": rng.standard_normal(n) * (rng.random(n) < 0.7),
+          "discrete": rng.integers(-3, 4, n) / 8.0,
+          "heavy": np.where(rng.random(n) < 0.3, 0.5, rng.random(n)) * (rng.random(n) < 0.9),
+          "small": rng.integers(-2, 3, 40) / 4.0}
+  base = {p: rng.standard_normal(d.shape).astype(np.float32) for p, d in diff.items()}
+  experts = [{p: (base[p] + d).astype(np.float32) for p, d in diff.items()}]
+  values = {p: np.abs(experts[0][p] - base[p]) for p in diff}  # float32, as the device computes them
+  seen = {}
+
+  def ranks_of(p, size, nonzero):
+    seen[p] = nonzero
+    return sorted({size - max(1, nonzero[0] // 2), size - max(1, nonzero[0] // 7)})
+
+  order = threshold.leaf_order_statistics(ArrayPass(base, experts, None), {p: d.shape for p, d in diff.items()}, 1,
+                                          ranks_of, values=_abs_difference, count_nonzero=True)
+  for p, v in values.items():
+    assert seen[p] == (int(np.count_nonzero(v)),), p
+    ranks = ranks_of(p, v.size, seen[p])
+    assert order[p].shape == (1, len(ranks), 3)
+    for e, r in enumerate(ranks):
+      want = np.sort(v)[r]
+      assert order[p][0, e].tolist() == [int(want.view(np.int32)), int(np.sum(v < want)), int(np.sum(v == want))], (p, r)

@@ -33,14 +33,6 @@ def variance(base: Array, experts: tuple[Array, ...]) -> list[Array]:
   return [_variance(steps.task_vectors(base, experts))]
 
 
-@jax.jit
-def _nonzero_count(base, experts, ctx):
-  """int32[1]: how many entries of the leaf (or piece) have a non-zero variance."""
-  del ctx
-  v = variance(kernels.whole(base), tuple(kernels.whole(e) for e in experts))[0]
-  return jnp.sum(v != 0, dtype=jnp.int32)[None]
-
-
 def selected(taus: list[Array], ctx, cut: Array) -> Array:
   """The selection mask of a leaf or a piece of it: entries whose variance lies above ``cut``'s value
   (uint32[2]: its float32 pattern v and the flat position p), or equals it before position p (among equal
@@ -89,19 +81,24 @@ def _cut(n: int, k: int, stats_3: np.ndarray | None, first_equal) -> np.ndarray:
 
 def _make_stats_fn(select_topk: float):
   """compute_stats: each leaf's ``{"cut": uint32[2], "ms": float32[N]}``. The selection keeps
-  k = floor(#{v != 0} * select_topk) positions (one count pass); their cut comes from exact order
-  statistics of the variance (:func:`threshold.leaf_order_statistics`) and, where it falls among equal
-  variances, one pass of packed equality flags; then one pass sums each expert's selected squares."""
+  k = floor(#{v != 0} * select_topk) positions; the count and the cut come from exact order statistics
+  of the variance (:func:`threshold.leaf_order_statistics`, which counts the non-zero variances in its
+  first pass) and, where the cut falls among equal variances, one pass of packed equality flags; then
+  one pass sums each expert's selected squares."""
 
   def compute_stats(leaf_pass: LeafPass, n_experts: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     numel = {p: math.prod(s) for p, s in sizes.items()}
     cuts = {p: _KEEP_NONE if select_topk <= 0.0 else np.asarray([0, n], np.uint32) for p, n in numel.items()}
     if 0.0 < select_topk < 1.0:
-      nonzero = leaf_pass(_nonzero_count)
-      keep = {p: int(np.floor(np.float32(int(np.asarray(c, np.int64).sum())) * np.float32(select_topk)))
-              for p, c in nonzero.items()}
-      partial = {p: sizes[p] for p in sizes if 0 < keep.get(p, 0) < numel[p]}
-      order = threshold.leaf_order_statistics(leaf_pass, partial, 1, lambda p, n: (n - keep[p],), values=variance)
+      keep = {}
+
+      def ranks_of(p: str, n: int, nonzero: tuple[int]) -> tuple[int, ...]:
+        keep[p] = int(np.floor(np.float32(nonzero[0]) * np.float32(select_topk)))
+        return (n - keep[p],) if 0 < keep[p] < n else ()
+
+      order = threshold.leaf_order_statistics(leaf_pass, sizes, 1, ranks_of, values=variance, count_nonzero=True)
+      order = {p: st for p, st in order.items() if st.shape[1]}
+      keep.update({p: 0 for p in sizes if p not in keep})  # empty leaves
       straddled = {p for p, st in order.items() if 0 < keep[p] - (numel[p] - st[0, 0, 1] - st[0, 0, 2]) < st[0, 0, 2]}
       flags = leaf_pass(_equal_flags, lambda p: (np.uint32(order[p][0, 0, 0]),) if p in straddled else None)
       for p in keep:

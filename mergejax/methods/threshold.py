@@ -220,14 +220,20 @@ class _Bracket:
     asc = sb[::-1]  # ascending
     n_ge = m - int(np.searchsorted(asc, self.guess, side="left"))  # sample entries >= guess
     n_gt = m - int(np.searchsorted(asc, self.guess, side="right"))  # sample entries > guess
-    if n_ge - n_gt >= 2:  # a tied value (discrete data): it is usually exactly the k-th largest too
-      pair = [self.guess, self.guess + 1]
-    else:
-      below = int(sb[int(np.clip(round(r + delta) - 1, 0, m - 1))])
-      above = int(sb[int(np.clip(round(r - delta) - 1, 0, m - 1))]) + 1
-      pair = [below, above]
-    pair = [p for p in pair if self.lo < p < self.hi]
+    pair = [self.guess, self.guess + 1] if n_ge - n_gt >= 2 else self.bounds()  # tied: discrete data, whose
+    pair = [p for p in pair if self.lo < p < self.hi]  # k-th largest is then usually the tied value too
     return (pair + [self.lo, self.lo])[:2] if pair else [self.lo, self.lo]
+
+  def bounds(self) -> list[int]:
+    """The sample's values ~4 standard deviations of rank either side of the target (the upper one + 1):
+    the k-th largest lies between them but for a chance of ~1e-4."""
+    if not self.sample_bits.size:
+      return []
+    sb, m = self.sample_bits, self.sample_bits.size
+    r, delta = self._rank_spread()
+    below = int(sb[int(np.clip(round(r + delta) - 1, 0, m - 1))])
+    above = int(sb[int(np.clip(round(r - delta) - 1, 0, m - 1))]) + 1
+    return [below, above]
 
   def pin_neighbours(self) -> list[int]:
     """For discrete data (the guess tied in the sample), the distinct sample value just above (below) the
@@ -274,6 +280,46 @@ class _Bracket:
     star = int(np.array(v_lo + frac * (v_hi - v_lo), np.float32).view(np.int32))
     pair = sorted({p for p in (star, mid) if lo < p < hi})
     return (pair + [lo, lo])[:2]
+
+  def guided(self, count: int) -> list[int]:
+    """Up to ``count`` thresholds where the sample's values inside the bracket place the k-th largest,
+    spread over ~2 standard deviations of that estimate (a tied sample value with its next float up),
+    so that the bracket narrows from S sample values inside to ~sqrt(S); empty when the bracket holds
+    fewer than 2 sample values or is not yet measured on both sides."""
+    lo, hi = self.lo, self.hi
+    if hi >= INF_PLUS_BITS or self.c_lo <= self.c_hi:
+      return []
+    asc = self.sample_bits[::-1]
+    inside = asc[int(np.searchsorted(asc, lo, side="right")):int(np.searchsorted(asc, hi, side="left"))]
+    m = inside.size
+    if m < 2:
+      return []
+    f = (self.c_lo - self.k) / (self.c_lo - self.c_hi)  # the target's fraction of the bracket, from below
+    sd = math.sqrt(max(m * f * (1 - f), 1.0))
+    out: list[int] = []
+    for x in np.linspace(max(f * m - 2 * sd, 0), min(f * m + 2 * sd, m - 1), count).round().astype(int):
+      v = int(inside[x])
+      tied = (x > 0 and inside[x - 1] == v) or (x + 1 < m and inside[x + 1] == v)
+      out += [v, v + 1] if tied else [v]
+    return [v for v in dict.fromkeys(out) if lo < v < hi][:count]
+
+  def interpolated(self, count: int) -> list[int]:
+    """Up to ``count`` thresholds around the crossing interpolated from the bracket's measured counts (the
+    entries inside taken as uniform in bit space), at 1, 4 and 16 standard deviations of its noise
+    (~sqrt(W f (1 - f)) of the W entries inside) either side, the rest uniform splits of the bracket (a
+    bracket of at most 64 entries gets uniform splits only); empty unless measured on both sides."""
+    lo, hi = self.lo, self.hi
+    w = self.c_lo - self.c_hi
+    if hi >= INF_PLUS_BITS or w <= 0:
+      return []
+    points: list[float] = []
+    if w > 64:
+      f = (self.c_lo - self.k + 0.5) / w
+      star, sd = lo + f * (hi - lo), (math.sqrt(w * f * (1 - f)) + 1) / w * (hi - lo)
+      points = [star + o * sd for o in (-1, 1, -4, 4, -16, 16)]
+    points += np.linspace(lo, hi, count + 2)[1:-1].tolist()
+    out = [v for v in dict.fromkeys(int(round(x)) for x in points) if lo < v < hi]
+    return sorted(out[:count])
 
   @property
   def done(self) -> bool:
@@ -461,9 +507,9 @@ def _share(wishes: Sequence[Sequence[int]], width: int) -> list[int]:
 
 
 def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ...]], n_experts: int,
-                          ranks_of: Callable[[str, int], Sequence[int]], max_passes: int = 48, *,
-                          values: Callable[[Array, Sequence[Array]], list[Array]] | None = None
-                          ) -> dict[str, np.ndarray]:
+                          ranks_of: Callable[..., Sequence[int]], max_passes: int = 48, *,
+                          values: Callable[[Array, Sequence[Array]], list[Array]] | None = None,
+                          count_nonzero: bool = False) -> dict[str, np.ndarray]:
   r"""Exact order statistics of each expert's :math:`|\tau_t|` within each leaf: {path: int64[N, E, 3]},
   for each expert t and each ascending rank r of ``ranks_of(path, n)`` (E ranks in [0, n) for an n-entry
   leaf; empty leaves are left out): the float32 bit pattern of v, the value at rank r, and the numbers of
@@ -478,11 +524,18 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
   The k-th largest value with k = n - r, by :func:`find_thresholds`' brackets: a sample, then histogram
   passes in which each expert's thresholds are those its E brackets propose together, every bracket
   updated with every count (up to 7 thresholds per expert, shared in turn among its open brackets: one
-  compiled program): first their :meth:`_Bracket.pin_pair` and :meth:`_Bracket.pin_neighbours` (which
-  settle most brackets of bf16 data), then lo + 1 (is lo the value?), :meth:`_Bracket.pair` and
-  :meth:`_Bracket.proposals`, after ``PAIR_PASSES`` passes proposals alone (the bracket then shrinks
-  every pass); leaves whose brackets are all done are not read again. A finished bracket [v, v + 1) has
+  compiled program): first their :meth:`_Bracket.pin_pair`, :meth:`_Bracket.bounds` and
+  :meth:`_Bracket.pin_neighbours` (which settle most brackets of bf16 data and bound the rest), then
+  lo + 1 (is lo the value?) with :meth:`_Bracket.guided` (the sample's values inside the bracket, while
+  it holds some) or :meth:`_Bracket.interpolated` (the counts), after ``PAIR_PASSES`` passes
+  :meth:`_Bracket.proposals` alone (the bracket then shrinks every pass); leaves whose brackets are all
+  done are not read again. A finished bracket [v, v + 1) has
   measured c(v) = #(>= v) and c(v + 1) = #(> v).
+
+  ``count_nonzero``: the ranks depend on how many values are above zero (bit pattern >= 1), and
+  ``ranks_of(path, n, nonzero)`` gets those counts (one per row). The first histogram pass counts them
+  beside its thresholds, proposed for the ranks the sample estimates; the brackets of the exact ranks
+  are then told every count of that pass (a leaf whose sample is all of it needs no pass at all).
   """
   paths = [p for p in sizes if math.prod(sizes[p])]
   shapes = {p: tuple(sizes[p]) for p in paths}
@@ -493,37 +546,59 @@ def leaf_order_statistics(leaf_pass: LeafPass, sizes: Mapping[str, tuple[int, ..
   else:
     sample_fn, sample_host, buckets = functools.partial(_sample_values, values=values), None, _value_buckets(values)
   samples = leaf_pass(sample_fn, lambda p: (strides[p],) if p in strides else None, host=sample_host)
-  ranks = {p: [int(r) for r in ranks_of(p, numel[p])] for p in paths}
-  brackets = {}
-  for p in paths:
+  rows = {(p, t): np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
+          for p in paths for t in range(n_experts)}
+  ranks: dict[str, list[int]] = {}
+  brackets: dict[tuple[str, int, int], _Bracket] = {}
+
+  def build(p: str, nonzero: tuple[int, ...] | None) -> None:
+    ranks[p] = [int(r) for r in (ranks_of(p, numel[p]) if nonzero is None else ranks_of(p, numel[p], nonzero))]
+    for key in [key for key in brackets if key[0] == p]:
+      del brackets[key]
     for t in range(n_experts):
-      s = np.asarray(samples[p])[t].reshape(-1).astype(np.float32).view(np.int32)
       for e, r in enumerate(ranks[p]):
-        brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], s)
+        brackets[p, t, e] = _Bracket(numel[p] - r, numel[p], rows[p, t])
+
+  pending = set()  # leaves whose non-zero counts come with the first histogram pass
+  for p in paths:
+    nonzero = None
+    if count_nonzero:
+      nonzero = tuple(int(np.count_nonzero(rows[p, t] >= 1)) for t in range(n_experts))
+      if rows[p, 0].size < numel[p]:  # the sample's estimate until the first pass counts them
+        nonzero = tuple(round(c * numel[p] / rows[p, t].size) for t, c in enumerate(nonzero))
+        pending.add(p)
+    build(p, nonzero)
   width = 7  # thresholds per expert and pass: one compiled histogram program (3-bit levels)
   for pass_index in range(max_passes):
     todo = {key: b for key, b in brackets.items() if not b.done}
-    if not todo:
+    if not todo and not pending:
       break
     wishes: dict[tuple[str, int], list[list[int]]] = {}  # each open bracket's thresholds, most wanted first
+    for p in pending:  # #(>= 1): the non-zero count
+      for t in range(n_experts):
+        wishes[p, t] = [[1]]
     for (p, t, _), b in todo.items():
       if pass_index == 0:
-        v = b.pin_pair() + b.pin_neighbours()
+        v = b.pin_pair() + b.bounds() + b.pin_neighbours()
       elif pass_index <= PAIR_PASSES:
-        v = [b.lo + 1] + b.pair() + b.proposals(3, first=pass_index == 1)  # lo + 1: is lo the value?
+        # lo + 1: is lo the value? Then where the sample or the counts place the target.
+        v = [b.lo + 1] + (b.guided(width - 1) or b.interpolated(width - 1)
+                          or b.pair() + b.proposals(width - 3, first=False))
       else:
         v = b.proposals(width, first=False)  # bit-space splits: the bracket shrinks every pass
       wishes.setdefault((p, t), []).append([x for x in v if b.lo < x < b.hi])
-    table = {p: _threshold_table([sorted(_share(wishes.get((p, t), []), width)) or [brackets[p, t, 0].lo]
-                                  for t in range(n_experts)], width)
+    table = {p: _threshold_table([sorted(_share(wishes.get((p, t), []), width))
+                                  or [brackets[p, t, 0].lo if ranks[p] else 1] for t in range(n_experts)], width)
              for p in {p for p, _ in wishes}}
     hist = leaf_pass.histogram(buckets, n_experts, width + 1, lambda p: (table[p],) if p in table else None)
     for p, h in hist.items():
       counts = _counts_at_thresholds(h)
+      if p in pending:  # the exact ranks: brackets anew, told every count of this pass
+        build(p, tuple(int(counts[t][list(table[p][t]).index(1)]) for t in range(n_experts)))
       for t in range(n_experts):
-        for e in range(len(ranks[p])):
-          if (p, t, e) in todo:
-            brackets[p, t, e].update(table[p][t].tolist(), [int(c) for c in counts[t]])
+        for e in range(len(ranks[p])):  # (a finished bracket ignores counts)
+          brackets[p, t, e].update(table[p][t].tolist(), [int(c) for c in counts[t]])
+    pending = set()
   else:
     raise RuntimeError("order statistics did not converge (non-finite task vectors?)")
   out = {}
