@@ -13,7 +13,7 @@ import pytest
 
 import mergejax
 from mergejax import engine, sharding, tree
-from mergejax.engine import nonfinite, xla_cpu
+from mergejax.engine import executors as executors_module, nonfinite, xla_cpu
 from mergejax.checkpoints import SafetensorsSink, SafetensorsSource
 from mergejax.checkpoints.base import LeafSpec
 from test_checkpoints_fixtures import SHAPES, bits, random_tree, write_hf, write_world
@@ -443,6 +443,29 @@ def test_nonfinite_in_a_staged_whole_leaf_merge_names_source_and_leaf(tmp_path):
     engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(ep), SafetensorsSource(bp)],
                          SafetensorsSink(tmp_path / "out"), opaque, mesh=sharding.make_mesh(jax.devices()[:1]))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "e"]
+
+
+def test_staged_whole_leaf_merge_checks_inputs_once_as_read(tmp_path, monkeypatch):
+  """Staged leaves are checked for NaN/Inf as they are read, so the kernels run without a fused check
+  (a second look at every input): the merge equals the in-memory one."""
+  base = random_tree(0)
+  experts = [random_tree(i, base=base) for i in (1, 2)]
+  bp = write_hf(tmp_path / "b", base)
+  eps = [write_hf(tmp_path / f"e{i}", e) for i, e in enumerate(experts)]
+  ta = mergejax.methods.task_arithmetic(lam=0.5)
+  opaque = dataclasses.replace(ta, traits=dataclasses.replace(ta.traits, elementwise=False))
+
+  ref = mergejax.merge(base, experts, ta)
+
+  def fused_check(*args, **kwargs):
+    raise AssertionError("a kernel with a fused NaN/Inf check ran")
+
+  monkeypatch.setattr(executors_module, "kernel_checked", fused_check)
+  got = _read_all(engine.merge_sources(SafetensorsSource(bp), [SafetensorsSource(p) for p in eps],
+                                       SafetensorsSink(tmp_path / "out"), opaque,
+                                       mesh=sharding.make_mesh(jax.devices()[:1])))
+  for k in SHAPES:
+    np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
 
 
 def test_non_float_leaves_pass_through_and_dtype_override(world, tmp_path):

@@ -91,6 +91,10 @@ class LeafExecutor(Protocol):
   def exact_flags(self, grp: Group, path: str) -> np.ndarray:
     """bool[n_inputs]: each input's leaf ``path`` (base first) is all finite."""
 
+  def flags_on_read(self) -> bool:
+    """Whether :meth:`read` finds every input's NaN/Inf flags (staged leaves): :meth:`exact_flags` then
+    costs nothing, and a merge checks each group with them instead of a flag fused into its kernel."""
+
   def close(self) -> None:
     """Releases what :meth:`start` set up."""
 
@@ -237,6 +241,9 @@ class WholeLeaf:
   def exact_flags(self, grp, path):
     found = self.stager.flags(path) if self.stager is not None else None
     return found if found is not None else finite_flags(grp.base.get(path), tuple(e[path] for e in grp.experts))
+
+  def flags_on_read(self) -> bool:
+    return self.stager is not None
 
   def close(self) -> None:
     self.compiler.close()
@@ -482,6 +489,9 @@ class FlatChunk:
     if all(np.asarray(f).all() for f in [all_finite(*pc) for pc in pieces]):
       return np.ones((len(experts) + (base is not None),), bool)
     return np.logical_and.reduce([np.asarray(finite_flags(*pc)) for pc in pieces])
+
+  def flags_on_read(self) -> bool:
+    return self.staged
 
   # ------------------------------------------------------------------------------------------ merging
 

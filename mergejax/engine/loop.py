@@ -99,6 +99,8 @@ def merge_sources(
           shapes = executor.stat_shapes()
           group_stats = method.compute_stats(_GroupPass(job, executor, grp, guard), job.n_experts,
                                              {p: shapes[p] for p in grp.float_paths}) or {}
+        if executor.flags_on_read():  # checked with the flags of the read: the kernels run unchecked
+          guard.check(grp.float_paths, functools.partial(executor.exact_flags, grp))
         check = guard.merge_check(grp.float_paths)
         out, spans, fused = {}, [], {}
         for s in grp.specs:
