@@ -20,7 +20,8 @@ run filled (every later merge of the same architecture). Each method runs ``--re
 (mergejax cold, mergejax warm, mergekit), back to back, and the summary gives medians and each round's
 own ratio: single runs on a shared 2-core VM vary by 20-40%. Also reported: the merge phase alone
 (manifest ``elapsed_s``), GB/s of (bytes read + bytes written) against the machine's measured copy
-bandwidth, agreement with mergekit's output, and bounded-memory runs (safetensors and orbax output)
+bandwidth, the page-cache read and write bandwidths (writing one model's bytes, the output, is a floor
+under the merge loop), agreement with mergekit's output, and bounded-memory runs (safetensors and orbax output)
 whose inputs are several times ``--config.memory_budget_gb``.
 
     .venv/bin/python benchmarks/merge_bench.py --mergekit=PATH/TO/mk-venv/bin/mergekit-yaml
@@ -108,6 +109,24 @@ def read_bandwidth(files: list[pathlib.Path], cold: bool) -> float:
     finally:
       os.close(fd)
   return total / t
+
+
+def write_bandwidth(directory: pathlib.Path, nbytes: int) -> float:
+  """Bytes/s of writing ``nbytes`` with ``pwrite`` from one reused 64 MiB buffer into a fresh file under
+  ``directory`` (into the page cache: no fsync), the file deleted after. A merge writes its output so,
+  so ``nbytes`` of one model over this figure is a floor under the merge loop's time."""
+  buf = memoryview(bytearray(64 << 20))
+  path = directory / f".write_bandwidth.{os.getpid()}"
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+  try:
+    t0, off = time.perf_counter(), 0
+    while off < nbytes:
+      off += os.pwrite(fd, buf[:min(len(buf), nbytes - off)], off)
+    t = time.perf_counter() - t0
+  finally:
+    os.close(fd)
+    path.unlink()
+  return nbytes / t
 
 
 def write_model(path: pathlib.Path, shapes, seed: int, base_seed: int | None, shard_bytes: int, config: dict):
@@ -230,11 +249,14 @@ def main(argv):
     read_cold = read_bandwidth(inputs, cold=True)  # also warms the page cache
     read_warm = max(read_bandwidth(inputs, cold=False) for _ in range(2))
     bw = copy_bandwidth()
+    write = max(write_bandwidth(root, model_bytes) for _ in range(2))
     results.update(copy_bandwidth_GBps=bw / 1e9, read_bandwidth_cold_GBps=read_cold / 1e9,
-                   read_bandwidth_page_cache_GBps=read_warm / 1e9, model_bytes=model_bytes,
-                   loadavg_start=os.getloadavg()[0])
+                   read_bandwidth_page_cache_GBps=read_warm / 1e9, write_bandwidth_page_cache_GBps=write / 1e9,
+                   model_bytes=model_bytes, loadavg_start=os.getloadavg()[0])
     print(f"model {model_bytes / 1e6:.0f} MB x {len(experts) + 1}; numpy copy bandwidth {bw / 1e9:.1f} GB/s; "
-          f"read bandwidth (preadv) {read_cold / 1e9:.2f} GB/s from disk, {read_warm / 1e9:.1f} GB/s from the page cache")
+          f"read bandwidth (preadv) {read_cold / 1e9:.2f} GB/s from disk, {read_warm / 1e9:.1f} GB/s from the page cache; "
+          f"write bandwidth (pwrite into the page cache) {write / 1e9:.2f} GB/s: one model's bytes in "
+          f"{model_bytes / write:.2f} s")
     env = recipes.tool_env()
     startup = timed([sys.executable, "-c", "import mergejax.cli.merge, jax; jax.devices()"], env=env)
     results["mergejax_import"] = startup
@@ -323,6 +345,10 @@ def print_summary(results: dict) -> None:
         f"{results.get('shape', {}).get('experts', '?')} experts; medians over rounds):")
   print(f"read bandwidth: {results.get('read_bandwidth_page_cache_GBps', 0):.1f} GB/s page cache, "
         f"{results.get('read_bandwidth_cold_GBps', 0):.2f} GB/s disk; numpy copy {results['copy_bandwidth_GBps']:.1f} GB/s")
+  if results.get("write_bandwidth_page_cache_GBps"):
+    wbw = results["write_bandwidth_page_cache_GBps"] * 1e9
+    print(f"write bandwidth into the page cache: {wbw / 1e9:.2f} GB/s; writing one model's bytes (a merge's output) "
+          f"takes {results['model_bytes'] / wbw:.2f} s, a floor under the merge loop")
   print("method | rounds | mergejax cold s | warm s | mergekit s | speed-up cold (per round) | warm | goal | "
         "CPU s mergejax cold / mergekit (ratio) | merge loop input GB/s (% of page-cache read bw) | "
         "RSS mergejax / mergekit GB | load")
